@@ -1,0 +1,3 @@
+from marrownode.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,259 @@
+"""Typed settings loaded from TOML.
+
+Every key is optional; a missing file section means the embedded defaults. Every error names the
+file, the key and what is allowed, because the person reading it is a PACS administrator editing
+a file over SSH, not a Python developer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
+AETitle = Annotated[str, Field(pattern=AE_TITLE_PATTERN)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class ConfigError(Exception):
+    """A configuration problem the administrator can fix; the message says what and where."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TLSSettings(_Section):
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    require_client_cert: bool = False
+
+
+class NodeSettings(_Section):
+    ae_title: AETitle = "MARROWNODE"
+    host: str = "127.0.0.1"
+    port: Port = 11112
+    allowed_calling_aets: list[AETitle] = []
+    max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
+    tls: TLSSettings | None = None
+    network_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    maximum_pdu_size: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+
+
+def _default_storage_root() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; elsewhere a folder in the working dir.
+    state = os.environ.get("STATE_DIRECTORY")
+    return Path(state.split(":")[0]) if state else Path("marrownode-data")
+
+
+class StorageSettings(_Section):
+    root: Path = Field(default_factory=_default_storage_root)
+    min_free_mb: Annotated[int, Field(ge=0)] = 1024
+    retention_hours: Annotated[float, Field(gt=0)] = 72.0
+
+
+class CompletionSettings(_Section):
+    idle_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+
+
+class ThresholdEntry(_Section):
+    field_strength_t: Annotated[float, Field(gt=0, le=20)]
+    signal_loss_percent: Annotated[float, Field(gt=0, lt=100)]
+
+
+class AnalysisSettings(_Section):
+    thresholds: list[ThresholdEntry] = [
+        ThresholdEntry(field_strength_t=1.5, signal_loss_percent=20.0),
+        ThresholdEntry(field_strength_t=3.0, signal_loss_percent=25.0),
+    ]
+    field_strength_tolerance_t: Annotated[float, Field(gt=0, le=1.0)] = 0.25
+    min_focus_volume_mm3: Annotated[float, Field(ge=0)] = 50.0
+    marrow_shell_mm: Annotated[float, Field(gt=0, le=50)] = 3.0
+    marrow_shell_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+
+    @field_validator("thresholds")
+    @classmethod
+    def _distinct_field_strengths(cls, value: list[ThresholdEntry]) -> list[ThresholdEntry]:
+        strengths = [entry.field_strength_t for entry in value]
+        if len(set(strengths)) != len(strengths):
+            raise ValueError("each field_strength_t may appear only once")
+        return value
+
+
+class Destination(_Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+    ae_title: AETitle
+    host: str
+    port: Port
+
+
+class OutputSettings(_Section):
+    parametric_map: bool = True
+    derived_mr: bool = True
+    overlay: bool = True
+    sr: bool = True
+    uid_root: Annotated[str, Field(pattern=r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*$", max_length=40)] = (
+        "2.25"
+    )
+    disclaimer: Annotated[str, Field(max_length=120)] = (
+        "marrownode: research aid, not a diagnosis. Verify on source images."
+    )
+    series_number_base: Annotated[int, Field(ge=1, le=2**31 - 1000)] = 9000
+
+
+class HTTPSettings(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 8642
+
+
+class LoggingSettings(_Section):
+    format: Literal["kv", "json"] = "kv"
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    include_phi: bool = False
+
+
+class OutboxSettings(_Section):
+    retry_initial_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 600.0
+    max_attempts: Annotated[int, Field(ge=1)] = 1000
+
+    @model_validator(mode="after")
+    def _ordered(self) -> OutboxSettings:
+        if self.retry_max_seconds < self.retry_initial_seconds:
+            raise ValueError("retry_max_seconds must be >= retry_initial_seconds")
+        return self
+
+
+class Settings(_Section):
+    node: NodeSettings = NodeSettings()
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    completion: CompletionSettings = CompletionSettings()
+    analysis: AnalysisSettings = AnalysisSettings()
+    destinations: list[Destination] = []
+    outputs: OutputSettings = OutputSettings()
+    http: HTTPSettings = HTTPSettings()
+    logging: LoggingSettings = LoggingSettings()
+    outbox: OutboxSettings = OutboxSettings()
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, value: list[Destination]) -> list[Destination]:
+        names = [d.name for d in value]
+        if len(set(names)) != len(names):
+            raise ValueError("destination names must be unique")
+        return value
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
+    """The keys a section accepts, so 'unknown key' errors can list the alternatives."""
+    current: Any = model
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
+        if field is None:
+            return None
+        annotation = field.annotation
+        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
+            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                current = candidate
+                break
+        else:
+            return None
+    return sorted(current.model_fields) if hasattr(current, "model_fields") else None
+
+
+def _format_errors(source: str, error: ValidationError) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for item in error.errors():
+        loc = tuple(item["loc"])
+        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
+        key = re.sub(r"\.\[", "[", key) or "(top level)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            allowed = _allowed_keys(Settings, loc)
+            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
+        elif item["type"] == "string_pattern_mismatch" and "ae_title" in key:
+            message = "AE title must be 1-16 printable ASCII characters without backslash"
+        elif item["type"] == "literal_error":
+            message = f"{message}"
+        got = item.get("input")
+        if item["type"] != "extra_forbidden" and not isinstance(got, dict | list):
+            message += f" (got {got!r})"
+        lines.append(f"  {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(path: Path | str | None = None) -> Settings:
+    """Read settings from a TOML file, or the embedded defaults when path is None."""
+    if path is None:
+        return Settings()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file not found: {path}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
+    return settings_from_mapping(raw, source=str(path))
+
+
+def settings_from_mapping(raw: dict[str, Any], source: str = "<mapping>") -> Settings:
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from exc
+    tls = settings.node.tls
+    if tls is not None:
+        for name in ("cert", "key", "ca"):
+            file = getattr(tls, name)
+            if file is not None and not Path(file).is_file():
+                raise ConfigError(
+                    f"invalid configuration in {source}:\n  node.tls.{name}: "
+                    f"file not found (got {str(file)!r})"
+                )
+    return settings
+
+
+def effective_settings_toml(settings: Settings) -> str:
+    """Render settings back as TOML so check-config shows exactly what will run."""
+    data = settings.model_dump(mode="json", exclude_none=True)
+    out: list[str] = []
+
+    def scalar(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, int | float):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(scalar(v) for v in value) + "]"
+        if isinstance(value, dict):
+            return "{" + ", ".join(f"{k} = {scalar(v)}" for k, v in value.items()) + "}"
+        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}"'
+
+    for section, body in data.items():
+        if isinstance(body, list):
+            for item in body:
+                out.append(f"[[{section}]]")
+                out.extend(f"{k} = {scalar(v)}" for k, v in item.items())
+                out.append("")
+            continue
+        out.append(f"[{section}]")
+        nested = {k: v for k, v in body.items() if isinstance(v, dict)}
+        out.extend(f"{k} = {scalar(v)}" for k, v in body.items() if k not in nested)
+        out.append("")
+        for key, sub in nested.items():
+            out.append(f"[{section}.{key}]")
+            out.extend(f"{k} = {scalar(v)}" for k, v in sub.items())
+            out.append("")
+    return "\n".join(out)

@@ -1,0 +1,215 @@
+"""The storage SCP: pynetdicom events in, ingest calls out.
+
+The receiving threads do only the durable write (no pixel decoding, no analysis); everything else
+happens after the index records it. Association lifecycle events are recorded so the assembler
+knows when a sender has finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pydicom import uid as pd_uid
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
+
+from marrownode.config import NodeSettings
+from marrownode.store.ingest import STATUS_SUCCESS, Ingestor
+
+log = logging.getLogger(__name__)
+
+#: Every transfer syntax a scanner or PACS commonly sends; compressed data is kept as received.
+ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
+    pd_uid.ExplicitVRLittleEndian,
+    pd_uid.ImplicitVRLittleEndian,
+    pd_uid.DeflatedExplicitVRLittleEndian,
+    pd_uid.ExplicitVRBigEndian,
+    pd_uid.JPEGBaseline8Bit,
+    pd_uid.JPEGExtended12Bit,
+    pd_uid.JPEGLossless,
+    pd_uid.JPEGLosslessSV1,
+    pd_uid.JPEGLSLossless,
+    pd_uid.JPEGLSNearLossless,
+    pd_uid.JPEG2000Lossless,
+    pd_uid.JPEG2000,
+    pd_uid.HTJ2KLossless,
+    pd_uid.HTJ2KLosslessRPCL,
+    pd_uid.HTJ2K,
+    pd_uid.RLELossless,
+]
+
+_ASSOCIATION_ID = "_marrownode_association_id"
+
+
+@dataclass
+class ReceiverStats:
+    """Counters the metrics endpoint reads; updated from receiving threads."""
+
+    instances: int = 0
+    bytes: int = 0
+    accepted: int = 0
+    rejected: int = 0
+    failures: dict[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        self.failures = {}
+        self._lock = threading.Lock()
+
+    def add(self, **changes: int) -> None:
+        with self._lock:
+            for name, delta in changes.items():
+                setattr(self, name, getattr(self, name) + delta)
+
+    def failed(self, status: int) -> None:
+        with self._lock:
+            assert self.failures is not None
+            self.failures[status] = self.failures.get(status, 0) + 1
+
+
+def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
+    tls = settings.tls
+    if tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
+    if tls.ca is not None:
+        context.load_verify_locations(cafile=str(tls.ca))
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    return context
+
+
+class Receiver:
+    """A running storage SCP bound to the configured address."""
+
+    def __init__(
+        self,
+        settings: NodeSettings,
+        ingestor: Ingestor,
+        on_association_end: Callable[[str], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ingestor = ingestor
+        self.on_association_end = on_association_end
+        self.stats = ReceiverStats()
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_associations = settings.max_associations
+        self.ae.network_timeout = settings.network_timeout_seconds
+        self.ae.acse_timeout = settings.network_timeout_seconds
+        self.ae.dimse_timeout = settings.network_timeout_seconds
+        self.ae.maximum_pdu_size = settings.maximum_pdu_size
+        self.ae.require_called_aet = True
+        self.ae.require_calling_aet = list(settings.allowed_calling_aets)
+        self.ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        self._server: ThreadedAssociationServer | None = None
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("receiver is not started")
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        if not self.settings.allowed_calling_aets:
+            log.warning("event=allow_list_empty detail=any calling AE title is accepted")
+        handlers = [
+            (evt.EVT_C_STORE, self._handle_store),
+            (evt.EVT_ACCEPTED, self._handle_accepted),
+            (evt.EVT_REJECTED, self._handle_rejected),
+            (evt.EVT_RELEASED, self._handle_ended),
+            (evt.EVT_ABORTED, self._handle_ended),
+        ]
+        self._server = self.ae.start_server(
+            (self.settings.host, self.settings.port),
+            block=False,
+            ssl_context=build_ssl_context(self.settings),
+            evt_handlers=handlers,
+        )
+        # Accepted sockets inherit TCP_NODELAY from the listening socket on Linux; without it
+        # every small C-STORE response waits for Nagle's algorithm.
+        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.info(
+            "event=listening ae_title=%s host=%s port=%d tls=%s",
+            self.settings.ae_title, self.settings.host, self.port,
+            self.settings.tls is not None,
+        )
+
+    def active_associations(self) -> int:
+        return len(self.ae.active_associations)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        """Stop listening, let in-flight associations finish, then abort what is left."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        deadline = time.monotonic() + grace_seconds
+        while self.ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        remaining = self.ae.active_associations
+        for association in remaining:
+            association.abort()
+        if remaining:
+            log.warning("event=associations_aborted count=%d", len(remaining))
+        self.ae.shutdown()
+
+    # --- handlers (run in pynetdicom's association threads) ------------------------------------
+
+    def _handle_accepted(self, event: evt.Event) -> None:
+        association_id = uuid.uuid4().hex
+        setattr(event.assoc, _ASSOCIATION_ID, association_id)
+        requestor = event.assoc.requestor
+        self.stats.add(accepted=1)
+        self.ingestor.index.open_association(
+            association_id, requestor.ae_title, f"{requestor.address}:{requestor.port}"
+        )
+        log.info(
+            "event=association_accepted association=%s calling_aet=%s peer=%s",
+            association_id, requestor.ae_title, requestor.address,
+        )
+
+    def _handle_rejected(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        self.stats.add(rejected=1)
+        log.warning(
+            "event=association_rejected calling_aet=%s called_aet=%s peer=%s",
+            requestor.ae_title, event.assoc.acceptor.ae_title, requestor.address,
+        )
+
+    def _handle_ended(self, event: evt.Event) -> None:
+        association_id = getattr(event.assoc, _ASSOCIATION_ID, None)
+        if association_id is None:
+            return
+        self.ingestor.index.close_association(association_id)
+        log.info("event=association_ended association=%s how=%s",
+                 association_id, event.event.name)
+        if self.on_association_end is not None:
+            self.on_association_end(association_id)
+
+    def _handle_store(self, event: evt.Event) -> int | Dataset:
+        association_id = getattr(event.assoc, _ASSOCIATION_ID, None)
+        encoded = event.encoded_dataset(include_meta=True)
+        try:
+            outcome = self.ingestor.store(encoded, association_id)
+        except Exception:
+            log.exception("event=store_error association=%s", association_id)
+            self.stats.failed(0x0110)
+            return 0x0110
+        if outcome.status != STATUS_SUCCESS:
+            self.stats.failed(outcome.status)
+            status = Dataset()
+            status.Status = outcome.status
+            status.ErrorComment = outcome.comment[:64]
+            return status
+        self.stats.add(instances=1, bytes=len(encoded))
+        return STATUS_SUCCESS

@@ -1,0 +1,132 @@
+"""Wires the services for `marrownode serve`: lifecycle, signals, systemd notify and watchdog."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from marrownode.config import Settings
+from marrownode.net.receiver import Receiver
+from marrownode.sdnotify import notify, watchdog_interval_seconds
+from marrownode.store.index import Index
+from marrownode.store.ingest import Ingestor
+from marrownode.store.spool import Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Health:
+    listener_bound: bool
+    index_writable: bool
+    disk_above_watermark: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.listener_bound and self.index_writable and self.disk_above_watermark
+
+
+def open_store(settings: Settings) -> tuple[Spool, Index]:
+    root = settings.storage.root
+    root.mkdir(parents=True, exist_ok=True)
+    spool = Spool(root, settings.storage.min_free_mb * 1024 * 1024)
+    return spool, Index(root / "index.sqlite3")
+
+
+class Node:
+    """The running node: receiver, assembler, analysis workers and sender around one index."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.spool, self.index = open_store(settings)
+        self.ingestor = Ingestor(self.spool, self.index)
+        self.receiver = Receiver(settings.node, self.ingestor, self._association_ended)
+        self._stop = threading.Event()
+        self._started = False
+        self._services: list[Any] = []
+
+    # Services that run beside the receiver (assembler, sender, http) register here.
+    def add_service(self, service: Any) -> None:
+        self._services.append(service)
+
+    def _association_ended(self, association_id: str) -> None:
+        for service in self._services:
+            wake = getattr(service, "wake", None)
+            if wake is not None:
+                wake()
+
+    def start(self) -> None:
+        removed, reindexed = self.ingestor.recover()
+        closed = self.index.close_stale_associations()
+        log.info(
+            "event=recovered temp_files_removed=%d reindexed=%d stale_associations=%d "
+            "instances=%d", removed, reindexed, closed, self.index.instance_count(),
+        )
+        self.receiver.start()
+        for service in self._services:
+            service.start()
+        self._started = True
+        notify(f"READY=1\nSTATUS=listening on port {self.receiver.port}\nMAINPID={_pid()}")
+        interval = watchdog_interval_seconds()
+        if interval is not None:
+            threading.Thread(
+                target=self._watchdog, args=(interval,), name="watchdog", daemon=True
+            ).start()
+
+    def health(self) -> Health:
+        bound = self._started and self.receiver._server is not None
+        writable = self.index.writable()
+        free = self.spool.free_bytes()
+        return Health(
+            listener_bound=bound,
+            index_writable=writable,
+            disk_above_watermark=free >= self.spool.min_free_bytes,
+            details={"free_bytes": free, "min_free_bytes": self.spool.min_free_bytes},
+        )
+
+    def _watchdog(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            health = self.health()
+            if health.ok:
+                notify("WATCHDOG=1")
+            else:
+                log.warning("event=unhealthy listener=%s index=%s disk=%s",
+                            health.listener_bound, health.index_writable,
+                            health.disk_above_watermark)
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stop.wait(timeout)
+
+    def stop(self, grace_seconds: float = 10.0) -> None:
+        notify("STOPPING=1")
+        self._stop.set()
+        log.info("event=stopping active_associations=%d", self.receiver.active_associations())
+        self.receiver.stop(grace_seconds)
+        for service in reversed(self._services):
+            service.stop()
+        self._started = False
+        log.info("event=stopped instances=%d", self.index.instance_count())
+
+    def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT; the server is non-blocking so shutdown cannot deadlock."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start()
+        try:
+            while not self._stop.wait(1.0):
+                pass
+        finally:
+            self.stop()
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()

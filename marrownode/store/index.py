@@ -1,0 +1,319 @@
+"""The index: one SQLite database (WAL) that records every state change of the node.
+
+Each arrow of the flow in DESIGN.md is a row update here, committed before the next step starts,
+so a restart resumes where it stopped. Connections are per thread; SQLite serialises writers.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid        TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    reason           TEXT NOT NULL DEFAULT '',
+    dirty            INTEGER NOT NULL DEFAULT 1,
+    first_received   REAL NOT NULL,
+    last_received    REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    report           TEXT
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    size_bytes       INTEGER NOT NULL,
+    received_at      REAL NOT NULL,
+    association_id   TEXT,
+    header           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS associations (
+    association_id   TEXT PRIMARY KEY,
+    calling_aet      TEXT NOT NULL,
+    peer             TEXT NOT NULL,
+    opened_at        REAL NOT NULL,
+    closed_at        REAL,
+    instances        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS dixon_sets (
+    study_uid        TEXT NOT NULL,
+    set_key          TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    reason           TEXT NOT NULL DEFAULT '',
+    updated_at       REAL NOT NULL,
+    report           TEXT,
+    PRIMARY KEY (study_uid, set_key)
+);
+"""
+
+
+@dataclass(frozen=True)
+class InstanceRow:
+    sop_instance_uid: str
+    study_uid: str
+    series_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str
+    size_bytes: int
+    received_at: float
+    association_id: str | None
+    header: dict[str, Any]
+
+
+class Index:
+    """Thread-safe access to the node's SQLite index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        db = self._connection()
+        db.executescript(_SCHEMA)  # executescript commits on its own
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _connection(self) -> sqlite3.Connection:
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode = WAL")
+            # FULL: a committed row survives power loss, matching the fsynced spool file.
+            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute("PRAGMA foreign_keys = ON")
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        db = self._connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def writable(self) -> bool:
+        try:
+            with self.transaction() as db:
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
+            return True
+        except sqlite3.Error:
+            return False
+
+    # --- ingest -------------------------------------------------------------------------------
+
+    def record_instance(
+        self,
+        header: dict[str, Any],
+        path: Path,
+        size_bytes: int,
+        transfer_syntax: str,
+        association_id: str | None,
+        now: float | None = None,
+    ) -> str | None:
+        """Index one stored instance; return the previous path if this SOP UID was seen before."""
+        now = time.time() if now is None else now
+        sop_uid = header["sop_instance_uid"]
+        study_uid = header["study_uid"]
+        with self.transaction() as db:
+            previous = db.execute(
+                "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
+            ).fetchone()
+            db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
+                (
+                    sop_uid,
+                    study_uid,
+                    header["series_uid"],
+                    header["sop_class_uid"],
+                    transfer_syntax,
+                    str(path),
+                    size_bytes,
+                    now,
+                    association_id,
+                    json.dumps(header, separators=(",", ":")),
+                ),
+            )
+            db.execute(
+                """INSERT INTO studies (study_uid, state, reason, dirty, first_received,
+                                        last_received, updated_at)
+                   VALUES (?, 'receiving', '', 1, ?, ?, ?)
+                   ON CONFLICT (study_uid) DO UPDATE SET
+                       state = 'receiving', reason = '', dirty = 1,
+                       last_received = excluded.last_received, updated_at = excluded.updated_at""",
+                (study_uid, now, now, now),
+            )
+            if association_id is not None:
+                db.execute(
+                    "UPDATE associations SET instances = instances + 1 WHERE association_id = ?",
+                    (association_id,),
+                )
+        return previous["path"] if previous else None
+
+    def known_paths(self) -> set[str]:
+        rows = self._connection().execute("SELECT path FROM instances").fetchall()
+        return {row["path"] for row in rows}
+
+    def open_association(
+        self, association_id: str, calling_aet: str, peer: str, now: float | None = None
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO associations VALUES (?, ?, ?, ?, NULL, 0)",
+                (association_id, calling_aet, peer, time.time() if now is None else now),
+            )
+
+    def close_association(self, association_id: str, now: float | None = None) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE associations SET closed_at = ? WHERE association_id = ?",
+                (time.time() if now is None else now, association_id),
+            )
+            # A study whose data came over this association may now be complete: look again.
+            db.execute(
+                """UPDATE studies SET dirty = 1 WHERE study_uid IN
+                   (SELECT DISTINCT study_uid FROM instances WHERE association_id = ?)""",
+                (association_id,),
+            )
+
+    def close_stale_associations(self, now: float | None = None) -> int:
+        """After a restart no association from before can still be open."""
+        with self.transaction() as db:
+            cursor = db.execute(
+                "UPDATE associations SET closed_at = ? WHERE closed_at IS NULL",
+                (time.time() if now is None else now,),
+            )
+            db.execute("UPDATE studies SET dirty = 1 WHERE state NOT IN ('analysed')")
+            return cursor.rowcount
+
+    def open_association_ids(self, study_uid: str) -> set[str]:
+        rows = self._connection().execute(
+            """SELECT DISTINCT i.association_id FROM instances i
+               JOIN associations a ON a.association_id = i.association_id
+               WHERE i.study_uid = ? AND a.closed_at IS NULL""",
+            (study_uid,),
+        ).fetchall()
+        return {row[0] for row in rows}
+
+    # --- reading ------------------------------------------------------------------------------
+
+    def instances(self, study_uid: str) -> list[InstanceRow]:
+        rows = self._connection().execute(
+            "SELECT * FROM instances WHERE study_uid = ? ORDER BY series_uid, sop_instance_uid",
+            (study_uid,),
+        ).fetchall()
+        return [
+            InstanceRow(**{**dict(row), "header": json.loads(row["header"])}) for row in rows
+        ]
+
+    def instance_count(self) -> int:
+        return self._connection().execute("SELECT COUNT(*) FROM instances").fetchone()[0]
+
+    def study(self, study_uid: str) -> dict[str, Any] | None:
+        row = self._connection().execute(
+            "SELECT * FROM studies WHERE study_uid = ?", (study_uid,)
+        ).fetchone()
+        return dict(row) if row else None
+
+    def dirty_studies(self) -> list[dict[str, Any]]:
+        rows = self._connection().execute(
+            "SELECT * FROM studies WHERE dirty = 1 ORDER BY last_received"
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def waiting_studies(self) -> list[dict[str, Any]]:
+        rows = self._connection().execute(
+            "SELECT * FROM studies WHERE state = 'waiting' ORDER BY last_received"
+        ).fetchall()
+        return [dict(row) for row in rows]
+
+    def set_study_state(
+        self,
+        study_uid: str,
+        state: str,
+        reason: str = "",
+        report: dict[str, Any] | None = None,
+        if_last_received: float | None = None,
+    ) -> bool:
+        """Move a study to a new state; refuse if new data arrived since if_last_received."""
+        with self.transaction() as db:
+            query = "UPDATE studies SET state = ?, reason = ?, dirty = 0, updated_at = ?"
+            params: list[Any] = [state, reason, time.time()]
+            if report is not None:
+                query += ", report = ?"
+                params.append(json.dumps(report))
+            query += " WHERE study_uid = ?"
+            params.append(study_uid)
+            if if_last_received is not None:
+                query += " AND last_received = ?"
+                params.append(if_last_received)
+            return db.execute(query, params).rowcount == 1
+
+    def record_sets(self, study_uid: str, sets: list[dict[str, Any]]) -> None:
+        """Replace the study's Dixon-set rows: key, state, reason and the set's report."""
+        now = time.time()
+        with self.transaction() as db:
+            db.execute("DELETE FROM dixon_sets WHERE study_uid = ?", (study_uid,))
+            db.executemany(
+                "INSERT INTO dixon_sets VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (study_uid, s["key"], s["state"], s.get("reason", ""), now,
+                     json.dumps(s.get("report")))
+                    for s in sets
+                ],
+            )
+
+    def status(self) -> dict[str, Any]:
+        """Everything `marrownode status` shows."""
+        db = self._connection()
+        studies = []
+        for row in db.execute("SELECT * FROM studies ORDER BY first_received").fetchall():
+            count = db.execute(
+                "SELECT COUNT(*) FROM instances WHERE study_uid = ?", (row["study_uid"],)
+            ).fetchone()[0]
+            sets = [
+                {
+                    "key": s["set_key"],
+                    "state": s["state"],
+                    "reason": s["reason"],
+                }
+                for s in db.execute(
+                    "SELECT * FROM dixon_sets WHERE study_uid = ? ORDER BY set_key",
+                    (row["study_uid"],),
+                ).fetchall()
+            ]
+            studies.append(
+                {
+                    "study_instance_uid": row["study_uid"],
+                    "instances": count,
+                    "state": row["state"],
+                    "reason": row["reason"],
+                    "last_received": row["last_received"],
+                    "dixon_sets": sets,
+                }
+            )
+        return {"instances": self.instance_count(), "studies": studies}

@@ -1,0 +1,103 @@
+"""Ingest: one received instance from encoded bytes to a durable, indexed spool file.
+
+The caller (net/receiver) maps the outcome to a DIMSE status; success is only reported after the
+file is fsynced, renamed into place and its index row committed.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from marrownode.dixon.header import summarise
+from marrownode.store.index import Index
+from marrownode.store.spool import OutOfSpace, Spool
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_DATASET_MISMATCH = 0xA900
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_PROCESSING_FAILURE = 0x0110
+
+
+@dataclass(frozen=True)
+class IngestOutcome:
+    status: int
+    comment: str = ""
+    study_uid: str = ""
+    path: Path | None = None
+
+
+class Ingestor:
+    """Writes received instances into the spool and the index."""
+
+    def __init__(self, spool: Spool, index: Index) -> None:
+        self.spool = spool
+        self.index = index
+
+    def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
+        """Store one instance given as DICOM File Format bytes (preamble + meta + dataset)."""
+        try:
+            dataset = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            meta = dataset.file_meta
+            transfer_syntax = str(meta.TransferSyntaxUID)
+            sop_uid = str(dataset.SOPInstanceUID)
+            study_uid = str(dataset.StudyInstanceUID)
+            series_uid = str(dataset.SeriesInstanceUID)
+        except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError,
+                OSError, NotImplementedError) as exc:
+            log.warning("event=store_rejected reason=unreadable_dataset error=%s",
+                        type(exc).__name__)
+            return IngestOutcome(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}"[:64])
+        if not (sop_uid and study_uid and series_uid):
+            return IngestOutcome(STATUS_CANNOT_UNDERSTAND, "missing Study/Series/SOP UID")
+        declared = str(getattr(meta, "MediaStorageSOPInstanceUID", sop_uid))
+        if declared != sop_uid:
+            return IngestOutcome(
+                STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from the request's UID"
+            )
+        try:
+            header = summarise(dataset)
+        except Exception as exc:  # a header we cannot summarise is still kept, never refused
+            log.warning("event=header_unreadable sop=%s error=%s", sop_uid, type(exc).__name__)
+            header = {"frames": [], "modality": str(dataset.get("Modality", ""))}
+        header.update(study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid)
+        header.setdefault("sop_class_uid", str(dataset.get("SOPClassUID", "")))
+        path = self.spool.path_for(study_uid, series_uid, sop_uid)
+        try:
+            self.spool.write(path, encoded)
+        except OutOfSpace:
+            log.warning("event=store_refused reason=disk_watermark sop=%s", sop_uid)
+            return IngestOutcome(STATUS_OUT_OF_RESOURCES, "spool below free-space watermark")
+        except OSError as exc:
+            status = STATUS_OUT_OF_RESOURCES if exc.errno == errno.ENOSPC else 0xA701
+            log.error("event=store_failed sop=%s error=%s", sop_uid, exc.strerror)
+            return IngestOutcome(status, "cannot write to spool")
+        previous = self.index.record_instance(
+            header, path, len(encoded), transfer_syntax, association_id
+        )
+        if previous and previous != str(path):
+            Path(previous).unlink(missing_ok=True)
+        return IngestOutcome(STATUS_SUCCESS, study_uid=study_uid, path=path)
+
+    def recover(self) -> tuple[int, int]:
+        """After a crash: drop temp files, index spool files that lost their index row."""
+        removed = self.spool.prepare()
+        known = self.index.known_paths()
+        reindexed = 0
+        for path in self.spool.data_dir.rglob("*.dcm"):
+            if str(path) in known:
+                continue
+            encoded = path.read_bytes()
+            outcome = self.store(encoded)
+            if outcome.status == STATUS_SUCCESS:
+                reindexed += 1
+        return removed, reindexed

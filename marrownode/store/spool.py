@@ -1,0 +1,117 @@
+"""The spool: received files on disk, laid out by study / series / instance.
+
+Every write is durable before it is visible: data goes to a temp file on the same filesystem, is
+fsynced, renamed into place, and the directory is fsynced. Directory and file names are derived
+from UIDs but can never escape the spool, whatever a peer puts in them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+_TEMP_SUFFIX = ".part"
+
+
+def safe_component(uid: str) -> str:
+    """A file-name component for a UID: the UID itself when it is a valid UID, else a hash.
+
+    A valid UID contains only digits and dots and at most 64 characters, so it cannot name a
+    parent directory or a hidden file; anything else ('../../etc/x', 200 characters, NUL bytes)
+    is replaced by a digest that is stable for the same input.
+    """
+    if len(uid) <= 64 and _UID_RE.fullmatch(uid):
+        return uid
+    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
+
+
+def fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class OutOfSpace(Exception):
+    """Free space would fall below the configured watermark."""
+
+
+@dataclass(frozen=True)
+class Spool:
+    root: Path
+    min_free_bytes: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "spool"
+
+    @property
+    def temp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    def prepare(self) -> int:
+        """Create the layout and remove half-written temp files left by a crash; return how many."""
+        for directory in (self.data_dir, self.temp_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        removed = 0
+        for leftover in self.temp_dir.iterdir():
+            if leftover.is_file():
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
+        path = (
+            self.data_dir
+            / safe_component(study_uid)
+            / safe_component(series_uid)
+            / (safe_component(sop_instance_uid) + ".dcm")
+        )
+        # Belt and braces: the components above cannot escape, and this proves it.
+        if self.data_dir.resolve() not in path.resolve().parents:
+            raise ValueError("spool path escapes the spool")
+        return path
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def has_room_for(self, size: int) -> bool:
+        return self.free_bytes() - size >= self.min_free_bytes
+
+    def write(self, path: Path, data: bytes | memoryview) -> None:
+        """Durably write data to path (temp file, fsync, rename, fsync directory)."""
+        if not self.has_room_for(len(data)):
+            raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
+        self._make_directories(path.parent)
+        fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, suffix=_TEMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp_name, path)
+        except BaseException:
+            Path(temp_name).unlink(missing_ok=True)
+            raise
+        fsync_directory(path.parent)
+
+    def _make_directories(self, directory: Path) -> None:
+        """Create missing directories and fsync each parent, so new entries survive a crash."""
+        missing: list[Path] = []
+        current = directory
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for new_dir in reversed(missing):
+            new_dir.mkdir(exist_ok=True)
+            fsync_directory(new_dir.parent)
+
+    def remove_study(self, study_uid: str) -> None:
+        shutil.rmtree(self.data_dir / safe_component(study_uid), ignore_errors=True)
