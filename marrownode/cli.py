@@ -150,7 +150,8 @@ def _cmd_process(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     report = process_paths(args.paths, args.out, settings)
     sets = sum(len(s["dixon_sets"]) for s in report["studies"])
-    print(f"{len(report['studies'])} studies, {sets} Dixon sets; report: {args.out / 'report.json'}")
+    studies = len(report["studies"])
+    print(f"{studies} studies, {sets} Dixon sets; report: {args.out / 'report.json'}")
     return EXIT_OK
 
 

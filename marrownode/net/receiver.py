@@ -27,24 +27,26 @@ from marrownode.store.ingest import STATUS_SUCCESS, Ingestor
 
 log = logging.getLogger(__name__)
 
-#: Every transfer syntax a scanner or PACS commonly sends; compressed data is kept as received.
+#: Every transfer syntax a scanner or PACS commonly sends, in order of preference: pynetdicom
+#: accepts the first of ours the requestor proposes, so lossless compressed data is kept as sent,
+#: and lossy syntaxes are accepted only when nothing lossless was offered.
 ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
+    pd_uid.RLELossless,
+    pd_uid.JPEGLSLossless,
+    pd_uid.JPEGLosslessSV1,
+    pd_uid.JPEGLossless,
+    pd_uid.JPEG2000Lossless,
+    pd_uid.HTJ2KLossless,
+    pd_uid.HTJ2KLosslessRPCL,
     pd_uid.ExplicitVRLittleEndian,
     pd_uid.ImplicitVRLittleEndian,
     pd_uid.DeflatedExplicitVRLittleEndian,
     pd_uid.ExplicitVRBigEndian,
     pd_uid.JPEGBaseline8Bit,
     pd_uid.JPEGExtended12Bit,
-    pd_uid.JPEGLossless,
-    pd_uid.JPEGLosslessSV1,
-    pd_uid.JPEGLSLossless,
     pd_uid.JPEGLSNearLossless,
-    pd_uid.JPEG2000Lossless,
     pd_uid.JPEG2000,
-    pd_uid.HTJ2KLossless,
-    pd_uid.HTJ2KLosslessRPCL,
     pd_uid.HTJ2K,
-    pd_uid.RLELossless,
 ]
 
 _ASSOCIATION_ID = "_marrownode_association_id"
@@ -146,7 +148,11 @@ class Receiver:
         )
 
     def active_associations(self) -> int:
-        return len(self.ae.active_associations)
+        return len(self._in_flight())
+
+    def _in_flight(self) -> list:
+        """Associations still exchanging data (released ones may linger until the peer closes)."""
+        return [a for a in self.ae.active_associations if a.is_established]
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop listening, let in-flight associations finish, then abort what is left."""
@@ -154,9 +160,9 @@ class Receiver:
             self._server.shutdown()
             self._server = None
         deadline = time.monotonic() + grace_seconds
-        while self.ae.active_associations and time.monotonic() < deadline:
+        while self._in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
-        remaining = self.ae.active_associations
+        remaining = self._in_flight()
         for association in remaining:
             association.abort()
         if remaining:

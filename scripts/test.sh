@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs what the tests need, then runs them.
+# Debian packages (dcmtk: storescu/storescp/echoscu; orthanc: the real PACS; dicom3tools: dciodvfy)
+# are installed when missing, as root. Python packages come from pyproject.toml's test extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+for pair in "dcmtk:/usr/bin/storescu" "orthanc:/usr/sbin/Orthanc" "dicom3tools:/usr/bin/dciodvfy"; do
+  [ -x "${pair#*:}" ] || need+=("${pair%%:*}")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages ${need[*]}; run as root or: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e '.[test]'
+python3 -m ruff check marrownode tests benchmarks
+python3 -m pytest -q -p no:cacheprovider "$@"

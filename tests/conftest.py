@@ -1,0 +1,144 @@
+"""Shared fixtures: loopback ports, nodes in-process and as real `marrownode serve` processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from marrownode.config import Settings, settings_from_mapping
+from marrownode.node import Node
+
+DCMTK = Path("/usr/bin")
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {LOOPBACK}:{port}")
+
+
+def make_settings(root: Path, **sections: dict[str, Any]) -> Settings:
+    raw: dict[str, Any] = {
+        "node": {"host": LOOPBACK, "port": free_port()},
+        "storage": {"root": str(root), "min_free_mb": 1},
+        "http": {"enabled": False, "port": free_port()},
+    }
+    for name, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(name, {}).update(values)
+        else:
+            raw[name] = values
+    return settings_from_mapping(raw)
+
+
+def write_config(path: Path, settings: Settings) -> Path:
+    from marrownode.config import effective_settings_toml
+
+    path.write_text(effective_settings_toml(settings))
+    return path
+
+
+@pytest.fixture
+def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
+    """Start nodes inside the test process (real sockets); all stopped at teardown."""
+    started: list[Node] = []
+
+    def start(**sections: dict[str, Any]) -> Node:
+        from marrownode.services import attach_services
+
+        settings = make_settings(tmp_path / f"node{len(started)}", **sections)
+        node = Node(settings)
+        attach_services(node)
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in started:
+        node.stop(grace_seconds=2.0)
+
+
+class ServeProcess:
+    """`marrownode serve` in a child process, as systemd would run it."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = config.with_suffix(".log")
+
+    def start(self, port: int | None = None) -> ServeProcess:
+        self._log_handle = self.log.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "marrownode", "serve", "--config", str(self.config)],
+            stdout=self._log_handle, stderr=subprocess.STDOUT, env=self.env,
+        )
+        if port is not None:
+            wait_for_port(port)
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        code = self.process.wait(timeout)
+        self._log_handle.close()
+        return code
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if hasattr(self, "_log_handle"):
+            self._log_handle.close()
+
+
+@pytest.fixture
+def serve_process(tmp_path: Path) -> Iterator[Callable[..., ServeProcess]]:
+    processes: list[ServeProcess] = []
+
+    def make(settings: Settings, env: dict[str, str] | None = None) -> ServeProcess:
+        config = write_config(tmp_path / f"serve{len(processes)}.toml", settings)
+        process = ServeProcess(config, env)
+        processes.append(process)
+        return process
+
+    yield make
+    for process in processes:
+        process.stop()
+
+
+def dcmtk_env() -> dict[str, str]:
+    """DCMTK leaves Nagle on unless told; every small PDU would then wait ~40 ms."""
+    return {**os.environ, "TCP_NODELAY": "1"}
+
+
+def require_binary(path: str) -> str:
+    if not Path(path).exists():
+        pytest.fail(f"{path} is missing: run the README test command, which installs it")
+    return path

@@ -1,0 +1,93 @@
+"""A minimal pynetdicom storage SCU for tests: one association, per-instance statuses."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Iterable
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+LOOPBACK = "127.0.0.1"
+
+
+def storage_ae(calling: str, datasets: Iterable[Dataset | Path] = ()) -> AE:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    syntaxes: dict[str, set[str]] = {}
+    for item in datasets:
+        if isinstance(item, Path):
+            continue
+        syntaxes.setdefault(item.SOPClassUID, set()).add(item.file_meta.TransferSyntaxUID)
+    for sop_class, transfer_syntaxes in syntaxes.items():
+        for ts in transfer_syntaxes:
+            ae.add_requested_context(sop_class, [ts])
+    if not syntaxes:
+        ae.requested_contexts = AllStoragePresentationContexts[:120]
+    ae.add_requested_context(Verification)
+    return ae
+
+
+def send(
+    port: int,
+    datasets: list[Dataset] | list[Path],
+    calling: str = "TESTSCU",
+    called: str = "MARROWNODE",
+    ssl_context: ssl.SSLContext | None = None,
+) -> list[int]:
+    """Send over one association; return each instance's status (0xFFFF if no response)."""
+    ae = storage_ae(calling, datasets)
+    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
+    association = ae.associate(LOOPBACK, port, ae_title=called, tls_args=tls_args)
+    if not association.is_established:
+        raise ConnectionRefusedError("association not established")
+    statuses = []
+    try:
+        for item in datasets:
+            status = association.send_c_store(item)
+            statuses.append(int(status.Status) if status else 0xFFFF)
+    finally:
+        association.release()
+    return statuses
+
+
+def can_associate(port: int, calling: str = "TESTSCU", called: str = "MARROWNODE",
+                  ssl_context: ssl.SSLContext | None = None) -> bool:
+    ae = AE(ae_title=calling)
+    ae.acse_timeout = ae.network_timeout = 5
+    ae.add_requested_context(Verification)
+    tls_args = (ssl_context, "localhost") if ssl_context is not None else None
+    association = ae.associate(LOOPBACK, port, ae_title=called, tls_args=tls_args)
+    established = association.is_established
+    if established:
+        association.release()
+    return established
+
+
+def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes,
+             transfer_syntax: str = "1.2.840.10008.1.2.1") -> int:
+    """Send arbitrary bytes as a C-STORE data set (a broken or hostile sender)."""
+    from io import BytesIO
+
+    from pynetdicom.dimse_primitives import C_STORE
+
+    ae = AE(ae_title="RAWSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+    ae.add_requested_context(sop_class, [transfer_syntax])
+    association = ae.associate(LOOPBACK, port, ae_title="MARROWNODE")
+    assert association.is_established
+    try:
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = sop_class
+        request.AffectedSOPInstanceUID = sop_instance
+        request.Priority = 2
+        request.DataSet = BytesIO(payload)
+        context = association.accepted_contexts[0]
+        association.dimse.send_msg(request, context.context_id)
+        _, response = association.dimse.get_msg(block=True)
+        return int(response.Status) if response is not None else 0xFFFF
+    finally:
+        association.release()

@@ -1,0 +1,95 @@
+"""Configuration: defaults, precise errors, check-config, the shipped example."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from marrownode.config import ConfigError, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "marrownode", *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_embedded_defaults_hold_the_literature_thresholds() -> None:
+    settings = load_settings(None)
+    assert settings.node.ae_title == "MARROWNODE"
+    assert [(t.field_strength_t, t.signal_loss_percent) for t in settings.analysis.thresholds] == [
+        (1.5, 20.0), (3.0, 25.0)]
+    assert settings.destinations == []
+
+
+def test_shipped_example_is_valid_and_check_config_prints_it() -> None:
+    example = ROOT / "config" / "marrownode.toml"
+    settings = load_settings(example)
+    assert settings.node.allowed_calling_aets == ["SCANNER1", "PACS"]
+    result = run_cli("check-config", str(example))
+    assert result.returncode == 0, result.stderr
+    assert 'allowed_calling_aets = ["SCANNER1", "PACS"]' in result.stdout
+    # What check-config prints is itself a valid configuration with the same meaning.
+    printed = "\n".join(line for line in result.stdout.splitlines() if not line.startswith("#"))
+    reparsed = Path(ROOT / "build-check.toml")
+    try:
+        reparsed.write_text(printed)
+        assert load_settings(reparsed) == settings
+    finally:
+        reparsed.unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[node]\nprot = 104\n", ["node.prot", "unknown key", "port"]),
+        ("[node]\nport = 70000\n", ["node.port", "less than or equal to 65535", "70000"]),
+        ("[node]\nport = \"eleven\"\n", ["node.port", "integer"]),
+        ("[node]\nae_title = \"WAY_TOO_LONG_AE_TITLE\"\n", ["node.ae_title", "1-16"]),
+        ("[logging]\nformat = \"xml\"\n", ["logging.format", "'kv' or 'json'"]),
+        ("[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\n",
+         ["destinations[0].port", "required"]),
+        ("[analysis]\nthresholds = [{field_strength_t = 1.5, signal_loss_percent = 120}]\n",
+         ["analysis.thresholds[0].signal_loss_percent", "less than 100"]),
+        ("[bogus]\n", ["bogus", "unknown key", "allowed keys", "storage"]),
+        ("[node\n", ["invalid TOML"]),
+    ],
+)
+def test_errors_name_file_key_and_what_is_allowed(
+    tmp_path: Path, text: str, expected: list[str]
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert str(path) in message
+    for fragment in expected:
+        assert fragment in message
+
+
+def test_bad_config_exits_2_with_the_message(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text("[storage]\nmin_free_mb = -5\n")
+    for command in (["check-config", str(path)], ["serve", "--config", str(path)],
+                    ["status", "--config", str(path)]):
+        result = run_cli(*command)
+        assert result.returncode == 2
+        assert "storage.min_free_mb" in result.stderr and str(path) in result.stderr
+
+
+def test_missing_tls_file_is_a_config_error(tmp_path: Path) -> None:
+    path = tmp_path / "tls.toml"
+    path.write_text(f'[node.tls]\ncert = "{tmp_path}/none.crt"\nkey = "{tmp_path}/none.key"\n')
+    with pytest.raises(ConfigError, match=r"node\.tls\.cert: file not found"):
+        load_settings(path)
+
+
+def test_settings_are_immutable() -> None:
+    settings = Settings()
+    with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
+        settings.node.port = 1  # type: ignore[misc]

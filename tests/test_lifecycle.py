@@ -1,0 +1,178 @@
+"""Lifecycle of `marrownode serve` as a process: SIGTERM mid-transfer, restart, status, systemd."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+
+from marrownode.store.index import Index
+from marrownode.synthetic.phantom import spine_phantom
+from marrownode.synthetic.studies import StudyOptions, build_study
+from tests.conftest import make_settings, wait_for_port
+from tests.scu import storage_ae
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def send_until_refused(port: int, datasets, acknowledged: list[str], started: threading.Event):
+    """Send one by one, recording every SOP UID the node acknowledged with 0x0000."""
+    ae = storage_ae("SCANNER", datasets)
+    association = ae.associate("127.0.0.1", port, ae_title="MARROWNODE")
+    if not association.is_established:
+        return
+    try:
+        for ds in datasets:
+            status = association.send_c_store(ds)
+            if not status or int(status.Status) != 0:
+                break
+            acknowledged.append(ds.SOPInstanceUID)
+            started.set()
+            if not association.is_established:
+                break
+    finally:
+        if association.is_established:
+            association.release()
+
+
+def test_sigterm_during_transfer_loses_no_acknowledged_instance(serve_process, tmp_path) -> None:
+    settings = make_settings(tmp_path / "data")
+    server = serve_process(settings).start(port=settings.node.port)
+    datasets = build_study(StudyOptions(study_key="sigterm"),
+                           spine_phantom(slices=100, rows=128, cols=128))
+    acknowledged: list[str] = []
+    started = threading.Event()
+    sender = threading.Thread(
+        target=send_until_refused, args=(settings.node.port, datasets, acknowledged, started)
+    )
+    sender.start()
+    assert started.wait(30)
+    while len(acknowledged) < 20:
+        time.sleep(0.01)
+    server.signal(signal.SIGTERM)
+    sender.join(60)
+    assert server.wait(60) == 0
+    assert len(acknowledged) >= 20
+    index = Index(settings.storage.root / "index.sqlite3")
+    rows = {row.sop_instance_uid: row for row in index.instances(datasets[0].StudyInstanceUID)}
+    for uid in acknowledged:
+        assert uid in rows, "an acknowledged instance is missing from the index"
+        assert dcmread(rows[uid].path).SOPInstanceUID == uid
+    log = server.log.read_text()
+    assert "event=stopping" in log and "event=stopped" in log
+
+
+def test_restart_finds_everything_and_cleans_temp_files(serve_process, tmp_path) -> None:
+    from tests.scu import send
+
+    settings = make_settings(tmp_path / "data")
+    server = serve_process(settings).start(port=settings.node.port)
+    datasets = build_study(StudyOptions(study_key="restart"))
+    assert send(settings.node.port, datasets[:10]) == [0] * 10
+    server.stop()
+    root = settings.storage.root
+    # A crash mid-write leaves a temp file; a crash after the rename but before the index
+    # commit leaves a spool file without a row: simulate both.
+    (root / "tmp" / "half-written.part").write_bytes(b"\0" * 100)
+    orphan = datasets[10]
+    index = Index(root / "index.sqlite3")
+    target = next(Path(r.path) for r in index.instances(orphan.StudyInstanceUID)).parent
+    orphan.save_as(target / "orphan.dcm", enforce_file_format=True)
+    index.close()
+    server = serve_process(settings).start(port=settings.node.port)
+    assert send(settings.node.port, datasets[11:12]) == [0]
+    server.stop()
+    assert not list((root / "tmp").iterdir())
+    status = subprocess.run(
+        [sys.executable, "-m", "marrownode", "status", "--json", "--config", str(server.config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["instances"] == 12
+    (study,) = report["studies"]
+    assert study["study_instance_uid"] == datasets[0].StudyInstanceUID
+    assert study["instances"] == 12 and study["state"]
+    table = subprocess.run(
+        [sys.executable, "-m", "marrownode", "status", "--config", str(server.config)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "instances: 12" in table.stdout and datasets[0].StudyInstanceUID in table.stdout
+
+
+def test_systemd_unit_parses() -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze not installed")
+    unit = ROOT / "systemd" / "marrownode.service"
+    text = unit.read_text()
+    for directive in ("Type=notify", "WatchdogSec=", "StateDirectory=marrownode",
+                      "ConfigurationDirectory=marrownode", "ProtectSystem=strict",
+                      "ProtectHome=yes", "PrivateTmp=yes", "NoNewPrivileges=yes",
+                      "RestrictAddressFamilies=", "CapabilityBoundingSet=\n",
+                      "Restart=on-failure"):
+        assert directive in text
+    result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True,
+                            timeout=60)
+    problems = [line for line in result.stderr.splitlines()
+                if "marrownode.service" in line and "Command /usr/local/bin/marrownode" not in line
+                and "is not executable" not in line]
+    assert not problems, result.stderr
+
+
+def test_notify_ready_after_bind_watchdog_and_stopping(serve_process, tmp_path) -> None:
+    notify_path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(notify_path))
+    receiver.settimeout(20)
+    settings = make_settings(tmp_path / "data")
+    server = serve_process(
+        settings, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "400000"}
+    ).start()
+    messages: list[str] = []
+    while not any("READY=1" in m for m in messages):
+        messages.append(receiver.recv(4096).decode())
+    # READY means the port is already bound: a connection succeeds at once.
+    with socket.create_connection(("127.0.0.1", settings.node.port), timeout=1):
+        pass
+    watchdog = 0
+    while watchdog < 2:
+        if "WATCHDOG=1" in receiver.recv(4096).decode():
+            watchdog += 1
+    server.signal(signal.SIGTERM)
+    while True:
+        if "STOPPING=1" in receiver.recv(4096).decode():
+            break
+    assert server.wait(30) == 0
+    receiver.close()
+
+
+def test_watchdog_stops_when_unhealthy(serve_process, tmp_path) -> None:
+    notify_path = tmp_path / "notify.sock"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(notify_path))
+    receiver.settimeout(3)
+    settings = make_settings(tmp_path / "data", storage={"min_free_mb": 1024 * 1024 * 1024})
+    server = serve_process(
+        settings, env={"NOTIFY_SOCKET": str(notify_path), "WATCHDOG_USEC": "200000"}
+    ).start(port=settings.node.port)
+    wait_for_port(settings.node.port)
+    received = []
+    try:
+        while True:
+            received.append(receiver.recv(4096).decode())
+    except TimeoutError:
+        pass
+    assert any("READY=1" in m for m in received)
+    assert not any("WATCHDOG=1" in m for m in received), "disk below watermark is not healthy"
+    server.stop()
+    receiver.close()

@@ -1,0 +1,179 @@
+"""The storage SCP over real associations on 127.0.0.1: pynetdicom and DCMTK as senders."""
+
+from __future__ import annotations
+
+import copy
+import ssl
+import subprocess
+from io import BytesIO
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from marrownode.synthetic.phantom import spine_phantom
+from marrownode.synthetic.studies import StudyOptions, build_study, compress, write_datasets
+from tests.conftest import DCMTK, dcmtk_env, require_binary
+from tests.scu import can_associate, send, send_raw
+
+
+def large_study() -> list[Dataset]:
+    """A 216-instance MR study: 54 slices x 4 Dixon contrasts, some RLE, some JPEG 2000."""
+    phantom = spine_phantom(slices=54, rows=64, cols=48)
+    datasets = build_study(StudyOptions(style="siemens", snr=40, study_key="big"), phantom)
+    rle = compress(datasets[:20], RLELossless)
+    j2k = compress(datasets[20:40], JPEG2000Lossless)
+    return rle + j2k + datasets[40:]
+
+
+def stored_pixels(path: str) -> np.ndarray:
+    return dcmread(path).pixel_array
+
+
+def test_pynetdicom_study_is_stored_bit_exact_and_indexed(node_factory) -> None:
+    node = node_factory()
+    datasets = large_study()
+    assert len(datasets) >= 200
+    statuses = send(node.receiver.port, datasets)
+    assert statuses == [0] * len(datasets)
+    rows = {row.sop_instance_uid: row for row in node.index.instances(datasets[0].StudyInstanceUID)}
+    assert len(rows) == len(datasets) == node.index.instance_count()
+    for ds in datasets:
+        row = rows[ds.SOPInstanceUID]
+        assert row.transfer_syntax == ds.file_meta.TransferSyntaxUID
+        assert Path(row.path).is_file()
+        assert np.array_equal(stored_pixels(row.path), ds.pixel_array)
+        # The header fields the assembler needs are in the index, per frame.
+        assert row.header["frames"][0]["echo_time"] == pytest.approx(float(ds.EchoTime))
+        assert row.header["image_type"] == list(ds.ImageType)
+    assert not any(node.spool.temp_dir.iterdir())
+
+
+def test_dcmtk_storescu_and_echoscu(node_factory, tmp_path: Path) -> None:
+    storescu = require_binary(str(DCMTK / "storescu"))
+    echoscu = require_binary(str(DCMTK / "echoscu"))
+    node = node_factory()
+    port = str(node.receiver.port)
+    echo = subprocess.run([echoscu, "-aec", "MARROWNODE", "127.0.0.1", port],
+                          env=dcmtk_env(), capture_output=True, text=True, timeout=30)
+    assert echo.returncode == 0, echo.stderr
+    datasets = large_study()
+    # Like a scanner: uncompressed files with the defaults, RLE with -xr, JPEG 2000 with -xv.
+    for option, part in (("", datasets[40:]), ("-xr", datasets[:20]), ("-xv", datasets[20:40])):
+        folder = tmp_path / (option or "plain")
+        write_datasets(part, folder)
+        command = [storescu, "-aet", "SCANNER", "-aec", "MARROWNODE", "+sd"]
+        result = subprocess.run(
+            [*command, *([option] if option else []), "127.0.0.1", port, str(folder)],
+            env=dcmtk_env(), capture_output=True, text=True, timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+    rows = node.index.instances(datasets[0].StudyInstanceUID)
+    assert len(rows) == len(datasets)
+    by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
+    compressed = {row.transfer_syntax for row in rows}
+    assert {RLELossless, JPEG2000Lossless} <= compressed
+    for row in rows:
+        assert np.array_equal(stored_pixels(row.path), by_uid[row.sop_instance_uid].pixel_array)
+
+
+def test_repeated_instance_is_idempotent(node_factory) -> None:
+    node = node_factory()
+    datasets = build_study(StudyOptions(study_key="repeat"))[:3]
+    assert send(node.receiver.port, datasets) == [0, 0, 0]
+    assert send(node.receiver.port, datasets[:1]) == [0]
+    assert node.index.instance_count() == 3
+    files = list(node.spool.data_dir.rglob("*.dcm"))
+    assert len(files) == 3
+
+
+def test_calling_ae_allow_list_and_called_ae(node_factory) -> None:
+    node = node_factory(node={"allowed_calling_aets": ["SCANNER1"]})
+    port = node.receiver.port
+    assert not can_associate(port, calling="INTRUDER")
+    assert can_associate(port, calling="SCANNER1")
+    assert not can_associate(port, calling="SCANNER1", called="SOMEONEELSE")
+    assert node.receiver.stats.rejected == 2
+    # The refused peer did not stop the node from serving.
+    assert send(port, build_study(StudyOptions(study_key="ok"))[:1], calling="SCANNER1") == [0]
+
+
+def test_crafted_uids_stay_inside_the_spool(node_factory) -> None:
+    node = node_factory()
+    base = build_study(StudyOptions(study_key="crafted"))[0]
+    crafted = []
+    for study, series, sop in [
+        ("../../etc/x", "../..", "../../../../tmp/evil"),
+        ("1.2." + "3" * 196, "/abs/path", "1.2.3/../../.hidden"),
+    ]:
+        ds = copy.deepcopy(base)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
+        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        crafted.append(ds)
+    assert send(node.receiver.port, crafted) == [0, 0]
+    spool = node.spool.data_dir.resolve()
+    for ds in crafted:
+        rows = node.index.instances(ds.StudyInstanceUID)
+        assert len(rows) == 1
+        path = Path(rows[0].path).resolve()
+        assert spool in path.parents and path.is_file()
+        assert dcmread(path).SOPInstanceUID == ds.SOPInstanceUID
+    assert len(list(node.spool.data_dir.rglob("*.dcm"))) == 2
+    assert not Path("/tmp/evil").exists() and not (node.spool.root.parent / "etc").exists()
+
+
+def test_watermark_answers_out_of_resources_and_leaves_nothing(node_factory) -> None:
+    node = node_factory(storage={"min_free_mb": 1024 * 1024 * 1024})  # an exabyte: always short
+    datasets = build_study(StudyOptions(study_key="full"))[:2]
+    assert send(node.receiver.port, datasets) == [0xA700, 0xA700]
+    assert node.index.instance_count() == 0
+    assert not list(node.spool.data_dir.rglob("*")) and not list(node.spool.temp_dir.iterdir())
+
+
+def test_malformed_dataset_fails_cleanly_and_node_keeps_serving(node_factory) -> None:
+    node = node_factory()
+    good = build_study(StudyOptions(study_key="malformed"))[0]
+    encoded = BytesIO()
+    good.save_as(encoded, enforce_file_format=True)
+    data = encoded.getvalue()
+    body = data.index(b"\x08\x00\x05\x00")  # first element of the data set after the meta
+    patient = data.index(b"\x10\x00\x10\x00")
+    broken = [
+        data[body:patient + 4] + b"\xff" * 32,  # truncated mid-element: no Study UID
+        # A sequence with undefined length whose item runs into garbage
+        data[body:patient] + b"\x10\x00\x20\x00SQ\x00\x00\xff\xff\xff\xff"
+        + b"\xfe\xff\x00\xe0\x10\x00\x00\x00garbage",
+    ]
+    for payload in broken:
+        status = send_raw(node.receiver.port, good.SOPClassUID, good.SOPInstanceUID, payload)
+        assert status in (0xA900, 0xC000)
+    assert node.index.instance_count() == 0
+    assert not list(node.spool.data_dir.rglob("*.dcm"))
+    assert send(node.receiver.port, [good]) == [0]
+    assert node.index.instance_count() == 1
+
+
+def _certificate(folder: Path) -> tuple[Path, Path]:
+    cert, key = folder / "node.crt", folder / "node.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key
+
+
+def test_tls_association_works_and_plaintext_fails(node_factory, tmp_path: Path) -> None:
+    cert, key = _certificate(tmp_path)
+    node = node_factory(node={"tls": {"cert": str(cert), "key": str(key)}})
+    client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))
+    client.check_hostname = False
+    assert can_associate(node.receiver.port, ssl_context=client)
+    assert send(node.receiver.port, build_study(StudyOptions(study_key="tls"))[:2],
+                ssl_context=client) == [0, 0]
+    assert not can_associate(node.receiver.port)
+    assert node.index.instance_count() == 2
