@@ -86,13 +86,13 @@ def spine_phantom(
     labels = np.zeros((slices, rows, cols), dtype=np.int16)
     r = np.arange(rows)[:, None]
     c = np.arange(cols)[None, :]
-    body = ((c - cols / 2) / (cols * 0.46)) ** 2 + ((r - rows / 2) / (rows * 0.49)) ** 2 <= 1.0
-    inner = ((c - cols / 2) / (cols * 0.40)) ** 2 + ((r - rows / 2) / (rows * 0.46)) ** 2 <= 1.0
+    body = ((c - cols / 2) / (cols * 0.42)) ** 2 + ((r - rows / 2) / (rows * 0.45)) ** 2 <= 1.0
+    inner = ((c - cols / 2) / (cols * 0.36)) ** 2 + ((r - rows / 2) / (rows * 0.42)) ** 2 <= 1.0
     plane = np.where(body, TISSUE_CODES["subcutaneous_fat"], TISSUE_CODES["background"])
     plane = np.where(inner, TISSUE_CODES["muscle"], plane)
 
     column_left, column_right = int(cols * 0.25), int(cols * 0.55)
-    top, bottom = int(rows * 0.08), int(rows * 0.92)
+    top, bottom = int(rows * 0.12), int(rows * 0.88)
     vertebra_mm, disc_mm = 28.0, 8.0
     vertebra_px = max(int(round(vertebra_mm / pixel_spacing_mm)), 4)
     disc_px = max(int(round(disc_mm / pixel_spacing_mm)), 2)

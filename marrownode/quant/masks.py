@@ -1,0 +1,59 @@
+"""Tissue mask robust to Rician noise, with the noise level measured from air."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Rayleigh tail above k*sigma is exp(-k^2/2): at 5 sigma, 4e-6 of air voxels pass.
+NOISE_MULTIPLE = 5.0
+
+
+def estimate_noise_sigma(image: np.ndarray, rim_fraction: float = 0.06) -> float:
+    """Noise sigma from the air at the edges of each slice.
+
+    Magnitude noise in air is Rayleigh distributed with E[X^2] = 2 sigma^2. The rim of the field
+    of view is mostly air; tissue that reaches into it is removed by iterative clipping at
+    4 sigma, which keeps 99.97 % of Rayleigh samples.
+    """
+    volume = np.asarray(image, dtype=np.float64)
+    if volume.ndim == 2:
+        volume = volume[None]
+    rows, cols = volume.shape[-2:]
+    r = max(1, int(round(rows * rim_fraction)))
+    c = max(1, int(round(cols * rim_fraction)))
+    rim = np.concatenate(
+        [
+            volume[:, :r, :].ravel(),
+            volume[:, -r:, :].ravel(),
+            volume[:, r:-r, :c].ravel(),
+            volume[:, r:-r, -c:].ravel(),
+        ]
+    )
+    rim = rim[np.isfinite(rim)]
+    if rim.size == 0:
+        return 0.0
+    # Start from the lower quartile (Rayleigh: q25 = 0.7585 sigma), so tissue reaching into the
+    # rim cannot inflate the first guess, then refine on the samples below 4 sigma.
+    sigma = float(np.percentile(rim, 25)) / 0.7585
+    if sigma <= 0:
+        return 0.0
+    for _ in range(10):
+        kept = rim[rim <= 4.0 * sigma]
+        if kept.size == 0:
+            break
+        new_sigma = float(np.sqrt(np.mean(kept**2) / 2.0))
+        if abs(new_sigma - sigma) <= 1e-6 * max(sigma, 1e-12):
+            break
+        sigma = new_sigma
+    return sigma
+
+
+def tissue_mask(in_phase: np.ndarray, sigma: float | None = None) -> np.ndarray:
+    """Voxels whose in-phase signal stands clearly above the air noise."""
+    in_phase = np.asarray(in_phase, dtype=np.float64)
+    if sigma is None:
+        sigma = estimate_noise_sigma(in_phase)
+    finite = np.isfinite(in_phase)
+    peak = float(np.percentile(in_phase[finite], 99)) if finite.any() else 0.0
+    threshold = max(NOISE_MULTIPLE * sigma, 1e-3 * peak, np.finfo(np.float64).tiny)
+    return finite & (in_phase > threshold)

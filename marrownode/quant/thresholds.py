@@ -1,0 +1,30 @@
+"""Which signal-loss threshold applies at a field strength."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+#: Seed literature (Radiopaedia, DICOM-NOTES §1): >20 % loss at 1.5 T, >25 % at 3 T is benign.
+DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((1.5, 20.0), (3.0, 25.0))
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    threshold_percent: float | None
+    field_strength_t: float | None
+    flag: str | None
+
+
+def select_threshold(
+    field_strength_t: float | None,
+    table: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS,
+    tolerance_t: float = 0.25,
+) -> ThresholdChoice:
+    """The nearest table entry within tolerance, else no threshold and a flag saying why."""
+    if field_strength_t is None or field_strength_t <= 0:
+        return ThresholdChoice(None, None, "no_field_strength")
+    nearest = min(table, key=lambda entry: abs(entry[0] - field_strength_t), default=None)
+    if nearest is None or abs(nearest[0] - field_strength_t) > tolerance_t + 1e-9:
+        return ThresholdChoice(None, None, "no_threshold_for_field_strength")
+    return ThresholdChoice(nearest[1], nearest[0], None)
