@@ -1,0 +1,231 @@
+"""Stacks and Dixon sets: split classified frames by role, pair in- with opposed-phase on identical
+geometry, attach water/fat (and a scanner fat-fraction map), and say why anything was not used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from marrownode.dixon.roles import Classified, Frame, Role, geometry_key
+
+POSITION_TOLERANCE_MM = 0.05
+ORIENTATION_TOLERANCE = 1e-3
+
+
+@dataclass
+class Stack:
+    """Frames of one role, one series, one echo time and one geometry, sorted along the normal."""
+
+    role: Role
+    series_uid: str
+    echo_time: float | None
+    frames: list[Frame]
+    evidence: str
+    positions_mm: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def first(self) -> Frame:
+        return self.frames[0]
+
+    @property
+    def normal(self) -> np.ndarray:
+        orientation = np.array(self.first.orientation, dtype=float)
+        return np.cross(orientation[:3], orientation[3:])
+
+    @property
+    def label(self) -> str:
+        """sagittal / coronal / axial from the dominant axis of the slice normal."""
+        axis = int(np.argmax(np.abs(self.normal)))
+        return ("sagittal", "coronal", "axial")[axis]
+
+    def describe(self) -> str:
+        te = f" TE {self.echo_time:g} ms" if self.echo_time is not None else ""
+        return f"{self.role.value} stack of {len(self.frames)} ({self.label}{te})"
+
+
+def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[str]]:
+    """Group frames into stacks; return stacks and problems found while building them."""
+    groups: dict[tuple[Any, ...], list[Classified]] = defaultdict(list)
+    for item in classified:
+        if item.role is Role.NONE:
+            continue
+        te = item.frame.echo_time
+        te_key = round(te, 2) if item.role in (Role.IN_PHASE, Role.OPPOSED_PHASE) and te else None
+        groups[(item.frame.series_uid, item.role, te_key, geometry_key(item.frame))].append(item)
+    stacks: list[Stack] = []
+    problems: list[str] = []
+    for (series_uid, role, te_key, _), items in groups.items():
+        frames = [item.frame for item in items]
+        orientation = np.array(frames[0].orientation, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        positions = np.array([np.dot(np.array(f.position, dtype=float), normal) for f in frames])
+        order = np.argsort(positions, kind="stable")
+        frames = [frames[i] for i in order]
+        positions = positions[order]
+        if positions.size > 1 and np.any(np.diff(positions) < POSITION_TOLERANCE_MM):
+            problems.append(f"series {series_uid}: {role.value} images repeat slice positions")
+            continue
+        stacks.append(Stack(role, series_uid, te_key, frames, items[0].evidence, positions))
+    return stacks, problems
+
+
+def _same_plane_grid(a: Stack, b: Stack) -> str | None:
+    """None when a and b share geometry and slice positions, else what differs."""
+    fa, fb = a.first, b.first
+    if fa.frame_of_reference_uid != fb.frame_of_reference_uid:
+        return "frame of reference differs"
+    if not np.allclose(fa.orientation, fb.orientation, atol=ORIENTATION_TOLERANCE):
+        return "orientation differs"
+    if (fa.rows, fa.columns) != (fb.rows, fb.columns) or not np.allclose(
+        fa.pixel_spacing, fb.pixel_spacing, atol=1e-3
+    ):
+        return "in-plane grid differs"
+    if a.positions_mm.shape != b.positions_mm.shape:
+        return f"slice count differs ({len(a.frames)} vs {len(b.frames)})"
+    if not np.allclose(a.positions_mm, b.positions_mm, atol=POSITION_TOLERANCE_MM):
+        return "slice positions differ"
+    first_a = np.array(fa.position, dtype=float)
+    first_b = np.array(fb.position, dtype=float)
+    if not np.allclose(first_a, first_b, atol=0.5):
+        return "in-plane position differs"
+    return None
+
+
+@dataclass
+class DixonSet:
+    in_phase: Stack
+    opposed: Stack
+    water: Stack | None = None
+    fat: Stack | None = None
+    scanner_fat_fraction: Stack | None = None
+    flags: list[str] = field(default_factory=list)
+
+    @property
+    def key(self) -> str:
+        text = "|".join([self.in_phase.series_uid, str(self.in_phase.echo_time),
+                         self.opposed.series_uid, str(self.opposed.echo_time)])
+        return f"{self.in_phase.label}-{hashlib.sha1(text.encode()).hexdigest()[:10]}"
+
+    @property
+    def field_strength_t(self) -> float | None:
+        value = self.in_phase.first.field_strength_t or self.opposed.first.field_strength_t
+        return round(value, 2) if value else None
+
+    def stacks(self) -> list[Stack]:
+        return [s for s in (self.in_phase, self.opposed, self.water, self.fat,
+                            self.scanner_fat_fraction) if s is not None]
+
+    def series_uids(self) -> set[str]:
+        return {s.series_uid for s in self.stacks()}
+
+    def summary(self) -> dict[str, Any]:
+        """The report.json entry (DESIGN.md) before quantitative results are added."""
+        def series(stack: Stack | None, echo: bool = False) -> dict[str, Any] | None:
+            if stack is None:
+                return None
+            entry: dict[str, Any] = {"series_instance_uid": stack.series_uid,
+                                     "series_description": stack.first.series_description,
+                                     "images": len(stack.frames), "evidence": stack.evidence}
+            if echo:
+                entry["echo_time_ms"] = stack.echo_time
+            return entry
+
+        return {
+            "key": self.key,
+            "orientation": self.in_phase.label,
+            "in_phase": series(self.in_phase, echo=True),
+            "opposed_phase": series(self.opposed, echo=True),
+            "water": series(self.water),
+            "fat": series(self.fat),
+            "scanner_fat_fraction": series(self.scanner_fat_fraction),
+            "field_strength_t": self.field_strength_t,
+            "flags": list(self.flags),
+        }
+
+
+@dataclass
+class Assembly:
+    sets: list[DixonSet]
+    skipped_series: list[dict[str, str]]
+
+
+def assemble(classified: list[Classified]) -> Assembly:
+    """Find every Dixon set among classified frames of one study."""
+    stacks, problems = build_stacks(classified)
+    by_role: dict[Role, list[Stack]] = defaultdict(list)
+    for stack in stacks:
+        by_role[stack.role].append(stack)
+    used: set[int] = set()
+    reasons: dict[str, list[str]] = defaultdict(list)
+
+    candidates = []
+    for op in by_role[Role.OPPOSED_PHASE]:
+        for ip in by_role[Role.IN_PHASE]:
+            if _same_plane_grid(op, ip) is None:
+                te_gap = abs((ip.echo_time or 0) - (op.echo_time or 0))
+                ip_first = (ip.echo_time or 0) < (op.echo_time or 0)
+                candidates.append((te_gap, ip_first, id(op), id(ip), op, ip))
+    sets: list[DixonSet] = []
+    for _, _, op_id, ip_id, op, ip in sorted(candidates, key=lambda c: c[:2]):
+        if op_id in used or ip_id in used:
+            continue
+        used.update((op_id, ip_id))
+        dixon_set = DixonSet(in_phase=ip, opposed=op)
+        if ip.echo_time is not None and op.echo_time is not None and ip.echo_time < op.echo_time:
+            dixon_set.flags.append("in_phase_first")
+        if "echo_time" in (ip.evidence, op.evidence):
+            dixon_set.flags.append("roles_from_echo_time")
+        for role, attribute in ((Role.WATER, "water"), (Role.FAT, "fat"),
+                                (Role.FAT_FRACTION, "scanner_fat_fraction")):
+            matches = [s for s in by_role[role]
+                       if id(s) not in used and _same_plane_grid(ip, s) is None]
+            matches.sort(key=lambda s: (s.series_uid not in (ip.series_uid, op.series_uid)))
+            if matches:
+                setattr(dixon_set, attribute, matches[0])
+                used.add(id(matches[0]))
+        if (dixon_set.water is None) != (dixon_set.fat is None):
+            dixon_set.flags.append("water_or_fat_missing")
+        sets.append(dixon_set)
+
+    for stack in stacks:
+        if id(stack) in used:
+            continue
+        reasons[stack.series_uid].append(_why_unused(stack, by_role))
+    for problem in problems:
+        series_uid = problem.split(":", 1)[0].removeprefix("series ")
+        reasons[series_uid].append(problem.split(": ", 1)[1])
+    for item in classified:
+        if item.role is Role.NONE:
+            reasons[item.frame.series_uid].append(item.reason)
+
+    used_series = {uid for s in sets for uid in s.series_uids()}
+    skipped = []
+    for series_uid, why in reasons.items():
+        if series_uid in used_series:
+            continue
+        unique = list(dict.fromkeys(why))
+        skipped.append({"series_instance_uid": series_uid, "reason": "; ".join(unique)})
+    sets.sort(key=lambda s: (s.in_phase.label, s.in_phase.series_uid))
+    return Assembly(sets, sorted(skipped, key=lambda s: s["series_instance_uid"]))
+
+
+def _why_unused(stack: Stack, by_role: dict[Role, list[Stack]]) -> str:
+    partner_role = {Role.IN_PHASE: Role.OPPOSED_PHASE, Role.OPPOSED_PHASE: Role.IN_PHASE}.get(
+        stack.role, Role.IN_PHASE)
+    if stack.role is Role.FAT_FRACTION:
+        prefix = "scanner fat-fraction map (recognised, not an echo)"
+    else:
+        prefix = stack.describe()
+    partners = by_role.get(partner_role, [])
+    if not partners:
+        return f"{prefix}: no {partner_role.value} stack in the study"
+    differences = {_same_plane_grid(stack, p) for p in partners}
+    differences.discard(None)
+    if not differences:
+        return f"{prefix}: its matching {partner_role.value} stack was paired with another"
+    return f"{prefix}: not paired, {partner_role.value} geometry: {', '.join(sorted(differences))}"

@@ -1,0 +1,81 @@
+"""Aligned volumes for a Dixon set: pixels decoded (compressed transfer syntaxes through pydicom's
+plugins), stored values turned into signal, stacked along the slice normal."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from marrownode.dixon.sets import DixonSet, Stack
+
+
+@dataclass
+class SetVolumes:
+    in_phase: np.ndarray
+    opposed: np.ndarray
+    water: np.ndarray | None
+    fat: np.ndarray | None
+    spacing_mm: tuple[float, float, float]  # (slice, row, column)
+
+
+def _rescale(dataset: Dataset, frame_index: int | None) -> tuple[float, float]:
+    """Slope and intercept for a frame: per-frame, shared, then top-level."""
+    if frame_index is not None:
+        for groups in (dataset.get("PerFrameFunctionalGroupsSequence"),
+                       dataset.get("SharedFunctionalGroupsSequence")):
+            if not groups:
+                continue
+            group = groups[frame_index] if len(groups) > frame_index else groups[0]
+            transformation = group.get("PixelValueTransformationSequence")
+            if transformation:
+                item = transformation[0]
+                return float(item.get("RescaleSlope", 1)), float(item.get("RescaleIntercept", 0))
+    return float(dataset.get("RescaleSlope", 1) or 1), float(dataset.get("RescaleIntercept", 0) or 0)
+
+
+class PixelCache:
+    """Decode each file once even when several stacks (roles) share a multi-frame object."""
+
+    def __init__(self, paths: Mapping[str, Path]) -> None:
+        self.paths = paths
+        self._cache: dict[str, tuple[Dataset, np.ndarray]] = {}
+
+    def plane(self, sop_instance_uid: str, frame_index: int | None) -> np.ndarray:
+        if sop_instance_uid not in self._cache:
+            dataset = dcmread(self.paths[sop_instance_uid])
+            self._cache[sop_instance_uid] = (dataset, dataset.pixel_array)
+        dataset, pixels = self._cache[sop_instance_uid]
+        plane = pixels[frame_index] if frame_index is not None else pixels
+        slope, intercept = _rescale(dataset, frame_index)
+        return plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+    def dataset(self, sop_instance_uid: str) -> Dataset:
+        if sop_instance_uid not in self._cache:
+            self.plane(sop_instance_uid, None)
+        return self._cache[sop_instance_uid][0]
+
+
+def load_stack(stack: Stack, cache: PixelCache) -> np.ndarray:
+    return np.stack([cache.plane(f.sop_instance_uid, f.frame_index) for f in stack.frames])
+
+
+def slice_spacing_mm(stack: Stack) -> float:
+    if stack.positions_mm.size > 1:
+        return float(np.median(np.diff(stack.positions_mm)))
+    return 1.0
+
+
+def load_set(dixon_set: DixonSet, cache: PixelCache) -> SetVolumes:
+    spacing = dixon_set.in_phase.first.pixel_spacing or (1.0, 1.0)
+    return SetVolumes(
+        in_phase=load_stack(dixon_set.in_phase, cache),
+        opposed=load_stack(dixon_set.opposed, cache),
+        water=load_stack(dixon_set.water, cache) if dixon_set.water else None,
+        fat=load_stack(dixon_set.fat, cache) if dixon_set.fat else None,
+        spacing_mm=(slice_spacing_mm(dixon_set.in_phase), float(spacing[0]), float(spacing[1])),
+    )

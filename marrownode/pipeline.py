@@ -1,0 +1,176 @@
+"""Files of one study in, result files and a report out. `process` and `serve` both call
+analyse_study(), so what the tests prove offline holds on the network."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+
+from marrownode import ALGORITHM_VERSION, __version__
+from marrownode.config import Settings
+from marrownode.dixon.header import summarise
+from marrownode.dixon.roles import classify, frames_from_header
+from marrownode.dixon.sets import assemble
+from marrownode.dixon.volume import PixelCache, load_set
+from marrownode.quant.analysis import QuantParameters, QuantResult, analyse_set
+from marrownode.quant.foci import FocusParameters
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SourceInstance:
+    """A stored instance: where it is and what its header says (from the index or a scan)."""
+
+    path: Path
+    header: dict[str, Any]
+
+
+def quant_parameters(settings: Settings) -> QuantParameters:
+    analysis = settings.analysis
+    return QuantParameters(
+        thresholds=tuple((t.field_strength_t, t.signal_loss_percent) for t in analysis.thresholds),
+        field_strength_tolerance_t=analysis.field_strength_tolerance_t,
+        foci=FocusParameters(
+            min_volume_mm3=analysis.min_focus_volume_mm3,
+            shell_mm=analysis.marrow_shell_mm,
+            shell_marrow_fraction=analysis.marrow_shell_fraction,
+        ),
+    )
+
+
+def _json_number(value: float | None, digits: int = 3) -> float | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), digits)
+
+
+def _focus_entry(focus: dict[str, Any]) -> dict[str, Any]:
+    return {key: (_json_number(value) if isinstance(value, float) else value)
+            for key, value in focus.items()}
+
+
+def analyse_study(
+    instances: Sequence[SourceInstance], settings: Settings, out_dir: Path | None
+) -> dict[str, Any]:
+    """Classify, pair, quantify (and, where out_dir is given, write results) for one study."""
+    started = time.perf_counter()
+    study_uid = instances[0].header.get("study_uid", "") if instances else ""
+    frames = [frame for item in instances for frame in frames_from_header(item.header)]
+    assembly = assemble(classify(frames))
+    paths = {item.header["sop_instance_uid"]: item.path for item in instances}
+    cache = PixelCache(paths)
+    parameters = quant_parameters(settings)
+    set_reports = []
+    for dixon_set in assembly.sets:
+        report = dixon_set.summary()
+        try:
+            volumes = load_set(dixon_set, cache)
+            result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
+                                 dixon_set.field_strength_t, volumes.water, volumes.fat,
+                                 parameters)
+        except Exception as exc:  # one broken set must not hide the others
+            log.exception("event=set_failed study=%s set=%s", study_uid, dixon_set.key)
+            report.update(state="failed", reason=f"{type(exc).__name__}: {exc}",
+                          signal_loss_threshold_percent=None, foci=[], outputs=[])
+            set_reports.append(report)
+            continue
+        report.update(_quant_report(result))
+        report["flags"] = list(dict.fromkeys(report["flags"] + result.flags))
+        report["state"] = "analysed"
+        report["outputs"] = []
+        set_reports.append(report)
+    log.info("event=study_analysed study=%s sets=%d skipped_series=%d seconds=%.2f",
+             study_uid, len(set_reports), len(assembly.skipped_series),
+             time.perf_counter() - started)
+    return {
+        "study_instance_uid": study_uid,
+        "dixon_sets": set_reports,
+        "skipped_series": assembly.skipped_series,
+    }
+
+
+def _quant_report(result: QuantResult) -> dict[str, Any]:
+    tissue = result.tissue_statistics or {}
+    maps = tissue.get("maps", {})
+    return {
+        "signal_loss_threshold_percent": result.threshold_percent,
+        "threshold_field_strength_t": result.threshold_field_strength_t,
+        "fat_fraction_method": result.fat_fraction_method,
+        "noise_sigma": _json_number(result.noise_sigma),
+        "water_fat_check": (
+            {k: _json_number(v, 4) for k, v in result.water_fat_check.items()}
+            if result.water_fat_check else None
+        ),
+        "tissue": {
+            "voxel_count": tissue.get("voxel_count"),
+            "signal_loss_percent_median": _json_number(
+                maps.get("signal_loss_percent", {}).get("median")),
+            "fat_fraction_percent_median": _json_number(
+                maps.get("fat_fraction_percent", {}).get("median")),
+        },
+        "foci": [_focus_entry(f) for f in result.foci],
+    }
+
+
+# --- offline `process` ----------------------------------------------------------------------------
+
+
+def discover(paths: Iterable[Path]) -> tuple[dict[str, list[SourceInstance]], list[dict[str, str]]]:
+    """Every DICOM file under paths, grouped by study; unreadable files with their reason."""
+    studies: dict[str, list[SourceInstance]] = defaultdict(list)
+    unreadable: list[dict[str, str]] = []
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.rglob("*") if p.is_file()))
+        else:
+            files.append(path)
+    seen: set[str] = set()
+    for file in files:
+        if file.name == "DICOMDIR":
+            continue
+        try:
+            dataset = dcmread(file, stop_before_pixels=True)
+            header = summarise(dataset)
+        except (InvalidDicomError, OSError, ValueError, KeyError, AttributeError, TypeError) as exc:
+            unreadable.append({"path": str(file), "reason": f"{type(exc).__name__}: {exc}"[:200]})
+            continue
+        sop_uid = header["sop_instance_uid"]
+        if not header["study_uid"] or not sop_uid or sop_uid in seen:
+            continue
+        seen.add(sop_uid)
+        studies[header["study_uid"]].append(SourceInstance(file, header))
+    return studies, unreadable
+
+
+def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> dict[str, Any]:
+    """`marrownode process`: analyse every study under paths, write results and report.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    studies, unreadable = discover(paths)
+    report: dict[str, Any] = {
+        "marrownode_version": __version__,
+        "algorithm_version": ALGORITHM_VERSION,
+        "studies": [analyse_study(instances, settings, out_dir)
+                    for _, instances in sorted(studies.items())],
+        "unreadable_files": unreadable,
+    }
+    write_json_atomic(out_dir / "report.json", report)
+    return report
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    temp = path.with_suffix(path.suffix + ".tmp")
+    temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temp, path)
