@@ -35,7 +35,8 @@ def _rescale(dataset: Dataset, frame_index: int | None) -> tuple[float, float]:
             if transformation:
                 item = transformation[0]
                 return float(item.get("RescaleSlope", 1)), float(item.get("RescaleIntercept", 0))
-    return float(dataset.get("RescaleSlope", 1) or 1), float(dataset.get("RescaleIntercept", 0) or 0)
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    return slope, float(dataset.get("RescaleIntercept", 0) or 0)
 
 
 class PixelCache:
