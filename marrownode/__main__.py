@@ -1,3 +1,5 @@
 from marrownode.cli import main
 
-raise SystemExit(main())
+# Guarded: analysis workers are spawned processes that re-import the main module.
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,10 +1,168 @@
-"""The services that run beside the receiver in `serve`; grows with the assembler and sender."""
+"""The services that run beside the receiver in `serve`.
+
+Assembler: decides from the index when a study's Dixon sets are complete and hands the study to
+an analysis worker *process*, so a large study never slows the receiving threads. Every decision
+is written to the index before the next step starts.
+"""
 
 from __future__ import annotations
 
+import logging
+import multiprocessing
+import threading
+import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from marrownode.config import Settings
+from marrownode.dixon.completion import NO_DIXON, READY, decide
 from marrownode.node import Node
+from marrownode.store.spool import safe_component
+
+log = logging.getLogger(__name__)
+
+ANALYSING, ANALYSED, FAILED, WAITING = "analysing", "analysed", "failed", "waiting"
+
+
+def _worker_init(settings: Settings) -> None:
+    from marrownode.logs import configure_logging
+
+    configure_logging(settings.logging)
+
+
+def run_analysis(
+    instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str
+) -> dict[str, Any]:
+    """Worker-process entry point: the same pipeline function `process` uses."""
+    from marrownode.pipeline import SourceInstance, analyse_study
+
+    sources = [SourceInstance(Path(path), header) for path, header in instances]
+    return analyse_study(sources, settings, Path(out_dir))
+
+
+def _warm_up() -> bool:
+    import marrownode.pipeline  # noqa: F401 - import numpy/pydicom/scipy once, before work
+
+    return True
+
+
+class Assembler:
+    """Completion decisions and analysis jobs, driven by the index."""
+
+    def __init__(self, node: Node, poll_seconds: float = 0.5, workers: int = 1) -> None:
+        self.node = node
+        self.settings = node.settings
+        self.index = node.index
+        self.poll_seconds = poll_seconds
+        self.results_root = node.settings.storage.root / "results"
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._in_flight: dict[str, Future[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_init,
+            initargs=(node.settings,),
+        )
+        self.listeners: list[Any] = []  # called with (study_uid, report) after analysis
+
+    def start(self) -> None:
+        self._pool.submit(_warm_up)
+        self._thread = threading.Thread(target=self._run, name="assembler", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        # In-flight analyses finish (they are idempotent); queued ones are dropped and, being
+        # still 'analysing' in the index, are re-run after the next start.
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.tick(time.time())
+            except Exception:
+                log.exception("event=assembler_error")
+            self._wake.wait(self.poll_seconds)
+            self._wake.clear()
+
+    def tick(self, now: float) -> None:
+        idle = self.settings.completion.idle_seconds
+        for study in self.index.studies_to_assess(now, idle):
+            study_uid = study["study_uid"]
+            with self._lock:
+                if study_uid in self._in_flight:
+                    continue
+            self._assess(study, now, idle)
+
+    def _assess(self, study: dict[str, Any], now: float, idle: float) -> None:
+        study_uid, last = study["study_uid"], study["last_received"]
+        open_associations = bool(self.index.open_association_ids(study_uid))
+        if open_associations and now - last < idle:
+            self.index.set_study_state(study_uid, WAITING, "sending association still open",
+                                       if_last_received=last)
+            return
+        rows = self.index.instances(study_uid)
+        decision = decide([r.header for r in rows], open_associations, last, now, idle)
+        self.index.record_sets(study_uid, decision.sets)
+        if decision.state == READY:
+            if not self.index.set_study_state(study_uid, ANALYSING, decision.reason,
+                                              if_last_received=last):
+                return  # new data arrived meanwhile: assess again
+            log.info("event=set_ready study=%s sets=%d reason=%s", study_uid,
+                     len(decision.sets), decision.reason.replace(" ", "_"))
+            self._submit(study_uid, last, [(r.path, r.header) for r in rows])
+        elif decision.state == NO_DIXON:
+            self.index.set_study_state(study_uid, NO_DIXON, decision.reason,
+                                       if_last_received=last)
+        else:
+            self.index.set_study_state(study_uid, WAITING, decision.reason,
+                                       if_last_received=last)
+
+    def _submit(self, study_uid: str, last: float, instances: list[tuple[str, dict]]) -> None:
+        out_dir = self.results_root / safe_component(study_uid)
+        future = self._pool.submit(run_analysis, instances, self.settings, str(out_dir))
+        with self._lock:
+            self._in_flight[study_uid] = future
+        started = time.monotonic()
+        future.add_done_callback(
+            lambda f: self._finished(study_uid, last, f, time.monotonic() - started)
+        )
+
+    def _finished(self, study_uid: str, last: float, future: Future, seconds: float) -> None:
+        try:
+            report = future.result()
+        except Exception as exc:  # includes a crashed worker process
+            log.error("event=analysis_failed study=%s error=%s", study_uid, type(exc).__name__)
+            self.index.set_study_state(study_uid, FAILED, f"{type(exc).__name__}: {exc}"[:500],
+                                       if_last_received=last)
+            report = None
+        else:
+            sets = [{"key": s["key"], "state": s.get("state", ANALYSED),
+                     "reason": s.get("reason", ""), "report": s}
+                    for s in report["dixon_sets"]]
+            self.index.record_sets(study_uid, sets)
+            self.index.set_study_state(study_uid, ANALYSED, f"{len(sets)} set(s) analysed",
+                                       report=report, if_last_received=last)
+            log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid,
+                     len(sets), seconds)
+        with self._lock:
+            self._in_flight.pop(study_uid, None)
+        if report is not None:
+            for listener in self.listeners:
+                listener(study_uid, report)
+        self._wake.set()
 
 
 def attach_services(node: Node) -> None:
-    """Register background services on the node (assembler, analysis, sender, http)."""
-    return None
+    """Register background services on the node (assembler now; sender and http join later)."""
+    node.add_service(Assembler(node))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import ssl
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,6 +12,12 @@ from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 LOOPBACK = "127.0.0.1"
+
+
+def nodelay(association) -> None:
+    """pynetdicom leaves Nagle on; every small PDU would then wait for a delayed ACK."""
+    sock = association.dul.socket.socket
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def storage_ae(calling: str, datasets: Iterable[Dataset | Path] = ()) -> AE:
@@ -43,6 +50,7 @@ def send(
     association = ae.associate(LOOPBACK, port, ae_title=called, tls_args=tls_args)
     if not association.is_established:
         raise ConnectionRefusedError("association not established")
+    nodelay(association)
     statuses = []
     try:
         for item in datasets:

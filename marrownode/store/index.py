@@ -239,15 +239,13 @@ class Index:
         ).fetchone()
         return dict(row) if row else None
 
-    def dirty_studies(self) -> list[dict[str, Any]]:
+    def studies_to_assess(self, now: float, idle_seconds: float) -> list[dict[str, Any]]:
+        """Studies with new data or events, and waiting studies whose idle timer has run out."""
         rows = self._connection().execute(
-            "SELECT * FROM studies WHERE dirty = 1 ORDER BY last_received"
-        ).fetchall()
-        return [dict(row) for row in rows]
-
-    def waiting_studies(self) -> list[dict[str, Any]]:
-        rows = self._connection().execute(
-            "SELECT * FROM studies WHERE state = 'waiting' ORDER BY last_received"
+            """SELECT * FROM studies
+               WHERE dirty = 1 OR (state = 'waiting' AND last_received <= ?)
+               ORDER BY last_received""",
+            (now - idle_seconds,),
         ).fetchall()
         return [dict(row) for row in rows]
 

@@ -1,0 +1,116 @@
+"""When is a study's Dixon set complete? Content first, the idle timer only as a fallback.
+
+A set is ready when its echoes cover identical slice positions (pairing guarantees that), the
+counts agree with what the headers promise (ImagesInAcquisition, frames of a multi-frame object)
+and the associations that delivered them have ended. When headers promise nothing, the idle timer
+decides. Every decision carries its reason for the index and `marrownode status`.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from marrownode.dixon.roles import classify, frames_from_header
+from marrownode.dixon.sets import DixonSet, assemble
+
+READY, WAITING, NO_DIXON = "ready", "waiting", "no_dixon_set"
+
+
+@dataclass
+class Decision:
+    state: str
+    reason: str
+    sets: list[dict[str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _SeriesCount:
+    received: int
+    promised: int | None  # ImagesInAcquisition, None when no header promises a count
+    multi_frame: bool  # a multi-frame object arrives whole
+
+
+def _series_counts(headers: Sequence[dict[str, Any]]) -> dict[str, _SeriesCount]:
+    by_series: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for header in headers:
+        by_series[header.get("series_uid", "")].append(header)
+    counts = {}
+    for series_uid, instances in by_series.items():
+        promises = [h["images_in_acquisition"] for h in instances
+                    if h.get("images_in_acquisition")]
+        counts[series_uid] = _SeriesCount(
+            received=len(instances),
+            promised=max(promises) if promises else None,
+            multi_frame=any((h.get("number_of_frames") or 1) > 1 for h in instances),
+        )
+    return counts
+
+
+def _shortfall(series_uid: str, count: _SeriesCount) -> str | None:
+    if count.multi_frame or count.promised is None or count.received >= count.promised:
+        return None
+    return f"series {series_uid}: {count.received} of {count.promised} images"
+
+
+def _content_verdict(
+    dixon_set: DixonSet, counts: dict[str, _SeriesCount]
+) -> tuple[bool | None, str]:
+    """True complete, False incomplete, None undecidable — with the reason."""
+    undecided = 0
+    for series_uid in sorted(dixon_set.series_uids()):
+        count = counts.get(series_uid, _SeriesCount(0, None, False))
+        missing = _shortfall(series_uid, count)
+        if missing:
+            return False, missing
+        if count.promised is None and not count.multi_frame:
+            undecided += 1
+    if undecided:
+        return None, f"{undecided} series promise no image count"
+    return True, "counts match the headers and slice positions agree"
+
+
+def decide(
+    headers: Sequence[dict[str, Any]],
+    association_open: bool,
+    last_received: float,
+    now: float,
+    idle_seconds: float,
+) -> Decision:
+    """Decide a study's state from its instances' header summaries."""
+    idle = now - last_received >= idle_seconds
+    idle_note = f"idle {idle_seconds:g} s after the last instance"
+    frames = [frame for header in headers for frame in frames_from_header(header)]
+    assembly = assemble(classify(frames))
+    counts = _series_counts(headers)
+    if not assembly.sets:
+        if idle and not association_open:
+            return Decision(NO_DIXON, "no in-/opposed-phase pair found")
+        if idle:
+            return Decision(NO_DIXON, f"no in-/opposed-phase pair found ({idle_note})")
+        missing = [m for uid, c in sorted(counts.items()) if (m := _shortfall(uid, c))]
+        return Decision(WAITING, "; ".join(["no Dixon set yet", *missing]))
+    set_states: list[dict[str, str]] = []
+    ready_by_content = True
+    reasons: list[str] = []
+    for dixon_set in assembly.sets:
+        verdict, why = _content_verdict(dixon_set, counts)
+        if verdict is True and not association_open:
+            set_states.append({"key": dixon_set.key, "state": READY, "reason": why})
+            continue
+        ready_by_content = False
+        if verdict is True:
+            why = "waiting for the sending association to end"
+        if idle:
+            set_states.append({"key": dixon_set.key, "state": READY,
+                               "reason": f"{idle_note}; {why}"})
+        else:
+            set_states.append({"key": dixon_set.key, "state": WAITING, "reason": why})
+        reasons.append(why)
+    if ready_by_content:
+        return Decision(READY, "complete by content", set_states)
+    if idle:
+        return Decision(READY, f"{idle_note}; content could not confirm completeness", set_states)
+    return Decision(WAITING, "; ".join(dict.fromkeys(reasons)), set_states)

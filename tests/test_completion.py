@@ -1,0 +1,97 @@
+"""Completion in the node, over real associations: content first, idle timer as fallback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from marrownode.synthetic.studies import StudyOptions, build_study
+from tests.conftest import write_config
+from tests.scu import nodelay, send, storage_ae
+
+
+def wait_state(node, study_uid: str, states: set[str], timeout: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        study = node.index.study(study_uid)
+        if study is not None and study["state"] in states:
+            return study
+        time.sleep(0.02)
+    raise AssertionError(f"study never reached {states}: {node.index.study(study_uid)}")
+
+
+def test_complete_set_is_picked_up_within_2s_of_release(node_factory) -> None:
+    node = node_factory(completion={"idle_seconds": 600})
+    datasets = build_study(StudyOptions(style="siemens", study_key="fast"))
+    ae = storage_ae("SCANNER", datasets)
+    association = ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
+    nodelay(association)
+    for ds in datasets:
+        assert association.send_c_store(ds).Status == 0
+    time.sleep(1.0)
+    study_uid = datasets[0].StudyInstanceUID
+    study = node.index.study(study_uid)
+    assert study["state"] == "waiting" and "association" in study["reason"]
+    association.release()
+    released = time.monotonic()
+    wait_state(node, study_uid, {"analysing", "analysed"}, timeout=5)
+    assert time.monotonic() - released < 2.0
+    study = wait_state(node, study_uid, {"analysed"})
+    report = json.loads(study["report"])
+    assert report["dixon_sets"][0]["foci"], "the lesion is found by the node's pipeline too"
+    status = node.index.status()["studies"][0]
+    assert status["dixon_sets"][0]["state"] == "analysed"
+
+
+def test_idle_timer_decides_when_headers_cannot(node_factory) -> None:
+    node = node_factory(completion={"idle_seconds": 2.5})
+    datasets = build_study(StudyOptions(style="anonymised_dual_echo", study_key="timer"))
+    assert send(node.receiver.port, datasets) == [0] * len(datasets)
+    sent = time.monotonic()
+    study_uid = datasets[0].StudyInstanceUID
+    study = wait_state(node, study_uid, {"waiting"}, timeout=5)
+    assert "promise no image count" in study["reason"]
+    time.sleep(max(0.0, 1.5 - (time.monotonic() - sent)))
+    assert node.index.study(study_uid)["state"] == "waiting"
+    study = wait_state(node, study_uid, {"analysed"}, timeout=15)
+    assert time.monotonic() - sent >= 2.0
+    (set_row,) = node.index.status()["studies"][0]["dixon_sets"]
+    assert set_row["state"] == "analysed"
+
+
+def test_incomplete_by_header_waits_and_late_instances_retrigger(node_factory, tmp_path) -> None:
+    node = node_factory(completion={"idle_seconds": 600})
+    datasets = build_study(StudyOptions(style="siemens", study_key="late"))
+    late = [ds for ds in datasets if ds.SeriesDescription.endswith("_opp")][-2:]
+    first = [ds for ds in datasets if ds not in late]
+    assert send(node.receiver.port, first) == [0] * len(first)
+    study_uid = datasets[0].StudyInstanceUID
+    study = wait_state(node, study_uid, {"waiting"})
+    time.sleep(1.0)
+    study = node.index.study(study_uid)
+    assert study["state"] == "waiting" and "10 of 12 images" in study["reason"]
+    config = write_config(tmp_path / "status.toml", node.settings)
+    table = subprocess.run([sys.executable, "-m", "marrownode", "status", "--config",
+                            str(config)], capture_output=True, text=True, timeout=60)
+    assert "10 of 12 images" in table.stdout
+    assert send(node.receiver.port, late) == [0, 0]
+    study = wait_state(node, study_uid, {"analysed"})
+    assert json.loads(study["report"])["dixon_sets"][0]["opposed_phase"]["images"] == 12
+    first_update = study["updated_at"]
+    # A late repeat after analysis re-triggers the set; results are recomputed.
+    assert send(node.receiver.port, late[:1]) == [0]
+    wait_state(node, study_uid, {"receiving", "waiting", "analysing"}, timeout=5)
+    study = wait_state(node, study_uid, {"analysed"})
+    assert study["updated_at"] > first_update
+
+
+def test_study_without_dixon_is_recorded_as_such(node_factory) -> None:
+    from marrownode.synthetic.studies import extra_series
+
+    node = node_factory(completion={"idle_seconds": 1.0})
+    datasets = extra_series(StudyOptions(study_key="t2only"), "t2")
+    assert send(node.receiver.port, datasets) == [0] * len(datasets)
+    study = wait_state(node, datasets[0].StudyInstanceUID, {"no_dixon_set"})
+    assert "no in-/opposed-phase pair" in study["reason"]
