@@ -76,26 +76,37 @@ def can_associate(port: int, calling: str = "TESTSCU", called: str = "MARROWNODE
 
 def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes,
              transfer_syntax: str = "1.2.840.10008.1.2.1") -> int:
-    """Send arbitrary bytes as a C-STORE data set (a broken or hostile sender)."""
+    """Send arbitrary bytes as a C-STORE data set (a broken or hostile sender).
+
+    pynetdicom's chunked-send mode streams a file's bytes after its meta header undecoded.
+    """
+    import tempfile
     from io import BytesIO
 
-    from pynetdicom.dimse_primitives import C_STORE
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom import _config
 
-    ae = AE(ae_title="RAWSCU")
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
-    ae.add_requested_context(sop_class, [transfer_syntax])
-    association = ae.associate(LOOPBACK, port, ae_title="MARROWNODE")
-    assert association.is_established
-    try:
-        request = C_STORE()
-        request.MessageID = 1
-        request.AffectedSOPClassUID = sop_class
-        request.AffectedSOPInstanceUID = sop_instance
-        request.Priority = 2
-        request.DataSet = BytesIO(payload)
-        context = association.accepted_contexts[0]
-        association.dimse.send_msg(request, context.context_id)
-        _, response = association.dimse.get_msg(block=True)
-        return int(response.Status) if response is not None else 0xFFFF
-    finally:
-        association.release()
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = sop_instance
+    meta.TransferSyntaxUID = transfer_syntax
+    buffer = BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)
+    with tempfile.NamedTemporaryFile(suffix=".dcm") as handle:
+        handle.write(buffer.getvalue() + payload)
+        handle.flush()
+        ae = AE(ae_title="RAWSCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        ae.add_requested_context(sop_class, [transfer_syntax])
+        association = ae.associate(LOOPBACK, port, ae_title="MARROWNODE")
+        assert association.is_established
+        previous = _config.STORE_SEND_CHUNKED_DATASET
+        _config.STORE_SEND_CHUNKED_DATASET = True
+        try:
+            status = association.send_c_store(Path(handle.name))
+            return int(status.Status) if status else 0xFFFF
+        finally:
+            _config.STORE_SEND_CHUNKED_DATASET = previous
+            association.release()
