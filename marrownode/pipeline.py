@@ -25,6 +25,7 @@ from marrownode.dixon.sets import assemble
 from marrownode.dixon.volume import PixelCache, load_set
 from marrownode.quant.analysis import QuantParameters, QuantResult, analyse_set
 from marrownode.quant.foci import FocusParameters
+from marrownode.results.build import build_results
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def analyse_study(
     cache = PixelCache(paths)
     parameters = quant_parameters(settings)
     set_reports = []
-    for dixon_set in assembly.sets:
+    for set_index, dixon_set in enumerate(assembly.sets):
         report = dixon_set.summary()
         try:
             volumes = load_set(dixon_set, cache)
@@ -89,7 +90,10 @@ def analyse_study(
         report.update(_quant_report(result))
         report["flags"] = list(dict.fromkeys(report["flags"] + result.flags))
         report["state"] = "analysed"
-        report["outputs"] = []
+        report["outputs"] = (
+            build_results(dixon_set, volumes, result, cache, settings, out_dir, report, set_index)
+            if out_dir is not None else []
+        )
         set_reports.append(report)
     log.info("event=study_analysed study=%s sets=%d skipped_series=%d seconds=%.2f",
              study_uid, len(set_reports), len(assembly.skipped_series),

@@ -1,0 +1,184 @@
+"""All result objects of one Dixon set: built, written atomically, listed for report.json."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from marrownode.config import Settings
+from marrownode.dixon.sets import DixonSet, Stack
+from marrownode.dixon.volume import PixelCache, SetVolumes
+from marrownode.quant.analysis import QuantResult
+from marrownode.results.common import SourcePlane, SourceSeries
+from marrownode.results.derived_mr import build_derived_mr_series
+from marrownode.results.overlay import build_overlay_series, render_slice
+from marrownode.results.parametric_map import build_parametric_map
+from marrownode.results.sr import build_sr
+from marrownode.results.uids import derived_uid
+
+
+@dataclass(frozen=True)
+class OutputSeries:
+    kind: str  # parametric_map | derived_mr | overlay | sr
+    offset: int  # series number = base + 10 * set index + offset
+    description: str
+
+
+SIGNAL_LOSS_PM = OutputSeries("parametric_map", 1, "signal loss % (parametric map)")
+FAT_FRACTION_PM = OutputSeries("parametric_map", 2, "fat fraction % (parametric map)")
+SIGNAL_LOSS_MR = OutputSeries("derived_mr", 3, "signal loss % map")
+FAT_FRACTION_MR = OutputSeries("derived_mr", 4, "fat fraction % map")
+OVERLAY = OutputSeries("overlay", 5, "signal loss overlay")
+REPORT = OutputSeries("sr", 6, "chemical-shift report (SR)")
+
+
+def _planes(stack: Stack, cache: PixelCache, spacing_mm: float) -> list[SourcePlane]:
+    planes = []
+    for frame in stack.frames:
+        dataset = cache.dataset(frame.sop_instance_uid)
+        thickness = dataset.get("SliceThickness") if frame.frame_index is None else None
+        planes.append(SourcePlane(
+            sop_class_uid=str(dataset.SOPClassUID),
+            sop_instance_uid=frame.sop_instance_uid,
+            frame_number=None if frame.frame_index is None else frame.frame_index + 1,
+            position=tuple(float(v) for v in frame.position),  # type: ignore[arg-type]
+            orientation=tuple(float(v) for v in frame.orientation),  # type: ignore[arg-type]
+            pixel_spacing=tuple(float(v) for v in frame.pixel_spacing),  # type: ignore[arg-type]
+            slice_thickness=float(thickness) if thickness else spacing_mm,
+        ))
+    return planes
+
+
+def _unique_datasets(stacks: list[Stack], cache: PixelCache) -> list[Dataset]:
+    seen: dict[str, Dataset] = {}
+    for stack in stacks:
+        for frame in stack.frames:
+            if frame.sop_instance_uid not in seen:
+                seen[frame.sop_instance_uid] = cache.dataset(frame.sop_instance_uid)
+    return list(seen.values())
+
+
+def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -> SourceSeries:
+    datasets = _unique_datasets([dixon_set.in_phase], cache)
+    return SourceSeries(
+        reference=datasets[0],
+        datasets=datasets,
+        planes=_planes(dixon_set.in_phase, cache, volumes.spacing_mm[0]),
+        opposed_planes=_planes(dixon_set.opposed, cache, volumes.spacing_mm[0]),
+    )
+
+
+def write_dataset(dataset: Dataset, path: Path) -> None:
+    """Atomic write: a reader (the sender, a PACS admin) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_suffix(".part")
+    dataset.save_as(temp, enforce_file_format=True)
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def build_results(
+    dixon_set: DixonSet,
+    volumes: SetVolumes,
+    result: QuantResult,
+    cache: PixelCache,
+    settings: Settings,
+    out_dir: Path,
+    set_report: dict[str, Any],
+    set_index: int,
+) -> list[dict[str, Any]]:
+    """Build the configured result objects, write them under out_dir, return report entries."""
+    outputs_cfg = settings.outputs
+    sources = source_series(dixon_set, cache, volumes)
+    study_uid = str(sources.reference.StudyInstanceUID)
+    root = outputs_cfg.uid_root
+    set_dir = out_dir / dixon_set.key
+    label = dixon_set.in_phase.label
+    entries: list[dict[str, Any]] = []
+
+    def identity(spec: OutputSeries) -> tuple[str, int, str]:
+        series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset)
+        number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
+        return series_uid, number, f"marrownode {label} {spec.description}"
+
+    def emit(spec: OutputSeries, datasets: list[Dataset]) -> None:
+        for dataset in datasets:
+            path = set_dir / f"{spec.offset:02d}-{spec.kind}" / f"{dataset.SOPInstanceUID}.dcm"
+            write_dataset(dataset, path)
+            entries.append({
+                "kind": spec.kind,
+                "sop_class_uid": str(dataset.SOPClassUID),
+                "sop_instance_uid": str(dataset.SOPInstanceUID),
+                "series_instance_uid": str(dataset.SeriesInstanceUID),
+                "series_number": int(dataset.SeriesNumber),
+                "series_description": str(dataset.SeriesDescription),
+                "path": str(path.relative_to(out_dir)),
+            })
+
+    maps = {
+        "signal_loss": (result.signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
+                        (-100, 100)),
+        "fat_fraction": (result.fat_fraction, "FAT_FRACTION",
+                         "Fat fraction F/(W+F)" if result.fat_fraction_method == "water_fat"
+                         else "Fat fraction (IP-OP)/(2IP), water-dominant", (0, 100)),
+    }
+    parametric_maps: list[Dataset] = []
+    if outputs_cfg.parametric_map:
+        for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"), (FAT_FRACTION_PM, "fat_fraction")):
+            values, lut_label, explanation, value_range = maps[key]
+            series_uid, number, description = identity(spec)
+            pm = build_parametric_map(
+                sources, values, label=lut_label, explanation=explanation,
+                value_range=value_range, series_uid=series_uid,
+                sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
+                series_description=description, uid_root=root)
+            parametric_maps.append(pm)
+            emit(spec, [pm])
+    if outputs_cfg.derived_mr:
+        for spec, key in ((SIGNAL_LOSS_MR, "signal_loss"), (FAT_FRACTION_MR, "fat_fraction")):
+            values, lut_label, explanation, value_range = maps[key]
+            series_uid, number, description = identity(spec)
+            emit(spec, build_derived_mr_series(
+                sources, values, label=lut_label, explanation=explanation,
+                value_range=value_range, series_uid=series_uid,
+                sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
+                series_number=number, series_description=description))
+    if outputs_cfg.overlay:
+        series_uid, number, description = identity(OVERLAY)
+        emit(OVERLAY, build_overlay_series(
+            sources, overlay_frames(volumes, result, set_report, settings.outputs.disclaimer),
+            series_uid=series_uid,
+            sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
+            series_number=number, series_description=description))
+    if outputs_cfg.sr:
+        series_uid, number, description = identity(REPORT)
+        evidence = _unique_datasets([dixon_set.in_phase, dixon_set.opposed], cache)
+        emit(REPORT, [build_sr(
+            sources, evidence, set_report, result.focus_masks, parametric_maps,
+            series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
+            series_number=number, series_description=description, uid_root=root)])
+    return entries
+
+
+def overlay_frames(
+    volumes: SetVolumes, result: QuantResult, set_report: dict[str, Any], disclaimer: str
+) -> list[np.ndarray]:
+    tissue_values = volumes.in_phase[result.tissue]
+    window = ((float(np.percentile(tissue_values, 1)), float(np.percentile(tissue_values, 99)))
+              if tissue_values.size else (0.0, float(volumes.in_phase.max() or 1)))
+    foci = np.zeros(volumes.in_phase.shape, dtype=bool)
+    for mask in result.focus_masks:
+        foci |= mask
+    count = volumes.in_phase.shape[0]
+    return [
+        render_slice(volumes.in_phase[k], result.signal_loss[k], foci[k], window,
+               result.threshold_percent, set_report.get("field_strength_t"), disclaimer,
+               f"slice {k + 1}/{count}")
+        for k in range(count)
+    ]

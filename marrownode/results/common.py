@@ -1,0 +1,86 @@
+"""What every result object shares: source geometry, exact patient/study copies, identity."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pydicom.dataset import Dataset
+
+from marrownode import __version__
+
+MANUFACTURER = "marrownode"
+MODEL_NAME = "marrownode chemical-shift marrow analysis"
+
+#: Copied element by element from the source, so names in any character set survive unchanged.
+PATIENT_STUDY_KEYWORDS = (
+    "SpecificCharacterSet",
+    "PatientName", "PatientID", "IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence",
+    "OtherPatientIDsSequence", "PatientBirthDate", "PatientSex", "PatientAge", "PatientSize",
+    "PatientWeight", "PatientComments", "PatientIdentityRemoved", "DeidentificationMethod",
+    "StudyInstanceUID", "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID",
+    "AccessionNumber", "IssuerOfAccessionNumberSequence", "StudyDescription",
+)
+
+
+@dataclass(frozen=True)
+class SourcePlane:
+    """One source image plane that a result slice is derived from."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    frame_number: int | None  # 1-based, for multi-frame sources
+    position: tuple[float, float, float]
+    orientation: tuple[float, ...]
+    pixel_spacing: tuple[float, float]
+    slice_thickness: float | None
+
+
+@dataclass(frozen=True)
+class SourceSeries:
+    """The in-phase stack the results are registered to, plus the opposed-phase planes."""
+
+    reference: Dataset  # first in-phase source: patient, study, frame of reference, equipment
+    datasets: Sequence[Dataset]  # unique in-phase source objects
+    planes: Sequence[SourcePlane]
+    opposed_planes: Sequence[SourcePlane]
+
+    @property
+    def content_date_time(self) -> tuple[str, str]:
+        """Date/time written into results: from the source, so identical input gives identical
+        bytes (DESIGN: idempotent results)."""
+        ref = self.reference
+        date = ref.get("SeriesDate") or ref.get("StudyDate") or "19000101"
+        time = ref.get("SeriesTime") or ref.get("StudyTime") or "000000"
+        return str(date), str(time)
+
+
+def copy_patient_study(target: Dataset, source: Dataset) -> None:
+    """Patient and study modules exactly as the source has them (character set included)."""
+    for keyword in PATIENT_STUDY_KEYWORDS:
+        if keyword in source:
+            target[keyword] = copy.deepcopy(source[keyword])
+        elif keyword in target and keyword not in ("StudyInstanceUID",):
+            del target[keyword]
+
+
+def stamp(target: Dataset, sources: SourceSeries, series_description: str) -> None:
+    """Identity and deterministic dates shared by all outputs."""
+    date, time = sources.content_date_time
+    for prefix in ("InstanceCreation", "Content", "Series"):
+        setattr(target, f"{prefix}Date", date)
+        setattr(target, f"{prefix}Time", time)
+    # highdicom stamps "now" into these; the source's time keeps re-runs byte-identical.
+    for item in target.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = date + time.split(".")[0]
+    if "TimeOfSecondaryCapture" in target:
+        target.DateOfSecondaryCapture, target.TimeOfSecondaryCapture = date, time
+    target.Manufacturer = MANUFACTURER
+    target.ManufacturerModelName = MODEL_NAME
+    target.SoftwareVersions = __version__
+    target.SeriesDescription = series_description[:64]
+    if "BodyPartExamined" in sources.reference:
+        target.BodyPartExamined = sources.reference.BodyPartExamined
+    copy_patient_study(target, sources.reference)

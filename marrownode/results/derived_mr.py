@@ -1,0 +1,123 @@
+"""Derived grayscale MR maps: integer percent on the source geometry, previewable by any PACS.
+
+One single-frame MR Image per slice, ImageType DERIVED\\SECONDARY, stored values are the percent
+(no RescaleSlope on the MR IOD), a Real World Value Mapping says so, and the acquisition
+attributes that hanging protocols match on (echo time and number, sequence name, acquisition
+number) are removed so the map is never shown as a source echo.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
+
+from marrownode.results.common import SourcePlane, SourceSeries, stamp
+
+#: Kept from the in-phase source: what a viewer needs to place and label the image.
+_KEEP_FROM_SOURCE = (
+    "FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition", "Laterality",
+    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType",
+    "MagneticFieldStrength", "RepetitionTime", "BodyPartExamined",
+)
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _source_item(plane: SourcePlane, purpose: str = "") -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = plane.sop_class_uid
+    item.ReferencedSOPInstanceUID = plane.sop_instance_uid
+    if plane.frame_number is not None:
+        item.ReferencedFrameNumber = plane.frame_number
+    item.PurposeOfReferenceCodeSequence = Sequence(
+        [_code("121322", "DCM", "Source image for image processing operation")]
+    )
+    return item
+
+
+def build_derived_mr_series(
+    sources: SourceSeries,
+    values: np.ndarray,
+    *,
+    label: str,
+    explanation: str,
+    value_range: tuple[int, int],
+    series_uid: str,
+    sop_uids: list[str],
+    series_number: int,
+    series_description: str,
+) -> list[Dataset]:
+    """One MR Image per slice with stored value = round(percent); 0 where undefined."""
+    if values.shape[0] != len(sources.planes) or len(sop_uids) != len(sources.planes):
+        raise ValueError("one SOP Instance UID and one map slice per source plane are needed")
+    low, high = value_range
+    stored = np.where(np.isfinite(values), np.rint(values), 0).clip(low, high).astype(np.int16)
+    reference = sources.reference
+    out = []
+    for index, (plane, sop_uid) in enumerate(zip(sources.planes, sop_uids, strict=True)):
+        ds = Dataset()
+        for keyword in _KEEP_FROM_SOURCE:
+            if keyword in reference:
+                ds[keyword] = copy.deepcopy(reference[keyword])
+        ds.SOPClassUID = MRImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.Modality = "MR"
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesNumber = series_number
+        ds.InstanceNumber = index + 1
+        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+        ds.EchoTime = None  # type 2: present but empty — not an echo
+        ds.EchoTrainLength = None
+        ds.ScanningSequence = reference.get("ScanningSequence", "GR")
+        ds.SequenceVariant = reference.get("SequenceVariant", "NONE")
+        ds.ScanOptions = reference.get("ScanOptions", "")
+        ds.MRAcquisitionType = reference.get("MRAcquisitionType", "")
+        ds.RepetitionTime = reference.get("RepetitionTime", None)
+        ds.ImagePositionPatient = list(plane.position)
+        ds.ImageOrientationPatient = list(plane.orientation)
+        ds.PixelSpacing = list(plane.pixel_spacing)
+        if plane.slice_thickness:
+            ds.SliceThickness = plane.slice_thickness
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.Rows, ds.Columns = stored.shape[1:]
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 1
+        ds.WindowCenter = (low + high) / 2
+        ds.WindowWidth = high - low
+        ds.WindowCenterWidthExplanation = f"{label} %"
+        ds.PixelData = stored[index].tobytes()
+        mapping = Dataset()
+        mapping.LUTExplanation = explanation[:64]
+        mapping.LUTLabel = label[:16]
+        mapping.MeasurementUnitsCodeSequence = Sequence([_code("%", "UCUM", "%")])
+        mapping.RealWorldValueFirstValueMapped = int(low)
+        mapping.RealWorldValueLastValueMapped = int(high)
+        mapping.RealWorldValueIntercept = 0.0
+        mapping.RealWorldValueSlope = 1.0
+        ds.RealWorldValueMappingSequence = Sequence([mapping])
+        ds.DerivationDescription = f"{explanation}; stored value = percent, 0 outside tissue"[:1024]
+        ds.SourceImageSequence = Sequence(
+            [_source_item(plane), _source_item(sources.opposed_planes[index])]
+        )
+        ds.BurnedInAnnotation = "NO"
+        ds.LossyImageCompression = "00"
+        stamp(ds, sources, series_description)
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+        ds.file_meta = meta
+        out.append(ds)
+    return out

@@ -1,0 +1,176 @@
+"""TID 1500 Comprehensive 3D SR: one image-level group for the set, one volumetric group per
+focus with its outline on every slice and its measurements and evaluation against the threshold.
+
+Standard codes where they exist (DCM fat fraction, magnetic field strength; SCT volume, area,
+lesion, bone marrow); a declared private scheme for signal loss, SIR, threshold and flags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence as DicomSequence
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from skimage import measure
+
+from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
+from marrownode.results.uids import derived_uid
+
+SCHEME = "99MARROWNODE"
+SCHEME_NAME = "marrownode private codes"
+SIGNAL_LOSS = Code("MN001", SCHEME, "Chemical shift signal loss")
+SIR = Code("MN002", SCHEME, "Opposed-phase to in-phase signal intensity ratio")
+THRESHOLD = Code("MN003", SCHEME, "Signal loss threshold")
+THRESHOLD_EVALUATION = Code("MN004", SCHEME, "Signal loss compared with threshold")
+BELOW = Code("MN005", SCHEME, "Below threshold: fat not demonstrated")
+AT_OR_ABOVE = Code("MN006", SCHEME, "At or above threshold: fat demonstrated")
+ANALYSIS_FLAG = Code("MN007", SCHEME, "Analysis flag")
+NO_THRESHOLD = Code("MN008", SCHEME, "No threshold for this field strength")
+FLAG_CODES = {
+    "in_phase_first": Code("MN101", SCHEME, "In-phase echo acquired first"),
+    "roles_from_echo_time": Code("MN102", SCHEME, "Echo roles from echo time"),
+    "fat_fraction_ambiguous_above_50": Code("MN103", SCHEME, "Two-point fat fraction ambiguous"),
+    "water_fat_swap_suspected": Code("MN104", SCHEME, "Water/fat inconsistent with echoes"),
+    "no_threshold_for_field_strength": Code("MN105", SCHEME, "No threshold for field strength"),
+    "no_field_strength": Code("MN106", SCHEME, "Field strength unknown"),
+    "water_or_fat_missing": Code("MN107", SCHEME, "Only one of water and fat present"),
+}
+PERCENT = codes.UCUM.Percent
+TESLA = Code("T", "UCUM", "Tesla")
+RATIO = Code("1", "UCUM", "no units")
+CUBIC_MM = Code("mm3", "UCUM", "cubic millimeter")
+SQUARE_MM = Code("mm2", "UCUM", "square millimeter")
+
+
+def _measurement(name: Code, value: float | None, unit: Code) -> hd.sr.Measurement | None:
+    if value is None or not np.isfinite(value):
+        return None
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+
+
+def _outline(mask2d: np.ndarray) -> np.ndarray | None:
+    """Closed polygon (column, row) around the largest contour of a slice of a focus."""
+    padded = np.pad(mask2d.astype(float), 1)
+    contours = measure.find_contours(padded, 0.5)
+    if not contours:
+        return None
+    contour = max(contours, key=len) - 1.0  # undo the padding
+    step = max(1, len(contour) // 64)
+    points = contour[::step]
+    points = np.vstack([points, points[:1]])
+    return np.ascontiguousarray(points[:, ::-1] + 0.5, dtype=np.float32)  # pixel centres
+
+
+def _source_region(plane: SourcePlane) -> hd.sr.SourceImageForRegion:
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=plane.sop_class_uid,
+        referenced_sop_instance_uid=plane.sop_instance_uid,
+        referenced_frame_numbers=[plane.frame_number] if plane.frame_number else None,
+    )
+
+
+def build_sr(
+    sources: SourceSeries,
+    evidence: Sequence[Dataset],
+    set_report: dict[str, Any],
+    focus_masks: Sequence[np.ndarray],
+    parametric_maps: Sequence[Dataset],
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    series_description: str,
+    uid_root: str,
+) -> Dataset:
+    threshold = set_report.get("signal_loss_threshold_percent")
+    tracking_root = derived_uid(uid_root, sop_uid, "tracking")
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=derived_uid(uid_root, "device", MANUFACTURER),
+            name=MANUFACTURER, manufacturer_name=MANUFACTURER, model_name=MODEL_NAME,
+        ),
+    )
+    observation = hd.sr.ObservationContext(observer_device_context=device)
+
+    set_measurements = [m for m in (
+        _measurement(codes.DCM.MagneticFieldStrength, set_report.get("field_strength_t"), TESLA),
+        _measurement(THRESHOLD, threshold, PERCENT),
+        _measurement(SIGNAL_LOSS, set_report.get("tissue", {}).get(
+            "signal_loss_percent_median"), PERCENT),
+    ) if m is not None]
+    evaluations = [hd.sr.QualitativeEvaluation(ANALYSIS_FLAG, FLAG_CODES[f])
+                   for f in set_report.get("flags", []) if f in FLAG_CODES]
+    if threshold is None:
+        evaluations.append(hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, NO_THRESHOLD))
+    group_sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
+                     for ds in list(evidence) + list(parametric_maps)]
+    groups: list[Any] = [hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=derived_uid(uid_root, tracking_root, "set"),
+            identifier=f"Dixon set {set_report.get('key', '')}"[:64]),
+        finding_type=codes.SCT.BoneMarrow,
+        measurements=set_measurements,
+        qualitative_evaluations=evaluations or None,
+        source_images=group_sources,
+    )]
+    for number, (focus, mask) in enumerate(
+        zip(set_report.get("foci", []), focus_masks, strict=True), start=1
+    ):
+        regions = []
+        for index in np.flatnonzero(mask.any(axis=(1, 2))):
+            polygon = _outline(mask[index])
+            if polygon is not None and len(polygon) >= 4:
+                regions.append(hd.sr.ImageRegion(
+                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon,
+                    source_image=_source_region(sources.planes[index])))
+        measurements = [m for m in (
+            _measurement(SIGNAL_LOSS, focus.get("signal_loss_percent"), PERCENT),
+            _measurement(SIR, focus.get("sir"), RATIO),
+            _measurement(codes.DCM.FatFraction, focus.get("fat_fraction_percent"), PERCENT),
+            _measurement(codes.SCT.Volume, focus.get("volume_mm3"), CUBIC_MM),
+            _measurement(codes.SCT.Area, focus.get("area_mm2"), SQUARE_MM),
+        ) if m is not None]
+        verdict = BELOW if focus.get("below_threshold") else AT_OR_ABOVE
+        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=derived_uid(uid_root, tracking_root, "focus", number),
+                identifier=f"Focus {number}"),
+            referenced_regions=regions,
+            finding_type=codes.SCT.Lesion,
+            finding_sites=[hd.sr.FindingSite(codes.SCT.BoneMarrow)],
+            measurements=measurements,
+            qualitative_evaluations=[hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION,
+                                                                 verdict)],
+        ))
+    report = hd.sr.MeasurementReport(
+        observation_context=observation,
+        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=list(evidence) + list(parametric_maps),
+        content=report[0],
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+    )
+    scheme = Dataset()
+    scheme.CodingSchemeDesignator = SCHEME
+    scheme.CodingSchemeName = SCHEME_NAME
+    scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
+    sr.CodingSchemeIdentificationSequence = DicomSequence([scheme])
+    stamp(sr, sources, series_description)
+    if "BodyPartExamined" in sr:
+        del sr.BodyPartExamined  # not part of the SR IODs
+    return sr

@@ -1,0 +1,225 @@
+"""results/: every output kind valid per dciodvfy, values round-trip to the phantom truth,
+patient/study copied exactly, series distinct, and identical bytes on a re-run."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom import dcmread
+
+from marrownode.config import settings_from_mapping
+from marrownode.pipeline import process_paths
+from marrownode.synthetic.phantom import TISSUE_CODES, spine_phantom, truth
+from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
+from tests.conftest import require_binary
+
+NAME = "Müller^Jörg=ミュラー^ヨルグ"
+EXPECTED_COUNTS = {"parametric_map": 2, "derived_mr": 24, "overlay": 12, "sr": 1}
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> dict:
+    """Two studies (classic single-frame Siemens, Philips Enhanced MR) processed once."""
+    base = tmp_path_factory.mktemp("results")
+    phantom = spine_phantom()
+    studies = {
+        "siemens": build_study(StudyOptions(style="siemens", patient_name=NAME,
+                                            study_key="res-siemens"), phantom),
+        "enhanced": build_study(StudyOptions(style="philips_enhanced", patient_name=NAME,
+                                             study_key="res-enhanced"), phantom),
+    }
+    for key, datasets in studies.items():
+        write_datasets(datasets, base / "in" / key)
+    report = process_paths([base / "in"], base / "out", settings_from_mapping({}))
+    return {"base": base, "phantom": phantom, "studies": studies, "report": report}
+
+
+def outputs_of(processed, key: str) -> tuple[dict, list[dict]]:
+    study_uid = processed["studies"][key][0].StudyInstanceUID
+    (study,) = [s for s in processed["report"]["studies"] if s["study_instance_uid"] == study_uid]
+    (dixon_set,) = study["dixon_sets"]
+    return dixon_set, dixon_set["outputs"]
+
+
+def load(processed, entry: dict):
+    return dcmread(processed["base"] / "out" / entry["path"])
+
+
+@pytest.mark.parametrize("key", ["siemens", "enhanced"])
+def test_every_kind_is_written_listed_and_valid(processed, key: str) -> None:
+    dciodvfy = require_binary("/usr/bin/dciodvfy")
+    _, outputs = outputs_of(processed, key)
+    counts: dict[str, int] = {}
+    for entry in outputs:
+        counts[entry["kind"]] = counts.get(entry["kind"], 0) + 1
+    assert counts == EXPECTED_COUNTS
+    first_of_kind = {}
+    for entry in outputs:
+        first_of_kind.setdefault(entry["kind"], entry)
+    for kind, entry in first_of_kind.items():
+        path = processed["base"] / "out" / entry["path"]
+        result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True,
+                                timeout=120)
+        errors = [line for line in (result.stdout + result.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert errors == [], f"{kind}: {errors}"
+
+
+@pytest.mark.parametrize("key", ["siemens", "enhanced"])
+def test_patient_study_copied_exactly_new_distinct_series(processed, key: str) -> None:
+    source = processed["studies"][key][0]
+    _, outputs = outputs_of(processed, key)
+    numbers: dict[str, int] = {}
+    for entry in outputs:
+        ds = load(processed, entry)
+        assert ds.SpecificCharacterSet == source.SpecificCharacterSet == "ISO_IR 192"
+        assert str(ds.PatientName) == NAME
+        for keyword in ("PatientID", "PatientBirthDate", "StudyInstanceUID", "AccessionNumber",
+                        "StudyDate", "StudyID"):
+            assert ds.get(keyword) == source.get(keyword), keyword
+        assert ds.Manufacturer == "marrownode" and ds.SoftwareVersions
+        if entry["kind"] != "sr":
+            assert ds.BodyPartExamined == source.BodyPartExamined
+        assert ds.SeriesInstanceUID not in {d.SeriesInstanceUID for d in processed["studies"][key]}
+        numbers.setdefault(ds.SeriesInstanceUID, ds.SeriesNumber)
+        assert "%" in ds.SeriesDescription or entry["kind"] in ("overlay", "sr")
+    assert len(set(numbers.values())) == len(numbers) == 6
+
+
+def test_parametric_map_round_trips_truth(processed) -> None:
+    _, outputs = outputs_of(processed, "siemens")
+    phantom = processed["phantom"]
+    loss_entry = next(e for e in outputs if e["kind"] == "parametric_map"
+                      and "signal loss" in e["series_description"])
+    pm = hd.pm.ParametricMap.from_dataset(load(processed, loss_entry))
+    # Frames are ordered by the PM's dimension index; place them by their plane position.
+    source_slice = {tuple(round(float(v), 3) for v in d.ImagePositionPatient): d.InstanceNumber - 1
+                    for d in processed["studies"]["siemens"] if d.SeriesDescription.endswith("_in")}
+    order = [source_slice[tuple(round(float(v), 3)
+                                for v in f.PlanePositionSequence[0].ImagePositionPatient)]
+             for f in pm.PerFrameFunctionalGroupsSequence]
+    values = np.empty_like(pm.pixel_array)
+    values[order] = pm.pixel_array
+    mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+    assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "%"
+    assert values.dtype == np.float32 and values.shape == phantom.labels.shape
+    for tissue in ("marrow", "lesion", "muscle", "disc"):
+        region = phantom.labels == TISSUE_CODES[tissue]
+        assert np.allclose(values[region], truth(tissue)["signal_loss_percent"], atol=0.01)
+    assert np.isnan(values[phantom.labels == 0]).all()
+    refs = pm.ReferencedSeriesSequence[0].ReferencedInstanceSequence
+    in_phase = {d.SOPInstanceUID for d in processed["studies"]["siemens"]
+                if d.SeriesDescription.endswith("_in")}
+    assert {r.ReferencedSOPInstanceUID for r in refs} == in_phase
+
+
+def test_derived_mr_is_integer_percent_on_source_geometry(processed) -> None:
+    _, outputs = outputs_of(processed, "siemens")
+    phantom = processed["phantom"]
+    entries = [e for e in outputs if e["kind"] == "derived_mr"
+               and "fat fraction" in e["series_description"]]
+    slices = sorted((load(processed, e) for e in entries), key=lambda d: d.InstanceNumber)
+    sources = sorted((d for d in processed["studies"]["siemens"]
+                      if d.SeriesDescription.endswith("_in")), key=lambda d: d.InstanceNumber)
+    volume = np.stack([d.pixel_array for d in slices])
+    for tissue in ("marrow", "lesion"):
+        region = phantom.labels == TISSUE_CODES[tissue]
+        assert (volume[region] == round(truth(tissue)["fat_fraction_percent"])).all()
+    for derived, source in zip(slices, sources, strict=True):
+        assert list(derived.ImageType[:2]) == ["DERIVED", "SECONDARY"]
+        assert derived.ImagePositionPatient == source.ImagePositionPatient
+        assert derived.ImageOrientationPatient == source.ImageOrientationPatient
+        assert derived.get("EchoTime") in (None, "") and "EchoNumbers" not in derived
+        assert "RescaleSlope" not in derived
+        assert derived.RealWorldValueMappingSequence[0].MeasurementUnitsCodeSequence[
+            0].CodeValue == "%"
+        referenced = {r.ReferencedSOPInstanceUID for r in derived.SourceImageSequence}
+        assert source.SOPInstanceUID in referenced
+
+
+def test_sr_measurements_round_trip(processed) -> None:
+    dixon_set, outputs = outputs_of(processed, "siemens")
+    (entry,) = [e for e in outputs if e["kind"] == "sr"]
+    sr = hd.sr.srread(processed["base"] / "out" / entry["path"])
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99MARROWNODE"
+    report = sr.content
+    groups = report.get_volumetric_roi_measurement_groups()
+    assert len(groups) == len(dixon_set["foci"]) == 1
+    measured = {m.name.meaning: m.value for m in groups[0].get_measurements()}
+    expected = truth("lesion")
+    assert measured["Chemical shift signal loss"] == pytest.approx(
+        expected["signal_loss_percent"], abs=0.01)
+    assert measured["Opposed-phase to in-phase signal intensity ratio"] == pytest.approx(
+        expected["sir"], abs=1e-4)
+    assert measured["Fat fraction"] == pytest.approx(expected["fat_fraction_percent"], abs=0.01)
+    def scoords(item) -> int:
+        own = 1 if item.get("ValueType") == "SCOORD" else 0
+        return own + sum(scoords(child) for child in item.get("ContentSequence", []))
+
+    lesion_slices = np.flatnonzero((processed["phantom"].labels == 5).any(axis=(1, 2)))
+    assert scoords(sr) == len(lesion_slices), "one outline per slice of the focus"
+    evaluation = groups[0].get_qualitative_evaluations()[0]
+    assert evaluation.value.meaning.startswith("Below threshold")
+    (image_group,) = report.get_image_measurement_groups()
+    values = {m.name.meaning: m.value for m in image_group.get_measurements()}
+    assert values["Magnetic field strength"] == pytest.approx(1.5)
+    assert values["Signal loss threshold"] == pytest.approx(20.0)
+    classes = {ref.ReferencedSOPClassUID
+               for study in sr.CurrentRequestedProcedureEvidenceSequence
+               for series in study.ReferencedSeriesSequence
+               for ref in series.ReferencedSOPSequence}
+    assert "1.2.840.10008.5.1.4.1.1.30" in classes  # the Parametric Maps, as images
+    assert "1.2.840.10008.5.1.4.1.1.4" in classes  # the source MR images
+
+
+def test_re_running_gives_identical_uids_and_bytes(processed, tmp_path: Path) -> None:
+    again = process_paths([processed["base"] / "in"], tmp_path / "again",
+                          settings_from_mapping({}))
+    first = {e["sop_instance_uid"]: e["path"] for s in processed["report"]["studies"]
+             for d in s["dixon_sets"] for e in d["outputs"]}
+    second = {e["sop_instance_uid"]: e["path"] for s in again["studies"]
+              for d in s["dixon_sets"] for e in d["outputs"]}
+    assert first == second
+    for path in first.values():
+        assert (processed["base"] / "out" / path).read_bytes() == (
+            tmp_path / "again" / path).read_bytes()
+
+
+def test_uid_root_and_output_selection_are_configurable(processed, tmp_path: Path) -> None:
+    settings = settings_from_mapping({"outputs": {"uid_root": "1.2.826.0.1.3680043.10.999",
+                                                  "overlay": False, "derived_mr": False}})
+    report = process_paths([processed["base"] / "in" / "siemens"], tmp_path / "o", settings)
+    outputs = report["studies"][0]["dixon_sets"][0]["outputs"]
+    assert {e["kind"] for e in outputs} == {"parametric_map", "sr"}
+    assert all(e["sop_instance_uid"].startswith("1.2.826.0.1.3680043.10.999.") and
+               len(e["sop_instance_uid"]) <= 64 for e in outputs)
+
+
+def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
+    _, outputs = outputs_of(processed, "siemens")
+    phantom = processed["phantom"]
+    centre = phantom.lesion_centres[0]
+    entries = [e for e in outputs if e["kind"] == "overlay"]
+    overlay = next(d for d in (load(processed, e) for e in entries)
+                   if d.InstanceNumber == centre[0] + 1)
+    pixels = overlay.pixel_array
+    assert overlay.PhotometricInterpretation == "RGB" and overlay.BurnedInAnnotation == "YES"
+    rows_in, cols_in = phantom.labels.shape[1:]
+    factor = -(-512 // max(rows_in, cols_in))  # upscaled to at least 512 px
+    offset = (pixels.shape[1] - cols_in * factor) // 2
+    assert pixels.shape[1] >= 512 and pixels.shape[0] == rows_in * factor + 100  # legend band
+    yellow = (pixels[..., 0] > 200) & (pixels[..., 1] > 200) & (pixels[..., 2] < 120)
+    rows, cols = np.nonzero(yellow[: rows_in * factor])
+    assert rows.size > 0
+    assert abs(rows.mean() / factor - centre[1]) < 2
+    assert abs((cols.mean() - offset) / factor - centre[2]) < 2
+    legend = pixels[rows_in * factor:]
+    assert (legend.max(axis=2) > 200).mean() > 0.01, "legend text and colour bar are drawn"
+    outside = next(d for d in (load(processed, e) for e in entries) if d.InstanceNumber == 1)
+    outside_yellow = ((outside.pixel_array[..., 0] > 200) & (outside.pixel_array[..., 1] > 200)
+                      & (outside.pixel_array[..., 2] < 120))[: rows_in * factor]
+    assert not outside_yellow.any(), "no focus outline on a slice without a focus"
