@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import random
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -163,6 +164,128 @@ class Assembler:
         self._wake.set()
 
 
+RETRYABLE_ERRORS = frozenset({"no_association", "connection_lost"})
+
+
+def is_success(status: int) -> bool:
+    """Success, or a warning (coercion, elements discarded): the PACS kept the object."""
+    return status == 0x0000 or status in (0x0001, 0x0107, 0x0116) or 0xB000 <= status <= 0xBFFF
+
+
+def is_retryable(status: int) -> bool:
+    """Out of resources (0xA7xx) or processing failure may pass; other failures will not."""
+    return 0xA700 <= status <= 0xA7FF or status == 0x0110
+
+
+class Deliverer:
+    """Sends queued results to every destination with exponential backoff and jitter."""
+
+    def __init__(self, node: Node, poll_seconds: float = 1.0, seed: int | None = None) -> None:
+        self.node = node
+        self.index = node.index
+        self.settings = node.settings
+        self.poll_seconds = poll_seconds
+        self._random = random.Random(seed)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.delivered = 0
+        self.failures: dict[str, int] = {}
+
+    def start(self) -> None:
+        requeued = self.index.requeue_interrupted()
+        if requeued:
+            log.info("event=outbox_requeued rows=%d", requeued)
+        self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(60)
+
+    def enqueue(self, study_uid: str, report: dict[str, Any]) -> None:
+        """Assembler listener: queue every output of a freshly analysed study."""
+        out_dir = self.node.settings.storage.root / "results" / safe_component(study_uid)
+        outputs = [
+            {**entry, "path": str(out_dir / entry["path"])}
+            for dixon_set in report.get("dixon_sets", [])
+            for entry in dixon_set.get("outputs", [])
+        ]
+        destinations = [d.name for d in self.settings.destinations]
+        if outputs and destinations:
+            rows = self.index.enqueue(study_uid, outputs, destinations)
+            log.info("event=results_queued study=%s rows=%d", study_uid, rows)
+            self._wake.set()
+
+    def backoff(self, attempts: int) -> float:
+        outbox = self.settings.outbox
+        base = min(outbox.retry_max_seconds, outbox.retry_initial_seconds * 2 ** attempts)
+        return base * self._random.uniform(0.5, 1.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for destination in self.settings.destinations:
+                    rows = self.index.claim_due(destination.name, time.time())
+                    if rows:
+                        self.deliver(destination, rows)
+            except Exception:
+                log.exception("event=deliverer_error")
+            next_due = self.index.next_due()
+            wait = self.poll_seconds if next_due is None else min(
+                self.poll_seconds, max(0.0, next_due - time.time()))
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def deliver(self, destination: Any, rows: list[dict[str, Any]]) -> None:
+        from marrownode.net.sender import OutgoingFile, send_batch
+
+        files = [OutgoingFile(r["id"], Path(r["path"]), r["sop_class_uid"], r["transfer_syntax"])
+                 for r in rows]
+        started = time.monotonic()
+        results = send_batch(files, destination.host, destination.port, destination.ae_title,
+                             self.settings.node.ae_title)
+        attempts = {r["id"]: r["attempts"] for r in rows}
+        now = time.time()
+        outcomes = []
+        for result in results:
+            tries = attempts[result.key] + 1
+            if result.status is not None and is_success(result.status):
+                outcomes.append((result.key, "delivered", result.status, "", now))
+                continue
+            if result.error == "context_refused":
+                state, error = "failed", "SOP class or transfer syntax refused by destination"
+            elif result.error == "unreadable":
+                state, error = "failed", "result file missing or unreadable"
+            elif result.error in RETRYABLE_ERRORS or (
+                result.status is not None and is_retryable(result.status)
+            ):
+                state = "queued" if tries < self.settings.outbox.max_attempts else "failed"
+                error = result.error or f"status 0x{result.status:04X}"
+            else:
+                state, error = "failed", f"refused with status 0x{result.status:04X}"
+            next_at = now + self.backoff(tries - 1) if state == "queued" else now
+            outcomes.append((result.key, state, result.status, error, next_at))
+            key = f"{destination.name}:{error}"
+            self.failures[key] = self.failures.get(key, 0) + 1
+        self.index.finish_delivery(outcomes)
+        delivered = sum(1 for o in outcomes if o[1] == "delivered")
+        self.delivered += delivered
+        log.info("event=delivery destination=%s sent=%d delivered=%d retry=%d failed=%d "
+                 "seconds=%.2f", destination.name, len(rows), delivered,
+                 sum(1 for o in outcomes if o[1] == "queued"),
+                 sum(1 for o in outcomes if o[1] == "failed"), time.monotonic() - started)
+
+
 def attach_services(node: Node) -> None:
-    """Register background services on the node (assembler now; sender and http join later)."""
-    node.add_service(Assembler(node))
+    """Register background services on the node: assembler, then the deliverer it feeds."""
+    assembler = Assembler(node)
+    deliverer = Deliverer(node)
+    assembler.listeners.append(deliverer.enqueue)
+    node.add_service(assembler)
+    node.add_service(deliverer)

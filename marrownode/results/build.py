@@ -114,6 +114,7 @@ def build_results(
             entries.append({
                 "kind": spec.kind,
                 "sop_class_uid": str(dataset.SOPClassUID),
+                "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
                 "sop_instance_uid": str(dataset.SOPInstanceUID),
                 "series_instance_uid": str(dataset.SeriesInstanceUID),
                 "series_number": int(dataset.SeriesNumber),

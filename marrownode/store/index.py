@@ -50,6 +50,24 @@ CREATE TABLE IF NOT EXISTS associations (
     closed_at        REAL,
     instances        INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    id               INTEGER PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    destination      TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    state            TEXT NOT NULL,          -- queued | sending | delivered | failed
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_status      INTEGER,
+    last_error       TEXT NOT NULL DEFAULT '',
+    queued_at        REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
 CREATE TABLE IF NOT EXISTS dixon_sets (
     study_uid        TEXT NOT NULL,
     set_key          TEXT NOT NULL,
@@ -285,6 +303,107 @@ class Index:
                 ],
             )
 
+    # --- outbox -------------------------------------------------------------------------------
+
+    def enqueue(
+        self, study_uid: str, outputs: list[dict[str, Any]], destinations: list[str],
+        now: float | None = None,
+    ) -> int:
+        """One row per (result file x destination); a re-run re-queues the same rows."""
+        now = time.time() if now is None else now
+        rows = [
+            (study_uid, destination, o["sop_instance_uid"], o["sop_class_uid"],
+             o["transfer_syntax_uid"], o["path"], now, now, now)
+            for o in outputs for destination in destinations
+        ]
+        with self.transaction() as db:
+            db.executemany(
+                """INSERT INTO outbox (study_uid, destination, sop_instance_uid, sop_class_uid,
+                                       transfer_syntax, path, state, next_attempt_at, queued_at,
+                                       updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)
+                   ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET
+                       state = 'queued', attempts = 0, path = excluded.path,
+                       next_attempt_at = excluded.next_attempt_at, last_error = '',
+                       updated_at = excluded.updated_at""",
+                rows,
+            )
+        return len(rows)
+
+    def claim_due(self, destination: str, now: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Queued rows whose time has come, marked 'sending' in the same transaction."""
+        with self.transaction() as db:
+            rows = db.execute(
+                """SELECT * FROM outbox WHERE destination = ? AND state = 'queued'
+                   AND next_attempt_at <= ? ORDER BY id LIMIT ?""",
+                (destination, now, limit),
+            ).fetchall()
+            db.executemany("UPDATE outbox SET state = 'sending', updated_at = ? WHERE id = ?",
+                           [(now, row["id"]) for row in rows])
+        return [dict(row) for row in rows]
+
+    def finish_delivery(self, outcomes: list[tuple[int, str, int | None, str, float]]) -> None:
+        """(row id, new state, DIMSE status, error, next attempt time) for each sent row."""
+        now = time.time()
+        with self.transaction() as db:
+            db.executemany(
+                """UPDATE outbox SET state = ?, last_status = ?, last_error = ?,
+                       next_attempt_at = ?, attempts = attempts + 1, updated_at = ?
+                   WHERE id = ?""",
+                [(state, status, error, next_at, now, row_id)
+                 for row_id, state, status, error, next_at in outcomes],
+            )
+
+    def requeue_interrupted(self, now: float | None = None) -> int:
+        """At start: rows caught 'sending' go out again (results are idempotent), and waiting
+        rows are tried at once rather than after the backoff of the previous run."""
+        now = time.time() if now is None else now
+        with self.transaction() as db:
+            return db.execute(
+                """UPDATE outbox SET state = 'queued', next_attempt_at = MIN(next_attempt_at, ?)
+                   WHERE state IN ('sending', 'queued')""", (now,)).rowcount
+
+    def next_due(self) -> float | None:
+        row = self._connection().execute(
+            "SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'queued'").fetchone()
+        return row[0]
+
+    def outbox_counts(self) -> dict[str, dict[str, int]]:
+        """Rows per destination and state (for metrics)."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self._connection().execute(
+            "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state"
+        ).fetchall():
+            counts.setdefault(row[0], {})[row[1]] = row[2]
+        return counts
+
+    def deliveries(self, study_uid: str) -> list[dict[str, Any]]:
+        db = self._connection()
+        out = []
+        for (destination,) in db.execute(
+            "SELECT DISTINCT destination FROM outbox WHERE study_uid = ? ORDER BY destination",
+            (study_uid,),
+        ).fetchall():
+            rows = db.execute(
+                """SELECT state, COUNT(*), MIN(next_attempt_at), MAX(last_status),
+                          MAX(last_error) FROM outbox
+                   WHERE study_uid = ? AND destination = ? GROUP BY state""",
+                (study_uid, destination),
+            ).fetchall()
+            by_state = {r[0]: r for r in rows}
+            pending = [by_state[s] for s in ("queued", "sending") if s in by_state]
+            failed = by_state.get("failed")
+            out.append({
+                "destination": destination,
+                "delivered": by_state["delivered"][1] if "delivered" in by_state else 0,
+                "pending": sum(r[1] for r in pending),
+                "next_attempt_at": min((r[2] for r in pending), default=None),
+                "failed": failed[1] if failed else 0,
+                "failed_status": failed[3] if failed else None,
+                "failed_reason": failed[4] if failed else "",
+            })
+        return out
+
     def status(self) -> dict[str, Any]:
         """Everything `marrownode status` shows."""
         db = self._connection()
@@ -306,6 +425,7 @@ class Index:
             ]
             studies.append(
                 {
+                    "deliveries": self.deliveries(row["study_uid"]),
                     "study_instance_uid": row["study_uid"],
                     "instances": count,
                     "state": row["state"],

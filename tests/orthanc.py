@@ -1,0 +1,104 @@
+"""Orthanc (Debian package) as the real PACS: own temp config, loopback ports, plugins off."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import free_port, require_binary
+
+ORTHANC = "/usr/sbin/Orthanc"
+
+
+class Orthanc:
+    def __init__(self, folder: Path, modalities: dict[str, list[Any]] | None = None) -> None:
+        self.folder = folder
+        self.http_port = free_port()
+        self.dicom_port = free_port()
+        self.ae_title = "ORTHANC"
+        self.modalities = modalities or {}
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> Path:
+        config = {
+            "Name": "marrownode-test-pacs",
+            "StorageDirectory": str(self.folder / "storage"),
+            "IndexDirectory": str(self.folder / "index"),
+            "HttpPort": self.http_port,
+            "DicomPort": self.dicom_port,
+            "DicomAet": self.ae_title,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomCheckCalledAet": False,
+            "DicomModalities": self.modalities,
+            "Plugins": [],
+            "HttpServerEnabled": True,
+            "DicomServerEnabled": True,
+            "StableAge": 1,
+        }
+        path = self.folder / "orthanc.json"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config))
+        return path
+
+    def start(self) -> Orthanc:
+        require_binary(ORTHANC)
+        config = self.config()
+        log = (self.folder / "orthanc.log").open("ab")
+        env = {**os.environ, "TCP_NODELAY": "1"}
+        self.process = subprocess.Popen([ORTHANC, str(config)], stdout=log,
+                                        stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                self.get("/system")
+                return self
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        raise TimeoutError("Orthanc did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None
+
+    def _request(self, path: str, data: bytes | None = None) -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def get(self, path: str) -> Any:
+        return self._request(path)
+
+    def post(self, path: str, body: Any) -> Any:
+        return self._request(path, json.dumps(body).encode())
+
+    def upload(self, path: Path) -> Any:
+        return self._request("/instances", path.read_bytes())
+
+    def study_id(self, study_uid: str) -> str | None:
+        found = self._request("/tools/lookup", study_uid.encode())
+        for item in found or []:
+            if item["Type"] == "Study":
+                return item["ID"]
+        return None
+
+    def series(self, study_uid: str) -> list[dict[str, Any]]:
+        study = self.study_id(study_uid)
+        if study is None:
+            return []
+        return self.get(f"/studies/{study}/series")
+
+    def instance_count(self) -> int:
+        return self.get("/statistics")["CountInstances"]
