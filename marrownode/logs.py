@@ -67,6 +67,8 @@ def configure_logging(settings: LoggingSettings, stream=None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     # pynetdicom logs every PDU at INFO; keep it to warnings unless debugging.
+    for noisy in ("highdicom", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.getLogger("pynetdicom").setLevel(
         logging.DEBUG if settings.level == "DEBUG" else logging.WARNING
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marrownode.config import Settings
+from marrownode.monitor import Metrics
 from marrownode.net.receiver import Receiver
 from marrownode.sdnotify import notify, watchdog_interval_seconds
 from marrownode.store.index import Index
@@ -48,10 +49,19 @@ class Node:
         self._stop = threading.Event()
         self._started = False
         self._services: list[Any] = []
+        self.metrics = Metrics()
+        self.metrics.attach(self)
 
     # Services that run beside the receiver (assembler, sender, http) register here.
     def add_service(self, service: Any) -> None:
         self._services.append(service)
+
+    def delivery_failures(self) -> dict[str, int]:
+        merged: dict[str, int] = {}
+        for service in self._services:
+            for key, count in getattr(service, "failures", {}).items():
+                merged[key] = merged.get(key, 0) + count
+        return merged
 
     def _association_ended(self, association_id: str) -> None:
         for service in self._services:

@@ -42,6 +42,15 @@ def run_analysis(
     return analyse_study(sources, settings, Path(out_dir))
 
 
+def _patient_fields(path: str) -> str:
+    """Patient name and ID for the log, only when logging.include_phi is switched on."""
+    from pydicom import dcmread
+
+    dataset = dcmread(path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+    name = str(dataset.get("PatientName", "")).replace(" ", "_")
+    return f" patient_name={name} patient_id={dataset.get('PatientID', '')}"
+
+
 def _warm_up() -> bool:
     import marrownode.pipeline  # noqa: F401 - import numpy/pydicom/scipy once, before work
 
@@ -119,8 +128,9 @@ class Assembler:
             if not self.index.set_study_state(study_uid, ANALYSING, decision.reason,
                                               if_last_received=last):
                 return  # new data arrived meanwhile: assess again
-            log.info("event=set_ready study=%s sets=%d reason=%s", study_uid,
-                     len(decision.sets), decision.reason.replace(" ", "_"))
+            log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid,
+                     len(decision.sets), decision.reason.replace(" ", "_"),
+                     _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
             self._submit(study_uid, last, [(r.path, r.header) for r in rows])
         elif decision.state == NO_DIXON:
             self.index.set_study_state(study_uid, NO_DIXON, decision.reason,
@@ -154,6 +164,7 @@ class Assembler:
             self.index.record_sets(study_uid, sets)
             self.index.set_study_state(study_uid, ANALYSED, f"{len(sets)} set(s) analysed",
                                        report=report, if_last_received=last)
+            self.node.metrics.analysis_seconds.observe(seconds)
             log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid,
                      len(sets), seconds)
         with self._lock:
@@ -274,12 +285,66 @@ class Deliverer:
             key = f"{destination.name}:{error}"
             self.failures[key] = self.failures.get(key, 0) + 1
         self.index.finish_delivery(outcomes)
+        self._observe_time_to_result(destination.name, rows, outcomes, now)
         delivered = sum(1 for o in outcomes if o[1] == "delivered")
         self.delivered += delivered
         log.info("event=delivery destination=%s sent=%d delivered=%d retry=%d failed=%d "
                  "seconds=%.2f", destination.name, len(rows), delivered,
                  sum(1 for o in outcomes if o[1] == "queued"),
                  sum(1 for o in outcomes if o[1] == "failed"), time.monotonic() - started)
+
+
+    def _observe_time_to_result(self, destination: str, rows: list[dict[str, Any]],
+                                outcomes: list[tuple], now: float) -> None:
+        """A study's results are in when none of its rows for this destination is pending."""
+        delivered_ids = {o[0] for o in outcomes if o[1] == "delivered"}
+        studies = {r["study_uid"] for r in rows if r["id"] in delivered_ids}
+        for study_uid in studies:
+            deliveries = [d for d in self.index.deliveries(study_uid)
+                          if d["destination"] == destination]
+            study = self.index.study(study_uid)
+            if study and deliveries and deliveries[0]["pending"] == 0:
+                self.node.metrics.time_to_result_seconds.labels(destination).observe(
+                    max(0.0, now - study["last_received"]))
+
+
+class RetentionSweeper:
+    """Removes finished studies (spool, results, index rows) after storage.retention_hours.
+
+    Nothing pending is ever removed: studies still receiving, waiting, analysing or with results
+    not yet delivered stay until they are done.
+    """
+
+    def __init__(self, node: Node, interval_seconds: float = 600.0) -> None:
+        self.node = node
+        self.interval_seconds = interval_seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def sweep(self, now: float) -> list[str]:
+        retention = self.node.settings.storage.retention_hours * 3600
+        removed = []
+        for study_uid in self.node.index.expired_studies(now, retention):
+            instances = self.node.index.forget_study(study_uid)
+            self.node.spool.remove_study(study_uid)
+            removed.append(study_uid)
+            log.info("event=study_expired study=%s instances=%d", study_uid, instances)
+        self.node.index.forget_closed_associations(now - retention)
+        return removed
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_seconds):
+            try:
+                self.sweep(time.time())
+            except Exception:
+                log.exception("event=retention_error")
+
+    def stop(self) -> None:
+        self._stop.set()
 
 
 def attach_services(node: Node) -> None:
@@ -289,3 +354,8 @@ def attach_services(node: Node) -> None:
     assembler.listeners.append(deliverer.enqueue)
     node.add_service(assembler)
     node.add_service(deliverer)
+    node.add_service(RetentionSweeper(node))
+    if node.settings.http.enabled:
+        from marrownode.monitor import HTTPService
+
+        node.add_service(HTTPService(node))

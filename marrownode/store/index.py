@@ -404,6 +404,46 @@ class Index:
             })
         return out
 
+    # --- metrics and retention ------------------------------------------------------------
+
+    def count_by(self, table: str, column: str) -> dict[str, int]:
+        if (table, column) not in {("studies", "state"), ("dixon_sets", "state"),
+                                   ("outbox", "state")}:
+            raise ValueError(f"cannot count {table}.{column}")
+        rows = self._connection().execute(
+            f"SELECT {column}, COUNT(*) FROM {table} GROUP BY {column}").fetchall()
+        return {row[0]: row[1] for row in rows}
+
+    def expired_studies(self, now: float, retention_seconds: float) -> list[str]:
+        """Finished studies idle for the retention period with nothing left to deliver."""
+        cutoff = now - retention_seconds
+        rows = self._connection().execute(
+            """SELECT study_uid FROM studies s
+               WHERE state IN ('analysed', 'no_dixon_set', 'failed') AND dirty = 0
+                 AND last_received <= ? AND updated_at <= ?
+                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid
+                                 AND o.state IN ('queued', 'sending'))""",
+            (cutoff, cutoff),
+        ).fetchall()
+        return [row[0] for row in rows]
+
+    def forget_study(self, study_uid: str) -> int:
+        """Remove every row of a study; returns how many instances it had."""
+        with self.transaction() as db:
+            count = db.execute("DELETE FROM instances WHERE study_uid = ?",
+                               (study_uid,)).rowcount
+            for table in ("dixon_sets", "outbox", "studies"):
+                db.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
+        return count
+
+    def forget_closed_associations(self, before: float) -> int:
+        with self.transaction() as db:
+            return db.execute(
+                """DELETE FROM associations WHERE closed_at IS NOT NULL AND closed_at <= ?
+                   AND association_id NOT IN (SELECT DISTINCT association_id FROM instances
+                                              WHERE association_id IS NOT NULL)""",
+                (before,)).rowcount
+
     def status(self) -> dict[str, Any]:
         """Everything `marrownode status` shows."""
         db = self._connection()

@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,10 +44,16 @@ class OutOfSpace(Exception):
     """Free space would fall below the configured watermark."""
 
 
-@dataclass(frozen=True)
+def _disk_free(path: Path) -> int:
+    return shutil.disk_usage(path).free
+
+
+@dataclass
 class Spool:
     root: Path
     min_free_bytes: int = 0
+    #: How free space is measured; replaceable so tests can cross the watermark.
+    free_space_probe: Callable[[Path], int] = _disk_free
 
     @property
     def data_dir(self) -> Path:
@@ -80,7 +87,7 @@ class Spool:
         return path
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+        return self.free_space_probe(self.root)
 
     def has_room_for(self, size: int) -> bool:
         return self.free_bytes() - size >= self.min_free_bytes
@@ -114,4 +121,6 @@ class Spool:
             fsync_directory(new_dir.parent)
 
     def remove_study(self, study_uid: str) -> None:
+        """Remove a study's received files and its results."""
         shutil.rmtree(self.data_dir / safe_component(study_uid), ignore_errors=True)
+        shutil.rmtree(self.root / "results" / safe_component(study_uid), ignore_errors=True)
