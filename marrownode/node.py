@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class Node:
         for service in self._services:
             service.start()
         self._started = True
-        notify(f"READY=1\nSTATUS=listening on port {self.receiver.port}\nMAINPID={_pid()}")
+        notify(f"READY=1\nSTATUS=listening on port {self.receiver.port}\nMAINPID={os.getpid()}")
         interval = watchdog_interval_seconds()
         if interval is not None:
             threading.Thread(
@@ -134,9 +135,3 @@ class Node:
                 pass
         finally:
             self.stop()
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()

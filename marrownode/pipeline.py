@@ -78,6 +78,7 @@ def analyse_study(
         report = dixon_set.summary()
         try:
             volumes = load_set(dixon_set, cache)
+            cache.release_pixels()
             result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
                                  dixon_set.field_strength_t, volumes.water, volumes.fat,
                                  parameters)

@@ -57,18 +57,66 @@ def _warm_up() -> bool:
     return True
 
 
-class Assembler:
-    """Completion decisions and analysis jobs, driven by the index."""
+class LoopService:
+    """A background thread that runs step() every poll_seconds, or at once when woken."""
 
-    def __init__(self, node: Node, poll_seconds: float = 0.5, workers: int = 1) -> None:
-        self.node = node
-        self.settings = node.settings
-        self.index = node.index
+    name = "service"
+    join_seconds = 10.0
+
+    def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
-        self.results_root = node.settings.storage.root / "results"
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def step(self, now: float) -> None:
+        raise NotImplementedError
+
+    def wait_seconds(self) -> float:
+        return self.poll_seconds
+
+    def on_start(self) -> None:
+        """Work done once before the loop starts."""
+
+    def on_stop(self) -> None:
+        """Work done once after the loop has ended."""
+
+    def start(self) -> None:
+        self.on_start()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(self.join_seconds)
+        self.on_stop()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step(time.time())
+            except Exception:
+                log.exception("event=%s_error", self.name)
+            self._wake.wait(self.wait_seconds())
+            self._wake.clear()
+
+
+class Assembler(LoopService):
+    """Completion decisions and analysis jobs, driven by the index."""
+
+    name = "assembler"
+
+    def __init__(self, node: Node, poll_seconds: float = 0.5, workers: int = 1) -> None:
+        super().__init__(poll_seconds)
+        self.node = node
+        self.settings = node.settings
+        self.index = node.index
+        self.results_root = node.settings.storage.root / "results"
         self._in_flight: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._pool = ProcessPoolExecutor(
@@ -79,33 +127,15 @@ class Assembler:
         )
         self.listeners: list[Any] = []  # called with (study_uid, report) after analysis
 
-    def start(self) -> None:
+    def on_start(self) -> None:
         self._pool.submit(_warm_up)
-        self._thread = threading.Thread(target=self._run, name="assembler", daemon=True)
-        self._thread.start()
 
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(10)
+    def on_stop(self) -> None:
         # In-flight analyses finish (they are idempotent); queued ones are dropped and, being
         # still 'analysing' in the index, are re-run after the next start.
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.tick(time.time())
-            except Exception:
-                log.exception("event=assembler_error")
-            self._wake.wait(self.poll_seconds)
-            self._wake.clear()
-
-    def tick(self, now: float) -> None:
+    def step(self, now: float) -> None:
         idle = self.settings.completion.idle_seconds
         for study in self.index.studies_to_assess(now, idle):
             study_uid = study["study_uid"]
@@ -188,36 +218,25 @@ def is_retryable(status: int) -> bool:
     return 0xA700 <= status <= 0xA7FF or status == 0x0110
 
 
-class Deliverer:
+class Deliverer(LoopService):
     """Sends queued results to every destination with exponential backoff and jitter."""
 
+    name = "deliverer"
+    join_seconds = 60.0
+
     def __init__(self, node: Node, poll_seconds: float = 1.0, seed: int | None = None) -> None:
+        super().__init__(poll_seconds)
         self.node = node
         self.index = node.index
         self.settings = node.settings
-        self.poll_seconds = poll_seconds
         self._random = random.Random(seed)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.delivered = 0
         self.failures: dict[str, int] = {}
 
-    def start(self) -> None:
+    def on_start(self) -> None:
         requeued = self.index.requeue_interrupted()
         if requeued:
             log.info("event=outbox_requeued rows=%d", requeued)
-        self._thread = threading.Thread(target=self._run, name="deliverer", daemon=True)
-        self._thread.start()
-
-    def wake(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(60)
 
     def enqueue(self, study_uid: str, report: dict[str, Any]) -> None:
         """Assembler listener: queue every output of a freshly analysed study."""
@@ -238,20 +257,17 @@ class Deliverer:
         base = min(outbox.retry_max_seconds, outbox.retry_initial_seconds * 2 ** attempts)
         return base * self._random.uniform(0.5, 1.0)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for destination in self.settings.destinations:
-                    rows = self.index.claim_due(destination.name, time.time())
-                    if rows:
-                        self.deliver(destination, rows)
-            except Exception:
-                log.exception("event=deliverer_error")
-            next_due = self.index.next_due()
-            wait = self.poll_seconds if next_due is None else min(
-                self.poll_seconds, max(0.0, next_due - time.time()))
-            self._wake.wait(wait)
-            self._wake.clear()
+    def step(self, now: float) -> None:
+        for destination in self.settings.destinations:
+            rows = self.index.claim_due(destination.name, time.time())
+            if rows:
+                self.deliver(destination, rows)
+
+    def wait_seconds(self) -> float:
+        next_due = self.index.next_due()
+        if next_due is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, next_due - time.time()))
 
     def deliver(self, destination: Any, rows: list[dict[str, Any]]) -> None:
         from marrownode.net.sender import OutgoingFile, send_batch
@@ -308,18 +324,21 @@ class Deliverer:
                     max(0.0, now - study["last_received"]))
 
 
-class RetentionSweeper:
+class RetentionSweeper(LoopService):
     """Removes finished studies (spool, results, index rows) after storage.retention_hours.
 
     Nothing pending is ever removed: studies still receiving, waiting, analysing or with results
     not yet delivered stay until they are done.
     """
 
+    name = "retention"
+
     def __init__(self, node: Node, interval_seconds: float = 600.0) -> None:
+        super().__init__(interval_seconds)
         self.node = node
-        self.interval_seconds = interval_seconds
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+
+    def step(self, now: float) -> None:
+        self.sweep(now)
 
     def sweep(self, now: float) -> list[str]:
         retention = self.node.settings.storage.retention_hours * 3600
@@ -331,20 +350,6 @@ class RetentionSweeper:
             log.info("event=study_expired study=%s instances=%d", study_uid, instances)
         self.node.index.forget_closed_associations(now - retention)
         return removed
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="retention", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_seconds):
-            try:
-                self.sweep(time.time())
-            except Exception:
-                log.exception("event=retention_error")
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def attach_services(node: Node) -> None:

@@ -8,7 +8,6 @@ frame type from the functional groups.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
@@ -168,11 +167,3 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         ]
     summary["frames"] = frames
     return summary
-
-
-@dataclass(frozen=True)
-class FrameRef:
-    """One image plane: an instance UID and, for multi-frame objects, a 0-based frame index."""
-
-    sop_instance_uid: str
-    frame_index: int | None

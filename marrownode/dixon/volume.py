@@ -44,16 +44,25 @@ class PixelCache:
 
     def __init__(self, paths: Mapping[str, Path]) -> None:
         self.paths = paths
-        self._cache: dict[str, tuple[Dataset, np.ndarray]] = {}
+        self._cache: dict[str, tuple[Dataset, np.ndarray | None]] = {}
 
     def plane(self, sop_instance_uid: str, frame_index: int | None) -> np.ndarray:
-        if sop_instance_uid not in self._cache:
+        cached = self._cache.get(sop_instance_uid)
+        if cached is None or cached[1] is None:
             dataset = dcmread(self.paths[sop_instance_uid])
             self._cache[sop_instance_uid] = (dataset, dataset.pixel_array)
         dataset, pixels = self._cache[sop_instance_uid]
+        assert pixels is not None
         plane = pixels[frame_index] if frame_index is not None else pixels
         slope, intercept = _rescale(dataset, frame_index)
         return plane.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+    def release_pixels(self) -> None:
+        """Keep headers (results reference them), drop pixel data once volumes are built."""
+        for uid, (dataset, _) in list(self._cache.items()):
+            if "PixelData" in dataset:
+                del dataset.PixelData
+            self._cache[uid] = (dataset, None)
 
     def dataset(self, sop_instance_uid: str) -> Dataset:
         if sop_instance_uid not in self._cache:

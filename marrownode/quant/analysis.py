@@ -58,8 +58,8 @@ def analyse_set(
     parameters: QuantParameters = QuantParameters(),
 ) -> QuantResult:
     """Maps and foci for aligned (slice, row, column) volumes with spacing (slice, row, col)."""
-    ip = np.asarray(in_phase, dtype=np.float64)
-    op = np.asarray(opposed, dtype=np.float64)
+    ip = np.asarray(in_phase, dtype=np.float32)
+    op = np.asarray(opposed, dtype=np.float32)
     if ip.shape != op.shape:
         raise ValueError(f"in-phase {ip.shape} and opposed-phase {op.shape} differ in shape")
     sigma = estimate_noise_sigma(ip)

@@ -30,14 +30,6 @@ class Candidate:
     shell_marrow_fraction: float
 
 
-def ellipsoid(spacing_mm: tuple[float, float, float], radius_mm: float) -> np.ndarray:
-    """Structuring element of a physical radius on an anisotropic grid (>= 1 voxel per axis)."""
-    radii = [max(radius_mm / s, 1.0) for s in spacing_mm]
-    half = [int(np.floor(r)) for r in radii]
-    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    return sum((g / r) ** 2 for g, r in zip(grids, radii, strict=True)) <= 1.0 + 1e-9
-
-
 def find_candidates(
     signal_loss: np.ndarray,
     tissue: np.ndarray,
@@ -57,8 +49,10 @@ def find_candidates(
     voxel_volume = float(np.prod(spacing_mm))
     sizes = np.bincount(labels.ravel(), minlength=count + 1)
     min_voxels = parameters.min_volume_mm3 / voxel_volume
-    element = ellipsoid(spacing_mm, parameters.shell_mm)
-    pad = [s // 2 for s in element.shape]
+    # The shell is a box of shell_mm around the region (>= 1 voxel per axis): a separable
+    # maximum filter, cheap even for the large muscle candidates that it will reject.
+    size = tuple(2 * max(1, int(round(parameters.shell_mm / s))) + 1 for s in spacing_mm)
+    pad = [n // 2 for n in size]
     found: list[Candidate] = []
     for label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None or sizes[label] < max(min_voxels, 1):
@@ -67,16 +61,16 @@ def find_candidates(
             slice(max(b.start - p, 0), min(b.stop + p, n))
             for b, p, n in zip(box, pad, labels.shape, strict=True)
         )
-        # Noise pushes single voxels of a lesion over the threshold; they are still lesion.
-        region = ndimage.binary_fill_holes(labels[grown] == label)
-        shell = ndimage.binary_dilation(region, structure=element) & ~region
+        region = labels[grown] == label
+        shell = ndimage.maximum_filter(region.view(np.uint8), size=size).view(bool) & ~region
         shell_size = int(shell.sum())
         if shell_size == 0:
             continue
         fraction = float(marrow_like[grown][shell].sum()) / shell_size
         if fraction < parameters.shell_marrow_fraction:
             continue
+        # Noise pushes single voxels of a lesion over the threshold; they are still lesion.
         mask = np.zeros(labels.shape, dtype=bool)
-        mask[grown] = region
+        mask[grown] = ndimage.binary_fill_holes(region)
         found.append(Candidate(mask, fraction))
     return found

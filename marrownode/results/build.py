@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def build_results(
         number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
         return series_uid, number, f"marrownode {label} {spec.description}"
 
-    def emit(spec: OutputSeries, datasets: list[Dataset]) -> None:
+    def emit(spec: OutputSeries, datasets: Iterable[Dataset]) -> None:
         for dataset in datasets:
             path = set_dir / f"{spec.offset:02d}-{spec.kind}" / f"{dataset.SOPInstanceUID}.dcm"
             write_dataset(dataset, path)
@@ -169,7 +170,8 @@ def build_results(
 
 def overlay_frames(
     volumes: SetVolumes, result: QuantResult, set_report: dict[str, Any], disclaimer: str
-) -> list[np.ndarray]:
+) -> Iterator[np.ndarray]:
+    """Rendered overlay frames, one at a time (a whole-body set would not fit otherwise)."""
     tissue_values = volumes.in_phase[result.tissue]
     window = ((float(np.percentile(tissue_values, 1)), float(np.percentile(tissue_values, 99)))
               if tissue_values.size else (0.0, float(volumes.in_phase.max() or 1)))
@@ -177,9 +179,7 @@ def overlay_frames(
     for mask in result.focus_masks:
         foci |= mask
     count = volumes.in_phase.shape[0]
-    return [
-        render_slice(volumes.in_phase[k], result.signal_loss[k], foci[k], window,
-               result.threshold_percent, set_report.get("field_strength_t"), disclaimer,
-               f"slice {k + 1}/{count}")
-        for k in range(count)
-    ]
+    for k in range(count):
+        yield render_slice(volumes.in_phase[k], result.signal_loss[k], foci[k], window,
+                           result.threshold_percent, set_report.get("field_strength_t"),
+                           disclaimer, f"slice {k + 1}/{count}")

@@ -9,6 +9,7 @@ number) are removed so the map is never shown as a source echo.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -54,14 +55,15 @@ def build_derived_mr_series(
     sop_uids: list[str],
     series_number: int,
     series_description: str,
-) -> list[Dataset]:
-    """One MR Image per slice with stored value = round(percent); 0 where undefined."""
+) -> Iterator[Dataset]:
+    """One MR Image per slice with stored value = round(percent); 0 where undefined.
+
+    A generator: the caller writes each slice before the next is built (bounded memory)."""
     if values.shape[0] != len(sources.planes) or len(sop_uids) != len(sources.planes):
         raise ValueError("one SOP Instance UID and one map slice per source plane are needed")
     low, high = value_range
     stored = np.where(np.isfinite(values), np.rint(values), 0).clip(low, high).astype(np.int16)
     reference = sources.reference
-    out = []
     for index, (plane, sop_uid) in enumerate(zip(sources.planes, sop_uids, strict=True)):
         ds = Dataset()
         for keyword in _KEEP_FROM_SOURCE:
@@ -119,5 +121,4 @@ def build_derived_mr_series(
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
         ds.file_meta = meta
-        out.append(ds)
-    return out
+        yield ds

@@ -5,6 +5,7 @@ carries no geometry, so everything a reader needs is in the pixels)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import highdicom as hd
 import numpy as np
@@ -120,14 +121,14 @@ def patient_orientation(orientation: tuple[float, ...]) -> tuple[str, str]:
 
 def build_overlay_series(
     sources: SourceSeries,
-    frames: list[np.ndarray],
+    frames: Iterable[np.ndarray],
     *,
     series_uid: str,
     sop_uids: list[str],
     series_number: int,
     series_description: str,
-) -> list[Dataset]:
-    out = []
+) -> Iterator[Dataset]:
+    """One RGB Secondary Capture per frame, built as the caller consumes them."""
     for index, (frame, sop_uid) in enumerate(zip(frames, sop_uids, strict=True)):
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=sources.reference,
@@ -146,5 +147,4 @@ def build_overlay_series(
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.ConversionType = "WSD"
         stamp(sc, sources, series_description)
-        out.append(sc)
-    return out
+        yield sc

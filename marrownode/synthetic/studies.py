@@ -64,6 +64,7 @@ class StudyOptions:
     study_key: str = "study-1"
     seed: int = 0
     series_number_start: int = 1
+    station: int = 0  # whole-body stations: each one further along the slice normal
 
 
 @dataclass
@@ -227,12 +228,15 @@ def build_study(
         return [_enhanced_mr(options, phantom)]
     images = phantom.echoes(snr=options.snr, seed=options.seed)
     geometry = _geometry(options.orientation)
+    slices = phantom.labels.shape[0]
+    geometry.origin = geometry.origin + (
+        options.station * slices * phantom.slice_thickness_mm * geometry.normal)
     base = _base_dataset(options)
     frequency = GYROMAGNETIC_MHZ_PER_T * options.field_strength_t
     datasets: list[Dataset] = []
-    slices = phantom.labels.shape[0]
     for number, plan in enumerate(_plans(options), start=options.series_number_start):
-        series_uid = synthetic_uid(options.study_key, options.orientation, plan.key, "series")
+        series_uid = synthetic_uid(options.study_key, options.orientation, plan.key, "series",
+                                   options.station)
         instance = 0
         for role, echo_time, image_type, private in plan.images:
             data = _stored(images[role]) if role != "fat_fraction" else _stored(

@@ -1,0 +1,377 @@
+"""marrownode's measured claims, side by side with DCMTK storescp and Orthanc in the same run.
+
+    python benchmarks/run.py            # everything (about 10 minutes on 2 cores)
+    python benchmarks/run.py --quick    # smaller: a smoke run of every section
+
+Sections: ingest (one and four parallel associations, DCMTK storescu as the sender), time to
+result (spine and whole-body), analysis stages with the worker's peak RSS. Every DCMTK/Orthanc
+process gets TCP_NODELAY=1, or Nagle's algorithm would make every figure meaningless.
+Prints a Markdown table; docs/performance.md keeps the last one with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
+from marrownode.synthetic.studies import (  # noqa: E402
+    StudyOptions,
+    build_study,
+    extra_series,
+    write_datasets,
+)
+
+STORESCU, STORESCP, ORTHANC = "/usr/bin/storescu", "/usr/bin/storescp", "/usr/sbin/Orthanc"
+ENV = {**os.environ, "TCP_NODELAY": "1"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(port)
+
+
+# --- receivers ---------------------------------------------------------------------------------
+
+
+class Receiver:
+    name = ""
+    ae_title = "ANY"
+
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.process = subprocess.Popen(self.command(), env=ENV, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, cwd=self.work)
+        wait_port(self.port)
+        time.sleep(0.3)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+class StoreSCP(Receiver):
+    name = "DCMTK storescp"
+
+    def command(self) -> list[str]:
+        out = self.work / "out"
+        out.mkdir(exist_ok=True)
+        return [STORESCP, "--fork", "-od", str(out), str(self.port)]
+
+
+class OrthancReceiver(Receiver):
+    name = "Orthanc"
+    ae_title = "ORTHANC"
+
+    def command(self) -> list[str]:
+        config = {"StorageDirectory": str(self.work / "storage"),
+                  "IndexDirectory": str(self.work / "index"), "HttpPort": free_port(),
+                  "DicomPort": self.port, "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+                  "Plugins": [], "DicomCheckCalledAet": False, "StorageCompression": False}
+        (self.work / "orthanc.json").write_text(json.dumps(config))
+        return [ORTHANC, str(self.work / "orthanc.json")]
+
+
+class MarrowNode(Receiver):
+    name = "marrownode"
+    ae_title = "MARROWNODE"
+
+    def __init__(self, work: Path, destination: tuple[str, int] | None = None) -> None:
+        super().__init__(work)
+        self.destination = destination
+
+    def command(self) -> list[str]:
+        lines = [
+            "[node]", 'host = "127.0.0.1"', f"port = {self.port}", "max_associations = 16",
+            "[storage]", f'root = "{self.work / "data"}"', "min_free_mb = 64",
+            "[completion]", "idle_seconds = 600",
+            "[http]", "enabled = false",
+            "[logging]", 'level = "WARNING"',
+        ]
+        if self.destination:
+            lines += ["[[destinations]]", 'name = "pacs"', 'ae_title = "STORESCP"',
+                      'host = "127.0.0.1"', f"port = {self.destination[1]}"]
+        (self.work / "node.toml").write_text("\n".join(lines) + "\n")
+        return [sys.executable, "-m", "marrownode", "serve", "--config",
+                str(self.work / "node.toml")]
+
+
+def storescu(port: int, ae_title: str, folder: Path) -> None:
+    subprocess.run([STORESCU, "-aec", ae_title, "+sd", "127.0.0.1", str(port), str(folder)],
+                   env=ENV, check=True, capture_output=True, timeout=1800)
+
+
+# --- sections ----------------------------------------------------------------------------------
+
+
+def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
+    """img/s and MB/s with one and with four parallel associations, medians of repetitions."""
+    phantom = spine_phantom(slices=instances, rows=256, cols=256)
+    datasets = extra_series(StudyOptions(study_key="bench-ingest"), "t2", phantom)
+    folder = work / "ingest-files"
+    write_datasets(datasets, folder)
+    files = sorted(folder.iterdir())
+    megabytes = sum(f.stat().st_size for f in files) / 1e6
+    quarters = []
+    for part in range(4):
+        sub = work / f"ingest-part{part}"
+        sub.mkdir(exist_ok=True)
+        for file in files[part::4]:
+            os.link(file, sub / file.name)
+        quarters.append(sub)
+
+    receivers: list[Callable[[], Receiver]] = [
+        lambda: StoreSCP(work / "scp"), lambda: OrthancReceiver(work / "orthanc"),
+        lambda: MarrowNode(work / "node")]
+    timings: dict[tuple[str, int], list[float]] = {}
+    for repetition in range(repetitions):
+        for make in receivers:  # alternating within each repetition
+            for parallel in (1, 4):
+                receiver = make()
+                receiver.start()
+                try:
+                    started = time.perf_counter()
+                    if parallel == 1:
+                        storescu(receiver.port, receiver.ae_title, folder)
+                    else:
+                        procs = [subprocess.Popen(
+                            [STORESCU, "-aec", receiver.ae_title, "+sd", "127.0.0.1",
+                             str(receiver.port), str(q)], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL) for q in quarters]
+                        if any(p.wait(1800) != 0 for p in procs):
+                            raise RuntimeError(f"storescu failed against {receiver.name}")
+                    elapsed = time.perf_counter() - started
+                finally:
+                    receiver.stop()
+                timings.setdefault((receiver.name, parallel), []).append(elapsed)
+                print(f"  ingest rep {repetition + 1} {receiver.name:<15} x{parallel}: "
+                      f"{len(files) / elapsed:7.1f} img/s", flush=True)
+    rows = []
+    for (name, parallel), values in timings.items():
+        seconds = statistics.median(values)
+        rows.append({"receiver": name, "associations": parallel, "img_s": len(files) / seconds,
+                     "mb_s": megabytes / seconds, "instances": len(files),
+                     "mb_per_instance": megabytes / len(files)})
+    return rows
+
+
+def _spine_study() -> list:
+    phantom = spine_phantom(slices=20, rows=512, cols=512, pixel_spacing_mm=0.6)
+    datasets = build_study(StudyOptions(style="siemens", snr=30, study_key="bench-spine"), phantom)
+    return [d for d in datasets if d.SeriesDescription.endswith(("_in", "_opp"))]
+
+
+def _whole_body_study() -> list:
+    phantom = spine_phantom(slices=64, rows=320, cols=260, pixel_spacing_mm=1.5,
+                            slice_thickness_mm=5.0)
+    out = []
+    for station in range(4):
+        out += build_study(StudyOptions(style="ge_lava", snr=30, study_key="bench-wb",
+                                        orientation="axial", station=station,
+                                        series_number_start=1 + 10 * station), phantom)
+    return out
+
+
+def time_to_result(work: Path, name: str, datasets: list) -> dict:
+    """From storescu's last C-STORE response to the last result accepted by the destination."""
+    folder = work / f"ttr-{name}"
+    write_datasets(datasets, folder)
+    destination = StoreSCP(work / f"ttr-{name}-pacs")
+    destination.start()
+    node = MarrowNode(work / f"ttr-{name}-node", ("127.0.0.1", destination.port))
+    node.start()
+    try:
+        storescu(node.port, node.ae_title, folder)
+        sent = time.time()
+        index = node.work / "data" / "index.sqlite3"
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            with sqlite3.connect(index) as db:
+                state = db.execute("SELECT state FROM studies").fetchone()
+                rows = db.execute("SELECT COUNT(*), SUM(state = 'delivered'), MAX(updated_at) "
+                                  "FROM outbox").fetchone()
+            if state and state[0] == "analysed" and rows[0] and rows[0] == rows[1]:
+                return {"study": name, "instances": len(datasets), "results": rows[0],
+                        "seconds": rows[2] - sent}
+            time.sleep(0.05)
+        raise TimeoutError(f"no results for {name}")
+    finally:
+        node.stop()
+        destination.stop()
+
+
+STAGE_SCRIPT = r"""
+import json, resource, sys, time
+from pathlib import Path
+from marrownode.config import Settings
+from marrownode.dixon.roles import classify, frames_from_header
+from marrownode.dixon.sets import assemble
+from marrownode.dixon.volume import PixelCache, load_set
+from marrownode.pipeline import _quant_report, discover, quant_parameters
+from marrownode.quant.analysis import analyse_set
+import marrownode.results.build as build
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+settings = Settings()
+stages = {}
+def timed(name, fn, *args, **kwargs):
+    started = time.perf_counter()
+    value = fn(*args, **kwargs)
+    stages[name] = stages.get(name, 0.0) + time.perf_counter() - started
+    return value
+studies, _ = timed("read headers", discover, [folder])
+(instances,) = studies.values()
+frames = [f for i in instances for f in frames_from_header(i.header)]
+assembly = timed("classify and pair", lambda: assemble(classify(frames)))
+cache = PixelCache({i.header["sop_instance_uid"]: i.path for i in instances})
+pixel_bytes = 0
+slices = 0
+for index, dixon_set in enumerate(assembly.sets):
+    volumes = timed("load and decode", load_set, dixon_set, cache)
+    cache.release_pixels()
+    pixel_bytes += sum(v.size * 2 for v in (volumes.in_phase, volumes.opposed, volumes.water,
+                                            volumes.fat) if v is not None)
+    slices += len(dixon_set.in_phase.frames)
+    result = timed("masks, maps, foci", analyse_set, volumes.in_phase, volumes.opposed,
+                   volumes.spacing_mm, dixon_set.field_strength_t, volumes.water, volumes.fat,
+                   quant_parameters(settings))
+    report = dixon_set.summary()
+    report.update(_quant_report(result))
+    for kind in ("parametric_map", "derived_mr", "overlay", "sr"):
+        only = {k: (k == kind) for k in ("parametric_map", "derived_mr", "overlay", "sr")}
+        s = settings.model_copy(update={"outputs": settings.outputs.model_copy(update=only)})
+        timed(f"encode {kind}", build.build_results, dixon_set, volumes, result, cache, s,
+              out, report, index)
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"stages": stages, "peak_rss_bytes": rss, "pixel_bytes": pixel_bytes,
+                  "sets": len(assembly.sets), "slices": slices}))
+"""
+
+
+def analysis_stages(work: Path, datasets: list) -> dict:
+    folder = work / "stages-in"
+    write_datasets(datasets, folder)
+    result = subprocess.run([sys.executable, "-c", STAGE_SCRIPT, str(folder),
+                             str(work / "stages-out")], capture_output=True, text=True,
+                            cwd=ROOT, timeout=1800)
+    if result.returncode != 0:
+        raise RuntimeError(result.stderr[-3000:])
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# --- report ------------------------------------------------------------------------------------
+
+
+def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str) -> str:
+    lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
+             f"{os.cpu_count()} cores, Python {platform.python_version()}, "
+             f"`{command}`", "", "### Ingest (DCMTK storescu as the sender, TCP_NODELAY=1)", "",
+             "| receiver | associations | img/s | MB/s | vs Orthanc | vs storescp |",
+             "|---|---|---|---|---|---|"]
+    by = {(r["receiver"], r["associations"]): r for r in ingest_rows}
+    for row in ingest_rows:
+        orthanc = by.get(("Orthanc", row["associations"]))
+        scp = by.get(("DCMTK storescp", row["associations"]))
+        lines.append(f"| {row['receiver']} | {row['associations']} | {row['img_s']:.1f} | "
+                     f"{row['mb_s']:.1f} | {row['img_s'] / orthanc['img_s']:.2f}x | "
+                     f"{row['img_s'] / scp['img_s']:.2f}x |")
+    if ingest_rows:
+        lines.append(f"\n{ingest_rows[0]['instances']} instances of "
+                     f"{ingest_rows[0]['mb_per_instance'] * 1000:.0f} KB; medians of the "
+                     "repetitions.")
+    lines += ["", "### Time to result (last C-STORE response to last result accepted)", "",
+              "| study | instances | result files | seconds |", "|---|---|---|---|"]
+    for row in ttr:
+        lines.append(f"| {row['study']} | {row['instances']} | {row['results']} | "
+                     f"{row['seconds']:.2f} |")
+    if stages:
+        lines += ["", "### Whole-body analysis by stage (one process, one core)", "",
+                  "| stage | seconds | ms per slice |", "|---|---|---|"]
+        for name, seconds in stages["stages"].items():
+            lines.append(f"| {name} | {seconds:.2f} | {1000 * seconds / stages['slices']:.1f} |")
+        total = sum(stages["stages"].values())
+        budget = 4 * stages["pixel_bytes"] + 200e6
+        lines += [f"| **total** | **{total:.2f}** | |", "",
+                  f"{stages['sets']} set(s), {stages['slices']} slices per echo.",
+                  f"Peak RSS {stages['peak_rss_bytes'] / 1e6:.0f} MB for "
+                  f"{stages['pixel_bytes'] / 1e6:.0f} MB of source pixels "
+                  f"(budget 4x pixels + 200 MB = {budget / 1e6:.0f} MB)."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--sections", default="ingest,ttr,stages")
+    parser.add_argument("--write", type=Path, help="also write the table to this file")
+    args = parser.parse_args()
+    for binary in (STORESCU, STORESCP, ORTHANC):
+        if not Path(binary).exists():
+            print(f"{binary} missing: apt-get install dcmtk orthanc", file=sys.stderr)
+            return 2
+    sections = set(args.sections.split(","))
+    command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
+    with tempfile.TemporaryDirectory(prefix="marrownode-bench-") as tmp:
+        work = Path(tmp)
+        ingest_rows, ttr, stages = [], [], {}
+        if "ingest" in sections:
+            print("ingest ...", flush=True)
+            ingest_rows = ingest(work, 100 if args.quick else 500, 1 if args.quick else 3)
+        if "ttr" in sections:
+            print("time to result ...", flush=True)
+            ttr.append(time_to_result(work, "spine 2x20 512x512", _spine_study()))
+            if not args.quick:
+                ttr.append(time_to_result(work, "whole body 4x64 320x260 +W/F",
+                                          _whole_body_study()))
+        if "stages" in sections:
+            print("analysis stages ...", flush=True)
+            stages = analysis_stages(work, _spine_study() if args.quick else _whole_body_study())
+    table = render(ingest_rows, ttr, stages, command)
+    print("\n" + table)
+    if args.write:
+        args.write.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
