@@ -241,7 +241,7 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
 
 
 STAGE_SCRIPT = r"""
-import json, resource, sys, time
+import json, os, sys, threading, time
 from pathlib import Path
 from marrownode.config import Settings
 from marrownode.dixon.roles import classify, frames_from_header
@@ -253,6 +253,16 @@ import marrownode.results.build as build
 
 folder, out = Path(sys.argv[1]), Path(sys.argv[2])
 settings = Settings()
+# Current RSS sampled every 10 ms: ru_maxrss would include the parent's high-water mark,
+# which Linux carries across fork and exec.
+peak = [0]
+def sample():
+    page = os.sysconf("SC_PAGE_SIZE")
+    while True:
+        with open("/proc/self/statm") as statm:
+            peak[0] = max(peak[0], int(statm.read().split()[1]) * page)
+        time.sleep(0.01)
+threading.Thread(target=sample, daemon=True).start()
 stages = {}
 def timed(name, fn, *args, **kwargs):
     started = time.perf_counter()
@@ -282,8 +292,8 @@ for index, dixon_set in enumerate(assembly.sets):
         s = settings.model_copy(update={"outputs": settings.outputs.model_copy(update=only)})
         timed(f"encode {kind}", build.build_results, dixon_set, volumes, result, cache, s,
               out, report, index)
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({"stages": stages, "peak_rss_bytes": rss, "pixel_bytes": pixel_bytes,
+time.sleep(0.05)
+print(json.dumps({"stages": stages, "peak_rss_bytes": peak[0], "pixel_bytes": pixel_bytes,
                   "sets": len(assembly.sets), "slices": slices}))
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import ssl
 import subprocess
+import time
 from io import BytesIO
 from pathlib import Path
 
@@ -177,3 +178,21 @@ def test_tls_association_works_and_plaintext_fails(node_factory, tmp_path: Path)
                 ssl_context=client) == [0, 0]
     assert not can_associate(node.receiver.port)
     assert node.index.instance_count() == 2
+
+
+def test_max_associations_refuses_the_one_too_many(node_factory) -> None:
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    node = node_factory(node={"max_associations": 1})
+    ae = AE(ae_title="HOLDER")
+    ae.add_requested_context(Verification)
+    held = ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
+    assert held.is_established
+    try:
+        assert not can_associate(node.receiver.port)
+        assert node.receiver.stats.rejected == 1
+    finally:
+        held.release()
+    time.sleep(0.5)
+    assert can_associate(node.receiver.port)
