@@ -209,4 +209,5 @@ def test_maps_never_leak_nan_into_tissue_nor_warn(shape, data) -> None:
     assert np.isfinite(ffw[mask & (water + fat > 0)]).all()
     assert np.isfinite(result.signal_loss[result.tissue]).all()
     assert np.isnan(result.signal_loss[~result.tissue]).all()
-    assert np.allclose(loss[mask], 100 * (1 - sir[mask]))
+    # Maps are float32: agreement to 1e-4 percentage points (and float32 relative precision).
+    assert np.allclose(loss[mask], 100 * (1 - sir[mask].astype(np.float64)), rtol=1e-5, atol=1e-4)
