@@ -57,14 +57,18 @@ def render_slice(
 ) -> np.ndarray:
     """One RGB uint8 frame, at least 512 px wide, with a legend band below the image.
 
-    Colours use a 3x3 median of the map (display only; numbers come from the maps), and low loss
+    Colours use a smoothed copy of the map (display only; numbers come from the maps), and low loss
     outside foci is shown fainter than inside them, so diffuse disease stays visible without
     muscle drowning the focal findings.
     """
     factor = max(1, math.ceil(MIN_SIZE / max(anatomy.shape)))
     grey = _grey(anatomy, *window)
     defined = np.isfinite(loss)
-    smooth = np.where(defined, ndimage.median_filter(np.nan_to_num(loss), size=3), np.nan)
+    # Normalised 3x3 mean over defined voxels (display only): calmer colours at SNR ~30,
+    # ten times cheaper than a median on 512 x 512 slices.
+    weight = ndimage.uniform_filter(defined.astype(np.float32), size=3)
+    total = ndimage.uniform_filter(np.where(defined, loss, 0).astype(np.float32), size=3)
+    smooth = np.where(defined, total / np.maximum(weight, 1e-6), np.nan)
     colour, alpha = colour_for_loss(smooth, threshold)
     low = np.isfinite(smooth) & (smooth < (threshold if threshold is not None else 20.0))
     alpha = np.where(low & ~focus_mask, alpha * 0.5, alpha)
