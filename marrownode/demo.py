@@ -70,10 +70,8 @@ def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Pa
         print(f"Overlay preview (PNG): {preview}")
 
 
-def _overlay_preview(study: dict[str, Any], node_root: Path, out: Path) -> Path | None:
+def _overlay_preview(study: dict[str, Any], results_dir: Path, out: Path) -> Path | None:
     from PIL import Image
-
-    from marrownode.store.spool import safe_component
 
     for dixon_set in study["dixon_sets"]:
         overlays = [e for e in dixon_set["outputs"] if e["kind"] == "overlay"]
@@ -81,8 +79,7 @@ def _overlay_preview(study: dict[str, Any], node_root: Path, out: Path) -> Path 
             continue
         focus_slices = [s for f in dixon_set["foci"] for s in f["slice_indices"]]
         index = focus_slices[len(focus_slices) // 2] if focus_slices else len(overlays) // 2
-        base = node_root / "results" / safe_component(study["study_instance_uid"])
-        datasets = sorted((dcmread(base / e["path"]) for e in overlays),
+        datasets = sorted((dcmread(results_dir / e["path"]) for e in overlays),
                           key=lambda d: int(d.InstanceNumber))
         preview = out / "overlay-preview.png"
         Image.fromarray(datasets[index].pixel_array).save(preview)
@@ -133,7 +130,7 @@ def run_demo(out: Path | None = None) -> int:
                   file=sys.stderr)
             return 1
         report = json.loads(study["report"])
-        preview = _overlay_preview(report, out / "node", out)
+        preview = _overlay_preview(report, node.spool.results_dir(study_uid), out)
         _print_report(report, len(pacs.received), out, preview)
         print(f"\ndone in {time.monotonic() - started:.1f} s")
         return 0

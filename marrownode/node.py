@@ -89,7 +89,7 @@ class Node:
             ).start()
 
     def health(self) -> Health:
-        bound = self._started and self.receiver._server is not None
+        bound = self._started and self.receiver.listening
         writable = self.index.writable()
         free = self.spool.free_bytes()
         return Health(

@@ -19,7 +19,6 @@ from typing import Any
 from marrownode.config import Settings
 from marrownode.dixon.completion import NO_DIXON, READY, decide
 from marrownode.node import Node
-from marrownode.store.spool import safe_component
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +115,6 @@ class Assembler(LoopService):
         self.node = node
         self.settings = node.settings
         self.index = node.index
-        self.results_root = node.settings.storage.root / "results"
         self._in_flight: dict[str, Future[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._pool = ProcessPoolExecutor(
@@ -170,7 +168,7 @@ class Assembler(LoopService):
                                        if_last_received=last)
 
     def _submit(self, study_uid: str, last: float, instances: list[tuple[str, dict]]) -> None:
-        out_dir = self.results_root / safe_component(study_uid)
+        out_dir = self.node.spool.results_dir(study_uid)
         future = self._pool.submit(run_analysis, instances, self.settings, str(out_dir))
         with self._lock:
             self._in_flight[study_uid] = future
@@ -240,7 +238,7 @@ class Deliverer(LoopService):
 
     def enqueue(self, study_uid: str, report: dict[str, Any]) -> None:
         """Assembler listener: queue every output of a freshly analysed study."""
-        out_dir = self.node.settings.storage.root / "results" / safe_component(study_uid)
+        out_dir = self.node.spool.results_dir(study_uid)
         outputs = [
             {**entry, "path": str(out_dir / entry["path"])}
             for dixon_set in report.get("dixon_sets", [])

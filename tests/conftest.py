@@ -36,6 +36,16 @@ def wait_for_port(port: int, timeout: float = 40.0) -> None:
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port}")
 
 
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
+    """Poll a condition of a running node; fail the test when it never holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError("condition not reached")
+
+
 def make_settings(root: Path, **sections: dict[str, Any]) -> Settings:
     raw: dict[str, Any] = {
         "node": {"host": LOOPBACK, "port": free_port()},

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from marrownode.net.standin import StandInPACS
 from marrownode.services import RetentionSweeper
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
-from tests.conftest import free_port, make_settings
+from tests.conftest import free_port, make_settings, wait_until
 from tests.scu import can_associate, send
 
 
@@ -33,15 +33,6 @@ def metrics(port: int) -> dict[tuple[str, tuple], float]:
         for sample in family.samples:
             values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return values
-
-
-def wait_until(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
 
 
 def delivered(node, study_uid: str) -> bool:

@@ -12,17 +12,8 @@ from pydicom.uid import ParametricMapStorage
 from marrownode.net.standin import StandInPACS
 from marrownode.services import Deliverer
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import write_config
+from tests.conftest import wait_until, write_config
 from tests.scu import send
-
-
-def wait_until(predicate, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached")
 
 
 def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_path) -> None:

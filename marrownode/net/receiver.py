@@ -147,6 +147,10 @@ class Receiver:
             self.settings.tls is not None,
         )
 
+    @property
+    def listening(self) -> bool:
+        return self._server is not None
+
     def active_associations(self) -> int:
         return len(self._in_flight())
 

@@ -63,6 +63,10 @@ class Spool:
     def temp_dir(self) -> Path:
         return self.root / "tmp"
 
+    def results_dir(self, study_uid: str) -> Path:
+        """Where the result objects of a study are written (and read by the sender)."""
+        return self.root / "results" / safe_component(study_uid)
+
     def prepare(self) -> int:
         """Create the layout and remove half-written temp files left by a crash; return how many."""
         for directory in (self.data_dir, self.temp_dir):
@@ -123,4 +127,4 @@ class Spool:
     def remove_study(self, study_uid: str) -> None:
         """Remove a study's received files and its results."""
         shutil.rmtree(self.data_dir / safe_component(study_uid), ignore_errors=True)
-        shutil.rmtree(self.root / "results" / safe_component(study_uid), ignore_errors=True)
+        shutil.rmtree(self.results_dir(study_uid), ignore_errors=True)
