@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
@@ -43,8 +44,8 @@ class Ingestor:
         self.spool = spool
         self.index = index
 
-    def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
-        """Store one instance given as DICOM File Format bytes (preamble + meta + dataset)."""
+    def _parse(self, encoded: bytes) -> tuple[dict[str, Any], str] | IngestOutcome:
+        """Header summary and transfer syntax, or the failure to answer with."""
         try:
             dataset = dcmread(BytesIO(encoded), stop_before_pixels=True)
             meta = dataset.file_meta
@@ -71,14 +72,24 @@ class Ingestor:
             header = {"frames": [], "modality": str(dataset.get("Modality", ""))}
         header.update(study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid)
         header.setdefault("sop_class_uid", str(dataset.get("SOPClassUID", "")))
-        path = self.spool.path_for(study_uid, series_uid, sop_uid)
+        return header, transfer_syntax
+
+    def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
+        """Store one instance given as DICOM File Format bytes (preamble + meta + dataset)."""
+        parsed = self._parse(encoded)
+        if isinstance(parsed, IngestOutcome):
+            return parsed
+        header, transfer_syntax = parsed
+        sop_uid, study_uid = header["sop_instance_uid"], header["study_uid"]
+        path = self.spool.path_for(study_uid, header["series_uid"], sop_uid)
         try:
             self.spool.write(path, encoded)
         except OutOfSpace:
             log.warning("event=store_refused reason=disk_watermark sop=%s", sop_uid)
             return IngestOutcome(STATUS_OUT_OF_RESOURCES, "spool below free-space watermark")
         except OSError as exc:
-            status = STATUS_OUT_OF_RESOURCES if exc.errno == errno.ENOSPC else 0xA701
+            status = (STATUS_OUT_OF_RESOURCES if exc.errno == errno.ENOSPC
+                      else STATUS_PROCESSING_FAILURE)
             log.error("event=store_failed sop=%s error=%s", sop_uid, exc.strerror)
             return IngestOutcome(status, "cannot write to spool")
         previous = self.index.record_instance(
@@ -89,7 +100,8 @@ class Ingestor:
         return IngestOutcome(STATUS_SUCCESS, study_uid=study_uid, path=path)
 
     def recover(self) -> tuple[int, int]:
-        """After a crash: drop temp files, index spool files that lost their index row."""
+        """After a crash: drop temp files; index, where they are, spool files that lost their
+        index row (renamed into place, but the node died before the commit)."""
         removed = self.spool.prepare()
         known = self.index.known_paths()
         reindexed = 0
@@ -97,7 +109,11 @@ class Ingestor:
             if str(path) in known:
                 continue
             encoded = path.read_bytes()
-            outcome = self.store(encoded)
-            if outcome.status == STATUS_SUCCESS:
-                reindexed += 1
+            parsed = self._parse(encoded)
+            if isinstance(parsed, IngestOutcome):
+                log.warning("event=spool_file_unreadable file=%s", path.name)
+                continue
+            header, transfer_syntax = parsed
+            self.index.record_instance(header, path, len(encoded), transfer_syntax, None)
+            reindexed += 1
         return removed, reindexed
