@@ -247,7 +247,7 @@ from marrownode.config import Settings
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import assemble
 from marrownode.dixon.volume import PixelCache, load_set
-from marrownode.pipeline import _quant_report, discover, quant_parameters
+from marrownode.pipeline import quant_report, discover, quant_parameters
 from marrownode.quant.analysis import analyse_set
 import marrownode.results.build as build
 
@@ -286,7 +286,7 @@ for index, dixon_set in enumerate(assembly.sets):
                    volumes.spacing_mm, dixon_set.field_strength_t, volumes.water, volumes.fat,
                    quant_parameters(settings))
     report = dixon_set.summary()
-    report.update(_quant_report(result))
+    report.update(quant_report(result))
     for kind in ("parametric_map", "derived_mr", "overlay", "sr"):
         only = {k: (k == kind) for k in ("parametric_map", "derived_mr", "overlay", "sr")}
         s = settings.model_copy(update={"outputs": settings.outputs.model_copy(update=only)})

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from marrownode import __version__
-from marrownode.config import ConfigError, Settings, effective_settings_toml, load_settings
+from marrownode.config import ConfigError, effective_settings_toml, load_settings
 from marrownode.logs import configure_logging
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -51,12 +51,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path | None) -> Settings:
-    return load_settings(path)
-
-
 def _cmd_check_config(args: argparse.Namespace) -> int:
-    settings = _load(args.file)
+    settings = load_settings(args.file)
     print(f"# {args.file}: valid. Effective settings:")
     print(effective_settings_toml(settings))
     return EXIT_OK
@@ -66,7 +62,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from marrownode.node import Node
     from marrownode.services import attach_services
 
-    settings = _load(args.config)
+    settings = load_settings(args.config)
     configure_logging(settings.logging)
     node = Node(settings)
     attach_services(node)
@@ -81,7 +77,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_echo(args: argparse.Namespace) -> int:
     from marrownode.net.echo import echo
 
-    settings = _load(args.config)
+    settings = load_settings(args.config)
     if args.destination is None:
         host = "127.0.0.1" if settings.node.host in ("0.0.0.0", "::", "") else settings.node.host
         target = (host, settings.node.port, settings.node.ae_title)
@@ -111,7 +107,7 @@ def _format_time(epoch: float | None) -> str:
 def _cmd_status(args: argparse.Namespace) -> int:
     from marrownode.store.index import Index
 
-    settings = _load(args.config)
+    settings = load_settings(args.config)
     index_path = settings.storage.root / "index.sqlite3"
     if not index_path.exists():
         print(f"no index at {index_path} (has the node received anything?)", file=sys.stderr)
@@ -142,7 +138,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _cmd_process(args: argparse.Namespace) -> int:
     from marrownode.pipeline import process_paths
 
-    settings = _load(args.config)
+    settings = load_settings(args.config)
     configure_logging(settings.logging)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:

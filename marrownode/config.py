@@ -182,8 +182,6 @@ def _format_errors(source: str, error: ValidationError) -> str:
             message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif item["type"] == "string_pattern_mismatch" and "ae_title" in key:
             message = "AE title must be 1-16 printable ASCII characters without backslash"
-        elif item["type"] == "literal_error":
-            message = f"{message}"
         got = item.get("input")
         if item["type"] != "extra_forbidden" and not isinstance(got, dict | list):
             message += f" (got {got!r})"

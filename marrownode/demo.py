@@ -17,7 +17,7 @@ from typing import Any
 
 from pydicom import dcmread
 
-from marrownode.config import settings_from_mapping
+from marrownode.config import effective_settings_toml, settings_from_mapping
 from marrownode.net.sender import OutgoingFile, send_batch
 from marrownode.net.standin import StandInPACS
 from marrownode.node import Node
@@ -104,7 +104,7 @@ def run_demo(out: Path | None = None) -> int:
         "logging": {"level": "WARNING"},
     }
     settings = settings_from_mapping(raw, source="demo")
-    (out / "node.toml").write_text(_toml(raw))
+    (out / "node.toml").write_text(effective_settings_toml(settings))
     node = Node(settings)
     attach_services(node)
     print(f"marrownode demo: node MARROWNODE on 127.0.0.1:{settings.node.port}, "
@@ -151,8 +151,3 @@ def _wait_for_delivery(node: Node, study_uid: str, started: float) -> dict[str, 
         time.sleep(0.2)
     return None
 
-
-def _toml(raw: dict[str, Any]) -> str:
-    from marrownode.config import effective_settings_toml
-
-    return effective_settings_toml(settings_from_mapping(raw, source="demo"))

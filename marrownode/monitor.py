@@ -61,7 +61,7 @@ class _NodeCollector(Collector):
         failures = CounterMetricFamily("marrownode_cstore_failures",
                                        "C-STORE requests answered with a failure status",
                                        labels=["status"])
-        for status, count in sorted((stats.failures or {}).items()):
+        for status, count in sorted(stats.failures.items()):
             failures.add_metric([f"0x{status:04X}"], count)
         yield failures
         index = self.node.index
@@ -113,15 +113,13 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             health = self.node.health()
+            checks = {"listener_bound": health.listener_bound,
+                      "index_writable": health.index_writable,
+                      "disk_above_watermark": health.disk_above_watermark}
             body = {
                 "healthy": health.ok,
-                "checks": {"listener_bound": health.listener_bound,
-                           "index_writable": health.index_writable,
-                           "disk_above_watermark": health.disk_above_watermark},
-                "failed": [name for name, ok in (("listener_bound", health.listener_bound),
-                                                 ("index_writable", health.index_writable),
-                                                 ("disk_above_watermark",
-                                                  health.disk_above_watermark)) if not ok],
+                "checks": checks,
+                "failed": [name for name, ok in checks.items() if not ok],
                 **health.details,
             }
             self._send(200 if health.ok else 503, json.dumps(body).encode(), "application/json")

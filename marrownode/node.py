@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,8 @@ class Node:
         self._stop = threading.Event()
         self._started = False
         self._services: list[Any] = []
+        #: Called with the association id when a sender releases or aborts (assembler wake-up).
+        self.association_listeners: list[Callable[[str], None]] = []
         self.metrics = Metrics()
         self.metrics.attach(self)
 
@@ -65,10 +68,8 @@ class Node:
         return merged
 
     def _association_ended(self, association_id: str) -> None:
-        for service in self._services:
-            wake = getattr(service, "wake", None)
-            if wake is not None:
-                wake()
+        for listener in self.association_listeners:
+            listener(association_id)
 
     def start(self) -> None:
         removed, reindexed = self.ingestor.recover()

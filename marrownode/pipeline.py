@@ -88,7 +88,7 @@ def analyse_study(
                           signal_loss_threshold_percent=None, foci=[], outputs=[])
             set_reports.append(report)
             continue
-        report.update(_quant_report(result))
+        report.update(quant_report(result))
         report["flags"] = list(dict.fromkeys(report["flags"] + result.flags))
         report["state"] = "analysed"
         report["outputs"] = (
@@ -106,7 +106,7 @@ def analyse_study(
     }
 
 
-def _quant_report(result: QuantResult) -> dict[str, Any]:
+def quant_report(result: QuantResult) -> dict[str, Any]:
     tissue = result.tissue_statistics or {}
     maps = tissue.get("maps", {})
     return {

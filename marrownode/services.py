@@ -355,6 +355,7 @@ def attach_services(node: Node) -> None:
     assembler = Assembler(node)
     deliverer = Deliverer(node)
     assembler.listeners.append(deliverer.enqueue)
+    node.association_listeners.append(lambda _association_id: assembler.wake())
     node.add_service(assembler)
     node.add_service(deliverer)
     node.add_service(RetentionSweeper(node))

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import free_port, require_binary
+from tests.conftest import free_port, require_binary, terminate
 
 ORTHANC = "/usr/sbin/Orthanc"
 
@@ -64,12 +64,7 @@ class Orthanc:
         raise TimeoutError("Orthanc did not start")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
+        terminate(self.process)
         self.process = None
 
     def _request(self, path: str, data: bytes | None = None) -> Any:

@@ -160,6 +160,7 @@ def test_fat_sat_detected_from_description_alone() -> None:
         ds.EchoTime = 2.3
     assembly = assembly_of(series + twin)
     assert assembly.sets == []
+    assert len(assembly.skipped_series) == 2
     assert all("description says FS" in s["reason"] for s in assembly.skipped_series)
 
 
@@ -211,6 +212,7 @@ def test_marrownode_results_are_not_reanalysed() -> None:
         ds.Manufacturer = "marrownode"
     assembly = assembly_of(datasets)
     assert assembly.sets == []
+    assert len(assembly.skipped_series) == 4
     assert all("marrownode result" in s["reason"] for s in assembly.skipped_series)
 
 

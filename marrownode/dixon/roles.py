@@ -31,8 +31,6 @@ class Role(StrEnum):
     NONE = "none"
 
 
-ECHO_ROLES = (Role.IN_PHASE, Role.OPPOSED_PHASE)
-
 # Tested in this order: fat fraction and opposed before in-phase (DICOM-NOTES §3).
 _TOKENS: tuple[tuple[Role, frozenset[str]], ...] = (
     (Role.FAT_FRACTION, frozenset({"FAT_FRACTION"})),

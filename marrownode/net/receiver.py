@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pydicom import uid as pd_uid
 from pydicom.dataset import Dataset
@@ -60,10 +60,9 @@ class ReceiverStats:
     bytes: int = 0
     accepted: int = 0
     rejected: int = 0
-    failures: dict[int, int] | None = None
+    failures: dict[int, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.failures = {}
         self._lock = threading.Lock()
 
     def add(self, **changes: int) -> None:
@@ -73,7 +72,6 @@ class ReceiverStats:
 
     def failed(self, status: int) -> None:
         with self._lock:
-            assert self.failures is not None
             self.failures[status] = self.failures.get(status, 0) + 1
 
 

@@ -21,8 +21,7 @@ from marrownode.results.common import SourcePlane, SourceSeries, stamp
 #: Kept from the in-phase source: what a viewer needs to place and label the image.
 _KEEP_FROM_SOURCE = (
     "FrameOfReferenceUID", "PositionReferenceIndicator", "PatientPosition", "Laterality",
-    "ScanningSequence", "SequenceVariant", "ScanOptions", "MRAcquisitionType",
-    "MagneticFieldStrength", "RepetitionTime", "BodyPartExamined",
+    "MagneticFieldStrength", "BodyPartExamined",
 )
 
 
