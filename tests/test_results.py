@@ -57,16 +57,29 @@ def test_every_kind_is_written_listed_and_valid(processed, key: str) -> None:
     for entry in outputs:
         counts[entry["kind"]] = counts.get(entry["kind"], 0) + 1
     assert counts == EXPECTED_COUNTS
-    first_of_kind = {}
+    # The first instance of a series is built in full, the others from it: validate both ends.
+    ends: dict[tuple[str, str], dict] = {}
     for entry in outputs:
-        first_of_kind.setdefault(entry["kind"], entry)
-    for kind, entry in first_of_kind.items():
+        ends.setdefault((entry["kind"], "first"), entry)
+        ends[(entry["kind"], "last")] = entry
+    for (kind, _), entry in ends.items():
         path = processed["base"] / "out" / entry["path"]
         result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True,
                                 timeout=120)
         errors = [line for line in (result.stdout + result.stderr).splitlines()
                   if line.startswith("Error")]
         assert errors == [], f"{kind}: {errors}"
+    # Every file has its own identity, consistent between meta, data set and report.
+    numbers: dict[str, set[int]] = {}
+    for entry in outputs:
+        dataset = dcmread(processed["base"] / "out" / entry["path"], stop_before_pixels=True)
+        assert dataset.SOPInstanceUID == entry["sop_instance_uid"]
+        assert dataset.file_meta.MediaStorageSOPInstanceUID == entry["sop_instance_uid"]
+        numbers.setdefault(entry["series_instance_uid"], set()).add(int(dataset.InstanceNumber))
+    assert len({e["sop_instance_uid"] for e in outputs}) == len(outputs)
+    for series_uid, instance_numbers in numbers.items():
+        count = sum(1 for e in outputs if e["series_instance_uid"] == series_uid)
+        assert instance_numbers == set(range(1, count + 1)), series_uid
 
 
 @pytest.mark.parametrize("key", ["siemens", "enhanced"])

@@ -17,7 +17,7 @@ from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
 from marrownode.results.common import SourcePlane, SourceSeries
 from marrownode.results.derived_mr import build_derived_mr_series
-from marrownode.results.overlay import build_overlay_series, render_slice
+from marrownode.results.overlay import OverlayRenderer, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.sr import build_sr
 from marrownode.results.uids import derived_uid
@@ -179,7 +179,8 @@ def overlay_frames(
     for mask in result.focus_masks:
         foci |= mask
     count = volumes.in_phase.shape[0]
+    renderer = OverlayRenderer(volumes.in_phase.shape[1:], window, result.threshold_percent,
+                               set_report.get("field_strength_t"), disclaimer)
     for k in range(count):
-        yield render_slice(volumes.in_phase[k], result.signal_loss[k], foci[k], window,
-                           result.threshold_percent, set_report.get("field_strength_t"),
-                           disclaimer, f"slice {k + 1}/{count}")
+        yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k],
+                              f"slice {k + 1}/{count}")

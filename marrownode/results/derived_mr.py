@@ -16,7 +16,13 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
-from marrownode.results.common import SourcePlane, SourceSeries, stamp
+from marrownode.results.common import (
+    SourcePlane,
+    SourceSeries,
+    replace_values,
+    sibling_instance,
+    stamp,
+)
 
 #: Kept from the in-phase source: what a viewer needs to place and label the image.
 _KEEP_FROM_SOURCE = (
@@ -62,62 +68,87 @@ def build_derived_mr_series(
         raise ValueError("one SOP Instance UID and one map slice per source plane are needed")
     low, high = value_range
     stored = np.where(np.isfinite(values), np.rint(values), 0).clip(low, high).astype(np.int16)
-    reference = sources.reference
+    template: Dataset | None = None
     for index, (plane, sop_uid) in enumerate(zip(sources.planes, sop_uids, strict=True)):
-        ds = Dataset()
-        for keyword in _KEEP_FROM_SOURCE:
-            if keyword in reference:
-                ds[keyword] = copy.deepcopy(reference[keyword])
-        ds.SOPClassUID = MRImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.Modality = "MR"
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesNumber = series_number
-        ds.InstanceNumber = index + 1
-        ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
-        ds.EchoTime = None  # type 2: present but empty — not an echo
-        ds.EchoTrainLength = None
-        ds.ScanningSequence = reference.get("ScanningSequence", "GR")
-        ds.SequenceVariant = reference.get("SequenceVariant", "NONE")
-        ds.ScanOptions = reference.get("ScanOptions", "")
-        ds.MRAcquisitionType = reference.get("MRAcquisitionType", "")
-        ds.RepetitionTime = reference.get("RepetitionTime", None)
-        ds.ImagePositionPatient = list(plane.position)
-        ds.ImageOrientationPatient = list(plane.orientation)
-        ds.PixelSpacing = list(plane.pixel_spacing)
-        if plane.slice_thickness:
-            ds.SliceThickness = plane.slice_thickness
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.Rows, ds.Columns = stored.shape[1:]
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 1
-        ds.WindowCenter = (low + high) / 2
-        ds.WindowWidth = high - low
-        ds.WindowCenterWidthExplanation = f"{label} %"
-        ds.PixelData = stored[index].tobytes()
-        mapping = Dataset()
-        mapping.LUTExplanation = explanation[:64]
-        mapping.LUTLabel = label[:16]
-        mapping.MeasurementUnitsCodeSequence = Sequence([_code("%", "UCUM", "%")])
-        mapping.RealWorldValueFirstValueMapped = int(low)
-        mapping.RealWorldValueLastValueMapped = int(high)
-        mapping.RealWorldValueIntercept = 0.0
-        mapping.RealWorldValueSlope = 1.0
-        ds.RealWorldValueMappingSequence = Sequence([mapping])
-        ds.DerivationDescription = f"{explanation}; stored value = percent, 0 outside tissue"[:1024]
-        ds.SourceImageSequence = Sequence(
-            [_source_item(plane), _source_item(sources.opposed_planes[index])]
-        )
-        ds.BurnedInAnnotation = "NO"
-        ds.LossyImageCompression = "00"
-        stamp(ds, sources, series_description)
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = MRImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-        ds.file_meta = meta
-        yield ds
+        per_plane = {
+            "InstanceNumber": index + 1,
+            "ImagePositionPatient": list(plane.position),
+            "ImageOrientationPatient": list(plane.orientation),
+            "PixelSpacing": list(plane.pixel_spacing),
+            "SliceThickness": plane.slice_thickness or None,
+            "PixelData": stored[index].tobytes(),
+            "SourceImageSequence": Sequence(
+                [_source_item(plane), _source_item(sources.opposed_planes[index])]),
+        }
+        if template is None:
+            template = _first_instance(sources, stored.shape[1:], label, explanation,
+                                       value_range, series_uid, series_number,
+                                       series_description, sop_uid)
+            replace_values(template, **per_plane)
+            yield template
+        else:
+            # The rest of the series differs only in identity, geometry, references, pixels.
+            yield sibling_instance(template, sop_uid, **per_plane)
+
+
+def _first_instance(
+    sources: SourceSeries,
+    shape: tuple[int, ...],
+    label: str,
+    explanation: str,
+    value_range: tuple[int, int],
+    series_uid: str,
+    series_number: int,
+    series_description: str,
+    sop_uid: str,
+) -> Dataset:
+    """Everything the slices of one map series share."""
+    low, high = value_range
+    reference = sources.reference
+    ds = Dataset()
+    for keyword in _KEEP_FROM_SOURCE:
+        if keyword in reference:
+            ds[keyword] = copy.deepcopy(reference[keyword])
+    ds.SOPClassUID = MRImageStorage
+    ds.SOPInstanceUID = sop_uid
+    ds.Modality = "MR"
+    ds.SeriesInstanceUID = series_uid
+    ds.SeriesNumber = series_number
+    ds.ImageType = ["DERIVED", "SECONDARY", "OTHER"]
+    ds.EchoTime = None  # type 2: present but empty — not an echo
+    ds.EchoTrainLength = None
+    ds.ScanningSequence = reference.get("ScanningSequence", "GR")
+    ds.SequenceVariant = reference.get("SequenceVariant", "NONE")
+    ds.ScanOptions = reference.get("ScanOptions", "")
+    ds.MRAcquisitionType = reference.get("MRAcquisitionType", "")
+    ds.RepetitionTime = reference.get("RepetitionTime", None)
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.Rows, ds.Columns = shape
+    ds.BitsAllocated = 16
+    ds.BitsStored = 16
+    ds.HighBit = 15
+    ds.PixelRepresentation = 1
+    ds.WindowCenter = (low + high) / 2
+    ds.WindowWidth = high - low
+    ds.WindowCenterWidthExplanation = f"{label} %"
+    mapping = Dataset()
+    mapping.LUTExplanation = explanation[:64]
+    mapping.LUTLabel = label[:16]
+    mapping.MeasurementUnitsCodeSequence = Sequence([_code("%", "UCUM", "%")])
+    mapping.RealWorldValueFirstValueMapped = int(low)
+    mapping.RealWorldValueLastValueMapped = int(high)
+    mapping.RealWorldValueIntercept = 0.0
+    mapping.RealWorldValueSlope = 1.0
+    ds.RealWorldValueMappingSequence = Sequence([mapping])
+    ds.DerivationDescription = f"{explanation}; stored value = percent, 0 outside tissue"[:1024]
+    ds.BurnedInAnnotation = "NO"
+    ds.LossyImageCompression = "00"
+    stamp(ds, sources, series_description)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds.file_meta = meta
+    return ds

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from marrownode.results.common import MANUFACTURER, SourceSeries, stamp
+from marrownode.results.common import MANUFACTURER, SourceSeries, sibling_instance, stamp
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 VERMILLION = np.array([213, 94, 0], dtype=np.float32)  # little or no loss: suspicious
@@ -45,70 +45,98 @@ def _grey(plane: np.ndarray, low: float, high: float) -> np.ndarray:
     return (np.clip(scaled, 0, 1) * 255).astype(np.float32)
 
 
-def render_slice(
-    anatomy: np.ndarray,
-    loss: np.ndarray,
-    focus_mask: np.ndarray,
-    window: tuple[float, float],
-    threshold: float | None,
-    field_strength_t: float | None,
-    disclaimer: str,
-    slice_label: str,
-) -> np.ndarray:
-    """One RGB uint8 frame, at least 512 px wide, with a legend band below the image.
+class OverlayRenderer:
+    """Renders the overlay frames of one set.
 
-    Colours use a smoothed copy of the map (display only; numbers come from the maps), and low loss
-    outside foci is shown fainter than inside them, so diffuse disease stays visible without
-    muscle drowning the focal findings.
+    The legend band is the same on every slice but for the slice label, so it is drawn once per
+    set; each slice is blended at its native size in 8 bits and only then enlarged, because the
+    enlarged float image cost ten times more than everything else together.
     """
-    factor = max(1, math.ceil(MIN_SIZE / max(anatomy.shape)))
-    grey = _grey(anatomy, *window)
-    defined = np.isfinite(loss)
-    # Normalised 3x3 mean over defined voxels (display only): calmer colours at SNR ~30,
-    # ten times cheaper than a median on 512 x 512 slices.
-    weight = ndimage.uniform_filter(defined.astype(np.float32), size=3)
-    total = ndimage.uniform_filter(np.where(defined, loss, 0).astype(np.float32), size=3)
-    smooth = np.where(defined, total / np.maximum(weight, 1e-6), np.nan)
-    colour, alpha = colour_for_loss(smooth, threshold)
-    low = np.isfinite(smooth) & (smooth < (threshold if threshold is not None else 20.0))
-    alpha = np.where(low & ~focus_mask, alpha * 0.5, alpha)
-    rgb = grey[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
-    rgb = np.kron(rgb, np.ones((factor, factor, 1), dtype=np.float32))
-    if focus_mask.any():
-        big = np.kron(focus_mask, np.ones((factor, factor), dtype=bool))
-        outline = big & ~ndimage.binary_erosion(big, iterations=max(2, factor // 2))
-        rgb[outline] = YELLOW
-    image = np.clip(rgb, 0, 255).astype(np.uint8)
-    height, width = image.shape[:2]
-    canvas = Image.new("RGB", (max(width, MIN_SIZE), height + LEGEND_HEIGHT), (0, 0, 0))
-    canvas.paste(Image.fromarray(image, "RGB"), ((canvas.width - width) // 2, 0))
-    draw = ImageDraw.Draw(canvas)
-    small, title = _font(13), _font(16)
-    white = (255, 255, 255)
-    y = height + 4
-    field = f"{field_strength_t:g} T" if field_strength_t else "unknown field"
-    rule = (f"threshold {threshold:g} % at {field}" if threshold is not None
-            else f"no threshold at {field}")
-    draw.text((8, y), f"Signal loss (IP-OP)/IP | {rule} | {slice_label}", fill=white, font=title)
-    bar_y, bar_x0, bar_x1 = y + 24, 8, canvas.width - 8
-    values = np.linspace(0, 100, bar_x1 - bar_x0)
-    bar_colour, bar_alpha = colour_for_loss(values, threshold)
-    bar = 128 * (1 - bar_alpha[:, None]) + bar_colour * bar_alpha[:, None]
-    for i, c in enumerate(bar.astype(np.uint8)):
-        draw.line([(bar_x0 + i, bar_y), (bar_x0 + i, bar_y + 12)], fill=tuple(int(v) for v in c))
-    draw.text((bar_x0, bar_y + 14), "0 %", fill=white, font=small)
-    draw.text((bar_x1 - 42, bar_y + 14), "100 %", fill=white, font=small)
-    if threshold is not None:
-        tx = bar_x0 + int((bar_x1 - bar_x0) * threshold / 100)
-        draw.line([(tx, bar_y - 3), (tx, bar_y + 15)], fill=white, width=2)
-        draw.text((tx - 14, bar_y + 14), f"{threshold:g} %", fill=white, font=small)
-    y = bar_y + 32
-    draw.text((8, y), "orange: loss below threshold", fill=tuple(int(v) for v in VERMILLION),
-              font=small)
-    draw.text((200, y), "blue: above (fat present)", fill=(86, 180, 233), font=small)
-    draw.text((380, y), "yellow: focus", fill=YELLOW, font=small)
-    draw.text((8, y + 18), disclaimer, fill=(200, 200, 200), font=small)
-    return np.asarray(canvas)
+
+    def __init__(
+        self,
+        shape: tuple[int, int],
+        window: tuple[float, float],
+        threshold: float | None,
+        field_strength_t: float | None,
+        disclaimer: str,
+    ) -> None:
+        self.window = window
+        self.threshold = threshold
+        self.factor = max(1, math.ceil(MIN_SIZE / max(shape)))
+        self.height, self.width = shape[0] * self.factor, shape[1] * self.factor
+        self.canvas_width = max(self.width, MIN_SIZE)
+        field = f"{field_strength_t:g} T" if field_strength_t else "unknown field"
+        rule = (f"threshold {threshold:g} % at {field}" if threshold is not None
+                else f"no threshold at {field}")
+        self._title = f"Signal loss (IP-OP)/IP | {rule} | "
+        self._title_font = _font(16)
+        self._legend = self._draw_legend(disclaimer)
+        # Outline thickness in output pixels: at least 2, whatever the enlargement.
+        self._outline_iterations = max(1, math.ceil(2 / self.factor))
+
+    def _draw_legend(self, disclaimer: str) -> np.ndarray:
+        """The legend band without the slice label (drawn per slice)."""
+        small = _font(13)
+        white = (255, 255, 255)
+        threshold = self.threshold
+        bar_y, bar_x0, bar_x1 = 28, 8, self.canvas_width - 8
+        values = np.linspace(0, 100, bar_x1 - bar_x0)
+        bar_colour, bar_alpha = colour_for_loss(values, threshold)
+        bar = (128 * (1 - bar_alpha[:, None]) + bar_colour * bar_alpha[:, None]).astype(np.uint8)
+        pixels = np.zeros((LEGEND_HEIGHT, self.canvas_width, 3), dtype=np.uint8)
+        pixels[bar_y:bar_y + 13, bar_x0:bar_x1] = bar[None, :, :]
+        band = Image.fromarray(pixels, "RGB")
+        draw = ImageDraw.Draw(band)
+        draw.text((bar_x0, bar_y + 14), "0 %", fill=white, font=small)
+        draw.text((bar_x1 - 42, bar_y + 14), "100 %", fill=white, font=small)
+        if threshold is not None:
+            tx = bar_x0 + int((bar_x1 - bar_x0) * threshold / 100)
+            draw.line([(tx, bar_y - 3), (tx, bar_y + 15)], fill=white, width=2)
+            draw.text((tx - 14, bar_y + 14), f"{threshold:g} %", fill=white, font=small)
+        y = bar_y + 32
+        draw.text((8, y), "orange: loss below threshold", fill=tuple(int(v) for v in VERMILLION),
+                  font=small)
+        draw.text((200, y), "blue: above (fat present)", fill=(86, 180, 233), font=small)
+        draw.text((380, y), "yellow: focus", fill=YELLOW, font=small)
+        draw.text((8, y + 18), disclaimer, fill=(200, 200, 200), font=small)
+        return np.asarray(band)
+
+    def render(
+        self, anatomy: np.ndarray, loss: np.ndarray, focus_mask: np.ndarray, slice_label: str
+    ) -> np.ndarray:
+        """One RGB uint8 frame, at least 512 px wide, with the legend band below the image.
+
+        Colours use a smoothed copy of the map (display only; numbers come from the maps), and
+        low loss outside foci is shown fainter than inside them, so diffuse disease stays
+        visible without muscle drowning the focal findings.
+        """
+        threshold = self.threshold
+        grey = _grey(anatomy, *self.window)
+        defined = np.isfinite(loss)
+        # Normalised 3x3 mean over defined voxels (display only): calmer colours at SNR ~30.
+        weight = ndimage.uniform_filter(defined.astype(np.float32), size=3)
+        total = ndimage.uniform_filter(np.where(defined, loss, 0).astype(np.float32), size=3)
+        smooth = np.where(defined, total / np.maximum(weight, 1e-6), np.nan)
+        colour, alpha = colour_for_loss(smooth, threshold)
+        low = np.isfinite(smooth) & (smooth < (threshold if threshold is not None else 20.0))
+        alpha = np.where(low & ~focus_mask, alpha * 0.5, alpha)
+        rgb = grey[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
+        image = np.clip(rgb, 0, 255).astype(np.uint8)
+        if focus_mask.any():
+            inner = ndimage.binary_erosion(focus_mask, iterations=self._outline_iterations)
+            image[focus_mask & ~inner] = YELLOW
+        if self.factor > 1:
+            image = np.repeat(np.repeat(image, self.factor, axis=0), self.factor, axis=1)
+        frame = np.zeros((self.height + LEGEND_HEIGHT, self.canvas_width, 3), dtype=np.uint8)
+        left = (self.canvas_width - self.width) // 2
+        frame[:self.height, left:left + self.width] = image
+        frame[self.height:] = self._legend
+        label = Image.fromarray(frame[self.height:self.height + 24])
+        ImageDraw.Draw(label).text((8, 4), self._title + slice_label, fill=(255, 255, 255),
+                                   font=self._title_font)
+        frame[self.height:self.height + 24] = np.asarray(label)
+        return frame
 
 
 def _direction_letters(vector: np.ndarray) -> str:
@@ -132,8 +160,16 @@ def build_overlay_series(
     series_number: int,
     series_description: str,
 ) -> Iterator[Dataset]:
-    """One RGB Secondary Capture per frame, built as the caller consumes them."""
+    """One RGB Secondary Capture per frame, built as the caller consumes them.
+
+    highdicom builds and checks the first; the others are its siblings with their own pixels."""
+    template: Dataset | None = None
     for index, (frame, sop_uid) in enumerate(zip(frames, sop_uids, strict=True)):
+        if template is not None:
+            pixels = np.ascontiguousarray(frame).tobytes()
+            yield sibling_instance(template, sop_uid, InstanceNumber=index + 1,
+                                   PixelData=pixels + b"\0" * (len(pixels) % 2))
+            continue
         sc = hd.sc.SCImage.from_ref_dataset(
             ref_dataset=sources.reference,
             pixel_array=frame,
@@ -151,4 +187,5 @@ def build_overlay_series(
         sc.ImageType = ["DERIVED", "SECONDARY"]
         sc.ConversionType = "WSD"
         stamp(sc, sources, series_description)
+        template = sc
         yield sc
