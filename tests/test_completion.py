@@ -95,3 +95,17 @@ def test_study_without_dixon_is_recorded_as_such(node_factory) -> None:
     assert send(node.receiver.port, datasets) == [0] * len(datasets)
     study = wait_state(node, datasets[0].StudyInstanceUID, {"no_dixon_set"})
     assert "no in-/opposed-phase pair" in study["reason"]
+
+
+def test_worker_warm_up_rehearses_the_whole_pipeline_quietly(caplog) -> None:
+    """The rehearsal writes every result kind (so highdicom, fonts and encoders are loaded
+    before the first study) and does not log itself as a study."""
+    import logging
+
+    from marrownode.config import Settings
+    from marrownode.services import _warm_up
+
+    with caplog.at_level(logging.INFO):
+        outputs = _warm_up(Settings())
+    assert outputs >= 4  # PM, derived MR, overlay and SR at least once each
+    assert not [r for r in caplog.records if "study_analysed" in r.getMessage()]
