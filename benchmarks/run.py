@@ -136,6 +136,12 @@ class MarrowNode(Receiver):
         return [sys.executable, "-m", "marrownode", "serve", "--config",
                 str(self.work / "node.toml")]
 
+    def start(self) -> None:
+        super().start()
+        # A node in service has been up for a while: let the analysis worker finish its warm-up
+        # rehearsal (about 1 s of CPU) so the figures are a running node's, not a cold start's.
+        time.sleep(WARM_UP_SECONDS)
+
 
 def storescu(port: int, ae_title: str, folder: Path) -> None:
     subprocess.run([STORESCU, "-aec", ae_title, "+sd", "127.0.0.1", str(port), str(folder)],
@@ -221,9 +227,6 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
     destination.start()
     node = MarrowNode(work / f"ttr-{name}-node", ("127.0.0.1", destination.port))
     node.start()
-    # A node in service has been up for a while: let the analysis worker finish its warm-up
-    # rehearsal (about 1 s) so the figure is a study's, not a cold start's.
-    time.sleep(WARM_UP_SECONDS)
     try:
         storescu(node.port, node.ae_title, folder)
         sent = time.time()

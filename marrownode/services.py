@@ -179,6 +179,7 @@ class Assembler(LoopService):
             self.index.set_study_state(study_uid, WAITING, "sending association still open",
                                        if_last_received=last)
             return
+        self.node.ingestor.summarise_pending(study_uid)
         rows = self.index.instances(study_uid)
         decision = decide([r.header for r in rows], open_associations, last, now, idle)
         self.index.record_sets(study_uid, decision.sets)

@@ -18,7 +18,7 @@ from pydicom import dcmread
 from marrownode.store.index import Index
 from marrownode.synthetic.phantom import spine_phantom
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import make_settings, wait_for_port
+from tests.conftest import make_settings, wait_for_port, wait_until
 from tests.scu import storage_ae
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,3 +176,45 @@ def test_watchdog_stops_when_unhealthy(serve_process, tmp_path) -> None:
     assert not any("WATCHDOG=1" in m for m in received), "disk below watermark is not healthy"
     server.stop()
     receiver.close()
+
+
+def test_rows_lost_with_the_ingest_commit_come_back_from_the_spool(node_factory) -> None:
+    """The ingest row is committed without waiting for the disk; a power loss may take it, but
+    never the fsynced file: recovery re-indexes the file and the assembler summarises it."""
+    from tests.scu import send
+
+    node = node_factory()
+    datasets = build_study(StudyOptions(study_key="lost-rows"))
+    assert send(node.receiver.port, datasets) == [0] * len(datasets)
+    study_uid = datasets[0].StudyInstanceUID
+    wait_until(lambda: (node.index.study(study_uid) or {}).get("state") == "analysed")
+    lost = {row.sop_instance_uid for row in node.index.instances(study_uid)[:5]}
+    with node.index.transaction() as db:  # what a power loss could leave behind
+        db.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", [(u,) for u in lost])
+    assert node.index.instance_count() == len(datasets) - 5
+    removed, reindexed = node.ingestor.recover()
+    assert (removed, reindexed) == (0, 5)
+    node.ingestor.summarise_pending(study_uid)  # unless the assembler got there first
+    rows = {row.sop_instance_uid: row for row in node.index.instances(study_uid)}
+    assert len(rows) == len(datasets)
+    for uid in lost:
+        assert rows[uid].summarised and rows[uid].header["frames"], uid
+    wait_until(lambda: (node.index.study(study_uid) or {}).get("state") == "analysed")
+
+
+def test_an_index_from_schema_version_1_is_migrated(tmp_path) -> None:
+    import sqlite3
+
+    path = tmp_path / "index.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute("""CREATE TABLE instances (sop_instance_uid TEXT PRIMARY KEY, study_uid TEXT,
+                  series_uid TEXT, sop_class_uid TEXT, transfer_syntax TEXT, path TEXT,
+                  size_bytes INTEGER, received_at REAL, association_id TEXT, header TEXT)""")
+    db.execute("INSERT INTO instances VALUES ('1.2', '1.1', '1.1.1', '1.2.840', '1.2.840.1',"
+               " '/x.dcm', 10, 0, NULL, '{\"frames\": []}')")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    index = Index(path)
+    (row,) = index.instances("1.1")
+    assert row.summarised and index.unsummarised("1.1") == []

@@ -1,4 +1,7 @@
-"""The header facts the Dixon logic needs, read once at ingest and kept in the index.
+"""The header facts the Dixon logic needs, read once per instance and kept in the index.
+
+They are summarised after receipt, when the assembler first looks at a study (not on the
+acknowledgement path, which only needs the UIDs).
 
 summarise() turns a dataset (without pixel data) into a plain JSON-able dict with one entry per
 frame, so classification, pairing and completion work from the index alone, without reopening

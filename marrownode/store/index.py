@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS studies (
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS instances (
     size_bytes       INTEGER NOT NULL,
     received_at      REAL NOT NULL,
     association_id   TEXT,
-    header           TEXT NOT NULL
+    header           TEXT NOT NULL,
+    summarised       INTEGER NOT NULL DEFAULT 1   -- 0: header holds only the UIDs so far
 );
 CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
 CREATE TABLE IF NOT EXISTS associations (
@@ -92,18 +93,33 @@ class InstanceRow:
     received_at: float
     association_id: str | None
     header: dict[str, Any]
+    summarised: bool = True
 
 
 class Index:
     """Thread-safe access to the node's SQLite index."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        """synchronous FULL: a commit survives power loss. NORMAL (the ingest connection only):
+        a commit survives a crash of the node, and after a power loss the last commits may be
+        gone, which start-up recovery repairs from the fsynced spool files."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
         self._local = threading.local()
         db = self._connection()
         db.executescript(_SCHEMA)  # executescript commits on its own
+        self._migrate(db)
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        """Bring an index written by an older version up to this schema."""
+        columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+        if "summarised" not in columns:  # version 1: every header was summarised at receipt
+            db.execute("ALTER TABLE instances ADD COLUMN summarised INTEGER NOT NULL DEFAULT 1")
 
     def _connection(self) -> sqlite3.Connection:
         connection = getattr(self._local, "connection", None)
@@ -111,8 +127,7 @@ class Index:
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             connection.row_factory = sqlite3.Row
             connection.execute("PRAGMA journal_mode = WAL")
-            # FULL: a committed row survives power loss, matching the fsynced spool file.
-            connection.execute("PRAGMA synchronous = FULL")
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
             connection.execute("PRAGMA foreign_keys = ON")
             self._local.connection = connection
         return connection
@@ -152,8 +167,11 @@ class Index:
         transfer_syntax: str,
         association_id: str | None,
         now: float | None = None,
+        summarised: bool = True,
     ) -> str | None:
-        """Index one stored instance; return the previous path if this SOP UID was seen before."""
+        """Index one stored instance; return the previous path if this SOP UID was seen before.
+
+        summarised=False: the header holds only the UIDs; summarise_headers() completes it."""
         now = time.time() if now is None else now
         sop_uid = header["sop_instance_uid"]
         study_uid = header["study_uid"]
@@ -162,7 +180,7 @@ class Index:
                 "SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_uid,)
             ).fetchone()
             db.execute(
-                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 (
                     sop_uid,
                     study_uid,
@@ -174,6 +192,7 @@ class Index:
                     now,
                     association_id,
                     json.dumps(header, separators=(",", ":")),
+                    int(summarised),
                 ),
             )
             db.execute(
@@ -191,6 +210,21 @@ class Index:
                     (association_id,),
                 )
         return previous["path"] if previous else None
+
+    def unsummarised(self, study_uid: str) -> list[tuple[str, str, dict[str, Any]]]:
+        """(SOP Instance UID, path, identity header) of the study's rows still to summarise."""
+        rows = self._connection().execute(
+            "SELECT sop_instance_uid, path, header FROM instances "
+            "WHERE study_uid = ? AND summarised = 0", (study_uid,)).fetchall()
+        return [(row[0], row[1], json.loads(row[2])) for row in rows]
+
+    def set_headers(self, headers: dict[str, dict[str, Any]]) -> None:
+        """Store full header summaries, keyed by SOP Instance UID, in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE instances SET header = ?, summarised = 1 WHERE sop_instance_uid = ?",
+                [(json.dumps(header, separators=(",", ":")), sop_uid)
+                 for sop_uid, header in headers.items()])
 
     def known_paths(self) -> set[str]:
         rows = self._connection().execute("SELECT path FROM instances").fetchall()
@@ -245,7 +279,9 @@ class Index:
             (study_uid,),
         ).fetchall()
         return [
-            InstanceRow(**{**dict(row), "header": json.loads(row["header"])}) for row in rows
+            InstanceRow(**{**dict(row), "header": json.loads(row["header"]),
+                           "summarised": bool(row["summarised"])})
+            for row in rows
         ]
 
     def instance_count(self) -> int:

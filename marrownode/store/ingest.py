@@ -28,6 +28,8 @@ STATUS_DATASET_MISMATCH = 0xA900
 STATUS_CANNOT_UNDERSTAND = 0xC000
 STATUS_PROCESSING_FAILURE = 0x0110
 
+_IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
+
 
 @dataclass(frozen=True)
 class IngestOutcome:
@@ -44,15 +46,20 @@ class Ingestor:
         self.spool = spool
         self.index = index
 
-    def _parse(self, encoded: bytes) -> tuple[dict[str, Any], str] | IngestOutcome:
-        """Header summary and transfer syntax, or the failure to answer with."""
+    def _identify(self, encoded: bytes) -> tuple[dict[str, Any], str] | IngestOutcome:
+        """The instance's identity (UIDs) and transfer syntax, or the failure to answer with.
+
+        Only what the acknowledgement needs: the header summary the assembler reads is made
+        later, off the receiving path (summarise_pending)."""
         try:
-            dataset = dcmread(BytesIO(encoded), stop_before_pixels=True)
+            dataset = dcmread(BytesIO(encoded), stop_before_pixels=True,
+                              specific_tags=_IDENTITY_TAGS)
             meta = dataset.file_meta
             transfer_syntax = str(meta.TransferSyntaxUID)
             sop_uid = str(dataset.SOPInstanceUID)
             study_uid = str(dataset.StudyInstanceUID)
             series_uid = str(dataset.SeriesInstanceUID)
+            sop_class_uid = str(dataset.get("SOPClassUID", ""))
         except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError,
                 OSError, NotImplementedError) as exc:
             log.warning("event=store_rejected reason=unreadable_dataset error=%s",
@@ -65,18 +72,31 @@ class Ingestor:
             return IngestOutcome(
                 STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from the request's UID"
             )
-        try:
-            header = summarise(dataset)
-        except Exception as exc:  # a header we cannot summarise is still kept, never refused
-            log.warning("event=header_unreadable sop=%s error=%s", sop_uid, type(exc).__name__)
-            header = {"frames": [], "modality": str(dataset.get("Modality", ""))}
-        header.update(study_uid=study_uid, series_uid=series_uid, sop_instance_uid=sop_uid)
-        header.setdefault("sop_class_uid", str(dataset.get("SOPClassUID", "")))
-        return header, transfer_syntax
+        identity = {"study_uid": study_uid, "series_uid": series_uid,
+                    "sop_instance_uid": sop_uid, "sop_class_uid": sop_class_uid}
+        return identity, transfer_syntax
+
+    def summarise_pending(self, study_uid: str) -> int:
+        """Complete the header summaries of a study's instances stored since the last call
+        (the assembler calls it before deciding); returns how many it summarised."""
+        headers = {}
+        for sop_uid, path, identity in self.index.unsummarised(study_uid):
+            try:
+                header = summarise(dcmread(path, stop_before_pixels=True))
+            except Exception as exc:  # a header we cannot summarise is still kept, never refused
+                log.warning("event=header_unreadable sop=%s error=%s", sop_uid,
+                            type(exc).__name__)
+                header = {"frames": [], "modality": ""}
+            header.update(identity)
+            header["sop_class_uid"] = header.get("sop_class_uid") or identity["sop_class_uid"]
+            headers[sop_uid] = header
+        if headers:
+            self.index.set_headers(headers)
+        return len(headers)
 
     def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
         """Store one instance given as DICOM File Format bytes (preamble + meta + dataset)."""
-        parsed = self._parse(encoded)
+        parsed = self._identify(encoded)
         if isinstance(parsed, IngestOutcome):
             return parsed
         header, transfer_syntax = parsed
@@ -93,7 +113,7 @@ class Ingestor:
             log.error("event=store_failed sop=%s error=%s", sop_uid, exc.strerror)
             return IngestOutcome(status, "cannot write to spool")
         previous = self.index.record_instance(
-            header, path, len(encoded), transfer_syntax, association_id
+            header, path, len(encoded), transfer_syntax, association_id, summarised=False
         )
         if previous and previous != str(path):
             Path(previous).unlink(missing_ok=True)
@@ -109,11 +129,12 @@ class Ingestor:
             if str(path) in known:
                 continue
             encoded = path.read_bytes()
-            parsed = self._parse(encoded)
+            parsed = self._identify(encoded)
             if isinstance(parsed, IngestOutcome):
                 log.warning("event=spool_file_unreadable file=%s", path.name)
                 continue
             header, transfer_syntax = parsed
-            self.index.record_instance(header, path, len(encoded), transfer_syntax, None)
+            self.index.record_instance(header, path, len(encoded), transfer_syntax, None,
+                                       summarised=False)
             reindexed += 1
         return removed, reindexed

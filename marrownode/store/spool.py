@@ -79,16 +79,13 @@ class Spool:
         return removed
 
     def path_for(self, study_uid: str, series_uid: str, sop_instance_uid: str) -> Path:
-        path = (
-            self.data_dir
-            / safe_component(study_uid)
-            / safe_component(series_uid)
-            / (safe_component(sop_instance_uid) + ".dcm")
-        )
-        # Belt and braces: the components above cannot escape, and this proves it.
-        if self.data_dir.resolve() not in path.resolve().parents:
+        components = (safe_component(study_uid), safe_component(series_uid),
+                      safe_component(sop_instance_uid) + ".dcm")
+        # Belt and braces, without touching the disk (this runs for every C-STORE): a component
+        # that could name another directory would never get here from safe_component.
+        if any(c in ("", ".", "..") or "/" in c or "\0" in c for c in components):
             raise ValueError("spool path escapes the spool")
-        return path
+        return self.data_dir.joinpath(*components)
 
     def free_bytes(self) -> int:
         return self.free_space_probe(self.root)
@@ -106,7 +103,7 @@ class Spool:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
-                os.fsync(handle.fileno())
+                os.fdatasync(handle.fileno())  # data and size; the rename is synced below
             os.replace(temp_name, path)
         except BaseException:
             Path(temp_name).unlink(missing_ok=True)
