@@ -44,6 +44,10 @@ class NodeSettings(_Section):
     tls: TLSSettings | None = None
     network_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     maximum_pdu_size: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    #: Processes listening on the port (SO_REUSEPORT); the kernel spreads associations over
+    #: them, so parallel senders are not limited by one Python interpreter. max_associations
+    #: applies to each.
+    receiver_processes: Annotated[int, Field(ge=1, le=16)] = 1
 
 
 def _default_storage_root() -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import random
 import threading
 import time
@@ -25,10 +26,13 @@ log = logging.getLogger(__name__)
 ANALYSING, ANALYSED, FAILED, WAITING = "analysing", "analysed", "failed", "waiting"
 
 
-def _worker_init(settings: Settings) -> None:
+def _worker_init(settings: Settings, node_pid: int) -> None:
     from marrownode.logs import configure_logging
+    from marrownode.node import on_parent_death
 
     configure_logging(settings.logging)
+    # An analysis cut short is re-run at the next start (the study is still 'analysing').
+    on_parent_death(lambda: os._exit(1), node_pid)
 
 
 def run_analysis(
@@ -151,7 +155,7 @@ class Assembler(LoopService):
             max_workers=workers,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_worker_init,
-            initargs=(node.settings,),
+            initargs=(node.settings, os.getpid()),
         )
         self.listeners: list[Any] = []  # called with (study_uid, report) after analysis
 

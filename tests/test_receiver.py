@@ -201,3 +201,55 @@ def test_max_associations_refuses_the_one_too_many(node_factory) -> None:
         held.release()
     time.sleep(0.5)
     assert can_associate(node.receiver.port)
+
+
+def test_a_second_receiving_process_stores_and_counts_on_its_own(node_factory) -> None:
+    """With node.receiver_processes = 2, a spawned process listens on the same port: with the
+    node's own listener closed, it alone accepts, stores, indexes and counts, and the node
+    learns when its associations end."""
+    node = node_factory(node={"receiver_processes": 2}, completion={"idle_seconds": 600})
+    port = node.receiver.port
+    assert node.health().listener_bound
+    node.receiver.stop(grace_seconds=1.0)  # only the second process is listening now
+    datasets = build_study(StudyOptions(study_key="second-process"))
+    assert send(port, datasets) == [0] * len(datasets)
+    study_uid = datasets[0].StudyInstanceUID
+    rows = node.index.instances(study_uid)
+    assert len(rows) == len(datasets) and all(Path(r.path).is_file() for r in rows)
+    assert node.receiver.stats.instances == len(datasets)  # one set of counters for all
+    assert node.receiver.stats.accepted == 1
+    # Complete by content once the association has ended; the idle timer (600 s) is not it.
+    deadline = time.monotonic() + 30
+    while (node.index.study(study_uid) or {}).get("state") != "analysed":
+        assert time.monotonic() < deadline, node.index.study(study_uid)
+        time.sleep(0.1)
+    node.stop(grace_seconds=2.0)
+    assert not can_associate(port), "no receiving process is left listening after stop"
+
+
+def test_receiving_processes_do_not_outlive_a_killed_node(serve_process, tmp_path) -> None:
+    import os
+    import signal
+
+    from tests.conftest import make_settings, wait_for_port
+
+    settings = make_settings(tmp_path / "data", node={"receiver_processes": 2})
+    server = serve_process(settings).start(port=settings.node.port)
+    deadline = time.monotonic() + 60
+    while server.log.read_text().count("event=listening") < 2:
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
+    wait_for_port(settings.node.port)
+    assert server.process is not None
+    children = [int(pid) for task in Path(f"/proc/{server.process.pid}/task").iterdir()
+                for pid in (task / "children").read_text().split()]
+    assert len(children) >= 2  # the second receiving process, the analysis worker, ...
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait(10)
+    deadline = time.monotonic() + 15
+    while alive := [pid for pid in children if Path(f"/proc/{pid}").exists()
+                    and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]:
+        assert time.monotonic() < deadline, [Path(f"/proc/{pid}/cmdline").read_bytes()[:120]
+                                             for pid in alive]
+        time.sleep(0.1)
+    assert not can_associate(settings.node.port)

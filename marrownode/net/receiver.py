@@ -8,13 +8,14 @@ knows when a sender has finished.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import socket
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
 from pydicom import uid as pd_uid
 from pydicom.dataset import Dataset
@@ -23,7 +24,14 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from marrownode.config import NodeSettings
-from marrownode.store.ingest import STATUS_SUCCESS, Ingestor
+from marrownode.store.ingest import (
+    STATUS_CANNOT_UNDERSTAND,
+    STATUS_DATASET_MISMATCH,
+    STATUS_OUT_OF_RESOURCES,
+    STATUS_PROCESSING_FAILURE,
+    STATUS_SUCCESS,
+    Ingestor,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,27 +60,79 @@ ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
 _ASSOCIATION_ID = "_marrownode_association_id"
 
 
-@dataclass
+#: Statuses the storage handler can answer with on failure (each has its own counter).
+FAILURE_STATUSES = (STATUS_OUT_OF_RESOURCES, STATUS_DATASET_MISMATCH, STATUS_CANNOT_UNDERSTAND,
+                    STATUS_PROCESSING_FAILURE)
+_COUNTERS = ("instances", "bytes", "accepted", "rejected")
+
+
+def shared_counters() -> Any:
+    """Counters in shared memory, for every receiving process of one node."""
+    context = multiprocessing.get_context("spawn")
+    return context.Array("q", len(_COUNTERS) + len(FAILURE_STATUSES), lock=True)
+
+
 class ReceiverStats:
-    """Counters the metrics endpoint reads; updated from receiving threads."""
+    """Counters the metrics endpoint reads; updated from receiving threads, and from other
+    receiving processes when they share the same counters (see shared_counters)."""
 
-    instances: int = 0
-    bytes: int = 0
-    accepted: int = 0
-    rejected: int = 0
-    failures: dict[int, int] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+    def __init__(self, counters: Any | None = None) -> None:
+        self._counters = counters if counters is not None else shared_counters()
 
     def add(self, **changes: int) -> None:
-        with self._lock:
+        with self._counters.get_lock():
             for name, delta in changes.items():
-                setattr(self, name, getattr(self, name) + delta)
+                self._counters[_COUNTERS.index(name)] += delta
 
     def failed(self, status: int) -> None:
-        with self._lock:
-            self.failures[status] = self.failures.get(status, 0) + 1
+        slot = FAILURE_STATUSES.index(
+            status if status in FAILURE_STATUSES else STATUS_PROCESSING_FAILURE)
+        with self._counters.get_lock():
+            self._counters[len(_COUNTERS) + slot] += 1
+
+    def _value(self, name: str) -> int:
+        return int(self._counters[_COUNTERS.index(name)])
+
+    @property
+    def instances(self) -> int:
+        return self._value("instances")
+
+    @property
+    def bytes(self) -> int:
+        return self._value("bytes")
+
+    @property
+    def accepted(self) -> int:
+        return self._value("accepted")
+
+    @property
+    def rejected(self) -> int:
+        return self._value("rejected")
+
+    @property
+    def failures(self) -> dict[int, int]:
+        counts = self._counters[len(_COUNTERS):]
+        return {status: int(n) for status, n in zip(FAILURE_STATUSES, counts, strict=True) if n}
+
+
+class _ListeningServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server with TCP_NODELAY set before it listens (accepted sockets
+    inherit it; without it every small C-STORE response waits for Nagle's algorithm)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        super().server_bind()
+
+
+class _SharedPortServer(_ListeningServer):
+    """The same, on a port that the node's other receiving processes listen on too: the kernel
+    spreads incoming associations over them (SO_REUSEPORT)."""
+
+    def server_bind(self) -> None:
+        assert self.socket is not None
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
 
 
 def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
@@ -96,11 +156,15 @@ class Receiver:
         settings: NodeSettings,
         ingestor: Ingestor,
         on_association_end: Callable[[str], None] | None = None,
+        stats: ReceiverStats | None = None,
+        shared_port: bool = False,
     ) -> None:
+        """shared_port: the node receives in several processes on the same port."""
         self.settings = settings
         self.ingestor = ingestor
         self.on_association_end = on_association_end
-        self.stats = ReceiverStats()
+        self.stats = stats if stats is not None else ReceiverStats()
+        self.shared_port = shared_port
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.max_associations
         self.ae.network_timeout = settings.network_timeout_seconds
@@ -130,15 +194,16 @@ class Receiver:
             (evt.EVT_RELEASED, self._handle_ended),
             (evt.EVT_ABORTED, self._handle_ended),
         ]
-        self._server = self.ae.start_server(
+        server = self.ae.make_server(
             (self.settings.host, self.settings.port),
-            block=False,
             ssl_context=build_ssl_context(self.settings),
             evt_handlers=handlers,
+            server_class=_SharedPortServer if self.shared_port else _ListeningServer,
         )
-        # Accepted sockets inherit TCP_NODELAY from the listening socket on Linux; without it
-        # every small C-STORE response waits for Nagle's algorithm.
-        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # As AE.start_server(block=False) does: the AE shuts it down with the others.
+        self.ae._servers.append(server)
+        threading.Thread(target=server.serve_forever, name="listener", daemon=True).start()
+        self._server = server
         log.info(
             "event=listening ae_title=%s host=%s port=%d tls=%s",
             self.settings.ae_title, self.settings.host, self.port,
@@ -211,8 +276,8 @@ class Receiver:
             outcome = self.ingestor.store(encoded, association_id)
         except Exception:
             log.exception("event=store_error association=%s", association_id)
-            self.stats.failed(0x0110)
-            return 0x0110
+            self.stats.failed(STATUS_PROCESSING_FAILURE)
+            return STATUS_PROCESSING_FAILURE
         if outcome.status != STATUS_SUCCESS:
             self.stats.failed(outcome.status)
             status = Dataset()
