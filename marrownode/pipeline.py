@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,9 +63,15 @@ def _focus_entry(focus: dict[str, Any]) -> dict[str, Any]:
 
 
 def analyse_study(
-    instances: Sequence[SourceInstance], settings: Settings, out_dir: Path | None
+    instances: Sequence[SourceInstance],
+    settings: Settings,
+    out_dir: Path | None,
+    on_outputs: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> dict[str, Any]:
-    """Classify, pair, quantify (and, where out_dir is given, write results) for one study."""
+    """Classify, pair, quantify (and, where out_dir is given, write results) for one study.
+
+    on_outputs receives each result series' report entries as soon as its files are written
+    (the node delivers them while the rest is encoded); the report lists them all as well."""
     started = time.perf_counter()
     study_uid = instances[0].header.get("study_uid", "") if instances else ""
     frames = [frame for item in instances for frame in frames_from_header(item.header)]
@@ -92,7 +98,8 @@ def analyse_study(
         report["flags"] = list(dict.fromkeys(report["flags"] + result.flags))
         report["state"] = "analysed"
         report["outputs"] = (
-            build_results(dixon_set, volumes, result, cache, settings, out_dir, report, set_index)
+            build_results(dixon_set, volumes, result, cache, settings, out_dir, report, set_index,
+                          on_outputs)
             if out_dir is not None else []
         )
         set_reports.append(report)

@@ -13,7 +13,10 @@ import os
 import random
 import threading
 import time
+import uuid
+from collections import OrderedDict
 from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +29,35 @@ log = logging.getLogger(__name__)
 ANALYSING, ANALYSED, FAILED, WAITING = "analysing", "analysed", "failed", "waiting"
 
 
-def _worker_init(settings: Settings, node_pid: int) -> None:
+#: In an analysis worker: the queue on which finished result series go to the node.
+_series_queue: Any = None
+
+
+def _worker_init(settings: Settings, node_pid: int, series_queue: Any) -> None:
     from marrownode.logs import configure_logging
     from marrownode.node import on_parent_death
 
+    global _series_queue
+    _series_queue = series_queue
     configure_logging(settings.logging)
     # An analysis cut short is re-run at the next start (the study is still 'analysing').
     on_parent_death(lambda: os._exit(1), node_pid)
 
 
 def run_analysis(
-    instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str
+    instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str
 ) -> dict[str, Any]:
-    """Worker-process entry point: the same pipeline function `process` uses."""
+    """Worker-process entry point: the same pipeline function `process` uses. Each result
+    series goes to the node as soon as it is written, tagged with run_id; (run_id, None) ends
+    the run's series."""
     from marrownode.pipeline import SourceInstance, analyse_study
 
     sources = [SourceInstance(Path(path), header) for path, header in instances]
-    return analyse_study(sources, settings, Path(out_dir))
+    try:
+        return analyse_study(sources, settings, Path(out_dir),
+                             on_outputs=lambda entries: _series_queue.put((run_id, entries)))
+    finally:
+        _series_queue.put((run_id, None))
 
 
 def _patient_fields(path: str) -> str:
@@ -139,10 +154,21 @@ class LoopService:
             self._wake.clear()
 
 
+@dataclass
+class _Run:
+    """One analysis of one study in the worker, as the node follows it."""
+
+    study_uid: str
+    streamed: set[str] = field(default_factory=set)  # SOP UIDs already handed on
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
 class Assembler(LoopService):
     """Completion decisions and analysis jobs, driven by the index."""
 
     name = "assembler"
+    #: How long the end of a finished run's series may lag behind its result.
+    series_lag_seconds = 30.0
 
     def __init__(self, node: Node, poll_seconds: float = 0.5, workers: int = 1) -> None:
         super().__init__(poll_seconds)
@@ -150,22 +176,56 @@ class Assembler(LoopService):
         self.settings = node.settings
         self.index = node.index
         self._in_flight: dict[str, Future[dict[str, Any]]] = {}
+        self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
+        context = multiprocessing.get_context("spawn")
+        self._series_queue = context.Queue()
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
-            mp_context=multiprocessing.get_context("spawn"),
+            mp_context=context,
             initializer=_worker_init,
-            initargs=(node.settings, os.getpid()),
+            initargs=(node.settings, os.getpid(), self._series_queue),
         )
+        self._series_reader: threading.Thread | None = None
+        #: Called with (study_uid, report entries) for each result series once it is written.
+        self.series_listeners: list[Any] = []
         self.listeners: list[Any] = []  # called with (study_uid, report) after analysis
 
     def on_start(self) -> None:
+        self._series_reader = threading.Thread(target=self._read_series, name="series",
+                                               daemon=True)
+        self._series_reader.start()
         self._pool.submit(_warm_up, self.settings).add_done_callback(_warmed_up)
 
     def on_stop(self) -> None:
         # In-flight analyses finish (they are idempotent); queued ones are dropped and, being
         # still 'analysing' in the index, are re-run after the next start.
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._series_queue.put(None)
+        if self._series_reader is not None:
+            self._series_reader.join(10.0)
+
+    def _read_series(self) -> None:
+        """Hand each written result series on at once (the deliverer sends it while the worker
+        encodes the next)."""
+        while (item := self._series_queue.get()) is not None:
+            run_id, entries = item
+            with self._lock:
+                run = self._runs.get(run_id)
+            if run is None:  # the warm-up rehearsal, or a run already given up on
+                continue
+            if entries is None:
+                run.ended.set()
+                continue
+            self._hand_on(run, entries)
+
+    def _hand_on(self, run: _Run, entries: list[dict[str, Any]]) -> None:
+        run.streamed.update(e["sop_instance_uid"] for e in entries)
+        for listener in self.series_listeners:
+            try:
+                listener(run.study_uid, entries)
+            except Exception:
+                log.exception("event=series_listener_error study=%s", run.study_uid)
 
     def step(self, now: float) -> None:
         idle = self.settings.completion.idle_seconds
@@ -204,15 +264,27 @@ class Assembler(LoopService):
 
     def _submit(self, study_uid: str, last: float, instances: list[tuple[str, dict]]) -> None:
         out_dir = self.node.spool.results_dir(study_uid)
-        future = self._pool.submit(run_analysis, instances, self.settings, str(out_dir))
+        run_id = uuid.uuid4().hex
         with self._lock:
+            self._runs[run_id] = _Run(study_uid)
+            future = self._pool.submit(run_analysis, instances, self.settings, str(out_dir),
+                                       run_id)
             self._in_flight[study_uid] = future
         started = time.monotonic()
         future.add_done_callback(
-            lambda f: self._finished(study_uid, last, f, time.monotonic() - started)
+            lambda f: self._finished(study_uid, last, f, time.monotonic() - started, run_id)
         )
 
-    def _finished(self, study_uid: str, last: float, future: Future, seconds: float) -> None:
+    def _finished(self, study_uid: str, last: float, future: Future, seconds: float,
+                  run_id: str) -> None:
+        # The series travel on their own queue: take them all before the result, so that
+        # nothing is handed on after the study counts as analysed, and nothing twice.
+        with self._lock:
+            run = self._runs[run_id]
+        if future.exception() is None and not run.ended.wait(self.series_lag_seconds):
+            log.warning("event=series_end_missing study=%s", study_uid)
+        with self._lock:
+            self._runs.pop(run_id, None)
         try:
             report = future.result()
         except Exception as exc:  # includes a crashed worker process
@@ -233,6 +305,13 @@ class Assembler(LoopService):
         with self._lock:
             self._in_flight.pop(study_uid, None)
         if report is not None:
+            missing = [entry for dixon_set in report["dixon_sets"]
+                       for entry in dixon_set.get("outputs", [])
+                       if entry["sop_instance_uid"] not in run.streamed]
+            if missing:  # a safety net: every series is normally handed on as it is written
+                log.warning("event=series_not_streamed study=%s outputs=%d", study_uid,
+                            len(missing))
+                self._hand_on(run, missing)
             for listener in self.listeners:
                 listener(study_uid, report)
         self._wake.set()
@@ -265,25 +344,29 @@ class Deliverer(LoopService):
         self._random = random.Random(seed)
         self.delivered = 0
         self.failures: dict[str, int] = {}
+        # (study, destination) -> the analysis (study updated_at) whose time to result counted.
+        self._observed: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._observed_lock = threading.Lock()
 
     def on_start(self) -> None:
         requeued = self.index.requeue_interrupted()
         if requeued:
             log.info("event=outbox_requeued rows=%d", requeued)
 
-    def enqueue(self, study_uid: str, report: dict[str, Any]) -> None:
-        """Assembler listener: queue every output of a freshly analysed study."""
+    def enqueue(self, study_uid: str, entries: list[dict[str, Any]]) -> None:
+        """Assembler series listener: queue the files of a result series just written."""
         out_dir = self.node.spool.results_dir(study_uid)
-        outputs = [
-            {**entry, "path": str(out_dir / entry["path"])}
-            for dixon_set in report.get("dixon_sets", [])
-            for entry in dixon_set.get("outputs", [])
-        ]
+        outputs = [{**entry, "path": str(out_dir / entry["path"])} for entry in entries]
         destinations = [d.name for d in self.settings.destinations]
         if outputs and destinations:
             rows = self.index.enqueue(study_uid, outputs, destinations)
             log.info("event=results_queued study=%s rows=%d", study_uid, rows)
             self._wake.set()
+
+    def analysis_finished(self, study_uid: str, report: dict[str, Any]) -> None:
+        """Assembler listener: everything may have been delivered while it was encoded."""
+        for destination in self.settings.destinations:
+            self._observe_if_complete(study_uid, destination.name, time.time())
 
     def backoff(self, attempts: int) -> float:
         outbox = self.settings.outbox
@@ -345,16 +428,31 @@ class Deliverer(LoopService):
 
     def _observe_time_to_result(self, destination: str, rows: list[dict[str, Any]],
                                 outcomes: list[tuple], now: float) -> None:
-        """A study's results are in when none of its rows for this destination is pending."""
         delivered_ids = {o[0] for o in outcomes if o[1] == "delivered"}
-        studies = {r["study_uid"] for r in rows if r["id"] in delivered_ids}
-        for study_uid in studies:
-            deliveries = [d for d in self.index.deliveries(study_uid)
-                          if d["destination"] == destination]
-            study = self.index.study(study_uid)
-            if study and deliveries and deliveries[0]["pending"] == 0:
-                self.node.metrics.time_to_result_seconds.labels(destination).observe(
-                    max(0.0, now - study["last_received"]))
+        for study_uid in {r["study_uid"] for r in rows if r["id"] in delivered_ids}:
+            self._observe_if_complete(study_uid, destination, now)
+
+    def _observe_if_complete(self, study_uid: str, destination: str, now: float) -> None:
+        """A study's results are in when it is analysed and none of its rows for this
+        destination is pending; counted once per analysis (the delivery and the end of the
+        analysis may both see it)."""
+        study = self.index.study(study_uid)
+        if not study or study["state"] != "analysed":
+            return
+        deliveries = [d for d in self.index.deliveries(study_uid)
+                      if d["destination"] == destination]
+        if not deliveries or deliveries[0]["pending"] or deliveries[0]["delivered"] == 0:
+            return
+        key = (study_uid, destination)
+        with self._observed_lock:
+            if self._observed.get(key) == study["updated_at"]:
+                return
+            self._observed[key] = study["updated_at"]
+            self._observed.move_to_end(key)
+            while len(self._observed) > 10_000:
+                self._observed.popitem(last=False)
+        self.node.metrics.time_to_result_seconds.labels(destination).observe(
+            max(0.0, now - study["last_received"]))
 
 
 class RetentionSweeper(LoopService):
@@ -389,7 +487,8 @@ def attach_services(node: Node) -> None:
     """Register background services on the node: assembler, then the deliverer it feeds."""
     assembler = Assembler(node)
     deliverer = Deliverer(node)
-    assembler.listeners.append(deliverer.enqueue)
+    assembler.series_listeners.append(deliverer.enqueue)
+    assembler.listeners.append(deliverer.analysis_finished)
     node.association_listeners.append(lambda _association_id: assembler.wake())
     node.add_service(assembler)
     node.add_service(deliverer)

@@ -36,8 +36,12 @@ def metrics(port: int) -> dict[tuple[str, tuple], float]:
 
 
 def delivered(node, study_uid: str) -> bool:
+    """Analysed and nothing left to send (series go out while later ones are encoded, so an
+    empty queue alone can be a pause between two series)."""
     deliveries = node.index.deliveries(study_uid)
-    return bool(deliveries) and deliveries[0]["pending"] == 0
+    study = node.index.study(study_uid) or {}
+    return study.get("state") == "analysed" and bool(deliveries) and (
+        deliveries[0]["pending"] == 0)
 
 
 def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
@@ -58,6 +62,9 @@ def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
         assert not can_associate(node.receiver.port, calling="STRANGER")
         study_uid = datasets[0].StudyInstanceUID
         wait_until(lambda: delivered(node, study_uid))
+        ttr = ("marrownode_time_to_result_seconds_count", (("destination", "pacs"),))
+        wait_until(lambda: metrics(http_port).get(ttr, 0) >= 1)
+        time.sleep(0.5)  # a second count of the same study would show by now
         after = metrics(http_port)
         sizes = sum(row.size_bytes for row in node.index.instances(study_uid))
         assert after[("marrownode_instances_received_total", ())] == len(datasets) == 60
@@ -121,7 +128,9 @@ def test_retention_removes_exactly_what_is_due(node_factory, tmp_path) -> None:
         pending = build_study(StudyOptions(style="ge_lava", study_key="pending"))
         for datasets in (pending, incomplete):  # the incomplete one is still waiting
             assert send(node.receiver.port, datasets) == [0] * len(datasets)
-        wait_until(lambda: bool(node.index.deliveries(pending[0].StudyInstanceUID)))
+        wait_until(lambda: bool(node.index.deliveries(pending[0].StudyInstanceUID))
+                   and node.index.study(pending[0].StudyInstanceUID)["state"] == "analysed"
+                   and node.index.study(incomplete[0].StudyInstanceUID)["state"] == "waiting")
         sweeper = RetentionSweeper(node)
         now = time.time()
         assert sweeper.sweep(now) == []

@@ -31,7 +31,8 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
 
         def settled() -> bool:
             deliveries = node.index.deliveries(study_uid)
-            return bool(deliveries) and deliveries[0]["pending"] == 0
+            analysed = (node.index.study(study_uid) or {}).get("state") == "analysed"
+            return analysed and bool(deliveries) and deliveries[0]["pending"] == 0
 
         wait_until(settled)
         (delivery,) = node.index.deliveries(study_uid)
@@ -75,7 +76,8 @@ def test_unreachable_destination_keeps_results_queued_with_next_try(node_factory
 
     def tried() -> bool:
         deliveries = node.index.deliveries(study_uid)
-        return bool(deliveries) and deliveries[0]["next_attempt_at"] is not None and (
+        return bool(deliveries) and deliveries[0]["pending"] == 39 and (
+            deliveries[0]["next_attempt_at"] is not None) and (
             deliveries[0]["next_attempt_at"] > time.time() + 5)
 
     wait_until(tried)
@@ -95,3 +97,70 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     preview = tmp_path / "demo" / "overlay-preview.png"
     assert preview.is_file() and preview.stat().st_size > 10_000
     assert "Demo^Marrow" not in out + result.stderr
+
+
+def test_series_go_out_while_later_ones_are_encoded_each_file_once(node_factory,
+                                                                     tmp_path) -> None:
+    import json
+
+    from marrownode.synthetic.phantom import spine_phantom
+
+    received_at: dict[str, float] = {}
+
+    class TimedPACS(StandInPACS):
+        def _store(self, event) -> int:
+            received_at[str(event.request.AffectedSOPInstanceUID)] = time.time()
+            return super()._store(event)
+
+    pacs = TimedPACS(tmp_path / "pacs").start()
+    try:
+        node = node_factory(destinations=[{"name": "pacs", "ae_title": "STANDIN",
+                                           "host": "127.0.0.1", "port": pacs.port}])
+        datasets = build_study(StudyOptions(style="siemens", study_key="stream"),
+                               spine_phantom(slices=24, rows=256, cols=192))
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        study_uid = datasets[0].StudyInstanceUID
+
+        def done() -> bool:
+            deliveries = node.index.deliveries(study_uid)
+            analysed = (node.index.study(study_uid) or {}).get("state") == "analysed"
+            return analysed and bool(deliveries) and deliveries[0]["pending"] == 0
+
+        wait_until(done)
+        time.sleep(1.0)  # a second copy of anything would arrive now
+        report = json.loads(node.index.study(study_uid)["report"])
+        outputs = [e for s in report["dixon_sets"] for e in s["outputs"]]
+        assert len(outputs) == 2 + 2 * 24 + 24 + 1
+        assert sorted(pacs.received) == sorted(e["sop_instance_uid"] for e in outputs)
+        # The parametric maps are written first and the SR last: the PACS had the maps before
+        # the report was even written.
+        sr = next(e for e in outputs if e["kind"] == "sr")
+        sr_written = (node.spool.results_dir(study_uid) / sr["path"]).stat().st_mtime
+        first_map = min(received_at[e["sop_instance_uid"]] for e in outputs
+                        if e["kind"] == "parametric_map")
+        assert first_map < sr_written
+    finally:
+        pacs.stop()
+
+
+def test_a_batch_of_only_refused_classes_is_a_refusal_not_a_network_failure(tmp_path) -> None:
+    from marrownode.config import settings_from_mapping
+    from marrownode.net.sender import OutgoingFile, send_batch
+    from marrownode.pipeline import process_paths
+    from marrownode.synthetic.studies import write_datasets
+
+    write_datasets(build_study(StudyOptions(style="siemens", study_key="pm-only")),
+                   tmp_path / "in")
+    report = process_paths([tmp_path / "in"], tmp_path / "out", settings_from_mapping({}))
+    maps = [e for e in report["studies"][0]["dixon_sets"][0]["outputs"]
+            if e["kind"] == "parametric_map"]
+    files = [OutgoingFile(i, tmp_path / "out" / e["path"], e["sop_class_uid"],
+                          e["transfer_syntax_uid"]) for i, e in enumerate(maps)]
+    pacs = StandInPACS(tmp_path / "pacs", refuse_sop_classes=[ParametricMapStorage]).start()
+    try:
+        results = send_batch(files, "127.0.0.1", pacs.port, "STANDIN", "MARROWNODE")
+    finally:
+        pacs.stop()
+    assert [r.error for r in results] == ["context_refused"] * len(maps) == ["context_refused"] * 2
+    closed = send_batch(files, "127.0.0.1", pacs.port, "STANDIN", "MARROWNODE", timeout=2)
+    assert [r.error for r in closed] == ["no_association"] * 2

@@ -236,3 +236,29 @@ def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
     outside_yellow = ((outside.pixel_array[..., 0] > 200) & (outside.pixel_array[..., 1] > 200)
                       & (outside.pixel_array[..., 2] < 120))[: rows_in * factor]
     assert not outside_yellow.any(), "no focus outline on a slice without a focus"
+
+
+def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> None:
+    """The node sends a result series while the next is encoded: the hook sees a series only
+    when all its files are on disk, before any later series exists, and sees each file once."""
+    from marrownode.pipeline import analyse_study, discover
+
+    write_datasets(build_study(StudyOptions(style="siemens", study_key="hook")), tmp_path / "in")
+    (instances,) = discover([tmp_path / "in"])[0].values()
+    out = tmp_path / "out"
+    calls: list[tuple[list[dict], int]] = []
+
+    def on_outputs(entries: list[dict]) -> None:
+        assert all((out / e["path"]).is_file() for e in entries)
+        written = sum(1 for p in out.rglob("*.dcm"))
+        calls.append((entries, written))
+
+    report = analyse_study(instances, settings_from_mapping({}), out, on_outputs=on_outputs)
+    (dixon_set,) = report["dixon_sets"]
+    assert [e for entries, _ in calls for e in entries] == dixon_set["outputs"]
+    assert len(calls) == 6  # one call per series: 2 PM, 2 derived MR, overlay, SR
+    handed_on = 0
+    for entries, written in calls:
+        assert len({e["series_instance_uid"] for e in entries}) == 1
+        handed_on += len(entries)
+        assert written == handed_on, "a later series was written before this one was handed on"

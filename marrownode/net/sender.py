@@ -54,7 +54,11 @@ def send_batch(
         ae.add_requested_context(sop_class, [syntax])
     association = ae.associate(host, port, ae_title=called_aet)
     if not association.is_established:
-        return [SendResult(f.key, None, "no_association") for f in files]
+        # The destination answered but accepts none of what we proposed (a batch of one SOP
+        # class it does not store): a refusal to record, not a network failure to retry.
+        refused_all = bool(association.rejected_contexts) and not association.accepted_contexts
+        error = "context_refused" if refused_all else "no_association"
+        return [SendResult(f.key, None, error) for f in files]
     sock = association.dul.socket.socket if association.dul.socket else None
     if sock is not None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

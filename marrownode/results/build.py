@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,8 +93,12 @@ def build_results(
     out_dir: Path,
     set_report: dict[str, Any],
     set_index: int,
+    on_series: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Build the configured result objects, write them under out_dir, return report entries."""
+    """Build the configured result objects, write them under out_dir, return report entries.
+
+    on_series is called with a series' entries as soon as all its files are written, so the
+    node can send them while the next series is still being built."""
     outputs_cfg = settings.outputs
     sources = source_series(dixon_set, cache, volumes)
     study_uid = str(sources.reference.StudyInstanceUID)
@@ -109,6 +113,7 @@ def build_results(
         return series_uid, number, f"marrownode {label} {spec.description}"
 
     def emit(spec: OutputSeries, datasets: Iterable[Dataset]) -> None:
+        first = len(entries)
         for dataset in datasets:
             path = set_dir / f"{spec.offset:02d}-{spec.kind}" / f"{dataset.SOPInstanceUID}.dcm"
             write_dataset(dataset, path)
@@ -122,6 +127,8 @@ def build_results(
                 "series_description": str(dataset.SeriesDescription),
                 "path": str(path.relative_to(out_dir)),
             })
+        if on_series is not None and len(entries) > first:
+            on_series(entries[first:])
 
     maps = {
         "signal_loss": (result.signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
