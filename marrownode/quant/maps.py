@@ -72,10 +72,9 @@ def water_fat_consistency(
     """Median relative disagreement of W + F with IP and of |W - F| with OP inside tissue."""
     if not mask.any():
         return {"sum_error": float("nan"), "difference_error": float("nan")}
-    ip = subsample(np.asarray(in_phase, np.float64)[mask])
-    op = subsample(np.asarray(opposed, np.float64)[mask])
-    w = subsample(np.asarray(water, np.float64)[mask])
-    f = subsample(np.asarray(fat, np.float64)[mask])
+    # Mask and subsample first: converting whole volumes would cost ~170 MB per body station.
+    ip, op, w, f = (subsample(np.asarray(volume)[mask]).astype(np.float64)
+                    for volume in (in_phase, opposed, water, fat))
     scale = float(np.median(ip)) or 1.0
     return {
         "sum_error": float(np.median(np.abs(w + f - ip)) / scale),
