@@ -3,9 +3,12 @@
     python benchmarks/run.py            # everything (about 10 minutes on 2 cores)
     python benchmarks/run.py --quick    # smaller: a smoke run of every section
 
-Sections: ingest (one and four parallel associations, DCMTK storescu as the sender), time to
-result (spine and whole-body), analysis stages with the worker's peak RSS. Every DCMTK/Orthanc
-process gets TCP_NODELAY=1, or Nagle's algorithm would make every figure meaningless.
+Sections: ingest (one and four parallel associations, DCMTK storescu as the sender; receivers
+DCMTK storescp, Orthanc, marrownode with one and with one-per-core receiving processes, and
+pynetdicom storing nothing, the ceiling of any pynetdicom-based receiver), time to result (spine
+and whole-body), analysis stages with the worker's peak RSS and the send to a PACS. Every
+DCMTK/Orthanc process gets TCP_NODELAY=1, or Nagle's algorithm would make every figure
+meaningless. marrownode is measured once it is up (its analysis worker warmed up), as in service.
 Prints a Markdown table; docs/performance.md keeps the last one with the machine and date.
 """
 

@@ -37,11 +37,13 @@ class Health:
         return self.listener_bound and self.index_writable and self.disk_above_watermark
 
 
+def open_spool(settings: Settings) -> Spool:
+    settings.storage.root.mkdir(parents=True, exist_ok=True)
+    return Spool(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
+
+
 def open_store(settings: Settings) -> tuple[Spool, Index]:
-    root = settings.storage.root
-    root.mkdir(parents=True, exist_ok=True)
-    spool = Spool(root, settings.storage.min_free_mb * 1024 * 1024)
-    return spool, Index(root / "index.sqlite3")
+    return open_spool(settings), Index(settings.storage.root / "index.sqlite3")
 
 
 def open_ingestor(spool: Spool, index_path: Path) -> Ingestor:
@@ -76,10 +78,9 @@ def _receiver_process(settings: Settings, port: int, counters: Any, notices: Any
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: interrupted.set())
     on_parent_death(interrupted.set, node_pid)
-    spool = Spool(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
     node_settings = settings.node.model_copy(update={"port": port})
-    receiver = Receiver(node_settings, open_ingestor(spool, settings.storage.root /
-                                                     "index.sqlite3"),
+    receiver = Receiver(node_settings, open_ingestor(open_spool(settings),
+                                                     settings.storage.root / "index.sqlite3"),
                         on_association_end=notices.put, stats=ReceiverStats(counters),
                         shared_port=True)
     receiver.start()
@@ -127,7 +128,7 @@ class ReceiverProcesses:
                 notice = None
             if notice is None or not all(p.is_alive() for p in self._processes):
                 self.stop(0.0)
-                raise RuntimeError("a receiving process did not start listening")
+                raise OSError(f"a receiving process did not start listening on port {port}")
             if isinstance(notice, tuple):
                 listening += 1
             else:  # an association that ended while the others were starting
