@@ -281,6 +281,11 @@ class Assembler(LoopService):
         # nothing is handed on after the study counts as analysed, and nothing twice.
         with self._lock:
             run = self._runs[run_id]
+        if future.cancelled():  # dropped at shutdown: still 'analysing', re-run at next start
+            with self._lock:
+                self._runs.pop(run_id, None)
+                self._in_flight.pop(study_uid, None)
+            return
         if future.exception() is None and not run.ended.wait(self.series_lag_seconds):
             log.warning("event=series_end_missing study=%s", study_uid)
         with self._lock:

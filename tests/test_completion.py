@@ -109,3 +109,39 @@ def test_worker_warm_up_rehearses_the_whole_pipeline_quietly(caplog) -> None:
         outputs = _warm_up(Settings())
     assert outputs >= 4  # PM, derived MR, overlay and SR at least once each
     assert not [r for r in caplog.records if "study_analysed" in r.getMessage()]
+
+
+def test_analyses_dropped_at_shutdown_run_after_the_next_start(node_factory, caplog) -> None:
+    """Stopping the node cancels analyses still queued for the worker: they are neither
+    failed nor lost (nor an error), but run when the node starts again."""
+    import logging
+
+    from marrownode.node import Node
+    from marrownode.services import Assembler, attach_services
+
+    node = node_factory(completion={"idle_seconds": 600})
+    assembler = next(s for s in node._services if isinstance(s, Assembler))
+    # Keep the worker busy, and the calls the pool hands it early too: what comes next waits.
+    for _ in range(4):
+        assembler._pool.submit(time.sleep, 1.5)
+    studies = [build_study(StudyOptions(style="siemens", study_key=f"queued{i}"))
+               for i in range(2)]
+    port = node.receiver.port
+    for datasets in studies:
+        assert send(port, datasets) == [0] * len(datasets)
+    uids = [datasets[0].StudyInstanceUID for datasets in studies]
+    for uid in uids:
+        wait_state(node, uid, {"analysing"})
+    with caplog.at_level(logging.WARNING):
+        node.stop(grace_seconds=1.0)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [node.index.study(uid)["state"] for uid in uids] == ["analysing", "analysing"]
+
+    again = Node(node.settings)
+    attach_services(again)
+    again.start()
+    try:
+        for uid in uids:
+            wait_state(again, uid, {"analysed"}, timeout=60)
+    finally:
+        again.stop(grace_seconds=2.0)
