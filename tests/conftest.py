@@ -48,6 +48,15 @@ def wait_for_port(port: int, timeout: float = 40.0) -> None:
     raise TimeoutError(f"nothing listening on {LOOPBACK}:{port}")
 
 
+def results_delivered(node: Node, study_uid: str) -> bool:
+    """Analysed and nothing left to send to the first destination (series go out while later
+    ones are encoded, so an empty queue alone can be a pause between two series)."""
+    deliveries = node.index.deliveries(study_uid)
+    study = node.index.study(study_uid) or {}
+    return study.get("state") == "analysed" and bool(deliveries) and (
+        deliveries[0]["pending"] == 0)
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
     """Poll a condition of a running node; fail the test when it never holds."""
     deadline = time.monotonic() + timeout

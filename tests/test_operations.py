@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from marrownode.net.standin import StandInPACS
 from marrownode.services import RetentionSweeper
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
-from tests.conftest import free_port, make_settings, wait_until
+from tests.conftest import free_port, make_settings, results_delivered, wait_until
 from tests.scu import can_associate, send
 
 
@@ -35,15 +35,6 @@ def metrics(port: int) -> dict[tuple[str, tuple], float]:
     return values
 
 
-def delivered(node, study_uid: str) -> bool:
-    """Analysed and nothing left to send (series go out while later ones are encoded, so an
-    empty queue alone can be a pause between two series)."""
-    deliveries = node.index.deliveries(study_uid)
-    study = node.index.study(study_uid) or {}
-    return study.get("state") == "analysed" and bool(deliveries) and (
-        deliveries[0]["pending"] == 0)
-
-
 def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
     pacs = StandInPACS(tmp_path / "pacs").start()
     try:
@@ -61,7 +52,7 @@ def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
         assert send(node.receiver.port, datasets, calling="SCANNER") == [0] * len(datasets)
         assert not can_associate(node.receiver.port, calling="STRANGER")
         study_uid = datasets[0].StudyInstanceUID
-        wait_until(lambda: delivered(node, study_uid))
+        wait_until(lambda: results_delivered(node, study_uid))
         ttr = ("marrownode_time_to_result_seconds_count", (("destination", "pacs"),))
         wait_until(lambda: metrics(http_port).get(ttr, 0) >= 1)
         time.sleep(0.5)  # a second count of the same study would show by now
@@ -120,7 +111,7 @@ def test_retention_removes_exactly_what_is_due(node_factory, tmp_path) -> None:
                       if not (ds.SeriesDescription.endswith("_opp") and ds.InstanceNumber > 10)]
         for datasets in (done, no_dixon):
             assert send(node.receiver.port, datasets) == [0] * len(datasets)
-        wait_until(lambda: delivered(node, done[0].StudyInstanceUID))
+        wait_until(lambda: results_delivered(node, done[0].StudyInstanceUID))
         wait_until(lambda: node.index.study(no_dixon[0].StudyInstanceUID)["state"]
                    == "no_dixon_set")
         # A fourth study whose results cannot be delivered stays pending.

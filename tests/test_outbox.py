@@ -12,7 +12,7 @@ from pydicom.uid import ParametricMapStorage
 from marrownode.net.standin import StandInPACS
 from marrownode.services import Deliverer
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import wait_until, write_config
+from tests.conftest import results_delivered, wait_until, write_config
 from tests.scu import send
 
 
@@ -29,12 +29,7 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
         assert send(node.receiver.port, datasets) == [0] * len(datasets)
         study_uid = datasets[0].StudyInstanceUID
 
-        def settled() -> bool:
-            deliveries = node.index.deliveries(study_uid)
-            analysed = (node.index.study(study_uid) or {}).get("state") == "analysed"
-            return analysed and bool(deliveries) and deliveries[0]["pending"] == 0
-
-        wait_until(settled)
+        wait_until(lambda: results_delivered(node, study_uid))
         (delivery,) = node.index.deliveries(study_uid)
         assert delivery["delivered"] == 37 and delivery["failed"] == 2
         assert "refused" in delivery["failed_reason"]
@@ -121,12 +116,7 @@ def test_series_go_out_while_later_ones_are_encoded_each_file_once(node_factory,
         assert send(node.receiver.port, datasets) == [0] * len(datasets)
         study_uid = datasets[0].StudyInstanceUID
 
-        def done() -> bool:
-            deliveries = node.index.deliveries(study_uid)
-            analysed = (node.index.study(study_uid) or {}).get("state") == "analysed"
-            return analysed and bool(deliveries) and deliveries[0]["pending"] == 0
-
-        wait_until(done)
+        wait_until(lambda: results_delivered(node, study_uid))
         time.sleep(1.0)  # a second copy of anything would arrive now
         report = json.loads(node.index.study(study_uid)["report"])
         outputs = [e for s in report["dixon_sets"] for e in s["outputs"]]

@@ -88,7 +88,6 @@ class Ingestor:
                             type(exc).__name__)
                 header = {"frames": [], "modality": ""}
             header.update(identity)
-            header["sop_class_uid"] = header.get("sop_class_uid") or identity["sop_class_uid"]
             headers[sop_uid] = header
         if headers:
             self.index.set_headers(headers)
