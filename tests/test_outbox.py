@@ -154,3 +154,31 @@ def test_a_batch_of_only_refused_classes_is_a_refusal_not_a_network_failure(tmp_
     assert [r.error for r in results] == ["context_refused"] * len(maps) == ["context_refused"] * 2
     closed = send_batch(files, "127.0.0.1", pacs.port, "STANDIN", "MARROWNODE", timeout=2)
     assert [r.error for r in closed] == ["no_association"] * 2
+
+
+def test_the_reactor_is_parked_before_each_c_store(tmp_path) -> None:
+    """pynetdicom's association reactor can steal a C-STORE response right after the previous
+    C-STORE released it (then the sender waits out the DIMSE timeout). park_reactor leaves it
+    stopped at its closed checkpoint; if a pynetdicom upgrade drops what it relies on, this
+    fails instead of the race coming back unnoticed."""
+    from pynetdicom import AE
+
+    from marrownode.net.sender import park_reactor
+
+    source = build_study(StudyOptions(style="siemens", study_key="park"))[0]
+    pacs = StandInPACS(tmp_path / "pacs").start()
+    ae = AE(ae_title="MARROWNODE")
+    ae.add_requested_context(source.SOPClassUID, source.file_meta.TransferSyntaxUID)
+    association = ae.associate("127.0.0.1", pacs.port, ae_title="STANDIN")
+    try:
+        assert association.is_established
+        assert association.send_c_store(source).Status == 0  # leaves the reactor released
+        assert association._reactor_checkpoint.is_set()
+        park_reactor(association)
+        assert not association._reactor_checkpoint.is_set()
+        for _ in range(20):  # parked: it stays at the checkpoint, round after round
+            assert association._is_paused
+            time.sleep(0.001)
+    finally:
+        association.release()
+        pacs.stop()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pynetdicom import AE, _config
 
@@ -21,6 +23,32 @@ MAX_CONTEXTS = 128
 
 # Send files as they are on disk, without decoding and re-encoding them.
 _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+def park_reactor(association: Any, timeout: float = 0.05) -> None:
+    """Make sure pynetdicom's association reactor is parked before the next C-STORE.
+
+    send_c_store pauses the reactor by clearing its checkpoint and goes ahead once the reactor's
+    "paused" flag is set. Just after the previous send_c_store released the reactor, that flag
+    can still be set from before: the C-STORE is sent, the reactor wakes, takes the response
+    off the queue ("Received unexpected C-STORE service message") and the sender waits out the
+    DIMSE timeout (pynetdicom issue #875; here about one C-STORE in 2,000). Closing the
+    checkpoint, then seeing the reactor leave it and come back to it, removes that window for
+    the price of one reactor round (about 1 ms). Private attributes: if a pynetdicom version
+    lacks them this does nothing.
+    """
+    checkpoint = getattr(association, "_reactor_checkpoint", None)
+    if checkpoint is None or not hasattr(association, "_is_paused"):
+        return
+    checkpoint.clear()
+    deadline = time.monotonic() + timeout
+    left = False
+    while association.is_established and time.monotonic() < deadline:
+        if not association._is_paused:
+            left = True  # it is past the checkpoint and will stop at it next round
+        elif left:
+            return  # back at the closed checkpoint: parked
+        time.sleep(0.0001)
 
 
 @dataclass(frozen=True)
@@ -75,6 +103,7 @@ def send_batch(
             if not file.path.is_file():
                 results.append(SendResult(file.key, None, "unreadable"))
                 continue
+            park_reactor(association)
             try:
                 status = association.send_c_store(file.path)
             except (OSError, ValueError, AttributeError) as exc:
