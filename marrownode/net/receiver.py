@@ -61,8 +61,9 @@ _ASSOCIATION_ID = "_marrownode_association_id"
 
 #: How long pynetdicom's per-association reactor (DUL) sleeps when it finds nothing to do. Its
 #: default, 1 ms, is paid twice on every C-STORE round trip (noticing the request, sending the
-#: response) and caps one association near 300 img/s on 2 cores; at 0.2 ms the same receiver
-#: does ~40 % more, for ~6 % of a core more per association held open and silent (measured in
+#: response) and caps one association near 300 img/s on 2 cores. At 0.2 ms a receiver that
+#: stores nothing does ~40 % more and marrownode 20-30 % more on one association (nothing
+#: measurable on four), for ~6 % of a core more per association held open and silent (see
 #: docs/performance.md). pynetdicom has no public setting for it: if a version drops the
 #: attribute, this does nothing and receiving is only slower.
 DUL_POLL_SECONDS = 0.0002
