@@ -157,7 +157,7 @@ class PynetdicomCeiling(Receiver):
 
     name = "pynetdicom, storing nothing"
     script = """
-import socket, sys, threading
+import socket, sys
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.transport import ThreadedAssociationServer
 class Server(ThreadedAssociationServer):

@@ -81,9 +81,24 @@ def shared_counters() -> Any:
     return context.Array("q", len(_COUNTERS) + len(FAILURE_STATUSES), lock=True)
 
 
+class _Counter:
+    """A ReceiverStats counter, read from the shared array by its slot."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = _COUNTERS.index(name)
+
+    def __get__(self, stats: ReceiverStats, owner: type | None = None) -> int:
+        return int(stats._counters[self.slot])
+
+
 class ReceiverStats:
     """Counters the metrics endpoint reads; updated from receiving threads, and from other
     receiving processes when they share the same counters (see shared_counters)."""
+
+    instances = _Counter()
+    bytes = _Counter()
+    accepted = _Counter()
+    rejected = _Counter()
 
     def __init__(self, counters: Any | None = None) -> None:
         self._counters = counters if counters is not None else shared_counters()
@@ -98,25 +113,6 @@ class ReceiverStats:
             status if status in FAILURE_STATUSES else STATUS_PROCESSING_FAILURE)
         with self._counters.get_lock():
             self._counters[len(_COUNTERS) + slot] += 1
-
-    def _value(self, name: str) -> int:
-        return int(self._counters[_COUNTERS.index(name)])
-
-    @property
-    def instances(self) -> int:
-        return self._value("instances")
-
-    @property
-    def bytes(self) -> int:
-        return self._value("bytes")
-
-    @property
-    def accepted(self) -> int:
-        return self._value("accepted")
-
-    @property
-    def rejected(self) -> int:
-        return self._value("rejected")
 
     @property
     def failures(self) -> dict[int, int]:

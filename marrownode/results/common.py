@@ -87,7 +87,7 @@ def stamp(target: Dataset, sources: SourceSeries, series_description: str) -> No
     copy_patient_study(target, sources.reference)
 
 
-def replace_values(dataset: Dataset, **values: Any) -> None:
+def _replace_values(dataset: Dataset, **values: Any) -> None:
     """Set each keyword to a *new* element: pydicom's setattr changes an existing element in
     place, which would change every sibling that shares it."""
     for keyword, value in values.items():
@@ -99,7 +99,7 @@ def replace_values(dataset: Dataset, **values: Any) -> None:
 def sibling_instance(template: Dataset, sop_instance_uid: str, **values: Any) -> Dataset:
     """Another instance of the template's series, without building and validating it again.
 
-    The new dataset shares the template's elements (never mutated: see replace_values) and has
+    The new dataset shares the template's elements (never mutated: see _replace_values) and has
     its own file meta, SOP Instance UID and the given values. Building a slice this way costs a
     fraction of a highdicom constructor, which checks the whole IOD every time.
     """
@@ -107,7 +107,7 @@ def sibling_instance(template: Dataset, sop_instance_uid: str, **values: Any) ->
     dataset.update(template)
     meta = FileMetaDataset()
     meta.update(template.file_meta)
-    replace_values(meta, MediaStorageSOPInstanceUID=sop_instance_uid)
+    _replace_values(meta, MediaStorageSOPInstanceUID=sop_instance_uid)
     dataset.file_meta = meta
-    replace_values(dataset, SOPInstanceUID=sop_instance_uid, **values)
+    _replace_values(dataset, SOPInstanceUID=sop_instance_uid, **values)
     return dataset

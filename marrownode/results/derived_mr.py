@@ -16,13 +16,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage
 
-from marrownode.results.common import (
-    SourcePlane,
-    SourceSeries,
-    replace_values,
-    sibling_instance,
-    stamp,
-)
+from marrownode.results.common import SourcePlane, SourceSeries, sibling_instance, stamp
 
 #: Kept from the in-phase source: what a viewer needs to place and label the image.
 _KEEP_FROM_SOURCE = (
@@ -68,30 +62,24 @@ def build_derived_mr_series(
         raise ValueError("one SOP Instance UID and one map slice per source plane are needed")
     low, high = value_range
     stored = np.where(np.isfinite(values), np.rint(values), 0).clip(low, high).astype(np.int16)
-    template: Dataset | None = None
+    # The slices of a series differ only in identity, geometry, references and pixels.
+    template = _series_template(sources, stored.shape[1:], label, explanation, value_range,
+                                series_uid, series_number, series_description, sop_uids[0])
     for index, (plane, sop_uid) in enumerate(zip(sources.planes, sop_uids, strict=True)):
-        per_plane = {
-            "InstanceNumber": index + 1,
-            "ImagePositionPatient": list(plane.position),
-            "ImageOrientationPatient": list(plane.orientation),
-            "PixelSpacing": list(plane.pixel_spacing),
-            "SliceThickness": plane.slice_thickness or None,
-            "PixelData": stored[index].tobytes(),
-            "SourceImageSequence": Sequence(
+        yield sibling_instance(
+            template, sop_uid,
+            InstanceNumber=index + 1,
+            ImagePositionPatient=list(plane.position),
+            ImageOrientationPatient=list(plane.orientation),
+            PixelSpacing=list(plane.pixel_spacing),
+            SliceThickness=plane.slice_thickness or None,
+            PixelData=stored[index].tobytes(),
+            SourceImageSequence=Sequence(
                 [_source_item(plane), _source_item(sources.opposed_planes[index])]),
-        }
-        if template is None:
-            template = _first_instance(sources, stored.shape[1:], label, explanation,
-                                       value_range, series_uid, series_number,
-                                       series_description, sop_uid)
-            replace_values(template, **per_plane)
-            yield template
-        else:
-            # The rest of the series differs only in identity, geometry, references, pixels.
-            yield sibling_instance(template, sop_uid, **per_plane)
+        )
 
 
-def _first_instance(
+def _series_template(
     sources: SourceSeries,
     shape: tuple[int, ...],
     label: str,
@@ -102,7 +90,7 @@ def _first_instance(
     series_description: str,
     sop_uid: str,
 ) -> Dataset:
-    """Everything the slices of one map series share."""
+    """Everything the slices of one map series share (each slice is a sibling of it)."""
     low, high = value_range
     reference = sources.reference
     ds = Dataset()

@@ -171,7 +171,8 @@ class Index:
     ) -> str | None:
         """Index one stored instance; return the previous path if this SOP UID was seen before.
 
-        summarised=False: the header holds only the UIDs; summarise_headers() completes it."""
+        summarised=False: the header holds only the UIDs until
+        Ingestor.summarise_pending() completes it."""
         now = time.time() if now is None else now
         sop_uid = header["sop_instance_uid"]
         study_uid = header["study_uid"]
