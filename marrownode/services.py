@@ -237,11 +237,11 @@ class Assembler(LoopService):
             self._assess(study, now, idle)
 
     def _assess(self, study: dict[str, Any], now: float, idle: float) -> None:
-        study_uid, last = study["study_uid"], study["last_received"]
+        study_uid, last, seen = study["study_uid"], study["last_received"], study["dirty"]
         open_associations = bool(self.index.open_association_ids(study_uid))
         if open_associations and now - last < idle:
             self.index.set_study_state(study_uid, WAITING, "sending association still open",
-                                       if_last_received=last)
+                                       if_last_received=last, seen_dirty=seen)
             return
         self.node.ingestor.summarise_pending(study_uid)
         rows = self.index.instances(study_uid)
@@ -249,7 +249,7 @@ class Assembler(LoopService):
         self.index.record_sets(study_uid, decision.sets)
         if decision.state == READY:
             if not self.index.set_study_state(study_uid, ANALYSING, decision.reason,
-                                              if_last_received=last):
+                                              if_last_received=last, seen_dirty=seen):
                 return  # new data arrived meanwhile: assess again
             log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid,
                      len(decision.sets), decision.reason.replace(" ", "_"),
@@ -257,10 +257,10 @@ class Assembler(LoopService):
             self._submit(study_uid, last, [(r.path, r.header) for r in rows])
         elif decision.state == NO_DIXON:
             self.index.set_study_state(study_uid, NO_DIXON, decision.reason,
-                                       if_last_received=last)
+                                       if_last_received=last, seen_dirty=seen)
         else:
             self.index.set_study_state(study_uid, WAITING, decision.reason,
-                                       if_last_received=last)
+                                       if_last_received=last, seen_dirty=seen)
 
     def _submit(self, study_uid: str, last: float, instances: list[tuple[str, dict]]) -> None:
         out_dir = self.node.spool.results_dir(study_uid)

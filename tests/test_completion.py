@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 
 from marrownode.synthetic.studies import StudyOptions, build_study
@@ -43,6 +44,42 @@ def test_complete_set_is_picked_up_within_2s_of_release(node_factory) -> None:
     assert report["dixon_sets"][0]["foci"], "the lesion is found by the node's pipeline too"
     status = node.index.status()["studies"][0]
     assert status["dixon_sets"][0]["state"] == "analysed"
+
+
+def test_an_association_ending_while_its_study_is_assessed_is_not_missed(node_factory) -> None:
+    """The receiver may record the end of an association between the assessor's look at open
+    associations and its 'waiting' verdict. That event must survive the verdict: the study is
+    assessed again at once, not left waiting for the idle timer (600 s here). The interleaving
+    is forced by closing the association in the index inside that window."""
+    node = node_factory(completion={"idle_seconds": 600})
+    datasets = build_study(StudyOptions(style="siemens", study_key="window"))
+    study_uid = datasets[0].StudyInstanceUID
+    all_sent = threading.Event()
+    closed_in_window: list[str] = []
+    read_open_associations = node.index.open_association_ids
+
+    def read_then_end(uid: str) -> set[str]:
+        open_ids = read_open_associations(uid)
+        if uid == study_uid and open_ids and all_sent.is_set() and not closed_in_window:
+            for association_id in open_ids:  # as the receiver would, just after the read
+                node.index.close_association(association_id)
+            closed_in_window.extend(open_ids)
+        return open_ids
+
+    node.index.open_association_ids = read_then_end  # type: ignore[method-assign]
+    ae = storage_ae("SCANNER", datasets)
+    association = ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
+    nodelay(association)
+    try:
+        for ds in datasets:
+            assert association.send_c_store(ds).Status == 0
+        all_sent.set()
+        # The real association stays open: only the event recorded in the window can end it.
+        study = wait_state(node, study_uid, {"analysed"}, timeout=20)
+        assert closed_in_window, "the window was never exercised"
+        assert study["dirty"] == 0
+    finally:
+        association.release()
 
 
 def test_idle_timer_decides_when_headers_cannot(node_factory) -> None:

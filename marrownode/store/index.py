@@ -23,7 +23,7 @@ CREATE TABLE IF NOT EXISTS studies (
     study_uid        TEXT PRIMARY KEY,
     state            TEXT NOT NULL,
     reason           TEXT NOT NULL DEFAULT '',
-    dirty            INTEGER NOT NULL DEFAULT 1,
+    dirty            INTEGER NOT NULL DEFAULT 1,  -- events not yet assessed
     first_received   REAL NOT NULL,
     last_received    REAL NOT NULL,
     updated_at       REAL NOT NULL,
@@ -201,7 +201,7 @@ class Index:
                                         last_received, updated_at)
                    VALUES (?, 'receiving', '', 1, ?, ?, ?)
                    ON CONFLICT (study_uid) DO UPDATE SET
-                       state = 'receiving', reason = '', dirty = 1,
+                       state = 'receiving', reason = '', dirty = dirty + 1,
                        last_received = excluded.last_received, updated_at = excluded.updated_at""",
                 (study_uid, now, now, now),
             )
@@ -248,7 +248,7 @@ class Index:
             )
             # A study whose data came over this association may now be complete: look again.
             db.execute(
-                """UPDATE studies SET dirty = 1 WHERE study_uid IN
+                """UPDATE studies SET dirty = dirty + 1 WHERE study_uid IN
                    (SELECT DISTINCT study_uid FROM instances WHERE association_id = ?)""",
                 (association_id,),
             )
@@ -260,7 +260,7 @@ class Index:
                 "UPDATE associations SET closed_at = ? WHERE closed_at IS NULL",
                 (time.time() if now is None else now,),
             )
-            db.execute("UPDATE studies SET dirty = 1 WHERE state NOT IN ('analysed')")
+            db.execute("UPDATE studies SET dirty = dirty + 1 WHERE state NOT IN ('analysed')")
             return cursor.rowcount
 
     def open_association_ids(self, study_uid: str) -> set[str]:
@@ -298,7 +298,7 @@ class Index:
         """Studies with new data or events, and waiting studies whose idle timer has run out."""
         rows = self._connection().execute(
             """SELECT * FROM studies
-               WHERE dirty = 1 OR (state = 'waiting' AND last_received <= ?)
+               WHERE dirty > 0 OR (state = 'waiting' AND last_received <= ?)
                ORDER BY last_received""",
             (now - idle_seconds,),
         ).fetchall()
@@ -311,11 +311,21 @@ class Index:
         reason: str = "",
         report: dict[str, Any] | None = None,
         if_last_received: float | None = None,
+        seen_dirty: int | None = None,
     ) -> bool:
-        """Move a study to a new state; refuse if new data arrived since if_last_received."""
+        """Move a study to a new state; refuse if new data arrived since if_last_received.
+
+        seen_dirty: the study's dirty count the decision was made on. Only those events are
+        cleared: an association that ended while the decision was being made leaves the study
+        dirty, so it is assessed again at once instead of waiting for the idle timer."""
         with self.transaction() as db:
-            query = "UPDATE studies SET state = ?, reason = ?, dirty = 0, updated_at = ?"
+            query = "UPDATE studies SET state = ?, reason = ?, updated_at = ?"
             params: list[Any] = [state, reason, time.time()]
+            if seen_dirty is None:
+                query += ", dirty = 0"
+            else:
+                query += ", dirty = MAX(dirty - ?, 0)"
+                params.append(seen_dirty)
             if report is not None:
                 query += ", report = ?"
                 params.append(json.dumps(report))
