@@ -110,3 +110,88 @@ def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes,
         finally:
             _config.STORE_SEND_CHUNKED_DATASET = previous
             association.release()
+
+
+class RawRequestor:
+    """A requestor on a bare socket, its PDUs encoded by pynetdicom's PDU classes (not ours):
+    for what no well-behaved sender does, such as aborting halfway through a data set."""
+
+    def __init__(self, port: int, called: str = "MARROWNODE", timeout: float = 10.0) -> None:
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_pdu(self) -> tuple[int, bytes]:
+        """(type, body) of the next PDU; (0, b'') once the node has closed the connection."""
+        header = self._exact(6)
+        if len(header) < 6:
+            return 0, b""
+        return header[0], self._exact(int.from_bytes(header[2:6], "big"))
+
+    def _exact(self, length: int) -> bytes:
+        data = b""
+        while len(data) < length:
+            chunk = self.sock.recv(length - len(data))
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    @staticmethod
+    def associate_rq(sop_class: str, transfer_syntax: str, called: str = "MARROWNODE",
+                     calling: str = "RAWSCU") -> bytes:
+        from pynetdicom.pdu import A_ASSOCIATE_RQ
+        from pynetdicom.pdu_primitives import (
+            A_ASSOCIATE,
+            ImplementationClassUIDNotification,
+            MaximumLengthNotification,
+        )
+        from pynetdicom.presentation import build_context
+
+        primitive = A_ASSOCIATE()
+        primitive.application_context_name = "1.2.840.10008.3.1.1.1"
+        primitive.calling_ae_title, primitive.called_ae_title = calling, called
+        maximum = MaximumLengthNotification()
+        maximum.maximum_length_received = 16382
+        implementation = ImplementationClassUIDNotification()
+        implementation.implementation_class_uid = "1.2.826.0.1.3680043.9.3811.2"
+        primitive.user_information = [maximum, implementation]
+        context = build_context(sop_class, transfer_syntax)
+        context.context_id = 1
+        primitive.presentation_context_definition_list = [context]
+        pdu = A_ASSOCIATE_RQ()
+        pdu.from_primitive(primitive)
+        return pdu.encode()
+
+    @staticmethod
+    def c_store_pdus(dataset: Dataset, max_pdu: int = 16382) -> list[bytes]:
+        """The P-DATA-TF PDUs of one C-STORE-RQ for dataset, on presentation context 1."""
+        from io import BytesIO
+
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_dataset
+        from pynetdicom.dimse_messages import C_STORE_RQ
+        from pynetdicom.dimse_primitives import C_STORE
+        from pynetdicom.pdu import P_DATA_TF
+
+        encoded = DicomBytesIO()
+        encoded.is_little_endian, encoded.is_implicit_VR = True, False  # the context's syntax
+        write_dataset(encoded, dataset)
+        request = C_STORE()
+        request.MessageID = 1
+        request.AffectedSOPClassUID = dataset.SOPClassUID
+        request.AffectedSOPInstanceUID = dataset.SOPInstanceUID
+        request.Priority = 2
+        request.DataSet = BytesIO(encoded.getvalue())
+        message = C_STORE_RQ()
+        message.primitive_to_message(request)
+        pdus = []
+        for primitive in message.encode_msg(1, max_pdu):
+            pdu = P_DATA_TF()
+            pdu.from_primitive(primitive)
+            pdus.append(pdu.encode())
+        return pdus
+
+    def close(self) -> None:
+        self.sock.close()

@@ -253,23 +253,3 @@ def test_receiving_processes_do_not_outlive_a_killed_node(serve_process, tmp_pat
                                              for pid in alive]
         time.sleep(0.1)
     assert not can_associate(settings.node.port)
-
-
-def test_associations_poll_at_the_receivers_interval(node_factory) -> None:
-    """pynetdicom's reactor delay has no public setting; if an upgrade drops the attribute the
-    node still works, only slower. This notices it."""
-    from pynetdicom import AE
-    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-
-    from marrownode.net.receiver import DUL_POLL_SECONDS
-
-    node = node_factory()
-    ae = AE(ae_title="PROBE")
-    ae.add_requested_context(Verification)
-    association = ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
-    assert association.is_established
-    try:
-        (accepted,) = node.receiver.ae.active_associations
-        assert accepted.dul._run_loop_delay == DUL_POLL_SECONDS < 0.001
-    finally:
-        association.release()

@@ -1,15 +1,20 @@
-"""The storage SCP: pynetdicom events in, ingest calls out.
+"""The storage SCP: associations in, ingest calls out, over marrownode's own upper layer.
 
-The receiving threads do only the durable write (no pixel decoding, no analysis); everything else
-happens after the index records it. Association lifecycle events are recorded so the assembler
-knows when a sender has finished.
+Each association is one thread doing blocking reads of whole PDUs (net/pdu, net/dimse): the
+data set is written as the bytes that arrived, never decoded, and the C-STORE response goes back
+as soon as the file is durable and indexed. pynetdicom's acceptor did the same job with two
+polling threads per association and several times the CPU per instance; replacing it took
+ingest from 0.65x to above Orthanc (docs/performance.md). Association lifecycle events are
+recorded so the assembler knows when a sender has finished.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import socket
+import socketserver
 import ssl
 import threading
 import time
@@ -18,12 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom import uid as pd_uid
-from pydicom.dataset import Dataset
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from marrownode.config import NodeSettings
+from marrownode.net import dimse, pdu
 from marrownode.store.ingest import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_DATASET_MISMATCH,
@@ -35,8 +39,8 @@ from marrownode.store.ingest import (
 
 log = logging.getLogger(__name__)
 
-#: Every transfer syntax a scanner or PACS commonly sends, in order of preference: pynetdicom
-#: accepts the first of ours the requestor proposes, so lossless compressed data is kept as sent,
+#: Every transfer syntax a scanner or PACS commonly sends, in order of preference: the first of
+#: ours that the requestor proposes is accepted, so lossless compressed data is kept as sent,
 #: and lossy syntaxes are accepted only when nothing lossless was offered.
 ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
     pd_uid.RLELossless,
@@ -56,18 +60,14 @@ ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
     pd_uid.JPEG2000,
     pd_uid.HTJ2K,
 ]
-
-_ASSOCIATION_ID = "_marrownode_association_id"
-
-#: How long pynetdicom's per-association reactor (DUL) sleeps when it finds nothing to do. Its
-#: default, 1 ms, is paid twice on every C-STORE round trip (noticing the request, sending the
-#: response) and caps one association near 300 img/s on 2 cores. At 0.2 ms a receiver that
-#: stores nothing does ~40 % more and marrownode 20-30 % more on one association (nothing
-#: measurable on four), for ~6 % of a core more per association held open and silent (see
-#: docs/performance.md). pynetdicom has no public setting for it: if a version drops the
-#: attribute, this does nothing and receiving is only slower.
-DUL_POLL_SECONDS = 0.0002
-
+#: Verification carries no data set: any uncompressed syntax will do.
+_VERIFICATION_SYNTAXES = [pd_uid.ImplicitVRLittleEndian, pd_uid.ExplicitVRLittleEndian,
+                          pd_uid.ExplicitVRBigEndian, pd_uid.DeflatedExplicitVRLittleEndian]
+#: Abstract syntax -> the transfer syntaxes accepted for it, in order of preference.
+SUPPORTED_CONTEXTS: dict[str, list[str]] = {
+    **{str(c.abstract_syntax): ACCEPTED_TRANSFER_SYNTAXES for c in AllStoragePresentationContexts},
+    str(Verification): _VERIFICATION_SYNTAXES,
+}
 
 #: Statuses the storage handler can answer with on failure (each has its own counter).
 FAILURE_STATUSES = (STATUS_OUT_OF_RESOURCES, STATUS_DATASET_MISMATCH, STATUS_CANNOT_UNDERSTAND,
@@ -120,24 +120,57 @@ class ReceiverStats:
         return {status: int(n) for status, n in zip(FAILURE_STATUSES, counts, strict=True) if n}
 
 
-class _ListeningServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server with TCP_NODELAY set before it listens (accepted sockets
-    inherit it; without it every small C-STORE response waits for Nagle's algorithm)."""
+class _Server(socketserver.ThreadingTCPServer):
+    """Accepts connections and runs each association in its own thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], receiver: Receiver, shared_port: bool) -> None:
+        self.receiver = receiver
+        self.shared_port = shared_port
+        super().__init__(address, socketserver.BaseRequestHandler)
 
     def server_bind(self) -> None:
-        assert self.socket is not None
+        # Accepted sockets inherit TCP_NODELAY: without it every small C-STORE response waits
+        # for Nagle's algorithm. SO_REUSEPORT: the node's other receiving processes listen on
+        # the same port and the kernel spreads incoming associations over them.
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.shared_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
 
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        self.receiver._serve_connection(request, client_address)
 
-class _SharedPortServer(_ListeningServer):
-    """The same, on a port that the node's other receiving processes listen on too: the kernel
-    spreads incoming associations over them (SO_REUSEPORT)."""
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("event=connection_error")
 
-    def server_bind(self) -> None:
-        assert self.socket is not None
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
+
+class _Association:
+    """One connection from a requestor, as the receiver follows it."""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.association_id = ""
+        self.calling_ae = ""
+        self.established = False
+        self.stopping = False  # the node aborts it at shutdown
+        self._send_lock = threading.Lock()
+
+    def send(self, data: bytes) -> None:
+        with self._send_lock:
+            self.sock.sendall(data)
+
+    def abort(self, source: int, reason: int) -> None:
+        """Send A-ABORT and close; a blocked read in the association's thread then ends."""
+        with contextlib.suppress(OSError):
+            self.send(pdu.abort(source, reason))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
@@ -170,18 +203,10 @@ class Receiver:
         self.on_association_end = on_association_end
         self.stats = stats if stats is not None else ReceiverStats()
         self.shared_port = shared_port
-        self.ae = AE(ae_title=settings.ae_title)
-        self.ae.maximum_associations = settings.max_associations
-        self.ae.network_timeout = settings.network_timeout_seconds
-        self.ae.acse_timeout = settings.network_timeout_seconds
-        self.ae.dimse_timeout = settings.network_timeout_seconds
-        self.ae.maximum_pdu_size = settings.maximum_pdu_size
-        self.ae.require_called_aet = True
-        self.ae.require_calling_aet = list(settings.allowed_calling_aets)
-        self.ae.add_supported_context(Verification)
-        for context in AllStoragePresentationContexts:
-            self.ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
-        self._server: ThreadedAssociationServer | None = None
+        self._ssl_context = build_ssl_context(settings)
+        self._server: _Server | None = None
+        self._associations: set[_Association] = set()
+        self._lock = threading.Lock()
 
     @property
     def port(self) -> int:
@@ -192,23 +217,9 @@ class Receiver:
     def start(self) -> None:
         if not self.settings.allowed_calling_aets:
             log.warning("event=allow_list_empty detail=any calling AE title is accepted")
-        handlers = [
-            (evt.EVT_CONN_OPEN, self._handle_connection),
-            (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_ACCEPTED, self._handle_accepted),
-            (evt.EVT_REJECTED, self._handle_rejected),
-            (evt.EVT_RELEASED, self._handle_ended),
-            (evt.EVT_ABORTED, self._handle_ended),
-        ]
-        server = self.ae.make_server(
-            (self.settings.host, self.settings.port),
-            ssl_context=build_ssl_context(self.settings),
-            evt_handlers=handlers,
-            server_class=_SharedPortServer if self.shared_port else _ListeningServer,
-        )
-        # As AE.start_server(block=False) does: the AE shuts it down with the others.
-        self.ae._servers.append(server)
-        threading.Thread(target=server.serve_forever, name="listener", daemon=True).start()
+        server = _Server((self.settings.host, self.settings.port), self, self.shared_port)
+        threading.Thread(target=server.serve_forever, args=(0.2,), name="listener",
+                         daemon=True).start()
         self._server = server
         log.info(
             "event=listening ae_title=%s host=%s port=%d tls=%s",
@@ -223,77 +234,239 @@ class Receiver:
     def active_associations(self) -> int:
         return len(self._in_flight())
 
-    def _in_flight(self) -> list:
-        """Associations still exchanging data (released ones may linger until the peer closes)."""
-        return [a for a in self.ae.active_associations if a.is_established]
+    def _in_flight(self) -> list[_Association]:
+        """Associations accepted and not yet released or aborted."""
+        with self._lock:
+            return [a for a in self._associations if a.established]
 
     def stop(self, grace_seconds: float = 10.0) -> None:
         """Stop listening, let in-flight associations finish, then abort what is left."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
         deadline = time.monotonic() + grace_seconds
         while self._in_flight() and time.monotonic() < deadline:
             time.sleep(0.05)
         remaining = self._in_flight()
         for association in remaining:
-            association.abort()
+            association.stopping = True
+            association.abort(pdu.ABORT_SERVICE_USER, pdu.ABORT_NOT_SPECIFIED)
         if remaining:
             log.warning("event=associations_aborted count=%d", len(remaining))
-        self.ae.shutdown()
+        deadline = time.monotonic() + 2.0  # their threads record the end, then leave
+        while self._in_flight() and time.monotonic() < deadline:
+            time.sleep(0.02)
 
-    # --- handlers (run in pynetdicom's association threads) ------------------------------------
+    # --- one association, in its own thread --------------------------------------------------
 
-    def _handle_connection(self, event: evt.Event) -> None:
-        dul = event.assoc.dul
-        if hasattr(dul, "_run_loop_delay"):
-            dul._run_loop_delay = DUL_POLL_SECONDS
-
-    def _handle_accepted(self, event: evt.Event) -> None:
-        association_id = uuid.uuid4().hex
-        setattr(event.assoc, _ASSOCIATION_ID, association_id)
-        requestor = event.assoc.requestor
-        self.stats.add(accepted=1)
-        self.ingestor.index.open_association(
-            association_id, requestor.ae_title, f"{requestor.address}:{requestor.port}"
-        )
-        log.info(
-            "event=association_accepted association=%s calling_aet=%s peer=%s",
-            association_id, requestor.ae_title, requestor.address,
-        )
-
-    def _handle_rejected(self, event: evt.Event) -> None:
-        requestor = event.assoc.requestor
-        self.stats.add(rejected=1)
-        log.warning(
-            "event=association_rejected calling_aet=%s called_aet=%s peer=%s",
-            requestor.ae_title, event.assoc.acceptor.ae_title, requestor.address,
-        )
-
-    def _handle_ended(self, event: evt.Event) -> None:
-        association_id = getattr(event.assoc, _ASSOCIATION_ID, None)
-        if association_id is None:
-            return
-        self.ingestor.index.close_association(association_id)
-        log.info("event=association_ended association=%s how=%s",
-                 association_id, event.event.name)
-        if self.on_association_end is not None:
-            self.on_association_end(association_id)
-
-    def _handle_store(self, event: evt.Event) -> int | Dataset:
-        association_id = getattr(event.assoc, _ASSOCIATION_ID, None)
-        encoded = event.encoded_dataset(include_meta=True)
+    def _serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.settimeout(self.settings.network_timeout_seconds)  # also the ARTIM timer
+        peer = f"{address[0]}:{address[1]}"
+        if self._ssl_context is not None:
+            try:
+                sock = self._ssl_context.wrap_socket(sock, server_side=True)
+            except (OSError, ValueError) as exc:
+                log.warning("event=tls_handshake_failed peer=%s error=%s", address[0],
+                            type(exc).__name__)
+                return
+        association = _Association(sock, peer)
+        with self._lock:
+            self._associations.add(association)
+        how = "connection_lost"
         try:
-            outcome = self.ingestor.store(encoded, association_id)
+            how = self._run(association)
+        except pdu.ProtocolError as exc:
+            how = "protocol_error"
+            log.warning("event=protocol_error association=%s peer=%s detail=%s",
+                        association.association_id or "-", address[0], exc)
+            association.abort(pdu.ABORT_SERVICE_PROVIDER, exc.reason)
+        except TimeoutError:
+            how = "timeout"
+            log.warning("event=association_timeout association=%s peer=%s seconds=%g",
+                        association.association_id or "-", address[0],
+                        self.settings.network_timeout_seconds)
+            association.abort(pdu.ABORT_SERVICE_PROVIDER, pdu.ABORT_NOT_SPECIFIED)
+        except (pdu.PeerClosed, OSError):
+            pass
+        finally:
+            try:
+                if association.established:
+                    self._ended(association, "aborted_at_shutdown" if association.stopping
+                                else how)
+            finally:
+                with self._lock:
+                    self._associations.discard(association)
+
+    def _run(self, association: _Association) -> str:
+        """Negotiate, then serve messages until release or abort; returns how it ended."""
+        pdu_type, body = pdu.read_pdu(association.sock, pdu.MAX_ASSOCIATE_RQ_BYTES)
+        if pdu_type != pdu.A_ASSOCIATE_RQ:
+            raise pdu.ProtocolError(f"PDU type 0x{pdu_type:02x} before association",
+                                    pdu.ABORT_UNEXPECTED_PDU)
+        request = pdu.parse_associate_rq(body)
+        accept = self._accept_or_reject(association, request)
+        if accept is None:
+            return "rejected"
+        message = _MessageAssembler(accept)
+        while True:
+            pdu_type, body = pdu.read_pdu(association.sock, self.settings.maximum_pdu_size)
+            if pdu_type == pdu.P_DATA_TF:
+                for context_id, command, data_set in message.feed(body):
+                    self._dispatch(association, accept, context_id, command, data_set)
+            elif pdu_type == pdu.A_RELEASE_RQ:
+                association.send(pdu.release_rp())
+                return "released"
+            elif pdu_type == pdu.A_ABORT:
+                return "aborted"
+            else:
+                raise pdu.ProtocolError(f"unexpected PDU type 0x{pdu_type:02x}",
+                                        pdu.ABORT_UNEXPECTED_PDU)
+
+    def _rejection(self, request: pdu.AssociateRequest) -> tuple[int, int, int] | None:
+        """(result, source, reason) if the association is to be rejected, as PS3.8 9.3.4."""
+        allowed = self.settings.allowed_calling_aets
+        if not request.protocol_version & 0x0001:
+            return pdu.REJECTED_PERMANENT, pdu.SOURCE_ACSE, pdu.REASON_PROTOCOL_VERSION
+        if request.application_context != pdu.APPLICATION_CONTEXT:
+            return pdu.REJECTED_PERMANENT, pdu.SOURCE_SERVICE_USER, pdu.REASON_APPLICATION_CONTEXT
+        if request.called_ae != self.settings.ae_title:
+            return pdu.REJECTED_PERMANENT, pdu.SOURCE_SERVICE_USER, pdu.REASON_CALLED_AE
+        if allowed and request.calling_ae not in allowed:
+            return pdu.REJECTED_PERMANENT, pdu.SOURCE_SERVICE_USER, pdu.REASON_CALLING_AE
+        return None
+
+    def _accept_or_reject(self, association: _Association,
+                          request: pdu.AssociateRequest) -> pdu.AssociateAccept | None:
+        rejection = self._rejection(request)
+        with self._lock:
+            if rejection is None and (sum(a.established for a in self._associations)
+                                      >= self.settings.max_associations):
+                rejection = (pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
+                             pdu.REASON_LOCAL_LIMIT)
+            association.established = rejection is None
+        if rejection is not None:
+            association.send(pdu.associate_rj(*rejection))
+            self.stats.add(rejected=1)
+            log.warning(
+                "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%d",
+                request.calling_ae, request.called_ae, association.peer.rsplit(":", 1)[0],
+                rejection[2],
+            )
+            return None
+        accept = pdu.AssociateAccept(
+            request, tuple(_negotiate(c) for c in request.contexts),
+            self.settings.maximum_pdu_size, dimse.IMPLEMENTATION_CLASS_UID,
+            dimse.IMPLEMENTATION_VERSION)
+        association.association_id = uuid.uuid4().hex
+        association.calling_ae = request.calling_ae
+        self.ingestor.index.open_association(association.association_id, request.calling_ae,
+                                             association.peer)
+        association.send(accept.encode())
+        self.stats.add(accepted=1)
+        log.info("event=association_accepted association=%s calling_aet=%s peer=%s",
+                 association.association_id, request.calling_ae,
+                 association.peer.rsplit(":", 1)[0])
+        return accept
+
+    def _ended(self, association: _Association, how: str) -> None:
+        self.ingestor.index.close_association(association.association_id)
+        log.info("event=association_ended association=%s how=%s",
+                 association.association_id, how)
+        if self.on_association_end is not None:
+            self.on_association_end(association.association_id)
+
+    def _dispatch(self, association: _Association, accept: pdu.AssociateAccept,
+                  context_id: int, command: dimse.Command, data_set: list[memoryview]) -> None:
+        comment = ""
+        if command.field == dimse.C_STORE_RQ:
+            status, comment = self._store(association, accept.accepted[context_id][1],
+                                          command, data_set)
+        elif command.field == dimse.C_ECHO_RQ:
+            status = STATUS_SUCCESS
+        elif command.field == dimse.C_CANCEL_RQ or command.field & 0x8000:
+            return  # nothing to answer
+        else:
+            status = dimse.STATUS_UNRECOGNIZED_OPERATION
+        response = dimse.response(command, status, comment)
+        association.send(pdu.p_data(context_id, response, command=True,
+                                    max_pdu_length=accept.request.max_pdu_length))
+
+    def _store(self, association: _Association, transfer_syntax: str, command: dimse.Command,
+               data_set: list[memoryview]) -> tuple[int, str]:
+        """Store one instance; the status and error comment to answer with."""
+        if not data_set:
+            self.stats.failed(STATUS_CANNOT_UNDERSTAND)
+            return STATUS_CANNOT_UNDERSTAND, "C-STORE request without a data set"
+        meta = dimse.file_meta(command.uid(dimse.AFFECTED_SOP_CLASS),
+                               command.uid(dimse.AFFECTED_SOP_INSTANCE), transfer_syntax,
+                               association.calling_ae)
+        encoded = b"".join([meta, *data_set])
+        try:
+            outcome = self.ingestor.store(encoded, association.association_id)
         except Exception:
-            log.exception("event=store_error association=%s", association_id)
+            log.exception("event=store_error association=%s", association.association_id)
             self.stats.failed(STATUS_PROCESSING_FAILURE)
-            return STATUS_PROCESSING_FAILURE
+            return STATUS_PROCESSING_FAILURE, "internal error while storing"
         if outcome.status != STATUS_SUCCESS:
             self.stats.failed(outcome.status)
-            status = Dataset()
-            status.Status = outcome.status
-            status.ErrorComment = outcome.comment[:64]
-            return status
+            return outcome.status, outcome.comment
         self.stats.add(instances=1, bytes=len(encoded))
-        return STATUS_SUCCESS
+        return STATUS_SUCCESS, ""
+
+
+def _negotiate(context: pdu.ProposedContext) -> pdu.ContextResult:
+    """Accept a storage or verification context with the first of our transfer syntaxes the
+    requestor proposes."""
+    ours = SUPPORTED_CONTEXTS.get(context.abstract_syntax)
+    if ours is None:
+        return pdu.ContextResult(context.context_id, pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED,
+                                 pd_uid.ImplicitVRLittleEndian)
+    for syntax in ours:
+        if syntax in context.transfer_syntaxes:
+            return pdu.ContextResult(context.context_id, pdu.ACCEPTANCE, syntax)
+    return pdu.ContextResult(context.context_id, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED,
+                             pd_uid.ImplicitVRLittleEndian)
+
+
+class _MessageAssembler:
+    """Joins PDV fragments into DIMSE messages: (context id, command, data set fragments)."""
+
+    def __init__(self, accept: pdu.AssociateAccept) -> None:
+        self.accepted = accept.accepted
+        self._command_parts: list[bytes] = []
+        self._data_parts: list[memoryview] = []
+        self._command: dimse.Command | None = None
+        self._context_id = 0
+
+    def feed(self, body: bytes | bytearray) -> list[tuple[int, dimse.Command, list[memoryview]]]:
+        complete = []
+        for context_id, control, fragment in pdu.pdvs(body):
+            if context_id not in self.accepted:
+                raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was "
+                                        "not accepted")
+            if control & 0x01:  # a command fragment
+                if self._command is not None:
+                    raise pdu.ProtocolError("a command before the previous data set ended",
+                                            pdu.ABORT_UNEXPECTED_PDU)
+                self._command_parts.append(bytes(fragment))
+                if control & 0x02:
+                    try:
+                        command = dimse.Command.parse(b"".join(self._command_parts))
+                    except dimse.CommandError as exc:
+                        raise pdu.ProtocolError(str(exc)) from exc
+                    self._command_parts = []
+                    if command.has_data_set:
+                        self._command, self._context_id = command, context_id
+                    else:
+                        complete.append((context_id, command, []))
+            else:
+                if self._command is None or context_id != self._context_id:
+                    raise pdu.ProtocolError("a data set fragment without its command",
+                                            pdu.ABORT_UNEXPECTED_PDU)
+                self._data_parts.append(fragment)
+                if control & 0x02:
+                    complete.append((context_id, self._command, self._data_parts))
+                    self._command, self._data_parts = None, []
+        return complete
