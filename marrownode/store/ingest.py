@@ -17,6 +17,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from marrownode.dixon.header import summarise
+from marrownode.store.identity import Identity, read_identity
 from marrownode.store.index import Index
 from marrownode.store.spool import OutOfSpace, Spool
 
@@ -51,30 +52,19 @@ class Ingestor:
 
         Only what the acknowledgement needs: the header summary the assembler reads is made
         later, off the receiving path (summarise_pending)."""
-        try:
-            dataset = dcmread(BytesIO(encoded), stop_before_pixels=True,
-                              specific_tags=_IDENTITY_TAGS)
-            meta = dataset.file_meta
-            transfer_syntax = str(meta.TransferSyntaxUID)
-            sop_uid = str(dataset.SOPInstanceUID)
-            study_uid = str(dataset.StudyInstanceUID)
-            series_uid = str(dataset.SeriesInstanceUID)
-            sop_class_uid = str(dataset.get("SOPClassUID", ""))
-        except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError,
-                OSError, NotImplementedError) as exc:
-            log.warning("event=store_rejected reason=unreadable_dataset error=%s",
-                        type(exc).__name__)
-            return IngestOutcome(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}"[:64])
-        if not (sop_uid and study_uid and series_uid):
+        identity = read_identity(encoded) or _read_identity_with_pydicom(encoded)
+        if isinstance(identity, IngestOutcome):
+            return identity
+        if not (identity.sop_instance_uid and identity.study_uid and identity.series_uid):
             return IngestOutcome(STATUS_CANNOT_UNDERSTAND, "missing Study/Series/SOP UID")
-        declared = str(getattr(meta, "MediaStorageSOPInstanceUID", sop_uid))
-        if declared != sop_uid:
+        if identity.media_sop_instance_uid != identity.sop_instance_uid:
             return IngestOutcome(
                 STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from the request's UID"
             )
-        identity = {"study_uid": study_uid, "series_uid": series_uid,
-                    "sop_instance_uid": sop_uid, "sop_class_uid": sop_class_uid}
-        return identity, transfer_syntax
+        header = {"study_uid": identity.study_uid, "series_uid": identity.series_uid,
+                  "sop_instance_uid": identity.sop_instance_uid,
+                  "sop_class_uid": identity.sop_class_uid}
+        return header, identity.transfer_syntax
 
     def summarise_pending(self, study_uid: str) -> int:
         """Complete the header summaries of a study's instances stored since the last call
@@ -137,3 +127,25 @@ class Ingestor:
                                        summarised=False)
             reindexed += 1
         return removed, reindexed
+
+
+def _read_identity_with_pydicom(encoded: bytes) -> Identity | IngestOutcome:
+    """What read_identity leaves to pydicom: other encodings, and files it cannot walk."""
+    try:
+        dataset = dcmread(BytesIO(encoded), stop_before_pixels=True,
+                          specific_tags=_IDENTITY_TAGS)
+        meta = dataset.file_meta
+        sop_uid = str(dataset.SOPInstanceUID)
+        return Identity(
+            study_uid=str(dataset.StudyInstanceUID),
+            series_uid=str(dataset.SeriesInstanceUID),
+            sop_instance_uid=sop_uid,
+            sop_class_uid=str(dataset.get("SOPClassUID", "")),
+            transfer_syntax=str(meta.TransferSyntaxUID),
+            media_sop_instance_uid=str(getattr(meta, "MediaStorageSOPInstanceUID", sop_uid)),
+        )
+    except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError,
+            OSError, NotImplementedError) as exc:
+        log.warning("event=store_rejected reason=unreadable_dataset error=%s",
+                    type(exc).__name__)
+        return IngestOutcome(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}"[:64])
