@@ -5,7 +5,8 @@
 
 Sections: ingest (one and four parallel associations, DCMTK storescu as the sender; receivers
 DCMTK storescp, Orthanc, marrownode with one and with one-per-core receiving processes, and
-pynetdicom storing nothing, the ceiling of any pynetdicom-based receiver), time to result (spine
+pynetdicom storing nothing: the ceiling of the pynetdicom receive path marrownode replaced with its
+own upper layer, kept for reference), time to result (spine
 and whole-body), analysis stages with the worker's peak RSS and the send to a PACS. Every
 DCMTK/Orthanc process gets TCP_NODELAY=1, or Nagle's algorithm would make every figure
 meaningless. marrownode is measured once it is up (its analysis worker warmed up), as in service.
@@ -153,7 +154,7 @@ class MarrowNode(Receiver):
 
 class PynetdicomCeiling(Receiver):
     """pynetdicom with a C-STORE handler that stores nothing: the most any pynetdicom-based
-    receiver can do on this machine, for reading marrownode's figures against."""
+    receiver can do on this machine, the reason marrownode receives over its own upper layer."""
 
     name = "pynetdicom, storing nothing"
     script = """

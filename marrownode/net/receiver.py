@@ -298,6 +298,7 @@ class Receiver:
             finally:
                 with self._lock:
                     self._associations.discard(association)
+                association.sock.close()  # the TLS wrapper too; the server closes the rest
 
     def _run(self, association: _Association) -> str:
         """Negotiate, then serve messages until release or abort; returns how it ended."""
