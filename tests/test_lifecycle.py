@@ -218,3 +218,30 @@ def test_an_index_from_schema_version_1_is_migrated(tmp_path) -> None:
     index = Index(path)
     (row,) = index.instances("1.1")
     assert row.summarised and index.unsummarised("1.1") == []
+
+
+def test_concurrent_writers_of_two_index_objects_all_commit(tmp_path) -> None:
+    """Four threads on each of two Index objects over one file (as the ingest connection and the
+    node's own share it): every write lands, and nothing deadlocks on the two locks."""
+    path = tmp_path / "index.sqlite3"
+    indexes = [Index(path, synchronous="NORMAL"), Index(path)]
+    errors: list[BaseException] = []
+
+    def write(index: Index, worker: int) -> None:
+        try:
+            for n in range(50):
+                uid = f"1.2.{worker}.{n}"
+                index.record_instance(
+                    {"sop_instance_uid": uid, "study_uid": "1.2", "series_uid": "1.2.1",
+                     "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4"},
+                    tmp_path / f"{uid}.dcm", 10, "1.2.840.10008.1.2.1", None)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(indexes[w % 2], w)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+    assert indexes[0].instance_count() == indexes[1].instance_count() == 400
