@@ -116,7 +116,7 @@ class RawRequestor:
     """A requestor on a bare socket, its PDUs encoded by pynetdicom's PDU classes (not ours):
     for what no well-behaved sender does, such as aborting halfway through a data set."""
 
-    def __init__(self, port: int, called: str = "MARROWNODE", timeout: float = 10.0) -> None:
+    def __init__(self, port: int, timeout: float = 10.0) -> None:
         self.sock = socket.create_connection((LOOPBACK, port), timeout=timeout)
 
     def send(self, data: bytes) -> None:

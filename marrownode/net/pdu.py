@@ -12,7 +12,8 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 A_ASSOCIATE_RQ, A_ASSOCIATE_AC, A_ASSOCIATE_RJ = 0x01, 0x02, 0x03
 P_DATA_TF, A_RELEASE_RQ, A_RELEASE_RP, A_ABORT = 0x04, 0x05, 0x06, 0x07
@@ -188,13 +189,13 @@ class AssociateAccept:
     max_pdu_length: int
     implementation_class_uid: str
     implementation_version: str
-    accepted: dict[int, tuple[str, str]] = field(init=False)
 
-    def __post_init__(self) -> None:
+    @cached_property
+    def accepted(self) -> dict[int, tuple[str, str]]:
+        """Accepted context id -> (abstract syntax, transfer syntax)."""
         by_id = {c.context_id: c.abstract_syntax for c in self.request.contexts}
-        object.__setattr__(self, "accepted", {
-            r.context_id: (by_id[r.context_id], r.transfer_syntax)
-            for r in self.results if r.result == ACCEPTANCE})
+        return {r.context_id: (by_id[r.context_id], r.transfer_syntax)
+                for r in self.results if r.result == ACCEPTANCE}
 
     def encode(self) -> bytes:
         items = [_item(0x10, APPLICATION_CONTEXT.encode())]

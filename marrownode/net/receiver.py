@@ -152,9 +152,10 @@ class _Server(socketserver.ThreadingTCPServer):
 class _Association:
     """One connection from a requestor, as the receiver follows it."""
 
-    def __init__(self, sock: socket.socket, peer: str) -> None:
+    def __init__(self, sock: socket.socket, host: str, port: int) -> None:
         self.sock = sock
-        self.peer = peer
+        self.host = host
+        self.peer = f"{host}:{port}"  # as the index records it
         self.association_id = ""
         self.calling_ae = ""
         self.established = False
@@ -245,16 +246,17 @@ class Receiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-        deadline = time.monotonic() + grace_seconds
-        while self._in_flight() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        self._wait_until_idle(grace_seconds)
         remaining = self._in_flight()
         for association in remaining:
             association.stopping = True
             association.abort(pdu.ABORT_SERVICE_USER, pdu.ABORT_NOT_SPECIFIED)
         if remaining:
             log.warning("event=associations_aborted count=%d", len(remaining))
-        deadline = time.monotonic() + 2.0  # their threads record the end, then leave
+            self._wait_until_idle(2.0)  # their threads record the end, then leave
+
+    def _wait_until_idle(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
         while self._in_flight() and time.monotonic() < deadline:
             time.sleep(0.02)
 
@@ -263,7 +265,6 @@ class Receiver:
     def _serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.settimeout(self.settings.network_timeout_seconds)  # also the ARTIM timer
-        peer = f"{address[0]}:{address[1]}"
         if self._ssl_context is not None:
             try:
                 sock = self._ssl_context.wrap_socket(sock, server_side=True)
@@ -271,7 +272,7 @@ class Receiver:
                 log.warning("event=tls_handshake_failed peer=%s error=%s", address[0],
                             type(exc).__name__)
                 return
-        association = _Association(sock, peer)
+        association = _Association(sock, address[0], address[1])
         with self._lock:
             self._associations.add(association)
         how = "connection_lost"
@@ -352,7 +353,7 @@ class Receiver:
             self.stats.add(rejected=1)
             log.warning(
                 "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%d",
-                request.calling_ae, request.called_ae, association.peer.rsplit(":", 1)[0],
+                request.calling_ae, request.called_ae, association.host,
                 rejection[2],
             )
             return None
@@ -368,7 +369,7 @@ class Receiver:
         self.stats.add(accepted=1)
         log.info("event=association_accepted association=%s calling_aet=%s peer=%s",
                  association.association_id, request.calling_ae,
-                 association.peer.rsplit(":", 1)[0])
+                 association.host)
         return accept
 
     def _ended(self, association: _Association, how: str) -> None:

@@ -102,9 +102,8 @@ def _walk(data: bytes, position: int, explicit: bool, wanted: dict[int, str],
 def _skip_sequence(data: bytes, position: int, explicit: bool) -> int:
     """Skip the items of a sequence of undefined length; return the position after it."""
     while position + 8 <= len(data):
-        tag = (struct.unpack_from("<H", data, position)[0] << 16) | struct.unpack_from(
-            "<H", data, position + 2)[0]
-        (length,) = struct.unpack_from("<I", data, position + 4)
+        group, element, length = struct.unpack_from("<HHI", data, position)
+        tag = (group << 16) | element
         position += 8
         if tag == _SEQUENCE_END:
             return position
