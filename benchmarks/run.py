@@ -34,6 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from marrownode.store.database import index_path  # noqa: E402
 from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
 from marrownode.synthetic.studies import (  # noqa: E402
     StudyOptions,
@@ -267,7 +268,7 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
     try:
         storescu(node.port, node.ae_title, folder)
         sent = time.time()
-        index = node.work / "data" / "index.sqlite3"
+        index = index_path(node.work / "data")
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             with sqlite3.connect(index) as db:
@@ -291,7 +292,8 @@ from marrownode.config import Settings
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import assemble
 from marrownode.dixon.volume import PixelCache, load_set
-from marrownode.pipeline import quant_report, discover, quant_parameters
+from marrownode.pipeline import discover, quant_parameters
+from marrownode.report import SetReport
 import marrownode.quant.analysis as quant
 import marrownode.results.build as build
 from marrownode.net.sender import OutgoingFile, send_batch
@@ -341,8 +343,8 @@ for index, dixon_set in enumerate(assembly.sets):
     result = quant.analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
                                dixon_set.field_strength_t, volumes.water, volumes.fat,
                                quant_parameters(settings))
-    report = dixon_set.summary()
-    report.update(quant_report(result))
+    report = SetReport.of(dixon_set)
+    report.analysed(result)
     for kind in ("parametric_map", "derived_mr", "overlay", "sr"):
         only = {k: (k == kind) for k in ("parametric_map", "derived_mr", "overlay", "sr")}
         s = settings.model_copy(update={"outputs": settings.outputs.model_copy(update=only)})

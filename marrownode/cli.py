@@ -60,12 +60,10 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from marrownode.node import Node
-    from marrownode.services import attach_services
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)
     node = Node(settings)
-    attach_services(node)
     try:
         node.serve_forever()
     except OSError as exc:
@@ -105,14 +103,15 @@ def _format_time(epoch: float | None) -> str:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from marrownode.store.database import index_path
     from marrownode.store.index import Index
 
     settings = load_settings(args.config)
-    index_path = settings.storage.root / "index.sqlite3"
-    if not index_path.exists():
-        print(f"no index at {index_path} (has the node received anything?)", file=sys.stderr)
+    path = index_path(settings.storage.root)
+    if not path.exists():
+        print(f"no index at {path} (has the node received anything?)", file=sys.stderr)
         return EXIT_FAILURE
-    report = Index(index_path).status()
+    report = Index(path).status()
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -168,6 +167,7 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The `marrownode` command; returns the exit code (0 ok, 2 usage or config, 1 failure)."""
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -210,6 +210,7 @@ def load_settings(path: Path | str | None = None) -> Settings:
 
 
 def settings_from_mapping(raw: dict[str, Any], source: str = "<mapping>") -> Settings:
+    """Validate a parsed configuration; ConfigError names source, key and what is allowed."""
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:

@@ -21,7 +21,7 @@ from marrownode.config import effective_settings_toml, settings_from_mapping
 from marrownode.net.sender import OutgoingFile, send_batch
 from marrownode.net.standin import StandInPACS
 from marrownode.node import Node
-from marrownode.services import attach_services
+from marrownode.states import StudyState
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series, write_datasets
 
 TIMEOUT_SECONDS = 90
@@ -30,7 +30,7 @@ TIMEOUT_SECONDS = 90
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        return int(sock.getsockname()[1])
 
 
 def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Path | None) -> None:
@@ -88,6 +88,7 @@ def _overlay_preview(study: dict[str, Any], results_dir: Path, out: Path) -> Pat
 
 
 def run_demo(out: Path | None = None) -> int:
+    """`marrownode demo`: the whole loop on loopback with a synthetic study; exit code."""
     out = (out or Path("marrownode-demo")).resolve()
     for leftover in ("node", "pacs", "scanner"):
         shutil.rmtree(out / leftover, ignore_errors=True)
@@ -106,7 +107,6 @@ def run_demo(out: Path | None = None) -> int:
     settings = settings_from_mapping(raw, source="demo")
     (out / "node.toml").write_text(effective_settings_toml(settings))
     node = Node(settings)
-    attach_services(node)
     print(f"marrownode demo: node MARROWNODE on 127.0.0.1:{settings.node.port}, "
           f"stand-in PACS DEMOPACS on 127.0.0.1:{pacs.port}")
     node.start()
@@ -141,12 +141,12 @@ def run_demo(out: Path | None = None) -> int:
 
 def _wait_for_delivery(node: Node, study_uid: str, started: float) -> dict[str, Any] | None:
     while time.monotonic() - started < TIMEOUT_SECONDS:
-        study = node.index.study(study_uid)
-        if study is not None and study["state"] in ("failed", "no_dixon_set"):
+        study = node.index.studies.study(study_uid)
+        if study is not None and study["state"] in (StudyState.FAILED, StudyState.NO_DIXON_SET):
             return None
-        deliveries = node.index.deliveries(study_uid)
-        if (study is not None and study["state"] == "analysed" and deliveries
-                and all(d["pending"] == 0 for d in deliveries)):
+        deliveries = node.index.outbox.summaries(study_uid)
+        if (study is not None and study["state"] == StudyState.ANALYSED and deliveries
+                and all(d.pending == 0 for d in deliveries)):
             return study
         time.sleep(0.2)
     return None

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from typing import IO
 
 from marrownode.config import LoggingSettings
 
@@ -56,7 +57,8 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
-def configure_logging(settings: LoggingSettings, stream=None) -> None:
+def configure_logging(settings: LoggingSettings, stream: IO[str] | None = None) -> None:
+    """One key=value line per event on stream (stderr), at the configured level."""
     timestamps = not _under_journald()
     formatter: logging.Formatter = (
         JSONFormatter(timestamps) if settings.format == "json" else KeyValueFormatter(timestamps)

@@ -9,16 +9,27 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from marrownode.node import Node
+from marrownode.config import HTTPSettings
+from marrownode.net.receiver import ReceiverStats
+from marrownode.states import PENDING_DELIVERY_STATES
+from marrownode.store.outbox import Outbox
+from marrownode.store.spool import Spool
+from marrownode.store.studies import StudyIndex
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +49,28 @@ class Metrics:
             "marrownode_time_to_result_seconds",
             "From a study's last received instance to its results accepted by a destination",
             ["destination"], buckets=DURATION_BUCKETS, registry=self.registry)
+        self.delivered = Counter(
+            "marrownode_delivered", "Result files accepted by a destination",
+            ["destination"], registry=self.registry)
+        self.delivery_failures = Counter(
+            "marrownode_delivery_failures", "Failed delivery attempts by destination",
+            ["destination"], registry=self.registry)
 
-    def attach(self, node: Node) -> None:
-        self.registry.register(_NodeCollector(node))
 
+class NodeCollector(Collector):
+    """Counters and gauges read at scrape time from what the node already keeps."""
 
-class _NodeCollector(Collector):
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, stats: ReceiverStats, studies: StudyIndex, outbox: Outbox, spool: Spool,
+                 destinations: Sequence[str]) -> None:
+        self.stats = stats
+        self.studies = studies
+        self.outbox = outbox
+        self.spool = spool
+        self.destinations = destinations
 
     def collect(self) -> Iterator[Any]:
-        stats = self.node.receiver.stats
+        """One family per metric (prometheus_client's collector protocol)."""
+        stats = self.stats
         yield CounterMetricFamily("marrownode_instances_received",
                                   "Instances stored and acknowledged", value=stats.instances)
         yield CounterMetricFamily("marrownode_bytes_received",
@@ -64,40 +86,43 @@ class _NodeCollector(Collector):
         for status, count in sorted(stats.failures.items()):
             failures.add_metric([f"0x{status:04X}"], count)
         yield failures
-        index = self.node.index
         studies = GaugeMetricFamily("marrownode_studies", "Studies by state", labels=["state"])
-        for state, count in index.count_by("studies", "state").items():
+        for state, count in self.studies.count_by_state("studies").items():
             studies.add_metric([state], count)
         yield studies
         sets = GaugeMetricFamily("marrownode_dixon_sets", "Dixon sets by state",
                                  labels=["state"])
-        for state, count in index.count_by("dixon_sets", "state").items():
+        for state, count in self.studies.count_by_state("dixon_sets").items():
             sets.add_metric([state], count)
         yield sets
         depth = GaugeMetricFamily("marrownode_outbox_depth",
                                   "Result files waiting to be delivered", labels=["destination"])
-        outbox = index.outbox_counts()
-        for destination in self.node.settings.destinations:
-            counts = outbox.get(destination.name, {})
-            depth.add_metric([destination.name],
-                             counts.get("queued", 0) + counts.get("sending", 0))
+        outbox = self.outbox.counts()
+        for name in self.destinations:
+            counts = outbox.get(name, {})
+            depth.add_metric([name], sum(counts.get(s, 0) for s in PENDING_DELIVERY_STATES))
         yield depth
-        delivery = CounterMetricFamily("marrownode_delivery_failures",
-                                       "Failed delivery attempts by destination",
-                                       labels=["destination"])
-        per_destination: dict[str, int] = {}
-        for key, count in self.node.delivery_failures().items():
-            name = key.split(":", 1)[0]
-            per_destination[name] = per_destination.get(name, 0) + count
-        for name, count in sorted(per_destination.items()):
-            delivery.add_metric([name], count)
-        yield delivery
         yield GaugeMetricFamily("marrownode_spool_free_bytes", "Free bytes on the spool's disk",
-                                value=self.node.spool.free_bytes())
+                                value=self.spool.free_bytes())
+
+
+@dataclass
+class Health:
+    """The node's health checks; /healthz answers 503 and the watchdog starves when not ok."""
+
+    listener_bound: bool
+    index_writable: bool
+    disk_above_watermark: bool
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """All checks pass."""
+        return self.listener_bound and self.index_writable and self.disk_above_watermark
 
 
 class _Handler(BaseHTTPRequestHandler):
-    node: Node
+    service: HTTPService
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("event=http_request line=%s", (format % args).replace(" ", "_"))
@@ -112,7 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib name
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            health = self.node.health()
+            health = self.service.health()
             checks = {"listener_bound": health.listener_bound,
                       "index_writable": health.index_writable,
                       "disk_above_watermark": health.disk_above_watermark}
@@ -124,9 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
             }
             self._send(200 if health.ok else 503, json.dumps(body).encode(), "application/json")
         elif path == "/metrics":
-            self._send(200, generate_latest(self.node.metrics.registry), CONTENT_TYPE_LATEST)
+            self._send(200, generate_latest(self.service.registry), CONTENT_TYPE_LATEST)
         elif path == "/status":
-            self._send(200, json.dumps(self.node.index.status()).encode(), "application/json")
+            self._send(200, json.dumps(self.service.status()).encode(), "application/json")
         else:
             self._send(404, b'{"error": "not found"}', "application/json")
 
@@ -134,27 +159,33 @@ class _Handler(BaseHTTPRequestHandler):
 class HTTPService:
     """/healthz, /metrics and /status; started and stopped with the node."""
 
-    def __init__(self, node: Node) -> None:
-        self.node = node
+    def __init__(self, settings: HTTPSettings, health: Callable[[], Health],
+                 registry: CollectorRegistry, status: Callable[[], dict[str, Any]]) -> None:
+        self.settings = settings
+        self.health = health
+        self.registry = registry
+        self.status = status
         self.server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
+        """The bound port (useful when configured as 0)."""
         assert self.server is not None
         return int(self.server.server_address[1])
 
     def start(self) -> None:
-        handler = type("Handler", (_Handler,), {"node": self.node})
-        http = self.node.settings.http
-        self.server = ThreadingHTTPServer((http.host, http.port), handler)
+        """Listen on [http] host and port."""
+        handler = type("Handler", (_Handler,), {"service": self})
+        self.server = ThreadingHTTPServer((self.settings.host, self.settings.port), handler)
         self.server.daemon_threads = True
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
                                         daemon=True)
         self._thread.start()
-        log.info("event=http_listening host=%s port=%d", self.node.settings.http.host, self.port)
+        log.info("event=http_listening host=%s port=%d", self.settings.host, self.port)
 
     def stop(self) -> None:
+        """Stop serving and close the socket."""
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()

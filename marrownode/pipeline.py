@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
@@ -23,8 +22,9 @@ from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import assemble
 from marrownode.dixon.volume import PixelCache, load_set
-from marrownode.quant.analysis import QuantParameters, QuantResult, analyse_set
+from marrownode.quant.analysis import QuantParameters, analyse_set
 from marrownode.quant.foci import FocusParameters
+from marrownode.report import SetReport
 from marrownode.results.build import build_results
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ class SourceInstance:
 
 
 def quant_parameters(settings: Settings) -> QuantParameters:
+    """The analysis parameters of [analysis]."""
     analysis = settings.analysis
     return QuantParameters(
         thresholds=tuple((t.field_strength_t, t.signal_loss_percent) for t in analysis.thresholds),
@@ -49,17 +50,6 @@ def quant_parameters(settings: Settings) -> QuantParameters:
             shell_marrow_fraction=analysis.marrow_shell_fraction,
         ),
     )
-
-
-def _json_number(value: float | None, digits: int = 3) -> float | None:
-    if value is None or not np.isfinite(value):
-        return None
-    return round(float(value), digits)
-
-
-def _focus_entry(focus: dict[str, Any]) -> dict[str, Any]:
-    return {key: (_json_number(value) if isinstance(value, float) else value)
-            for key, value in focus.items()}
 
 
 def analyse_study(
@@ -81,7 +71,7 @@ def analyse_study(
     parameters = quant_parameters(settings)
     set_reports = []
     for set_index, dixon_set in enumerate(assembly.sets):
-        report = dixon_set.summary()
+        report = SetReport.of(dixon_set)
         try:
             volumes = load_set(dixon_set, cache)
             cache.release_pixels()
@@ -90,19 +80,14 @@ def analyse_study(
                                  parameters)
         except Exception as exc:  # one broken set must not hide the others
             log.exception("event=set_failed study=%s set=%s", study_uid, dixon_set.key)
-            report.update(state="failed", reason=f"{type(exc).__name__}: {exc}",
-                          signal_loss_threshold_percent=None, foci=[], outputs=[])
-            set_reports.append(report)
+            report.failed(f"{type(exc).__name__}: {exc}")
+            set_reports.append(report.to_json())
             continue
-        report.update(quant_report(result))
-        report["flags"] = list(dict.fromkeys(report["flags"] + result.flags))
-        report["state"] = "analysed"
-        report["outputs"] = (
-            build_results(dixon_set, volumes, result, cache, settings, out_dir, report, set_index,
-                          on_outputs)
-            if out_dir is not None else []
-        )
-        set_reports.append(report)
+        report.analysed(result)
+        if out_dir is not None:
+            report.outputs = build_results(dixon_set, volumes, result, cache, settings, out_dir,
+                                           report, set_index, on_outputs)
+        set_reports.append(report.to_json())
     log.info("event=study_analysed study=%s sets=%d skipped_series=%d seconds=%.2f",
              study_uid, len(set_reports), len(assembly.skipped_series),
              time.perf_counter() - started)
@@ -110,29 +95,6 @@ def analyse_study(
         "study_instance_uid": study_uid,
         "dixon_sets": set_reports,
         "skipped_series": assembly.skipped_series,
-    }
-
-
-def quant_report(result: QuantResult) -> dict[str, Any]:
-    tissue = result.tissue_statistics or {}
-    maps = tissue.get("maps", {})
-    return {
-        "signal_loss_threshold_percent": result.threshold_percent,
-        "threshold_field_strength_t": result.threshold_field_strength_t,
-        "fat_fraction_method": result.fat_fraction_method,
-        "noise_sigma": _json_number(result.noise_sigma),
-        "water_fat_check": (
-            {k: _json_number(v, 4) for k, v in result.water_fat_check.items()}
-            if result.water_fat_check else None
-        ),
-        "tissue": {
-            "voxel_count": tissue.get("voxel_count"),
-            "signal_loss_percent_median": _json_number(
-                maps.get("signal_loss_percent", {}).get("median")),
-            "fat_fraction_percent_median": _json_number(
-                maps.get("fat_fraction_percent", {}).get("median")),
-        },
-        "foci": [_focus_entry(f) for f in result.foci],
     }
 
 
@@ -183,6 +145,7 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> d
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON through a temp file and a rename, so a reader never sees half of it."""
     temp = path.with_suffix(path.suffix + ".tmp")
     temp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(temp, path)

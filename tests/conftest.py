@@ -51,10 +51,10 @@ def wait_for_port(port: int, timeout: float = 40.0) -> None:
 def results_delivered(node: Node, study_uid: str) -> bool:
     """Analysed and nothing left to send to the first destination (series go out while later
     ones are encoded, so an empty queue alone can be a pause between two series)."""
-    deliveries = node.index.deliveries(study_uid)
-    study = node.index.study(study_uid) or {}
+    deliveries = node.index.outbox.summaries(study_uid)
+    study = node.index.studies.study(study_uid) or {}
     return study.get("state") == "analysed" and bool(deliveries) and (
-        deliveries[0]["pending"] == 0)
+        deliveries[0].pending == 0)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
@@ -94,11 +94,8 @@ def node_factory(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     started: list[Node] = []
 
     def start(**sections: dict[str, Any]) -> Node:
-        from marrownode.services import attach_services
-
         settings = make_settings(tmp_path / f"node{len(started)}", **sections)
         node = Node(settings)
-        attach_services(node)
         node.start()
         started.append(node)
         return node

@@ -85,7 +85,8 @@ def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes,
 
     from pydicom.dataset import FileMetaDataset
     from pydicom.filewriter import write_file_meta_info
-    from pynetdicom import _config
+
+    from marrownode.net.pynetdicom_adapter import send_files_as_stored
 
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -102,13 +103,11 @@ def send_raw(port: int, sop_class: str, sop_instance: str, payload: bytes,
         ae.add_requested_context(sop_class, [transfer_syntax])
         association = ae.associate(LOOPBACK, port, ae_title="MARROWNODE")
         assert association.is_established
-        previous = _config.STORE_SEND_CHUNKED_DATASET
-        _config.STORE_SEND_CHUNKED_DATASET = True
+        send_files_as_stored()  # the payload goes out as written, unsound or not
         try:
             status = association.send_c_store(Path(handle.name))
             return int(status.Status) if status else 0xFFFF
         finally:
-            _config.STORE_SEND_CHUNKED_DATASET = previous
             association.release()
 
 

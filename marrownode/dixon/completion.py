@@ -11,19 +11,38 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import DixonSet, assemble
+from marrownode.states import SetState
 
-READY, WAITING, NO_DIXON = "ready", "waiting", "no_dixon_set"
+
+class Verdict(StrEnum):
+    """What the assembler does with the study next."""
+
+    READY = "ready"  # analyse it
+    WAITING = "waiting"  # wait for more data or the end of the association
+    NO_DIXON_SET = "no_dixon_set"  # nothing to analyse
+
+
+@dataclass(frozen=True)
+class SetDecision:
+    """One Dixon set's completeness, with the reason shown in `marrownode status`."""
+
+    key: str
+    state: SetState
+    reason: str
 
 
 @dataclass
 class Decision:
-    state: str
+    """The study's verdict, its reason, and each set's decision."""
+
+    verdict: Verdict
     reason: str
-    sets: list[dict[str, str]] = field(default_factory=list)
+    sets: list[SetDecision] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -87,30 +106,31 @@ def decide(
     counts = _series_counts(headers)
     if not assembly.sets:
         if idle and not association_open:
-            return Decision(NO_DIXON, "no in-/opposed-phase pair found")
+            return Decision(Verdict.NO_DIXON_SET, "no in-/opposed-phase pair found")
         if idle:
-            return Decision(NO_DIXON, f"no in-/opposed-phase pair found ({idle_note})")
+            return Decision(Verdict.NO_DIXON_SET,
+                            f"no in-/opposed-phase pair found ({idle_note})")
         missing = [m for uid, c in sorted(counts.items()) if (m := _shortfall(uid, c))]
-        return Decision(WAITING, "; ".join(["no Dixon set yet", *missing]))
-    set_states: list[dict[str, str]] = []
+        return Decision(Verdict.WAITING, "; ".join(["no Dixon set yet", *missing]))
+    set_states: list[SetDecision] = []
     ready_by_content = True
     reasons: list[str] = []
     for dixon_set in assembly.sets:
         verdict, why = _content_verdict(dixon_set, counts)
         if verdict is True and not association_open:
-            set_states.append({"key": dixon_set.key, "state": READY, "reason": why})
+            set_states.append(SetDecision(dixon_set.key, SetState.READY, why))
             continue
         ready_by_content = False
         if verdict is True:
             why = "waiting for the sending association to end"
         if idle:
-            set_states.append({"key": dixon_set.key, "state": READY,
-                               "reason": f"{idle_note}; {why}"})
+            set_states.append(SetDecision(dixon_set.key, SetState.READY, f"{idle_note}; {why}"))
         else:
-            set_states.append({"key": dixon_set.key, "state": WAITING, "reason": why})
+            set_states.append(SetDecision(dixon_set.key, SetState.WAITING, why))
         reasons.append(why)
     if ready_by_content:
-        return Decision(READY, "complete by content", set_states)
+        return Decision(Verdict.READY, "complete by content", set_states)
     if idle:
-        return Decision(READY, f"{idle_note}; content could not confirm completeness", set_states)
-    return Decision(WAITING, "; ".join(dict.fromkeys(reasons)), set_states)
+        return Decision(Verdict.READY, f"{idle_note}; content could not confirm completeness",
+                        set_states)
+    return Decision(Verdict.WAITING, "; ".join(dict.fromkeys(reasons)), set_states)

@@ -48,7 +48,15 @@ class Stack:
         return f"{self.role.value} stack of {len(self.frames)} ({self.label}{te})"
 
 
-def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[str]]:
+@dataclass(frozen=True)
+class SeriesProblem:
+    """Why (part of) a series cannot be used, reported as a skipped series."""
+
+    series_uid: str
+    reason: str
+
+
+def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[SeriesProblem]]:
     """Group frames into stacks; return stacks and problems found while building them."""
     groups: dict[tuple[Any, ...], list[Classified]] = defaultdict(list)
     for item in classified:
@@ -58,7 +66,7 @@ def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[str]]:
         te_key = round(te, 2) if item.role in (Role.IN_PHASE, Role.OPPOSED_PHASE) and te else None
         groups[(item.frame.series_uid, item.role, te_key, geometry_key(item.frame))].append(item)
     stacks: list[Stack] = []
-    problems: list[str] = []
+    problems: list[SeriesProblem] = []
     for (series_uid, role, te_key, _), items in groups.items():
         frames = [item.frame for item in items]
         orientation = np.array(frames[0].orientation, dtype=float)
@@ -68,7 +76,8 @@ def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[str]]:
         frames = [frames[i] for i in order]
         positions = positions[order]
         if positions.size > 1 and np.any(np.diff(positions) < POSITION_TOLERANCE_MM):
-            problems.append(f"series {series_uid}: {role.value} images repeat slice positions")
+            problems.append(SeriesProblem(series_uid,
+                                          f"{role.value} images repeat slice positions"))
             continue
         stacks.append(Stack(role, series_uid, te_key, frames, items[0].evidence, positions))
     return stacks, problems
@@ -79,10 +88,10 @@ def _same_plane_grid(a: Stack, b: Stack) -> str | None:
     fa, fb = a.first, b.first
     if fa.frame_of_reference_uid != fb.frame_of_reference_uid:
         return "frame of reference differs"
-    if not np.allclose(fa.orientation, fb.orientation, atol=ORIENTATION_TOLERANCE):
+    if not np.allclose(fa.orientation or (), fb.orientation or (), atol=ORIENTATION_TOLERANCE):
         return "orientation differs"
     if (fa.rows, fa.columns) != (fb.rows, fb.columns) or not np.allclose(
-        fa.pixel_spacing, fb.pixel_spacing, atol=1e-3
+        fa.pixel_spacing or (), fb.pixel_spacing or (), atol=1e-3
     ):
         return "in-plane grid differs"
     if a.positions_mm.shape != b.positions_mm.shape:
@@ -123,30 +132,6 @@ class DixonSet:
     def series_uids(self) -> set[str]:
         return {s.series_uid for s in self.stacks()}
 
-    def summary(self) -> dict[str, Any]:
-        """The report.json entry (DESIGN.md) before quantitative results are added."""
-        def series(stack: Stack | None, echo: bool = False) -> dict[str, Any] | None:
-            if stack is None:
-                return None
-            entry: dict[str, Any] = {"series_instance_uid": stack.series_uid,
-                                     "series_description": stack.first.series_description,
-                                     "images": len(stack.frames), "evidence": stack.evidence}
-            if echo:
-                entry["echo_time_ms"] = stack.echo_time
-            return entry
-
-        return {
-            "key": self.key,
-            "orientation": self.in_phase.label,
-            "in_phase": series(self.in_phase, echo=True),
-            "opposed_phase": series(self.opposed, echo=True),
-            "water": series(self.water),
-            "fat": series(self.fat),
-            "scanner_fat_fraction": series(self.scanner_fat_fraction),
-            "field_strength_t": self.field_strength_t,
-            "flags": list(self.flags),
-        }
-
 
 @dataclass
 class Assembly:
@@ -161,57 +146,70 @@ def assemble(classified: list[Classified]) -> Assembly:
     for stack in stacks:
         by_role[stack.role].append(stack)
     used: set[int] = set()
-    reasons: dict[str, list[str]] = defaultdict(list)
+    sets = _pair_echoes(by_role, used)
+    for dixon_set in sets:
+        _attach_water_fat(dixon_set, by_role, used)
+    skipped = _skipped_series(classified, stacks, problems, by_role, used, sets)
+    sets.sort(key=lambda s: (s.in_phase.label, s.in_phase.series_uid))
+    return Assembly(sets, skipped)
 
+
+def _pair_echoes(by_role: dict[Role, list[Stack]], used: set[int]) -> list[DixonSet]:
+    """Pair opposed- with in-phase stacks on identical geometry, closest echo times first and
+    opposed-phase-first pairs before in-phase-first ones."""
     candidates = []
     for op in by_role[Role.OPPOSED_PHASE]:
         for ip in by_role[Role.IN_PHASE]:
             if _same_plane_grid(op, ip) is None:
                 te_gap = abs((ip.echo_time or 0) - (op.echo_time or 0))
                 ip_first = (ip.echo_time or 0) < (op.echo_time or 0)
-                candidates.append((te_gap, ip_first, id(op), id(ip), op, ip))
+                candidates.append((te_gap, ip_first, op, ip))
     sets: list[DixonSet] = []
-    for _, _, op_id, ip_id, op, ip in sorted(candidates, key=lambda c: c[:2]):
-        if op_id in used or ip_id in used:
+    for _, _, op, ip in sorted(candidates, key=lambda c: c[:2]):
+        if id(op) in used or id(ip) in used:
             continue
-        used.update((op_id, ip_id))
+        used.update((id(op), id(ip)))
         dixon_set = DixonSet(in_phase=ip, opposed=op)
         if ip.echo_time is not None and op.echo_time is not None and ip.echo_time < op.echo_time:
             dixon_set.flags.append("in_phase_first")
         if "echo_time" in (ip.evidence, op.evidence):
             dixon_set.flags.append("roles_from_echo_time")
-        for role, attribute in ((Role.WATER, "water"), (Role.FAT, "fat"),
-                                (Role.FAT_FRACTION, "scanner_fat_fraction")):
-            matches = [s for s in by_role[role]
-                       if id(s) not in used and _same_plane_grid(ip, s) is None]
-            matches.sort(key=lambda s: (s.series_uid not in (ip.series_uid, op.series_uid)))
-            if matches:
-                setattr(dixon_set, attribute, matches[0])
-                used.add(id(matches[0]))
-        if (dixon_set.water is None) != (dixon_set.fat is None):
-            dixon_set.flags.append("water_or_fat_missing")
         sets.append(dixon_set)
+    return sets
 
-    for stack in stacks:
-        if id(stack) in used:
-            continue
-        reasons[stack.series_uid].append(_why_unused(stack, by_role))
-    for problem in problems:
-        series_uid = problem.split(":", 1)[0].removeprefix("series ")
-        reasons[series_uid].append(problem.split(": ", 1)[1])
-    for item in classified:
-        if item.role is Role.NONE:
-            reasons[item.frame.series_uid].append(item.reason)
 
+def _attach_water_fat(dixon_set: DixonSet, by_role: dict[Role, list[Stack]],
+                      used: set[int]) -> None:
+    """Water, fat and a scanner fat-fraction map on the set's grid, from its own series first."""
+    ip, op = dixon_set.in_phase, dixon_set.opposed
+    for role, attribute in ((Role.WATER, "water"), (Role.FAT, "fat"),
+                            (Role.FAT_FRACTION, "scanner_fat_fraction")):
+        matches = [s for s in by_role[role]
+                   if id(s) not in used and _same_plane_grid(ip, s) is None]
+        matches.sort(key=lambda s: (s.series_uid not in (ip.series_uid, op.series_uid)))
+        if matches:
+            setattr(dixon_set, attribute, matches[0])
+            used.add(id(matches[0]))
+    if (dixon_set.water is None) != (dixon_set.fat is None):
+        dixon_set.flags.append("water_or_fat_missing")
+
+
+def _skipped_series(classified: list[Classified], stacks: list[Stack],
+                    problems: list[SeriesProblem], by_role: dict[Role, list[Stack]],
+                    used: set[int], sets: list[DixonSet]) -> list[dict[str, str]]:
+    """Every series no set uses, with all the reasons found for it."""
+    found = [SeriesProblem(s.series_uid, _why_unused(s, by_role))
+             for s in stacks if id(s) not in used]
+    found += problems
+    found += [SeriesProblem(item.frame.series_uid, item.reason)
+              for item in classified if item.role is Role.NONE]
+    reasons: dict[str, list[str]] = defaultdict(list)
+    for problem in found:
+        reasons[problem.series_uid].append(problem.reason)
     used_series = {uid for s in sets for uid in s.series_uids()}
-    skipped = []
-    for series_uid, why in reasons.items():
-        if series_uid in used_series:
-            continue
-        unique = list(dict.fromkeys(why))
-        skipped.append({"series_instance_uid": series_uid, "reason": "; ".join(unique)})
-    sets.sort(key=lambda s: (s.in_phase.label, s.in_phase.series_uid))
-    return Assembly(sets, sorted(skipped, key=lambda s: s["series_instance_uid"]))
+    skipped = [{"series_instance_uid": series_uid, "reason": "; ".join(dict.fromkeys(why))}
+               for series_uid, why in reasons.items() if series_uid not in used_series]
+    return sorted(skipped, key=lambda s: s["series_instance_uid"])
 
 
 def _why_unused(stack: Stack, by_role: dict[Role, list[Stack]]) -> str:
@@ -224,8 +222,7 @@ def _why_unused(stack: Stack, by_role: dict[Role, list[Stack]]) -> str:
     partners = by_role.get(partner_role, [])
     if not partners:
         return f"{prefix}: no {partner_role.value} stack in the study"
-    differences = {_same_plane_grid(stack, p) for p in partners}
-    differences.discard(None)
+    differences = {d for p in partners if (d := _same_plane_grid(stack, p)) is not None}
     if not differences:
         return f"{prefix}: its matching {partner_role.value} stack was paired with another"
     return f"{prefix}: not paired, {partner_role.value} geometry: {', '.join(sorted(differences))}"

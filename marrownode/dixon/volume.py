@@ -49,7 +49,7 @@ class PixelCache:
     def plane(self, sop_instance_uid: str, frame_index: int | None) -> np.ndarray:
         cached = self._cache.get(sop_instance_uid)
         if cached is None or cached[1] is None:
-            dataset = dcmread(self.paths[sop_instance_uid])
+            dataset: Dataset = dcmread(self.paths[sop_instance_uid])
             self._cache[sop_instance_uid] = (dataset, dataset.pixel_array)
         dataset, pixels = self._cache[sop_instance_uid]
         assert pixels is not None
@@ -71,16 +71,19 @@ class PixelCache:
 
 
 def load_stack(stack: Stack, cache: PixelCache) -> np.ndarray:
+    """The stack's pixels as a (slice, row, column) volume in slice order."""
     return np.stack([cache.plane(f.sop_instance_uid, f.frame_index) for f in stack.frames])
 
 
 def slice_spacing_mm(stack: Stack) -> float:
+    """Distance between slice centres along the normal (thickness for a single slice)."""
     if stack.positions_mm.size > 1:
         return float(np.median(np.diff(stack.positions_mm)))
     return 1.0
 
 
 def load_set(dixon_set: DixonSet, cache: PixelCache) -> SetVolumes:
+    """The set's echoes (and water/fat) as aligned volumes with their spacing."""
     spacing = dixon_set.in_phase.first.pixel_spacing or (1.0, 1.0)
     return SetVolumes(
         in_phase=load_stack(dixon_set.in_phase, cache),

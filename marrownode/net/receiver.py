@@ -1,11 +1,9 @@
-"""The storage SCP: associations in, ingest calls out, over marrownode's own upper layer.
+"""The storage SCP: sockets, TLS and association lifecycle around the upper layer (net/ul).
 
-Each association is one thread doing blocking reads of whole PDUs (net/pdu, net/dimse): the
-data set is written as the bytes that arrived, never decoded, and the C-STORE response goes back
-as soon as the file is durable and indexed. pynetdicom's acceptor did the same job with two
-polling threads per association and several times the CPU per instance; replacing it took
-ingest from 0.65x to above Orthanc (docs/performance.md). Association lifecycle events are
-recorded so the assembler knows when a sender has finished.
+Each association is one thread doing blocking reads of whole PDUs; the data set is handed on as
+the bytes that arrived, never decoded, and the C-STORE response goes back once the injected
+sink says the instance is durable. The receiver imports nothing from store/: the node wires
+the sink to ingest, so the same receiver serves the node and its extra receiving processes.
 """
 
 from __future__ import annotations
@@ -20,58 +18,41 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
-
-from pydicom import uid as pd_uid
-from pynetdicom import AllStoragePresentationContexts
-from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from marrownode.config import NodeSettings
-from marrownode.net import dimse, pdu
-from marrownode.store.ingest import (
-    STATUS_CANNOT_UNDERSTAND,
-    STATUS_DATASET_MISMATCH,
-    STATUS_OUT_OF_RESOURCES,
-    STATUS_PROCESSING_FAILURE,
-    STATUS_SUCCESS,
-    Ingestor,
-)
+from marrownode.net.ul import dimse, part10, pdu
+from marrownode.net.ul.negotiation import negotiate
+from marrownode.net.ul.status import Status
 
 log = logging.getLogger(__name__)
 
-#: Every transfer syntax a scanner or PACS commonly sends, in order of preference: the first of
-#: ours that the requestor proposes is accepted, so lossless compressed data is kept as sent,
-#: and lossy syntaxes are accepted only when nothing lossless was offered.
-ACCEPTED_TRANSFER_SYNTAXES: list[str] = [
-    pd_uid.RLELossless,
-    pd_uid.JPEGLSLossless,
-    pd_uid.JPEGLosslessSV1,
-    pd_uid.JPEGLossless,
-    pd_uid.JPEG2000Lossless,
-    pd_uid.HTJ2KLossless,
-    pd_uid.HTJ2KLosslessRPCL,
-    pd_uid.ExplicitVRLittleEndian,
-    pd_uid.ImplicitVRLittleEndian,
-    pd_uid.DeflatedExplicitVRLittleEndian,
-    pd_uid.ExplicitVRBigEndian,
-    pd_uid.JPEGBaseline8Bit,
-    pd_uid.JPEGExtended12Bit,
-    pd_uid.JPEGLSNearLossless,
-    pd_uid.JPEG2000,
-    pd_uid.HTJ2K,
-]
-#: Verification carries no data set: any uncompressed syntax will do.
-_VERIFICATION_SYNTAXES = [pd_uid.ImplicitVRLittleEndian, pd_uid.ExplicitVRLittleEndian,
-                          pd_uid.ExplicitVRBigEndian, pd_uid.DeflatedExplicitVRLittleEndian]
-#: Abstract syntax -> the transfer syntaxes accepted for it, in order of preference.
-SUPPORTED_CONTEXTS: dict[str, list[str]] = {
-    **{str(c.abstract_syntax): ACCEPTED_TRANSFER_SYNTAXES for c in AllStoragePresentationContexts},
-    str(Verification): _VERIFICATION_SYNTAXES,
-}
+
+@dataclass(frozen=True)
+class StoreAnswer:
+    """What the sink answers for one instance: the DIMSE status and an error comment."""
+
+    status: int
+    comment: str = ""
+
+
+class InstanceSink(Protocol):
+    """Where the receiver hands its work: the node wires it to ingest and the index."""
+
+    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
+        """An association was accepted."""
+
+    def store(self, encoded: bytes, association_id: str) -> StoreAnswer:
+        """Store one instance (Part 10 bytes); answer only once it is durable."""
+
+    def association_closed(self, association_id: str) -> None:
+        """An accepted association ended (released, aborted or lost)."""
+
 
 #: Statuses the storage handler can answer with on failure (each has its own counter).
-FAILURE_STATUSES = (STATUS_OUT_OF_RESOURCES, STATUS_DATASET_MISMATCH, STATUS_CANNOT_UNDERSTAND,
-                    STATUS_PROCESSING_FAILURE)
+FAILURE_STATUSES = (Status.OUT_OF_RESOURCES, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    Status.CANNOT_UNDERSTAND, Status.PROCESSING_FAILURE)
 _COUNTERS = ("instances", "bytes", "accepted", "rejected")
 
 
@@ -110,7 +91,7 @@ class ReceiverStats:
 
     def failed(self, status: int) -> None:
         slot = FAILURE_STATUSES.index(
-            status if status in FAILURE_STATUSES else STATUS_PROCESSING_FAILURE)
+            status if status in FAILURE_STATUSES else Status.PROCESSING_FAILURE)
         with self._counters.get_lock():
             self._counters[len(_COUNTERS) + slot] += 1
 
@@ -128,8 +109,10 @@ class _Server(socketserver.ThreadingTCPServer):
     block_on_close = False
     request_queue_size = 64
 
-    def __init__(self, address: tuple[str, int], receiver: Receiver, shared_port: bool) -> None:
-        self.receiver = receiver
+    def __init__(self, address: tuple[str, int],
+                 serve_connection: Callable[[socket.socket, tuple[str, int]], None],
+                 shared_port: bool) -> None:
+        self.serve_connection = serve_connection
         self.shared_port = shared_port
         super().__init__(address, socketserver.BaseRequestHandler)
 
@@ -143,7 +126,7 @@ class _Server(socketserver.ThreadingTCPServer):
         super().server_bind()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
-        self.receiver._serve_connection(request, client_address)
+        self.serve_connection(request, client_address)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("event=connection_error")
@@ -175,6 +158,7 @@ class _Association:
 
 
 def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
+    """The server TLS context from [node.tls], or None without TLS."""
     tls = settings.tls
     if tls is None:
         return None
@@ -193,15 +177,13 @@ class Receiver:
     def __init__(
         self,
         settings: NodeSettings,
-        ingestor: Ingestor,
-        on_association_end: Callable[[str], None] | None = None,
+        sink: InstanceSink,
         stats: ReceiverStats | None = None,
         shared_port: bool = False,
     ) -> None:
         """shared_port: the node receives in several processes on the same port."""
         self.settings = settings
-        self.ingestor = ingestor
-        self.on_association_end = on_association_end
+        self.sink = sink
         self.stats = stats if stats is not None else ReceiverStats()
         self.shared_port = shared_port
         self._ssl_context = build_ssl_context(settings)
@@ -218,7 +200,8 @@ class Receiver:
     def start(self) -> None:
         if not self.settings.allowed_calling_aets:
             log.warning("event=allow_list_empty detail=any calling AE title is accepted")
-        server = _Server((self.settings.host, self.settings.port), self, self.shared_port)
+        server = _Server((self.settings.host, self.settings.port), self._serve_connection,
+                         self.shared_port)
         threading.Thread(target=server.serve_forever, args=(0.2,), name="listener",
                          daemon=True).start()
         self._server = server
@@ -275,16 +258,16 @@ class Receiver:
         association = _Association(sock, address[0], address[1])
         with self._lock:
             self._associations.add(association)
-        how = "connection_lost"
+        ending = "connection_lost"
         try:
-            how = self._run(association)
+            ending = self._run(association)
         except pdu.ProtocolError as exc:
-            how = "protocol_error"
+            ending = "protocol_error"
             log.warning("event=protocol_error association=%s peer=%s detail=%s",
                         association.association_id or "-", address[0], exc)
             association.abort(pdu.ABORT_SERVICE_PROVIDER, exc.reason)
         except TimeoutError:
-            how = "timeout"
+            ending = "timeout"
             log.warning("event=association_timeout association=%s peer=%s seconds=%g",
                         association.association_id or "-", address[0],
                         self.settings.network_timeout_seconds)
@@ -295,7 +278,7 @@ class Receiver:
             try:
                 if association.established:
                     self._ended(association, "aborted_at_shutdown" if association.stopping
-                                else how)
+                                else ending)
             finally:
                 with self._lock:
                     self._associations.discard(association)
@@ -311,7 +294,7 @@ class Receiver:
         accept = self._accept_or_reject(association, request)
         if accept is None:
             return "rejected"
-        message = _MessageAssembler(accept)
+        message = dimse.MessageAssembler(accept.accepted)
         while True:
             pdu_type, body = pdu.read_pdu(association.sock, self.settings.maximum_pdu_size)
             if pdu_type == pdu.P_DATA_TF:
@@ -358,13 +341,13 @@ class Receiver:
             )
             return None
         accept = pdu.AssociateAccept(
-            request, tuple(_negotiate(c) for c in request.contexts),
-            self.settings.maximum_pdu_size, dimse.IMPLEMENTATION_CLASS_UID,
-            dimse.IMPLEMENTATION_VERSION)
+            request, tuple(negotiate(c) for c in request.contexts),
+            self.settings.maximum_pdu_size, part10.IMPLEMENTATION_CLASS_UID,
+            part10.IMPLEMENTATION_VERSION)
         association.association_id = uuid.uuid4().hex
         association.calling_ae = request.calling_ae
-        self.ingestor.index.open_association(association.association_id, request.calling_ae,
-                                             association.peer)
+        self.sink.association_opened(association.association_id, request.calling_ae,
+                                     association.peer)
         association.send(accept.encode())
         self.stats.add(accepted=1)
         log.info("event=association_accepted association=%s calling_aet=%s peer=%s",
@@ -372,12 +355,10 @@ class Receiver:
                  association.host)
         return accept
 
-    def _ended(self, association: _Association, how: str) -> None:
-        self.ingestor.index.close_association(association.association_id)
+    def _ended(self, association: _Association, ending: str) -> None:
         log.info("event=association_ended association=%s how=%s",
-                 association.association_id, how)
-        if self.on_association_end is not None:
-            self.on_association_end(association.association_id)
+                 association.association_id, ending)
+        self.sink.association_closed(association.association_id)
 
     def _dispatch(self, association: _Association, accept: pdu.AssociateAccept,
                   context_id: int, command: dimse.Command, data_set: list[memoryview]) -> None:
@@ -386,11 +367,11 @@ class Receiver:
             status, comment = self._store(association, accept.accepted[context_id][1],
                                           command, data_set)
         elif command.field == dimse.C_ECHO_RQ:
-            status = STATUS_SUCCESS
+            status = Status.SUCCESS
         elif command.field == dimse.C_CANCEL_RQ or command.field & 0x8000:
             return  # nothing to answer
         else:
-            status = dimse.STATUS_UNRECOGNIZED_OPERATION
+            status = Status.UNRECOGNIZED_OPERATION
         response = dimse.response(command, status, comment)
         association.send(pdu.p_data(context_id, response, command=True,
                                     max_pdu_length=accept.request.max_pdu_length))
@@ -399,76 +380,20 @@ class Receiver:
                data_set: list[memoryview]) -> tuple[int, str]:
         """Store one instance; the status and error comment to answer with."""
         if not data_set:
-            self.stats.failed(STATUS_CANNOT_UNDERSTAND)
-            return STATUS_CANNOT_UNDERSTAND, "C-STORE request without a data set"
-        meta = dimse.file_meta(command.uid(dimse.AFFECTED_SOP_CLASS),
-                               command.uid(dimse.AFFECTED_SOP_INSTANCE), transfer_syntax,
-                               association.calling_ae)
+            self.stats.failed(Status.CANNOT_UNDERSTAND)
+            return Status.CANNOT_UNDERSTAND, "C-STORE request without a data set"
+        meta = part10.file_meta(command.uid(dimse.AFFECTED_SOP_CLASS),
+                                command.uid(dimse.AFFECTED_SOP_INSTANCE), transfer_syntax,
+                                association.calling_ae)
         encoded = b"".join([meta, *data_set])
         try:
-            outcome = self.ingestor.store(encoded, association.association_id)
+            answer = self.sink.store(encoded, association.association_id)
         except Exception:
             log.exception("event=store_error association=%s", association.association_id)
-            self.stats.failed(STATUS_PROCESSING_FAILURE)
-            return STATUS_PROCESSING_FAILURE, "internal error while storing"
-        if outcome.status != STATUS_SUCCESS:
-            self.stats.failed(outcome.status)
-            return outcome.status, outcome.comment
+            self.stats.failed(Status.PROCESSING_FAILURE)
+            return Status.PROCESSING_FAILURE, "internal error while storing"
+        if answer.status != Status.SUCCESS:
+            self.stats.failed(answer.status)
+            return answer.status, answer.comment
         self.stats.add(instances=1, bytes=len(encoded))
-        return STATUS_SUCCESS, ""
-
-
-def _negotiate(context: pdu.ProposedContext) -> pdu.ContextResult:
-    """Accept a storage or verification context with the first of our transfer syntaxes the
-    requestor proposes."""
-    ours = SUPPORTED_CONTEXTS.get(context.abstract_syntax)
-    if ours is None:
-        return pdu.ContextResult(context.context_id, pdu.ABSTRACT_SYNTAX_NOT_SUPPORTED,
-                                 pd_uid.ImplicitVRLittleEndian)
-    for syntax in ours:
-        if syntax in context.transfer_syntaxes:
-            return pdu.ContextResult(context.context_id, pdu.ACCEPTANCE, syntax)
-    return pdu.ContextResult(context.context_id, pdu.TRANSFER_SYNTAXES_NOT_SUPPORTED,
-                             pd_uid.ImplicitVRLittleEndian)
-
-
-class _MessageAssembler:
-    """Joins PDV fragments into DIMSE messages: (context id, command, data set fragments)."""
-
-    def __init__(self, accept: pdu.AssociateAccept) -> None:
-        self.accepted = accept.accepted
-        self._command_parts: list[bytes] = []
-        self._data_parts: list[memoryview] = []
-        self._command: dimse.Command | None = None
-        self._context_id = 0
-
-    def feed(self, body: bytes | bytearray) -> list[tuple[int, dimse.Command, list[memoryview]]]:
-        complete = []
-        for context_id, control, fragment in pdu.pdvs(body):
-            if context_id not in self.accepted:
-                raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was "
-                                        "not accepted")
-            if control & 0x01:  # a command fragment
-                if self._command is not None:
-                    raise pdu.ProtocolError("a command before the previous data set ended",
-                                            pdu.ABORT_UNEXPECTED_PDU)
-                self._command_parts.append(bytes(fragment))
-                if control & 0x02:
-                    try:
-                        command = dimse.Command.parse(b"".join(self._command_parts))
-                    except dimse.CommandError as exc:
-                        raise pdu.ProtocolError(str(exc)) from exc
-                    self._command_parts = []
-                    if command.has_data_set:
-                        self._command, self._context_id = command, context_id
-                    else:
-                        complete.append((context_id, command, []))
-            else:
-                if self._command is None or context_id != self._context_id:
-                    raise pdu.ProtocolError("a data set fragment without its command",
-                                            pdu.ABORT_UNEXPECTED_PDU)
-                self._data_parts.append(fragment)
-                if control & 0x02:
-                    complete.append((context_id, self._command, self._data_parts))
-                    self._command, self._data_parts = None, []
-        return complete
+        return Status.SUCCESS, ""

@@ -7,52 +7,35 @@ destination answered (or that no association or presentation context was availab
 from __future__ import annotations
 
 import logging
-import socket
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
-from pynetdicom import AE, _config
+from pynetdicom import AE
+
+from marrownode.net.pynetdicom_adapter import disable_nagle, park_reactor, send_files_as_stored
 
 log = logging.getLogger(__name__)
 
 #: Limit of presentation contexts one requestor may propose.
 MAX_CONTEXTS = 128
 
-# Send files as they are on disk, without decoding and re-encoding them.
-_config.STORE_SEND_CHUNKED_DATASET = True
 
 
-def park_reactor(association: Any, timeout: float = 0.05) -> None:
-    """Make sure pynetdicom's association reactor is parked before the next C-STORE.
+class SendError(StrEnum):
+    """Why a file got no DIMSE status."""
 
-    send_c_store pauses the reactor by clearing its checkpoint and goes ahead once the reactor's
-    "paused" flag is set. Just after the previous send_c_store released the reactor, that flag
-    can still be set from before: the C-STORE is sent, the reactor wakes, takes the response
-    off the queue ("Received unexpected C-STORE service message") and the sender waits out the
-    DIMSE timeout (pynetdicom issue #875; here about one C-STORE in 2,000). Closing the
-    checkpoint, then seeing the reactor leave it and come back to it, removes that window for
-    the price of one reactor round (about 1 ms). Private attributes: if a pynetdicom version
-    lacks them this does nothing.
-    """
-    checkpoint = getattr(association, "_reactor_checkpoint", None)
-    if checkpoint is None or not hasattr(association, "_is_paused"):
-        return
-    checkpoint.clear()
-    deadline = time.monotonic() + timeout
-    left = False
-    while association.is_established and time.monotonic() < deadline:
-        if not association._is_paused:
-            left = True  # it is past the checkpoint and will stop at it next round
-        elif left:
-            return  # back at the closed checkpoint: parked
-        time.sleep(0.0001)
+    NO_ASSOCIATION = "no_association"
+    CONTEXT_REFUSED = "context_refused"
+    CONNECTION_LOST = "connection_lost"
+    UNREADABLE = "unreadable"
 
 
 @dataclass(frozen=True)
 class OutgoingFile:
+    """A file to send, with the outbox row it belongs to."""
+
     key: int  # outbox row id
     path: Path
     sop_class_uid: str
@@ -61,9 +44,11 @@ class OutgoingFile:
 
 @dataclass(frozen=True)
 class SendResult:
+    """What the destination answered for one file, or why it answered nothing."""
+
     key: int
     status: int | None  # DIMSE status, None when never sent
-    error: str = ""  # 'no_association', 'context_refused', 'connection_lost', 'unreadable'
+    error: SendError | None = None
 
 
 def send_batch(
@@ -75,6 +60,7 @@ def send_batch(
     timeout: float = 30.0,
 ) -> list[SendResult]:
     """Send files over a single association; one SendResult per file, in order."""
+    send_files_as_stored()
     ae = AE(ae_title=calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     contexts = sorted({(f.sop_class_uid, f.transfer_syntax) for f in files})
@@ -85,35 +71,33 @@ def send_batch(
         # The destination answered but accepts none of what we proposed (a batch of one SOP
         # class it does not store): a refusal to record, not a network failure to retry.
         refused_all = bool(association.rejected_contexts) and not association.accepted_contexts
-        error = "context_refused" if refused_all else "no_association"
+        error = SendError.CONTEXT_REFUSED if refused_all else SendError.NO_ASSOCIATION
         return [SendResult(f.key, None, error) for f in files]
-    sock = association.dul.socket.socket if association.dul.socket else None
-    if sock is not None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    disable_nagle(association)
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in association.accepted_contexts}
     results: list[SendResult] = []
     try:
         for file in files:
             if (file.sop_class_uid, file.transfer_syntax) not in accepted:
-                results.append(SendResult(file.key, None, "context_refused"))
+                results.append(SendResult(file.key, None, SendError.CONTEXT_REFUSED))
                 continue
             if not association.is_established:
-                results.append(SendResult(file.key, None, "connection_lost"))
+                results.append(SendResult(file.key, None, SendError.CONNECTION_LOST))
                 continue
             if not file.path.is_file():
-                results.append(SendResult(file.key, None, "unreadable"))
+                results.append(SendResult(file.key, None, SendError.UNREADABLE))
                 continue
             park_reactor(association)
             try:
                 status = association.send_c_store(file.path)
             except (OSError, ValueError, AttributeError) as exc:
                 log.warning("event=send_error path=%s error=%s", file.path.name, exc)
-                results.append(SendResult(file.key, None, "unreadable"))
+                results.append(SendResult(file.key, None, SendError.UNREADABLE))
                 continue
             if status and "Status" in status:
                 results.append(SendResult(file.key, int(status.Status)))
             else:
-                results.append(SendResult(file.key, None, "connection_lost"))
+                results.append(SendResult(file.key, None, SendError.CONNECTION_LOST))
     finally:
         if association.is_established:
             association.release()

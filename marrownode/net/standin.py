@@ -9,9 +9,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import ThreadedAssociationServer
 
-from marrownode.net.receiver import ACCEPTED_TRANSFER_SYNTAXES
+from marrownode.net.ul.negotiation import ACCEPTED_TRANSFER_SYNTAXES
 from marrownode.store.spool import safe_component
 
 
@@ -26,18 +28,22 @@ class StandInPACS:
         self._lock = threading.Lock()
         refused = set(refuse_sop_classes)
         self.ae = AE(ae_title=ae_title)
-        self.ae.add_supported_context(Verification)
+        self.ae.add_supported_context(str(Verification))
         for context in AllStoragePresentationContexts:
-            if context.abstract_syntax not in refused:
-                self.ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
-        self._server = None
+            abstract_syntax = str(context.abstract_syntax)
+            if abstract_syntax not in refused:
+                self.ae.add_supported_context(abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
+        self._server: ThreadedAssociationServer | None = None
 
     def start(self) -> StandInPACS:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._server = self.ae.start_server((self.host, self.port), block=False,
-                                            evt_handlers=[(evt.EVT_C_STORE, self._store)])
-        self._server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.port = self._server.server_address[1]
+        server = self.ae.start_server((self.host, self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+        assert server is not None  # block=False returns the running server
+        if server.socket is not None:
+            server.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.port = int(server.server_address[1])
+        self._server = server
         return self
 
     def stop(self) -> None:
@@ -46,7 +52,9 @@ class StandInPACS:
             self._server = None
 
     def _store(self, event: evt.Event) -> int:
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        request = event.request
+        assert isinstance(request, C_STORE)
+        sop_uid = str(request.AffectedSOPInstanceUID)
         (self.folder / f"{safe_component(sop_uid)}.dcm").write_bytes(event.encoded_dataset())
         with self._lock:
             self.received.append(sop_uid)

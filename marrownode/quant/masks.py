@@ -58,4 +58,5 @@ def tissue_mask(in_phase: np.ndarray, sigma: float | None = None) -> np.ndarray:
     step = max(1, values.size // 200_000)  # a regular subsample: the 99th percentile is robust
     peak = float(np.percentile(values[::step], 99)) if values.size else 0.0
     threshold = max(NOISE_MULTIPLE * sigma, 1e-3 * peak, np.finfo(np.float64).tiny)
-    return finite & (in_phase > threshold)
+    mask: np.ndarray = finite & (in_phase > threshold)
+    return mask

@@ -15,6 +15,7 @@ from marrownode.config import Settings
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
+from marrownode.report import SetReport
 from marrownode.results.common import SourcePlane, SourceSeries
 from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.overlay import OverlayRenderer, build_overlay_series
@@ -38,6 +39,13 @@ OVERLAY = OutputSeries("overlay", 5, "signal loss overlay")
 REPORT = OutputSeries("sr", 6, "chemical-shift report (SR)")
 
 
+def _floats(values: tuple[float, ...] | None, count: int) -> Any:
+    """A geometry vector of a paired frame (pairing guarantees it is there)."""
+    if values is None or len(values) != count:
+        raise ValueError(f"frame geometry needs {count} values, got {values!r}")
+    return tuple(float(v) for v in values)
+
+
 def _planes(stack: Stack, cache: PixelCache, spacing_mm: float) -> list[SourcePlane]:
     planes = []
     for frame in stack.frames:
@@ -47,9 +55,9 @@ def _planes(stack: Stack, cache: PixelCache, spacing_mm: float) -> list[SourcePl
             sop_class_uid=str(dataset.SOPClassUID),
             sop_instance_uid=frame.sop_instance_uid,
             frame_number=None if frame.frame_index is None else frame.frame_index + 1,
-            position=tuple(float(v) for v in frame.position),  # type: ignore[arg-type]
-            orientation=tuple(float(v) for v in frame.orientation),  # type: ignore[arg-type]
-            pixel_spacing=tuple(float(v) for v in frame.pixel_spacing),  # type: ignore[arg-type]
+            position=_floats(frame.position, 3),
+            orientation=_floats(frame.orientation, 6),
+            pixel_spacing=_floats(frame.pixel_spacing, 2),
             slice_thickness=float(thickness) if thickness else spacing_mm,
         ))
     return planes
@@ -65,6 +73,7 @@ def _unique_datasets(stacks: list[Stack], cache: PixelCache) -> list[Dataset]:
 
 
 def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -> SourceSeries:
+    """The in-phase series and planes the results refer to and copy from."""
     datasets = _unique_datasets([dixon_set.in_phase], cache)
     return SourceSeries(
         reference=datasets[0],
@@ -91,7 +100,7 @@ def build_results(
     cache: PixelCache,
     settings: Settings,
     out_dir: Path,
-    set_report: dict[str, Any],
+    set_report: SetReport,
     set_index: int,
     on_series: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
@@ -176,7 +185,7 @@ def build_results(
 
 
 def overlay_frames(
-    volumes: SetVolumes, result: QuantResult, set_report: dict[str, Any], disclaimer: str
+    volumes: SetVolumes, result: QuantResult, set_report: SetReport, disclaimer: str
 ) -> Iterator[np.ndarray]:
     """Rendered overlay frames, one at a time (a whole-body set would not fit otherwise)."""
     tissue_values = volumes.in_phase[result.tissue]
@@ -187,7 +196,7 @@ def overlay_frames(
         foci |= mask
     count = volumes.in_phase.shape[0]
     renderer = OverlayRenderer(volumes.in_phase.shape[1:], window, result.threshold_percent,
-                               set_report.get("field_strength_t"), disclaimer)
+                               set_report.field_strength_t, disclaimer)
     for k in range(count):
         yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k],
                               f"slice {k + 1}/{count}")

@@ -42,7 +42,8 @@ def colour_for_loss(loss: np.ndarray, threshold: float | None) -> tuple[np.ndarr
 
 def _grey(plane: np.ndarray, low: float, high: float) -> np.ndarray:
     scaled = (np.nan_to_num(plane) - low) / max(high - low, 1e-6)
-    return (np.clip(scaled, 0, 1) * 255).astype(np.float32)
+    grey: np.ndarray = (np.clip(scaled, 0, 1) * 255).astype(np.float32)
+    return grey
 
 
 class OverlayRenderer:

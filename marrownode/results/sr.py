@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from skimage import measure
 
+from marrownode.report import SetReport
 from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
 from marrownode.results.uids import derived_uid
 
@@ -56,7 +57,7 @@ def _measurement(name: Code, value: float | None, unit: Code) -> hd.sr.Measureme
 def _outline(mask2d: np.ndarray) -> np.ndarray | None:
     """Closed polygon (column, row) around the largest contour of a slice of a focus."""
     padded = np.pad(mask2d.astype(float), 1)
-    contours = measure.find_contours(padded, 0.5)
+    contours = measure.find_contours(padded, 0.5)  # type: ignore[no-untyped-call]
     if not contours:
         return None
     contour = max(contours, key=len) - 1.0  # undo the padding
@@ -77,7 +78,7 @@ def _source_region(plane: SourcePlane) -> hd.sr.SourceImageForRegion:
 def build_sr(
     sources: SourceSeries,
     evidence: Sequence[Dataset],
-    set_report: dict[str, Any],
+    set_report: SetReport,
     focus_masks: Sequence[np.ndarray],
     parametric_maps: Sequence[Dataset],
     *,
@@ -87,7 +88,8 @@ def build_sr(
     series_description: str,
     uid_root: str,
 ) -> Dataset:
-    threshold = set_report.get("signal_loss_threshold_percent")
+    """The set's TID 1500 report: an image-level group and one volumetric group per focus."""
+    threshold = set_report.signal_loss_threshold_percent
     tracking_root = derived_uid(uid_root, sop_uid, "tracking")
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -99,13 +101,13 @@ def build_sr(
     observation = hd.sr.ObservationContext(observer_device_context=device)
 
     set_measurements = [m for m in (
-        _measurement(codes.DCM.MagneticFieldStrength, set_report.get("field_strength_t"), TESLA),
+        _measurement(codes.DCM.MagneticFieldStrength, set_report.field_strength_t, TESLA),
         _measurement(THRESHOLD, threshold, PERCENT),
-        _measurement(SIGNAL_LOSS, set_report.get("tissue", {}).get(
-            "signal_loss_percent_median"), PERCENT),
+        _measurement(SIGNAL_LOSS, set_report.tissue.signal_loss_percent_median
+                     if set_report.tissue else None, PERCENT),
     ) if m is not None]
     evaluations = [hd.sr.QualitativeEvaluation(ANALYSIS_FLAG, FLAG_CODES[f])
-                   for f in set_report.get("flags", []) if f in FLAG_CODES]
+                   for f in set_report.flags if f in FLAG_CODES]
     if threshold is None:
         evaluations.append(hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, NO_THRESHOLD))
     group_sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
@@ -113,14 +115,14 @@ def build_sr(
     groups: list[Any] = [hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=derived_uid(uid_root, tracking_root, "set"),
-            identifier=f"Dixon set {set_report.get('key', '')}"[:64]),
+            identifier=f"Dixon set {set_report.key}"[:64]),
         finding_type=codes.SCT.BoneMarrow,
         measurements=set_measurements,
         qualitative_evaluations=evaluations or None,
         source_images=group_sources,
     )]
     for number, (focus, mask) in enumerate(
-        zip(set_report.get("foci", []), focus_masks, strict=True), start=1
+        zip(set_report.foci, focus_masks, strict=True), start=1
     ):
         regions = []
         for index in np.flatnonzero(mask.any(axis=(1, 2))):
@@ -128,15 +130,15 @@ def build_sr(
             if polygon is not None and len(polygon) >= 4:
                 regions.append(hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon,
-                    source_image=_source_region(sources.planes[index])))
+                    source_image=_source_region(sources.planes[int(index)])))
         measurements = [m for m in (
-            _measurement(SIGNAL_LOSS, focus.get("signal_loss_percent"), PERCENT),
-            _measurement(SIR, focus.get("sir"), RATIO),
-            _measurement(codes.DCM.FatFraction, focus.get("fat_fraction_percent"), PERCENT),
-            _measurement(codes.SCT.Volume, focus.get("volume_mm3"), CUBIC_MM),
-            _measurement(codes.SCT.Area, focus.get("area_mm2"), SQUARE_MM),
+            _measurement(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT),
+            _measurement(SIR, focus.sir, RATIO),
+            _measurement(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT),
+            _measurement(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
+            _measurement(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
         ) if m is not None]
-        verdict = BELOW if focus.get("below_threshold") else AT_OR_ABOVE
+        verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=derived_uid(uid_root, tracking_root, "focus", number),
@@ -169,7 +171,7 @@ def build_sr(
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = SCHEME_NAME
     scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
-    sr.CodingSchemeIdentificationSequence = DicomSequence([scheme])
+    sr.CodingSchemeIdentificationSequence = DicomSequence([scheme])  # type: ignore[assignment]
     stamp(sr, sources, series_description)
     if "BodyPartExamined" in sr:
         del sr.BodyPartExamined  # not part of the SR IODs

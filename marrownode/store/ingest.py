@@ -1,7 +1,7 @@
 """Ingest: one received instance from encoded bytes to a durable, indexed spool file.
 
-The caller (net/receiver) maps the outcome to a DIMSE status; success is only reported after the
-file is fsynced, renamed into place and its index row committed.
+The outcome says what happened in storage terms; the receiving side maps it to a DIMSE status.
+STORED is only reported after the file is fsynced, renamed into place and its row committed.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -17,24 +18,31 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from marrownode.dixon.header import summarise
-from marrownode.store.identity import Identity, read_identity
-from marrownode.store.index import Index
+from marrownode.net.ul.identity import Identity, read_identity
 from marrownode.store.spool import OutOfSpace, Spool
+from marrownode.store.studies import StudyIndex
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_DATASET_MISMATCH = 0xA900
-STATUS_CANNOT_UNDERSTAND = 0xC000
-STATUS_PROCESSING_FAILURE = 0x0110
+
+
+class IngestResult(StrEnum):
+    """What became of one received instance."""
+
+    STORED = "stored"
+    OUT_OF_SPACE = "out_of_space"  # below the free-space watermark, or the disk is full
+    MISMATCH = "mismatch"  # the data set's SOP Instance UID is not the request's
+    UNREADABLE = "unreadable"  # no identity could be read from the data set
+    WRITE_FAILED = "write_failed"  # the spool could not be written for another reason
 
 _IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 
 
 @dataclass(frozen=True)
 class IngestOutcome:
-    status: int
+    """The result, a comment for the peer, and where a stored instance went."""
+
+    result: IngestResult
     comment: str = ""
     study_uid: str = ""
     path: Path | None = None
@@ -43,9 +51,9 @@ class IngestOutcome:
 class Ingestor:
     """Writes received instances into the spool and the index."""
 
-    def __init__(self, spool: Spool, index: Index) -> None:
+    def __init__(self, spool: Spool, studies: StudyIndex) -> None:
         self.spool = spool
-        self.index = index
+        self.studies = studies
 
     def _identify(self, encoded: bytes) -> tuple[dict[str, Any], str] | IngestOutcome:
         """The instance's identity (UIDs) and transfer syntax, or the failure to answer with.
@@ -56,10 +64,10 @@ class Ingestor:
         if isinstance(identity, IngestOutcome):
             return identity
         if not (identity.sop_instance_uid and identity.study_uid and identity.series_uid):
-            return IngestOutcome(STATUS_CANNOT_UNDERSTAND, "missing Study/Series/SOP UID")
+            return IngestOutcome(IngestResult.UNREADABLE, "missing Study/Series/SOP UID")
         if identity.media_sop_instance_uid != identity.sop_instance_uid:
             return IngestOutcome(
-                STATUS_DATASET_MISMATCH, "SOPInstanceUID differs from the request's UID"
+                IngestResult.MISMATCH, "SOPInstanceUID differs from the request's UID"
             )
         header = {"study_uid": identity.study_uid, "series_uid": identity.series_uid,
                   "sop_instance_uid": identity.sop_instance_uid,
@@ -70,7 +78,7 @@ class Ingestor:
         """Complete the header summaries of a study's instances stored since the last call
         (the assembler calls it before deciding); returns how many it summarised."""
         headers = {}
-        for sop_uid, path, identity in self.index.unsummarised(study_uid):
+        for sop_uid, path, identity in self.studies.unsummarised(study_uid):
             try:
                 header = summarise(dcmread(path, stop_before_pixels=True))
             except Exception as exc:  # a header we cannot summarise is still kept, never refused
@@ -80,7 +88,7 @@ class Ingestor:
             header.update(identity)
             headers[sop_uid] = header
         if headers:
-            self.index.set_headers(headers)
+            self.studies.set_headers(headers)
         return len(headers)
 
     def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
@@ -95,24 +103,24 @@ class Ingestor:
             self.spool.write(path, encoded)
         except OutOfSpace:
             log.warning("event=store_refused reason=disk_watermark sop=%s", sop_uid)
-            return IngestOutcome(STATUS_OUT_OF_RESOURCES, "spool below free-space watermark")
+            return IngestOutcome(IngestResult.OUT_OF_SPACE, "spool below free-space watermark")
         except OSError as exc:
-            status = (STATUS_OUT_OF_RESOURCES if exc.errno == errno.ENOSPC
-                      else STATUS_PROCESSING_FAILURE)
+            result = (IngestResult.OUT_OF_SPACE if exc.errno == errno.ENOSPC
+                      else IngestResult.WRITE_FAILED)
             log.error("event=store_failed sop=%s error=%s", sop_uid, exc.strerror)
-            return IngestOutcome(status, "cannot write to spool")
-        previous = self.index.record_instance(
+            return IngestOutcome(result, "cannot write to spool")
+        previous = self.studies.record_instance(
             header, path, len(encoded), transfer_syntax, association_id, summarised=False
         )
         if previous and previous != str(path):
             Path(previous).unlink(missing_ok=True)
-        return IngestOutcome(STATUS_SUCCESS, study_uid=study_uid, path=path)
+        return IngestOutcome(IngestResult.STORED, study_uid=study_uid, path=path)
 
     def recover(self) -> tuple[int, int]:
         """After a crash: drop temp files; index, where they are, spool files that lost their
         index row (renamed into place, but the node died before the commit)."""
         removed = self.spool.prepare()
-        known = self.index.known_paths()
+        known = self.studies.known_paths()
         reindexed = 0
         for path in self.spool.data_dir.rglob("*.dcm"):
             if str(path) in known:
@@ -123,7 +131,7 @@ class Ingestor:
                 log.warning("event=spool_file_unreadable file=%s", path.name)
                 continue
             header, transfer_syntax = parsed
-            self.index.record_instance(header, path, len(encoded), transfer_syntax, None,
+            self.studies.record_instance(header, path, len(encoded), transfer_syntax, None,
                                        summarised=False)
             reindexed += 1
         return removed, reindexed
@@ -148,4 +156,4 @@ def _read_identity_with_pydicom(encoded: bytes) -> Identity | IngestOutcome:
             OSError, NotImplementedError) as exc:
         log.warning("event=store_rejected reason=unreadable_dataset error=%s",
                     type(exc).__name__)
-        return IngestOutcome(STATUS_CANNOT_UNDERSTAND, f"cannot parse dataset: {exc}"[:64])
+        return IngestOutcome(IngestResult.UNREADABLE, f"cannot parse dataset: {exc}"[:64])

@@ -33,6 +33,7 @@ def safe_component(uid: str) -> str:
 
 
 def fsync_directory(path: Path) -> None:
+    """Make a rename or creation in path durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

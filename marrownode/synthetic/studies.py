@@ -111,7 +111,8 @@ def _base_dataset(options: StudyOptions) -> Dataset:
 
 
 def _stored(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image), 0, 4095).astype(np.uint16)
+    stored: np.ndarray = np.clip(np.rint(image), 0, 4095).astype(np.uint16)
+    return stored
 
 
 def _pixel_module(ds: Dataset, plane: np.ndarray) -> None:
@@ -125,7 +126,7 @@ def _pixel_module(ds: Dataset, plane: np.ndarray) -> None:
     ds.PixelData = plane.tobytes()
 
 
-def _finish(ds: Dataset, sop_class: str) -> Dataset:
+def _finish(ds: Dataset, sop_class: UID) -> Dataset:
     ds.SOPClassUID = sop_class
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
@@ -397,6 +398,7 @@ def compress(datasets: Iterable[Dataset], transfer_syntax: str) -> list[Dataset]
 
 
 def write_datasets(datasets: Iterable[Dataset], folder: Path) -> list[Path]:
+    """Write each data set as <SOP Instance UID>.dcm under folder."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for ds in datasets:

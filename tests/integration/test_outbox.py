@@ -10,7 +10,6 @@ from pathlib import Path
 from pydicom.uid import ParametricMapStorage
 
 from marrownode.net.standin import StandInPACS
-from marrownode.services import Deliverer
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import results_delivered, wait_until, write_config
 from tests.scu import send
@@ -30,12 +29,12 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
         study_uid = datasets[0].StudyInstanceUID
 
         wait_until(lambda: results_delivered(node, study_uid))
-        (delivery,) = node.index.deliveries(study_uid)
-        assert delivery["delivered"] == 37 and delivery["failed"] == 2
-        assert "refused" in delivery["failed_reason"]
+        (delivery,) = node.index.outbox.summaries(study_uid)
+        assert delivery.delivered == 37 and delivery.failed == 2
+        assert "refused" in delivery.failed_reason
         assert len(pacs.received) == 37
         time.sleep(1.5)  # well past the retry interval: refused rows are not retried
-        rows = node.index._connection().execute(
+        rows = node.index.db.connection().execute(
             "SELECT attempts, state FROM outbox WHERE sop_class_uid = ?",
             (ParametricMapStorage,)).fetchall()
         assert [tuple(r) for r in rows] == [(1, "failed"), (1, "failed")]
@@ -45,15 +44,6 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
         assert "destination nopm: delivered 37 pending 0 failed 2" in table.stdout
     finally:
         pacs.stop()
-
-
-def test_backoff_grows_exponentially_with_jitter_and_is_capped(node_factory) -> None:
-    node = node_factory(outbox={"retry_initial_seconds": 5, "retry_max_seconds": 600})
-    deliverer = Deliverer(node, seed=1)
-    for attempts, base in [(0, 5), (1, 10), (3, 40), (10, 600), (30, 600)]:
-        values = [deliverer.backoff(attempts) for _ in range(200)]
-        assert min(values) >= base * 0.5 and max(values) <= base
-        assert max(values) - min(values) > base * 0.2  # jitter spreads retries
 
 
 def test_unreachable_destination_keeps_results_queued_with_next_try(node_factory) -> None:
@@ -70,14 +60,14 @@ def test_unreachable_destination_keeps_results_queued_with_next_try(node_factory
     study_uid = datasets[0].StudyInstanceUID
 
     def tried() -> bool:
-        deliveries = node.index.deliveries(study_uid)
-        return bool(deliveries) and deliveries[0]["pending"] == 39 and (
-            deliveries[0]["next_attempt_at"] is not None) and (
-            deliveries[0]["next_attempt_at"] > time.time() + 5)
+        deliveries = node.index.outbox.summaries(study_uid)
+        return bool(deliveries) and deliveries[0].pending == 39 and (
+            deliveries[0].next_attempt_at is not None) and (
+            deliveries[0].next_attempt_at > time.time() + 5)
 
     wait_until(tried)
-    (delivery,) = node.index.deliveries(study_uid)
-    assert delivery["pending"] == 39 and delivery["delivered"] == 0 and delivery["failed"] == 0
+    (delivery,) = node.index.outbox.summaries(study_uid)
+    assert delivery.pending == 39 and delivery.delivered == 0 and delivery.failed == 0
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
@@ -118,7 +108,7 @@ def test_series_go_out_while_later_ones_are_encoded_each_file_once(node_factory,
 
         wait_until(lambda: results_delivered(node, study_uid))
         time.sleep(1.0)  # a second copy of anything would arrive now
-        report = json.loads(node.index.study(study_uid)["report"])
+        report = json.loads(node.index.studies.study(study_uid)["report"])
         outputs = [e for s in report["dixon_sets"] for e in s["outputs"]]
         assert len(outputs) == 2 + 2 * 24 + 24 + 1
         assert sorted(pacs.received) == sorted(e["sop_instance_uid"] for e in outputs)
@@ -163,7 +153,7 @@ def test_the_reactor_is_parked_before_each_c_store(tmp_path) -> None:
     fails instead of the race coming back unnoticed."""
     from pynetdicom import AE
 
-    from marrownode.net.sender import park_reactor
+    from marrownode.net.pynetdicom_adapter import park_reactor
 
     source = build_study(StudyOptions(style="siemens", study_key="park"))[0]
     pacs = StandInPACS(tmp_path / "pacs").start()

@@ -16,11 +16,11 @@ from tests.scu import nodelay, send, storage_ae
 def wait_state(node, study_uid: str, states: set[str], timeout: float = 20.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        study = node.index.study(study_uid)
+        study = node.index.studies.study(study_uid)
         if study is not None and study["state"] in states:
             return study
         time.sleep(0.02)
-    raise AssertionError(f"study never reached {states}: {node.index.study(study_uid)}")
+    raise AssertionError(f"study never reached {states}: {node.index.studies.study(study_uid)}")
 
 
 def test_complete_set_is_picked_up_within_2s_of_release(node_factory) -> None:
@@ -33,7 +33,7 @@ def test_complete_set_is_picked_up_within_2s_of_release(node_factory) -> None:
         assert association.send_c_store(ds).Status == 0
     time.sleep(1.0)
     study_uid = datasets[0].StudyInstanceUID
-    study = node.index.study(study_uid)
+    study = node.index.studies.study(study_uid)
     assert study["state"] == "waiting" and "association" in study["reason"]
     association.release()
     released = time.monotonic()
@@ -56,17 +56,17 @@ def test_an_association_ending_while_its_study_is_assessed_is_not_missed(node_fa
     study_uid = datasets[0].StudyInstanceUID
     all_sent = threading.Event()
     closed_in_window: list[str] = []
-    read_open_associations = node.index.open_association_ids
+    read_open_associations = node.index.studies.open_association_ids
 
     def read_then_end(uid: str) -> set[str]:
         open_ids = read_open_associations(uid)
         if uid == study_uid and open_ids and all_sent.is_set() and not closed_in_window:
             for association_id in open_ids:  # as the receiver would, just after the read
-                node.index.close_association(association_id)
+                node.index.studies.close_association(association_id)
             closed_in_window.extend(open_ids)
         return open_ids
 
-    node.index.open_association_ids = read_then_end  # type: ignore[method-assign]
+    node.index.studies.open_association_ids = read_then_end  # type: ignore[method-assign]
     ae = storage_ae("SCANNER", datasets)
     association = ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
     nodelay(association)
@@ -77,7 +77,7 @@ def test_an_association_ending_while_its_study_is_assessed_is_not_missed(node_fa
         # The real association stays open: only the event recorded in the window can end it.
         study = wait_state(node, study_uid, {"analysed"}, timeout=20)
         assert closed_in_window, "the window was never exercised"
-        assert study["dirty"] == 0
+        assert study["pending_events"] == 0
     finally:
         association.release()
 
@@ -91,7 +91,7 @@ def test_idle_timer_decides_when_headers_cannot(node_factory) -> None:
     study = wait_state(node, study_uid, {"waiting"}, timeout=5)
     assert "promise no image count" in study["reason"]
     time.sleep(max(0.0, 1.5 - (time.monotonic() - sent)))
-    assert node.index.study(study_uid)["state"] == "waiting"
+    assert node.index.studies.study(study_uid)["state"] == "waiting"
     study = wait_state(node, study_uid, {"analysed"}, timeout=15)
     assert time.monotonic() - sent >= 2.0
     (set_row,) = node.index.status()["studies"][0]["dixon_sets"]
@@ -107,7 +107,7 @@ def test_incomplete_by_header_waits_and_late_instances_retrigger(node_factory, t
     study_uid = datasets[0].StudyInstanceUID
     study = wait_state(node, study_uid, {"waiting"})
     time.sleep(1.0)
-    study = node.index.study(study_uid)
+    study = node.index.studies.study(study_uid)
     assert study["state"] == "waiting" and "10 of 12 images" in study["reason"]
     config = write_config(tmp_path / "status.toml", node.settings)
     table = subprocess.run([sys.executable, "-m", "marrownode", "status", "--config",
@@ -140,10 +140,10 @@ def test_worker_warm_up_rehearses_the_whole_pipeline_quietly(caplog) -> None:
     import logging
 
     from marrownode.config import Settings
-    from marrownode.services import _warm_up
+    from marrownode.services.worker import warm_up
 
     with caplog.at_level(logging.INFO):
-        outputs = _warm_up(Settings())
+        outputs = warm_up(Settings())
     assert outputs >= 4  # PM, derived MR, overlay and SR at least once each
     assert not [r for r in caplog.records if "study_analysed" in r.getMessage()]
 
@@ -154,13 +154,10 @@ def test_analyses_dropped_at_shutdown_run_after_the_next_start(node_factory, cap
     import logging
 
     from marrownode.node import Node
-    from marrownode.services import Assembler, attach_services
-
     node = node_factory(completion={"idle_seconds": 600})
-    assembler = next(s for s in node._services if isinstance(s, Assembler))
     # Keep the worker busy, and the calls the pool hands it early too: what comes next waits.
     for _ in range(4):
-        assembler._pool.submit(time.sleep, 1.5)
+        node.assembler.worker.submit(time.sleep, 1.5)
     studies = [build_study(StudyOptions(style="siemens", study_key=f"queued{i}"))
                for i in range(2)]
     port = node.receiver.port
@@ -172,10 +169,9 @@ def test_analyses_dropped_at_shutdown_run_after_the_next_start(node_factory, cap
     with caplog.at_level(logging.WARNING):
         node.stop(grace_seconds=1.0)
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert [node.index.study(uid)["state"] for uid in uids] == ["analysing", "analysing"]
+    assert [node.index.studies.study(uid)["state"] for uid in uids] == ["analysing", "analysing"]
 
     again = Node(node.settings)
-    attach_services(again)
     again.start()
     try:
         for uid in uids:

@@ -43,8 +43,8 @@ def test_pynetdicom_study_is_stored_bit_exact_and_indexed(node_factory) -> None:
     study_uid = datasets[0].StudyInstanceUID
     # Acknowledged means on disk and indexed; the header summary comes after, off that path.
     node.ingestor.summarise_pending(study_uid)
-    rows = {row.sop_instance_uid: row for row in node.index.instances(study_uid)}
-    assert len(rows) == len(datasets) == node.index.instance_count()
+    rows = {row.sop_instance_uid: row for row in node.index.studies.instances(study_uid)}
+    assert len(rows) == len(datasets) == node.index.studies.instance_count()
     assert all(row.summarised for row in rows.values())
     assert node.ingestor.summarise_pending(study_uid) == 0
     for ds in datasets:
@@ -77,7 +77,7 @@ def test_dcmtk_storescu_and_echoscu(node_factory, tmp_path: Path) -> None:
             env=dcmtk_env(), capture_output=True, text=True, timeout=120,
         )
         assert result.returncode == 0, result.stderr
-    rows = node.index.instances(datasets[0].StudyInstanceUID)
+    rows = node.index.studies.instances(datasets[0].StudyInstanceUID)
     assert len(rows) == len(datasets)
     by_uid = {ds.SOPInstanceUID: ds for ds in datasets}
     compressed = {row.transfer_syntax for row in rows}
@@ -91,7 +91,7 @@ def test_repeated_instance_is_idempotent(node_factory) -> None:
     datasets = build_study(StudyOptions(study_key="repeat"))[:3]
     assert send(node.receiver.port, datasets) == [0, 0, 0]
     assert send(node.receiver.port, datasets[:1]) == [0]
-    assert node.index.instance_count() == 3
+    assert node.index.studies.instance_count() == 3
     files = list(node.spool.data_dir.rglob("*.dcm"))
     assert len(files) == 3
 
@@ -122,7 +122,7 @@ def test_crafted_uids_stay_inside_the_spool(node_factory) -> None:
     assert send(node.receiver.port, crafted) == [0, 0]
     spool = node.spool.data_dir.resolve()
     for ds in crafted:
-        rows = node.index.instances(ds.StudyInstanceUID)
+        rows = node.index.studies.instances(ds.StudyInstanceUID)
         assert len(rows) == 1
         path = Path(rows[0].path).resolve()
         assert spool in path.parents and path.is_file()
@@ -135,7 +135,7 @@ def test_watermark_answers_out_of_resources_and_leaves_nothing(node_factory) -> 
     node = node_factory(storage={"min_free_mb": 1024 * 1024 * 1024})  # an exabyte: always short
     datasets = build_study(StudyOptions(study_key="full"))[:2]
     assert send(node.receiver.port, datasets) == [0xA700, 0xA700]
-    assert node.index.instance_count() == 0
+    assert node.index.studies.instance_count() == 0
     assert not list(node.spool.data_dir.rglob("*")) and not list(node.spool.temp_dir.iterdir())
 
 
@@ -156,10 +156,10 @@ def test_malformed_dataset_fails_cleanly_and_node_keeps_serving(node_factory) ->
     for payload in broken:
         status = send_raw(node.receiver.port, good.SOPClassUID, good.SOPInstanceUID, payload)
         assert status in (0xA900, 0xC000)
-    assert node.index.instance_count() == 0
+    assert node.index.studies.instance_count() == 0
     assert not list(node.spool.data_dir.rglob("*.dcm"))
     assert send(node.receiver.port, [good]) == [0]
-    assert node.index.instance_count() == 1
+    assert node.index.studies.instance_count() == 1
 
 
 def _certificate(folder: Path) -> tuple[Path, Path]:
@@ -182,7 +182,7 @@ def test_tls_association_works_and_plaintext_fails(node_factory, tmp_path: Path)
     assert send(node.receiver.port, build_study(StudyOptions(study_key="tls"))[:2],
                 ssl_context=client) == [0, 0]
     assert not can_associate(node.receiver.port)
-    assert node.index.instance_count() == 2
+    assert node.index.studies.instance_count() == 2
 
 
 def test_max_associations_refuses_the_one_too_many(node_factory) -> None:
@@ -214,14 +214,14 @@ def test_a_second_receiving_process_stores_and_counts_on_its_own(node_factory) -
     datasets = build_study(StudyOptions(study_key="second-process"))
     assert send(port, datasets) == [0] * len(datasets)
     study_uid = datasets[0].StudyInstanceUID
-    rows = node.index.instances(study_uid)
+    rows = node.index.studies.instances(study_uid)
     assert len(rows) == len(datasets) and all(Path(r.path).is_file() for r in rows)
     assert node.receiver.stats.instances == len(datasets)  # one set of counters for all
     assert node.receiver.stats.accepted == 1
     # Complete by content once the association has ended; the idle timer (600 s) is not it.
     deadline = time.monotonic() + 30
-    while (node.index.study(study_uid) or {}).get("state") != "analysed":
-        assert time.monotonic() < deadline, node.index.study(study_uid)
+    while (node.index.studies.study(study_uid) or {}).get("state") != "analysed":
+        assert time.monotonic() < deadline, node.index.studies.study(study_uid)
         time.sleep(0.1)
     node.stop(grace_seconds=2.0)
     assert not can_associate(port), "no receiving process is left listening after stop"

@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from marrownode.store.database import index_path
 from marrownode.store.index import Index
 from marrownode.synthetic.phantom import spine_phantom
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import make_settings, wait_for_port, wait_until
 from tests.scu import storage_ae
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def send_until_refused(port: int, datasets, acknowledged: list[str], started: threading.Event):
@@ -62,8 +63,9 @@ def test_sigterm_during_transfer_loses_no_acknowledged_instance(serve_process, t
     sender.join(60)
     assert server.wait(60) == 0
     assert len(acknowledged) >= 20
-    index = Index(settings.storage.root / "index.sqlite3")
-    rows = {row.sop_instance_uid: row for row in index.instances(datasets[0].StudyInstanceUID)}
+    index = Index(index_path(settings.storage.root))
+    study_uid = datasets[0].StudyInstanceUID
+    rows = {row.sop_instance_uid: row for row in index.studies.instances(study_uid)}
     for uid in acknowledged:
         assert uid in rows, "an acknowledged instance is missing from the index"
         assert dcmread(rows[uid].path).SOPInstanceUID == uid
@@ -84,8 +86,8 @@ def test_restart_finds_everything_and_cleans_temp_files(serve_process, tmp_path)
     # commit leaves a spool file without a row: simulate both.
     (root / "tmp" / "half-written.part").write_bytes(b"\0" * 100)
     orphan = datasets[10]
-    index = Index(root / "index.sqlite3")
-    target = next(Path(r.path) for r in index.instances(orphan.StudyInstanceUID)).parent
+    index = Index(index_path(root))
+    target = next(Path(r.path) for r in index.studies.instances(orphan.StudyInstanceUID)).parent
     orphan.save_as(target / "orphan.dcm", enforce_file_format=True)
     index.close()
     server = serve_process(settings).start(port=settings.node.port)
@@ -187,19 +189,19 @@ def test_rows_lost_with_the_ingest_commit_come_back_from_the_spool(node_factory)
     datasets = build_study(StudyOptions(study_key="lost-rows"))
     assert send(node.receiver.port, datasets) == [0] * len(datasets)
     study_uid = datasets[0].StudyInstanceUID
-    wait_until(lambda: (node.index.study(study_uid) or {}).get("state") == "analysed")
-    lost = {row.sop_instance_uid for row in node.index.instances(study_uid)[:5]}
-    with node.index.transaction() as db:  # what a power loss could leave behind
+    wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state") == "analysed")
+    lost = {row.sop_instance_uid for row in node.index.studies.instances(study_uid)[:5]}
+    with node.index.db.transaction() as db:  # what a power loss could leave behind
         db.executemany("DELETE FROM instances WHERE sop_instance_uid = ?", [(u,) for u in lost])
-    assert node.index.instance_count() == len(datasets) - 5
+    assert node.index.studies.instance_count() == len(datasets) - 5
     removed, reindexed = node.ingestor.recover()
     assert (removed, reindexed) == (0, 5)
     node.ingestor.summarise_pending(study_uid)  # unless the assembler got there first
-    rows = {row.sop_instance_uid: row for row in node.index.instances(study_uid)}
+    rows = {row.sop_instance_uid: row for row in node.index.studies.instances(study_uid)}
     assert len(rows) == len(datasets)
     for uid in lost:
         assert rows[uid].summarised and rows[uid].header["frames"], uid
-    wait_until(lambda: (node.index.study(study_uid) or {}).get("state") == "analysed")
+    wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state") == "analysed")
 
 
 def test_an_index_from_schema_version_1_is_migrated(tmp_path) -> None:
@@ -216,8 +218,8 @@ def test_an_index_from_schema_version_1_is_migrated(tmp_path) -> None:
     db.commit()
     db.close()
     index = Index(path)
-    (row,) = index.instances("1.1")
-    assert row.summarised and index.unsummarised("1.1") == []
+    (row,) = index.studies.instances("1.1")
+    assert row.summarised and index.studies.unsummarised("1.1") == []
 
 
 def test_concurrent_writers_of_two_index_objects_all_commit(tmp_path) -> None:
@@ -231,7 +233,7 @@ def test_concurrent_writers_of_two_index_objects_all_commit(tmp_path) -> None:
         try:
             for n in range(50):
                 uid = f"1.2.{worker}.{n}"
-                index.record_instance(
+                index.studies.record_instance(
                     {"sop_instance_uid": uid, "study_uid": "1.2", "series_uid": "1.2.1",
                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4"},
                     tmp_path / f"{uid}.dcm", 10, "1.2.840.10008.1.2.1", None)
@@ -244,4 +246,4 @@ def test_concurrent_writers_of_two_index_objects_all_commit(tmp_path) -> None:
     for thread in threads:
         thread.join(60)
     assert not errors and not any(t.is_alive() for t in threads)
-    assert indexes[0].instance_count() == indexes[1].instance_count() == 400
+    assert indexes[0].studies.instance_count() == indexes[1].studies.instance_count() == 400

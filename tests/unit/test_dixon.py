@@ -17,6 +17,7 @@ from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import Role, classify, frames_from_header, phase_of_echo
 from marrownode.dixon.sets import assemble
 from marrownode.pipeline import process_paths
+from marrownode.report import SetReport
 from marrownode.synthetic.phantom import spine_phantom, truth
 from marrownode.synthetic.studies import (
     STYLES,
@@ -62,7 +63,7 @@ def test_each_vendor_style_gives_exactly_one_complete_set(style: str) -> None:
     datasets = build_study(options)
     assembly = assembly_of(datasets)
     assert len(assembly.sets) == 1
-    summary = assembly.sets[0].summary()
+    summary = SetReport.of(assembly.sets[0]).to_json()
     op_te, ip_te = echo_times_ms(1.5)
     ip, op, water, fat = (series_with(datasets, d) for d in EXPECTED_LABELS[style])
     assert summary["in_phase"]["series_instance_uid"] == ip
@@ -106,7 +107,7 @@ def test_anonymised_dual_echo_pairs_by_echo_time_physics() -> None:
     datasets = build_study(StudyOptions(style="anonymised_dual_echo"))
     assert all(not ds.get("Manufacturer") and not ds.SeriesDescription for ds in datasets)
     (dixon_set,) = assembly_of(datasets).sets
-    summary = dixon_set.summary()
+    summary = SetReport.of(dixon_set).to_json()
     series = datasets[0].SeriesInstanceUID
     assert summary["in_phase"]["series_instance_uid"] == series
     assert summary["opposed_phase"]["series_instance_uid"] == series
@@ -119,7 +120,7 @@ def test_in_phase_first_at_3t_is_flagged() -> None:
     datasets = build_study(StudyOptions(style="anonymised_dual_echo", field_strength_t=3.0,
                                         in_phase_first=True))
     (dixon_set,) = assembly_of(datasets).sets
-    assert dixon_set.summary()["field_strength_t"] == 3.0
+    assert SetReport.of(dixon_set).to_json()["field_strength_t"] == 3.0
     assert "in_phase_first" in dixon_set.flags
     assert dixon_set.in_phase.echo_time == pytest.approx(echo_times_ms(3.0, True)[1])
 

@@ -25,7 +25,7 @@ _DATA_WANTED = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid",
 _LAST_WANTED = 0x0020000E
 
 
-class _Unusual(Exception):
+class _NotWalkable(Exception):
     """Something the walk does not handle: pydicom reads the file instead."""
 
 
@@ -51,7 +51,7 @@ def read_identity(encoded: bytes) -> Identity | None:
             return None
         found: dict[str, str] = {}
         _walk(encoded, position, syntax != _IMPLICIT_LE, _DATA_WANTED, found, _LAST_WANTED)
-    except (_Unusual, struct.error, UnicodeDecodeError):
+    except (_NotWalkable, struct.error, UnicodeDecodeError):
         return None
     if not {"study_uid", "series_uid", "sop_instance_uid"} <= found.keys():
         return None  # pydicom names what is missing
@@ -85,17 +85,17 @@ def _walk(data: bytes, position: int, explicit: bool, wanted: dict[int, str],
             start = position + 8
         if length == _UNDEFINED:
             if explicit and vr != b"SQ":
-                raise _Unusual  # UN or encapsulated data of undefined length
+                raise _NotWalkable  # UN or encapsulated data of undefined length
             position = _skip_sequence(data, start, explicit)
             continue
         if start + length > end:
-            raise _Unusual
+            raise _NotWalkable
         name = wanted.get(tag)
         if name is not None and not in_item:
             found[name] = data[start:start + length].rstrip(b"\0 ").decode("ascii")
         position = start + length
     if in_item:
-        raise _Unusual
+        raise _NotWalkable
     return position
 
 
@@ -108,9 +108,9 @@ def _skip_sequence(data: bytes, position: int, explicit: bool) -> int:
         if tag == _SEQUENCE_END:
             return position
         if tag != _ITEM:
-            raise _Unusual
+            raise _NotWalkable
         if length == _UNDEFINED:
             position = _walk(data, position, explicit, {}, {}, 0xFFFFFFFF, in_item=True)
         else:
             position += length
-    raise _Unusual
+    raise _NotWalkable

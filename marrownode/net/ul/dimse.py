@@ -1,16 +1,17 @@
-"""DIMSE command sets (PS3.7 section 9.3, 9.1.5) and Part 10 file meta for the receiving side.
+"""DIMSE command sets (PS3.7 section 9.3, 9.1.5) for the receiving side, and the joining of
+PDV fragments into messages.
 
 Command sets are always Implicit VR Little Endian; the few a storage SCP reads and writes are
-parsed and encoded here directly. The file meta turns a received data set into a DICOM file
-without decoding it (PS3.10 section 7.1).
+parsed and encoded here directly.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 from dataclasses import dataclass
 
-from marrownode import __version__
+from marrownode.net.ul import pdu
 
 C_STORE_RQ, C_STORE_RSP = 0x0001, 0x8001
 C_ECHO_RQ, C_ECHO_RSP = 0x0030, 0x8030
@@ -27,12 +28,6 @@ DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE = 0x00001000
-
-#: marrownode's Implementation Class UID (UUID-derived, PS3.5 B.2), written into the file meta
-#: of every received instance and announced in the A-ASSOCIATE-AC.
-IMPLEMENTATION_CLASS_UID = "2.25.72704777526730173852225745436259395750"
-IMPLEMENTATION_VERSION = f"MARROWNODE_{__version__}"[:16]
-
 
 class CommandError(ValueError):
     """A command set that cannot be parsed."""
@@ -85,7 +80,8 @@ def _element(tag: int, value: bytes) -> bytes:
     return struct.pack("<HHI", tag >> 16, tag & 0xFFFF, len(value)) + value
 
 
-def _uid(value: str) -> bytes:
+def encode_uid(value: str) -> bytes:
+    """A UID value padded with NUL to even length (PS3.5 9.1)."""
     encoded = value.encode("ascii")
     return encoded + b"\0" if len(encoded) % 2 else encoded
 
@@ -97,7 +93,7 @@ def _us(value: int) -> bytes:
 def response(request: Command, status: int, comment: str = "") -> bytes:
     """The encoded response to request: C-STORE-RSP, C-ECHO-RSP, or the request's own
     response type with the given status."""
-    elements = [_element(AFFECTED_SOP_CLASS, _uid(request.uid(AFFECTED_SOP_CLASS))),
+    elements = [_element(AFFECTED_SOP_CLASS, encode_uid(request.uid(AFFECTED_SOP_CLASS))),
                 _element(COMMAND_FIELD, _us(request.field | 0x8000)),
                 _element(MESSAGE_ID_RESPONDED_TO, _us(request.message_id)),
                 _element(DATA_SET_TYPE, _us(NO_DATA_SET)),
@@ -107,30 +103,48 @@ def response(request: Command, status: int, comment: str = "") -> bytes:
         elements.append(_element(ERROR_COMMENT, text + b" " * (len(text) % 2)))
     if AFFECTED_SOP_INSTANCE in request.elements:
         elements.append(_element(AFFECTED_SOP_INSTANCE,
-                                 _uid(request.uid(AFFECTED_SOP_INSTANCE))))
+                                 encode_uid(request.uid(AFFECTED_SOP_INSTANCE))))
     body = b"".join(elements)
     return _element(_COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
 
 
-def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str,
-              source_ae: str = "") -> bytes:
-    """Preamble, 'DICM' and the File Meta Information group for a received data set."""
-    elements = [b"\x02\x00\x01\x00OB\x00\x00\x02\x00\x00\x00\x00\x01"]
-    for element, vr, value in (
-        (0x0002, b"UI", _uid(sop_class_uid)),
-        (0x0003, b"UI", _uid(sop_instance_uid)),
-        (0x0010, b"UI", _uid(transfer_syntax)),
-        (0x0012, b"UI", _uid(IMPLEMENTATION_CLASS_UID)),
-        (0x0013, b"SH", _padded(IMPLEMENTATION_VERSION)),
-        (0x0016, b"AE", _padded(source_ae)),
-    ):
-        if value:
-            elements.append(struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value)
-    group = b"".join(elements)
-    length = struct.pack("<HH2sHI", 0x0002, 0x0000, b"UL", 4, len(group))
-    return b"\0" * 128 + b"DICM" + length + group
+class MessageAssembler:
+    """Joins PDV fragments into DIMSE messages: (context id, command, data set fragments)."""
 
+    def __init__(self, accepted_context_ids: Collection[int]) -> None:
+        self.accepted = accepted_context_ids
+        self._command_parts: list[bytes] = []
+        self._data_parts: list[memoryview] = []
+        self._command: Command | None = None
+        self._context_id = 0
 
-def _padded(text: str) -> bytes:
-    encoded = text.encode("ascii", "replace")
-    return encoded + b" " * (len(encoded) % 2)
+    def feed(self, body: bytes | bytearray) -> list[tuple[int, Command, list[memoryview]]]:
+        complete: list[tuple[int, Command, list[memoryview]]] = []
+        for context_id, control, fragment in pdu.pdvs(body):
+            if context_id not in self.accepted:
+                raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was "
+                                        "not accepted")
+            if control & 0x01:  # a command fragment
+                if self._command is not None:
+                    raise pdu.ProtocolError("a command before the previous data set ended",
+                                            pdu.ABORT_UNEXPECTED_PDU)
+                self._command_parts.append(bytes(fragment))
+                if control & 0x02:
+                    try:
+                        command = Command.parse(b"".join(self._command_parts))
+                    except CommandError as exc:
+                        raise pdu.ProtocolError(str(exc)) from exc
+                    self._command_parts = []
+                    if command.has_data_set:
+                        self._command, self._context_id = command, context_id
+                    else:
+                        complete.append((context_id, command, []))
+            else:
+                if self._command is None or context_id != self._context_id:
+                    raise pdu.ProtocolError("a data set fragment without its command",
+                                            pdu.ABORT_UNEXPECTED_PDU)
+                self._data_parts.append(fragment)
+                if control & 0x02:
+                    complete.append((context_id, self._command, self._data_parts))
+                    self._command, self._data_parts = None, []
+        return complete

@@ -1,10 +1,7 @@
 """DICOM Upper Layer PDUs (PS3.8 section 9.3) for the receiving side: read, parse, encode.
 
-The node receives through its own upper layer instead of pynetdicom's: pynetdicom runs two
-polling threads per association and spends 1.5-2.3 ms of CPU per 132 KB instance, which capped
-ingest well below Orthanc's (docs/performance.md). Here an association is one thread doing
-blocking reads of whole PDUs, and a data set is handed on as the bytes that arrived, never
-decoded. Only what an acceptor needs is here; the sender still uses pynetdicom.
+Whole PDUs are read with blocking reads, payloads in bounded pieces; only what an acceptor needs
+is here (why the node does not use pynetdicom's acceptor: docs/performance.md).
 """
 
 from __future__ import annotations
@@ -212,14 +209,17 @@ class AssociateAccept:
 
 
 def associate_rj(result: int, source: int, reason: int) -> bytes:
+    """A-ASSOCIATE-RJ (PS3.8 9.3.4)."""
     return struct.pack(">BBIBBBB", A_ASSOCIATE_RJ, 0, 4, 0, result, source, reason)
 
 
 def release_rp() -> bytes:
+    """A-RELEASE-RP (PS3.8 9.3.7)."""
     return struct.pack(">BBIHH", A_RELEASE_RP, 0, 4, 0, 0)
 
 
 def abort(source: int, reason: int) -> bytes:
+    """A-ABORT (PS3.8 9.3.8)."""
     return struct.pack(">BBIBBBB", A_ABORT, 0, 4, 0, 0, source, reason)
 
 
@@ -240,7 +240,7 @@ def pdvs(body: bytes | bytearray) -> Iterator[tuple[int, int, memoryview]]:
 
 def p_data(context_id: int, payload: bytes, command: bool, max_pdu_length: int) -> bytes:
     """payload as P-DATA-TF PDUs within the peer's max_pdu_length (0: one PDU)."""
-    room = len(payload) if not max_pdu_length else max(1, max_pdu_length - 6)
+    room = max(1, len(payload) if not max_pdu_length else max_pdu_length - 6)
     chunks = [payload[i:i + room] for i in range(0, len(payload), room)] or [b""]
     pdus = []
     for number, chunk in enumerate(chunks):

@@ -16,7 +16,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from marrownode.net.dimse import IMPLEMENTATION_CLASS_UID
+from marrownode.net.ul.part10 import IMPLEMENTATION_CLASS_UID
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
 from tests.conftest import DCMTK, dcmtk_env, require_binary, wait_until
 from tests.scu import RawRequestor, can_associate, send
@@ -91,7 +91,7 @@ def test_small_pdus_from_storescu_are_stored_byte_for_byte(node_factory, tmp_pat
     assert result.returncode == 0, result.stderr
     for source in sorted(folder.iterdir()):
         original = dcmread(source)
-        (row,) = [r for r in node.index.instances(original.StudyInstanceUID)
+        (row,) = [r for r in node.index.studies.instances(original.StudyInstanceUID)
                   if r.sop_instance_uid == original.SOPInstanceUID]
         stored = dcmread(row.path)
         assert stored.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
@@ -120,11 +120,11 @@ def test_abort_halfway_through_a_data_set_keeps_nothing_and_ends_the_association
     raw.send(bytes([A_ABORT, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
     raw.close()
     wait_until(lambda: node.receiver.active_associations() == 0, timeout=10)
-    assert node.index.instance_count() == 0 and not list(node.spool.temp_dir.iterdir())
+    assert node.index.studies.instance_count() == 0 and not list(node.spool.temp_dir.iterdir())
     assert node.receiver.stats.instances == 0
     # The same instance over a clean association is stored: nothing was left half-done.
     assert send(node.receiver.port, [dataset]) == [0]
-    assert node.index.instance_count() == 1
+    assert node.index.studies.instance_count() == 1
 
 
 def test_garbage_early_data_and_silence_are_aborted_and_the_node_keeps_serving(

@@ -11,7 +11,6 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from marrownode.net.standin import StandInPACS
-from marrownode.services import RetentionSweeper
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
 from tests.conftest import free_port, make_settings, results_delivered, wait_until
 from tests.scu import can_associate, send
@@ -57,7 +56,7 @@ def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
         wait_until(lambda: metrics(http_port).get(ttr, 0) >= 1)
         time.sleep(0.5)  # a second count of the same study would show by now
         after = metrics(http_port)
-        sizes = sum(row.size_bytes for row in node.index.instances(study_uid))
+        sizes = sum(row.size_bytes for row in node.index.studies.instances(study_uid))
         assert after[("marrownode_instances_received_total", ())] == len(datasets) == 60
         assert after[("marrownode_bytes_received_total", ())] == sizes
         assert after[("marrownode_associations_total", (("result", "accepted"),))] == 1
@@ -112,27 +111,28 @@ def test_retention_removes_exactly_what_is_due(node_factory, tmp_path) -> None:
         for datasets in (done, no_dixon):
             assert send(node.receiver.port, datasets) == [0] * len(datasets)
         wait_until(lambda: results_delivered(node, done[0].StudyInstanceUID))
-        wait_until(lambda: node.index.study(no_dixon[0].StudyInstanceUID)["state"]
+        wait_until(lambda: node.index.studies.study(no_dixon[0].StudyInstanceUID)["state"]
                    == "no_dixon_set")
         # A fourth study whose results cannot be delivered stays pending.
         pacs.stop()
         pending = build_study(StudyOptions(style="ge_lava", study_key="pending"))
         for datasets in (pending, incomplete):  # the incomplete one is still waiting
             assert send(node.receiver.port, datasets) == [0] * len(datasets)
-        wait_until(lambda: bool(node.index.deliveries(pending[0].StudyInstanceUID))
-                   and node.index.study(pending[0].StudyInstanceUID)["state"] == "analysed"
-                   and node.index.study(incomplete[0].StudyInstanceUID)["state"] == "waiting")
-        sweeper = RetentionSweeper(node)
+        studies = node.index.studies
+        wait_until(lambda: bool(node.index.outbox.summaries(pending[0].StudyInstanceUID))
+                   and studies.study(pending[0].StudyInstanceUID)["state"] == "analysed"
+                   and studies.study(incomplete[0].StudyInstanceUID)["state"] == "waiting")
+        sweeper = node.retention
         now = time.time()
         assert sweeper.sweep(now) == []
         removed = sweeper.sweep(now + 3600 + 5)
         assert sorted(removed) == sorted([done[0].StudyInstanceUID,
                                           no_dixon[0].StudyInstanceUID])
         for study_uid in removed:
-            assert node.index.study(study_uid) is None
-            assert node.index.instances(study_uid) == []
-            assert node.index.deliveries(study_uid) == []
-        assert node.index.study(incomplete[0].StudyInstanceUID)["state"] == "waiting"
+            assert node.index.studies.study(study_uid) is None
+            assert node.index.studies.instances(study_uid) == []
+            assert node.index.outbox.summaries(study_uid) == []
+        assert node.index.studies.study(incomplete[0].StudyInstanceUID)["state"] == "waiting"
         remaining = {s["study_instance_uid"] for s in node.index.status()["studies"]}
         assert remaining == {incomplete[0].StudyInstanceUID, pending[0].StudyInstanceUID}
         files = {p.name for p in node.spool.data_dir.rglob("*.dcm")}

@@ -1,0 +1,214 @@
+"""The assembler: decides from the index when a study's Dixon sets are complete, hands the
+study to the analysis worker, and records what came back. Every decision is written to the
+index before the next step starts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from marrownode.config import Settings
+from marrownode.dixon.completion import Verdict, decide
+from marrownode.services.loop import LoopService
+from marrownode.services.worker import AnalysisWorker, RunEnded, SeriesWritten
+from marrownode.states import SetState, StudyState
+from marrownode.store.ingest import Ingestor
+from marrownode.store.spool import Spool
+from marrownode.store.studies import SetRow, StudyIndex
+
+log = logging.getLogger(__name__)
+
+#: Called with (study UID, report entries) for each result series once it is written.
+SeriesCallback = Callable[[str, list[dict[str, Any]]], None]
+#: Called with (study UID, report) once a study's analysis is recorded.
+AnalysedCallback = Callable[[str, dict[str, Any]], None]
+
+
+@dataclass
+class _Run:
+    """One analysis of one study in the worker, as the node follows it."""
+
+    study_uid: str
+    forwarded: set[str] = field(default_factory=set)  # SOP UIDs already handed on
+    ended: threading.Event = field(default_factory=threading.Event)
+
+
+def _patient_fields(path: str) -> str:
+    """Patient name and ID for the log, only when logging.include_phi is switched on."""
+    from pydicom import dcmread
+
+    dataset = dcmread(path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
+    name = str(dataset.get("PatientName", "")).replace(" ", "_")
+    return f" patient_name={name} patient_id={dataset.get('PatientID', '')}"
+
+
+class Assembler(LoopService):
+    """Completion decisions and analysis jobs, driven by the index."""
+
+    name = "assembler"
+    #: How long the end of a finished run's series may lag behind its result.
+    series_lag_seconds = 30.0
+
+    def __init__(
+        self,
+        settings: Settings,
+        studies: StudyIndex,
+        ingestor: Ingestor,
+        spool: Spool,
+        worker: AnalysisWorker,
+        observe_analysis_seconds: Callable[[float], None],
+        on_series: SeriesCallback,
+        on_analysed: AnalysedCallback,
+        poll_seconds: float = 0.5,
+    ) -> None:
+        super().__init__(poll_seconds)
+        self.settings = settings
+        self.studies = studies
+        self.ingestor = ingestor
+        self.spool = spool
+        self.worker = worker
+        self.observe_analysis_seconds = observe_analysis_seconds
+        self.on_series = on_series
+        self.on_analysed = on_analysed
+        self._in_flight: dict[str, Future[dict[str, Any]]] = {}
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.Lock()
+        self._series_reader: threading.Thread | None = None
+
+    def on_start(self) -> None:
+        """Read written series as they come; rehearse the worker."""
+        self._series_reader = threading.Thread(target=self._read_series, name="series",
+                                               daemon=True)
+        self._series_reader.start()
+        self.worker.warm_up()
+
+    def on_stop(self) -> None:
+        """Let the run in progress finish; queued runs stay 'analysing' for the next start."""
+        self.worker.shutdown()
+        if self._series_reader is not None:
+            self._series_reader.join(10.0)
+
+    def _read_series(self) -> None:
+        """Hand each written result series on at once (the deliverer sends it while the worker
+        encodes the next)."""
+        while (message := self.worker.series_queue.get()) is not None:
+            with self._lock:
+                run = self._runs.get(message.run_id)
+            if run is None:  # the warm-up rehearsal, or a run already given up on
+                continue
+            if isinstance(message, RunEnded):
+                run.ended.set()
+            elif isinstance(message, SeriesWritten):
+                self._forward_series(run, message.entries)
+
+    def _forward_series(self, run: _Run, entries: list[dict[str, Any]]) -> None:
+        run.forwarded.update(e["sop_instance_uid"] for e in entries)
+        try:
+            self.on_series(run.study_uid, entries)
+        except Exception:
+            log.exception("event=series_callback_error study=%s", run.study_uid)
+
+    def step(self, now: float) -> None:
+        """Assess every study with pending events or an expired idle timer."""
+        idle = self.settings.completion.idle_seconds
+        for study in self.studies.studies_to_assess(now, idle):
+            with self._lock:
+                if study["study_uid"] in self._in_flight:
+                    continue
+            self._assess(study, now, idle)
+
+    def _assess(self, study: dict[str, Any], now: float, idle: float) -> None:
+        study_uid, last = study["study_uid"], study["last_received"]
+        seen = study["pending_events"]
+        open_associations = bool(self.studies.open_association_ids(study_uid))
+        if open_associations and now - last < idle:
+            self.studies.set_state(study_uid, StudyState.WAITING, "sending association still open",
+                                   if_last_received=last, seen_events=seen)
+            return
+        self.ingestor.summarise_pending(study_uid)
+        rows = self.studies.instances(study_uid)
+        decision = decide([r.header for r in rows], open_associations, last, now, idle)
+        self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
+                                             for s in decision.sets])
+        if decision.verdict is Verdict.READY:
+            if not self.studies.set_state(study_uid, StudyState.ANALYSING, decision.reason,
+                                          if_last_received=last, seen_events=seen):
+                return  # new data arrived meanwhile: assess again
+            log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid,
+                     len(decision.sets), decision.reason.replace(" ", "_"),
+                     _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
+            self._submit(study_uid, last, [(r.path, r.header) for r in rows])
+            return
+        state = (StudyState.NO_DIXON_SET if decision.verdict is Verdict.NO_DIXON_SET
+                 else StudyState.WAITING)
+        self.studies.set_state(study_uid, state, decision.reason, if_last_received=last,
+                               seen_events=seen)
+
+    def _submit(self, study_uid: str, last: float,
+                instances: list[tuple[str, dict[str, Any]]]) -> None:
+        run_id = uuid.uuid4().hex
+        with self._lock:
+            self._runs[run_id] = _Run(study_uid)
+            future = self.worker.analyse(instances, self.spool.results_dir(study_uid), run_id)
+            self._in_flight[study_uid] = future
+        started = time.monotonic()
+        future.add_done_callback(
+            lambda f: self._finished(study_uid, last, f, time.monotonic() - started, run_id))
+
+    def _finished(self, study_uid: str, last: float, future: Future[dict[str, Any]],
+                  seconds: float, run_id: str) -> None:
+        with self._lock:
+            run = self._runs[run_id]
+            if future.cancelled():  # dropped at shutdown: still 'analysing', re-run at start
+                self._runs.pop(run_id, None)
+                self._in_flight.pop(study_uid, None)
+                return
+        # The series travel on their own queue: wait for the run's end before recording the
+        # result, so that nothing is handed on after the study counts as analysed.
+        if future.exception() is None and not run.ended.wait(self.series_lag_seconds):
+            log.warning("event=series_end_missing study=%s", study_uid)
+        with self._lock:
+            self._runs.pop(run_id, None)
+        report = self._record(study_uid, last, future, seconds)
+        with self._lock:
+            self._in_flight.pop(study_uid, None)
+        if report is not None:
+            self._forward_missing(run, report)
+            self.on_analysed(study_uid, report)
+        self._wake.set()
+
+    def _record(self, study_uid: str, last: float, future: Future[dict[str, Any]],
+                seconds: float) -> dict[str, Any] | None:
+        """Write the analysis outcome to the index; the report, or None if it failed."""
+        try:
+            report = future.result()
+        except Exception as exc:  # includes a crashed worker process
+            log.error("event=analysis_failed study=%s error=%s", study_uid, type(exc).__name__)
+            self.studies.set_state(study_uid, StudyState.FAILED,
+                                   f"{type(exc).__name__}: {exc}"[:500], if_last_received=last)
+            return None
+        sets = [SetRow(s["key"], s.get("state", SetState.ANALYSED), s.get("reason", ""), s)
+                for s in report["dixon_sets"]]
+        self.studies.record_sets(study_uid, sets)
+        self.studies.set_state(study_uid, StudyState.ANALYSED, f"{len(sets)} set(s) analysed",
+                               report=report, if_last_received=last)
+        self.observe_analysis_seconds(seconds)
+        log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid, len(sets),
+                 seconds)
+        return report
+
+    def _forward_missing(self, run: _Run, report: dict[str, Any]) -> None:
+        """A safety net: every series is normally handed on as it is written."""
+        missing = [entry for dixon_set in report["dixon_sets"]
+                   for entry in dixon_set.get("outputs", [])
+                   if entry["sop_instance_uid"] not in run.forwarded]
+        if missing:
+            log.warning("event=series_not_streamed study=%s outputs=%d", run.study_uid,
+                        len(missing))
+            self._forward_series(run, missing)

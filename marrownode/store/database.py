@@ -1,0 +1,173 @@
+"""The index database: one SQLite file (WAL), its schema and migrations, connections and
+write transactions. The tables' jobs live in studies.py, outbox.py and status.py.
+
+Connections are per thread. Writers queue on a thread lock and an flock before SQLite's own
+lock, so concurrent writers (several associations, several receiving processes) are woken in
+turn instead of sleeping in SQLite's busy handler.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+SCHEMA_VERSION = 3
+INDEX_FILENAME = "index.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS studies (
+    study_uid        TEXT PRIMARY KEY,
+    state            TEXT NOT NULL,
+    reason           TEXT NOT NULL DEFAULT '',
+    pending_events   INTEGER NOT NULL DEFAULT 1,  -- events (data, association ends) not assessed
+    first_received   REAL NOT NULL,
+    last_received    REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    report           TEXT
+);
+CREATE TABLE IF NOT EXISTS instances (
+    sop_instance_uid TEXT PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    series_uid       TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    size_bytes       INTEGER NOT NULL,
+    received_at      REAL NOT NULL,
+    association_id   TEXT,
+    header           TEXT NOT NULL,
+    summarised       INTEGER NOT NULL DEFAULT 1   -- 0: header holds only the UIDs so far
+);
+CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE TABLE IF NOT EXISTS associations (
+    association_id   TEXT PRIMARY KEY,
+    calling_aet      TEXT NOT NULL,
+    peer             TEXT NOT NULL,
+    opened_at        REAL NOT NULL,
+    closed_at        REAL,
+    instances        INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS outbox (
+    id               INTEGER PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    destination      TEXT NOT NULL,
+    sop_instance_uid TEXT NOT NULL,
+    sop_class_uid    TEXT NOT NULL,
+    transfer_syntax  TEXT NOT NULL,
+    path             TEXT NOT NULL,
+    state            TEXT NOT NULL,          -- states.DeliveryState
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  REAL NOT NULL,
+    last_status      INTEGER,
+    last_error       TEXT NOT NULL DEFAULT '',
+    queued_at        REAL NOT NULL,
+    updated_at       REAL NOT NULL,
+    UNIQUE (destination, sop_instance_uid)
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS dixon_sets (
+    study_uid        TEXT NOT NULL,
+    set_key          TEXT NOT NULL,
+    state            TEXT NOT NULL,
+    reason           TEXT NOT NULL DEFAULT '',
+    updated_at       REAL NOT NULL,
+    report           TEXT,
+    PRIMARY KEY (study_uid, set_key)
+);
+"""
+
+
+def index_path(storage_root: Path) -> Path:
+    """Where the index of a storage root lives."""
+    return Path(storage_root) / INDEX_FILENAME
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Bring an index written by an older version up to this schema (before _SCHEMA runs, so
+    that its CREATE statements see the current table shapes)."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if "instances" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
+        if "summarised" not in columns:  # version 1: every header was summarised at receipt
+            db.execute("ALTER TABLE instances ADD COLUMN summarised INTEGER NOT NULL DEFAULT 1")
+    if "studies" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
+        if "dirty" in columns:  # version 2 called the event count 'dirty'
+            db.execute("ALTER TABLE studies RENAME COLUMN dirty TO pending_events")
+
+
+class Database:
+    """Thread-safe access to the index file: per-thread connections, serialised writers."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        """synchronous FULL: a commit survives power loss. NORMAL (the ingest connection only):
+        a commit survives a crash of the node, and after a power loss the last commits may be
+        gone, which start-up recovery repairs from the fsynced spool files."""
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.synchronous = synchronous
+        self._local = threading.local()
+        # Threads of this Database queue on the thread lock; other Database objects and other
+        # receiving processes on the file lock (flock wakes the next writer at once).
+        self._write_lock = threading.Lock()
+        self._lock_fd = os.open(f"{self.path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                                0o600)
+        weakref.finalize(self, os.close, self._lock_fd)
+        with self.transaction() as db:
+            _migrate(db)
+        db = self.connection()
+        db.executescript(_SCHEMA)  # executescript commits on its own
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use); for reads and for transaction()."""
+        connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            connection.row_factory = sqlite3.Row
+            connection.execute("PRAGMA journal_mode = WAL")
+            connection.execute(f"PRAGMA synchronous = {self.synchronous}")
+            connection.execute("PRAGMA foreign_keys = ON")
+            self._local.connection = connection
+        return connection
+
+    def close(self) -> None:
+        """Close this thread's connection (a thread that ends should call it)."""
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._local.connection = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        db = self.connection()
+        with self._write_lock:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def writable(self) -> bool:
+        """Whether a write transaction can be committed now (health check)."""
+        try:
+            with self.transaction() as db:
+                db.execute("CREATE TEMP TABLE IF NOT EXISTS _probe (x)")
+            return True
+        except (sqlite3.Error, OSError):
+            return False

@@ -1,0 +1,180 @@
+"""The outbox: one durable row per (result file x destination), from queued to delivered.
+
+Rows are claimed ('sending') and finished in transactions, so a crash mid-delivery leaves rows
+that the next start sends again (results are idempotent: same UIDs, the PACS replaces).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from marrownode.states import DeliveryState
+from marrownode.store.database import Database
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A claimed row, as the deliverer sends it."""
+
+    id: int
+    study_uid: str
+    destination: str
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    path: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """What became of one sent row: its new state, what the destination said, and when to
+    try again (for a row that stays queued)."""
+
+    row_id: int
+    state: DeliveryState
+    status: int | None
+    error: str
+    next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class DestinationSummary:
+    """One study's rows for one destination, by state (status and metrics)."""
+
+    destination: str
+    delivered: int
+    pending: int
+    next_attempt_at: float | None
+    failed: int
+    failed_status: int | None
+    failed_reason: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON shape of `marrownode status --json` and /status."""
+        return {
+            "destination": self.destination, "delivered": self.delivered,
+            "pending": self.pending, "next_attempt_at": self.next_attempt_at,
+            "failed": self.failed, "failed_status": self.failed_status,
+            "failed_reason": self.failed_reason,
+        }
+
+
+class Outbox:
+    """Enqueue, claim what is due, finish, requeue after a restart, next due time."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def enqueue(
+        self, study_uid: str, outputs: list[dict[str, Any]], destinations: list[str],
+        now: float | None = None,
+    ) -> int:
+        """One row per (result file x destination); a re-run re-queues the same rows."""
+        now = time.time() if now is None else now
+        rows = [
+            (study_uid, destination, o["sop_instance_uid"], o["sop_class_uid"],
+             o["transfer_syntax_uid"], o["path"], now, now, now)
+            for o in outputs for destination in destinations
+        ]
+        with self.db.transaction() as db:
+            db.executemany(
+                f"""INSERT INTO outbox (study_uid, destination, sop_instance_uid, sop_class_uid,
+                                       transfer_syntax, path, state, next_attempt_at, queued_at,
+                                       updated_at)
+                   VALUES (?, ?, ?, ?, ?, ?, '{DeliveryState.QUEUED}', ?, ?, ?)
+                   ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET
+                       state = '{DeliveryState.QUEUED}', attempts = 0, path = excluded.path,
+                       next_attempt_at = excluded.next_attempt_at, last_error = '',
+                       updated_at = excluded.updated_at""",
+                rows,
+            )
+        return len(rows)
+
+    def claim_due(self, destination: str, now: float, limit: int = 500) -> list[OutboxRow]:
+        """Queued rows whose time has come, marked 'sending' in the same transaction."""
+        with self.db.transaction() as db:
+            rows = db.execute(
+                f"""SELECT * FROM outbox WHERE destination = ? AND state = '{DeliveryState.QUEUED}'
+                   AND next_attempt_at <= ? ORDER BY id LIMIT ?""",
+                (destination, now, limit),
+            ).fetchall()
+            db.executemany(
+                f"UPDATE outbox SET state = '{DeliveryState.SENDING}', updated_at = ? WHERE id = ?",
+                [(now, row["id"]) for row in rows])
+        return [OutboxRow(row["id"], row["study_uid"], row["destination"],
+                          row["sop_instance_uid"], row["sop_class_uid"], row["transfer_syntax"],
+                          row["path"], row["attempts"]) for row in rows]
+
+    def finish(self, outcomes: list[DeliveryOutcome]) -> None:
+        """Record what became of each sent row."""
+        now = time.time()
+        with self.db.transaction() as db:
+            db.executemany(
+                """UPDATE outbox SET state = ?, last_status = ?, last_error = ?,
+                       next_attempt_at = ?, attempts = attempts + 1, updated_at = ?
+                   WHERE id = ?""",
+                [(str(o.state), o.status, o.error, o.next_attempt_at, now, o.row_id)
+                 for o in outcomes],
+            )
+
+    def requeue_interrupted(self, now: float | None = None) -> int:
+        """At start: rows caught 'sending' go out again (results are idempotent), and waiting
+        rows are tried at once rather than after the backoff of the previous run."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as db:
+            requeued: int = db.execute(
+                f"""UPDATE outbox SET state = '{DeliveryState.QUEUED}',
+                       next_attempt_at = MIN(next_attempt_at, ?)
+                   WHERE state IN ('{DeliveryState.SENDING}', '{DeliveryState.QUEUED}')""",
+                (now,)).rowcount
+            return requeued
+
+    def next_due(self) -> float | None:
+        """When the earliest queued row is due, or None when nothing is queued."""
+        row = self.db.connection().execute(
+            f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = '{DeliveryState.QUEUED}'"
+        ).fetchone()
+        due: float | None = row[0]
+        return due
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per destination and state (metrics)."""
+        counts: dict[str, dict[str, int]] = {}
+        for row in self.db.connection().execute(
+            "SELECT destination, state, COUNT(*) FROM outbox GROUP BY destination, state"
+        ).fetchall():
+            counts.setdefault(row[0], {})[row[1]] = row[2]
+        return counts
+
+    def summaries(self, study_uid: str) -> list[DestinationSummary]:
+        """The study's deliveries per destination."""
+        rows = self.db.connection().execute(
+            """SELECT destination, state, COUNT(*), MIN(next_attempt_at), MAX(last_status),
+                      MAX(last_error) FROM outbox
+               WHERE study_uid = ? GROUP BY destination, state ORDER BY destination""",
+            (study_uid,),
+        ).fetchall()
+        by_destination: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            by_destination.setdefault(row[0], {})[row[1]] = row
+        return [_summary(destination, by_state)
+                for destination, by_state in by_destination.items()]
+
+
+def _summary(destination: str, by_state: dict[str, Any]) -> DestinationSummary:
+    pending = [by_state[s] for s in (DeliveryState.QUEUED, DeliveryState.SENDING)
+               if s in by_state]
+    failed = by_state.get(DeliveryState.FAILED)
+    delivered = by_state.get(DeliveryState.DELIVERED)
+    return DestinationSummary(
+        destination=destination,
+        delivered=delivered[2] if delivered else 0,
+        pending=sum(r[2] for r in pending),
+        next_attempt_at=min((r[3] for r in pending), default=None),
+        failed=failed[2] if failed else 0,
+        failed_status=failed[4] if failed else None,
+        failed_reason=failed[5] if failed else "",
+    )

@@ -1,0 +1,33 @@
+"""The read-only view of the index that `marrownode status` and /status show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marrownode.store.database import Database
+from marrownode.store.outbox import Outbox
+
+
+def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
+    """Instances in total, and per study: instances, state, sets and deliveries."""
+    connection = db.connection()
+    counts = dict(connection.execute(
+        "SELECT study_uid, COUNT(*) FROM instances GROUP BY study_uid").fetchall())
+    sets: dict[str, list[dict[str, str]]] = {}
+    for row in connection.execute(
+            "SELECT study_uid, set_key, state, reason FROM dixon_sets ORDER BY set_key"):
+        sets.setdefault(row[0], []).append(
+            {"key": row["set_key"], "state": row["state"], "reason": row["reason"]})
+    studies = [
+        {
+            "deliveries": [s.as_dict() for s in outbox.summaries(row["study_uid"])],
+            "study_instance_uid": row["study_uid"],
+            "instances": counts.get(row["study_uid"], 0),
+            "state": row["state"],
+            "reason": row["reason"],
+            "last_received": row["last_received"],
+            "dixon_sets": sets.get(row["study_uid"], []),
+        }
+        for row in connection.execute("SELECT * FROM studies ORDER BY first_received")
+    ]
+    return {"instances": sum(counts.values()), "studies": studies}
