@@ -20,4 +20,8 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[test]'
 python3 -m ruff check marrownode tests benchmarks
+python3 -m mypy  # strict on marrownode/ (pyproject.toml)
+# No function above complexity C (radon ranks D, E, F fail the build).
+complex=$(python3 -m radon cc --min D --no-assert marrownode)
+if [ -n "$complex" ]; then echo "functions above complexity C:"; echo "$complex"; exit 1; fi
 python3 -m pytest -q -p no:cacheprovider "$@"

@@ -16,9 +16,8 @@ from enum import StrEnum
 from typing import Any
 
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER
+from marrownode.physics import GYROMAGNETIC_MHZ_PER_T, fat_water_shift_hz
 
-GYROMAGNETIC_MHZ_PER_T = 42.577
-FAT_WATER_SHIFT_PPM = 3.4
 PHASE_TOLERANCE_CYCLES = 0.15
 
 
@@ -182,8 +181,7 @@ def fat_suppressed(frame: Frame) -> str | None:
 
 def phase_of_echo(echo_time_ms: float, field_strength_t: float) -> tuple[Role, float]:
     """Role by fat-water cycles at TE: fraction near 0 in phase, near 0.5 opposed."""
-    shift_hz = FAT_WATER_SHIFT_PPM * GYROMAGNETIC_MHZ_PER_T * field_strength_t
-    cycles = echo_time_ms / 1000.0 * shift_hz
+    cycles = echo_time_ms / 1000.0 * fat_water_shift_hz(field_strength_t)
     fraction = cycles % 1.0
     if min(fraction, 1.0 - fraction) <= PHASE_TOLERANCE_CYCLES:
         return Role.IN_PHASE, cycles

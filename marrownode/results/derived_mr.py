@@ -11,12 +11,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterator
 
+import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
+from pydicom.sr.coding import Code
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian, MRImageStorage
 
 from marrownode.results.common import SourcePlane, SourceSeries, sibling_instance, stamp
+
+#: Stored values are whole percent (UCUM '%', meaning written as the code).
+PERCENT = Code("%", "UCUM", "%")
 
 #: Kept from the in-phase source: what a viewer needs to place and label the image.
 _KEEP_FROM_SOURCE = (
@@ -120,15 +125,9 @@ def _series_template(
     ds.WindowCenter = (low + high) / 2
     ds.WindowWidth = high - low
     ds.WindowCenterWidthExplanation = f"{label} %"
-    mapping = Dataset()
-    mapping.LUTExplanation = explanation[:64]
-    mapping.LUTLabel = label[:16]
-    mapping.MeasurementUnitsCodeSequence = Sequence([_code("%", "UCUM", "%")])
-    mapping.RealWorldValueFirstValueMapped = int(low)
-    mapping.RealWorldValueLastValueMapped = int(high)
-    mapping.RealWorldValueIntercept = 0.0
-    mapping.RealWorldValueSlope = 1.0
-    ds.RealWorldValueMappingSequence = Sequence([mapping])
+    ds.RealWorldValueMappingSequence = Sequence([hd.pm.RealWorldValueMapping(
+        lut_label=label[:16], lut_explanation=explanation[:64], unit=PERCENT,
+        value_range=(int(low), int(high)), slope=1.0, intercept=0.0)])
     ds.DerivationDescription = f"{explanation}; stored value = percent, 0 outside tissue"[:1024]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"

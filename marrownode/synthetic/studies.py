@@ -23,9 +23,9 @@ from pydicom.uid import (
     MRImageStorage,
 )
 
+from marrownode.physics import GYROMAGNETIC_MHZ_PER_T, fat_water_period_ms
 from marrownode.synthetic.phantom import Phantom, spine_phantom
 
-GYROMAGNETIC_MHZ_PER_T = 42.577
 STYLES = (
     "siemens",
     "siemens_xa",
@@ -45,7 +45,7 @@ def synthetic_uid(*parts: object) -> UID:
 
 def echo_times_ms(field_strength_t: float, in_phase_first: bool = False) -> tuple[float, float]:
     """(opposed, in-phase) echo times at the first opposed/in-phase points of this field."""
-    period = 1000.0 / (3.4 * GYROMAGNETIC_MHZ_PER_T * field_strength_t)  # ms per fat-water cycle
+    period = fat_water_period_ms(field_strength_t)
     if in_phase_first:
         return round(1.5 * period, 2), round(period, 2)
     return round(0.5 * period, 2), round(period, 2)

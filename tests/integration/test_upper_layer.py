@@ -1,4 +1,4 @@
-"""The node's own DICOM upper layer (net/pdu, net/dimse) against independent implementations:
+"""The node's own DICOM upper layer (net/ul) against independent implementations:
 DCMTK's echoscu and storescu, pynetdicom's requestor and PDU encoders, and a bare socket doing
 what no well-behaved sender does."""
 

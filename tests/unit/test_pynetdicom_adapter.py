@@ -1,0 +1,48 @@
+"""The adapter that holds every pynetdicom private the sender relies on."""
+
+from __future__ import annotations
+
+import socket
+
+import pynetdicom
+import pytest
+
+from marrownode.net import pynetdicom_adapter as adapter
+
+
+@pytest.mark.parametrize("version, verified", [
+    ("3.0.0", True), ("3.1.2", True), ("2.1.0", False), ("4.0.0", False), ("dev", False)])
+def test_version_check(version: str, verified: bool) -> None:
+    assert adapter.verified_version(version) is verified
+
+
+def test_installed_pynetdicom_is_one_the_adapter_was_verified_on() -> None:
+    """An upgrade past the verified versions fails here first: re-verify the privates below
+    (park_reactor's attributes, the socket path, the chunked-send switch), then extend it."""
+    assert adapter.verified_version(pynetdicom.__version__), pynetdicom.__version__
+
+
+def test_send_files_as_stored_sets_pynetdicoms_switch() -> None:
+    from pynetdicom import _config
+
+    adapter.send_files_as_stored()
+    assert _config.STORE_SEND_CHUNKED_DATASET is True
+
+
+def test_disable_nagle_reaches_the_socket_or_says_it_cannot() -> None:
+    class Transport:
+        def __init__(self) -> None:
+            self.socket = socket.socket()
+
+    class Association:
+        def __init__(self) -> None:
+            self.dul = type("DUL", (), {"socket": Transport()})()
+
+    association = Association()
+    try:
+        assert adapter.disable_nagle(association)
+        sock = association.dul.socket.socket
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    finally:
+        association.dul.socket.socket.close()
+    assert not adapter.disable_nagle(object())
