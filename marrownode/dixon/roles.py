@@ -77,6 +77,7 @@ class Frame:
     spectral_suppression: str
     images_in_acquisition: int | None
     number_of_frames: int
+    slice_thickness: float | None = None
 
     @property
     def field_strength_t(self) -> float | None:
@@ -125,6 +126,7 @@ def frames_from_header(header: dict[str, Any]) -> list[Frame]:
             spectral_suppression=header.get("spectral_suppression", ""),
             images_in_acquisition=header.get("images_in_acquisition"),
             number_of_frames=header.get("number_of_frames") or 1,
+            slice_thickness=frame.get("slice_thickness"),
         )
         for i, frame in enumerate(frames)
     ]

@@ -12,6 +12,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from marrownode.dixon.sets import DixonSet, Stack
+from marrownode.quant.geometry import VolumeGeometry
 
 
 @dataclass
@@ -21,6 +22,7 @@ class SetVolumes:
     water: np.ndarray | None
     fat: np.ndarray | None
     spacing_mm: tuple[float, float, float]  # (slice, row, column)
+    geometry: VolumeGeometry
 
 
 def _rescale(dataset: Dataset, frame_index: int | None) -> tuple[float, float]:
@@ -79,16 +81,33 @@ def slice_spacing_mm(stack: Stack) -> float:
     """Distance between slice centres along the normal (thickness for a single slice)."""
     if stack.positions_mm.size > 1:
         return float(np.median(np.diff(stack.positions_mm)))
-    return 1.0
+    return float(stack.first.slice_thickness or 1.0)
+
+
+def stack_geometry(stack: Stack, spacing_mm: tuple[float, float, float]) -> VolumeGeometry:
+    """Patient position and axes of the stack's volume (slices in ascending position)."""
+    orientation = np.array(stack.first.orientation or (1, 0, 0, 0, 1, 0), dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+
+    def vector(values: np.ndarray) -> tuple[float, float, float]:
+        return (float(values[0]), float(values[1]), float(values[2]))
+
+    return VolumeGeometry(
+        origin=vector(np.array(stack.first.position or (0, 0, 0), dtype=float)),
+        slice_direction=vector(normal), row_direction=vector(orientation[3:]),
+        column_direction=vector(orientation[:3]), spacing_mm=spacing_mm)
 
 
 def load_set(dixon_set: DixonSet, cache: PixelCache) -> SetVolumes:
     """The set's echoes (and water/fat) as aligned volumes with their spacing."""
-    spacing = dixon_set.in_phase.first.pixel_spacing or (1.0, 1.0)
+    pixel_spacing = dixon_set.in_phase.first.pixel_spacing or (1.0, 1.0)
+    spacing = (slice_spacing_mm(dixon_set.in_phase), float(pixel_spacing[0]),
+               float(pixel_spacing[1]))
     return SetVolumes(
         in_phase=load_stack(dixon_set.in_phase, cache),
         opposed=load_stack(dixon_set.opposed, cache),
         water=load_stack(dixon_set.water, cache) if dixon_set.water else None,
         fat=load_stack(dixon_set.fat, cache) if dixon_set.fat else None,
-        spacing_mm=(slice_spacing_mm(dixon_set.in_phase), float(spacing[0]), float(spacing[1])),
+        spacing_mm=spacing,
+        geometry=stack_geometry(dixon_set.in_phase, spacing),
     )

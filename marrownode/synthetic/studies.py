@@ -24,6 +24,7 @@ from pydicom.uid import (
 )
 
 from marrownode.physics import GYROMAGNETIC_MHZ_PER_T, fat_water_period_ms
+from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.phantom import Phantom, spine_phantom
 
 STYLES = (
@@ -65,27 +66,6 @@ class StudyOptions:
     seed: int = 0
     series_number_start: int = 1
     station: int = 0  # whole-body stations: each one further along the slice normal
-
-
-@dataclass
-class _Geometry:
-    row_dir: np.ndarray
-    col_dir: np.ndarray
-    origin: np.ndarray
-
-    @property
-    def normal(self) -> np.ndarray:
-        return np.cross(self.row_dir, self.col_dir)
-
-
-def _geometry(orientation: str) -> _Geometry:
-    if orientation == "sagittal":
-        return _Geometry(np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, -1.0]),
-                         np.array([-30.0, -100.0, 120.0]))
-    if orientation == "axial":
-        return _Geometry(np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0]),
-                         np.array([-100.0, -100.0, 40.0]))
-    raise ValueError(f"orientation must be sagittal or axial, got {orientation!r}")
 
 
 def _base_dataset(options: StudyOptions) -> Dataset:
@@ -228,7 +208,7 @@ def build_study(
     if options.style == "philips_enhanced":
         return [_enhanced_mr(options, phantom)]
     images = phantom.echoes(snr=options.snr, seed=options.seed)
-    geometry = _geometry(options.orientation)
+    geometry = geometry_for(options.orientation)
     slices = phantom.labels.shape[0]
     geometry.origin = geometry.origin + (
         options.station * slices * phantom.slice_thickness_mm * geometry.normal)
@@ -286,7 +266,7 @@ def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
     """Philips-style Enhanced MR: one multi-frame object, per-frame FrameType and echo time."""
     op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
     images = phantom.echoes(snr=options.snr, seed=options.seed)
-    geometry = _geometry(options.orientation)
+    geometry = geometry_for(options.orientation)
     ds = _base_dataset(options)
     ds.SeriesInstanceUID = synthetic_uid(options.study_key, options.orientation, "enh", "series")
     ds.SOPInstanceUID = synthetic_uid(ds.SeriesInstanceUID, "instance")
@@ -344,7 +324,7 @@ def extra_series(options: StudyOptions, kind: str, phantom: Phantom | None = Non
     """Non-Dixon series a real exam also holds: 'fatsat_t1' (GR, TE 4.2 ms, FS), 'stir', 't2'."""
     phantom = phantom or spine_phantom()
     base = _base_dataset(options)
-    geometry = _geometry(options.orientation)
+    geometry = geometry_for(options.orientation)
     images = phantom.echoes(snr=options.snr, seed=options.seed + 7)
     settings = {
         "fatsat_t1": ("Sag T1 FS", "GR", "FS", 4.2, images["water"],

@@ -1,0 +1,298 @@
+"""Vertebral marrow from the images themselves: where are the vertebral bodies?
+
+What the physics gives (DICOM-NOTES §1-2), used in this order:
+1. Marrow is mixed water-fat tissue: clearly more signal loss than fat (mostly fat) or muscle,
+   discs, CSF and organs (mostly water). That finds normal marrow.
+2. Marrow sits inside bone: framed in every plane by signal-void cortex and endplates. Regions
+   of tissue enclosed by void find marrow that lost its fat (diffuse replacement), which rule
+   1 cannot see.
+3. Vertebral bodies are thick (20-50 mm in every direction); posterior elements and the
+   chemical-shift rims at fat-water borders are thin. An opening with a ~5 mm ball keeps the
+   bodies' cores and drops the rest.
+4. The bodies form one column: near the left-right midline, in the posterior half of the
+   body, stacked cranio-caudally, separated by discs. Fewer than two bodies in such a column
+   (a knee, a liver-only field of view) is not a spine: the localiser says so and nothing is
+   reported as marrow.
+Posterior elements (marrow too) are what remains of the marrow behind each body, reported
+apart. Numbering is cranio-caudal (V1 first); anatomical names need an anchor the localiser
+does not have (yet), so none are given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from marrownode.quant.body import bright_end, fill_holes_per_slice
+from marrownode.quant.geometry import (
+    ANTERIOR_POSTERIOR,
+    LEFT_RIGHT,
+    SUPERIOR_INFERIOR,
+    VolumeGeometry,
+)
+
+
+@dataclass(frozen=True)
+class SpineParameters:
+    """Tunable limits; millimetres unless named otherwise."""
+
+    #: Normal marrow (~40-80 % fat) loses at least this much; fat and water-rich tissue less.
+    mixed_tissue_min_loss_percent: float = 30.0
+    #: Water-rich tissue (CSF, discs, muscle, organs) loses less than this: a barrier.
+    water_rich_max_loss_percent: float = 15.0
+    #: Void (cortex, CSF, air) is darker than this fraction of the bright end (fat).
+    void_relative_signal: float = 0.2
+    #: Fat (a fat-rich focus too) is brighter than this fraction of the bright end: no barrier.
+    fat_relative_signal: float = 0.7
+    #: A body taller than this is two vertebrae joined across a partial-volumed disc.
+    max_vertebra_height_mm: float = 42.0
+    #: Homogeneous tissue: in-plane gradient below this fraction of the local signal.
+    max_relative_gradient: float = 0.15
+    rim_radius_mm: float = 2.0
+    core_radius_mm: float = 6.0
+    min_core_volume_mm3: float = 1500.0
+    min_depth_mm: float = 12.0
+    max_depth_mm: float = 65.0
+    max_width_mm: float = 75.0
+    max_height_mm: float = 70.0
+    max_midline_offset_mm: float = 35.0
+    column_tolerance_mm: float = 20.0
+    max_gap_mm: float = 80.0
+    min_vertebrae: int = 2
+
+
+@dataclass
+class Localisation:
+    """bodies: 0 outside, n for the n-th vertebral body cranio-caudally; posterior: the same
+    numbers for posterior-element marrow; labels[n - 1] names body n."""
+
+    localised: bool
+    method: str
+    reason: str
+    bodies: np.ndarray
+    posterior: np.ndarray
+    labels: list[str] = field(default_factory=list)
+
+    @property
+    def marrow(self) -> np.ndarray:
+        """All localised vertebral marrow (bodies and posterior elements)."""
+        marrow: np.ndarray = (self.bodies > 0) | (self.posterior > 0)
+        return marrow
+
+
+def not_localised(shape: tuple[int, ...], reason: str) -> Localisation:
+    """Maps only: no marrow is claimed anywhere."""
+    empty = np.zeros(shape, dtype=np.int16)
+    return Localisation(False, "none", reason, empty, empty.copy())
+
+
+def _ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    half = [int(radius_mm // s) for s in spacing_mm]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    distance = sum(((g * s) / radius_mm) ** 2 for g, s in zip(grids, spacing_mm, strict=True))
+    ball: np.ndarray = np.asarray(distance <= 1.0)
+    return ball
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A candidate region: its mask label, centroid and extents in patient mm."""
+
+    label: int
+    centroid: np.ndarray  # patient LPS
+    extent: np.ndarray  # mm along L-R, A-P, S-I
+    volume_mm3: float
+
+
+def _parts(labels: np.ndarray, count: int, geometry: VolumeGeometry) -> list[_Part]:
+    voxel_volume = float(np.prod(geometry.spacing_mm))
+    directions = np.array([geometry.slice_direction, geometry.row_direction,
+                           geometry.column_direction])
+    footprint = np.abs(directions).T @ np.array(geometry.spacing_mm)  # one voxel, in mm
+    parts = []
+    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        index = np.argwhere(labels[box] == label) + [b.start for b in box]
+        points = geometry.to_patient(index)
+        extent = np.ptp(points, axis=0) + footprint
+        parts.append(_Part(label, points.mean(axis=0), extent, len(index) * voxel_volume))
+    return parts
+
+
+def _relative_gradient(in_phase: np.ndarray) -> np.ndarray:
+    """In-plane gradient magnitude over local signal: small inside homogeneous tissue, large
+    at fat-water borders (where the chemical-shift rims are)."""
+    sigma = (0.0, 1.0, 1.0)
+    smooth = ndimage.gaussian_filter(in_phase, sigma=sigma)
+    rows = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 1, 0))
+    columns = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 0, 1))
+    gradient: np.ndarray = np.hypot(rows, columns) / np.maximum(smooth, 1e-6)
+    return gradient
+
+
+def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
+                    body: np.ndarray, spacing_mm: tuple[float, float, float],
+                    parameters: SpineParameters) -> np.ndarray:
+    """Marrow-like tissue, holes (focal lesions) filled.
+
+    Rule 1, mixed water-fat: regional (median) loss high, the voxel's own loss not low, and the
+    in-phase signal homogeneous (rims at fat-water borders and fatty muscle are not).
+    Rule 2, inside bone: tissue enclosed in its slice by void (cortex, endplates, CSF).
+    Neither may cross a barrier of void or water-rich voxels (canal, discs, cortex), which is
+    what keeps a body apart from its posterior elements and from the muscles beside it."""
+    volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
+    loss = np.nan_to_num(signal_loss, nan=0.0)
+    regional = ndimage.median_filter(loss, size=(1, 5, 5))
+    void = body & (volume < parameters.void_relative_signal
+                   * bright_end(np.where(body, volume, np.nan)))
+    enclosed = fill_holes_per_slice(void) & ~void & tissue
+    homogeneous = _relative_gradient(volume) < parameters.max_relative_gradient
+    mixed = (tissue & homogeneous & (regional >= parameters.mixed_tissue_min_loss_percent)
+             & (loss >= parameters.water_rich_max_loss_percent))
+    water_rich = tissue & (loss < parameters.water_rich_max_loss_percent) & (
+        volume < parameters.fat_relative_signal * bright_end(np.where(body, volume, np.nan)))
+    barrier = void | (water_rich & ~enclosed)
+    barrier = ndimage.binary_dilation(barrier, structure=np.ones((1, 3, 3), dtype=bool))
+    candidates = (mixed | enclosed) & ~barrier | (enclosed & ~void)
+    opened = ndimage.binary_opening(candidates,
+                                    structure=_ball(parameters.rim_radius_mm, spacing_mm))
+    filled: np.ndarray = fill_holes_per_slice(opened) & ~void
+    return filled
+
+
+def _column(parts: list[_Part], body_centre: np.ndarray,
+            parameters: SpineParameters) -> list[_Part]:
+    """The bodies that form one cranio-caudal column near the midline."""
+    plausible = [
+        p for p in parts
+        if p.volume_mm3 >= parameters.min_core_volume_mm3
+        and parameters.min_depth_mm <= p.extent[ANTERIOR_POSTERIOR] <= parameters.max_depth_mm
+        and p.extent[LEFT_RIGHT] <= parameters.max_width_mm
+        and p.extent[SUPERIOR_INFERIOR] <= parameters.max_height_mm
+        and abs(p.centroid[LEFT_RIGHT] - body_centre[LEFT_RIGHT])
+        <= parameters.max_midline_offset_mm
+    ]
+    if not plausible:
+        return []
+    weights = np.array([p.volume_mm3 for p in plausible])
+    centre = np.array([p.centroid for p in plausible])
+    axis_lr = float(np.average(centre[:, LEFT_RIGHT], weights=weights))
+    axis_ap = float(np.average(centre[:, ANTERIOR_POSTERIOR], weights=weights))
+    aligned = [p for p in plausible
+               if abs(p.centroid[LEFT_RIGHT] - axis_lr) <= parameters.column_tolerance_mm
+               and abs(p.centroid[ANTERIOR_POSTERIOR] - axis_ap)
+               <= parameters.column_tolerance_mm]
+    aligned.sort(key=lambda p: -p.centroid[SUPERIOR_INFERIOR])  # cranial first
+    runs: list[list[_Part]] = []
+    for part in aligned:
+        if runs and (runs[-1][-1].centroid[SUPERIOR_INFERIOR] - part.centroid[SUPERIOR_INFERIOR]
+                     <= parameters.max_gap_mm):
+            runs[-1].append(part)
+        else:
+            runs.append([part])
+    return max(runs, key=len) if runs else []
+
+
+def localise(
+    in_phase: np.ndarray,
+    signal_loss: np.ndarray,
+    tissue: np.ndarray,
+    body: np.ndarray,
+    geometry: VolumeGeometry,
+    parameters: SpineParameters = SpineParameters(),
+) -> Localisation:
+    """Vertebral bodies and posterior elements of a volume, or why they were not found."""
+    shape = in_phase.shape
+    if not body.any():
+        return not_localised(shape, "no body in the field of view")
+    spacing = geometry.spacing_mm
+    bone = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters)
+    cores = ndimage.binary_opening(bone, structure=_ball(parameters.core_radius_mm, spacing))
+    core_labels, count = ndimage.label(cores)
+    body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
+    column = _column(_parts(core_labels, count, geometry), body_centre, parameters)
+    if len(column) < parameters.min_vertebrae:
+        found = "one vertebral body" if len(column) == 1 else "no vertebral body"
+        return not_localised(shape, f"{found} in a column near the midline: no spine "
+                                    "localised in this field of view")
+    bodies = _grow_bodies(bone, core_labels, column, spacing, parameters)
+    bodies = _split_tall(bodies, signal_loss, geometry, parameters.max_vertebra_height_mm)
+    posterior = _posterior_elements(bone, bodies, geometry, parameters)
+    count = int(bodies.max())
+    labels = [f"V{n}" for n in range(1, count + 1)]
+    return Localisation(True, "image", f"{count} vertebral bodies in one column",
+                        bodies, posterior, labels)
+
+
+def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[_Part],
+                 spacing: tuple[float, float, float],
+                 parameters: SpineParameters) -> np.ndarray:
+    """Each body: the marrow within reach of its core, every voxel to its nearest core."""
+    numbered = np.zeros(core_labels.shape, dtype=np.int16)
+    for number, part in enumerate(column, start=1):
+        numbered[core_labels == part.label] = number
+    reach = ndimage.binary_dilation(numbered > 0,
+                                    structure=_ball(parameters.core_radius_mm + 1.0, spacing))
+    _, nearest = ndimage.distance_transform_edt(numbered == 0, sampling=spacing,
+                                                return_indices=True)
+    nearest_label = numbered[tuple(nearest)]
+    bodies: np.ndarray = np.where(bone & reach, nearest_label, 0).astype(np.int16)
+    return bodies
+
+
+def _split_tall(bodies: np.ndarray, signal_loss: np.ndarray, geometry: VolumeGeometry,
+                max_height_mm: float) -> np.ndarray:
+    """Split bodies taller than one vertebra at their weakest slab along S-I (fewest voxels
+    times lowest loss: the disc), then number all bodies cranio-caudally again."""
+    axis, sign = geometry.voxel_axis(SUPERIOR_INFERIOR)
+    step = geometry.spacing_mm[axis]
+    loss = np.nan_to_num(signal_loss, nan=0.0)
+    pieces: list[np.ndarray] = [bodies == n for n in range(1, int(bodies.max()) + 1)]
+    done: list[np.ndarray] = []
+    while pieces:
+        piece = pieces.pop()
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(piece.any(axis=other))
+        if (present[-1] - present[0] + 1) * step <= max_height_mm or present.size < 3:
+            done.append(piece)
+            continue
+        inner = present[1:-1]
+        scores = [float(piece.take(i, axis=axis).sum())
+                  * float(np.median(loss.take(i, axis=axis)[piece.take(i, axis=axis)]))
+                  for i in inner]
+        cut = int(inner[int(np.argmin(scores))])
+        index = np.arange(piece.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
+        below, above = piece & (index < cut), piece & (index > cut)
+        pieces.extend(part for part in (below, above) if part.any())
+    order = sorted(done, key=lambda m: -sign * float(np.argwhere(m)[:, axis].mean()))
+    numbered = np.zeros(bodies.shape, dtype=np.int16)
+    for number, mask in enumerate(order, start=1):
+        numbered[mask] = number
+    return numbered
+
+
+def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGeometry,
+                        parameters: SpineParameters) -> np.ndarray:
+    """Marrow behind each body (and not part of it), numbered like the body at its level."""
+    rest = bone & (bodies == 0) & ~ndimage.binary_dilation(bodies > 0)
+    labels, count = ndimage.label(rest)
+    posterior = np.zeros(bodies.shape, dtype=np.int16)
+    if count == 0:
+        return posterior
+    centres = {n: geometry.to_patient(np.argwhere(bodies == n).mean(axis=0))
+               for n in range(1, int(bodies.max()) + 1)}
+    for part in _parts(labels, count, geometry):
+        nearest = min(centres, key=lambda n: abs(centres[n][SUPERIOR_INFERIOR]
+                                                 - part.centroid[SUPERIOR_INFERIOR]))
+        centre = centres[nearest]
+        behind = part.centroid[ANTERIOR_POSTERIOR] - centre[ANTERIOR_POSTERIOR]
+        if (10.0 <= behind <= 90.0
+                and abs(part.centroid[LEFT_RIGHT] - centre[LEFT_RIGHT])
+                <= parameters.max_midline_offset_mm
+                and abs(part.centroid[SUPERIOR_INFERIOR] - centre[SUPERIOR_INFERIOR])
+                <= parameters.max_height_mm / 2):
+            posterior[labels == part.label] = nearest
+    return posterior
