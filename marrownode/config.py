@@ -78,8 +78,8 @@ class AnalysisSettings(_Section):
     ]
     field_strength_tolerance_t: Annotated[float, Field(gt=0, le=1.0)] = 0.25
     min_focus_volume_mm3: Annotated[float, Field(ge=0)] = 50.0
-    marrow_shell_mm: Annotated[float, Field(gt=0, le=50)] = 3.0
-    marrow_shell_fraction: Annotated[float, Field(gt=0, le=1)] = 0.8
+    in_phase_first_margin_percent: Annotated[float, Field(ge=0, le=30)] = 6.0
+    mixed_tissue_min_loss_percent: Annotated[float, Field(gt=0, le=90)] = 30.0
 
     @field_validator("thresholds")
     @classmethod

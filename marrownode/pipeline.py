@@ -24,6 +24,7 @@ from marrownode.dixon.sets import assemble
 from marrownode.dixon.volume import PixelCache, load_set
 from marrownode.quant.analysis import QuantParameters, analyse_set
 from marrownode.quant.foci import FocusParameters
+from marrownode.quant.spine import SpineParameters
 from marrownode.report import SetReport
 from marrownode.results.build import build_results
 
@@ -46,9 +47,10 @@ def quant_parameters(settings: Settings) -> QuantParameters:
         field_strength_tolerance_t=analysis.field_strength_tolerance_t,
         foci=FocusParameters(
             min_volume_mm3=analysis.min_focus_volume_mm3,
-            shell_mm=analysis.marrow_shell_mm,
-            shell_marrow_fraction=analysis.marrow_shell_fraction,
+            in_phase_first_margin_percent=analysis.in_phase_first_margin_percent,
         ),
+        spine=SpineParameters(
+            mixed_tissue_min_loss_percent=analysis.mixed_tissue_min_loss_percent),
     )
 
 
@@ -77,13 +79,16 @@ def analyse_study(
             cache.release_pixels()
             result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
                                  dixon_set.field_strength_t, volumes.water, volumes.fat,
-                                 parameters)
+                                 parameters, geometry=volumes.geometry,
+                                 scanner_pdff=volumes.scanner_fat_fraction,
+                                 in_phase_first="in_phase_first" in dixon_set.flags)
         except Exception as exc:  # one broken set must not hide the others
             log.exception("event=set_failed study=%s set=%s", study_uid, dixon_set.key)
             report.failed(f"{type(exc).__name__}: {exc}")
             set_reports.append(report.to_json())
             continue
-        report.analysed(result)
+        report.analysed(result, volumes.geometry, settings.outputs.uid_root, study_uid,
+                        parameters.foci.sharp_margin)
         if out_dir is not None:
             report.outputs = build_results(dixon_set, volumes, result, cache, settings, out_dir,
                                            report, set_index, on_outputs)

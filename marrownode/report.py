@@ -11,7 +11,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from marrownode.dixon.sets import DixonSet, Stack
-from marrownode.quant.analysis import QuantResult
+from marrownode.quant.analysis import QuantResult, VertebraFinding, focus_record
+from marrownode.quant.geometry import VolumeGeometry
+from marrownode.results.uids import derived_uid
 from marrownode.states import SetState
 
 
@@ -50,37 +52,44 @@ class SeriesEntry:
 
 @dataclass(frozen=True)
 class FocusReport:
-    """One focus with its ROI statistics (ratio of means for loss and SIR)."""
+    """One focus inside localised marrow, with its ROI statistics (ratio of means for loss
+    and SIR), size, position and category."""
 
+    vertebra: str | None
     slice_count: int
     slice_indices: list[int]
     area_mm2: float | None
     volume_mm3: float | None
     voxel_count: int
-    centroid_voxel: list[float]
+    centroid_patient_mm: list[float]
     signal_loss_percent: float | None
-    signal_loss_voxel_mean_percent: float | None
     sir: float | None
     fat_fraction_percent: float | None
     below_threshold: bool
-    shell_marrow_fraction: float | None
+    category: str
+    margin_sharpness: float | None
+    margin: str | None
+    in_phase_to_marrow_ratio: float | None
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> FocusReport:
         """From quant's focus record, floats rounded for the report."""
         return cls(
+            vertebra=record["vertebra"],
             slice_count=int(record["slice_count"]),
             slice_indices=list(record["slice_indices"]),
             area_mm2=json_number(record["area_mm2"]),
             volume_mm3=json_number(record["volume_mm3"]),
             voxel_count=int(record["voxel_count"]),
-            centroid_voxel=list(record["centroid_voxel"]),
+            centroid_patient_mm=list(record["centroid_patient_mm"]),
             signal_loss_percent=json_number(record["signal_loss_percent"]),
-            signal_loss_voxel_mean_percent=json_number(record["signal_loss_voxel_mean_percent"]),
             sir=json_number(record["sir"]),
             fat_fraction_percent=json_number(record["fat_fraction_percent"]),
             below_threshold=bool(record["below_threshold"]),
-            shell_marrow_fraction=json_number(record["shell_marrow_fraction"]),
+            category=str(record["category"]),
+            margin_sharpness=json_number(record["margin_sharpness"], 2),
+            margin=record["margin"],
+            in_phase_to_marrow_ratio=json_number(record["in_phase_to_marrow_ratio"]),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -89,12 +98,67 @@ class FocusReport:
 
 
 @dataclass(frozen=True)
-class TissueSummary:
-    """Medians over all tissue above the noise floor."""
+class VertebraReport:
+    """One localised vertebral body: medians over its marrow, pattern, T1 internal standard."""
 
-    voxel_count: int | None
+    label: str
+    centroid_patient_mm: list[float]
+    voxel_count: int
+    volume_mm3: float | None
     signal_loss_percent_median: float | None
+    sir_median: float | None
     fat_fraction_percent_median: float | None
+    fraction_below_threshold: float | None
+    pattern: str
+    in_phase_to_muscle_ratio: float | None
+    in_phase_to_disc_ratio: float | None
+    posterior_elements: dict[str, float | int | None]
+    tracking_uid: str
+
+    @classmethod
+    def of(cls, finding: VertebraFinding, tracking_uid: str) -> VertebraReport:
+        """From quant's finding, rounded for the report."""
+        return cls(
+            label=finding.label,
+            centroid_patient_mm=[round(c, 1) for c in finding.centroid_patient_mm],
+            voxel_count=finding.voxel_count,
+            volume_mm3=json_number(finding.volume_mm3, 1),
+            signal_loss_percent_median=json_number(finding.signal_loss_percent_median),
+            sir_median=json_number(finding.sir_median),
+            fat_fraction_percent_median=json_number(finding.fat_fraction_percent_median),
+            fraction_below_threshold=json_number(finding.fraction_below_threshold),
+            pattern=finding.pattern,
+            in_phase_to_muscle_ratio=json_number(finding.in_phase_to_muscle_ratio),
+            in_phase_to_disc_ratio=json_number(finding.in_phase_to_disc_ratio),
+            posterior_elements={
+                "voxel_count": finding.posterior_voxel_count,
+                "signal_loss_percent_median": json_number(
+                    finding.posterior_signal_loss_percent_median)},
+            tracking_uid=tracking_uid,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON entry, in field order."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class MarrowStatus:
+    """Whether the marrow was localised, how, and why (report.json's `marrow`)."""
+
+    localised: bool
+    method: str
+    reason: str
+    vertebra_count: int = 0
+
+
+#: How each fat-fraction method is named wherever a fat fraction is shown.
+FAT_FRACTION_LABELS = {
+    "scanner_pdff": "scanner proton-density fat fraction (PDFF)",
+    "water_fat": "fat fraction F/(W+F) from the scanner's water and fat images",
+    "signal_fat_fraction": ("signal fat fraction (IP-OP)/(2 IP), two-point, 0-50 % scale: "
+                            "above 50 % fat it reads as 100 minus the fat fraction"),
+}
 
 
 @dataclass
@@ -117,8 +181,14 @@ class SetReport:
     threshold_field_strength_t: float | None = None
     fat_fraction_method: str = ""
     noise_sigma: float | None = None
+    noise_source: str = ""
     water_fat_check: dict[str, float | None] | None = None
-    tissue: TissueSummary | None = None
+    marrow: MarrowStatus = MarrowStatus(False, "none", "not analysed")
+    pattern: str = "not_assessed"
+    marrow_summary: dict[str, float | int | None] | None = None
+    muscle_in_phase: float | None = None
+    disc_in_phase: float | None = None
+    vertebrae: list[VertebraReport] = field(default_factory=list)
     foci: list[FocusReport] = field(default_factory=list)
     outputs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -136,24 +206,39 @@ class SetReport:
             scanner_fat_fraction=entry(dixon_set.scanner_fat_fraction),
             field_strength_t=dixon_set.field_strength_t, flags=list(dixon_set.flags))
 
-    def analysed(self, result: QuantResult) -> None:
-        """Add the analysis: threshold, fat-fraction method, tissue medians, foci, flags."""
-        maps = (result.tissue_statistics or {}).get("maps", {})
+    def analysed(self, result: QuantResult, geometry: VolumeGeometry, uid_root: str,
+                 study_uid: str, sharp_margin: float) -> None:
+        """Add the analysis: threshold, fat-fraction method, marrow, vertebrae, foci, flags."""
         self.state = SetState.ANALYSED
         self.signal_loss_threshold_percent = result.threshold_percent
         self.threshold_field_strength_t = result.threshold_field_strength_t
         self.fat_fraction_method = result.fat_fraction_method
         self.noise_sigma = json_number(result.noise_sigma)
+        self.noise_source = result.noise_source
         self.water_fat_check = ({k: json_number(v, 4) for k, v in result.water_fat_check.items()}
                                 if result.water_fat_check else None)
-        self.tissue = TissueSummary(
-            voxel_count=(result.tissue_statistics or {}).get("voxel_count"),
-            signal_loss_percent_median=json_number(
-                maps.get("signal_loss_percent", {}).get("median")),
-            fat_fraction_percent_median=json_number(
-                maps.get("fat_fraction_percent", {}).get("median")))
-        self.foci = [FocusReport.from_record(f) for f in result.foci]
+        localisation = result.localisation
+        self.marrow = MarrowStatus(localisation.localised, localisation.method,
+                                   localisation.reason, len(localisation.labels))
+        self.pattern = result.pattern
+        self.marrow_summary = ({k: json_number(v) if isinstance(v, float) else v
+                                for k, v in result.marrow_summary.items()}
+                               if result.marrow_summary else None)
+        self.muscle_in_phase = json_number(result.muscle_in_phase, 1)
+        self.disc_in_phase = json_number(result.disc_in_phase, 1)
+        self.vertebrae = [
+            VertebraReport.of(v, derived_uid(uid_root, study_uid, self.key, "vertebra", v.label))
+            for v in result.vertebrae]
+        threshold = result.threshold_percent
+        self.foci = ([FocusReport.from_record(focus_record(f, geometry, threshold,
+                                                           localisation.labels, sharp_margin))
+                      for f in result.foci] if threshold is not None else [])
         self.flags = list(dict.fromkeys(self.flags + result.flags))
+
+    @property
+    def fat_fraction_label(self) -> str:
+        """What the fat fraction shown is, in words."""
+        return FAT_FRACTION_LABELS.get(self.fat_fraction_method, self.fat_fraction_method)
 
     def failed(self, reason: str) -> None:
         """The analysis of this set raised: no numbers, no outputs."""
@@ -176,17 +261,21 @@ class SetReport:
             data.update(state=str(self.state), reason=self.reason,
                         signal_loss_threshold_percent=None, foci=[], outputs=[])
             return data
-        tissue = self.tissue
         data.update(
             signal_loss_threshold_percent=self.signal_loss_threshold_percent,
             threshold_field_strength_t=self.threshold_field_strength_t,
             fat_fraction_method=self.fat_fraction_method,
+            fat_fraction_label=self.fat_fraction_label,
             noise_sigma=self.noise_sigma,
+            noise_source=self.noise_source,
             water_fat_check=self.water_fat_check,
-            tissue={"voxel_count": tissue.voxel_count,
-                    "signal_loss_percent_median": tissue.signal_loss_percent_median,
-                    "fat_fraction_percent_median": tissue.fat_fraction_percent_median}
-            if tissue else None,
+            marrow={"localised": self.marrow.localised, "method": self.marrow.method,
+                    "reason": self.marrow.reason},
+            pattern=self.pattern,
+            marrow_summary=self.marrow_summary,
+            t1_reference={"muscle_in_phase": self.muscle_in_phase,
+                          "disc_in_phase": self.disc_in_phase},
+            vertebrae=[v.to_json() for v in self.vertebrae],
             foci=[f.to_json() for f in self.foci],
             state=str(self.state),
             outputs=self.outputs,

@@ -21,6 +21,7 @@ class SetVolumes:
     opposed: np.ndarray
     water: np.ndarray | None
     fat: np.ndarray | None
+    scanner_fat_fraction: np.ndarray | None  # percent, as the scanner stored it
     spacing_mm: tuple[float, float, float]  # (slice, row, column)
     geometry: VolumeGeometry
 
@@ -108,6 +109,8 @@ def load_set(dixon_set: DixonSet, cache: PixelCache) -> SetVolumes:
         opposed=load_stack(dixon_set.opposed, cache),
         water=load_stack(dixon_set.water, cache) if dixon_set.water else None,
         fat=load_stack(dixon_set.fat, cache) if dixon_set.fat else None,
+        scanner_fat_fraction=(load_stack(dixon_set.scanner_fat_fraction, cache)
+                              if dixon_set.scanner_fat_fraction else None),
         spacing_mm=spacing,
         geometry=stack_geometry(dixon_set.in_phase, spacing),
     )

@@ -1,4 +1,8 @@
-"""One Dixon set through masks, maps, thresholds and foci: arrays in, arrays and records out."""
+"""One Dixon set: body, maps, vertebral marrow, per-vertebra findings, foci and the pattern.
+
+Every finding lives inside localised vertebral marrow (DESIGN.md, "marrow first"). When the
+localiser does not find a spine, the maps are still made, and nothing else is claimed.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
-from marrownode.quant.foci import FocusParameters, find_candidates
+from marrownode.quant.body import bright_end, find_body
+from marrownode.quant.foci import Focus, FocusParameters, find_foci
+from marrownode.quant.geometry import (
+    ANTERIOR_POSTERIOR,
+    LEFT_RIGHT,
+    SUPERIOR_INFERIOR,
+    VolumeGeometry,
+)
 from marrownode.quant.maps import (
     fat_fraction_two_point,
     fat_fraction_water_fat,
@@ -16,36 +28,189 @@ from marrownode.quant.maps import (
     signal_loss_percent,
     water_fat_consistency,
 )
-from marrownode.quant.masks import estimate_noise_sigma, tissue_mask
 from marrownode.quant.roi import roi_statistics
+from marrownode.quant.spine import Localisation, SpineParameters, localise
 from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
 
 #: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
 WATER_FAT_TOLERANCE = 0.10
+#: Fat-fraction methods, most trustworthy first.
+SCANNER_PDFF, WATER_FAT, SIGNAL_FAT_FRACTION = "scanner_pdff", "water_fat", "signal_fat_fraction"
+NORMAL, FOCAL, DIFFUSE, NOT_ASSESSED = "normal", "focal", "diffuse", "not_assessed"
 
 
 @dataclass(frozen=True)
 class QuantParameters:
+    """Thresholds per field strength and the localiser's and foci's limits."""
+
     thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS
     field_strength_tolerance_t: float = 0.25
     foci: FocusParameters = FocusParameters()
+    spine: SpineParameters = SpineParameters()
+
+
+@dataclass
+class VertebraFinding:
+    """One vertebral body (its posterior elements counted apart)."""
+
+    number: int
+    label: str
+    centroid_patient_mm: tuple[float, float, float]
+    voxel_count: int
+    volume_mm3: float
+    signal_loss_percent_median: float
+    sir_median: float
+    fat_fraction_percent_median: float
+    in_phase_median: float
+    fraction_below_threshold: float | None
+    pattern: str
+    in_phase_to_muscle_ratio: float | None
+    in_phase_to_disc_ratio: float | None
+    posterior_voxel_count: int
+    posterior_signal_loss_percent_median: float | None
 
 
 @dataclass
 class QuantResult:
+    """Maps (NaN outside tissue), the localisation and everything found inside it."""
+
+    body: np.ndarray
     tissue: np.ndarray
     signal_loss: np.ndarray
     sir: np.ndarray
     fat_fraction: np.ndarray
     fat_fraction_method: str
     noise_sigma: float
+    noise_source: str
     threshold_percent: float | None
     threshold_field_strength_t: float | None
+    localisation: Localisation
     flags: list[str] = field(default_factory=list)
-    foci: list[dict[str, Any]] = field(default_factory=list)
-    focus_masks: list[np.ndarray] = field(default_factory=list)
+    vertebrae: list[VertebraFinding] = field(default_factory=list)
+    foci: list[Focus] = field(default_factory=list)
+    pattern: str = NOT_ASSESSED
+    marrow_summary: dict[str, float | int | None] | None = None
     water_fat_check: dict[str, float] | None = None
-    tissue_statistics: dict[str, Any] | None = None
+    muscle_in_phase: float | None = None
+    disc_in_phase: float | None = None
+
+    @property
+    def focus_masks(self) -> list[np.ndarray]:
+        """The foci's masks, in report order."""
+        return [focus.mask for focus in self.foci]
+
+
+def _median(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if values.size else float("nan")
+
+
+def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
+                  fat: np.ndarray | None, scanner_pdff: np.ndarray | None,
+                  tissue: np.ndarray) -> tuple[np.ndarray, str, dict[str, float] | None, bool]:
+    """The best fat fraction available, its method, the W/F check and whether W/F is suspect."""
+    check = None
+    suspect = False
+    if water is not None and fat is not None:
+        check = water_fat_consistency(ip, op, water, fat, tissue)
+        suspect = not (check["sum_error"] <= WATER_FAT_TOLERANCE
+                       and check["difference_error"] <= WATER_FAT_TOLERANCE)
+    if scanner_pdff is not None:
+        pdff = np.where(tissue, np.asarray(scanner_pdff, dtype=np.float32), np.nan)
+        return pdff.astype(np.float32), SCANNER_PDFF, check, suspect
+    if water is not None and fat is not None:
+        return fat_fraction_water_fat(water, fat, tissue), WATER_FAT, check, suspect
+    return fat_fraction_two_point(ip, op, tissue), SIGNAL_FAT_FRACTION, None, False
+
+
+def _reference_in_phase(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
+                        localisation: Localisation, geometry: VolumeGeometry,
+                        parameters: SpineParameters) -> tuple[float | None, float | None]:
+    """Median in-phase signal of paraspinal muscle (behind the column) and of the discs
+    (between the bodies): the T1 internal standards."""
+    bodies = localisation.bodies
+    marrow = ndimage.binary_dilation(localisation.marrow, structure=np.ones((1, 5, 5), dtype=bool))
+    fat_level = parameters.fat_relative_signal * bright_end(np.where(tissue, ip, np.nan))
+    void_level = parameters.void_relative_signal * bright_end(np.where(tissue, ip, np.nan))
+    water_rich = (tissue & ~marrow & np.isfinite(loss)
+                  & (loss < parameters.water_rich_max_loss_percent)
+                  & (ip < fat_level) & (ip > void_level))
+    column = geometry.to_patient(np.argwhere(bodies > 0))
+    back = float(column[:, ANTERIOR_POSTERIOR].max())
+    lr = float(np.median(column[:, LEFT_RIGHT]))
+    top, bottom = (float(column[:, SUPERIOR_INFERIOR].max()),
+                   float(column[:, SUPERIOR_INFERIOR].min()))
+    behind = geometry.patient_coordinate(ANTERIOR_POSTERIOR, ip.shape) - back
+    muscle = water_rich & (behind > 15.0) & (behind < 90.0)
+    del behind
+    muscle &= np.abs(geometry.patient_coordinate(LEFT_RIGHT, ip.shape) - lr) < 70.0
+    height = geometry.patient_coordinate(SUPERIOR_INFERIOR, ip.shape)
+    muscle &= (height <= top) & (height >= bottom)
+    axis, _ = geometry.voxel_axis(SUPERIOR_INFERIOR)
+    footprint = np.expand_dims((bodies > 0).any(axis=axis), axis)
+    between = np.zeros(ip.shape, dtype=bool)
+    present = np.flatnonzero((bodies > 0).any(axis=tuple(a for a in range(3) if a != axis)))
+    occupied = set(present.tolist())
+    gap = [i for i in range(int(present.min()), int(present.max()) + 1) if i not in occupied]
+    if gap:
+        between.swapaxes(0, axis)[gap] = True
+    disc = water_rich & footprint & between
+    muscle_ip = float(np.median(ip[muscle])) if muscle.sum() >= 20 else None
+    disc_ip = float(np.median(ip[disc])) if disc.sum() >= 10 else None
+    return muscle_ip, disc_ip
+
+
+def _vertebrae(result: QuantResult, ip: np.ndarray, op: np.ndarray,
+               geometry: VolumeGeometry, foci_by_vertebra: set[int]) -> list[VertebraFinding]:
+    localisation = result.localisation
+    threshold = result.threshold_percent
+    voxel_volume = float(np.prod(geometry.spacing_mm))
+    findings = []
+    for number, label in enumerate(localisation.labels, start=1):
+        mask = localisation.bodies == number
+        loss = result.signal_loss[mask]
+        finite = loss[np.isfinite(loss)]
+        below = float(np.mean(finite < threshold)) if threshold is not None and finite.size \
+            else None
+        median_loss = _median(loss)
+        if threshold is None:
+            pattern = NOT_ASSESSED
+        elif median_loss < threshold:
+            pattern = DIFFUSE
+        elif number in foci_by_vertebra:
+            pattern = FOCAL
+        else:
+            pattern = NORMAL
+        ip_median = _median(ip[mask])
+        posterior = localisation.posterior == number
+        centroid = geometry.to_patient(np.argwhere(mask).mean(axis=0))
+        findings.append(VertebraFinding(
+            number=number, label=label,
+            centroid_patient_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
+            voxel_count=int(mask.sum()), volume_mm3=float(mask.sum() * voxel_volume),
+            signal_loss_percent_median=median_loss,
+            sir_median=_median(result.sir[mask]),
+            fat_fraction_percent_median=_median(result.fat_fraction[mask]),
+            in_phase_median=ip_median, fraction_below_threshold=below, pattern=pattern,
+            in_phase_to_muscle_ratio=(ip_median / result.muscle_in_phase
+                                      if result.muscle_in_phase else None),
+            in_phase_to_disc_ratio=(ip_median / result.disc_in_phase
+                                    if result.disc_in_phase else None),
+            posterior_voxel_count=int(posterior.sum()),
+            posterior_signal_loss_percent_median=(_median(result.signal_loss[posterior])
+                                                  if posterior.any() else None),
+        ))
+    return findings
+
+
+def _set_pattern(vertebrae: list[VertebraFinding], foci: list[Focus]) -> str:
+    if not vertebrae or any(v.pattern == NOT_ASSESSED for v in vertebrae):
+        return NOT_ASSESSED
+    if sum(v.pattern == DIFFUSE for v in vertebrae) * 2 >= len(vertebrae):
+        return DIFFUSE
+    if foci or any(v.pattern != NORMAL for v in vertebrae):
+        return FOCAL
+    return NORMAL
 
 
 def analyse_set(
@@ -56,81 +221,113 @@ def analyse_set(
     water: np.ndarray | None = None,
     fat: np.ndarray | None = None,
     parameters: QuantParameters = QuantParameters(),
+    geometry: VolumeGeometry | None = None,
+    scanner_pdff: np.ndarray | None = None,
+    in_phase_first: bool = False,
 ) -> QuantResult:
-    """Maps and foci for aligned (slice, row, column) volumes with spacing (slice, row, col)."""
+    """Maps, marrow and findings for aligned (slice, row, column) volumes."""
     ip = np.asarray(in_phase, dtype=np.float32)
     op = np.asarray(opposed, dtype=np.float32)
     if ip.shape != op.shape:
         raise ValueError(f"in-phase {ip.shape} and opposed-phase {op.shape} differ in shape")
-    sigma = estimate_noise_sigma(ip)
-    tissue = tissue_mask(ip, sigma)
-    flags: list[str] = []
+    geometry = geometry or VolumeGeometry.identity(spacing_mm)
+    body = find_body(ip)
+    tissue = body.tissue
     loss = signal_loss_percent(ip, op, tissue)
-    sir = signal_intensity_ratio(ip, op, tissue)
-    check = None
-    if water is not None and fat is not None:
-        fat_fraction = fat_fraction_water_fat(water, fat, tissue)
-        method = "water_fat"
-        check = water_fat_consistency(ip, op, water, fat, tissue)
-        if not (check["sum_error"] <= WATER_FAT_TOLERANCE
-                and check["difference_error"] <= WATER_FAT_TOLERANCE):
-            flags.append("water_fat_swap_suspected")
-    else:
-        fat_fraction = fat_fraction_two_point(ip, op, tissue)
-        method = "two_point_water_dominant"
+    fat_fraction, method, check, suspect = _fat_fraction(ip, op, water, fat, scanner_pdff,
+                                                         tissue)
+    flags = ["water_fat_swap_suspected"] if suspect else []
+    if method == SIGNAL_FAT_FRACTION:
         flags.append("fat_fraction_ambiguous_above_50")
-    choice = select_threshold(
-        field_strength_t, parameters.thresholds, parameters.field_strength_tolerance_t
-    )
+    choice = select_threshold(field_strength_t, parameters.thresholds,
+                              parameters.field_strength_tolerance_t)
     if choice.flag:
         flags.append(choice.flag)
+    localisation = localise(ip, loss, tissue, body.body, geometry, parameters.spine)
     result = QuantResult(
-        tissue=tissue, signal_loss=loss, sir=sir, fat_fraction=fat_fraction,
-        fat_fraction_method=method, noise_sigma=sigma, threshold_percent=choice.threshold_percent,
-        threshold_field_strength_t=choice.field_strength_t, flags=flags, water_fat_check=check,
-    )
-    maps = {"signal_loss_percent": loss, "sir": sir, "fat_fraction_percent": fat_fraction}
-    voxel_volume = float(np.prod(spacing_mm))
-    result.tissue_statistics = roi_statistics(tissue, maps, ip, op, voxel_volume)
-    if choice.threshold_percent is None:
+        body=body.body, tissue=tissue, signal_loss=loss,
+        sir=signal_intensity_ratio(ip, op, tissue), fat_fraction=fat_fraction,
+        fat_fraction_method=method, noise_sigma=body.noise_sigma, noise_source=body.noise_source,
+        threshold_percent=choice.threshold_percent,
+        threshold_field_strength_t=choice.field_strength_t, localisation=localisation,
+        flags=flags, water_fat_check=check)
+    if not localisation.localised:
+        result.flags.append("marrow_not_localised")
         return result
-    candidates = find_candidates(loss, tissue, choice.threshold_percent, spacing_mm,
-                                 parameters.foci)
-    for candidate in candidates:
-        stats = roi_statistics(candidate.mask, maps, ip, op, voxel_volume)
-        result.foci.append(focus_record(candidate.mask, stats, spacing_mm,
-                                        choice.threshold_percent, candidate.shell_marrow_fraction))
-        result.focus_masks.append(candidate.mask)
-    order = sorted(range(len(result.foci)), key=lambda i: -result.foci[i]["volume_mm3"])
-    result.foci = [result.foci[i] for i in order]
-    result.focus_masks = [result.focus_masks[i] for i in order]
+    _find_in_marrow(result, ip, op, geometry, parameters, in_phase_first,
+                    method != SIGNAL_FAT_FRACTION and not suspect)
     return result
 
 
-def focus_record(
-    mask: np.ndarray,
-    stats: dict[str, Any],
-    spacing_mm: tuple[float, float, float],
-    threshold_percent: float,
-    shell_marrow_fraction: float,
-) -> dict[str, Any]:
-    """The report.json entry of one focus."""
+def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
+                    geometry: VolumeGeometry, parameters: QuantParameters,
+                    in_phase_first: bool, fat_fraction_unambiguous: bool) -> None:
+    """Per-vertebra findings, foci, pattern, T1 standards and the marrow summary."""
+    localisation = result.localisation
+    voxel_volume = float(np.prod(geometry.spacing_mm))
+    result.muscle_in_phase, result.disc_in_phase = _reference_in_phase(
+        ip, result.signal_loss, result.tissue, localisation, geometry, parameters.spine)
+    maps = {"signal_loss_percent": result.signal_loss, "sir": result.sir,
+            "fat_fraction_percent": result.fat_fraction}
+    threshold = result.threshold_percent
+    numbered = np.where(localisation.bodies > 0, localisation.bodies, localisation.posterior)
+    if threshold is not None:
+        diffuse = {n for n in range(1, len(localisation.labels) + 1)
+                   if _median(result.signal_loss[localisation.bodies == n]) < threshold}
+        result.foci = find_foci(result.signal_loss, maps, ip, op, numbered, threshold,
+                                voxel_volume, in_phase_first, fat_fraction_unambiguous,
+                                diffuse, parameters.foci)
+    result.vertebrae = _vertebrae(result, ip, op, geometry,
+                                  {f.vertebra for f in result.foci})
+    result.pattern = NOT_ASSESSED if threshold is None else _set_pattern(result.vertebrae,
+                                                                         result.foci)
+    if any(v.in_phase_to_muscle_ratio is not None and v.in_phase_to_muscle_ratio < 1.0
+           for v in result.vertebrae):
+        result.flags.append("marrow_darker_than_muscle")
+    if any(v.in_phase_to_disc_ratio is not None and v.in_phase_to_disc_ratio < 1.0
+           for v in result.vertebrae):
+        result.flags.append("marrow_darker_than_disc")
+    bodies = localisation.bodies > 0
+    summary = roi_statistics(bodies, maps, ip, op, voxel_volume)
+    finite = result.signal_loss[bodies]
+    finite = finite[np.isfinite(finite)]
+    result.marrow_summary = {
+        "voxel_count": int(bodies.sum()),
+        "signal_loss_percent_median": summary["maps"]["signal_loss_percent"]["median"],
+        "sir_median": summary["maps"]["sir"]["median"],
+        "fat_fraction_percent_median": summary["maps"]["fat_fraction_percent"]["median"],
+        "fraction_below_threshold": (float(np.mean(finite < threshold))
+                                     if threshold is not None and finite.size else None),
+    }
+
+
+def focus_record(focus: Focus, geometry: VolumeGeometry, threshold_percent: float,
+                 labels: list[str], sharp_margin: float) -> dict[str, Any]:
+    """The report entry of one focus (numbers not yet rounded)."""
+    mask = focus.mask
+    stats = focus.statistics
+    spacing = geometry.spacing_mm
     per_slice = mask.sum(axis=(1, 2))
     slices = np.flatnonzero(per_slice)
-    pixel_area = spacing_mm[1] * spacing_mm[2]
-    centroid = np.argwhere(mask).mean(axis=0)
-    loss = stats["signal_loss_ratio_of_means_percent"]
+    centroid = geometry.to_patient(np.argwhere(mask).mean(axis=0))
+    loss = float(stats["signal_loss_ratio_of_means_percent"])  # type: ignore[arg-type]
+    maps: dict[str, dict[str, float]] = stats["maps"]  # type: ignore[assignment]
+    sharpness = focus.margin_sharpness
     return {
+        "vertebra": labels[focus.vertebra - 1] if 0 < focus.vertebra <= len(labels) else None,
         "slice_count": int(slices.size),
         "slice_indices": [int(s) for s in slices],
-        "area_mm2": float(per_slice.max() * pixel_area),
-        "volume_mm3": float(stats["volume_mm3"]),
-        "voxel_count": int(stats["voxel_count"]),
-        "centroid_voxel": [round(float(c), 2) for c in centroid],
-        "signal_loss_percent": float(loss),
-        "signal_loss_voxel_mean_percent": stats["maps"]["signal_loss_percent"]["mean"],
-        "sir": float(stats["sir_ratio_of_means"]),
-        "fat_fraction_percent": stats["maps"]["fat_fraction_percent"]["mean"],
+        "area_mm2": float(per_slice.max() * spacing[1] * spacing[2]),
+        "volume_mm3": float(stats["volume_mm3"]),  # type: ignore[arg-type]
+        "voxel_count": int(stats["voxel_count"]),  # type: ignore[call-overload]
+        "centroid_patient_mm": [round(float(c), 1) for c in centroid],
+        "signal_loss_percent": loss,
+        "sir": float(stats["sir_ratio_of_means"]),  # type: ignore[arg-type]
+        "fat_fraction_percent": maps["fat_fraction_percent"]["mean"],
         "below_threshold": bool(loss < threshold_percent),
-        "shell_marrow_fraction": round(shell_marrow_fraction, 3),
+        "category": focus.category,
+        "margin_sharpness": sharpness,
+        "margin": (None if sharpness is None
+                   else "sharp" if sharpness >= sharp_margin else "ill_defined"),
+        "in_phase_to_marrow_ratio": focus.in_phase_to_marrow_ratio,
     }

@@ -37,6 +37,19 @@ class VolumeGeometry:
         result: np.ndarray = np.asarray(self.origin) + index @ directions
         return result
 
+    def patient_coordinate(self, patient_axis: int, shape: tuple[int, ...]) -> np.ndarray:
+        """One patient coordinate (mm) of every voxel, as a float32 volume of shape."""
+        directions = (self.slice_direction, self.row_direction, self.column_direction)
+        total = np.full(shape, self.origin[patient_axis], dtype=np.float32)
+        for axis, (direction, spacing) in enumerate(zip(directions, self.spacing_mm,
+                                                        strict=True)):
+            step = direction[patient_axis] * spacing
+            if step:
+                line = (np.arange(shape[axis], dtype=np.float32) * step).reshape(
+                    [-1 if a == axis else 1 for a in range(3)])
+                total += line
+        return total
+
     def voxel_axis(self, patient_axis: int) -> tuple[int, float]:
         """The volume axis best aligned with a patient axis, and +1/-1: whether the patient
         coordinate grows with that index."""

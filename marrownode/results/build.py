@@ -31,6 +31,9 @@ class OutputSeries:
     description: str
 
 
+#: Derived MR signal-loss window suited to marrow: -20 % to 100 % (normal marrow 40-80 %).
+MARROW_SIGNAL_LOSS_WINDOW = (40.0, 120.0)
+
 SIGNAL_LOSS_PM = OutputSeries("parametric_map", 1, "signal loss % (parametric map)")
 FAT_FRACTION_PM = OutputSeries("parametric_map", 2, "fat fraction % (parametric map)")
 SIGNAL_LOSS_MR = OutputSeries("derived_mr", 3, "signal loss % map")
@@ -139,17 +142,19 @@ def build_results(
         if on_series is not None and len(entries) > first:
             on_series(entries[first:])
 
+    fat_fraction_range = (0, 50) if result.fat_fraction_method == "signal_fat_fraction" \
+        else (0, 100)
     maps = {
         "signal_loss": (result.signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
-                        (-100, 100)),
-        "fat_fraction": (result.fat_fraction, "FAT_FRACTION",
-                         "Fat fraction F/(W+F)" if result.fat_fraction_method == "water_fat"
-                         else "Fat fraction (IP-OP)/(2IP), water-dominant", (0, 100)),
+                        (-100, 100), MARROW_SIGNAL_LOSS_WINDOW),
+        "fat_fraction": (result.fat_fraction, "FAT_FRACTION", set_report.fat_fraction_label,
+                         (0, 100), (sum(fat_fraction_range) / 2,
+                                    fat_fraction_range[1] - fat_fraction_range[0])),
     }
     parametric_maps: list[Dataset] = []
     if outputs_cfg.parametric_map:
         for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"), (FAT_FRACTION_PM, "fat_fraction")):
-            values, lut_label, explanation, value_range = maps[key]
+            values, lut_label, explanation, value_range, _ = maps[key]
             series_uid, number, description = identity(spec)
             pm = build_parametric_map(
                 sources, values, label=lut_label, explanation=explanation,
@@ -160,13 +165,13 @@ def build_results(
             emit(spec, [pm])
     if outputs_cfg.derived_mr:
         for spec, key in ((SIGNAL_LOSS_MR, "signal_loss"), (FAT_FRACTION_MR, "fat_fraction")):
-            values, lut_label, explanation, value_range = maps[key]
+            values, lut_label, explanation, value_range, window = maps[key]
             series_uid, number, description = identity(spec)
             emit(spec, build_derived_mr_series(
                 sources, values, label=lut_label, explanation=explanation,
                 value_range=value_range, series_uid=series_uid,
                 sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
-                series_number=number, series_description=description))
+                series_number=number, series_description=description, window=window))
     if outputs_cfg.overlay:
         series_uid, number, description = identity(OVERLAY)
         emit(OVERLAY, build_overlay_series(
@@ -184,6 +189,21 @@ def build_results(
     return entries
 
 
+def overlay_status(set_report: SetReport) -> str:
+    """The overlay's statement of what was localised and found, and the flags on a second
+    line (burned into every frame)."""
+    marrow = set_report.marrow
+    if not marrow.localised:
+        status = "MARROW NOT LOCALISED: maps only, no marrow findings"
+    else:
+        labels = [v.label for v in set_report.vertebrae]
+        span = f"{labels[0]}-{labels[-1]}" if len(labels) > 1 else "".join(labels)
+        status = (f"marrow: {len(labels)} vertebral bodies ({span}) | pattern: "
+                  f"{set_report.pattern} | foci: {len(set_report.foci)}")
+    flags = [f for f in set_report.flags if f != "marrow_not_localised"]
+    return status + (f"\nflags: {', '.join(flags)}" if flags else "")
+
+
 def overlay_frames(
     volumes: SetVolumes, result: QuantResult, set_report: SetReport, disclaimer: str
 ) -> Iterator[np.ndarray]:
@@ -194,9 +214,12 @@ def overlay_frames(
     foci = np.zeros(volumes.in_phase.shape, dtype=bool)
     for mask in result.focus_masks:
         foci |= mask
+    marrow = result.localisation.marrow
     count = volumes.in_phase.shape[0]
     renderer = OverlayRenderer(volumes.in_phase.shape[1:], window, result.threshold_percent,
-                               set_report.field_strength_t, disclaimer)
+                               set_report.field_strength_t, disclaimer,
+                               overlay_status(set_report))
     for k in range(count):
-        yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k],
-                              f"slice {k + 1}/{count}")
+        here = "" if marrow[k].any() else " | no localised marrow on this slice"
+        yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k], marrow[k],
+                              f"slice {k + 1}/{count}{here}")

@@ -84,6 +84,10 @@ def stamp(target: Dataset, sources: SourceSeries, series_description: str) -> No
     target.SeriesDescription = series_description[:64]
     if "BodyPartExamined" in sources.reference:
         target.BodyPartExamined = sources.reference.BodyPartExamined
+    if not target.get("BodyPartExamined") and "Laterality" not in target:
+        # Without a body part nobody can tell whether it is paired: Laterality (type 2C) is
+        # then present and empty ("unknown"), as the General Series module allows.
+        target.Laterality = ""
     copy_patient_study(target, sources.reference)
 
 

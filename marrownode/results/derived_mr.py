@@ -20,6 +20,9 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian,
 
 from marrownode.results.common import SourcePlane, SourceSeries, sibling_instance, stamp
 
+#: Stored where the map is undefined (outside the body, air, void); declared as padding.
+PIXEL_PADDING_VALUE = -32768
+
 #: Stored values are whole percent (UCUM '%', meaning written as the code).
 PERCENT = Code("%", "UCUM", "%")
 
@@ -59,17 +62,21 @@ def build_derived_mr_series(
     sop_uids: list[str],
     series_number: int,
     series_description: str,
+    window: tuple[float, float] | None = None,
 ) -> Iterator[Dataset]:
-    """One MR Image per slice with stored value = round(percent); 0 where undefined.
+    """One MR Image per slice with stored value = round(percent); PixelPaddingValue where the
+    map is undefined (outside the body, air, signal void).
 
     A generator: the caller writes each slice before the next is built (bounded memory)."""
     if values.shape[0] != len(sources.planes) or len(sop_uids) != len(sources.planes):
         raise ValueError("one SOP Instance UID and one map slice per source plane are needed")
     low, high = value_range
-    stored = np.where(np.isfinite(values), np.rint(values), 0).clip(low, high).astype(np.int16)
+    stored = np.where(np.isfinite(values), np.rint(np.nan_to_num(values)).clip(low, high),
+                      PIXEL_PADDING_VALUE).astype(np.int16)
     # The slices of a series differ only in identity, geometry, references and pixels.
     template = _series_template(sources, stored.shape[1:], label, explanation, value_range,
-                                series_uid, series_number, series_description, sop_uids[0])
+                                series_uid, series_number, series_description, sop_uids[0],
+                                window)
     for index, (plane, sop_uid) in enumerate(zip(sources.planes, sop_uids, strict=True)):
         yield sibling_instance(
             template, sop_uid,
@@ -94,6 +101,7 @@ def _series_template(
     series_number: int,
     series_description: str,
     sop_uid: str,
+    window: tuple[float, float] | None,
 ) -> Dataset:
     """Everything the slices of one map series share (each slice is a sibling of it)."""
     low, high = value_range
@@ -122,13 +130,16 @@ def _series_template(
     ds.BitsStored = 16
     ds.HighBit = 15
     ds.PixelRepresentation = 1
-    ds.WindowCenter = (low + high) / 2
-    ds.WindowWidth = high - low
+    centre, width = window or ((low + high) / 2, high - low)
+    ds.WindowCenter = centre
+    ds.WindowWidth = width
+    ds.PixelPaddingValue = PIXEL_PADDING_VALUE
     ds.WindowCenterWidthExplanation = f"{label} %"
     ds.RealWorldValueMappingSequence = Sequence([hd.pm.RealWorldValueMapping(
         lut_label=label[:16], lut_explanation=explanation[:64], unit=PERCENT,
         value_range=(int(low), int(high)), slope=1.0, intercept=0.0)])
-    ds.DerivationDescription = f"{explanation}; stored value = percent, 0 outside tissue"[:1024]
+    ds.DerivationDescription = (f"{explanation}; stored value = percent, "
+                                f"{PIXEL_PADDING_VALUE} where undefined")[:1024]
     ds.BurnedInAnnotation = "NO"
     ds.LossyImageCompression = "00"
     stamp(ds, sources, series_description)

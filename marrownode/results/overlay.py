@@ -1,5 +1,6 @@
 """Colour overlay Secondary Capture: in-phase anatomy in grey, signal loss colour-coded around the
-threshold with a colour-blind-safe diverging map, foci outlined, and a burned-in legend (the SC
+threshold with a colour-blind-safe diverging map inside localised vertebral marrow only, foci
+outlined, and a burned-in legend stating what was localised, the pattern and the flags (the SC
 carries no geometry, so everything a reader needs is in the pixels)."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ VERMILLION = np.array([213, 94, 0], dtype=np.float32)  # little or no loss: susp
 BLUE = np.array([0, 114, 178], dtype=np.float32)  # loss above threshold: fat present
 YELLOW = (240, 228, 66)  # focus outline
 MIN_SIZE = 512
-LEGEND_HEIGHT = 100
+LEGEND_HEIGHT = 136
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -61,8 +62,10 @@ class OverlayRenderer:
         threshold: float | None,
         field_strength_t: float | None,
         disclaimer: str,
+        status: str = "",
     ) -> None:
         self.window = window
+        self.status = status
         self.threshold = threshold
         self.factor = max(1, math.ceil(MIN_SIZE / max(shape)))
         self.height, self.width = shape[0] * self.factor, shape[1] * self.factor
@@ -100,17 +103,19 @@ class OverlayRenderer:
                   font=small)
         draw.text((200, y), "blue: above (fat present)", fill=(86, 180, 233), font=small)
         draw.text((380, y), "yellow: focus", fill=YELLOW, font=small)
-        draw.text((8, y + 18), disclaimer, fill=(200, 200, 200), font=small)
+        for line, text in enumerate(self.status.split("\n")[:2]):
+            draw.text((8, y + 18 * (line + 1)), text[:110], fill=(255, 255, 255), font=small)
+        draw.text((8, y + 54), disclaimer, fill=(200, 200, 200), font=small)
         return np.asarray(band)
 
     def render(
-        self, anatomy: np.ndarray, loss: np.ndarray, focus_mask: np.ndarray, slice_label: str
+        self, anatomy: np.ndarray, loss: np.ndarray, focus_mask: np.ndarray,
+        marrow: np.ndarray, slice_label: str,
     ) -> np.ndarray:
         """One RGB uint8 frame, at least 512 px wide, with the legend band below the image.
 
-        Colours use a smoothed copy of the map (display only; numbers come from the maps), and
-        low loss outside foci is shown fainter than inside them, so diffuse disease stays
-        visible without muscle drowning the focal findings.
+        Colour only inside localised marrow: elsewhere the anatomy stays plain grey. Colours
+        use a smoothed copy of the map (display only; numbers come from the maps).
         """
         threshold = self.threshold
         grey = _grey(anatomy, *self.window)
@@ -120,8 +125,7 @@ class OverlayRenderer:
         total = ndimage.uniform_filter(np.where(defined, loss, 0).astype(np.float32), size=3)
         smooth = np.where(defined, total / np.maximum(weight, 1e-6), np.nan)
         colour, alpha = colour_for_loss(smooth, threshold)
-        low = np.isfinite(smooth) & (smooth < (threshold if threshold is not None else 20.0))
-        alpha = np.where(low & ~focus_mask, alpha * 0.5, alpha)
+        alpha = np.where(marrow, alpha, 0.0)
         rgb = grey[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
         image = np.clip(rgb, 0, 255).astype(np.uint8)
         if focus_mask.any():

@@ -1,8 +1,11 @@
-"""TID 1500 Comprehensive 3D SR: one image-level group for the set, one volumetric group per
-focus with its outline on every slice and its measurements and evaluation against the threshold.
+"""TID 1500 Comprehensive 3D SR: an image-level group for the set (field strength, threshold,
+whether marrow was localised, the pattern, the flags), one group per localised vertebral body
+(medians over its marrow, the T1 internal standard, its pattern), and one volumetric group per
+focus with its outline on every slice, its vertebra, category and margin.
 
-Standard codes where they exist (DCM fat fraction, magnetic field strength; SCT volume, area,
-lesion, bone marrow); a declared private scheme for signal loss, SIR, threshold and flags.
+No group carries a number over tissue that is not localised marrow. Standard codes where they
+exist (DCM fat fraction, magnetic field strength, median; SCT volume, area, lesion, bone
+marrow, vertebral body, focal, diffuse); a declared private scheme for the rest.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from skimage import measure
 
-from marrownode.report import SetReport
+from marrownode import ALGORITHM_VERSION
+from marrownode.report import SetReport, VertebraReport
 from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
 from marrownode.results.uids import derived_uid
 
@@ -32,6 +36,36 @@ BELOW = Code("MN005", SCHEME, "Below threshold: fat not demonstrated")
 AT_OR_ABOVE = Code("MN006", SCHEME, "At or above threshold: fat demonstrated")
 ANALYSIS_FLAG = Code("MN007", SCHEME, "Analysis flag")
 NO_THRESHOLD = Code("MN008", SCHEME, "No threshold for this field strength")
+MARROW_LOCALISATION = Code("MN009", SCHEME, "Vertebral marrow localisation")
+MARROW_LOCALISED = Code("MN010", SCHEME, "Vertebral marrow localised from the images")
+MARROW_NOT_LOCALISED = Code("MN011", SCHEME, "Marrow not localised: maps only")
+MARROW_PATTERN = Code("MN012", SCHEME, "Marrow signal loss pattern")
+FRACTION_BELOW = Code("MN013", SCHEME, "Fraction of marrow below threshold")
+IP_TO_MUSCLE = Code("MN014", SCHEME, "In-phase marrow to paraspinal muscle ratio")
+IP_TO_DISC = Code("MN015", SCHEME, "In-phase marrow to intervertebral disc ratio")
+RATIO_OF_MEANS = Code("MN016", SCHEME, "Ratio of ROI means")
+FOCUS_CATEGORY = Code("MN017", SCHEME, "Focus category")
+MARGIN = Code("MN018", SCHEME, "Focus margin")
+FAT_FRACTION_METHOD = Code("MN019", SCHEME, "Fat fraction method")
+CATEGORY_CODES = {
+    "low_signal_loss": Code("MN201", SCHEME, "Low signal loss: fat not demonstrated"),
+    "fat_containing": Code("MN202", SCHEME, "Fat-containing (haemangioma or focal fat)"),
+    "indeterminate": Code("MN203", SCHEME, "Indeterminate: within the T2* margin"),
+}
+MARGIN_CODES = {"sharp": Code("MN211", SCHEME, "Sharply marginated"),
+                "ill_defined": Code("MN212", SCHEME, "Ill-defined margin")}
+PATTERN_CODES = {
+    "normal": Code("17621005", "SCT", "Normal"),
+    "focal": codes.SCT.Focal,
+    "diffuse": codes.SCT.Diffuse,
+    "not_assessed": Code("MN220", SCHEME, "Not assessed"),
+}
+METHOD_CODES = {
+    "scanner_pdff": Code("MN231", SCHEME, "Scanner proton-density fat fraction"),
+    "water_fat": Code("MN232", SCHEME, "Fat fraction from scanner water and fat images"),
+    "signal_fat_fraction": Code("MN233", SCHEME, "Two-point signal fat fraction, 0-50 % scale"),
+}
+VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
 FLAG_CODES = {
     "in_phase_first": Code("MN101", SCHEME, "In-phase echo acquired first"),
     "roles_from_echo_time": Code("MN102", SCHEME, "Echo roles from echo time"),
@@ -40,6 +74,9 @@ FLAG_CODES = {
     "no_threshold_for_field_strength": Code("MN105", SCHEME, "No threshold for field strength"),
     "no_field_strength": Code("MN106", SCHEME, "Field strength unknown"),
     "water_or_fat_missing": Code("MN107", SCHEME, "Only one of water and fat present"),
+    "marrow_not_localised": Code("MN108", SCHEME, "Marrow not localised"),
+    "marrow_darker_than_muscle": Code("MN109", SCHEME, "Marrow darker than muscle on T1"),
+    "marrow_darker_than_disc": Code("MN110", SCHEME, "Marrow darker than disc on T1"),
 }
 PERCENT = codes.UCUM.Percent
 TESLA = Code("T", "UCUM", "Tesla")
@@ -48,10 +85,13 @@ CUBIC_MM = Code("mm3", "UCUM", "cubic millimeter")
 SQUARE_MM = Code("mm2", "UCUM", "square millimeter")
 
 
-def _measurement(name: Code, value: float | None, unit: Code) -> hd.sr.Measurement | None:
+def _measurement(name: Code, value: float | None, unit: Code, derivation: Code | None = None,
+                 algorithm: hd.sr.AlgorithmIdentification | None = None,
+                 ) -> hd.sr.Measurement | None:
     if value is None or not np.isfinite(value):
         return None
-    return hd.sr.Measurement(name=name, value=float(value), unit=unit)
+    return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation,
+                             algorithm_id=algorithm)
 
 
 def _outline(mask2d: np.ndarray) -> np.ndarray | None:
@@ -72,6 +112,34 @@ def _source_region(plane: SourcePlane) -> hd.sr.SourceImageForRegion:
         referenced_sop_class_uid=plane.sop_class_uid,
         referenced_sop_instance_uid=plane.sop_instance_uid,
         referenced_frame_numbers=[plane.frame_number] if plane.frame_number else None,
+    )
+
+
+def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentification,
+                    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One vertebral body: medians over its localised marrow and the T1 internal standard."""
+    median = codes.DCM.Median
+    measurements = [m for m in (
+        _measurement(SIGNAL_LOSS, vertebra.signal_loss_percent_median, PERCENT, median,
+                     algorithm),
+        _measurement(SIR, vertebra.sir_median, RATIO, median, algorithm),
+        _measurement(codes.DCM.FatFraction, vertebra.fat_fraction_percent_median, PERCENT,
+                     median, algorithm),
+        _measurement(FRACTION_BELOW, None if vertebra.fraction_below_threshold is None
+                     else 100.0 * vertebra.fraction_below_threshold, PERCENT, None, algorithm),
+        _measurement(IP_TO_MUSCLE, vertebra.in_phase_to_muscle_ratio, RATIO, median, algorithm),
+        _measurement(IP_TO_DISC, vertebra.in_phase_to_disc_ratio, RATIO, median, algorithm),
+        _measurement(codes.SCT.Volume, vertebra.volume_mm3, CUBIC_MM),
+    ) if m is not None]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=vertebra.tracking_uid,
+                                                     identifier=vertebra.label),
+        finding_type=codes.SCT.BoneMarrow,
+        finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY)],
+        algorithm_id=algorithm,
+        measurements=measurements,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(MARROW_PATTERN,
+                                                             PATTERN_CODES[vertebra.pattern])],
     )
 
 
@@ -100,14 +168,21 @@ def build_sr(
     )
     observation = hd.sr.ObservationContext(observer_device_context=device)
 
+    algorithm = hd.sr.AlgorithmIdentification(name=MODEL_NAME, version=ALGORITHM_VERSION)
     set_measurements = [m for m in (
         _measurement(codes.DCM.MagneticFieldStrength, set_report.field_strength_t, TESLA),
         _measurement(THRESHOLD, threshold, PERCENT),
-        _measurement(SIGNAL_LOSS, set_report.tissue.signal_loss_percent_median
-                     if set_report.tissue else None, PERCENT),
     ) if m is not None]
-    evaluations = [hd.sr.QualitativeEvaluation(ANALYSIS_FLAG, FLAG_CODES[f])
-                   for f in set_report.flags if f in FLAG_CODES]
+    evaluations = [hd.sr.QualitativeEvaluation(
+        MARROW_LOCALISATION,
+        MARROW_LOCALISED if set_report.marrow.localised else MARROW_NOT_LOCALISED)]
+    evaluations.append(hd.sr.QualitativeEvaluation(MARROW_PATTERN,
+                                                   PATTERN_CODES[set_report.pattern]))
+    if set_report.fat_fraction_method in METHOD_CODES:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            FAT_FRACTION_METHOD, METHOD_CODES[set_report.fat_fraction_method]))
+    evaluations += [hd.sr.QualitativeEvaluation(ANALYSIS_FLAG, FLAG_CODES[f])
+                    for f in set_report.flags if f in FLAG_CODES]
     if threshold is None:
         evaluations.append(hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, NO_THRESHOLD))
     group_sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
@@ -118,9 +193,10 @@ def build_sr(
             identifier=f"Dixon set {set_report.key}"[:64]),
         finding_type=codes.SCT.BoneMarrow,
         measurements=set_measurements,
-        qualitative_evaluations=evaluations or None,
+        qualitative_evaluations=evaluations,
         source_images=group_sources,
     )]
+    groups += [_vertebra_group(vertebra, algorithm) for vertebra in set_report.vertebrae]
     for number, (focus, mask) in enumerate(
         zip(set_report.foci, focus_masks, strict=True), start=1
     ):
@@ -132,23 +208,32 @@ def build_sr(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon,
                     source_image=_source_region(sources.planes[int(index)])))
         measurements = [m for m in (
-            _measurement(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT),
-            _measurement(SIR, focus.sir, RATIO),
-            _measurement(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT),
+            _measurement(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT, RATIO_OF_MEANS,
+                         algorithm),
+            _measurement(SIR, focus.sir, RATIO, RATIO_OF_MEANS, algorithm),
+            _measurement(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT,
+                         codes.SCT.Mean, algorithm),
             _measurement(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
             _measurement(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
         ) if m is not None]
         verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
+        focus_evaluations = [hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, verdict),
+                             hd.sr.QualitativeEvaluation(FOCUS_CATEGORY,
+                                                         CATEGORY_CODES[focus.category])]
+        if focus.margin in MARGIN_CODES:
+            focus_evaluations.append(hd.sr.QualitativeEvaluation(MARGIN,
+                                                                 MARGIN_CODES[focus.margin]))
+        where = f" in {focus.vertebra}" if focus.vertebra else ""
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=derived_uid(uid_root, tracking_root, "focus", number),
-                identifier=f"Focus {number}"),
+                identifier=f"Focus {number}{where}"),
             referenced_regions=regions,
             finding_type=codes.SCT.Lesion,
-            finding_sites=[hd.sr.FindingSite(codes.SCT.BoneMarrow)],
+            finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY), hd.sr.FindingSite(
+                codes.SCT.BoneMarrow)],
             measurements=measurements,
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION,
-                                                                 verdict)],
+            qualitative_evaluations=focus_evaluations,
         ))
     report = hd.sr.MeasurementReport(
         observation_context=observation,
@@ -173,6 +258,7 @@ def build_sr(
     scheme.CodingSchemeResponsibleOrganization = MANUFACTURER
     sr.CodingSchemeIdentificationSequence = DicomSequence([scheme])  # type: ignore[assignment]
     stamp(sr, sources, series_description)
-    if "BodyPartExamined" in sr:
-        del sr.BodyPartExamined  # not part of the SR IODs
+    for keyword in ("BodyPartExamined", "Laterality"):  # not part of the SR IODs
+        if keyword in sr:
+            del sr[keyword]
     return sr
