@@ -33,6 +33,10 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _number(value: float | None, width: int, digits: int) -> str:
+    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
 def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Path | None) -> None:
     print(f"\nStudy {study['study_instance_uid']}")
     for dixon_set in study["dixon_sets"]:
@@ -44,16 +48,31 @@ def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Pa
         print(f"  field strength {dixon_set['field_strength_t']} T,"
               f" signal-loss threshold {threshold} %,"
               f" flags: {', '.join(dixon_set['flags']) or 'none'}")
-        print("  foci:")
+        marrow = dixon_set.get("marrow") or {}
+        if not marrow.get("localised"):
+            print(f"  marrow NOT localised ({marrow.get('reason', 'not analysed')}):"
+                  " maps only, no marrow findings")
+        else:
+            print(f"  marrow: {marrow['reason']}; pattern {dixon_set['pattern']}")
+            print("    vertebra  median loss %  median SIR  below threshold  T1 vs muscle"
+                  "  T1 vs disc  pattern")
+            for v in dixon_set["vertebrae"]:
+                print(f"    {v['label']:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
+                      f"  {_number(v['sir_median'], 10, 2)}"
+                      f"  {_number(100 * (v['fraction_below_threshold'] or 0), 14, 0)} %"
+                      f"  {_number(v['in_phase_to_muscle_ratio'], 12, 2)}"
+                      f"  {_number(v['in_phase_to_disc_ratio'], 10, 2)}  {v['pattern']}")
+        print(f"  foci (inside localised marrow; fat fraction: {dixon_set['fat_fraction_label']}):")
         if not dixon_set["foci"]:
             print("    none")
-        print("    #  slices  volume mm3  signal loss %   SIR   fat fraction %  verdict")
+        else:
+            print("    #  vertebra  slices  volume mm3  signal loss %   SIR  fat fraction %"
+                  "  margin       category")
         for number, focus in enumerate(dixon_set["foci"], start=1):
-            verdict = ("below threshold: fat not shown (worrying, not specific)"
-                       if focus["below_threshold"] else "above threshold: fat shown")
-            print(f"    {number}  {focus['slice_count']:>6}  {focus['volume_mm3']:>10.0f}"
-                  f"  {focus['signal_loss_percent']:>13.1f}  {focus['sir']:>5.2f}"
-                  f"  {focus['fat_fraction_percent']:>14.1f}  {verdict}")
+            print(f"    {number}  {focus['vertebra'] or '-':>8}  {focus['slice_count']:>6}"
+                  f"  {focus['volume_mm3']:>10.0f}  {focus['signal_loss_percent']:>13.1f}"
+                  f"  {focus['sir']:>5.2f}  {focus['fat_fraction_percent']:>14.1f}"
+                  f"  {focus['margin'] or '-':<11}  {focus['category']}")
         series: dict[str, list[Any]] = {}
         for entry in dixon_set["outputs"]:
             series.setdefault(entry["series_instance_uid"], []).append(entry)

@@ -68,8 +68,9 @@ def _ring(mask: np.ndarray, inner: int, outer: int) -> np.ndarray:
 
 
 def margin_sharpness(mask: np.ndarray, loss: np.ndarray, marrow: np.ndarray) -> float | None:
-    """How much of the lesion-to-marrow contrast is reached one voxel outside the border
-    (0-1): near 1 a sharply marginated focus, lower for one that fades into the marrow. Read
+    """How much of the lesion-to-marrow contrast is reached within two voxels outside the
+    border (0-1): near 1 a sharply marginated focus, lower for one that fades into the marrow
+    over several voxels. Read
     on the focus's largest section, as a radiologist would (its ends suffer most from partial
     volume across the slice); the border voxels themselves are left out."""
     largest = int(np.argmax(mask.sum(axis=(1, 2))))
@@ -80,7 +81,7 @@ def margin_sharpness(mask: np.ndarray, loss: np.ndarray, marrow: np.ndarray) -> 
     structure[1] = ndimage.generate_binary_structure(2, 1)
     eroded = ndimage.binary_erosion(mask, structure=structure)
     core = eroded if eroded.any() else mask
-    regions = (core, _ring(mask, 0, 1) & marrow, _ring(mask, 2, 4) & marrow)
+    regions = (core, _ring(mask, 1, 2) & marrow, _ring(mask, 3, 5) & marrow)
     values = [loss[region][np.isfinite(loss[region])] for region in regions]
     if any(v.size == 0 for v in values):
         return None
@@ -115,10 +116,9 @@ def find_foci(
     low = marrow & np.isfinite(loss) & (smooth < threshold_percent + margin)
     labels, _ = ndimage.label(low)
     foci: list[Focus] = []
-    for box in ndimage.find_objects(labels):
+    for region_label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        region_label = int(labels[box].max())
         mask = labels == region_label
         count = int(mask.sum())
         if count < parameters.min_voxels or count * voxel_volume_mm3 < parameters.min_volume_mm3:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from marrownode.quant.body import bright_end, fill_holes_per_slice
 from marrownode.quant.geometry import (
@@ -53,6 +54,8 @@ class SpineParameters:
     rim_radius_mm: float = 2.0
     core_radius_mm: float = 6.0
     min_core_volume_mm3: float = 1500.0
+    #: Posterior-element marrow smaller than this is noise (a few voxels in the canal).
+    min_element_volume_mm3: float = 150.0
     min_depth_mm: float = 12.0
     max_depth_mm: float = 65.0
     max_width_mm: float = 75.0
@@ -135,8 +138,8 @@ def _relative_gradient(in_phase: np.ndarray) -> np.ndarray:
 
 def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
                     body: np.ndarray, spacing_mm: tuple[float, float, float],
-                    parameters: SpineParameters) -> np.ndarray:
-    """Marrow-like tissue, holes (focal lesions) filled.
+                    parameters: SpineParameters) -> tuple[np.ndarray, np.ndarray]:
+    """Marrow-like tissue, holes (focal lesions) filled, and the void mask.
 
     Rule 1, mixed water-fat: regional (median) loss high, the voxel's own loss not low, and the
     in-phase signal homogeneous (rims at fat-water borders and fatty muscle are not).
@@ -160,7 +163,7 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     opened = ndimage.binary_opening(candidates,
                                     structure=_ball(parameters.rim_radius_mm, spacing_mm))
     filled: np.ndarray = fill_holes_per_slice(opened) & ~void
-    return filled
+    return filled, void
 
 
 def _column(parts: list[_Part], body_centre: np.ndarray,
@@ -209,7 +212,7 @@ def localise(
     if not body.any():
         return not_localised(shape, "no body in the field of view")
     spacing = geometry.spacing_mm
-    bone = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters)
+    bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters)
     cores = ndimage.binary_opening(bone, structure=_ball(parameters.core_radius_mm, spacing))
     core_labels, count = ndimage.label(cores)
     body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
@@ -219,6 +222,9 @@ def localise(
         return not_localised(shape, f"{found} in a column near the midline: no spine "
                                     "localised in this field of view")
     bodies = _grow_bodies(bone, core_labels, column, spacing, parameters)
+    fat = np.nan_to_num(in_phase) > parameters.fat_relative_signal * bright_end(
+        np.where(body, in_phase, np.nan))
+    bodies = _complete(bodies, tissue & ~void & ~fat)
     bodies = _split_tall(bodies, signal_loss, geometry, parameters.max_vertebra_height_mm)
     posterior = _posterior_elements(bone, bodies, geometry, parameters)
     count = int(bodies.max())
@@ -241,6 +247,21 @@ def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[_Part],
     nearest_label = numbered[tuple(nearest)]
     bodies: np.ndarray = np.where(bone & reach, nearest_label, 0).astype(np.int16)
     return bodies
+
+
+def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """Give each body back what the water-rich barrier carved out of it: a focal lesion is
+    water-rich too, and one near an endplate or the cortex leaves a bite. A vertebral body's
+    section is about convex, so each slice of a body is its convex hull, limited to tissue that
+    is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat)."""
+    completed = bodies.copy()
+    for number in range(1, int(bodies.max()) + 1):
+        mask = bodies == number
+        for k in np.flatnonzero(mask.any(axis=(1, 2))):
+            hull = convex_hull_image(mask[k])  # type: ignore[no-untyped-call]
+            add = hull & allowed[k] & (completed[k] == 0)
+            completed[k][add] = number
+    return completed
 
 
 def _split_tall(bodies: np.ndarray, signal_loss: np.ndarray, geometry: VolumeGeometry,
@@ -289,7 +310,8 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
                                                  - part.centroid[SUPERIOR_INFERIOR]))
         centre = centres[nearest]
         behind = part.centroid[ANTERIOR_POSTERIOR] - centre[ANTERIOR_POSTERIOR]
-        if (10.0 <= behind <= 90.0
+        if (part.volume_mm3 >= parameters.min_element_volume_mm3
+                and 10.0 <= behind <= 90.0
                 and abs(part.centroid[LEFT_RIGHT] - centre[LEFT_RIGHT])
                 <= parameters.max_midline_offset_mm
                 and abs(part.centroid[SUPERIOR_INFERIOR] - centre[SUPERIOR_INFERIOR])

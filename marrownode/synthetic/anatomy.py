@@ -15,6 +15,7 @@ cranio-caudally, and the masks of the lesions placed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 import numpy as np
 
@@ -243,6 +244,24 @@ def anatomical_phantom(
         labels=labels, pixel_spacing_mm=spacing, slice_thickness_mm=thickness,
         water=water, fat=fat, vertebra=vertebra, posterior=posterior, lesion_masks=lesions,
         orientation=orientation, zero_filled=zero_filled)
+
+
+#: The default synthetic study's anatomy per plane: (shape, pixel spacing, slice thickness).
+DEFAULT_GRIDS: dict[str, tuple[tuple[int, int, int], float, float]] = {
+    "sagittal": ((12, 128, 112), 2.5, 4.0),
+    "coronal": ((12, 128, 128), 2.5, 4.0),
+    "axial": ((30, 112, 128), 2.5, 6.0),
+}
+
+
+@cache
+def default_phantom(orientation: str = "sagittal",
+                    variant: str = "infiltrative_focus") -> AnatomicalPhantom:
+    """The anatomy of the default synthetic study (demo, tests, benchmarks): a lumbar spine
+    with one infiltrative focus. Cached: it is deterministic, and callers only read it."""
+    shape, pixel_spacing, thickness = DEFAULT_GRIDS[orientation]
+    return anatomical_phantom(variant, orientation, shape=shape, pixel_spacing_mm=pixel_spacing,
+                              slice_thickness_mm=thickness)
 
 
 def tissue_truth(tissue: str) -> dict[str, float]:

@@ -24,8 +24,9 @@ from pydicom.uid import (
 )
 
 from marrownode.physics import GYROMAGNETIC_MHZ_PER_T, fat_water_period_ms
+from marrownode.synthetic.anatomy import default_phantom
 from marrownode.synthetic.geometry import geometry_for
-from marrownode.synthetic.phantom import Phantom, spine_phantom
+from marrownode.synthetic.phantom import Phantom
 
 STYLES = (
     "siemens",
@@ -204,7 +205,7 @@ def build_study(
     options: StudyOptions = StudyOptions(), phantom: Phantom | None = None
 ) -> list[Dataset]:
     """All instances of one synthetic Dixon study in the given vendor style."""
-    phantom = phantom or spine_phantom()
+    phantom = phantom or default_phantom(options.orientation)
     if options.style == "philips_enhanced":
         return [_enhanced_mr(options, phantom)]
     images = phantom.echoes(snr=options.snr, seed=options.seed)
@@ -322,7 +323,7 @@ def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
 
 def extra_series(options: StudyOptions, kind: str, phantom: Phantom | None = None) -> list[Dataset]:
     """Non-Dixon series a real exam also holds: 'fatsat_t1' (GR, TE 4.2 ms, FS), 'stir', 't2'."""
-    phantom = phantom or spine_phantom()
+    phantom = phantom or default_phantom(options.orientation)
     base = _base_dataset(options)
     geometry = geometry_for(options.orientation)
     images = phantom.echoes(snr=options.snr, seed=options.seed + 7)

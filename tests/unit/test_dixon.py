@@ -18,7 +18,7 @@ from marrownode.dixon.roles import Role, classify, frames_from_header, phase_of_
 from marrownode.dixon.sets import assemble
 from marrownode.pipeline import process_paths
 from marrownode.report import SetReport
-from marrownode.synthetic.phantom import spine_phantom, truth
+from marrownode.synthetic.anatomy import tissue_truth
 from marrownode.synthetic.studies import (
     STYLES,
     StudyOptions,
@@ -218,9 +218,8 @@ def test_marrownode_results_are_not_reanalysed() -> None:
 
 
 def test_process_cli_report_shape_compressed_and_utf8(tmp_path: Path) -> None:
-    phantom = spine_phantom()
     options = StudyOptions(style="siemens", patient_name="Müller^Jörg=ミュラー", study_key="cli")
-    datasets = build_study(options, phantom)
+    datasets = build_study(options)
     encoded = (compress(datasets[:12], RLELossless) + compress(datasets[12:24], JPEG2000Lossless)
                + compress(datasets[24:36], JPEGLSLossless) + datasets[36:])
     write_datasets(encoded, tmp_path / "in" / "nested" / "deeper")
@@ -240,13 +239,26 @@ def test_process_cli_report_shape_compressed_and_utf8(tmp_path: Path) -> None:
     study = by_uid[datasets[0].StudyInstanceUID]
     (dixon_set,) = study["dixon_sets"]
     for key in ("in_phase", "opposed_phase", "water", "fat", "field_strength_t",
-                "signal_loss_threshold_percent", "flags", "foci", "outputs"):
+                "signal_loss_threshold_percent", "flags", "marrow", "pattern", "vertebrae",
+                "foci", "outputs"):
         assert key in dixon_set
+    assert "tissue" not in dixon_set  # no whole-tissue numbers anywhere
     assert dixon_set["signal_loss_threshold_percent"] == 20.0
+    assert dixon_set["marrow"] == {"localised": True, "method": "image",
+                                   "reason": "5 vertebral bodies in one column"}
+    assert dixon_set["pattern"] == "focal"
+    assert [v["label"] for v in dixon_set["vertebrae"]] == ["V1", "V2", "V3", "V4", "V5"]
+    for vertebra in dixon_set["vertebrae"]:
+        assert set(vertebra) >= {"centroid_patient_mm", "signal_loss_percent_median",
+                                 "sir_median", "fat_fraction_percent_median",
+                                 "fraction_below_threshold", "pattern",
+                                 "in_phase_to_muscle_ratio", "in_phase_to_disc_ratio",
+                                 "tracking_uid"}
     (focus,) = dixon_set["foci"]
-    assert focus["signal_loss_percent"] == pytest.approx(truth("lesion")["signal_loss_percent"],
-                                                         abs=0.1)
-    assert focus["below_threshold"] is True
+    assert focus["signal_loss_percent"] == pytest.approx(
+        tissue_truth("lesion")["signal_loss_percent"], abs=0.1)
+    assert focus["below_threshold"] is True and focus["category"] == "low_signal_loss"
+    assert focus["vertebra"] == "V3" and len(focus["centroid_patient_mm"]) == 3
     assert study["skipped_series"][0]["reason"] == "not gradient echo (ScanningSequence SE)"
     assert report["unreadable_files"][0]["path"].endswith("notes.txt")
     other = by_uid[two[0].StudyInstanceUID]["dixon_sets"][0]
@@ -272,5 +284,5 @@ def test_volumes_decode_every_transfer_syntax_identically(tmp_path: Path) -> Non
                         tmp_path / "o2", Settings())
     first = plain["studies"][0]["dixon_sets"][0]
     second = rle["studies"][0]["dixon_sets"][0]
-    assert first["foci"] == second["foci"] and first["tissue"] == second["tissue"]
-    assert np.isclose(first["foci"][0]["sir"], truth("lesion")["sir"], atol=0.02)
+    assert first["foci"] == second["foci"] and first["vertebrae"] == second["vertebrae"]
+    assert np.isclose(first["foci"][0]["sir"], tissue_truth("lesion")["sir"], atol=0.02)

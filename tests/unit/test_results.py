@@ -10,10 +10,18 @@ import highdicom as hd
 import numpy as np
 import pytest
 from pydicom import dcmread
+from scipy import ndimage
 
 from marrownode.config import settings_from_mapping
 from marrownode.pipeline import process_paths
-from marrownode.synthetic.phantom import TISSUE_CODES, spine_phantom, truth
+from marrownode.results.derived_mr import PIXEL_PADDING_VALUE
+from marrownode.results.overlay import LEGEND_HEIGHT
+from marrownode.synthetic.anatomy import (
+    ANATOMY_CODES,
+    DEFAULT_GRIDS,
+    anatomical_phantom,
+    tissue_truth,
+)
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
 from tests.conftest import require_binary
 
@@ -25,7 +33,10 @@ EXPECTED_COUNTS = {"parametric_map": 2, "derived_mr": 24, "overlay": 12, "sr": 1
 def processed(tmp_path_factory) -> dict:
     """Two studies (classic single-frame Siemens, Philips Enhanced MR) processed once."""
     base = tmp_path_factory.mktemp("results")
-    phantom = spine_phantom()
+    shape, pixel_spacing, thickness = DEFAULT_GRIDS["sagittal"]
+    phantom = anatomical_phantom("infiltrative_focus", "sagittal", shape=shape,
+                                 pixel_spacing_mm=pixel_spacing, slice_thickness_mm=thickness,
+                                 supersample=1)  # no partial volume: exact truth per voxel
     studies = {
         "siemens": build_study(StudyOptions(style="siemens", patient_name=NAME,
                                             study_key="res-siemens"), phantom),
@@ -121,9 +132,10 @@ def test_parametric_map_round_trips_truth(processed) -> None:
     assert mapping.MeasurementUnitsCodeSequence[0].CodeValue == "%"
     assert values.dtype == np.float32 and values.shape == phantom.labels.shape
     for tissue in ("marrow", "lesion", "muscle", "disc"):
-        region = phantom.labels == TISSUE_CODES[tissue]
-        assert np.allclose(values[region], truth(tissue)["signal_loss_percent"], atol=0.01)
-    assert np.isnan(values[phantom.labels == 0]).all()
+        region = phantom.labels == ANATOMY_CODES[tissue]
+        assert np.allclose(values[region], tissue_truth(tissue)["signal_loss_percent"],
+                           atol=0.01)
+    assert np.isnan(values[phantom.labels == ANATOMY_CODES["background"]]).all()
     refs = pm.ReferencedSeriesSequence[0].ReferencedInstanceSequence
     in_phase = {d.SOPInstanceUID for d in processed["studies"]["siemens"]
                 if d.SeriesDescription.endswith("_in")}
@@ -140,8 +152,11 @@ def test_derived_mr_is_integer_percent_on_source_geometry(processed) -> None:
                       if d.SeriesDescription.endswith("_in")), key=lambda d: d.InstanceNumber)
     volume = np.stack([d.pixel_array for d in slices])
     for tissue in ("marrow", "lesion"):
-        region = phantom.labels == TISSUE_CODES[tissue]
-        assert (volume[region] == round(truth(tissue)["fat_fraction_percent"])).all()
+        region = phantom.labels == ANATOMY_CODES[tissue]
+        assert (volume[region] == round(tissue_truth(tissue)["fat_fraction_percent"])).all()
+    # Outside the body the map is undefined: the declared padding value, not a 0 % reading.
+    assert (volume[phantom.labels == ANATOMY_CODES["background"]] == PIXEL_PADDING_VALUE).all()
+    assert all(int(d.PixelPaddingValue) == PIXEL_PADDING_VALUE for d in slices)
     for derived, source in zip(slices, sources, strict=True):
         assert list(derived.ImageType[:2]) == ["DERIVED", "SECONDARY"]
         assert derived.ImagePositionPatient == source.ImagePositionPatient
@@ -163,24 +178,41 @@ def test_sr_measurements_round_trip(processed) -> None:
     groups = report.get_volumetric_roi_measurement_groups()
     assert len(groups) == len(dixon_set["foci"]) == 1
     measured = {m.name.meaning: m.value for m in groups[0].get_measurements()}
-    expected = truth("lesion")
+    expected = tissue_truth("lesion")
     assert measured["Chemical shift signal loss"] == pytest.approx(
         expected["signal_loss_percent"], abs=0.01)
     assert measured["Opposed-phase to in-phase signal intensity ratio"] == pytest.approx(
-        expected["sir"], abs=1e-4)
+        expected["sir"], abs=1e-3)  # reported to three decimals, like report.json
     assert measured["Fat fraction"] == pytest.approx(expected["fat_fraction_percent"], abs=0.01)
     def scoords(item) -> int:
         own = 1 if item.get("ValueType") == "SCOORD" else 0
         return own + sum(scoords(child) for child in item.get("ContentSequence", []))
 
-    lesion_slices = np.flatnonzero((processed["phantom"].labels == 5).any(axis=(1, 2)))
-    assert scoords(sr) == len(lesion_slices), "one outline per slice of the focus"
-    evaluation = groups[0].get_qualitative_evaluations()[0]
-    assert evaluation.value.meaning.startswith("Below threshold")
-    (image_group,) = report.get_image_measurement_groups()
-    values = {m.name.meaning: m.value for m in image_group.get_measurements()}
-    assert values["Magnetic field strength"] == pytest.approx(1.5)
-    assert values["Signal loss threshold"] == pytest.approx(20.0)
+    assert scoords(sr) == dixon_set["foci"][0]["slice_count"], "one outline per focus slice"
+    evaluations = {e.name.meaning: e.value.meaning
+                   for e in groups[0].get_qualitative_evaluations()}
+    assert evaluations["Signal loss compared with threshold"].startswith("Below threshold")
+    assert evaluations["Focus category"].startswith("Low signal loss")
+    assert evaluations["Focus margin"] == "Sharply marginated"
+    assert groups[0].tracking_identifier == "Focus 1 in V3"
+    image_groups = report.get_image_measurement_groups()
+    set_group, *vertebra_groups = image_groups
+    values = {m.name.meaning: m.value for m in set_group.get_measurements()}
+    assert values == {"Magnetic field strength": pytest.approx(1.5),
+                      "Signal loss threshold": pytest.approx(20.0)}  # no whole-tissue number
+    set_evaluations = {e.value.meaning for e in set_group.get_qualitative_evaluations()}
+    assert "Vertebral marrow localised from the images" in set_evaluations
+    assert {"Focal"} <= set_evaluations
+    # One group per localised vertebral body, with its stable tracking UID and finding site.
+    assert [str(g.tracking_uid) for g in vertebra_groups] == [
+        v["tracking_uid"] for v in dixon_set["vertebrae"]]
+    for group, vertebra in zip(vertebra_groups, dixon_set["vertebrae"], strict=True):
+        assert group.finding_sites[0].value.meaning == "Vertebral body"
+        medians = {m.name.meaning: m.value for m in group.get_measurements()}
+        assert medians["Chemical shift signal loss"] == pytest.approx(
+            vertebra["signal_loss_percent_median"], abs=1e-3)
+        assert medians["Chemical shift signal loss"] == pytest.approx(
+            tissue_truth("marrow")["signal_loss_percent"], abs=1.0)
     classes = {ref.ReferencedSOPClassUID
                for study in sr.CurrentRequestedProcedureEvidenceSequence
                for series in study.ReferencedSeriesSequence
@@ -215,7 +247,7 @@ def test_uid_root_and_output_selection_are_configurable(processed, tmp_path: Pat
 def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
     _, outputs = outputs_of(processed, "siemens")
     phantom = processed["phantom"]
-    centre = phantom.lesion_centres[0]
+    centre = np.argwhere(phantom.lesion_masks["infiltrative_focus"]).mean(axis=0).round()
     entries = [e for e in outputs if e["kind"] == "overlay"]
     overlay = next(d for d in (load(processed, e) for e in entries)
                    if d.InstanceNumber == centre[0] + 1)
@@ -224,7 +256,7 @@ def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
     rows_in, cols_in = phantom.labels.shape[1:]
     factor = -(-512 // max(rows_in, cols_in))  # upscaled to at least 512 px
     offset = (pixels.shape[1] - cols_in * factor) // 2
-    assert pixels.shape[1] >= 512 and pixels.shape[0] == rows_in * factor + 100  # legend band
+    assert pixels.shape[1] >= 512 and pixels.shape[0] == rows_in * factor + LEGEND_HEIGHT
     yellow = (pixels[..., 0] > 200) & (pixels[..., 1] > 200) & (pixels[..., 2] < 120)
     rows, cols = np.nonzero(yellow[: rows_in * factor])
     assert rows.size > 0
@@ -236,6 +268,12 @@ def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
     outside_yellow = ((outside.pixel_array[..., 0] > 200) & (outside.pixel_array[..., 1] > 200)
                       & (outside.pixel_array[..., 2] < 120))[: rows_in * factor]
     assert not outside_yellow.any(), "no focus outline on a slice without a focus"
+    # Colour only inside localised marrow: everywhere else plain grey anatomy.
+    image = pixels[: rows_in * factor, offset:offset + cols_in * factor].astype(int)
+    coloured = (np.ptp(image, axis=2) > 30)[::factor, ::factor]
+    marrow = (phantom.vertebra > 0) | (phantom.posterior > 0)
+    near = ndimage.binary_dilation(marrow[int(centre[0])], iterations=2)
+    assert coloured.sum() > 50 and (coloured & ~near).sum() <= 0.02 * coloured.sum()
 
 
 def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> None:
