@@ -56,6 +56,9 @@ class SpineParameters:
     min_core_volume_mm3: float = 1500.0
     #: Posterior-element marrow smaller than this is noise (a few voxels in the canal).
     min_element_volume_mm3: float = 150.0
+    #: A neural arch with its processes spans at most this (L-R and A-P); anything larger is
+    #: muscle and fat behind the spine, not posterior elements.
+    max_element_extent_mm: float = 80.0
     min_depth_mm: float = 12.0
     max_depth_mm: float = 65.0
     max_width_mm: float = 75.0
@@ -253,13 +256,15 @@ def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Give each body back what the water-rich barrier carved out of it: a focal lesion is
     water-rich too, and one near an endplate or the cortex leaves a bite. A vertebral body's
     section is about convex, so each slice of a body is its convex hull, limited to tissue that
-    is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat)."""
+    is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat), and one
+    voxel in from the hull's rim."""
     completed = bodies.copy()
     for number in range(1, int(bodies.max()) + 1):
         mask = bodies == number
         for k in np.flatnonzero(mask.any(axis=(1, 2))):
             hull = convex_hull_image(mask[k])  # type: ignore[no-untyped-call]
-            add = hull & allowed[k] & (completed[k] == 0)
+            # Only the hull's interior: its rim is where cortex and canal partial volume lie.
+            add = ndimage.binary_erosion(hull) & allowed[k] & (completed[k] == 0)
             completed[k][add] = number
     return completed
 
@@ -311,6 +316,8 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
         centre = centres[nearest]
         behind = part.centroid[ANTERIOR_POSTERIOR] - centre[ANTERIOR_POSTERIOR]
         if (part.volume_mm3 >= parameters.min_element_volume_mm3
+                and part.extent[LEFT_RIGHT] <= parameters.max_element_extent_mm
+                and part.extent[ANTERIOR_POSTERIOR] <= parameters.max_element_extent_mm
                 and 10.0 <= behind <= 90.0
                 and abs(part.centroid[LEFT_RIGHT] - centre[LEFT_RIGHT])
                 <= parameters.max_midline_offset_mm

@@ -22,7 +22,7 @@ from pydicom.sr.coding import Code
 from skimage import measure
 
 from marrownode import ALGORITHM_VERSION
-from marrownode.report import SetReport, VertebraReport
+from marrownode.report import FocusReport, SetReport, VertebraReport
 from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
 from marrownode.results.uids import derived_uid
 
@@ -143,6 +143,75 @@ def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentifi
     )
 
 
+def _set_group(set_report: SetReport, sources: list[hd.sr.SourceImageForMeasurementGroup],
+               tracking_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The set as a whole: field strength, threshold, localisation, pattern, method, flags.
+    No number over tissue: those live in the vertebra groups."""
+    threshold = set_report.signal_loss_threshold_percent
+    measurements = [m for m in (
+        _measurement(codes.DCM.MagneticFieldStrength, set_report.field_strength_t, TESLA),
+        _measurement(THRESHOLD, threshold, PERCENT),
+    ) if m is not None]
+    evaluations = [
+        hd.sr.QualitativeEvaluation(MARROW_LOCALISATION, MARROW_LOCALISED
+                                    if set_report.marrow.localised else MARROW_NOT_LOCALISED),
+        hd.sr.QualitativeEvaluation(MARROW_PATTERN, PATTERN_CODES[set_report.pattern]),
+    ]
+    if set_report.fat_fraction_method in METHOD_CODES:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            FAT_FRACTION_METHOD, METHOD_CODES[set_report.fat_fraction_method]))
+    evaluations += [hd.sr.QualitativeEvaluation(ANALYSIS_FLAG, FLAG_CODES[f])
+                    for f in set_report.flags if f in FLAG_CODES]
+    if threshold is None:
+        evaluations.append(hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, NO_THRESHOLD))
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=tracking_uid, identifier=f"Dixon set {set_report.key}"[:64]),
+        finding_type=codes.SCT.BoneMarrow,
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+        source_images=sources,
+    )
+
+
+def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: SourceSeries,
+                 algorithm: hd.sr.AlgorithmIdentification, tracking_uid: str,
+                 ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """One focus: its outline on every slice, ratio-of-means numbers, category and margin."""
+    regions = []
+    for index in np.flatnonzero(mask.any(axis=(1, 2))):
+        polygon = _outline(mask[index])
+        if polygon is not None and len(polygon) >= 4:
+            regions.append(hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon,
+                source_image=_source_region(sources.planes[int(index)])))
+    measurements = [m for m in (
+        _measurement(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT, RATIO_OF_MEANS,
+                     algorithm),
+        _measurement(SIR, focus.sir, RATIO, RATIO_OF_MEANS, algorithm),
+        _measurement(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT,
+                     codes.SCT.Mean, algorithm),
+        _measurement(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
+        _measurement(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
+    ) if m is not None]
+    verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
+    evaluations = [hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, verdict),
+                   hd.sr.QualitativeEvaluation(FOCUS_CATEGORY, CATEGORY_CODES[focus.category])]
+    if focus.margin in MARGIN_CODES:
+        evaluations.append(hd.sr.QualitativeEvaluation(MARGIN, MARGIN_CODES[focus.margin]))
+    where = f" in {focus.vertebra}" if focus.vertebra else ""
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
+                                                     identifier=f"Focus {number}{where}"),
+        referenced_regions=regions,
+        finding_type=codes.SCT.Lesion,
+        finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY), hd.sr.FindingSite(
+            codes.SCT.BoneMarrow)],
+        measurements=measurements,
+        qualitative_evaluations=evaluations,
+    )
+
+
 def build_sr(
     sources: SourceSeries,
     evidence: Sequence[Dataset],
@@ -156,8 +225,7 @@ def build_sr(
     series_description: str,
     uid_root: str,
 ) -> Dataset:
-    """The set's TID 1500 report: an image-level group and one volumetric group per focus."""
-    threshold = set_report.signal_loss_threshold_percent
+    """The set's TID 1500 report: a group for the set, one per vertebra, one per focus."""
     tracking_root = derived_uid(uid_root, sop_uid, "tracking")
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -169,72 +237,15 @@ def build_sr(
     observation = hd.sr.ObservationContext(observer_device_context=device)
 
     algorithm = hd.sr.AlgorithmIdentification(name=MODEL_NAME, version=ALGORITHM_VERSION)
-    set_measurements = [m for m in (
-        _measurement(codes.DCM.MagneticFieldStrength, set_report.field_strength_t, TESLA),
-        _measurement(THRESHOLD, threshold, PERCENT),
-    ) if m is not None]
-    evaluations = [hd.sr.QualitativeEvaluation(
-        MARROW_LOCALISATION,
-        MARROW_LOCALISED if set_report.marrow.localised else MARROW_NOT_LOCALISED)]
-    evaluations.append(hd.sr.QualitativeEvaluation(MARROW_PATTERN,
-                                                   PATTERN_CODES[set_report.pattern]))
-    if set_report.fat_fraction_method in METHOD_CODES:
-        evaluations.append(hd.sr.QualitativeEvaluation(
-            FAT_FRACTION_METHOD, METHOD_CODES[set_report.fat_fraction_method]))
-    evaluations += [hd.sr.QualitativeEvaluation(ANALYSIS_FLAG, FLAG_CODES[f])
-                    for f in set_report.flags if f in FLAG_CODES]
-    if threshold is None:
-        evaluations.append(hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, NO_THRESHOLD))
     group_sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
                      for ds in list(evidence) + list(parametric_maps)]
-    groups: list[Any] = [hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid(uid_root, tracking_root, "set"),
-            identifier=f"Dixon set {set_report.key}"[:64]),
-        finding_type=codes.SCT.BoneMarrow,
-        measurements=set_measurements,
-        qualitative_evaluations=evaluations,
-        source_images=group_sources,
-    )]
+    groups: list[Any] = [_set_group(set_report, group_sources,
+                                    derived_uid(uid_root, tracking_root, "set"))]
     groups += [_vertebra_group(vertebra, algorithm) for vertebra in set_report.vertebrae]
-    for number, (focus, mask) in enumerate(
-        zip(set_report.foci, focus_masks, strict=True), start=1
-    ):
-        regions = []
-        for index in np.flatnonzero(mask.any(axis=(1, 2))):
-            polygon = _outline(mask[index])
-            if polygon is not None and len(polygon) >= 4:
-                regions.append(hd.sr.ImageRegion(
-                    graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon,
-                    source_image=_source_region(sources.planes[int(index)])))
-        measurements = [m for m in (
-            _measurement(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT, RATIO_OF_MEANS,
-                         algorithm),
-            _measurement(SIR, focus.sir, RATIO, RATIO_OF_MEANS, algorithm),
-            _measurement(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT,
-                         codes.SCT.Mean, algorithm),
-            _measurement(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
-            _measurement(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
-        ) if m is not None]
-        verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
-        focus_evaluations = [hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, verdict),
-                             hd.sr.QualitativeEvaluation(FOCUS_CATEGORY,
-                                                         CATEGORY_CODES[focus.category])]
-        if focus.margin in MARGIN_CODES:
-            focus_evaluations.append(hd.sr.QualitativeEvaluation(MARGIN,
-                                                                 MARGIN_CODES[focus.margin]))
-        where = f" in {focus.vertebra}" if focus.vertebra else ""
-        groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid(uid_root, tracking_root, "focus", number),
-                identifier=f"Focus {number}{where}"),
-            referenced_regions=regions,
-            finding_type=codes.SCT.Lesion,
-            finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY), hd.sr.FindingSite(
-                codes.SCT.BoneMarrow)],
-            measurements=measurements,
-            qualitative_evaluations=focus_evaluations,
-        ))
+    groups += [_focus_group(number, focus, mask, sources, algorithm,
+                            derived_uid(uid_root, tracking_root, "focus", number))
+               for number, (focus, mask) in enumerate(
+                   zip(set_report.foci, focus_masks, strict=True), start=1)]
     report = hd.sr.MeasurementReport(
         observation_context=observation,
         procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
