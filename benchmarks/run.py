@@ -35,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from marrownode.store.database import index_path  # noqa: E402
+from marrownode.synthetic.anatomy import anatomical_phantom  # noqa: E402
 from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
 from marrownode.synthetic.studies import (  # noqa: E402
     StudyOptions,
@@ -241,14 +242,15 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
 
 
 def _spine_study() -> list:
-    phantom = spine_phantom(slices=20, rows=512, cols=512, pixel_spacing_mm=0.6)
+    phantom = anatomical_phantom("infiltrative_focus", "sagittal", shape=(20, 512, 512),
+                                 pixel_spacing_mm=0.6)
     datasets = build_study(StudyOptions(style="siemens", snr=30, study_key="bench-spine"), phantom)
     return [d for d in datasets if d.SeriesDescription.endswith(("_in", "_opp"))]
 
 
 def _whole_body_study() -> list:
-    phantom = spine_phantom(slices=64, rows=320, cols=260, pixel_spacing_mm=1.5,
-                            slice_thickness_mm=5.0)
+    phantom = anatomical_phantom("normal", "axial", shape=(64, 320, 260), pixel_spacing_mm=1.5,
+                                 slice_thickness_mm=5.0)
     out = []
     for station in range(4):
         out += build_study(StudyOptions(style="ge_lava", snr=30, study_key="bench-wb",
@@ -319,12 +321,13 @@ def timed(name, fn, *args, **kwargs):
 def stage(name, fn):
     return lambda *args, **kwargs: timed(name, fn, *args, **kwargs)
 # The analysis's own steps, timed where analyse_set calls them (its code is unchanged).
-for step, names in (("masks (noise, tissue)", ("estimate_noise_sigma", "tissue_mask")),
+for step, names in (("body (noise, tissue)", ("find_body",)),
                     ("maps", ("signal_loss_percent", "signal_intensity_ratio",
                               "fat_fraction_water_fat", "fat_fraction_two_point",
                               "water_fat_consistency")),
+                    ("marrow localisation", ("localise",)),
                     ("ROI statistics", ("roi_statistics",)),
-                    ("foci", ("find_candidates",))):
+                    ("foci", ("find_foci",))):
     for name in names:
         setattr(quant, name, stage(step, getattr(quant, name)))
 studies, _ = timed("read headers", discover, [folder])
@@ -340,11 +343,15 @@ for index, dixon_set in enumerate(assembly.sets):
     pixel_bytes += sum(v.size * 2 for v in (volumes.in_phase, volumes.opposed, volumes.water,
                                             volumes.fat) if v is not None)
     slices += len(dixon_set.in_phase.frames)
+    parameters = quant_parameters(settings)
     result = quant.analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
                                dixon_set.field_strength_t, volumes.water, volumes.fat,
-                               quant_parameters(settings))
+                               parameters, geometry=volumes.geometry,
+                               scanner_pdff=volumes.scanner_fat_fraction,
+                               in_phase_first="in_phase_first" in dixon_set.flags)
     report = SetReport.of(dixon_set)
-    report.analysed(result)
+    report.analysed(result, volumes.geometry, settings.outputs.uid_root, "benchmark",
+                    parameters.foci.sharp_margin)
     for kind in ("parametric_map", "derived_mr", "overlay", "sr"):
         only = {k: (k == kind) for k in ("parametric_map", "derived_mr", "overlay", "sr")}
         s = settings.model_copy(update={"outputs": settings.outputs.model_copy(update=only)})
