@@ -102,6 +102,7 @@ class OutputSettings(_Section):
     derived_mr: bool = True
     overlay: bool = True
     sr: bool = True
+    segmentation: bool = True
     uid_root: Annotated[str, Field(pattern=r"^[1-9][0-9]*(\.(0|[1-9][0-9]*))*$", max_length=40)] = (
         "2.25"
     )

@@ -20,13 +20,14 @@ from marrownode.results.common import SourcePlane, SourceSeries
 from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.overlay import OverlayRenderer, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
+from marrownode.results.segmentation import build_vertebra_segmentation
 from marrownode.results.sr import build_sr
 from marrownode.results.uids import derived_uid
 
 
 @dataclass(frozen=True)
 class OutputSeries:
-    kind: str  # parametric_map | derived_mr | overlay | sr
+    kind: str  # parametric_map | derived_mr | overlay | sr | segmentation
     offset: int  # series number = base + 10 * set index + offset
     description: str
 
@@ -40,6 +41,7 @@ SIGNAL_LOSS_MR = OutputSeries("derived_mr", 3, "signal loss % map")
 FAT_FRACTION_MR = OutputSeries("derived_mr", 4, "fat fraction % map")
 OVERLAY = OutputSeries("overlay", 5, "signal loss overlay")
 REPORT = OutputSeries("sr", 6, "chemical-shift report (SR)")
+SEGMENTATION = OutputSeries("segmentation", 7, "vertebral marrow (segmentation)")
 
 
 def _floats(values: tuple[float, ...] | None, count: int) -> Any:
@@ -179,6 +181,14 @@ def build_results(
             series_uid=series_uid,
             sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
             series_number=number, series_description=description))
+    localisation = result.localisation
+    if outputs_cfg.segmentation and localisation.localised:
+        series_uid, number, description = identity(SEGMENTATION)
+        emit(SEGMENTATION, [build_vertebra_segmentation(
+            sources, localisation.bodies, localisation.posterior, localisation.labels,
+            [v.tracking_uid for v in set_report.vertebrae], series_uid=series_uid,
+            sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
+            series_description=description, uid_root=root)])
     if outputs_cfg.sr:
         series_uid, number, description = identity(REPORT)
         evidence = _unique_datasets([dixon_set.in_phase, dixon_set.opposed], cache)

@@ -10,6 +10,7 @@ from typing import Any
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from marrownode import __version__
+from marrownode.results.uids import derived_uid
 
 MANUFACTURER = "marrownode"
 MODEL_NAME = "marrownode chemical-shift marrow analysis"
@@ -64,6 +65,18 @@ def copy_patient_study(target: Dataset, source: Dataset) -> None:
             target[keyword] = copy.deepcopy(source[keyword])
         elif keyword in target and keyword not in ("StudyInstanceUID",):
             del target[keyword]
+
+
+def derive_dimension_organization(dataset: Dataset, uid_root: str) -> None:
+    """highdicom draws the Dimension Organization UID at random; derive it from the instance so
+    the same input gives the same bytes."""
+    if "DimensionOrganizationSequence" not in dataset:
+        return
+    uid = derived_uid(uid_root, dataset.SOPInstanceUID, "dimension-organization")
+    for item in dataset.DimensionOrganizationSequence:
+        item.DimensionOrganizationUID = uid
+    for item in dataset.get("DimensionIndexSequence", []):
+        item.DimensionOrganizationUID = uid
 
 
 def stamp(target: Dataset, sources: SourceSeries, series_description: str) -> None:

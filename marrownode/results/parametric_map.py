@@ -8,8 +8,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from marrownode import __version__
-from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourceSeries, stamp
-from marrownode.results.uids import derived_uid
+from marrownode.results.common import (
+    MANUFACTURER,
+    MODEL_NAME,
+    SourceSeries,
+    derive_dimension_organization,
+    stamp,
+)
 
 
 def build_parametric_map(
@@ -72,11 +77,5 @@ def build_parametric_map(
         plane_positions=positions,
     )
     stamp(pm, sources, series_description)
-    # highdicom draws this UID at random; derive it so the same input gives the same bytes.
-    if "DimensionOrganizationSequence" in pm:
-        uid = derived_uid(uid_root, sop_uid, "dimension-organization")
-        for item in pm.DimensionOrganizationSequence:
-            item.DimensionOrganizationUID = uid
-        for item in pm.get("DimensionIndexSequence", []):
-            item.DimensionOrganizationUID = uid
+    derive_dimension_organization(pm, uid_root)
     return pm

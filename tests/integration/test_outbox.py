@@ -30,9 +30,9 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
 
         wait_until(lambda: results_delivered(node, study_uid))
         (delivery,) = node.index.outbox.summaries(study_uid)
-        assert delivery.delivered == 37 and delivery.failed == 2
+        assert delivery.delivered == 38 and delivery.failed == 2
         assert "refused" in delivery.failed_reason
-        assert len(pacs.received) == 37
+        assert len(pacs.received) == 38
         time.sleep(1.5)  # well past the retry interval: refused rows are not retried
         rows = node.index.db.connection().execute(
             "SELECT attempts, state FROM outbox WHERE sop_class_uid = ?",
@@ -41,7 +41,7 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
         config = write_config(tmp_path / "s.toml", node.settings)
         table = subprocess.run([sys.executable, "-m", "marrownode", "status", "--config",
                                 str(config)], capture_output=True, text=True, timeout=60)
-        assert "destination nopm: delivered 37 pending 0 failed 2" in table.stdout
+        assert "destination nopm: delivered 38 pending 0 failed 2" in table.stdout
     finally:
         pacs.stop()
 
@@ -61,13 +61,13 @@ def test_unreachable_destination_keeps_results_queued_with_next_try(node_factory
 
     def tried() -> bool:
         deliveries = node.index.outbox.summaries(study_uid)
-        return bool(deliveries) and deliveries[0].pending == 39 and (
+        return bool(deliveries) and deliveries[0].pending == 40 and (
             deliveries[0].next_attempt_at is not None) and (
             deliveries[0].next_attempt_at > time.time() + 5)
 
     wait_until(tried)
     (delivery,) = node.index.outbox.summaries(study_uid)
-    assert delivery.pending == 39 and delivery.delivered == 0 and delivery.failed == 0
+    assert delivery.pending == 40 and delivery.delivered == 0 and delivery.failed == 0
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
@@ -77,7 +77,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "threshold 20.0 %" in out and "below threshold" in out
-    assert "The stand-in PACS received 39 result files" in out
+    assert "The stand-in PACS received 40 result files" in out
     assert len(list((tmp_path / "demo" / "pacs").glob("*.dcm"))) == 39
     preview = tmp_path / "demo" / "overlay-preview.png"
     assert preview.is_file() and preview.stat().st_size > 10_000

@@ -26,7 +26,8 @@ from marrownode.synthetic.studies import StudyOptions, build_study, write_datase
 from tests.conftest import require_binary
 
 NAME = "Müller^Jörg=ミュラー^ヨルグ"
-EXPECTED_COUNTS = {"parametric_map": 2, "derived_mr": 24, "overlay": 12, "sr": 1}
+EXPECTED_COUNTS = {"parametric_map": 2, "derived_mr": 24, "overlay": 12, "sr": 1,
+                   "segmentation": 1}
 
 
 @pytest.fixture(scope="module")
@@ -110,8 +111,8 @@ def test_patient_study_copied_exactly_new_distinct_series(processed, key: str) -
             assert ds.BodyPartExamined == source.BodyPartExamined
         assert ds.SeriesInstanceUID not in {d.SeriesInstanceUID for d in processed["studies"][key]}
         numbers.setdefault(ds.SeriesInstanceUID, ds.SeriesNumber)
-        assert "%" in ds.SeriesDescription or entry["kind"] in ("overlay", "sr")
-    assert len(set(numbers.values())) == len(numbers) == 6
+        assert "%" in ds.SeriesDescription or entry["kind"] in ("overlay", "sr", "segmentation")
+    assert len(set(numbers.values())) == len(numbers) == 7
 
 
 def test_parametric_map_round_trips_truth(processed) -> None:
@@ -221,6 +222,39 @@ def test_sr_measurements_round_trip(processed) -> None:
     assert "1.2.840.10008.5.1.4.1.1.4" in classes  # the source MR images
 
 
+def test_segmentation_holds_the_localised_vertebrae_as_reported(processed) -> None:
+    """One segment per vertebral body (and its posterior elements), labelled and tracked like
+    report.json and the SR, with exactly the voxels the numbers came from; the focus lies
+    inside its vertebra's segment."""
+    dixon_set, outputs = outputs_of(processed, "siemens")
+    (entry,) = [e for e in outputs if e["kind"] == "segmentation"]
+    seg = load(processed, entry)
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
+    segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
+    bodies = {s.SegmentLabel.split()[0]: n for n, s in segments.items()
+              if s.SegmentLabel.endswith("vertebral body")}
+    assert list(bodies) == [v["label"] for v in dixon_set["vertebrae"]]
+    frames = seg.pixel_array.reshape(-1, seg.Rows, seg.Columns)
+    per_segment: dict[int, int] = {}
+    for frame, item in zip(frames, seg.PerFrameFunctionalGroupsSequence, strict=True):
+        number = int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+        per_segment[number] = per_segment.get(number, 0) + int(frame.sum())
+    for vertebra in dixon_set["vertebrae"]:
+        number = bodies[vertebra["label"]]
+        assert per_segment[number] == vertebra["voxel_count"]
+        assert segments[number].TrackingUID == vertebra["tracking_uid"]
+        assert segments[number].SegmentedPropertyTypeCodeSequence[0].CodeMeaning == (
+            "Vertebral body")
+    (focus,) = dixon_set["foci"]
+    assert focus["vertebra"] == "V3"
+    v3 = bodies["V3"]
+    v3_frames = [item.PlanePositionSequence[0].ImagePositionPatient
+                 for item in seg.PerFrameFunctionalGroupsSequence
+                 if int(item.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == v3]
+    positions = [float(p[0]) for p in v3_frames]  # sagittal: slices along x
+    assert min(positions) <= focus["centroid_patient_mm"][0] <= max(positions)
+
+
 def test_re_running_gives_identical_uids_and_bytes(processed, tmp_path: Path) -> None:
     again = process_paths([processed["base"] / "in"], tmp_path / "again",
                           settings_from_mapping({}))
@@ -236,7 +270,8 @@ def test_re_running_gives_identical_uids_and_bytes(processed, tmp_path: Path) ->
 
 def test_uid_root_and_output_selection_are_configurable(processed, tmp_path: Path) -> None:
     settings = settings_from_mapping({"outputs": {"uid_root": "1.2.826.0.1.3680043.10.999",
-                                                  "overlay": False, "derived_mr": False}})
+                                                  "overlay": False, "derived_mr": False,
+                                                  "segmentation": False}})
     report = process_paths([processed["base"] / "in" / "siemens"], tmp_path / "o", settings)
     outputs = report["studies"][0]["dixon_sets"][0]["outputs"]
     assert {e["kind"] for e in outputs} == {"parametric_map", "sr"}
@@ -294,7 +329,7 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
     report = analyse_study(instances, settings_from_mapping({}), out, on_outputs=on_outputs)
     (dixon_set,) = report["dixon_sets"]
     assert [e for entries, _ in calls for e in entries] == dixon_set["outputs"]
-    assert len(calls) == 6  # one call per series: 2 PM, 2 derived MR, overlay, SR
+    assert len(calls) == 7  # one call per series: 2 PM, 2 derived MR, overlay, SEG, SR
     handed_on = 0
     for entries, written in calls:
         assert len({e["series_instance_uid"] for e in entries}) == 1

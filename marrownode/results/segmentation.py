@@ -1,0 +1,97 @@
+"""DICOM Segmentation of the localised vertebral marrow: one segment per vertebral body and one
+per vertebra's posterior elements, numbered V1... cranio-caudally like report.json and the SR.
+
+A viewer shows which marrow every number came from; a radiologist who disagrees can correct it
+in a segmentation editor and send it back.
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+
+from marrownode import ALGORITHM_VERSION, __version__
+from marrownode.results.common import (
+    MANUFACTURER,
+    MODEL_NAME,
+    SourceSeries,
+    derive_dimension_organization,
+    stamp,
+)
+from marrownode.results.uids import derived_uid
+
+VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
+VERTEBRA = codes.SCT.Vertebra
+ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
+
+
+def build_vertebra_segmentation(
+    sources: SourceSeries,
+    bodies: np.ndarray,
+    posterior: np.ndarray,
+    labels: list[str],
+    tracking_uids: list[str],
+    *,
+    series_uid: str,
+    sop_uid: str,
+    series_number: int,
+    series_description: str,
+    uid_root: str,
+) -> Dataset:
+    """A binary SEG on the in-phase planes; segments without voxels are left out. A body's
+    segment carries the vertebra's tracking UID (as in the SR); its posterior elements one
+    derived from it."""
+    algorithm = hd.AlgorithmIdentificationSequence(name=MODEL_NAME, version=ALGORITHM_VERSION,
+                                                   family=codes.DCM.ArtificialIntelligence)
+    label_map = np.zeros(bodies.shape, dtype=np.uint16)
+    descriptions: list[hd.seg.SegmentDescription] = []
+    for index, (label, tracking_uid) in enumerate(zip(labels, tracking_uids, strict=True),
+                                                  start=1):
+        for part, mask, structure in (("vertebral body", bodies == index, VERTEBRAL_BODY),
+                                      ("posterior elements", posterior == index, VERTEBRA)):
+            if not mask.any():
+                continue
+            number = len(descriptions) + 1
+            label_map[mask] = number
+            descriptions.append(hd.seg.SegmentDescription(
+                segment_number=number, segment_label=f"{label} {part}"[:64],
+                segmented_property_category=ANATOMICAL_STRUCTURE,
+                segmented_property_type=structure,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=(tracking_uid if part == "vertebral body"
+                              else derived_uid(uid_root, tracking_uid, "posterior elements")),
+                tracking_id=f"{label} {part}"[:64],
+                anatomic_regions=[codes.SCT.BoneMarrow]))
+    planes = sources.planes
+    seg = hd.seg.Segmentation(
+        source_images=sources.datasets,
+        pixel_array=label_map,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=descriptions,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        manufacturer_model_name=MODEL_NAME,
+        software_versions=__version__,
+        device_serial_number="0",
+        content_description="Vertebral marrow localised by marrownode",
+        content_label="MARROW",
+        plane_positions=[hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
+                                                  plane.position) for plane in planes],
+        plane_orientation=hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,
+                                                      planes[0].orientation),
+        pixel_measures=hd.PixelMeasuresSequence(pixel_spacing=planes[0].pixel_spacing,
+                                                slice_thickness=planes[0].slice_thickness),
+        omit_empty_frames=True,
+    )
+    stamp(seg, sources, series_description)
+    derive_dimension_organization(seg, uid_root)
+    if "Laterality" in seg and not seg.Laterality:
+        del seg.Laterality  # the SEG's condition differs from the images': absent, not empty
+    return seg
