@@ -31,8 +31,17 @@ class _Section(BaseModel):
 class TLSSettings(_Section):
     cert: Path
     key: Path
+    #: With a CA, client certificates are verified against it: a CA is configured to be used.
     ca: Path | None = None
     require_client_cert: bool = False
+
+    @model_validator(mode="after")
+    def _ca_means_verify(self) -> TLSSettings:
+        if self.ca is not None and not self.require_client_cert:
+            return self.model_copy(update={"require_client_cert": True})
+        if self.require_client_cert and self.ca is None:
+            raise ValueError("require_client_cert needs a ca to verify client certificates")
+        return self
 
 
 class NodeSettings(_Section):
@@ -43,7 +52,12 @@ class NodeSettings(_Section):
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
     tls: TLSSettings | None = None
     network_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
-    maximum_pdu_size: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0
+    #: The whole A-ASSOCIATE-RQ must arrive within this of the connection (PS3.8 ARTIM).
+    artim_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    #: Connections that have not associated yet, at most (beyond: A-ASSOCIATE-RJ, local limit).
+    max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 32
+    #: Largest P-DATA-TF PDU the node accepts, announced in the A-ASSOCIATE-AC.
+    maximum_pdu_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
     #: Processes listening on the port (SO_REUSEPORT); the kernel spreads associations over
     #: them, so parallel senders are not limited by one Python interpreter. max_associations
     #: applies to each.

@@ -57,6 +57,13 @@ class JSONFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
+def peer_text(value: object, limit: int = 80) -> str:
+    """A peer-supplied string as one log token: control characters, spaces and non-ASCII
+    escaped, so a calling AE title with a newline cannot forge a log line."""
+    text = str(value)[:limit]
+    return text.encode("unicode_escape").decode("ascii").replace(" ", "\\x20") or '""'
+
+
 def configure_logging(settings: LoggingSettings, stream: IO[str] | None = None) -> None:
     """One key=value line per event on stream (stderr), at the configured level."""
     timestamps = not _under_journald()

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from marrownode.config import Settings
-from marrownode.net.receiver import Receiver, ReceiverStats, StoreAnswer
+from marrownode.net.receiver import InstanceWriter, Receiver, ReceiverStats, StoreAnswer
 from marrownode.net.ul.status import Status
 from marrownode.store.database import index_path
 from marrownode.store.index import Index
 from marrownode.store.ingest import Ingestor, IngestResult
-from marrownode.store.spool import Spool
+from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +62,28 @@ class IngestSink:
         """Record the association, so its studies wait until it ends."""
         self.ingestor.studies.open_association(association_id, calling_ae, peer)
 
-    def store(self, encoded: bytes, association_id: str) -> StoreAnswer:
-        """Ingest one instance and answer with the status for its outcome."""
-        outcome = self.ingestor.store(encoded, association_id)
+    def open_instance(self, association_id: str) -> InstanceWriter | StoreAnswer:
+        """A spool temp file for the arriving instance, or 0xA700 below the watermark."""
+        try:
+            return self.ingestor.spool.incoming()
+        except OutOfSpace:
+            log.warning("event=store_refused reason=disk_watermark association=%s",
+                        association_id)
+            return StoreAnswer(Status.OUT_OF_RESOURCES, "spool below free-space watermark")
+
+    def store(self, written: InstanceWriter, association_id: str) -> StoreAnswer:
+        """Ingest the instance just written and answer with the status for its outcome."""
+        assert isinstance(written, IncomingFile)  # what open_instance handed out
+        outcome = self.ingestor.store_file(written, association_id)
         return StoreAnswer(STATUS_FOR_RESULT[outcome.result], outcome.comment)
 
     def association_closed(self, association_id: str) -> None:
-        """Record the end, then tell the node."""
-        self.ingestor.studies.close_association(association_id)
+        """Record the end, close this association thread's index connection (the thread is
+        about to end), then tell the node."""
+        try:
+            self.ingestor.studies.close_association(association_id)
+        finally:
+            self.ingestor.studies.db.close()
         if self.on_association_end is not None:
             self.on_association_end(association_id)
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from marrownode.config import NodeSettings
+from marrownode.logs import peer_text
 from marrownode.net.ul import dimse, part10, pdu
 from marrownode.net.ul.negotiation import negotiate
 from marrownode.net.ul.status import Status
@@ -37,14 +38,42 @@ class StoreAnswer:
     comment: str = ""
 
 
+class InstanceWriter(Protocol):
+    """An instance being received, written as it arrives (memory stays one PDU per
+    association, whatever the object's size)."""
+
+    size: int
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append bytes."""
+
+    def discard(self) -> None:
+        """Drop what was written (refused, or the association ended halfway)."""
+
+
+@dataclass
+class _Incoming:
+    """The C-STORE whose data set is arriving: where it goes, or why it is refused."""
+
+    context_id: int
+    command: dimse.Command
+    writer: InstanceWriter | None
+    refusal: tuple[int, str] | None
+    received: int = 0
+
+
 class InstanceSink(Protocol):
     """Where the receiver hands its work: the node wires it to ingest and the index."""
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
         """An association was accepted."""
 
-    def store(self, encoded: bytes, association_id: str) -> StoreAnswer:
-        """Store one instance (Part 10 bytes); answer only once it is durable."""
+    def open_instance(self, association_id: str) -> InstanceWriter | StoreAnswer:
+        """Somewhere to write an arriving instance (its Part 10 bytes, piece by piece), or
+        the answer to give at once (no room)."""
+
+    def store(self, written: InstanceWriter, association_id: str) -> StoreAnswer:
+        """Store the instance just written; answer only once it is durable."""
 
     def association_closed(self, association_id: str) -> None:
         """An accepted association ended (released, aborted or lost)."""
@@ -143,6 +172,7 @@ class _Association:
         self.calling_ae = ""
         self.established = False
         self.stopping = False  # the node aborts it at shutdown
+        self.incoming: _Incoming | None = None  # a data set under way
         self._send_lock = threading.Lock()
 
     def send(self, data: bytes) -> None:
@@ -189,6 +219,7 @@ class Receiver:
         self._ssl_context = build_ssl_context(settings)
         self._server: _Server | None = None
         self._associations: set[_Association] = set()
+        self._pending = 0  # connections that have not associated (yet)
         self._lock = threading.Lock()
 
     @property
@@ -247,46 +278,76 @@ class Receiver:
 
     def _serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.settimeout(self.settings.network_timeout_seconds)  # also the ARTIM timer
-        if self._ssl_context is not None:
-            try:
-                sock = self._ssl_context.wrap_socket(sock, server_side=True)
-            except (OSError, ValueError) as exc:
-                log.warning("event=tls_handshake_failed peer=%s error=%s", address[0],
-                            type(exc).__name__)
-                return
-        association = _Association(sock, address[0], address[1])
+        artim = time.monotonic() + self.settings.artim_timeout_seconds
+        sock.settimeout(self.settings.artim_timeout_seconds)
         with self._lock:
-            self._associations.add(association)
+            full = self._pending >= self.settings.max_pending_connections
+            if not full:
+                self._pending += 1
+        if full:  # answered at once, without reading anything the peer sent
+            self._refuse_unassociated(sock, address[0])
+            return
+        association = _Association(sock, address[0], address[1])
+        try:
+            if self._ssl_context is not None:
+                association.sock = self._ssl_context.wrap_socket(sock, server_side=True)
+            with self._lock:
+                self._associations.add(association)
+            self._serve(association, artim)
+        except (OSError, ValueError) as exc:  # TLS handshake refused or failed
+            log.warning("event=tls_handshake_failed peer=%s error=%s", address[0],
+                        type(exc).__name__)
+        finally:
+            with self._lock:
+                if not association.established:
+                    self._pending -= 1
+                self._associations.discard(association)
+            association.sock.close()  # the TLS wrapper too; the server closes the rest
+
+    def _refuse_unassociated(self, sock: socket.socket, host: str) -> None:
+        with contextlib.suppress(OSError):
+            sock.sendall(pdu.associate_rj(pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
+                                          pdu.REASON_LOCAL_LIMIT))
+        self.stats.add(rejected=1)
+        log.warning("event=connection_refused peer=%s reason=too_many_unassociated_connections "
+                    "limit=%d", host, self.settings.max_pending_connections)
+
+    def _serve(self, association: _Association, artim: float) -> None:
+        """Run one association to its end, whatever the peer does: every way out is logged in
+        one line, and an established association's end is recorded."""
         ending = "connection_lost"
         try:
-            ending = self._run(association)
+            ending = self._run(association, artim)
         except pdu.ProtocolError as exc:
             ending = "protocol_error"
             log.warning("event=protocol_error association=%s peer=%s detail=%s",
-                        association.association_id or "-", address[0], exc)
+                        association.association_id or "-", association.host, peer_text(exc, 160))
             association.abort(pdu.ABORT_SERVICE_PROVIDER, exc.reason)
         except TimeoutError:
             ending = "timeout"
-            log.warning("event=association_timeout association=%s peer=%s seconds=%g",
-                        association.association_id or "-", address[0],
-                        self.settings.network_timeout_seconds)
+            log.warning("event=association_timeout association=%s peer=%s associated=%s",
+                        association.association_id or "-", association.host,
+                        association.established)
             association.abort(pdu.ABORT_SERVICE_PROVIDER, pdu.ABORT_NOT_SPECIFIED)
         except (pdu.PeerClosed, OSError):
             pass
+        except Exception as exc:  # a bug must cost one association, visibly, never the node
+            ending = "internal_error"
+            log.error("event=association_error association=%s peer=%s error=%s",
+                      association.association_id or "-", association.host, type(exc).__name__)
+            association.abort(pdu.ABORT_SERVICE_PROVIDER, pdu.ABORT_NOT_SPECIFIED)
         finally:
-            try:
-                if association.established:
-                    self._ended(association, "aborted_at_shutdown" if association.stopping
-                                else ending)
-            finally:
-                with self._lock:
-                    self._associations.discard(association)
-                association.sock.close()  # the TLS wrapper too; the server closes the rest
+            if association.incoming is not None and association.incoming.writer is not None:
+                association.incoming.writer.discard()  # half an instance is not kept
+            if association.established:
+                self._ended(association, "aborted_at_shutdown" if association.stopping
+                            else ending)
 
-    def _run(self, association: _Association) -> str:
-        """Negotiate, then serve messages until release or abort; returns how it ended."""
-        pdu_type, body = pdu.read_pdu(association.sock, pdu.MAX_ASSOCIATE_RQ_BYTES)
+    def _run(self, association: _Association, artim: float) -> str:
+        """Negotiate, then serve messages until release or abort; returns how it ended. The
+        request must be complete by the ARTIM deadline; after that each PDU must arrive whole
+        within the network timeout of the previous one, so a trickle cannot hold a thread."""
+        pdu_type, body = pdu.read_pdu(association.sock, 0, artim)
         if pdu_type != pdu.A_ASSOCIATE_RQ:
             raise pdu.ProtocolError(f"PDU type 0x{pdu_type:02x} before association",
                                     pdu.ABORT_UNEXPECTED_PDU)
@@ -295,11 +356,13 @@ class Receiver:
         if accept is None:
             return "rejected"
         message = dimse.MessageAssembler(accept.accepted)
+        timeout = self.settings.network_timeout_seconds
         while True:
-            pdu_type, body = pdu.read_pdu(association.sock, self.settings.maximum_pdu_size)
+            pdu_type, body = pdu.read_pdu(association.sock, self.settings.maximum_pdu_size,
+                                          time.monotonic() + timeout)
             if pdu_type == pdu.P_DATA_TF:
-                for context_id, command, data_set in message.feed(body):
-                    self._dispatch(association, accept, context_id, command, data_set)
+                for event in message.feed(body):
+                    self._handle(association, accept, event)
             elif pdu_type == pdu.A_RELEASE_RQ:
                 association.send(pdu.release_rp())
                 return "released"
@@ -331,12 +394,14 @@ class Receiver:
                 rejection = (pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
                              pdu.REASON_LOCAL_LIMIT)
             association.established = rejection is None
+            if association.established:
+                self._pending -= 1
         if rejection is not None:
             association.send(pdu.associate_rj(*rejection))
             self.stats.add(rejected=1)
             log.warning(
                 "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%d",
-                request.calling_ae, request.called_ae, association.host,
+                peer_text(request.calling_ae), peer_text(request.called_ae), association.host,
                 rejection[2],
             )
             return None
@@ -351,7 +416,7 @@ class Receiver:
         association.send(accept.encode())
         self.stats.add(accepted=1)
         log.info("event=association_accepted association=%s calling_aet=%s peer=%s",
-                 association.association_id, request.calling_ae,
+                 association.association_id, peer_text(request.calling_ae),
                  association.host)
         return accept
 
@@ -360,34 +425,77 @@ class Receiver:
                  association.association_id, ending)
         self.sink.association_closed(association.association_id)
 
-    def _dispatch(self, association: _Association, accept: pdu.AssociateAccept,
-                  context_id: int, command: dimse.Command, data_set: list[memoryview]) -> None:
-        comment = ""
-        if command.field == dimse.C_STORE_RQ:
-            status, comment = self._store(association, accept.accepted[context_id][1],
-                                          command, data_set)
-        elif command.field == dimse.C_ECHO_RQ:
-            status = Status.SUCCESS
-        elif command.field == dimse.C_CANCEL_RQ or command.field & 0x8000:
+    def _handle(self, association: _Association, accept: pdu.AssociateAccept,
+                event: dimse.Event) -> None:
+        if isinstance(event, dimse.CommandReceived):
+            if event.command.has_data_set:
+                association.incoming = self._begin(association, accept, event)
+            else:
+                self._answer(association, accept, event.context_id, event.command,
+                             *self._without_data_set(event.command))
+            return
+        incoming = association.incoming
+        if incoming is None:  # the assembler only emits data after a command
+            raise pdu.ProtocolError("data without a command", pdu.ABORT_UNEXPECTED_PDU)
+        incoming.received += len(event.data)
+        if incoming.writer is not None:
+            incoming.writer.write(event.data)
+        if event.last:
+            association.incoming = None
+            status, comment = self._finish(association, incoming)
+            self._answer(association, accept, incoming.context_id, incoming.command, status,
+                         comment)
+
+    @staticmethod
+    def _without_data_set(command: dimse.Command) -> tuple[int, str]:
+        if command.field == dimse.C_ECHO_RQ:
+            return Status.SUCCESS, ""
+        return Status.UNRECOGNIZED_OPERATION, ""
+
+    def _answer(self, association: _Association, accept: pdu.AssociateAccept, context_id: int,
+                command: dimse.Command, status: int, comment: str) -> None:
+        if command.field == dimse.C_CANCEL_RQ or command.field & 0x8000:
             return  # nothing to answer
-        else:
-            status = Status.UNRECOGNIZED_OPERATION
         response = dimse.response(command, status, comment)
         association.send(pdu.p_data(context_id, response, command=True,
                                     max_pdu_length=accept.request.max_pdu_length))
 
-    def _store(self, association: _Association, transfer_syntax: str, command: dimse.Command,
-               data_set: list[memoryview]) -> tuple[int, str]:
-        """Store one instance; the status and error comment to answer with."""
-        if not data_set:
-            self.stats.failed(Status.CANNOT_UNDERSTAND)
-            return Status.CANNOT_UNDERSTAND, "C-STORE request without a data set"
-        meta = part10.file_meta(command.uid(dimse.AFFECTED_SOP_CLASS),
-                                command.uid(dimse.AFFECTED_SOP_INSTANCE), transfer_syntax,
-                                association.calling_ae)
-        encoded = b"".join([meta, *data_set])
+    def _begin(self, association: _Association, accept: pdu.AssociateAccept,
+               event: dimse.CommandReceived) -> _Incoming:
+        """Open somewhere for the data set, or decide now why it will be refused (its bytes
+        are then read and dropped, and the refusal answered when the last one arrives)."""
+        command = event.command
+        abstract_syntax, transfer_syntax = accept.accepted[event.context_id]
+        if command.field != dimse.C_STORE_RQ:
+            return _Incoming(event.context_id, command, None,
+                             (Status.UNRECOGNIZED_OPERATION, "only C-STORE carries a data set"))
+        refusal = self._refusal(command, abstract_syntax)
+        if refusal is not None:
+            return _Incoming(event.context_id, command, None, refusal)
+        target = self.sink.open_instance(association.association_id)
+        if isinstance(target, StoreAnswer):
+            return _Incoming(event.context_id, command, None, (target.status, target.comment))
+        target.write(part10.file_meta(command.uid(dimse.AFFECTED_SOP_CLASS),
+                                      command.uid(dimse.AFFECTED_SOP_INSTANCE),
+                                      transfer_syntax, association.calling_ae))
+        return _Incoming(event.context_id, command, target, None)
+
+    def _finish(self, association: _Association, incoming: _Incoming) -> tuple[int, str]:
+        """The status for a completely received data set."""
+        refusal = incoming.refusal
+        if refusal is None and incoming.received == 0:
+            refusal = (Status.CANNOT_UNDERSTAND, "C-STORE request without a data set")
+        if refusal is not None or incoming.writer is None:
+            if incoming.writer is not None:
+                incoming.writer.discard()
+            status, comment = refusal or (Status.PROCESSING_FAILURE, "")
+            self.stats.failed(status)
+            log.warning("event=store_refused association=%s status=0x%04X detail=%s",
+                        association.association_id, status, peer_text(comment))
+            return status, comment
+        size = incoming.writer.size
         try:
-            answer = self.sink.store(encoded, association.association_id)
+            answer = self.sink.store(incoming.writer, association.association_id)
         except Exception:
             log.exception("event=store_error association=%s", association.association_id)
             self.stats.failed(Status.PROCESSING_FAILURE)
@@ -395,5 +503,18 @@ class Receiver:
         if answer.status != Status.SUCCESS:
             self.stats.failed(answer.status)
             return answer.status, answer.comment
-        self.stats.add(instances=1, bytes=len(encoded))
+        self.stats.add(instances=1, bytes=size)
         return Status.SUCCESS, ""
+
+    @staticmethod
+    def _refusal(command: dimse.Command, abstract_syntax: str) -> tuple[int, str] | None:
+        """Why a C-STORE request cannot be stored, decided from its command alone: required
+        elements missing, or a SOP class other than its presentation context's."""
+        missing = command.missing()
+        if missing:
+            return Status.CANNOT_UNDERSTAND, f"command lacks {', '.join(missing)}"
+        if command.uid(dimse.AFFECTED_SOP_CLASS) != abstract_syntax:
+            return (Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
+                    "SOP class differs from the presentation context")
+        return None
+

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import mmap
 from dataclasses import dataclass
 from enum import StrEnum
 from io import BytesIO
@@ -18,8 +19,8 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from marrownode.dixon.header import summarise
-from marrownode.net.ul.identity import Identity, read_identity
-from marrownode.store.spool import OutOfSpace, Spool
+from marrownode.net.ul.identity import Identity, read_identity, unsound
+from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
 from marrownode.store.studies import StudyIndex
 
 log = logging.getLogger(__name__)
@@ -55,20 +56,30 @@ class Ingestor:
         self.spool = spool
         self.studies = studies
 
-    def _identify(self, encoded: bytes) -> tuple[dict[str, Any], str] | IngestOutcome:
+    def _identify(self, encoded: bytes | mmap.mmap,
+                  path: Path | None = None) -> tuple[dict[str, Any], str] | IngestOutcome:
         """The instance's identity (UIDs) and transfer syntax, or the failure to answer with.
 
         Only what the acknowledgement needs: the header summary the assembler reads is made
-        later, off the receiving path (summarise_pending)."""
-        identity = read_identity(encoded) or _read_identity_with_pydicom(encoded)
+        later, off the receiving path (summarise_pending). encoded may be a memory map of the
+        received file: the walks touch element headers only, never the whole file."""
+        identity = read_identity(encoded) or _read_identity_with_pydicom(
+            path if path is not None else BytesIO(bytes(encoded)))
         if isinstance(identity, IngestOutcome):
             return identity
+        problem = unsound(encoded)
+        if problem is not None:
+            log.warning("event=store_rejected reason=unsound_dataset detail=%s",
+                        problem.replace(" ", "_"))
+            return IngestOutcome(IngestResult.UNREADABLE, f"data set unsound: {problem}"[:64])
         if not (identity.sop_instance_uid and identity.study_uid and identity.series_uid):
             return IngestOutcome(IngestResult.UNREADABLE, "missing Study/Series/SOP UID")
         if identity.media_sop_instance_uid != identity.sop_instance_uid:
             return IngestOutcome(
                 IngestResult.MISMATCH, "SOPInstanceUID differs from the request's UID"
             )
+        if identity.media_sop_class_uid and identity.media_sop_class_uid != identity.sop_class_uid:
+            return IngestOutcome(IngestResult.MISMATCH, "SOPClassUID differs from the request's")
         header = {"study_uid": identity.study_uid, "series_uid": identity.series_uid,
                   "sop_instance_uid": identity.sop_instance_uid,
                   "sop_class_uid": identity.sop_class_uid}
@@ -93,14 +104,31 @@ class Ingestor:
 
     def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
         """Store one instance given as DICOM File Format bytes (preamble + meta + dataset)."""
-        parsed = self._identify(encoded)
+        try:
+            incoming = self.spool.incoming()
+            incoming.write(encoded)
+        except OutOfSpace:
+            return IngestOutcome(IngestResult.OUT_OF_SPACE, "spool below free-space watermark")
+        return self.store_file(incoming, association_id)
+
+    def store_file(self, incoming: IncomingFile, association_id: str | None = None,
+                   ) -> IngestOutcome:
+        """Store one received instance already written to a spool temp file: identify and check
+        it through a memory map, then move it into place and index it. The temp file is
+        committed or removed, whatever happens."""
+        try:
+            parsed = self._identify_file(incoming)
+        except BaseException:
+            incoming.discard()
+            raise
         if isinstance(parsed, IngestOutcome):
+            incoming.discard()
             return parsed
         header, transfer_syntax = parsed
         sop_uid, study_uid = header["sop_instance_uid"], header["study_uid"]
         path = self.spool.path_for(study_uid, header["series_uid"], sop_uid)
         try:
-            self.spool.write(path, encoded)
+            self.spool.commit(incoming, path)
         except OutOfSpace:
             log.warning("event=store_refused reason=disk_watermark sop=%s", sop_uid)
             return IngestOutcome(IngestResult.OUT_OF_SPACE, "spool below free-space watermark")
@@ -110,11 +138,19 @@ class Ingestor:
             log.error("event=store_failed sop=%s error=%s", sop_uid, exc.strerror)
             return IngestOutcome(result, "cannot write to spool")
         previous = self.studies.record_instance(
-            header, path, len(encoded), transfer_syntax, association_id, summarised=False
+            header, path, incoming.size, transfer_syntax, association_id, summarised=False
         )
         if previous and previous != str(path):
             Path(previous).unlink(missing_ok=True)
         return IngestOutcome(IngestResult.STORED, study_uid=study_uid, path=path)
+
+    def _identify_file(self, incoming: IncomingFile) -> tuple[dict[str, Any], str] | IngestOutcome:
+        incoming.finish()
+        if incoming.size == 0:
+            return IngestOutcome(IngestResult.UNREADABLE, "empty data set")
+        with open(incoming.path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
+                                                           access=mmap.ACCESS_READ) as view:
+            return self._identify(view, incoming.path)
 
     def recover(self) -> tuple[int, int]:
         """After a crash: drop temp files; index, where they are, spool files that lost their
@@ -137,11 +173,10 @@ class Ingestor:
         return removed, reindexed
 
 
-def _read_identity_with_pydicom(encoded: bytes) -> Identity | IngestOutcome:
+def _read_identity_with_pydicom(source: Path | BytesIO) -> Identity | IngestOutcome:
     """What read_identity leaves to pydicom: other encodings, and files it cannot walk."""
     try:
-        dataset = dcmread(BytesIO(encoded), stop_before_pixels=True,
-                          specific_tags=_IDENTITY_TAGS)
+        dataset = dcmread(source, stop_before_pixels=True, specific_tags=_IDENTITY_TAGS)
         meta = dataset.file_meta
         sop_uid = str(dataset.SOPInstanceUID)
         return Identity(
@@ -151,6 +186,7 @@ def _read_identity_with_pydicom(encoded: bytes) -> Identity | IngestOutcome:
             sop_class_uid=str(dataset.get("SOPClassUID", "")),
             transfer_syntax=str(meta.TransferSyntaxUID),
             media_sop_instance_uid=str(getattr(meta, "MediaStorageSOPInstanceUID", sop_uid)),
+            media_sop_class_uid=str(getattr(meta, "MediaStorageSOPClassUID", "")),
         )
     except (InvalidDicomError, AttributeError, KeyError, ValueError, TypeError, EOFError,
             OSError, NotImplementedError) as exc:

@@ -49,6 +49,34 @@ def _disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+class IncomingFile:
+    """A received instance being written, piece by piece, to the spool's temp folder (on the
+    same filesystem as the spool, so committing it is a rename)."""
+
+    def __init__(self, temp_dir: Path) -> None:
+        fd, name = tempfile.mkstemp(dir=temp_dir, suffix=_TEMP_SUFFIX)
+        self.path = Path(name)
+        self.size = 0
+        self._file = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append data."""
+        self._file.write(data)
+        self.size += len(data)
+
+    def finish(self) -> None:
+        """Make the bytes durable (data and size; the rename is synced when committed)."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fdatasync(self._file.fileno())
+            self._file.close()
+
+    def discard(self) -> None:
+        """Drop the file (an aborted or refused instance leaves nothing behind)."""
+        self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
 @dataclass
 class Spool:
     root: Path
@@ -94,22 +122,37 @@ class Spool:
     def has_room_for(self, size: int) -> bool:
         return self.free_bytes() - size >= self.min_free_bytes
 
+    def incoming(self) -> IncomingFile:
+        """A temp file for an instance about to arrive; OutOfSpace below the watermark."""
+        if not self.has_room_for(0):
+            raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
+        return IncomingFile(self.temp_dir)
+
+    def commit(self, incoming: IncomingFile, path: Path) -> None:
+        """Durably move a received file into place (fsync, rename, fsync directory); the temp
+        file is gone whatever happens. OutOfSpace when it took the disk below the watermark."""
+        try:
+            if self.free_bytes() < self.min_free_bytes:
+                raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
+            incoming.finish()
+            self._make_directories(path.parent)
+            os.replace(incoming.path, path)
+        except BaseException:
+            incoming.discard()
+            raise
+        fsync_directory(path.parent)
+
     def write(self, path: Path, data: bytes | memoryview) -> None:
         """Durably write data to path (temp file, fsync, rename, fsync directory)."""
         if not self.has_room_for(len(data)):
             raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
-        self._make_directories(path.parent)
-        fd, temp_name = tempfile.mkstemp(dir=self.temp_dir, suffix=_TEMP_SUFFIX)
+        incoming = self.incoming()
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fdatasync(handle.fileno())  # data and size; the rename is synced below
-            os.replace(temp_name, path)
+            incoming.write(data)
         except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
+            incoming.discard()
             raise
-        fsync_directory(path.parent)
+        self.commit(incoming, path)
 
     def _make_directories(self, directory: Path) -> None:
         """Create missing directories and fsync each parent, so new entries survive a crash."""

@@ -78,7 +78,7 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     out = result.stdout
     assert "threshold 20.0 %" in out and "below threshold" in out
     assert "The stand-in PACS received 40 result files" in out
-    assert len(list((tmp_path / "demo" / "pacs").glob("*.dcm"))) == 39
+    assert len(list((tmp_path / "demo" / "pacs").glob("*.dcm"))) == 40
     preview = tmp_path / "demo" / "overlay-preview.png"
     assert preview.is_file() and preview.stat().st_size > 10_000
     assert "Demo^Marrow" not in out + result.stderr

@@ -108,16 +108,20 @@ def test_calling_ae_allow_list_and_called_ae(node_factory) -> None:
 
 
 def test_crafted_uids_stay_inside_the_spool(node_factory) -> None:
+    """A command whose SOP Instance UID is no UID is refused (0xC000) before anything is
+    written; crafted study and series UIDs inside the data set cannot leave the spool."""
     node = node_factory()
     base = build_study(StudyOptions(study_key="crafted"))[0]
+    refused = copy.deepcopy(base)
+    refused.SOPInstanceUID = refused.file_meta.MediaStorageSOPInstanceUID = "../../tmp/evil"
+    assert send(node.receiver.port, [refused]) == [0xC000]
+    assert node.index.studies.instance_count() == 0
     crafted = []
-    for study, series, sop in [
-        ("../../etc/x", "../..", "../../../../tmp/evil"),
-        ("1.2." + "3" * 196, "/abs/path", "1.2.3/../../.hidden"),
-    ]:
+    for number, (study, series) in enumerate([("../../etc/x", "../.."),
+                                              ("1.2." + "3" * 196, "/abs/path")]):
         ds = copy.deepcopy(base)
-        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
-        ds.file_meta.MediaStorageSOPInstanceUID = sop
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"1.2.3.{number}"
         crafted.append(ds)
     assert send(node.receiver.port, crafted) == [0, 0]
     spool = node.spool.data_dir.resolve()

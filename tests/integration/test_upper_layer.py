@@ -129,7 +129,7 @@ def test_abort_halfway_through_a_data_set_keeps_nothing_and_ends_the_association
 
 def test_garbage_early_data_and_silence_are_aborted_and_the_node_keeps_serving(
         node_factory) -> None:
-    node = node_factory(node={"network_timeout_seconds": 1.0})
+    node = node_factory(node={"network_timeout_seconds": 1.0, "artim_timeout_seconds": 1.0})
     port = node.receiver.port
     # Not a PDU at all: A-ABORT, unrecognised PDU (reason 1).
     garbage = RawRequestor(port)
@@ -142,7 +142,7 @@ def test_garbage_early_data_and_silence_are_aborted_and_the_node_keeps_serving(
     early.send(RawRequestor.c_store_pdus(dataset)[0])
     assert early.read_pdu() == (A_ABORT, bytes([0, 0, 2, 2]))
     early.close()
-    # Silence: the ARTIM timer (the network timeout) closes the connection.
+    # Silence: the ARTIM deadline closes the connection.
     silent = RawRequestor(port)
     started = time.monotonic()
     assert silent.read_pdu()[0] in (A_ABORT, 0)

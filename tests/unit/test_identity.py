@@ -39,7 +39,8 @@ def pydicom_identity(encoded: bytes) -> Identity:
     ds = dcmread(BytesIO(encoded), stop_before_pixels=True)
     return Identity(str(ds.StudyInstanceUID), str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
                     str(ds.get("SOPClassUID", "")), str(ds.file_meta.TransferSyntaxUID),
-                    str(ds.file_meta.MediaStorageSOPInstanceUID))
+                    str(ds.file_meta.MediaStorageSOPInstanceUID),
+                    str(ds.file_meta.MediaStorageSOPClassUID))
 
 
 def with_sequences(ds: Dataset, undefined: bool) -> Dataset:

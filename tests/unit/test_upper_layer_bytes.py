@@ -161,7 +161,9 @@ def test_malformed_command_sets_are_refused(encoded: bytes, detail: str) -> None
         dimse.Command.parse(encoded)
 
 
-def test_message_assembler_joins_fragments_into_messages() -> None:
+def test_message_assembler_hands_on_commands_and_each_data_fragment() -> None:
+    """A command once complete; then every data fragment as it arrives (never joined: the
+    receiver streams them to disk), the last one marked."""
     assembler = dimse.MessageAssembler({1})
     command = _command(dimse.C_STORE_RQ, 1, True, "1.2.3")
     data = bytes(range(200))
@@ -169,14 +171,25 @@ def test_message_assembler_joins_fragments_into_messages() -> None:
     def pdv(control: int, fragment: bytes) -> bytes:
         return struct.pack(">IBB", len(fragment) + 2, 1, control) + fragment
 
-    assert assembler.feed(pdv(0x01, command[:10]) + pdv(0x03, command[10:])) == []
-    assert assembler.feed(pdv(0x00, data[:50])) == []
-    ((context_id, message, fragments),) = assembler.feed(pdv(0x02, data[50:]))
-    assert context_id == 1 and message.field == dimse.C_STORE_RQ
-    assert b"".join(fragments) == data
+    assert assembler.feed(pdv(0x01, command[:10])) == []
+    (received,) = assembler.feed(pdv(0x03, command[10:]))
+    assert isinstance(received, dimse.CommandReceived) and received.context_id == 1
+    assert received.command.field == dimse.C_STORE_RQ
+    first, second = assembler.feed(pdv(0x00, data[:50]) + pdv(0x00, data[50:120]))
+    (last,) = assembler.feed(pdv(0x02, data[120:]))
+    assert [f.last for f in (first, second, last)] == [False, False, True]
+    assert b"".join(bytes(f.data) for f in (first, second, last)) == data
     echo = _command(dimse.C_ECHO_RQ, 2, False)
-    ((_, message, fragments),) = assembler.feed(pdv(0x03, echo))
-    assert message.field == dimse.C_ECHO_RQ and fragments == []
+    (received,) = assembler.feed(pdv(0x03, echo))
+    assert received.command.field == dimse.C_ECHO_RQ and not received.command.has_data_set
+
+
+def test_a_command_set_larger_than_any_command_is_refused() -> None:
+    assembler = dimse.MessageAssembler({1})
+    piece = struct.pack(">IBB", 60_002, 1, 0x01) + bytes(60_000)
+    assembler.feed(piece)
+    with pytest.raises(pdu.ProtocolError, match="command set over"):
+        assembler.feed(piece)
 
 
 @pytest.mark.parametrize("pdvs, detail", [

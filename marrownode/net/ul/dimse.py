@@ -23,11 +23,16 @@ _COMMAND_GROUP_LENGTH = 0x00000000
 AFFECTED_SOP_CLASS = 0x00000002
 COMMAND_FIELD = 0x00000100
 MESSAGE_ID = 0x00000110
+PRIORITY = 0x00000700
 MESSAGE_ID_RESPONDED_TO = 0x00000120
 DATA_SET_TYPE = 0x00000800
 STATUS = 0x00000900
 ERROR_COMMENT = 0x00000902
 AFFECTED_SOP_INSTANCE = 0x00001000
+
+#: A command set is a few hundred bytes; one larger than this is not a command.
+MAX_COMMAND_BYTES = 64 << 10
+
 
 class CommandError(ValueError):
     """A command set that cannot be parsed."""
@@ -61,7 +66,22 @@ class Command:
         return struct.unpack("<H", value[:2])[0] if value and len(value) >= 2 else default
 
     def uid(self, tag: int) -> str:
-        return self.elements.get(tag, b"").rstrip(b"\0 ").decode("ascii", "replace")
+        """A UID element's value; "" when absent or not a UID (digits and dots, at most 64),
+        so nothing a peer wrote there reaches a response, a file name or a log unchecked."""
+        value = self.elements.get(tag, b"").rstrip(b"\0 ")
+        if not value or len(value) > 64 or value.strip(b"0123456789."):
+            return ""
+        return value.decode("ascii")
+
+    def missing(self) -> list[str]:
+        """Required elements (PS3.7 9.3.1.1 for C-STORE-RQ) that this request lacks."""
+        if self.field != C_STORE_RQ:
+            return []
+        required = {"Affected SOP Class UID": self.uid(AFFECTED_SOP_CLASS),
+                    "Affected SOP Instance UID": self.uid(AFFECTED_SOP_INSTANCE),
+                    "Message ID": MESSAGE_ID in self.elements,
+                    "Priority": PRIORITY in self.elements}
+        return [name for name, present in required.items() if not present]
 
     @property
     def field(self) -> int:
@@ -108,43 +128,72 @@ def response(request: Command, status: int, comment: str = "") -> bytes:
     return _element(_COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
 
 
+@dataclass(frozen=True)
+class CommandReceived:
+    """A complete command set; when it has a data set, DataFragments follow."""
+
+    context_id: int
+    command: Command
+
+
+@dataclass(frozen=True)
+class DataFragment:
+    """A piece of the current command's data set, handed on as it arrives (never joined)."""
+
+    context_id: int
+    data: memoryview
+    last: bool
+
+
+Event = CommandReceived | DataFragment
+
+
 class MessageAssembler:
-    """Joins PDV fragments into DIMSE messages: (context id, command, data set fragments)."""
+    """Turns PDVs into events: a command once its fragments are complete, then each data-set
+    fragment as it comes, so a data set of any size never has to be in memory at once."""
 
     def __init__(self, accepted_context_ids: Collection[int]) -> None:
         self.accepted = accepted_context_ids
         self._command_parts: list[bytes] = []
-        self._data_parts: list[memoryview] = []
-        self._command: Command | None = None
-        self._context_id = 0
+        self._command_size = 0
+        self._expecting_data: int | None = None  # the context whose data set is under way
 
-    def feed(self, body: bytes | bytearray) -> list[tuple[int, Command, list[memoryview]]]:
-        complete: list[tuple[int, Command, list[memoryview]]] = []
+    def feed(self, body: bytes | bytearray) -> list[Event]:
+        """The events in one P-DATA-TF body, in order."""
+        events: list[Event] = []
         for context_id, control, fragment in pdu.pdvs(body):
             if context_id not in self.accepted:
                 raise pdu.ProtocolError(f"PDV on presentation context {context_id}, which was "
                                         "not accepted")
-            if control & 0x01:  # a command fragment
-                if self._command is not None:
-                    raise pdu.ProtocolError("a command before the previous data set ended",
-                                            pdu.ABORT_UNEXPECTED_PDU)
-                self._command_parts.append(bytes(fragment))
-                if control & 0x02:
-                    try:
-                        command = Command.parse(b"".join(self._command_parts))
-                    except CommandError as exc:
-                        raise pdu.ProtocolError(str(exc)) from exc
-                    self._command_parts = []
-                    if command.has_data_set:
-                        self._command, self._context_id = command, context_id
-                    else:
-                        complete.append((context_id, command, []))
+            if control & 0x01:
+                events += self._command_fragment(context_id, control, fragment)
             else:
-                if self._command is None or context_id != self._context_id:
+                if self._expecting_data != context_id:
                     raise pdu.ProtocolError("a data set fragment without its command",
                                             pdu.ABORT_UNEXPECTED_PDU)
-                self._data_parts.append(fragment)
-                if control & 0x02:
-                    complete.append((context_id, self._command, self._data_parts))
-                    self._command, self._data_parts = None, []
-        return complete
+                last = bool(control & 0x02)
+                if last:
+                    self._expecting_data = None
+                events.append(DataFragment(context_id, fragment, last))
+        return events
+
+    def _command_fragment(self, context_id: int, control: int,
+                          fragment: memoryview) -> list[Event]:
+        if self._expecting_data is not None:
+            raise pdu.ProtocolError("a command before the previous data set ended",
+                                    pdu.ABORT_UNEXPECTED_PDU)
+        self._command_size += len(fragment)
+        if self._command_size > MAX_COMMAND_BYTES:
+            raise pdu.ProtocolError(f"command set over {MAX_COMMAND_BYTES} bytes")
+        self._command_parts.append(bytes(fragment))
+        if not control & 0x02:
+            return []
+        try:
+            command = Command.parse(b"".join(self._command_parts))
+        except CommandError as exc:
+            raise pdu.ProtocolError(str(exc)) from exc
+        finally:
+            self._command_parts, self._command_size = [], 0
+        if command.has_data_set:
+            self._expecting_data = context_id
+        return [CommandReceived(context_id, command)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -34,11 +35,12 @@ ABORT_SERVICE_USER, ABORT_SERVICE_PROVIDER = 0, 2
 ABORT_NOT_SPECIFIED, ABORT_UNRECOGNIZED_PDU, ABORT_UNEXPECTED_PDU = 0, 1, 2
 ABORT_INVALID_PARAMETER = 6
 
-#: Largest A-ASSOCIATE-RQ read (128 contexts and a user identity fit many times over).
-MAX_ASSOCIATE_RQ_BYTES = 1 << 20
-#: Payloads are read in pieces of at most this, so a peer that announces a huge PDU and sends
-#: nothing makes the node allocate nothing.
-_READ_PIECE = 16 << 20
+#: Largest A-ASSOCIATE-RQ (or -AC) read: 128 contexts and a user identity fit many times over.
+MAX_ASSOCIATE_RQ_BYTES = 256 << 10
+#: Largest P-DATA-TF body read when no maximum was announced.
+MAX_PDATA_BYTES = 16 << 20
+#: One recv at most this much.
+_READ_PIECE = 1 << 20
 
 
 class ProtocolError(Exception):
@@ -53,35 +55,60 @@ class PeerClosed(Exception):
     """The peer closed the connection."""
 
 
-def recv_exact(sock: socket.socket, length: int) -> bytes | bytearray:
-    """Exactly length bytes from sock; PeerClosed if the connection ends first."""
-    if length <= _READ_PIECE:
-        buffer = bytearray(length)
-        view = memoryview(buffer)
-        received = 0
-        while received < length:
-            count = sock.recv_into(view[received:], length - received)
-            if count == 0:
-                raise PeerClosed
-            received += count
-        return buffer
-    pieces = [recv_exact(sock, min(_READ_PIECE, length - done))
-              for done in range(0, length, _READ_PIECE)]
-    return b"".join(pieces)
+def _set_deadline(sock: socket.socket, deadline: float | None) -> None:
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("deadline passed")
+    sock.settimeout(left)
 
 
-def read_pdu(sock: socket.socket, max_length: int) -> tuple[int, bytes | bytearray]:
-    """The next PDU as (type, body). max_length: the largest body accepted (0: any)."""
-    header = recv_exact(sock, 6)
-    pdu_type = header[0]
-    (length,) = struct.unpack_from(">I", header, 2)
+def recv_exact(sock: socket.socket, length: int,
+               deadline: float | None = None) -> bytes | bytearray:
+    """Exactly length bytes from sock, all before deadline (time.monotonic()); PeerClosed if
+    the connection ends first. Callers bound length before calling: nothing here is sized
+    from the peer alone."""
+    buffer = bytearray(length)
+    view = memoryview(buffer)
+    received = 0
+    while received < length:
+        _set_deadline(sock, deadline)
+        count = sock.recv_into(view[received:], min(length - received, _READ_PIECE))
+        if count == 0:
+            raise PeerClosed
+        received += count
+    return buffer
+
+
+#: The largest body each PDU type may have (PS3.8 9.3): fixed for the short PDUs, a cap for
+#: the association request; P-DATA-TF is bounded by the maximum the node announced.
+_FIXED_BODY = {A_ASSOCIATE_RJ: 4, A_RELEASE_RQ: 4, A_RELEASE_RP: 4, A_ABORT: 4}
+
+
+def body_limit(pdu_type: int, max_pdata_length: int) -> int:
+    """How long a body of this type may be; ProtocolError for a type that does not exist."""
     if pdu_type not in PDU_TYPES:
         raise ProtocolError(f"unrecognised PDU type 0x{pdu_type:02x}", ABORT_UNRECOGNIZED_PDU)
-    if pdu_type == A_ASSOCIATE_RQ and length > MAX_ASSOCIATE_RQ_BYTES:
-        raise ProtocolError(f"A-ASSOCIATE-RQ of {length} bytes")
-    if max_length and pdu_type == P_DATA_TF and length > max_length + 6:
-        raise ProtocolError(f"P-DATA-TF of {length} bytes exceeds the negotiated {max_length}")
-    return pdu_type, recv_exact(sock, length)
+    if pdu_type in _FIXED_BODY:
+        return _FIXED_BODY[pdu_type]
+    if pdu_type == P_DATA_TF:
+        return max_pdata_length + 6 if max_pdata_length else MAX_PDATA_BYTES
+    return MAX_ASSOCIATE_RQ_BYTES
+
+
+def read_pdu(sock: socket.socket, max_length: int,
+             deadline: float | None = None) -> tuple[int, bytes | bytearray]:
+    """The next PDU as (type, body), read completely before deadline. max_length: the largest
+    P-DATA-TF body the node announced (0: the hard cap). Every length is checked before any
+    of the body is read, so a peer claiming gigabytes gets an abort, not an allocation."""
+    header = recv_exact(sock, 6, deadline)
+    pdu_type = header[0]
+    (length,) = struct.unpack_from(">I", header, 2)
+    limit = body_limit(pdu_type, max_length)
+    if length > limit:
+        raise ProtocolError(f"PDU type 0x{pdu_type:02x} of {length} bytes (at most {limit})")
+    return pdu_type, recv_exact(sock, length, deadline)
 
 
 def _items(data: bytes | bytearray | memoryview, start: int = 0) -> Iterator[tuple[int, bytes]]:
@@ -163,6 +190,9 @@ def parse_associate_rq(body: bytes | bytearray) -> AssociateRequest:
                     class_uid = _text(sub_value)
                 elif sub_type == 0x55:
                     version_name = _text(sub_value)
+    ids = [c.context_id for c in contexts]
+    if len(set(ids)) != len(ids) or any(i % 2 == 0 for i in ids):
+        raise ProtocolError(f"presentation context IDs must be odd and distinct, got {ids}")
     return AssociateRequest(version, _text(called), _text(calling), called, calling,
                             application_context, tuple(contexts), max_pdu, class_uid,
                             version_name)
