@@ -20,7 +20,7 @@ does not have (yet), so none are given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 from scipy import ndimage
@@ -54,6 +54,8 @@ class SpineParameters:
     rim_radius_mm: float = 2.0
     core_radius_mm: float = 6.0
     min_core_volume_mm3: float = 1500.0
+    #: Grids finer than this in-plane are searched on blocks about this size.
+    localisation_pixel_mm: float = 2.0
     #: Posterior-element marrow smaller than this is noise (a few voxels in the canal).
     min_element_volume_mm3: float = 150.0
     #: A neural arch with its processes spans at most this (L-R and A-P); anything larger is
@@ -210,7 +212,86 @@ def localise(
     geometry: VolumeGeometry,
     parameters: SpineParameters = SpineParameters(),
 ) -> Localisation:
-    """Vertebral bodies and posterior elements of a volume, or why they were not found."""
+    """Vertebral bodies and posterior elements of a volume, or why they were not found.
+
+    Vertebral bodies are 20-50 mm across: on fine in-plane grids the search runs on blocks
+    of about localisation_pixel_mm, and the labels come back to the full grid (_expand)."""
+    factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
+                                                               1e-6)))
+    if factor == 1:
+        return _localise(in_phase, signal_loss, tissue, body, geometry, parameters)
+    small = _reduce(in_phase, signal_loss, tissue, body, factor)
+    reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters)
+    if not reduced.localised:
+        return not_localised(in_phase.shape, reduced.reason)
+    return _expand(reduced, factor, in_phase, signal_loss, tissue, body, geometry, parameters)
+
+
+def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor in-plane blocks (edges padded by repetition)."""
+    k, rows, columns = volume.shape
+    pad = ((0, 0), (0, -rows % factor), (0, -columns % factor))
+    padded = np.pad(volume, pad, mode="edge")
+    shape = (k, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
+    mean: np.ndarray = padded.reshape(shape).mean(axis=(2, 4), dtype=np.float32)
+    return mean
+
+
+def _reduce(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
+            body: np.ndarray, factor: int,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    finite = np.isfinite(signal_loss)
+    weight = _block_mean(finite.astype(np.float32), factor)
+    loss = _block_mean(np.where(finite, signal_loss, 0.0).astype(np.float32), factor)
+    loss = np.where(weight > 0, loss / np.maximum(weight, 1e-6), np.nan).astype(np.float32)
+    return (_block_mean(np.nan_to_num(in_phase).astype(np.float32), factor), loss,
+            _block_mean(tissue.astype(np.float32), factor) >= 0.5,
+            _block_mean(body.astype(np.float32), factor) >= 0.5)
+
+
+def _reduced_geometry(geometry: VolumeGeometry, factor: int) -> VolumeGeometry:
+    spacing = geometry.spacing_mm
+    shift = [(factor - 1) / 2 * (spacing[1] * r + spacing[2] * c)
+             for r, c in zip(geometry.row_direction, geometry.column_direction, strict=True)]
+    origin = (geometry.origin[0] + shift[0], geometry.origin[1] + shift[1],
+              geometry.origin[2] + shift[2])
+    return replace(geometry, origin=origin,
+                   spacing_mm=(spacing[0], spacing[1] * factor, spacing[2] * factor))
+
+
+def _expand(reduced: Localisation, factor: int, in_phase: np.ndarray, signal_loss: np.ndarray,
+            tissue: np.ndarray, body: np.ndarray, geometry: VolumeGeometry,
+            parameters: SpineParameters) -> Localisation:
+    """The labels on the full grid. Inside, every tissue voxel that is not void keeps its label
+    (focal lesions included); in the outer ring one block wide, only voxels that are mixed
+    tissue themselves, so partial volume with muscle, disc or fat never becomes marrow."""
+    rows, columns = in_phase.shape[1:]
+
+    def full(labels: np.ndarray) -> np.ndarray:
+        grown = np.repeat(np.repeat(labels, factor, axis=1), factor, axis=2)
+        return grown[:, :rows, :columns]
+
+    volume = np.nan_to_num(in_phase)
+    level = bright_end(np.where(body, in_phase, np.nan))
+    allowed = tissue & (volume >= parameters.void_relative_signal * level)
+    mixed = np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent
+    bodies, posterior = full(reduced.bodies), full(reduced.posterior)
+    labelled = (bodies > 0) | (posterior > 0)
+    width = factor * max(geometry.spacing_mm[1:])
+    inside = ndimage.distance_transform_edt(labelled, sampling=(1e6, *geometry.spacing_mm[1:]))
+    keep = allowed & ((inside > width) | mixed)
+    return replace(reduced, bodies=np.where(keep, bodies, 0).astype(np.int16),
+                   posterior=np.where(keep, posterior, 0).astype(np.int16))
+
+
+def _localise(
+    in_phase: np.ndarray,
+    signal_loss: np.ndarray,
+    tissue: np.ndarray,
+    body: np.ndarray,
+    geometry: VolumeGeometry,
+    parameters: SpineParameters,
+) -> Localisation:
     shape = in_phase.shape
     if not body.any():
         return not_localised(shape, "no body in the field of view")

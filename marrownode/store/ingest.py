@@ -19,7 +19,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from marrownode.dixon.header import summarise
-from marrownode.net.ul.identity import Identity, read_identity, unsound
+from marrownode.net.ul.identity import Identity, examine
 from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
 from marrownode.store.studies import StudyIndex
 
@@ -63,15 +63,16 @@ class Ingestor:
         Only what the acknowledgement needs: the header summary the assembler reads is made
         later, off the receiving path (summarise_pending). encoded may be a memory map of the
         received file: the walks touch element headers only, never the whole file."""
-        identity = read_identity(encoded) or _read_identity_with_pydicom(
+        examination = examine(encoded)
+        if examination.problem is not None:
+            log.warning("event=store_rejected reason=unsound_dataset detail=%s",
+                        examination.problem.replace(" ", "_"))
+            return IngestOutcome(IngestResult.UNREADABLE,
+                                 f"data set unsound: {examination.problem}"[:64])
+        identity = examination.identity or _read_identity_with_pydicom(
             path if path is not None else BytesIO(bytes(encoded)))
         if isinstance(identity, IngestOutcome):
             return identity
-        problem = unsound(encoded)
-        if problem is not None:
-            log.warning("event=store_rejected reason=unsound_dataset detail=%s",
-                        problem.replace(" ", "_"))
-            return IngestOutcome(IngestResult.UNREADABLE, f"data set unsound: {problem}"[:64])
         if not (identity.sop_instance_uid and identity.study_uid and identity.series_uid):
             return IngestOutcome(IngestResult.UNREADABLE, "missing Study/Series/SOP UID")
         if identity.media_sop_instance_uid != identity.sop_instance_uid:
