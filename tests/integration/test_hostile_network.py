@@ -329,8 +329,8 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def test_a_large_instance_is_received_in_bounded_memory(serve_process, tmp_path) -> None:
-    """A 250 MB instance from DCMTK storescu: the node streams it to the spool PDU by PDU, so
-    its peak memory stays far below the object's size."""
+    """A 300 MB instance from DCMTK storescu: the node streams it to the spool PDU by PDU, so
+    its peak memory stays far below the object's size (557 MB over idle before)."""
     import subprocess
 
     import numpy as np
@@ -339,7 +339,7 @@ def test_a_large_instance_is_received_in_bounded_memory(serve_process, tmp_path)
 
     dataset = build_study(StudyOptions(study_key="large"))[0]
     dataset.Rows = dataset.Columns = 2048
-    frames = 30  # 30 x 2048 x 2048 x 2 bytes = 252 MB
+    frames = 36  # 36 x 2048 x 2048 x 2 bytes = 302 MB
     dataset.NumberOfFrames = frames
     dataset.PixelData = np.random.default_rng(0).integers(
         0, 4096, (frames, 2048, 2048), dtype=np.uint16).tobytes()
@@ -357,5 +357,5 @@ def test_a_large_instance_is_received_in_bounded_memory(serve_process, tmp_path)
     peak = _peak_rss_mb(server.process.pid)
     assert peak - idle < 100, (idle, peak)
     stored = list((settings.storage.root / "spool").rglob("*.dcm"))
-    assert len(stored) == 1 and stored[0].stat().st_size > 250_000_000
+    assert len(stored) == 1 and stored[0].stat().st_size > 300_000_000
     server.stop()
