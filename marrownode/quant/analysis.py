@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from marrownode.quant.body import bright_end, find_body
+from marrownode.quant.body import find_body
 from marrownode.quant.foci import Focus, FocusParameters, find_foci
 from marrownode.quant.geometry import (
     ANTERIOR_POSTERIOR,
@@ -93,6 +93,7 @@ class QuantResult:
     water_fat_check: dict[str, float] | None = None
     muscle_in_phase: float | None = None
     disc_in_phase: float | None = None
+    signal_level: float = 0.0  # the body's bright end (fat on T1)
 
     @property
     def focus_masks(self) -> list[np.ndarray]:
@@ -125,13 +126,14 @@ def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
 
 def _reference_in_phase(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
                         localisation: Localisation, geometry: VolumeGeometry,
-                        parameters: SpineParameters) -> tuple[float | None, float | None]:
+                        parameters: SpineParameters,
+                        signal_level: float) -> tuple[float | None, float | None]:
     """Median in-phase signal of paraspinal muscle (behind the column) and of the discs
     (between the bodies): the T1 internal standards."""
     bodies = localisation.bodies
     marrow = ndimage.binary_dilation(localisation.marrow, structure=np.ones((1, 5, 5), dtype=bool))
-    fat_level = parameters.fat_relative_signal * bright_end(np.where(tissue, ip, np.nan))
-    void_level = parameters.void_relative_signal * bright_end(np.where(tissue, ip, np.nan))
+    fat_level = parameters.fat_relative_signal * signal_level
+    void_level = parameters.void_relative_signal * signal_level
     water_rich = (tissue & ~marrow & np.isfinite(loss)
                   & (loss < parameters.water_rich_max_loss_percent)
                   & (ip < fat_level) & (ip > void_level))
@@ -243,14 +245,15 @@ def analyse_set(
                               parameters.field_strength_tolerance_t)
     if choice.flag:
         flags.append(choice.flag)
-    localisation = localise(ip, loss, tissue, body.body, geometry, parameters.spine)
+    localisation = localise(ip, loss, tissue, body.body, geometry, parameters.spine,
+                            body.signal_level)
     result = QuantResult(
         body=body.body, tissue=tissue, signal_loss=loss,
         sir=signal_intensity_ratio(ip, op, tissue), fat_fraction=fat_fraction,
         fat_fraction_method=method, noise_sigma=body.noise_sigma, noise_source=body.noise_source,
         threshold_percent=choice.threshold_percent,
         threshold_field_strength_t=choice.field_strength_t, localisation=localisation,
-        flags=flags, water_fat_check=check)
+        flags=flags, water_fat_check=check, signal_level=body.signal_level)
     if not localisation.localised:
         result.flags.append("marrow_not_localised")
         return result
@@ -266,7 +269,8 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
     localisation = result.localisation
     voxel_volume = float(np.prod(geometry.spacing_mm))
     result.muscle_in_phase, result.disc_in_phase = _reference_in_phase(
-        ip, result.signal_loss, result.tissue, localisation, geometry, parameters.spine)
+        ip, result.signal_loss, result.tissue, localisation, geometry, parameters.spine,
+        result.signal_level)
     maps = {"signal_loss_percent": result.signal_loss, "sir": result.sir,
             "fat_fraction_percent": result.fat_fraction}
     threshold = result.threshold_percent

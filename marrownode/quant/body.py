@@ -36,6 +36,8 @@ class BodyMasks:
     tissue: np.ndarray
     noise_sigma: float
     noise_source: str  # "background" | "tissue_residual" | "none"
+    #: The bright end (99th percentile) of the in-phase signal inside the body: fat on T1.
+    signal_level: float
 
 
 def bright_end(volume: np.ndarray) -> float:
@@ -115,5 +117,6 @@ def find_body(in_phase: np.ndarray) -> BodyMasks:
     floor = max(NOISE_MULTIPLE * sigma, MIN_RELATIVE_SIGNAL * bright_end(volume),
                 float(np.finfo(np.float32).tiny))
     tissue = body & (volume > floor)
+    level = bright_end(np.where(body, volume, np.nan)) if body.any() else 0.0
     return BodyMasks(body=body, tissue=tissue, noise_sigma=sigma,
-                     noise_source=source if body.any() else "none")
+                     noise_source=source if body.any() else "none", signal_level=level)

@@ -143,7 +143,8 @@ def _relative_gradient(in_phase: np.ndarray) -> np.ndarray:
 
 def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
                     body: np.ndarray, spacing_mm: tuple[float, float, float],
-                    parameters: SpineParameters) -> tuple[np.ndarray, np.ndarray]:
+                    parameters: SpineParameters, level: float,
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """Marrow-like tissue, holes (focal lesions) filled, and the void mask.
 
     Rule 1, mixed water-fat: regional (median) loss high, the voxel's own loss not low, and the
@@ -154,14 +155,13 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
     loss = np.nan_to_num(signal_loss, nan=0.0)
     regional = ndimage.median_filter(loss, size=(1, 5, 5))
-    void = body & (volume < parameters.void_relative_signal
-                   * bright_end(np.where(body, volume, np.nan)))
+    void = body & (volume < parameters.void_relative_signal * level)
     enclosed = fill_holes_per_slice(void) & ~void & tissue
     homogeneous = _relative_gradient(volume) < parameters.max_relative_gradient
     mixed = (tissue & homogeneous & (regional >= parameters.mixed_tissue_min_loss_percent)
              & (loss >= parameters.water_rich_max_loss_percent))
     water_rich = tissue & (loss < parameters.water_rich_max_loss_percent) & (
-        volume < parameters.fat_relative_signal * bright_end(np.where(body, volume, np.nan)))
+        volume < parameters.fat_relative_signal * level)
     barrier = void | (water_rich & ~enclosed)
     barrier = ndimage.binary_dilation(barrier, structure=np.ones((1, 3, 3), dtype=bool))
     candidates = (mixed | enclosed) & ~barrier | (enclosed & ~void)
@@ -211,20 +211,26 @@ def localise(
     body: np.ndarray,
     geometry: VolumeGeometry,
     parameters: SpineParameters = SpineParameters(),
+    signal_level: float | None = None,
 ) -> Localisation:
     """Vertebral bodies and posterior elements of a volume, or why they were not found.
+    signal_level: the body's bright end (BodyMasks.signal_level), computed once per set.
 
     Vertebral bodies are 20-50 mm across: on fine in-plane grids the search runs on blocks
     of about localisation_pixel_mm, and the labels come back to the full grid (_expand)."""
+    if not body.any():
+        return not_localised(in_phase.shape, "no body in the field of view")
+    level = signal_level if signal_level is not None else bright_end(
+        np.where(body, in_phase, np.nan))
     factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
                                                                1e-6)))
     if factor == 1:
-        return _localise(in_phase, signal_loss, tissue, body, geometry, parameters)
+        return _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level)
     small = _reduce(in_phase, signal_loss, tissue, body, factor)
-    reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters)
+    reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level)
     if not reduced.localised:
         return not_localised(in_phase.shape, reduced.reason)
-    return _expand(reduced, factor, in_phase, signal_loss, tissue, body, geometry, parameters)
+    return _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters, level)
 
 
 def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
@@ -260,8 +266,8 @@ def _reduced_geometry(geometry: VolumeGeometry, factor: int) -> VolumeGeometry:
 
 
 def _expand(reduced: Localisation, factor: int, in_phase: np.ndarray, signal_loss: np.ndarray,
-            tissue: np.ndarray, body: np.ndarray, geometry: VolumeGeometry,
-            parameters: SpineParameters) -> Localisation:
+            tissue: np.ndarray, geometry: VolumeGeometry, parameters: SpineParameters,
+            level: float) -> Localisation:
     """The labels on the full grid. Inside, every tissue voxel that is not void keeps its label
     (focal lesions included); in the outer ring one block wide, only voxels that are mixed
     tissue themselves, so partial volume with muscle, disc or fat never becomes marrow."""
@@ -272,7 +278,6 @@ def _expand(reduced: Localisation, factor: int, in_phase: np.ndarray, signal_los
         return grown[:, :rows, :columns]
 
     volume = np.nan_to_num(in_phase)
-    level = bright_end(np.where(body, in_phase, np.nan))
     allowed = tissue & (volume >= parameters.void_relative_signal * level)
     mixed = np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent
     bodies, posterior = full(reduced.bodies), full(reduced.posterior)
@@ -291,12 +296,14 @@ def _localise(
     body: np.ndarray,
     geometry: VolumeGeometry,
     parameters: SpineParameters,
+    level: float,
 ) -> Localisation:
     shape = in_phase.shape
     if not body.any():
         return not_localised(shape, "no body in the field of view")
     spacing = geometry.spacing_mm
-    bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters)
+    bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters,
+                                 level)
     cores = ndimage.binary_opening(bone, structure=_ball(parameters.core_radius_mm, spacing))
     core_labels, count = ndimage.label(cores)
     body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
@@ -306,8 +313,7 @@ def _localise(
         return not_localised(shape, f"{found} in a column near the midline: no spine "
                                     "localised in this field of view")
     bodies = _grow_bodies(bone, core_labels, column, spacing, parameters)
-    fat = np.nan_to_num(in_phase) > parameters.fat_relative_signal * bright_end(
-        np.where(body, in_phase, np.nan))
+    fat = np.nan_to_num(in_phase) > parameters.fat_relative_signal * level
     bodies = _complete(bodies, tissue & ~void & ~fat)
     bodies = _split_tall(bodies, signal_loss, geometry, parameters.max_vertebra_height_mm)
     posterior = _posterior_elements(bone, bodies, geometry, parameters)

@@ -25,8 +25,13 @@ def test_installed_pynetdicom_is_one_the_adapter_was_verified_on() -> None:
 def test_send_files_as_stored_sets_pynetdicoms_switch() -> None:
     from pynetdicom import _config
 
-    adapter.send_files_as_stored()
-    assert _config.STORE_SEND_CHUNKED_DATASET is True
+    previous = _config.STORE_SEND_CHUNKED_DATASET
+    _config.STORE_SEND_CHUNKED_DATASET = False
+    try:
+        adapter.send_files_as_stored()
+        assert _config.STORE_SEND_CHUNKED_DATASET is True
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = previous
 
 
 def test_disable_nagle_reaches_the_socket_or_says_it_cannot() -> None:
