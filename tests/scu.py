@@ -11,6 +11,8 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from marrownode.net.pynetdicom_adapter import park_reactor
+
 LOOPBACK = "127.0.0.1"
 
 
@@ -54,6 +56,7 @@ def send(
     statuses = []
     try:
         for item in datasets:
+            park_reactor(association)  # pynetdicom #875, as the product's sender does
             status = association.send_c_store(item)
             statuses.append(int(status.Status) if status else 0xFFFF)
     finally:

@@ -96,6 +96,26 @@ def not_localised(shape: tuple[int, ...], reason: str) -> Localisation:
     return Localisation(False, "none", reason, empty, empty.copy())
 
 
+#: Balls of at most this many voxels are cheaper as structuring elements than as distances.
+_SMALL_BALL = 27
+
+
+def _opening(mask: np.ndarray, radius_mm: float,
+             spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Morphological opening with a Euclidean ball of radius_mm. A small ball is a small
+    structuring element; a large one is done by two distance transforms instead (linear in the
+    volume whatever the radius). Outside the volume counts as background either way."""
+    ball = _ball(radius_mm, spacing_mm)
+    if ball.sum() <= _SMALL_BALL:
+        small: np.ndarray = ndimage.binary_opening(mask, structure=ball)
+        return small
+    padded = np.pad(mask, 1)
+    eroded = ndimage.distance_transform_edt(padded, sampling=spacing_mm) > radius_mm
+    opened = ndimage.distance_transform_edt(~eroded, sampling=spacing_mm) <= radius_mm
+    result: np.ndarray = opened[1:-1, 1:-1, 1:-1] & mask
+    return result
+
+
 def _ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
     half = [int(radius_mm // s) for s in spacing_mm]
     grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
@@ -165,8 +185,7 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     barrier = void | (water_rich & ~enclosed)
     barrier = ndimage.binary_dilation(barrier, structure=np.ones((1, 3, 3), dtype=bool))
     candidates = (mixed | enclosed) & ~barrier | (enclosed & ~void)
-    opened = ndimage.binary_opening(candidates,
-                                    structure=_ball(parameters.rim_radius_mm, spacing_mm))
+    opened = _opening(candidates, parameters.rim_radius_mm, spacing_mm)
     filled: np.ndarray = fill_holes_per_slice(opened) & ~void
     return filled, void
 
@@ -304,7 +323,7 @@ def _localise(
     spacing = geometry.spacing_mm
     bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters,
                                  level)
-    cores = ndimage.binary_opening(bone, structure=_ball(parameters.core_radius_mm, spacing))
+    cores = _opening(bone, parameters.core_radius_mm, spacing)
     core_labels, count = ndimage.label(cores)
     body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
     column = _column(_parts(core_labels, count, geometry), body_centre, parameters)
@@ -330,10 +349,9 @@ def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[_Part],
     numbered = np.zeros(core_labels.shape, dtype=np.int16)
     for number, part in enumerate(column, start=1):
         numbered[core_labels == part.label] = number
-    reach = ndimage.binary_dilation(numbered > 0,
-                                    structure=_ball(parameters.core_radius_mm + 1.0, spacing))
-    _, nearest = ndimage.distance_transform_edt(numbered == 0, sampling=spacing,
-                                                return_indices=True)
+    distance, nearest = ndimage.distance_transform_edt(numbered == 0, sampling=spacing,
+                                                       return_indices=True)
+    reach = distance <= parameters.core_radius_mm + 1.0
     nearest_label = numbered[tuple(nearest)]
     bodies: np.ndarray = np.where(bone & reach, nearest_label, 0).astype(np.int16)
     return bodies

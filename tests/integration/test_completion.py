@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 
+from marrownode.net.pynetdicom_adapter import park_reactor
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import write_config
 from tests.scu import nodelay, send, storage_ae
@@ -30,6 +31,7 @@ def test_complete_set_is_picked_up_within_2s_of_release(node_factory) -> None:
     association = ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
     nodelay(association)
     for ds in datasets:
+        park_reactor(association)
         assert association.send_c_store(ds).Status == 0
     time.sleep(1.0)
     study_uid = datasets[0].StudyInstanceUID
@@ -72,6 +74,7 @@ def test_an_association_ending_while_its_study_is_assessed_is_not_missed(node_fa
     nodelay(association)
     try:
         for ds in datasets:
+            park_reactor(association)
             assert association.send_c_store(ds).Status == 0
         all_sent.set()
         # The real association stays open: only the event recorded in the window can end it.

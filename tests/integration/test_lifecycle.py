@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 
+from marrownode.net.pynetdicom_adapter import park_reactor
 from marrownode.store.database import index_path
 from marrownode.store.index import Index
 from marrownode.synthetic.phantom import spine_phantom
@@ -33,6 +34,7 @@ def send_until_refused(port: int, datasets, acknowledged: list[str], started: th
         return
     try:
         for ds in datasets:
+            park_reactor(association)
             status = association.send_c_store(ds)
             if not status or int(status.Status) != 0:
                 break
