@@ -67,6 +67,15 @@ def copy_patient_study(target: Dataset, source: Dataset) -> None:
             del target[keyword]
 
 
+def enhanced_identity(series_uid: str, series_number: int, sop_uid: str) -> dict[str, Any]:
+    """The identity and equipment arguments every multi-frame result (highdicom's Parametric
+    Map, Segmentation) is built with."""
+    return {"series_instance_uid": series_uid, "series_number": series_number,
+            "sop_instance_uid": sop_uid, "instance_number": 1, "manufacturer": MANUFACTURER,
+            "manufacturer_model_name": MODEL_NAME, "software_versions": __version__,
+            "device_serial_number": "0"}
+
+
 def derive_dimension_organization(dataset: Dataset, uid_root: str) -> None:
     """highdicom draws the Dimension Organization UID at random; derive it from the instance so
     the same input gives the same bytes."""

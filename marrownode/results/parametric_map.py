@@ -7,12 +7,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
-from marrownode import __version__
 from marrownode.results.common import (
-    MANUFACTURER,
-    MODEL_NAME,
     SourceSeries,
     derive_dimension_organization,
+    enhanced_identity,
     stamp,
 )
 
@@ -57,14 +55,7 @@ def build_parametric_map(
     pm = hd.pm.ParametricMap(
         source_images=list(sources.datasets),
         pixel_array=values.astype(np.float32),
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=__version__,
-        device_serial_number="0",
+        **enhanced_identity(series_uid, series_number, sop_uid),
         contains_recognizable_visual_features=False,
         real_world_value_mappings=[mapping],
         voi_lut_transformations=[

@@ -13,12 +13,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from marrownode import ALGORITHM_VERSION, __version__
+from marrownode import ALGORITHM_VERSION
 from marrownode.results.common import (
-    MANUFACTURER,
     MODEL_NAME,
     SourceSeries,
     derive_dimension_organization,
+    enhanced_identity,
     stamp,
 )
 from marrownode.results.uids import derived_uid
@@ -72,14 +72,7 @@ def build_vertebra_segmentation(
         pixel_array=label_map,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=MODEL_NAME,
-        software_versions=__version__,
-        device_serial_number="0",
+        **enhanced_identity(series_uid, series_number, sop_uid),
         content_description="Vertebral marrow localised by marrownode",
         content_label="MARROW",
         plane_positions=[hd.PlanePositionSequence(hd.CoordinateSystemNames.PATIENT,
