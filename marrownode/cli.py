@@ -60,10 +60,15 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from marrownode.node import Node
+    from marrownode.store.lock import StorageLocked
 
     settings = load_settings(args.config)
     configure_logging(settings.logging)
-    node = Node(settings)
+    try:
+        node = Node(settings)
+    except StorageLocked as exc:
+        print(f"marrownode serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         node.serve_forever()
     except OSError as exc:

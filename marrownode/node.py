@@ -21,6 +21,7 @@ from marrownode.services.retention import RetentionSweeper
 from marrownode.services.worker import AnalysisWorker
 from marrownode.store.database import index_path
 from marrownode.store.index import Index
+from marrownode.store.lock import StorageLock
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,8 @@ class Node:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        # First of all: nothing of the storage root is touched unless this node owns it.
+        self.lock = StorageLock(settings.storage.root)
         self.spool = open_spool(settings)
         self.index = Index(index_path(settings.storage.root))
         self.ingestor = open_ingestor(self.spool, self.index.path)
@@ -130,6 +133,7 @@ class Node:
             service.stop()
         self._started = False
         log.info("event=stopped instances=%d", self.index.studies.instance_count())
+        self.lock.release()
 
     def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT; the server is non-blocking so shutdown cannot deadlock."""

@@ -249,3 +249,35 @@ def test_concurrent_writers_of_two_index_objects_all_commit(tmp_path) -> None:
         thread.join(60)
     assert not errors and not any(t.is_alive() for t in threads)
     assert indexes[0].studies.instance_count() == indexes[1].studies.instance_count() == 400
+
+
+def test_a_second_serve_on_the_same_storage_is_refused_and_touches_nothing(
+        serve_process, tmp_path) -> None:
+    """One node per storage root: the second exits 2 at once, naming the holder, before it
+    reads or repairs anything (it used to delete the running node's temp files and mark its
+    open associations closed)."""
+    from tests.conftest import free_port
+    from tests.scu import send
+
+    settings = make_settings(tmp_path / "data")
+    first = serve_process(settings).start(port=settings.node.port)
+    in_flight = settings.storage.root / "tmp" / "an-instance-being-written.part"
+    in_flight.write_bytes(b"\0" * 100)  # what a C-STORE under way looks like
+    second_settings = settings.model_copy(update={
+        "node": settings.node.model_copy(update={"port": free_port()}),
+        "http": settings.http.model_copy(update={"port": free_port()})})
+    second = serve_process(second_settings)
+    second.start()
+    assert second.wait(30) == 2
+    message = second.log.read_text()
+    assert f"pid {first.process.pid}" in message and "one node per storage root" in message
+    assert "event=recovered" not in message
+    assert in_flight.exists()
+    with socket.socket() as probe:  # the refused node never listened
+        assert probe.connect_ex(("127.0.0.1", second_settings.node.port)) != 0
+    datasets = build_study(StudyOptions(study_key="owner"))[:2]
+    assert send(settings.node.port, datasets) == [0, 0]  # the owner serves on
+    first.stop()
+    third = serve_process(settings).start(port=settings.node.port)  # released at exit
+    assert send(settings.node.port, datasets[:1]) == [0]
+    third.stop()
