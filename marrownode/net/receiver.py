@@ -305,10 +305,10 @@ class Receiver:
             association.sock.close()  # the TLS wrapper too; the server closes the rest
 
     def _refuse_unassociated(self, sock: socket.socket, host: str) -> None:
+        self.stats.add(rejected=1)  # counted before the peer can see the answer
         with contextlib.suppress(OSError):
             sock.sendall(pdu.associate_rj(pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
                                           pdu.REASON_LOCAL_LIMIT))
-        self.stats.add(rejected=1)
         log.warning("event=connection_refused peer=%s reason=too_many_unassociated_connections "
                     "limit=%d", host, self.settings.max_pending_connections)
 
@@ -397,8 +397,8 @@ class Receiver:
             if association.established:
                 self._pending -= 1
         if rejection is not None:
+            self.stats.add(rejected=1)  # counted before the peer can see the answer
             association.send(pdu.associate_rj(*rejection))
-            self.stats.add(rejected=1)
             log.warning(
                 "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%d",
                 peer_text(request.calling_ae), peer_text(request.called_ae), association.host,
@@ -413,8 +413,8 @@ class Receiver:
         association.calling_ae = request.calling_ae
         self.sink.association_opened(association.association_id, request.calling_ae,
                                      association.peer)
+        self.stats.add(accepted=1)  # counted before the peer can see the answer
         association.send(accept.encode())
-        self.stats.add(accepted=1)
         log.info("event=association_accepted association=%s calling_aet=%s peer=%s",
                  association.association_id, peer_text(request.calling_ae),
                  association.host)
