@@ -162,7 +162,7 @@ def _reference_in_phase(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
     return muscle_ip, disc_ip
 
 
-def _vertebrae(result: QuantResult, ip: np.ndarray, op: np.ndarray,
+def _vertebrae(result: QuantResult, ip: np.ndarray,
                geometry: VolumeGeometry, foci_by_vertebra: set[int]) -> list[VertebraFinding]:
     localisation = result.localisation
     threshold = result.threshold_percent
@@ -281,7 +281,7 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
         result.foci = find_foci(result.signal_loss, maps, ip, op, numbered, threshold,
                                 voxel_volume, in_phase_first, fat_fraction_unambiguous,
                                 diffuse, parameters.foci)
-    result.vertebrae = _vertebrae(result, ip, op, geometry,
+    result.vertebrae = _vertebrae(result, ip, geometry,
                                   {f.vertebra for f in result.foci})
     result.pattern = NOT_ASSESSED if threshold is None else _set_pattern(result.vertebrae,
                                                                          result.foci)

@@ -103,15 +103,6 @@ class Ingestor:
             self.studies.set_headers(headers)
         return len(headers)
 
-    def store(self, encoded: bytes, association_id: str | None = None) -> IngestOutcome:
-        """Store one instance given as DICOM File Format bytes (preamble + meta + dataset)."""
-        try:
-            incoming = self.spool.incoming()
-            incoming.write(encoded)
-        except OutOfSpace:
-            return IngestOutcome(IngestResult.OUT_OF_SPACE, "spool below free-space watermark")
-        return self.store_file(incoming, association_id)
-
     def store_file(self, incoming: IncomingFile, association_id: str | None = None,
                    ) -> IngestOutcome:
         """Store one received instance already written to a spool temp file: identify and check

@@ -142,18 +142,6 @@ class Spool:
             raise
         fsync_directory(path.parent)
 
-    def write(self, path: Path, data: bytes | memoryview) -> None:
-        """Durably write data to path (temp file, fsync, rename, fsync directory)."""
-        if not self.has_room_for(len(data)):
-            raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
-        incoming = self.incoming()
-        try:
-            incoming.write(data)
-        except BaseException:
-            incoming.discard()
-            raise
-        self.commit(incoming, path)
-
     def _make_directories(self, directory: Path) -> None:
         """Create missing directories and fsync each parent, so new entries survive a crash."""
         missing: list[Path] = []
