@@ -94,6 +94,8 @@ class AnalysisSettings(_Section):
     min_focus_volume_mm3: Annotated[float, Field(ge=0)] = 50.0
     in_phase_first_margin_percent: Annotated[float, Field(ge=0, le=30)] = 6.0
     mixed_tissue_min_loss_percent: Annotated[float, Field(gt=0, le=90)] = 30.0
+    #: An analysis still running after this long is stopped (its worker process restarted).
+    time_limit_seconds: Annotated[float, Field(ge=10, le=86400)] = 900.0
 
     @field_validator("thresholds")
     @classmethod
@@ -139,9 +141,19 @@ class LoggingSettings(_Section):
 
 
 class OutboxSettings(_Section):
+    """Backoff per destination, and when a result that cannot be delivered is given up."""
+
     retry_initial_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
-    retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 600.0
-    max_attempts: Annotated[int, Field(ge=1)] = 1000
+    retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    give_up_after_hours: Annotated[float, Field(gt=0, le=8760)] = 168.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "max_attempts" in data:
+            raise ValueError("max_attempts is no longer used: deliveries give up after a time, "
+                             "set give_up_after_hours instead")
+        return data
 
     @model_validator(mode="after")
     def _ordered(self) -> OutboxSettings:

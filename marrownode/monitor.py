@@ -55,6 +55,14 @@ class Metrics:
         self.delivery_failures = Counter(
             "marrownode_delivery_failures", "Failed delivery attempts by destination",
             ["destination"], registry=self.registry)
+        self.analysis_failures = Counter(
+            "marrownode_analysis_failures",
+            "Analyses that failed or ended the worker process (retried or failed for good)",
+            registry=self.registry)
+        self.worker_deaths = Counter(
+            "marrownode_worker_deaths",
+            "Analysis worker processes that ended unasked and were replaced",
+            registry=self.registry)
 
 
 class NodeCollector(Collector):
@@ -113,12 +121,14 @@ class Health:
     listener_bound: bool
     index_writable: bool
     disk_above_watermark: bool
+    analysis_worker: bool = True
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """All checks pass."""
-        return self.listener_bound and self.index_writable and self.disk_above_watermark
+        return (self.listener_bound and self.index_writable and self.disk_above_watermark
+                and self.analysis_worker)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -140,7 +150,8 @@ class _Handler(BaseHTTPRequestHandler):
             health = self.service.health()
             checks = {"listener_bound": health.listener_bound,
                       "index_writable": health.index_writable,
-                      "disk_above_watermark": health.disk_above_watermark}
+                      "disk_above_watermark": health.disk_above_watermark,
+                      "analysis_worker": health.analysis_worker}
             body = {
                 "healthy": health.ok,
                 "checks": checks,

@@ -50,10 +50,14 @@ class Node:
             [d.name for d in settings.destinations]))
         self.deliverer = Deliverer(settings, self.index.outbox, self.index.studies, self.spool,
                                    self.metrics)
+        self.worker = AnalysisWorker(
+            settings, on_series=lambda message: self.assembler.series_written(message),
+            on_death=self.metrics.worker_deaths.inc)
         self.assembler = Assembler(
-            settings, self.index.studies, self.ingestor, self.spool, AnalysisWorker(settings),
+            settings, self.index.studies, self.ingestor, self.spool, self.worker,
             self.metrics.analysis_seconds.observe, on_series=self.deliverer.enqueue,
-            on_analysed=self.deliverer.analysis_finished)
+            on_analysed=self.deliverer.analysis_finished,
+            count_failure=self.metrics.analysis_failures.inc)
         self.retention = RetentionSweeper(self.index.studies, self.spool,
                                           settings.storage.retention_hours)
         self.http = (HTTPService(settings.http, self.health, self.metrics.registry,
@@ -98,7 +102,9 @@ class Node:
             listener_bound=bound,
             index_writable=self.index.writable(),
             disk_above_watermark=free >= self.spool.min_free_bytes,
-            details={"free_bytes": free, "min_free_bytes": self.spool.min_free_bytes},
+            analysis_worker=not self._started or self.worker.alive(),
+            details={"free_bytes": free, "min_free_bytes": self.spool.min_free_bytes,
+                     "worker_pid": self.worker.pid(), "worker_deaths": self.worker.deaths},
         )
 
     def _watchdog(self, interval: float) -> None:
@@ -107,9 +113,9 @@ class Node:
             if health.ok:
                 notify("WATCHDOG=1")
             else:
-                log.warning("event=unhealthy listener=%s index=%s disk=%s",
+                log.warning("event=unhealthy listener=%s index=%s disk=%s worker=%s",
                             health.listener_bound, health.index_writable,
-                            health.disk_above_watermark)
+                            health.disk_above_watermark, health.analysis_worker)
 
     def request_stop(self, *_: Any) -> None:
         """Ask serve_forever to stop (signal handler)."""

@@ -400,9 +400,10 @@ class Receiver:
             self.stats.add(rejected=1)  # counted before the peer can see the answer
             association.send(pdu.associate_rj(*rejection))
             log.warning(
-                "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%d",
-                peer_text(request.calling_ae), peer_text(request.called_ae), association.host,
-                rejection[2],
+                "event=association_rejected calling_aet=%s called_aet=%s peer=%s reason=%d "
+                "detail=%s", peer_text(request.calling_ae), peer_text(request.called_ae),
+                association.host, rejection[2],
+                pdu.describe_rejection(*rejection).replace(" ", "_"),
             )
             return None
         accept = pdu.AssociateAccept(

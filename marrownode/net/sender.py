@@ -11,10 +11,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from marrownode.net.pynetdicom_adapter import disable_nagle, park_reactor, send_files_as_stored
+from marrownode.net.ul import pdu
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,9 @@ MAX_CONTEXTS = 128
 class SendError(StrEnum):
     """Why a file got no DIMSE status."""
 
-    NO_ASSOCIATION = "no_association"
+    NO_ASSOCIATION = "no_association"  # no answer: refused connection, timeout, abort
+    REJECTED_PERMANENT = "rejected_permanent"  # A-ASSOCIATE-RJ, result permanent
+    REJECTED_TRANSIENT = "rejected_transient"  # A-ASSOCIATE-RJ, result transient
     CONTEXT_REFUSED = "context_refused"
     CONNECTION_LOST = "connection_lost"
     UNREADABLE = "unreadable"
@@ -49,6 +53,22 @@ class SendResult:
     key: int
     status: int | None  # DIMSE status, None when never sent
     error: SendError | None = None
+    detail: str = ""  # the A-ASSOCIATE-RJ in words, for a rejection
+
+
+def _not_associated(association: Any,
+                    rejections: list[tuple[int, int, int]]) -> tuple[SendError, str]:
+    """Why no association came of the request, and the rejection in words if there was one."""
+    if rejections:
+        result, source, reason = rejections[0]
+        error = (SendError.REJECTED_PERMANENT if result == pdu.REJECTED_PERMANENT
+                 else SendError.REJECTED_TRANSIENT)
+        return error, pdu.describe_rejection(result, source, reason)
+    # The destination answered but accepts none of what we proposed (a batch of one SOP class
+    # it does not store): a refusal to record, not a network failure to retry.
+    if association.rejected_contexts and not association.accepted_contexts:
+        return SendError.CONTEXT_REFUSED, ""
+    return SendError.NO_ASSOCIATION, ""
 
 
 def send_batch(
@@ -66,13 +86,18 @@ def send_batch(
     contexts = sorted({(f.sop_class_uid, f.transfer_syntax) for f in files})
     for sop_class, syntax in contexts[:MAX_CONTEXTS]:
         ae.add_requested_context(sop_class, [syntax])
-    association = ae.associate(host, port, ae_title=called_aet)
+    rejections: list[tuple[int, int, int]] = []
+
+    def answered(event: Any) -> None:
+        primitive = event.primitive
+        if getattr(primitive, "result", None) in (pdu.REJECTED_PERMANENT, pdu.REJECTED_TRANSIENT):
+            rejections.append((primitive.result, primitive.result_source, primitive.diagnostic))
+
+    association = ae.associate(host, port, ae_title=called_aet,
+                               evt_handlers=[(evt.EVT_ACSE_RECV, answered)])
     if not association.is_established:
-        # The destination answered but accepts none of what we proposed (a batch of one SOP
-        # class it does not store): a refusal to record, not a network failure to retry.
-        refused_all = bool(association.rejected_contexts) and not association.accepted_contexts
-        error = SendError.CONTEXT_REFUSED if refused_all else SendError.NO_ASSOCIATION
-        return [SendResult(f.key, None, error) for f in files]
+        return [SendResult(f.key, None, *_not_associated(association, rejections))
+                for f in files]
     disable_nagle(association)
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in association.accepted_contexts}
     results: list[SendResult] = []

@@ -10,13 +10,13 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from marrownode.config import Settings
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.services.loop import LoopService
-from marrownode.services.worker import AnalysisWorker, RunEnded, SeriesWritten
+from marrownode.services.worker import AnalysisWorker, SeriesWritten, WorkerDied
 from marrownode.states import SetState, StudyState
 from marrownode.store.ingest import Ingestor
 from marrownode.store.spool import Spool
@@ -35,8 +35,24 @@ class _Run:
     """One analysis of one study in the worker, as the node follows it."""
 
     study_uid: str
-    forwarded: set[str] = field(default_factory=set)  # SOP UIDs already handed on
-    ended: threading.Event = field(default_factory=threading.Event)
+
+
+#: A study whose analysis ends the worker process this many times is failed, not retried.
+WORKER_DEATHS_TO_FAIL = 2
+#: Any other failed analysis is tried this many times in all.
+MAX_ANALYSIS_ATTEMPTS = 3
+#: The first retry waits this long; each further one four times as long.
+RETRY_BASE_SECONDS = 15.0
+
+
+def analysis_retry(error: BaseException, attempts: int) -> float | None:
+    """Seconds before a study whose attempts-th analysis ended in error is analysed again, or
+    None when it has failed for good. A study that took the worker process down with it twice
+    is not given a third chance to do it again."""
+    limit = WORKER_DEATHS_TO_FAIL if isinstance(error, WorkerDied) else MAX_ANALYSIS_ATTEMPTS
+    if attempts >= limit:
+        return None
+    return RETRY_BASE_SECONDS * 4.0 ** (attempts - 1)
 
 
 def _patient_fields(path: str) -> str:
@@ -52,8 +68,6 @@ class Assembler(LoopService):
     """Completion decisions and analysis jobs, driven by the index."""
 
     name = "assembler"
-    #: How long the end of a finished run's series may lag behind its result.
-    series_lag_seconds = 30.0
 
     def __init__(
         self,
@@ -65,6 +79,7 @@ class Assembler(LoopService):
         observe_analysis_seconds: Callable[[float], None],
         on_series: SeriesCallback,
         on_analysed: AnalysedCallback,
+        count_failure: Callable[[], None] = lambda: None,
         poll_seconds: float = 0.5,
     ) -> None:
         super().__init__(poll_seconds)
@@ -79,38 +94,26 @@ class Assembler(LoopService):
         self._in_flight: dict[str, Future[dict[str, Any]]] = {}
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
-        self._series_reader: threading.Thread | None = None
+        self.count_failure = count_failure
 
     def on_start(self) -> None:
-        """Read written series as they come; rehearse the worker."""
-        self._series_reader = threading.Thread(target=self._read_series, name="series",
-                                               daemon=True)
-        self._series_reader.start()
+        """Start the worker and rehearse it."""
+        self.worker.start()
         self.worker.warm_up()
 
     def on_stop(self) -> None:
         """Let the run in progress finish; queued runs stay 'analysing' for the next start."""
         self.worker.shutdown()
-        if self._series_reader is not None:
-            self._series_reader.join(10.0)
 
-    def _read_series(self) -> None:
+    def series_written(self, message: SeriesWritten) -> None:
         """Hand each written result series on at once (the deliverer sends it while the worker
-        encodes the next)."""
-        while (message := self.worker.series_queue.get()) is not None:
-            with self._lock:
-                run = self._runs.get(message.run_id)
-            if run is None:  # the warm-up rehearsal, or a run already given up on
-                continue
-            if isinstance(message, RunEnded):
-                run.ended.set()
-            elif isinstance(message, SeriesWritten):
-                self._forward_series(run, message.entries)
-
-    def _forward_series(self, run: _Run, entries: list[dict[str, Any]]) -> None:
-        run.forwarded.update(e["sop_instance_uid"] for e in entries)
+        encodes the next). Called by the worker's supervisor, before the run's result."""
+        with self._lock:
+            run = self._runs.get(message.run_id)
+        if run is None:  # the warm-up rehearsal
+            return
         try:
-            self.on_series(run.study_uid, entries)
+            self.on_series(run.study_uid, message.entries)
         except Exception:
             log.exception("event=series_callback_error study=%s", run.study_uid)
 
@@ -164,35 +167,25 @@ class Assembler(LoopService):
     def _finished(self, study_uid: str, last: float, future: Future[dict[str, Any]],
                   seconds: float, run_id: str) -> None:
         with self._lock:
-            run = self._runs[run_id]
+            self._runs.pop(run_id, None)
             if future.cancelled():  # dropped at shutdown: still 'analysing', re-run at start
-                self._runs.pop(run_id, None)
                 self._in_flight.pop(study_uid, None)
                 return
-        # The series travel on their own queue: wait for the run's end before recording the
-        # result, so that nothing is handed on after the study counts as analysed.
-        if future.exception() is None and not run.ended.wait(self.series_lag_seconds):
-            log.warning("event=series_end_missing study=%s", study_uid)
-        with self._lock:
-            self._runs.pop(run_id, None)
         report = self._record(study_uid, last, future, seconds)
         with self._lock:
             self._in_flight.pop(study_uid, None)
         if report is not None:
-            self._forward_missing(run, report)
             self.on_analysed(study_uid, report)
         self._wake.set()
 
     def _record(self, study_uid: str, last: float, future: Future[dict[str, Any]],
                 seconds: float) -> dict[str, Any] | None:
         """Write the analysis outcome to the index; the report, or None if it failed."""
-        try:
-            report = future.result()
-        except Exception as exc:  # includes a crashed worker process
-            log.error("event=analysis_failed study=%s error=%s", study_uid, type(exc).__name__)
-            self.studies.set_state(study_uid, StudyState.FAILED,
-                                   f"{type(exc).__name__}: {exc}"[:500], if_last_received=last)
+        error = future.exception()
+        if error is not None:
+            self._record_failure(study_uid, last, error)
             return None
+        report = future.result()
         sets = [SetRow(s["key"], s.get("state", SetState.ANALYSED), s.get("reason", ""), s)
                 for s in report["dixon_sets"]]
         self.studies.record_sets(study_uid, sets)
@@ -203,12 +196,21 @@ class Assembler(LoopService):
                  seconds)
         return report
 
-    def _forward_missing(self, run: _Run, report: dict[str, Any]) -> None:
-        """A safety net: every series is normally handed on as it is written."""
-        missing = [entry for dixon_set in report["dixon_sets"]
-                   for entry in dixon_set.get("outputs", [])
-                   if entry["sop_instance_uid"] not in run.forwarded]
-        if missing:
-            log.warning("event=series_not_streamed study=%s outputs=%d", run.study_uid,
-                        len(missing))
-            self._forward_series(run, missing)
+    def _record_failure(self, study_uid: str, last: float, error: BaseException) -> None:
+        """Retry later, or fail for good with the reason (analysis_retry decides)."""
+        self.count_failure()
+        attempts = self.studies.count_failed_analysis(study_uid)
+        delay = analysis_retry(error, attempts)
+        what = f"{type(error).__name__}: {error}"[:400]
+        log.error("event=analysis_failed study=%s attempt=%d retry_in=%s error=%s", study_uid,
+                  attempts, "never" if delay is None else f"{delay:.0f}",
+                  type(error).__name__)
+        if delay is None:
+            reason = (f"analysis ended the worker process {attempts} times: {what}"
+                      if isinstance(error, WorkerDied)
+                      else f"analysis failed {attempts} times: {what}")
+            self.studies.set_state(study_uid, StudyState.FAILED, reason, if_last_received=last)
+        else:
+            self.studies.schedule_retry(
+                study_uid, f"analysis attempt {attempts} failed ({what}); retried in "
+                f"{delay:.0f} s", time.time() + delay)

@@ -18,54 +18,82 @@ from marrownode.net.sender import OutgoingFile, SendError, SendResult, send_batc
 from marrownode.net.ul.status import kept, may_pass
 from marrownode.services.loop import LoopService
 from marrownode.states import DeliveryState, StudyState
-from marrownode.store.outbox import DeliveryOutcome, Outbox, OutboxRow
+from marrownode.store.outbox import DeliveryOutcome, DestinationState, Outbox, OutboxRow
 from marrownode.store.spool import Spool
 from marrownode.store.studies import StudyIndex
 
 log = logging.getLogger(__name__)
 
-#: Send errors that a later try may not meet (the network, a busy peer).
-RETRYABLE_ERRORS = frozenset({SendError.NO_ASSOCIATION, SendError.CONNECTION_LOST})
+#: Send errors that a later try may not meet (the network, a busy or restarting peer).
+TRANSIENT_ERRORS = frozenset({SendError.NO_ASSOCIATION, SendError.CONNECTION_LOST,
+                              SendError.REJECTED_TRANSIENT})
+#: How a permanently refused row's error begins (an address change or `retry` re-queues it).
+PERMANENT_REJECTION = "association rejected permanently"
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Backoff doubles from initial_seconds up to max_seconds; max_attempts tries in all."""
+    """Backoff doubles from initial_seconds up to max_seconds; a row still undelivered
+    give_up_after_seconds after it was queued is failed."""
 
     initial_seconds: float
     max_seconds: float
-    max_attempts: int
+    give_up_after_seconds: float
 
     @classmethod
     def from_settings(cls, outbox: OutboxSettings) -> RetryPolicy:
         """The policy configured in [outbox]."""
-        return cls(outbox.retry_initial_seconds, outbox.retry_max_seconds, outbox.max_attempts)
+        return cls(outbox.retry_initial_seconds, outbox.retry_max_seconds,
+                   outbox.give_up_after_hours * 3600.0)
 
 
-def backoff(attempts: int, policy: RetryPolicy, jitter: float) -> float:
-    """Seconds before the next try after attempts failed ones; jitter in [0.5, 1] spreads
-    rows that failed together."""
-    return min(policy.max_seconds, policy.initial_seconds * 2.0 ** attempts) * jitter
+def backoff(failures: int, policy: RetryPolicy, jitter: float) -> float:
+    """Seconds before the next try after failures failed ones in a row; jitter in [0.5, 1]
+    spreads nodes (and destinations) that failed together."""
+    return min(policy.max_seconds, policy.initial_seconds * 2.0 ** failures) * jitter
 
 
-def outcome_for(result: SendResult, tries: int, policy: RetryPolicy, now: float,
-                jitter: float) -> DeliveryOutcome:
-    """What becomes of a row after its tries-th attempt answered result."""
+def transient(result: SendResult) -> bool:
+    """Whether a later try may succeed where this one did not."""
+    return result.error in TRANSIENT_ERRORS or (
+        result.status is not None and not kept(result.status) and may_pass(result.status))
+
+
+def destination_unreachable(results: list[SendResult]) -> bool:
+    """The batch did not get through as a whole: nothing was accepted and something may pass
+    later. The destination then backs off; otherwise it has answered and is due again."""
+    accepted = any(r.status is not None and kept(r.status) for r in results)
+    return not accepted and any(transient(r) for r in results)
+
+
+def outcome_for(result: SendResult, queued_at: float, policy: RetryPolicy, now: float,
+                retry_at: float) -> DeliveryOutcome:
+    """What becomes of a row after an attempt answered result: delivered, failed with the
+    reason, or queued until retry_at (unless it has waited longer than the policy allows)."""
     if result.status is not None and kept(result.status):
         return DeliveryOutcome(result.key, DeliveryState.DELIVERED, result.status, "", now)
     if result.error is SendError.CONTEXT_REFUSED:
         error = "SOP class or transfer syntax refused by destination"
     elif result.error is SendError.UNREADABLE:
         error = "result file missing or unreadable"
-    elif result.error in RETRYABLE_ERRORS or (
-            result.status is not None and may_pass(result.status)):
-        error = str(result.error) if result.error else f"status 0x{result.status:04X}"
-        if tries < policy.max_attempts:
+    elif result.error is SendError.REJECTED_PERMANENT:
+        error = f"association {result.detail}"
+    elif transient(result):
+        error = (f"association {result.detail}" if result.detail
+                 else str(result.error) if result.error else f"status 0x{result.status:04X}")
+        waited = now - queued_at
+        if waited < policy.give_up_after_seconds:
             return DeliveryOutcome(result.key, DeliveryState.QUEUED, result.status, error,
-                                   now + backoff(tries - 1, policy, jitter))
+                                   retry_at)
+        error = f"gave up after {waited / 3600.0:.1f} h: {error}"
     else:
         error = f"refused with status 0x{result.status or 0:04X}"
     return DeliveryOutcome(result.key, DeliveryState.FAILED, result.status, error, now)
+
+
+def destination_address(destination: Destination) -> str:
+    """AE@host:port: what a permanent refusal was an answer to."""
+    return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
 class Deliverer(LoopService):
@@ -93,6 +121,13 @@ class Deliverer(LoopService):
         requeued = self.outbox.requeue_interrupted()
         if requeued:
             log.info("event=outbox_requeued rows=%d", requeued)
+        for destination in self.settings.destinations:
+            known = self.outbox.destination(destination.name)
+            address = destination_address(destination)
+            if known.address and known.address != address:
+                again = self.outbox.retry(destination.name, error_prefix=PERMANENT_REJECTION)
+                log.info("event=destination_changed destination=%s requeued=%d",
+                         destination.name, again)
 
     def enqueue(self, study_uid: str, entries: list[dict[str, Any]]) -> None:
         """Queue the files of a result series just written (the assembler's series callback)."""
@@ -112,6 +147,8 @@ class Deliverer(LoopService):
     def step(self, now: float) -> None:
         """Send what is due, destination by destination."""
         for destination in self.settings.destinations:
+            if self.outbox.destination(destination.name).next_attempt_at > time.time():
+                continue  # backing off: it did not answer last time
             rows = self.outbox.claim_due(destination.name, time.time())
             if rows:
                 self.deliver(destination, rows)
@@ -124,28 +161,61 @@ class Deliverer(LoopService):
         return min(self.poll_seconds, max(0.0, next_due - time.time()))
 
     def deliver(self, destination: Destination, rows: list[OutboxRow]) -> None:
-        """Send claimed rows over one association and record each outcome."""
+        """Send claimed rows over one association, record each outcome and the destination's
+        answer: a destination that did not answer backs off as a whole; one that answered is
+        due again at once, with everything queued for it."""
         files = [OutgoingFile(r.id, Path(r.path), r.sop_class_uid, r.transfer_syntax)
                  for r in rows]
         started = time.monotonic()
         results = send_batch(files, destination.host, destination.port, destination.ae_title,
                              self.settings.node.ae_title)
-        attempts = {r.id: r.attempts for r in rows}
         now = time.time()
-        outcomes = [outcome_for(result, attempts[result.key] + 1, self.policy, now,
-                                self._random.uniform(0.5, 1.0)) for result in results]
+        state = self._record_answer(destination, results, now)
+        # Rows that may pass later wait with their destination (or briefly, if it answered).
+        retry_at = (state.next_attempt_at if state.failures
+                    else now + self.policy.initial_seconds)
+        queued_at = {r.id: r.queued_at for r in rows}
+        outcomes = [outcome_for(result, queued_at[result.key], self.policy, now, retry_at)
+                    for result in results]
         self.outbox.finish(outcomes)
-        for outcome in outcomes:
-            if outcome.state is not DeliveryState.DELIVERED:
-                self.metrics.delivery_failures.labels(destination.name).inc()
+        if not state.failures:
+            self.outbox.pull_forward(destination.name, now)
+        self._count(destination.name, rows, outcomes, now)
         states = Counter(outcome.state for outcome in outcomes)
-        delivered = states[DeliveryState.DELIVERED]
-        self.metrics.delivered.labels(destination.name).inc(delivered)
-        self._observe_time_to_result(destination.name, rows, outcomes, now)
-        log.info("event=delivery destination=%s sent=%d delivered=%d retry=%d failed=%d "
-                 "seconds=%.2f", destination.name, len(rows), delivered,
-                 states[DeliveryState.QUEUED], states[DeliveryState.FAILED],
-                 time.monotonic() - started)
+        log.info("event=delivery destination=%s studies=%d sent=%d delivered=%d retry=%d "
+                 "failed=%d seconds=%.2f%s", destination.name, len({r.study_uid for r in rows}),
+                 len(rows), states[DeliveryState.DELIVERED], states[DeliveryState.QUEUED],
+                 states[DeliveryState.FAILED], time.monotonic() - started,
+                 f" next_try_in={state.next_attempt_at - now:.1f} error={state.last_error}"
+                 if state.failures else "")
+
+    def _record_answer(self, destination: Destination, results: list[SendResult],
+                       now: float) -> DestinationState:
+        known = self.outbox.destination(destination.name)
+        address = destination_address(destination)
+        if destination_unreachable(results):
+            failures = known.failures + 1
+            delay = backoff(failures - 1, self.policy, self._random.uniform(0.5, 1.0))
+            first = next(r for r in results if transient(r))
+            error = first.detail or str(first.error or f"status 0x{first.status or 0:04X}")
+            state = DestinationState(destination.name, failures, now + delay,
+                                     error.replace(" ", "_"), now, known.last_success_at,
+                                     address)
+        else:
+            answered = next((r.detail for r in results if r.detail), "")
+            state = DestinationState(destination.name, 0, 0.0, answered.replace(" ", "_"),
+                                     now, now if not answered else known.last_success_at,
+                                     address)
+        self.outbox.record_destination(state)
+        return state
+
+    def _count(self, destination: str, rows: list[OutboxRow], outcomes: list[DeliveryOutcome],
+               now: float) -> None:
+        failed = sum(o.state is not DeliveryState.DELIVERED for o in outcomes)
+        if failed:
+            self.metrics.delivery_failures.labels(destination).inc(failed)
+        self.metrics.delivered.labels(destination).inc(len(outcomes) - failed)
+        self._observe_time_to_result(destination, rows, outcomes, now)
 
     def _observe_time_to_result(self, destination: str, rows: list[OutboxRow],
                                 outcomes: list[DeliveryOutcome], now: float) -> None:

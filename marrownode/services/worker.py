@@ -1,15 +1,26 @@
-"""The analysis worker process: the same pipeline function `process` uses, run off the
-receiving path, with each written result series sent back to the node as soon as it exists."""
+"""The analysis worker: one spawned process, supervised.
+
+Analysis runs off the receiving path in a process of its own, the same pipeline function that
+`process` uses. The node talks to it over one pipe: a job goes in, the job's written result
+series come back as they are written (SeriesWritten), then its result or error. Jobs wait in
+the node, not in the process, so a worker that dies (the OOM killer, kill -9, a time limit)
+costs only the job it was running: the supervisor sees the process end at once, fails that
+job with WorkerDied, starts a new process and goes on with the next job.
+"""
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
 import os
+import queue
 import tempfile
+import threading
+import time
 from collections.abc import Callable
-from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
@@ -26,42 +37,65 @@ class SeriesWritten:
     entries: list[dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class RunEnded:
-    """Run run_id has written its last series."""
+class WorkerDied(RuntimeError):
+    """The worker process ended while it ran a job (killed, out of memory, over time)."""
 
-    run_id: str
-
-
-#: In a worker process: the queue on which SeriesWritten and RunEnded go to the node.
-_series_queue: Any = None
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
-def _worker_init(settings: Settings, node_pid: int, series_queue: Any) -> None:
+@dataclass
+class _Job:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future[Any] = field(default_factory=Future)
+
+
+#: In the worker process: the pipe to the node (series messages go on it mid-job).
+_connection: Connection | None = None
+
+
+def _worker_main(connection: Connection, settings: Settings, node_pid: int) -> None:
+    """The worker process: run jobs from the pipe until told to stop or the node is gone."""
     from marrownode.logs import configure_logging
     from marrownode.receiving import on_parent_death
 
-    global _series_queue
-    _series_queue = series_queue
+    global _connection
+    _connection = connection
     configure_logging(settings.logging)
     # An analysis cut short is re-run at the next start (the study is still 'analysing').
     on_parent_death(lambda: os._exit(1), node_pid)
+    while True:
+        try:
+            job = connection.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        function, args = job
+        try:
+            answer: tuple[str, Any] = ("result", function(*args))
+        except Exception as exc:  # the node decides what a failure means
+            answer = ("error", exc)
+        try:
+            connection.send(answer)
+        except Exception:  # an unpicklable result or error: say what it was
+            connection.send(("error", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
 
 
 def run_analysis(
     instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str
 ) -> dict[str, Any]:
-    """Worker entry point: analyse one study, streaming its series as SeriesWritten and
-    ending with RunEnded, whatever happens."""
+    """Worker entry point: analyse one study, sending each series as it is written."""
     from marrownode.pipeline import SourceInstance, analyse_study
 
+    def written(entries: list[dict[str, Any]]) -> None:
+        if _connection is not None:
+            _connection.send(("series", SeriesWritten(run_id, entries)))
+
     sources = [SourceInstance(Path(path), header) for path, header in instances]
-    try:
-        return analyse_study(
-            sources, settings, Path(out_dir),
-            on_outputs=lambda entries: _series_queue.put(SeriesWritten(run_id, entries)))
-    finally:
-        _series_queue.put(RunEnded(run_id))
+    return analyse_study(sources, settings, Path(out_dir), on_outputs=written)
 
 
 def warm_up(settings: Settings) -> int:
@@ -98,33 +132,215 @@ def _warmed_up(future: Future[int]) -> None:
         log.info("event=worker_warmed_up outputs=%d", future.result())
 
 
-class AnalysisWorker:
-    """A pool of worker processes (spawned, so nothing of the node's threads is inherited)
-    and the queue on which they report written series."""
+def _death_reason(exitcode: int | None, timed_out: bool, limit: float) -> str:
+    if timed_out:
+        return f"analysis exceeded its time limit of {limit:.0f} s and was stopped"
+    if exitcode is not None and exitcode < 0:
+        return (f"worker process killed by signal {-exitcode}"
+                + (" (out of memory?)" if -exitcode == 9 else ""))
+    return f"worker process exited with code {exitcode}"
 
-    def __init__(self, settings: Settings, workers: int = 1) -> None:
-        context = multiprocessing.get_context("spawn")
-        self.series_queue: Any = context.Queue()
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_worker_init,
-            initargs=(settings, os.getpid(), self.series_queue))
+
+class AnalysisWorker:
+    """One supervised worker process and the queue of jobs waiting for it."""
+
+    #: How often an idle supervisor looks whether the process still lives.
+    idle_check_seconds = 0.5
+    #: Restarting a process that cannot be started waits this long at most between tries.
+    max_restart_delay_seconds = 30.0
+
+    def __init__(self, settings: Settings, on_series: Callable[[SeriesWritten], None],
+                 on_death: Callable[[], None] = lambda: None,
+                 time_limit_seconds: float | None = None) -> None:
         self._settings = settings
+        self._on_series = on_series
+        self._on_death = on_death
+        self.time_limit_seconds = (time_limit_seconds if time_limit_seconds is not None
+                                   else settings.analysis.time_limit_seconds)
+        self._context = multiprocessing.get_context("spawn")
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._process: Any = None
+        self._connection: Connection | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._start_failures = 0
+        #: Processes that ended unasked, since the node started (metrics).
+        self.deaths = 0
+
+    # --- the node's side ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the process and its supervisor."""
+        self._spawn()
+        self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
 
     def warm_up(self) -> None:
         """Rehearse in the background; the result is only logged."""
-        self._pool.submit(warm_up, self._settings).add_done_callback(_warmed_up)
+        self.submit(warm_up, self._settings).add_done_callback(_warmed_up)
 
     def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
                 run_id: str) -> Future[dict[str, Any]]:
         """Queue one study's analysis."""
-        return self._pool.submit(run_analysis, instances, self._settings, str(out_dir), run_id)
+        return self.submit(run_analysis, instances, self._settings, str(out_dir), run_id)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run any picklable call in the worker (it queues behind analyses)."""
-        return self._pool.submit(function, *args)
+        job = _Job(function, args)
+        if self._stopping.is_set():
+            job.future.cancel()
+        else:
+            self._jobs.put(job)
+        return job.future
+
+    def alive(self) -> bool:
+        """Whether the worker can take jobs: the supervisor runs and the last start of a
+        process succeeded (a process that just died is being replaced, which is healthy)."""
+        return (self._supervisor is not None and self._supervisor.is_alive()
+                and self._start_failures == 0)
+
+    def pid(self) -> int | None:
+        """The current worker process (tests and logs)."""
+        return self._process.pid if self._process is not None else None
 
     def shutdown(self) -> None:
-        """In-flight analyses finish (they are idempotent); queued ones are dropped and, being
-        still 'analysing' in the index, are re-run after the next start."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        self.series_queue.put(None)
+        """The job in progress finishes (analyses are idempotent); waiting ones are cancelled
+        and, being still 'analysing' in the index, are re-run after the next start."""
+        self._stopping.set()
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.future.cancel()
+        self._jobs.put(None)
+        if self._supervisor is not None:
+            self._supervisor.join()
+        self._stop_process()
+
+    # --- the supervisor thread ----------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                job = self._jobs.get(timeout=self.idle_check_seconds)
+            except queue.Empty:
+                self._check_idle_process()
+                continue
+            if job is None:
+                return
+            if not job.future.set_running_or_notify_cancel():
+                continue
+            self._run(job)
+
+    def _check_idle_process(self) -> None:
+        process = self._process
+        if process is None or not process.is_alive():
+            if process is not None:
+                self._died(_death_reason(process.exitcode, False, 0.0), idle=True)
+            self._spawn()
+
+    def _run(self, job: _Job) -> None:
+        if self._process is None or not self._process.is_alive():
+            self._spawn()
+        if self._process is None or self._connection is None:
+            job.future.set_exception(WorkerDied("the worker process could not be started"))
+            return
+        connection, process = self._connection, self._process
+        try:
+            connection.send((job.function, job.args))
+        except (OSError, ValueError) as exc:
+            job.future.set_exception(WorkerDied(f"could not hand the job over: {exc}"))
+            self._died("the pipe to the worker process broke")
+            self._spawn()
+            return
+        self._await(job, connection, process)
+
+    def _await(self, job: _Job, connection: Connection, process: Any) -> None:
+        """Relay series messages until the job's answer, the process's end or the limit."""
+        deadline = time.monotonic() + self.time_limit_seconds
+        while True:
+            ready = wait([connection, process.sentinel],
+                         timeout=max(0.0, deadline - time.monotonic()))
+            if connection in ready:
+                try:
+                    kind, value = connection.recv()
+                except (EOFError, OSError):
+                    ready = [process.sentinel]
+                else:
+                    if kind == "series":
+                        self._relay(value)
+                        continue
+                    if kind == "result":
+                        job.future.set_result(value)
+                    else:
+                        job.future.set_exception(value)
+                    return
+            timed_out = not ready
+            if timed_out:
+                process.kill()
+            process.join(5.0)
+            reason = _death_reason(process.exitcode, timed_out, self.time_limit_seconds)
+            job.future.set_exception(WorkerDied(reason))
+            self._died(reason)
+            self._spawn()
+            return
+
+    def _relay(self, message: SeriesWritten) -> None:
+        try:
+            self._on_series(message)
+        except Exception:
+            log.exception("event=series_callback_error run=%s", message.run_id)
+
+    def _died(self, reason: str, idle: bool = False) -> None:
+        self.deaths += 1
+        self._on_death()
+        pid = self._process.pid if self._process is not None else None
+        log.error("event=worker_died pid=%s idle=%s reason=%s", pid, idle,
+                  reason.replace(" ", "_"))
+        if self._connection is not None:
+            self._connection.close()
+        self._process = self._connection = None
+
+    def _spawn(self) -> None:
+        """Start a worker process; on failure, try again later (health says so meanwhile)."""
+        if self._stopping.is_set():
+            return
+        ours, theirs = self._context.Pipe(duplex=True)
+        process = self._context.Process(
+            target=_worker_main, name="marrownode-worker", daemon=True,
+            args=(theirs, self._settings, os.getpid()))
+        try:
+            process.start()
+        except OSError as exc:
+            self._start_failures += 1
+            delay = min(self.max_restart_delay_seconds, 2.0 ** self._start_failures)
+            log.error("event=worker_start_failed error=%s retry_in=%.0f", exc, delay)
+            ours.close()
+            theirs.close()
+            self._stopping.wait(delay)
+            return
+        theirs.close()
+        self._process, self._connection = process, ours
+        if self._start_failures or self.deaths:
+            log.info("event=worker_started pid=%s deaths=%d", process.pid, self.deaths)
+        self._start_failures = 0
+
+    def _stop_process(self) -> None:
+        process, connection = self._process, self._connection
+        self._process = self._connection = None
+        if process is None:
+            return
+        try:
+            if connection is not None:
+                connection.send(None)
+        except (OSError, ValueError):
+            pass
+        process.join(10.0)
+        if process.is_alive():
+            process.kill()
+            process.join(5.0)
+        if connection is not None:
+            connection.close()

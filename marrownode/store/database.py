@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 INDEX_FILENAME = "index.sqlite3"
 
 _SCHEMA = """
@@ -29,7 +29,9 @@ CREATE TABLE IF NOT EXISTS studies (
     first_received   REAL NOT NULL,
     last_received    REAL NOT NULL,
     updated_at       REAL NOT NULL,
-    report           TEXT
+    report           TEXT,
+    analysis_attempts INTEGER NOT NULL DEFAULT 0,  -- failed or killed runs since the last success
+    retry_at         REAL NOT NULL DEFAULT 0       -- not assessed again before this time
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -71,6 +73,15 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS destinations (
+    name             TEXT PRIMARY KEY,
+    failures         INTEGER NOT NULL DEFAULT 0,  -- failed association attempts in a row
+    next_attempt_at  REAL NOT NULL DEFAULT 0,
+    last_error       TEXT NOT NULL DEFAULT '',
+    last_attempt_at  REAL,
+    last_success_at  REAL,
+    address          TEXT NOT NULL DEFAULT ''     -- AE@host:port the rows were refused by
+);
 CREATE TABLE IF NOT EXISTS dixon_sets (
     study_uid        TEXT NOT NULL,
     set_key          TEXT NOT NULL,
@@ -100,6 +111,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
         if "dirty" in columns:  # version 2 called the event count 'dirty'
             db.execute("ALTER TABLE studies RENAME COLUMN dirty TO pending_events")
+        if "analysis_attempts" not in columns:  # version 3 did not retry analyses
+            db.execute("ALTER TABLE studies ADD COLUMN analysis_attempts INTEGER NOT NULL "
+                       "DEFAULT 0")
+            db.execute("ALTER TABLE studies ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
 
 
 class Database:

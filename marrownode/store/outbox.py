@@ -26,6 +26,7 @@ class OutboxRow:
     transfer_syntax: str
     path: str
     attempts: int
+    queued_at: float
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,20 @@ class DeliveryOutcome:
     status: int | None
     error: str
     next_attempt_at: float
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """A destination's recent answers: failed attempts in a row, when it may be tried again,
+    and the address (AE@host:port) they came from."""
+
+    name: str
+    failures: int = 0
+    next_attempt_at: float = 0.0
+    last_error: str = ""
+    last_attempt_at: float | None = None
+    last_success_at: float | None = None
+    address: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,7 +103,7 @@ class Outbox:
                    ON CONFLICT (destination, sop_instance_uid) DO UPDATE SET
                        state = '{DeliveryState.QUEUED}', attempts = 0, path = excluded.path,
                        next_attempt_at = excluded.next_attempt_at, last_error = '',
-                       updated_at = excluded.updated_at""",
+                       queued_at = excluded.queued_at, updated_at = excluded.updated_at""",
                 rows,
             )
         return len(rows)
@@ -98,7 +113,7 @@ class Outbox:
         with self.db.transaction() as db:
             rows = db.execute(
                 f"""SELECT * FROM outbox WHERE destination = ? AND state = '{DeliveryState.QUEUED}'
-                   AND next_attempt_at <= ? ORDER BY id LIMIT ?""",
+                   AND next_attempt_at <= ? ORDER BY study_uid, id LIMIT ?""",
                 (destination, now, limit),
             ).fetchall()
             db.executemany(
@@ -106,7 +121,7 @@ class Outbox:
                 [(now, row["id"]) for row in rows])
         return [OutboxRow(row["id"], row["study_uid"], row["destination"],
                           row["sop_instance_uid"], row["sop_class_uid"], row["transfer_syntax"],
-                          row["path"], row["attempts"]) for row in rows]
+                          row["path"], row["attempts"], row["queued_at"]) for row in rows]
 
     def finish(self, outcomes: list[DeliveryOutcome]) -> None:
         """Record what became of each sent row."""
@@ -133,12 +148,68 @@ class Outbox:
             return requeued
 
     def next_due(self) -> float | None:
-        """When the earliest queued row is due, or None when nothing is queued."""
+        """When the earliest queued row may go (its own time, and its destination's), or None
+        when nothing is queued."""
         row = self.db.connection().execute(
-            f"SELECT MIN(next_attempt_at) FROM outbox WHERE state = '{DeliveryState.QUEUED}'"
-        ).fetchone()
+            f"""SELECT MIN(MAX(o.next_attempt_at, COALESCE(d.next_attempt_at, 0)))
+               FROM outbox o LEFT JOIN destinations d ON d.name = o.destination
+               WHERE o.state = '{DeliveryState.QUEUED}'""").fetchone()
         due: float | None = row[0]
         return due
+
+    # --- destinations -------------------------------------------------------------------------
+
+    def destination(self, name: str) -> DestinationState:
+        """What the node knows of a destination's recent answers (all zero when new)."""
+        row = self.db.connection().execute(
+            "SELECT * FROM destinations WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            return DestinationState(name)
+        return DestinationState(name, row["failures"], row["next_attempt_at"], row["last_error"],
+                                row["last_attempt_at"], row["last_success_at"], row["address"])
+
+    def record_destination(self, state: DestinationState) -> None:
+        """Store a destination's state after an attempt."""
+        with self.db.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (state.name, state.failures, state.next_attempt_at, state.last_error,
+                 state.last_attempt_at, state.last_success_at, state.address))
+
+    def pull_forward(self, destination: str, now: float) -> int:
+        """Every queued row of the destination is due now (it has just answered)."""
+        with self.db.transaction() as db:
+            moved: int = db.execute(
+                f"""UPDATE outbox SET next_attempt_at = ? WHERE destination = ?
+                   AND state = '{DeliveryState.QUEUED}' AND next_attempt_at > ?""",
+                (now, destination, now)).rowcount
+            return moved
+
+    def retry(self, destination: str | None = None, study_uid: str | None = None,
+              error_prefix: str = "", now: float | None = None) -> int:
+        """Queue failed rows again at once (an operator's retry, a changed address), and
+        forget the destinations' backoff; returns how many rows."""
+        now = time.time() if now is None else now
+        where: list[str] = [f"state = '{DeliveryState.FAILED}'"]
+        params: list[Any] = [now, now]
+        if destination is not None:
+            where.append("destination = ?")
+            params.append(destination)
+        if study_uid is not None:
+            where.append("study_uid = ?")
+            params.append(study_uid)
+        if error_prefix:
+            where.append("last_error LIKE ? || '%'")
+            params.append(error_prefix)
+        with self.db.transaction() as db:
+            count: int = db.execute(
+                f"""UPDATE outbox SET state = '{DeliveryState.QUEUED}', next_attempt_at = ?,
+                       queued_at = ?, last_error = '' WHERE {' AND '.join(where)}""",
+                params).rowcount
+            db.execute("UPDATE destinations SET failures = 0, next_attempt_at = 0"
+                       + (" WHERE name = ?" if destination is not None else ""),
+                       (destination,) if destination is not None else ())
+        return count
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per destination and state (metrics)."""

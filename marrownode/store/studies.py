@@ -196,9 +196,11 @@ class StudyIndex:
         """Studies with events to assess, and waiting studies whose idle timer has run out."""
         rows = self.db.connection().execute(
             f"""SELECT * FROM studies
-               WHERE pending_events > 0 OR (state = '{StudyState.WAITING}' AND last_received <= ?)
+               WHERE (pending_events > 0
+                      OR (state = '{StudyState.WAITING}' AND last_received <= ?))
+                 AND retry_at <= ?
                ORDER BY last_received""",
-            (now - idle_seconds,),
+            (now - idle_seconds, now),
         ).fetchall()
         return [dict(row) for row in rows]
 
@@ -227,6 +229,8 @@ class StudyIndex:
             if report is not None:
                 query += ", report = ?"
                 params.append(json.dumps(report))
+            if state is StudyState.ANALYSED:
+                query += ", analysis_attempts = 0, retry_at = 0"
             query += " WHERE study_uid = ?"
             params.append(study_uid)
             if if_last_received is not None:
@@ -234,6 +238,24 @@ class StudyIndex:
                 params.append(if_last_received)
             updated: bool = db.execute(query, params).rowcount == 1
             return updated
+
+    def count_failed_analysis(self, study_uid: str) -> int:
+        """One more failed (or killed) analysis of the study; how many since its last success."""
+        with self.db.transaction() as db:
+            db.execute("UPDATE studies SET analysis_attempts = analysis_attempts + 1 "
+                       "WHERE study_uid = ?", (study_uid,))
+            row = db.execute("SELECT analysis_attempts FROM studies WHERE study_uid = ?",
+                             (study_uid,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def schedule_retry(self, study_uid: str, reason: str, retry_at: float) -> None:
+        """Back to waiting, assessed again (and so analysed again) from retry_at on."""
+        with self.db.transaction() as db:
+            db.execute(
+                f"""UPDATE studies SET state = '{StudyState.WAITING}', reason = ?,
+                       pending_events = pending_events + 1, retry_at = ?, updated_at = ?
+                   WHERE study_uid = ?""",
+                (reason, retry_at, time.time(), study_uid))
 
     def record_sets(self, study_uid: str, sets: list[SetRow]) -> None:
         """Replace the study's Dixon-set rows."""

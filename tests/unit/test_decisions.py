@@ -1,5 +1,6 @@
 """The node's decisions as pure functions: when a study is complete (decide), what becomes of
-a sent row (outcome_for) and when it is tried again (backoff); and the index migration."""
+a sent row (outcome_for), when a destination backs off and for how long (backoff), when a
+failed analysis is retried, how a rejection is named; and the index migration."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ import pytest
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.dixon.header import summarise
 from marrownode.net.sender import SendError, SendResult
-from marrownode.services.deliverer import RetryPolicy, backoff, outcome_for
+from marrownode.net.ul.pdu import describe_rejection
+from marrownode.services.assembler import analysis_retry
+from marrownode.services.deliverer import (
+    RetryPolicy,
+    backoff,
+    destination_unreachable,
+    outcome_for,
+)
+from marrownode.services.worker import WorkerDied
 from marrownode.states import DeliveryState, SetState
 from marrownode.store.index import Index
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
@@ -55,41 +64,86 @@ def test_decide_table(kind: str, association_open: bool, idle: bool, verdict: Ve
     assert [s.state for s in decision.sets] == ([] if set_state is None else [set_state])
 
 
-POLICY = RetryPolicy(initial_seconds=5, max_seconds=600, max_attempts=3)
+POLICY = RetryPolicy(initial_seconds=5, max_seconds=600, give_up_after_seconds=3600)
 NOW = 10_000.0
+RETRY_AT = NOW + 42
+CALLED_AE = "rejected permanently by the service user: called AE title not recognised"
+CONGESTED = "rejected transiently by the presentation provider: temporary congestion"
 
 
-@pytest.mark.parametrize("result, tries, state, error, next_after", [
-    (SendResult(1, 0x0000), 1, DeliveryState.DELIVERED, "", 0),
-    (SendResult(1, 0xB000), 1, DeliveryState.DELIVERED, "", 0),  # coerced: kept
-    (SendResult(1, 0x0107), 1, DeliveryState.DELIVERED, "", 0),
-    (SendResult(1, None, SendError.NO_ASSOCIATION), 1, DeliveryState.QUEUED,
-     "no_association", 5),
-    (SendResult(1, None, SendError.CONNECTION_LOST), 2, DeliveryState.QUEUED,
-     "connection_lost", 10),
-    (SendResult(1, 0xA700), 2, DeliveryState.QUEUED, "status 0xA700", 10),
-    (SendResult(1, 0x0110), 1, DeliveryState.QUEUED, "status 0x0110", 5),
-    (SendResult(1, None, SendError.NO_ASSOCIATION), 3, DeliveryState.FAILED,
-     "no_association", 0),  # attempts used up
-    (SendResult(1, 0xA900), 1, DeliveryState.FAILED, "refused with status 0xA900", 0),
-    (SendResult(1, 0xC000), 1, DeliveryState.FAILED, "refused with status 0xC000", 0),
-    (SendResult(1, None, SendError.CONTEXT_REFUSED), 1, DeliveryState.FAILED,
-     "SOP class or transfer syntax refused", 0),
-    (SendResult(1, None, SendError.UNREADABLE), 1, DeliveryState.FAILED,
-     "missing or unreadable", 0),
+@pytest.mark.parametrize("result, waited, state, error, next_at", [
+    (SendResult(1, 0x0000), 0, DeliveryState.DELIVERED, "", NOW),
+    (SendResult(1, 0xB000), 0, DeliveryState.DELIVERED, "", NOW),  # coerced: kept
+    (SendResult(1, 0x0107), 0, DeliveryState.DELIVERED, "", NOW),
+    (SendResult(1, None, SendError.NO_ASSOCIATION), 0, DeliveryState.QUEUED,
+     "no_association", RETRY_AT),
+    (SendResult(1, None, SendError.CONNECTION_LOST), 60, DeliveryState.QUEUED,
+     "connection_lost", RETRY_AT),
+    (SendResult(1, None, SendError.REJECTED_TRANSIENT, CONGESTED), 0, DeliveryState.QUEUED,
+     "association rejected transiently by the presentation provider", RETRY_AT),
+    (SendResult(1, 0xA700), 60, DeliveryState.QUEUED, "status 0xA700", RETRY_AT),
+    (SendResult(1, 0x0110), 0, DeliveryState.QUEUED, "status 0x0110", RETRY_AT),
+    (SendResult(1, None, SendError.NO_ASSOCIATION), 3600, DeliveryState.FAILED,
+     "gave up after 1.0 h: no_association", NOW),  # waited as long as the policy allows
+    (SendResult(1, None, SendError.REJECTED_PERMANENT, CALLED_AE), 0, DeliveryState.FAILED,
+     "association rejected permanently by the service user: called AE title not recognised",
+     NOW),
+    (SendResult(1, 0xA900), 0, DeliveryState.FAILED, "refused with status 0xA900", NOW),
+    (SendResult(1, 0xC000), 0, DeliveryState.FAILED, "refused with status 0xC000", NOW),
+    (SendResult(1, None, SendError.CONTEXT_REFUSED), 0, DeliveryState.FAILED,
+     "SOP class or transfer syntax refused", NOW),
+    (SendResult(1, None, SendError.UNREADABLE), 0, DeliveryState.FAILED,
+     "missing or unreadable", NOW),
 ])
-def test_outcome_for_table(result: SendResult, tries: int, state: DeliveryState, error: str,
-                           next_after: float) -> None:
-    outcome = outcome_for(result, tries, POLICY, NOW, jitter=1.0)
+def test_outcome_for_table(result: SendResult, waited: float, state: DeliveryState, error: str,
+                           next_at: float) -> None:
+    outcome = outcome_for(result, NOW - waited, POLICY, NOW, RETRY_AT)
     assert (outcome.row_id, outcome.state, outcome.status) == (1, state, result.status)
     assert error in outcome.error and (error == "") == (outcome.error == "")
-    assert outcome.next_attempt_at == NOW + next_after
+    assert outcome.next_attempt_at == next_at
 
 
-@pytest.mark.parametrize("attempts, ceiling", [(0, 5), (1, 10), (3, 40), (7, 600), (30, 600)])
-def test_backoff_doubles_is_capped_and_jitter_scales_it(attempts: int, ceiling: float) -> None:
-    assert backoff(attempts, POLICY, 1.0) == ceiling
-    assert backoff(attempts, POLICY, 0.5) == ceiling / 2
+@pytest.mark.parametrize("results, unreachable", [
+    ([SendResult(1, None, SendError.NO_ASSOCIATION)] * 3, True),
+    ([SendResult(1, None, SendError.REJECTED_TRANSIENT, CONGESTED)], True),
+    ([SendResult(1, 0xA700), SendResult(2, 0xA700)], True),  # out of resources: back off
+    ([SendResult(1, 0x0000), SendResult(2, None, SendError.CONNECTION_LOST)], False),
+    ([SendResult(1, None, SendError.REJECTED_PERMANENT, CALLED_AE)], False),  # it answered
+    ([SendResult(1, None, SendError.CONTEXT_REFUSED)], False),
+    ([SendResult(1, 0xC000)], False),
+])
+def test_a_destination_backs_off_only_when_nothing_got_through(results: list[SendResult],
+                                                               unreachable: bool) -> None:
+    assert destination_unreachable(results) is unreachable
+
+
+@pytest.mark.parametrize("failures, ceiling", [(0, 5), (1, 10), (3, 40), (7, 600), (30, 600)])
+def test_backoff_doubles_is_capped_and_jitter_scales_it(failures: int, ceiling: float) -> None:
+    assert backoff(failures, POLICY, 1.0) == ceiling
+    assert backoff(failures, POLICY, 0.5) == ceiling / 2
+
+
+@pytest.mark.parametrize("error, attempts, retry_in", [
+    (ValueError("bad pixel data"), 1, 15.0),
+    (ValueError("bad pixel data"), 2, 60.0),
+    (ValueError("bad pixel data"), 3, None),  # tried three times: failed for good
+    (WorkerDied("worker process killed by signal 9"), 1, 15.0),
+    (WorkerDied("worker process killed by signal 9"), 2, None),  # killed it twice
+])
+def test_analysis_retry_table(error: BaseException, attempts: int,
+                              retry_in: float | None) -> None:
+    assert analysis_retry(error, attempts) == retry_in
+
+
+@pytest.mark.parametrize("codes, words", [
+    ((1, 1, 7), "rejected permanently by the service user: called AE title not recognised"),
+    ((1, 1, 3), "rejected permanently by the service user: calling AE title not recognised"),
+    ((2, 3, 2), "rejected transiently by the presentation provider: local limit exceeded"),
+    ((1, 2, 2), "rejected permanently by the ACSE provider: protocol version not supported"),
+    ((1, 9, 9), "rejected permanently by source 9: reason 9"),
+])
+def test_rejections_are_named(codes: tuple[int, int, int], words: str) -> None:
+    assert describe_rejection(*codes) == words
 
 
 def test_index_of_schema_2_is_migrated_keeping_its_event_counts(tmp_path: Path) -> None:
@@ -108,4 +162,6 @@ def test_index_of_schema_2_is_migrated_keeping_its_event_counts(tmp_path: Path) 
     study = index.studies.study("1.2")
     assert study is not None and study["pending_events"] == 3 and "dirty" not in study
     assert index.studies.studies_to_assess(now=3, idle_seconds=600)[0]["study_uid"] == "1.2"
-    assert index.db.connection().execute("PRAGMA user_version").fetchone()[0] == 3
+    assert index.db.connection().execute("PRAGMA user_version").fetchone()[0] == 4
+    assert study["analysis_attempts"] == 0 and study["retry_at"] == 0  # version 4 columns
+    assert index.outbox.destination("pacs").failures == 0

@@ -30,6 +30,29 @@ REASON_CALLING_AE, REASON_CALLED_AE = 3, 7
 REASON_PROTOCOL_VERSION = 2  # with SOURCE_ACSE
 REASON_LOCAL_LIMIT = 2  # with SOURCE_PRESENTATION
 
+_REJECT_RESULTS = {REJECTED_PERMANENT: "permanently", REJECTED_TRANSIENT: "transiently"}
+_REJECT_SOURCES = {SOURCE_SERVICE_USER: "the service user", SOURCE_ACSE: "the ACSE provider",
+                   SOURCE_PRESENTATION: "the presentation provider"}
+_REJECT_REASONS = {
+    SOURCE_SERVICE_USER: {REASON_NO_REASON: "no reason given",
+                          REASON_APPLICATION_CONTEXT: "application context not supported",
+                          REASON_CALLING_AE: "calling AE title not recognised",
+                          REASON_CALLED_AE: "called AE title not recognised"},
+    SOURCE_ACSE: {REASON_NO_REASON: "no reason given",
+                  REASON_PROTOCOL_VERSION: "protocol version not supported"},
+    SOURCE_PRESENTATION: {1: "temporary congestion", REASON_LOCAL_LIMIT: "local limit exceeded"},
+}
+
+
+def describe_rejection(result: int, source: int, reason: int) -> str:
+    """An A-ASSOCIATE-RJ in words, e.g. 'rejected permanently by the service user: called AE
+    title not recognised' (unknown codes are named by number)."""
+    how = _REJECT_RESULTS.get(result, f"with result {result}")
+    who = _REJECT_SOURCES.get(source, f"source {source}")
+    why = _REJECT_REASONS.get(source, {}).get(reason, f"reason {reason}")
+    return f"rejected {how} by {who}: {why}"
+
+
 # A-ABORT source and reason (PS3.8 table 9-26).
 ABORT_SERVICE_USER, ABORT_SERVICE_PROVIDER = 0, 2
 ABORT_NOT_SPECIFIED, ABORT_UNRECOGNIZED_PDU, ABORT_UNEXPECTED_PDU = 0, 1, 2
