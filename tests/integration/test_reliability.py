@@ -1,0 +1,220 @@
+"""Fault trials (#15): the analysis worker killed or over time, a worker that cannot be
+started, a destination down then up, a destination that refuses us for good."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from marrownode.net.standin import StandInPACS
+from marrownode.services import assembler
+from marrownode.services.worker import WorkerDied
+from marrownode.synthetic.studies import StudyOptions, build_study
+from tests.conftest import (
+    DCMTK,
+    dcmtk_env,
+    free_port,
+    require_binary,
+    results_delivered,
+    wait_for_port,
+    wait_until,
+)
+from tests.scu import send
+
+
+def study_uid_after_sending(node: Any, key: str) -> str:
+    datasets = build_study(StudyOptions(style="siemens", study_key=key))
+    assert send(node.receiver.port, datasets) == [0] * len(datasets)
+    return str(datasets[0].StudyInstanceUID)
+
+
+def state_of(node: Any, study_uid: str) -> str:
+    return str((node.index.studies.study(study_uid) or {}).get("state"))
+
+
+def sample(node: Any, name: str) -> float:
+    return node.metrics.registry.get_sample_value(name) or 0.0
+
+
+def test_a_killed_worker_is_replaced_and_the_queue_goes_on(node_factory) -> None:
+    """kill -9 of the worker (what the OOM killer does): the job it ran fails with the
+    reason, a new process takes over at once, and the study queued behind it is analysed."""
+    node = node_factory(completion={"idle_seconds": 60})
+    node.worker.submit(int).result(timeout=120)  # the warm-up is done
+    blocker = node.worker.submit(time.sleep, 120)
+    wait_until(blocker.running, timeout=10)
+    study_uid = study_uid_after_sending(node, "queued-behind")
+    wait_until(lambda: state_of(node, study_uid) == "analysing", timeout=20)
+    killed = node.worker.pid()
+    assert killed is not None
+
+    os.kill(killed, signal.SIGKILL)
+    error = blocker.exception(timeout=10)
+    assert isinstance(error, WorkerDied) and "killed by signal 9" in str(error)
+    wait_until(lambda: state_of(node, study_uid) == "analysed", timeout=90)
+    assert node.worker.pid() not in (None, killed)
+    assert node.worker.deaths == 1 and sample(node, "marrownode_worker_deaths_total") == 1
+    assert node.health().ok
+
+
+def test_a_study_that_ends_the_worker_twice_is_failed_and_the_node_goes_on(
+        node_factory, monkeypatch) -> None:
+    """An analysis over its time limit is stopped like a killed worker: retried once, then
+    failed with the reason; the next study is analysed by the replacement worker."""
+    monkeypatch.setattr(assembler, "RETRY_BASE_SECONDS", 0.2)
+    node = node_factory(completion={"idle_seconds": 60})
+    node.worker.submit(int).result(timeout=120)
+    node.worker.time_limit_seconds = 0.01
+    doomed = study_uid_after_sending(node, "too-slow")
+    wait_until(lambda: state_of(node, doomed) == "failed", timeout=60)
+    study = node.index.studies.study(doomed)
+    assert "ended the worker process 2 times" in study["reason"]
+    assert "time limit" in study["reason"]
+    assert node.worker.deaths == 2
+    assert sample(node, "marrownode_analysis_failures_total") == 2
+    time.sleep(1.0)  # failed for good: not tried a third time
+    assert node.worker.deaths == 2 and state_of(node, doomed) == "failed"
+
+    node.worker.time_limit_seconds = 900
+    fine = study_uid_after_sending(node, "in-time")
+    wait_until(lambda: state_of(node, fine) == "analysed", timeout=90)
+    assert node.health().ok
+
+
+class _NoNewProcesses:
+    """A multiprocessing context whose Process cannot be started (fork refused)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real = real
+
+    def Pipe(self, duplex: bool = True) -> Any:  # noqa: N802 - multiprocessing's name
+        return self.real.Pipe(duplex)
+
+    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+        return _Unstartable()
+
+
+class _Unstartable:
+    def start(self) -> None:
+        raise OSError(11, "Resource temporarily unavailable")
+
+
+def test_health_reports_a_worker_that_cannot_be_started(node_factory) -> None:
+    from tests.integration.test_operations import http_get
+
+    http_port = free_port()
+    node = node_factory(http={"enabled": True, "port": http_port})
+    node.worker.submit(int).result(timeout=120)
+    real = node.worker._context
+    node.worker._context = _NoNewProcesses(real)
+    os.kill(node.worker.pid(), signal.SIGKILL)
+    wait_until(lambda: not node.health().ok, timeout=10)
+    status, body = http_get(http_port, "/healthz")
+    assert status == 503 and b'"failed": ["analysis_worker"]' in body
+
+    node.worker._context = real  # the cause goes away: the supervisor starts one again
+    wait_until(lambda: node.health().ok, timeout=40)
+    assert node.worker.submit(int).result(timeout=120) == 0
+    assert http_get(http_port, "/healthz")[0] == 200
+
+
+def associations_received(log: Path) -> int:
+    return log.read_text(errors="replace").count("Association Received")
+
+
+def test_a_destination_down_then_up_gets_few_attempts_and_its_backlog_at_once(
+        node_factory, tmp_path, caplog) -> None:
+    """While DCMTK's storescp is down the node backs off per destination (not per result);
+    once it is up, the results of two studies go in a handful of associations."""
+    import logging
+
+    storescp = require_binary(str(DCMTK / "storescp"))
+    port = free_port()
+    node = node_factory(
+        completion={"idle_seconds": 60},
+        outbox={"retry_initial_seconds": 0.5, "retry_max_seconds": 4.0},
+        destinations=[{"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1",
+                       "port": port}])
+    with caplog.at_level(logging.INFO, logger="marrownode.services.deliverer"):
+        uids = [study_uid_after_sending(node, f"backlog{i}") for i in range(2)]
+        wait_until(lambda: all(state_of(node, uid) == "analysed" for uid in uids), timeout=120)
+        time.sleep(6.0)
+        attempts_down = sum("event=delivery " in r.getMessage() for r in caplog.records)
+        destination = node.index.outbox.destination("pacs")
+        assert destination.failures >= 3 and "no_association" in destination.last_error
+        # Doubling from 0.5 s to 4 s: some ten attempts in all, whatever the number of rows.
+        assert 3 <= attempts_down <= 14
+        assert all(not results_delivered(node, uid) for uid in uids)
+
+        out = tmp_path / "pacs"
+        out.mkdir()
+        log = tmp_path / "storescp.log"
+        with log.open("wb") as handle:
+            pacs = subprocess.Popen([storescp, "-v", "-aet", "PACS", "-od", str(out), str(port)],
+                                    stdout=handle, stderr=subprocess.STDOUT, env=dcmtk_env())
+            try:
+                wait_for_port(port)
+                caplog.clear()
+                wait_until(lambda: all(results_delivered(node, uid) for uid in uids),
+                           timeout=30)
+                attempts_up = sum("event=delivery " in r.getMessage() for r in caplog.records)
+            finally:
+                pacs.terminate()
+                pacs.wait(10)
+    files = list(out.iterdir())
+    assert len(files) == 80  # 40 results per study, each once
+    assert associations_received(log) <= 3 and attempts_up <= 3
+    assert node.index.outbox.destination("pacs").failures == 0
+
+
+def test_a_permanent_rejection_fails_at_once_and_a_corrected_address_delivers(
+        node_factory, tmp_path) -> None:
+    """Called AE title not recognised: the rows fail with the reason after one association
+    attempt and are not retried; the node restarted with the right AE title sends them."""
+    from marrownode.node import Node
+
+    pacs = StandInPACS(tmp_path / "pacs", ae_title="STANDIN")
+    pacs.ae.require_called_aet = True
+    pacs.start()
+    try:
+        node = node_factory(
+            completion={"idle_seconds": 60},
+            outbox={"retry_initial_seconds": 0.2, "retry_max_seconds": 0.5},
+            destinations=[{"name": "pacs", "ae_title": "WRONG", "host": "127.0.0.1",
+                           "port": pacs.port}])
+        study_uid = study_uid_after_sending(node, "wrong-ae")
+        wait_until(lambda: state_of(node, study_uid) == "analysed", timeout=90)
+        wait_until(lambda: node.index.outbox.summaries(study_uid)[0].failed == 40, timeout=30)
+        (summary,) = node.index.outbox.summaries(study_uid)
+        assert "rejected permanently" in summary.failed_reason
+        assert "called AE title not recognised" in summary.failed_reason
+        time.sleep(1.5)  # three times the longest backoff: nothing is tried again
+        attempts = node.index.db.connection().execute(
+            "SELECT DISTINCT attempts FROM outbox").fetchall()
+        assert [row[0] for row in attempts] == [1] and not pacs.received
+        node.stop(grace_seconds=1.0)
+
+        corrected = node.settings.model_copy(update={"destinations": [
+            node.settings.destinations[0].model_copy(update={"ae_title": "STANDIN"})]})
+        again = Node(corrected)
+        again.start()
+        try:
+            wait_until(lambda: results_delivered(again, study_uid), timeout=30)
+        finally:
+            again.stop(grace_seconds=1.0)
+        assert len(pacs.received) == 40
+    finally:
+        pacs.stop()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_pynetdicom() -> None:
+    import logging
+
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
