@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -57,9 +58,14 @@ class IngestSink:
                  on_association_end: Callable[[str], None] | None = None) -> None:
         self.ingestor = ingestor
         self.on_association_end = on_association_end
+        #: Associations whose end could not be written yet (index full or locked): written
+        #: at the next association event, so none stays 'open' and holds its studies back.
+        self._unrecorded_ends: set[str] = set()
+        self._ends_lock = threading.Lock()
 
     def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
         """Record the association, so its studies wait until it ends."""
+        self._record_ends()
         self.ingestor.studies.open_association(association_id, calling_ae, peer)
 
     def open_instance(self, association_id: str) -> InstanceWriter | StoreAnswer:
@@ -80,12 +86,28 @@ class IngestSink:
     def association_closed(self, association_id: str) -> None:
         """Record the end, close this association thread's index connection (the thread is
         about to end), then tell the node."""
+        with self._ends_lock:
+            self._unrecorded_ends.add(association_id)
         try:
-            self.ingestor.studies.close_association(association_id)
+            self._record_ends()
         finally:
             self.ingestor.studies.db.close()
         if self.on_association_end is not None:
             self.on_association_end(association_id)
+
+    def _record_ends(self) -> None:
+        with self._ends_lock:
+            ends = sorted(self._unrecorded_ends)
+        for association_id in ends:
+            try:
+                self.ingestor.studies.close_association(association_id)
+            except sqlite3.Error as exc:
+                log.error("event=association_end_unrecorded association=%s error=%s "
+                          "detail=retried_at_the_next_association", association_id,
+                          str(exc).replace(" ", "_"))
+                return
+            with self._ends_lock:
+                self._unrecorded_ends.discard(association_id)
 
 
 def on_parent_death(action: Callable[[], None], parent_pid: int,

@@ -171,10 +171,11 @@ class Database:
                 db.execute("BEGIN IMMEDIATE")
                 try:
                     yield db
+                    db.execute("COMMIT")  # may fail too (SQLITE_FULL): then nothing is kept
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    if db.in_transaction:  # SQLite already rolled back after SQLITE_FULL & co.
+                        db.execute("ROLLBACK")
                     raise
-                db.execute("COMMIT")
             finally:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import mmap
+import sqlite3
 from dataclasses import dataclass
 from enum import StrEnum
 from io import BytesIO
@@ -129,12 +130,32 @@ class Ingestor:
                       else IngestResult.WRITE_FAILED)
             log.error("event=store_failed sop=%s error=%s", sop_uid, exc.strerror)
             return IngestOutcome(result, "cannot write to spool")
-        previous = self.studies.record_instance(
-            header, path, incoming.size, transfer_syntax, association_id, summarised=False
-        )
+        try:
+            previous = self.studies.record_instance(
+                header, path, incoming.size, transfer_syntax, association_id, summarised=False
+            )
+        except sqlite3.Error as exc:
+            return self._index_failed(exc, sop_uid, path)
         if previous and previous != str(path):
             Path(previous).unlink(missing_ok=True)
         return IngestOutcome(IngestResult.STORED, study_uid=study_uid, path=path)
+
+    def _index_failed(self, exc: sqlite3.Error, sop_uid: str, path: Path) -> IngestOutcome:
+        """The file is in place but its row could not be committed: not acknowledged, so it
+        must not stay as an unindexed file (unless it replaced an instance already indexed
+        at the same path, which stays acknowledged)."""
+        full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        log.error("event=index_write_failed sop=%s error=%s", sop_uid,
+                  str(exc).replace(" ", "_"))
+        try:
+            indexed = self.studies.has_instance(sop_uid)
+        except sqlite3.Error:
+            indexed = True  # cannot tell: keep the file, start-up recovery decides
+        if not indexed:
+            path.unlink(missing_ok=True)
+        if full:
+            return IngestOutcome(IngestResult.OUT_OF_SPACE, "index disk full")
+        return IngestOutcome(IngestResult.WRITE_FAILED, "cannot write to index")
 
     def _identify_file(self, incoming: IncomingFile) -> tuple[dict[str, Any], str] | IngestOutcome:
         incoming.finish()

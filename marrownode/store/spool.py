@@ -41,6 +41,11 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+#: Kept free beyond the watermark for the index (its WAL and the row of the instance being
+#: stored), which lives on the same storage root: the watermark covers both.
+INDEX_RESERVE_BYTES = 4 << 20
+
+
 class OutOfSpace(Exception):
     """Free space would fall below the configured watermark."""
 
@@ -120,7 +125,8 @@ class Spool:
         return self.free_space_probe(self.root)
 
     def has_room_for(self, size: int) -> bool:
-        return self.free_bytes() - size >= self.min_free_bytes
+        """Whether size bytes, and the index rows that record them, fit above the watermark."""
+        return self.free_bytes() - size - INDEX_RESERVE_BYTES >= self.min_free_bytes
 
     def incoming(self) -> IncomingFile:
         """A temp file for an instance about to arrive; OutOfSpace below the watermark."""
@@ -132,7 +138,7 @@ class Spool:
         """Durably move a received file into place (fsync, rename, fsync directory); the temp
         file is gone whatever happens. OutOfSpace when it took the disk below the watermark."""
         try:
-            if self.free_bytes() < self.min_free_bytes:
+            if not self.has_room_for(0):  # the file is written: room for its index row
                 raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
             incoming.finish()
             self._make_directories(path.parent)

@@ -115,6 +115,12 @@ class StudyIndex:
                 [(json.dumps(header, separators=(",", ":")), sop_uid)
                  for sop_uid, header in headers.items()])
 
+    def has_instance(self, sop_instance_uid: str) -> bool:
+        """Whether the index has a row for this SOP Instance UID."""
+        return self.db.connection().execute(
+            "SELECT 1 FROM instances WHERE sop_instance_uid = ?",
+            (sop_instance_uid,)).fetchone() is not None
+
     def known_paths(self) -> set[str]:
         """Every spool path the index has a row for (start-up recovery)."""
         rows = self.db.connection().execute("SELECT path FROM instances").fetchall()

@@ -218,3 +218,42 @@ def _quiet_pynetdicom() -> None:
     import logging
 
     logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
+
+def test_index_full_after_the_spool_write_answers_a700_and_leaves_no_unindexed_file(
+        node_factory) -> None:
+    """The disk fills between the spool write and the index commit (SQLite's own
+    'database or disk is full', provoked with max_page_count): the instance is answered
+    0xA700 (not 0x0110), its file does not stay behind, and the association is closed in the
+    index; once there is room the same instances are stored."""
+    node = node_factory(completion={"idle_seconds": 60})
+    db = node.ingestor.studies.db
+    real_connection = db.connection
+    with db.transaction() as connection:  # a little room: the first rows fit, later ones not
+        pages = connection.execute("PRAGMA page_count").fetchone()[0] + 3
+
+    def limited() -> Any:
+        connection = real_connection()
+        connection.execute(f"PRAGMA max_page_count = {pages}")
+        return connection
+
+    db.connection = limited
+    datasets = build_study(StudyOptions(style="siemens", study_key="index-full"))
+    statuses = send(node.receiver.port, datasets)
+    assert 0xA700 in statuses and 0x0110 not in statuses and statuses[0] == 0
+    assert set(statuses) == {0x0000, 0xA700}
+    del db.connection  # room again (the association threads' connections are closed)
+
+    stored = {ds.SOPInstanceUID for ds, status in zip(datasets, statuses, strict=True)
+              if status == 0}
+    indexed = {row.sop_instance_uid for row in
+               node.index.studies.instances(datasets[0].StudyInstanceUID)}
+    files = {p.stem for p in node.spool.data_dir.rglob("*.dcm")}
+    assert indexed == stored and len(files) == len(stored)  # no file without its row
+    assert not list(node.spool.temp_dir.iterdir())
+    open_rows = node.index.db.connection().execute(
+        "SELECT COUNT(*) FROM associations WHERE closed_at IS NULL").fetchone()[0]
+    assert open_rows == 0
+
+    assert send(node.receiver.port, datasets) == [0] * len(datasets)
+    assert len(list(node.spool.data_dir.rglob("*.dcm"))) == len(datasets)
