@@ -1,7 +1,8 @@
-"""Command line: serve, process, demo, check-config, echo, status.
+"""Command line: serve, process, demo, check-config, echo, status, retry, rebuild-index.
 
 Exit codes: 0 ok, 2 bad usage or bad configuration (the message says what and where),
-1 runtime failure.
+1 runtime failure, 3 the index is damaged (the message names the command that rebuilds it;
+the systemd unit does not restart on 2 or 3: both need the operator).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,8 +18,9 @@ from pathlib import Path
 from marrownode import __version__
 from marrownode.config import ConfigError, effective_settings_toml, load_settings
 from marrownode.logs import configure_logging
+from marrownode.store.database import IndexDamaged
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INDEX_DAMAGED = 0, 1, 2, 3
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +51,15 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="what the index knows")
     status.add_argument("--config", type=Path)
     status.add_argument("--json", action="store_true")
+
+    retry = sub.add_parser("retry", help="send failed results again now (and end backoff)")
+    retry.add_argument("--config", type=Path)
+    retry.add_argument("--destination", help="only this destination")
+    retry.add_argument("--study", help="only this Study Instance UID")
+
+    rebuild = sub.add_parser(
+        "rebuild-index", help="keep a damaged index aside and index the spool afresh")
+    rebuild.add_argument("--config", type=Path)
     return parser
 
 
@@ -116,7 +128,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no index at {path} (has the node received anything?)", file=sys.stderr)
         return EXIT_FAILURE
-    report = Index(path).status()
+    index = Index(path)
+    index.db.check()
+    report = index.status()
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
@@ -136,6 +150,44 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 f"  destination {delivery['destination']}: delivered {delivery['delivered']}"
                 f" pending {delivery['pending']} failed {delivery['failed']}"
             )
+    return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    from marrownode.store.database import index_path
+    from marrownode.store.index import Index
+
+    settings = load_settings(args.config)
+    names = [d.name for d in settings.destinations]
+    if args.destination is not None and args.destination not in names:
+        print(f"unknown destination {args.destination!r}; configured: "
+              f"{', '.join(names) or '(none)'}", file=sys.stderr)
+        return EXIT_USAGE
+    path = index_path(settings.storage.root)
+    if not path.exists():
+        print(f"no index at {path}", file=sys.stderr)
+        return EXIT_FAILURE
+    count = Index(path).outbox.retry(args.destination, args.study)
+    print(f"{count} result(s) queued again"
+          + (f" for {args.destination}" if args.destination else "")
+          + "; a running node sends them within a second")
+    return EXIT_OK
+
+
+def _cmd_rebuild_index(args: argparse.Namespace) -> int:
+    from marrownode.store.lock import StorageLocked
+    from marrownode.store.rebuild import rebuild_index
+
+    settings = load_settings(args.config)
+    try:
+        rebuilt = rebuild_index(settings.storage.root)
+    except StorageLocked as exc:
+        print(f"marrownode rebuild-index: {exc}; stop it first", file=sys.stderr)
+        return EXIT_USAGE
+    if rebuilt.kept_as is not None:
+        print(f"the old index is kept as {rebuilt.kept_as}")
+    print(f"index rebuilt from the spool: {rebuilt.instances} instances, {rebuilt.studies} "
+          "studies (they are analysed again and their results re-sent when the node starts)")
     return EXIT_OK
 
 
@@ -168,6 +220,8 @@ COMMANDS = {
     "check-config": _cmd_check_config,
     "echo": _cmd_echo,
     "status": _cmd_status,
+    "retry": _cmd_retry,
+    "rebuild-index": _cmd_rebuild_index,
 }
 
 
@@ -179,5 +233,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
+    except IndexDamaged as exc:
+        print(f"marrownode {args.command}: {exc}", file=sys.stderr)
+        return EXIT_INDEX_DAMAGED
+    except sqlite3.DatabaseError as exc:  # damage found past the start-up check
+        if not isinstance(exc, sqlite3.OperationalError) or "malformed" in str(exc):
+            print(f"marrownode {args.command}: the index is damaged ({exc}); stop the node "
+                  "and run `marrownode rebuild-index` with the same --config", file=sys.stderr)
+            return EXIT_INDEX_DAMAGED
+        raise
     except KeyboardInterrupt:
         return EXIT_FAILURE

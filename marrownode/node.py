@@ -35,7 +35,12 @@ class Node:
         # First of all: nothing of the storage root is touched unless this node owns it.
         self.lock = StorageLock(settings.storage.root)
         self.spool = open_spool(settings)
-        self.index = Index(index_path(settings.storage.root))
+        try:
+            self.index = Index(index_path(settings.storage.root))
+            self.index.db.check()  # a damaged index is named now, with the way out
+        except BaseException:
+            self.lock.release()
+            raise
         self.ingestor = open_ingestor(self.spool, self.index.path)
         self.metrics = Metrics()
         extra = settings.node.receiver_processes - 1

@@ -94,6 +94,20 @@ CREATE TABLE IF NOT EXISTS dixon_sets (
 """
 
 
+class IndexDamaged(Exception):
+    """The index file cannot be read as a database (or fails its integrity check)."""
+
+    def __init__(self, path: Path, detail: str) -> None:
+        super().__init__(
+            f"the index {path} is damaged ({detail}). Stop the node and run `marrownode "
+            "rebuild-index` with the same --config: it keeps the damaged file beside it and "
+            "re-indexes the spool (study states and delivery history are lost; studies are "
+            "analysed again and their results re-sent under the same UIDs)")
+        self.path = path
+        self.detail = detail
+        self.args = (" ".join(str(self.args[0]).split()),)  # one line, whatever SQLite said
+
+
 def index_path(storage_root: Path) -> Path:
     """Where the index of a storage root lives."""
     return Path(storage_root) / INDEX_FILENAME
@@ -117,6 +131,12 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute("ALTER TABLE studies ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
 
 
+def _damage(exc: sqlite3.Error) -> bool:
+    """Whether an error says the file is not (or no longer) a sound database."""
+    return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT,
+                                                      sqlite3.SQLITE_NOTADB)
+
+
 class Database:
     """Thread-safe access to the index file: per-thread connections, serialised writers."""
 
@@ -136,11 +156,28 @@ class Database:
         self._lock_fd = os.open(f"{self.path}.writer-lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
                                 0o600)
         weakref.finalize(self, os.close, self._lock_fd)
-        with self.transaction() as db:
-            _migrate(db)
-        db = self.connection()
-        db.executescript(_SCHEMA)  # executescript commits on its own
-        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        try:
+            with self.transaction() as db:
+                _migrate(db)
+            db = self.connection()
+            db.executescript(_SCHEMA)  # executescript commits on its own
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _damage(exc):
+                raise  # locked, read-only, disk full: not damage
+            self.close()
+            raise IndexDamaged(self.path, str(exc)) from None
+
+    def check(self) -> None:
+        """SQLite's quick integrity check (at start: a damaged index is named, not met later
+        as a traceback in the middle of a transfer); IndexDamaged when it fails."""
+        try:
+            rows = self.connection().execute("PRAGMA quick_check(3)").fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise IndexDamaged(self.path, str(exc)) from None
+        problems = [row[0] for row in rows if row[0] != "ok"]
+        if problems:
+            raise IndexDamaged(self.path, "; ".join(problems)[:300])
 
     def connection(self) -> sqlite3.Connection:
         """This thread's connection (opened on first use); for reads and for transaction()."""

@@ -257,3 +257,56 @@ def test_index_full_after_the_spool_write_answers_a700_and_leaves_no_unindexed_f
 
     assert send(node.receiver.port, datasets) == [0] * len(datasets)
     assert len(list(node.spool.data_dir.rglob("*.dcm"))) == len(datasets)
+
+
+@pytest.mark.parametrize("damage", ["header", "page"])
+def test_a_damaged_index_is_named_with_the_way_out_and_rebuilt_from_the_spool(
+        node_factory, tmp_path, damage: str) -> None:
+    """serve and status end with one line naming the file and `rebuild-index` (exit 3, which
+    the unit does not restart on); rebuild-index keeps the damaged file and re-indexes the
+    spool; the node then analyses the study again."""
+    import sys
+
+    from marrownode.node import Node
+    from marrownode.store.database import index_path
+    from tests.conftest import write_config
+
+    node = node_factory(completion={"idle_seconds": 60})
+    study_uid = study_uid_after_sending(node, "damaged")
+    wait_until(lambda: state_of(node, study_uid) == "analysed", timeout=90)
+    instances = node.index.studies.instance_count()
+    node.stop(grace_seconds=1.0)
+    node.index.db.connection().execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    path = index_path(node.settings.storage.root)
+    with path.open("r+b") as handle:
+        if damage == "header":
+            handle.write(b"this is not SQLite" * 4)
+        else:
+            handle.seek(4096 * 2)
+            handle.write(bytes(range(256)) * 16)
+    config = write_config(tmp_path / "damaged.toml", node.settings)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "marrownode", *args, "--config",
+                               str(config)], capture_output=True, text=True, timeout=60)
+
+    for command in ("status", "serve"):
+        result = run(command)
+        assert result.returncode == 3, result.stderr
+        lines = [line for line in result.stderr.splitlines() if "damaged" in line]
+        assert "Traceback" not in result.stderr and len(lines) == 1
+        assert str(path) in lines[0] and "marrownode rebuild-index" in lines[0]
+
+    rebuilt = run("rebuild-index")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    kept = list(path.parent.glob("index.sqlite3.damaged-*"))
+    assert kept and f"{instances} instances, 1 studies" in rebuilt.stdout
+    status = run("status", "--json")
+    assert status.returncode == 0 and f'"instances": {instances}' in status.stdout
+
+    again = Node(node.settings)
+    again.start()
+    try:
+        wait_until(lambda: state_of(again, study_uid) == "analysed", timeout=120)
+    finally:
+        again.stop(grace_seconds=1.0)
