@@ -59,6 +59,10 @@ class Metrics:
             "marrownode_analysis_failures",
             "Analyses that failed or ended the worker process (retried or failed for good)",
             registry=self.registry)
+        self.receiver_deaths = Counter(
+            "marrownode_receiver_process_deaths",
+            "Extra receiving processes that ended unasked and were replaced",
+            registry=self.registry)
         self.worker_deaths = Counter(
             "marrownode_worker_deaths",
             "Analysis worker processes that ended unasked and were replaced",

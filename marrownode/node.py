@@ -48,7 +48,9 @@ class Node:
         self.receiver = Receiver(settings.node, IngestSink(self.ingestor, self._association_ended),
                                  stats=ReceiverStats(counters), shared_port=extra > 0)
         self.receiver_processes = (
-            ReceiverProcesses(settings, extra, counters, self._association_ended)
+            ReceiverProcesses(settings, extra, counters, self._association_ended,
+                              close_associations_of=self.index.studies.close_associations_of,
+                              on_death=self.metrics.receiver_deaths.inc)
             if extra else None)
         self.metrics.registry.register(NodeCollector(
             self.receiver.stats, self.index.studies, self.index.outbox, self.spool,

@@ -155,39 +155,54 @@ def _receiver_process(settings: Settings, port: int, counters: Any, notices: Any
     receiver = Receiver(node_settings, sink, stats=ReceiverStats(counters), shared_port=True)
     receiver.start()
     notices.put(Listening(os.getpid()))
-    while not (stop.wait(0.5) or interrupted.is_set()):
+    while not (stop.value or interrupted.wait(0.2)):
         pass
     receiver.stop(grace_seconds.value)
 
 
 class ReceiverProcesses:
-    """The node's extra receiving processes (node.receiver_processes - 1 of them)."""
+    """The node's extra receiving processes (node.receiver_processes - 1 of them), supervised:
+    one that dies is replaced at once and its associations are closed in the index (their
+    peers saw the connection drop and nothing unacknowledged was kept)."""
 
     start_timeout_seconds = 60.0
+    check_seconds = 0.5
 
     def __init__(self, settings: Settings, count: int, counters: Any,
-                 on_association_end: Callable[[str], None]) -> None:
+                 on_association_end: Callable[[str], None],
+                 close_associations_of: Callable[[int], int] = lambda pid: 0,
+                 on_death: Callable[[], None] = lambda: None) -> None:
         context = multiprocessing.get_context("spawn")
         self.settings = settings
         self.count = count
         self.counters = counters
         self.on_association_end = on_association_end
+        self.close_associations_of = close_associations_of
+        self.on_death = on_death
         self._notices = context.Queue()
-        self._stop = context.Event()
+        # A plain shared flag, not an Event: an Event's waiter killed mid-wait would make
+        # the next set() wait for it forever (its condition counts sleepers).
+        self._stop = context.RawValue("b", 0)
         self._grace_seconds = context.Value("d", 10.0)
         self._context = context
         self._processes: list[Any] = []
+        self._port = 0
         self._reader: threading.Thread | None = None
+        self._supervisor: threading.Thread | None = None
+        self._stopping = threading.Event()
+        #: Processes that ended unasked and were replaced (health and tests).
+        self.deaths = 0
+
+    def _process(self, number: int) -> Any:
+        return self._context.Process(
+            target=_receiver_process, name=f"marrownode-receiver-{number}", daemon=False,
+            args=(self.settings, self._port, self.counters, self._notices, self._stop,
+                  self._grace_seconds, os.getpid()))
 
     def start(self, port: int) -> None:
         """Start them all on port; OSError if one does not listen within the timeout."""
-        self._processes = [
-            self._context.Process(
-                target=_receiver_process, name=f"marrownode-receiver-{i + 1}", daemon=False,
-                args=(self.settings, port, self.counters, self._notices, self._stop,
-                      self._grace_seconds, os.getpid()))
-            for i in range(self.count)
-        ]
+        self._port = port
+        self._processes = [self._process(i + 1) for i in range(self.count)]
         for process in self._processes:
             process.start()
         deadline = time.monotonic() + self.start_timeout_seconds
@@ -207,6 +222,9 @@ class ReceiverProcesses:
         self._reader = threading.Thread(target=self._read_notices, name="receiver-notices",
                                         daemon=True)
         self._reader.start()
+        self._supervisor = threading.Thread(target=self._supervise, name="receiver-supervisor",
+                                            daemon=True)
+        self._supervisor.start()
 
     def _handle(self, notice: AssociationEnded) -> None:
         self.on_association_end(notice.association_id)
@@ -216,18 +234,47 @@ class ReceiverProcesses:
             if isinstance(notice, AssociationEnded):
                 self._handle(notice)
 
+    def _supervise(self) -> None:
+        while not self._stopping.wait(self.check_seconds):
+            for number, process in enumerate(self._processes, start=1):
+                if process.is_alive() or self._stopping.is_set():
+                    continue
+                self._replace(number, process)
+
+    def _replace(self, number: int, dead: Any) -> None:
+        self.deaths += 1
+        self.on_death()
+        try:
+            closed = self.close_associations_of(dead.pid)
+        except Exception:  # the index is the node's problem to report; replace the process
+            log.exception("event=receiver_associations_not_closed pid=%s", dead.pid)
+            closed = 0
+        log.error("event=receiver_process_died pid=%s exitcode=%s associations_closed=%d",
+                  dead.pid, dead.exitcode, closed)
+        replacement = self._process(number)
+        try:
+            replacement.start()
+        except OSError as exc:
+            log.error("event=receiver_process_start_failed error=%s", exc)
+            return  # alive() is False meanwhile; the next round tries again
+        self._processes[number - 1] = replacement
+        log.info("event=receiver_process_started pid=%s", replacement.pid)
+
     def alive(self) -> bool:
-        """Whether every receiving process still runs."""
+        """Whether every receiving process runs (a dead one is replaced within a second)."""
         return all(process.is_alive() for process in self._processes)
 
     def request_stop(self, grace_seconds: float) -> None:
         """Tell every process to stop listening and finish its associations within grace."""
+        self._stopping.set()
         self._grace_seconds.value = grace_seconds
-        self._stop.set()
+        self._stop.value = 1
 
     def stop(self, grace_seconds: float) -> None:
         """Stop them and wait; a process still running after the grace is killed."""
         self.request_stop(grace_seconds)
+        if self._supervisor is not None:
+            self._supervisor.join(5.0)
         for process in self._processes:
             process.join(grace_seconds + 5.0)
             if process.is_alive():

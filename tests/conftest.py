@@ -164,3 +164,20 @@ def require_binary(path: str) -> str:
     if not Path(path).exists():
         pytest.fail(f"{path} is missing: run the README test command, which installs it")
     return path
+
+
+@pytest.fixture
+def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """Orthanc (the Debian package) with its own temp config on loopback ports."""
+    from tests.orthanc import Orthanc
+
+    started: list[Orthanc] = []
+
+    def make(**kwargs: Any) -> Orthanc:
+        pacs = Orthanc(tmp_path / f"orthanc{len(started)}", **kwargs)
+        started.append(pacs)
+        return pacs
+
+    yield make
+    for pacs in started:
+        pacs.stop()

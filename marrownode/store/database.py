@@ -53,7 +53,8 @@ CREATE TABLE IF NOT EXISTS associations (
     peer             TEXT NOT NULL,
     opened_at        REAL NOT NULL,
     closed_at        REAL,
-    instances        INTEGER NOT NULL DEFAULT 0
+    instances        INTEGER NOT NULL DEFAULT 0,
+    pid              INTEGER                    -- the receiving process that serves it
 );
 CREATE TABLE IF NOT EXISTS outbox (
     id               INTEGER PRIMARY KEY,
@@ -125,6 +126,12 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
         if "dirty" in columns:  # version 2 called the event count 'dirty'
             db.execute("ALTER TABLE studies RENAME COLUMN dirty TO pending_events")
+    if "associations" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(associations)")}
+        if "pid" not in columns:  # version 3 did not replace receiving processes
+            db.execute("ALTER TABLE associations ADD COLUMN pid INTEGER")
+    if "studies" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
         if "analysis_attempts" not in columns:  # version 3 did not retry analyses
             db.execute("ALTER TABLE studies ADD COLUMN analysis_attempts INTEGER NOT NULL "
                        "DEFAULT 0")

@@ -8,6 +8,7 @@ association that ended) not yet assessed; a verdict clears only the events it sa
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +135,9 @@ class StudyIndex:
         """Record an accepted association (its study stays waiting while it is open)."""
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO associations VALUES (?, ?, ?, ?, NULL, 0)",
-                (association_id, calling_aet, peer, time.time() if now is None else now),
+                "INSERT OR REPLACE INTO associations VALUES (?, ?, ?, ?, NULL, 0, ?)",
+                (association_id, calling_aet, peer, time.time() if now is None else now,
+                 os.getpid()),
             )
 
     def close_association(self, association_id: str, now: float | None = None) -> None:
@@ -150,6 +152,16 @@ class StudyIndex:
                    (SELECT DISTINCT study_uid FROM instances WHERE association_id = ?)""",
                 (association_id,),
             )
+
+    def close_associations_of(self, pid: int, now: float | None = None) -> int:
+        """A receiving process died: none of its associations is still open."""
+        with self.db.transaction() as db:
+            ids = [row[0] for row in db.execute(
+                "SELECT association_id FROM associations WHERE pid = ? AND closed_at IS NULL",
+                (pid,)).fetchall()]
+        for association_id in ids:
+            self.close_association(association_id, now)
+        return len(ids)
 
     def close_stale_associations(self, now: float | None = None) -> int:
         """After a restart no association from before can still be open."""

@@ -13,8 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series, write_datasets
 from tests.conftest import DCMTK, dcmtk_env, make_settings, require_binary
 from tests.orthanc import Orthanc
@@ -72,20 +70,6 @@ def status(config: Path) -> dict:
                              str(config)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-@pytest.fixture
-def orthanc_factory(tmp_path: Path):
-    started: list[Orthanc] = []
-
-    def make(**kwargs) -> Orthanc:
-        pacs = Orthanc(tmp_path / f"orthanc{len(started)}", **kwargs)
-        started.append(pacs)
-        return pacs
-
-    yield make
-    for pacs in started:
-        pacs.stop()
 
 
 def test_scanner_to_node_to_orthanc(tmp_path, orthanc_factory, serve_process) -> None:

@@ -20,7 +20,6 @@ from tests.conftest import make_settings, wait_until
 from tests.integration.test_end_to_end import (
     EXPECTED_RESULT_INSTANCES,
     node_settings,
-    orthanc_factory,  # noqa: F401 - the fixture
     result_series,
     status,
     storescu,

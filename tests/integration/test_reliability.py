@@ -310,3 +310,38 @@ def test_a_damaged_index_is_named_with_the_way_out_and_rebuilt_from_the_spool(
         wait_until(lambda: state_of(again, study_uid) == "analysed", timeout=120)
     finally:
         again.stop(grace_seconds=1.0)
+
+
+def test_a_dead_receiving_process_is_replaced_and_its_associations_closed(node_factory) -> None:
+    """receiver_processes = 2: kill -9 of the extra process while it holds associations;
+    a new one listens within seconds, its associations are closed in the index (so their
+    studies are not held back as 'still sending'), and the node goes on receiving."""
+    from tests.scu import storage_ae
+
+    node = node_factory(node={"receiver_processes": 2})
+    extra = node.receiver_processes
+    dead_pid = extra._processes[0].pid
+    ae = storage_ae("SCANNER")
+    held = [ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
+            for _ in range(12)]
+    assert all(a.is_established for a in held)
+    rows = node.index.db.connection().execute
+    wait_until(lambda: rows("SELECT COUNT(*) FROM associations WHERE closed_at IS NULL")
+               .fetchone()[0] == 12, timeout=10)
+    on_dead = rows("SELECT COUNT(*) FROM associations WHERE pid = ?", (dead_pid,)).fetchone()[0]
+    assert on_dead >= 1  # SO_REUSEPORT spread them (all twelve on one process: 1 in 4096)
+
+    os.kill(dead_pid, signal.SIGKILL)
+    wait_until(lambda: extra.deaths == 1 and extra.alive(), timeout=20)
+    assert extra._processes[0].pid != dead_pid
+    still_open = rows("SELECT COUNT(*) FROM associations WHERE pid = ? AND closed_at IS NULL",
+                      (dead_pid,)).fetchone()[0]
+    assert still_open == 0
+    assert sample(node, "marrownode_receiver_process_deaths_total") == 1
+    for association in held:
+        if association.is_established:
+            association.release()
+    for i in range(4):  # whichever process takes them, they are stored
+        datasets = build_study(StudyOptions(style="siemens", study_key=f"after{i}"))[:2]
+        assert send(node.receiver.port, datasets) == [0, 0]
+    assert node.health().ok
