@@ -10,13 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from marrownode import __version__
-from marrownode.config import ConfigError, effective_settings_toml, load_settings
+from marrownode.config import ConfigError, Settings, effective_settings_toml, load_settings
 from marrownode.logs import configure_logging
 from marrownode.store.database import IndexDamaged
 
@@ -44,9 +46,14 @@ def _parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check-config", help="validate a config and print effective settings")
     check.add_argument("file", type=Path)
 
-    echo = sub.add_parser("echo", help="C-ECHO this node or a configured destination")
+    echo = sub.add_parser(
+        "echo", help="C-ECHO this node, a configured destination, or HOST PORT",
+        description="marrownode echo [NAME] | marrownode echo --aec AE HOST PORT")
     echo.add_argument("--config", type=Path)
-    echo.add_argument("destination", nargs="?", help="destination name (default: this node)")
+    echo.add_argument("--aet", help="calling AE title (default: one the node allows)")
+    echo.add_argument("--aec", help="called AE title (with HOST PORT; default ANY-SCP)")
+    echo.add_argument("target", nargs="*",
+                      help="a destination name, or HOST PORT (default: this node)")
 
     status = sub.add_parser("status", help="what the index knows")
     status.add_argument("--config", type=Path)
@@ -63,6 +70,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Where a node's configuration lives when neither --config nor the environment says.
+DEFAULT_CONFIG = Path("/etc/marrownode/marrownode.toml")
+CONFIG_ENVIRONMENT = "MARROWNODE_CONFIG"
+
+
+def config_path(given: Path | None, default: Path = DEFAULT_CONFIG) -> Path | None:
+    """--config, else $MARROWNODE_CONFIG, else the default file if it exists; None means the
+    embedded defaults."""
+    if given is not None:
+        return given
+    if os.environ.get(CONFIG_ENVIRONMENT):
+        return Path(os.environ[CONFIG_ENVIRONMENT])
+    return default if default.is_file() else None
+
+
+def _load(given: Path | None) -> Settings:
+    return load_settings(config_path(given))
+
+
 def _cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     print(f"# {args.file}: valid. Effective settings:")
@@ -74,7 +100,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from marrownode.node import Node
     from marrownode.store.lock import StorageLocked
 
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     configure_logging(settings.logging)
     try:
         node = Node(settings)
@@ -89,27 +115,44 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _echo_target(args: argparse.Namespace,
+                 settings: Settings) -> tuple[str, int, str, str] | str:
+    """(host, port, called, calling) for the echo asked for, or what is wrong with the ask."""
+    node = settings.node
+    # Echoing the node itself must pass its own allow-list: call as an AE it accepts.
+    calling = args.aet or (node.allowed_calling_aets[0] if node.allowed_calling_aets
+                           else node.ae_title)
+    if len(args.target) == 2:
+        host, port = args.target
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            return f"port must be a number from 1 to 65535, not {port!r}"
+        return host, int(port), args.aec or "ANY-SCP", args.aet or node.ae_title
+    if len(args.target) > 2:
+        return "give a destination name, or HOST PORT"
+    if not args.target:
+        host = "127.0.0.1" if node.host in ("0.0.0.0", "::", "") else node.host
+        return host, node.port, node.ae_title, calling
+    matches = [d for d in settings.destinations if d.name == args.target[0]]
+    if not matches:
+        names = ", ".join(d.name for d in settings.destinations) or "(none configured)"
+        return f"unknown destination {args.target[0]!r}; configured: {names}"
+    return matches[0].host, matches[0].port, matches[0].ae_title, args.aet or node.ae_title
+
+
 def _cmd_echo(args: argparse.Namespace) -> int:
     from marrownode.net.echo import echo
 
-    settings = load_settings(args.config)
-    if args.destination is None:
-        host = "127.0.0.1" if settings.node.host in ("0.0.0.0", "::", "") else settings.node.host
-        target = (host, settings.node.port, settings.node.ae_title)
-    else:
-        matches = [d for d in settings.destinations if d.name == args.destination]
-        if not matches:
-            names = ", ".join(d.name for d in settings.destinations) or "(none configured)"
-            print(f"unknown destination {args.destination!r}; configured: {names}",
-                  file=sys.stderr)
-            return EXIT_USAGE
-        target = (matches[0].host, matches[0].port, matches[0].ae_title)
+    target = _echo_target(args, _load(args.config))
+    if isinstance(target, str):
+        print(f"marrownode echo: {target}", file=sys.stderr)
+        return EXIT_USAGE
+    host, port, called, calling = target
     try:
-        status = echo(target[0], target[1], target[2], settings.node.ae_title)
+        status = echo(host, port, called, calling)
     except ConnectionError as exc:
-        print(f"echo failed: {exc}", file=sys.stderr)
+        print(f"echo failed: {exc} (calling AE {calling})", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"C-ECHO {target[2]}@{target[0]}:{target[1]} status 0x{status:04X}")
+    print(f"C-ECHO {called}@{host}:{port} from {calling}: status 0x{status:04X}")
     return EXIT_OK if status == 0 else EXIT_FAILURE
 
 
@@ -123,10 +166,13 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from marrownode.store.database import index_path
     from marrownode.store.index import Index
 
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     path = index_path(settings.storage.root)
     if not path.exists():
-        print(f"no index at {path} (has the node received anything?)", file=sys.stderr)
+        source = config_path(args.config) or "the embedded defaults"
+        print(f"no index at {path} (settings from {source}): has the node received anything, "
+              f"and is this its configuration? Pass --config or set {CONFIG_ENVIRONMENT}",
+              file=sys.stderr)
         return EXIT_FAILURE
     index = Index(path)
     index.db.check()
@@ -134,11 +180,25 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
         return EXIT_OK
+    _print_status(report)
+    return EXIT_OK
+
+
+def _print_status(report: dict[str, Any]) -> None:
     print(f"instances: {report['instances']}   studies: {len(report['studies'])}")
+    for destination in report.get("destinations", []):
+        if destination["failures"]:
+            print(f"destination {destination['destination']}: not answering "
+                  f"({destination['failures']} attempts, last error "
+                  f"{destination['last_error']}); next try "
+                  f"{_format_time(destination['next_attempt_at'])}")
     for study in report["studies"]:
+        named = "  ".join(f"{label} {study[key]}" for label, key in (
+            ("accession", "accession_number"), ("date", "study_date"),
+            ("description", "study_description")) if study.get(key))
         print(
-            f"\nstudy {study['study_instance_uid']}\n"
-            f"  instances {study['instances']}  state {study['state']}"
+            f"\nstudy {study['study_instance_uid']}" + (f"\n  {named}" if named else "")
+            + f"\n  instances {study['instances']}  state {study['state']}"
             + (f" ({study['reason']})" if study["reason"] else "")
             + f"  last received {_format_time(study['last_received'])}"
         )
@@ -148,16 +208,20 @@ def _cmd_status(args: argparse.Namespace) -> int:
         for delivery in study.get("deliveries", []):
             print(
                 f"  destination {delivery['destination']}: delivered {delivery['delivered']}"
-                f" pending {delivery['pending']} failed {delivery['failed']}"
+                f" pending {delivery['pending']}"
+                + (f" (next try {_format_time(delivery['next_attempt_at'])}"
+                   + (f", last error {delivery['last_error']}" if delivery["last_error"] else "")
+                   + ")" if delivery["pending"] else "")
+                + f" failed {delivery['failed']}"
+                + (f" ({delivery['failed_reason']})" if delivery["failed"] else "")
             )
-    return EXIT_OK
 
 
 def _cmd_retry(args: argparse.Namespace) -> int:
     from marrownode.store.database import index_path
     from marrownode.store.index import Index
 
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     names = [d.name for d in settings.destinations]
     if args.destination is not None and args.destination not in names:
         print(f"unknown destination {args.destination!r}; configured: "
@@ -178,7 +242,7 @@ def _cmd_rebuild_index(args: argparse.Namespace) -> int:
     from marrownode.store.lock import StorageLocked
     from marrownode.store.rebuild import rebuild_index
 
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     try:
         rebuilt = rebuild_index(settings.storage.root)
     except StorageLocked as exc:
@@ -194,7 +258,7 @@ def _cmd_rebuild_index(args: argparse.Namespace) -> int:
 def _cmd_process(args: argparse.Namespace) -> int:
     from marrownode.pipeline import process_paths
 
-    settings = load_settings(args.config)
+    settings = _load(args.config)
     configure_logging(settings.logging)
     missing = [str(p) for p in args.paths if not p.exists()]
     if missing:
@@ -229,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     """The `marrownode` command; returns the exit code (0 ok, 2 usage or config, 1 failure)."""
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
+        return code
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE
@@ -244,3 +310,6 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:  # `marrownode status | head`: the reader has all it wants
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

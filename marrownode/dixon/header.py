@@ -117,6 +117,9 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
     number_of_frames = _int(dataset.get("NumberOfFrames")) or 1
     summary: dict[str, Any] = {
         "study_uid": _text(dataset.get("StudyInstanceUID")),
+        "accession_number": _text(dataset.get("AccessionNumber")),
+        "study_date": _text(dataset.get("StudyDate")),
+        "study_description": _text(dataset.get("StudyDescription")),
         "series_uid": _text(dataset.get("SeriesInstanceUID")),
         "sop_instance_uid": _text(dataset.get("SOPInstanceUID")),
         "sop_class_uid": _text(dataset.get("SOPClassUID")),

@@ -63,6 +63,7 @@ class DestinationSummary:
     delivered: int
     pending: int
     next_attempt_at: float | None
+    last_error: str  # why the pending ones are still pending ("" when never tried)
     failed: int
     failed_status: int | None
     failed_reason: str
@@ -72,6 +73,7 @@ class DestinationSummary:
         return {
             "destination": self.destination, "delivered": self.delivered,
             "pending": self.pending, "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
             "failed": self.failed, "failed_status": self.failed_status,
             "failed_reason": self.failed_reason,
         }
@@ -245,6 +247,7 @@ def _summary(destination: str, by_state: dict[str, Any]) -> DestinationSummary:
         delivered=delivered[2] if delivered else 0,
         pending=sum(r[2] for r in pending),
         next_attempt_at=min((r[3] for r in pending), default=None),
+        last_error=max((r[5] for r in pending), default=""),
         failed=failed[2] if failed else 0,
         failed_status=failed[4] if failed else None,
         failed_reason=failed[5] if failed else "",

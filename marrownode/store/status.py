@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from marrownode.store.database import Database
 from marrownode.store.outbox import Outbox
 
+#: What identifies a study to an operator (no patient identifiers).
+_STUDY_FIELDS = ("accession_number", "study_date", "study_description")
+
 
 def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
-    """Instances in total, and per study: instances, state, sets and deliveries."""
+    """Instances in total, and per study: accession number, date and description, instances,
+    state, sets and deliveries; and each destination's backoff state."""
     connection = db.connection()
     counts = dict(connection.execute(
         "SELECT study_uid, COUNT(*) FROM instances GROUP BY study_uid").fetchall())
@@ -18,10 +23,17 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
             "SELECT study_uid, set_key, state, reason FROM dixon_sets ORDER BY set_key"):
         sets.setdefault(row[0], []).append(
             {"key": row["set_key"], "state": row["state"], "reason": row["reason"]})
+    described: dict[str, dict[str, str]] = {}
+    for row in connection.execute(
+            "SELECT study_uid, MIN(header) FROM instances WHERE summarised = 1 "
+            "GROUP BY study_uid"):
+        header = json.loads(row[1])
+        described[row[0]] = {key: str(header.get(key) or "") for key in _STUDY_FIELDS}
     studies = [
         {
             "deliveries": [s.as_dict() for s in outbox.summaries(row["study_uid"])],
             "study_instance_uid": row["study_uid"],
+            **described.get(row["study_uid"], dict.fromkeys(_STUDY_FIELDS, "")),
             "instances": counts.get(row["study_uid"], 0),
             "state": row["state"],
             "reason": row["reason"],
@@ -30,4 +42,10 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
         }
         for row in connection.execute("SELECT * FROM studies ORDER BY first_received")
     ]
-    return {"instances": sum(counts.values()), "studies": studies}
+    destinations = [
+        {"destination": row["name"], "failures": row["failures"],
+         "next_attempt_at": row["next_attempt_at"] or None, "last_error": row["last_error"],
+         "last_success_at": row["last_success_at"]}
+        for row in connection.execute("SELECT * FROM destinations ORDER BY name")]
+    return {"instances": sum(counts.values()), "studies": studies,
+            "destinations": destinations}
