@@ -7,6 +7,8 @@ a file over SSH, not a Python developer.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import tomllib
@@ -126,6 +128,20 @@ class OutputSettings(_Section):
         "marrownode: research aid, not a diagnosis. Verify on source images."
     )
     series_number_base: Annotated[int, Field(ge=1, le=2**31 - 1000)] = 9000
+
+
+#: [analysis] keys that change no result (when an analysis is stopped is not what it finds).
+_NOT_CONTENT = {"time_limit_seconds"}
+
+
+def content_digest(settings: Settings) -> str:
+    """A short digest of every setting that changes what the results say or how they are
+    laid out ([analysis] and [outputs]): part of every output UID, so different content never
+    reuses a UID and identical settings give identical UIDs (idempotent re-sends)."""
+    content = {"analysis": settings.analysis.model_dump(mode="json", exclude=_NOT_CONTENT),
+               "outputs": settings.outputs.model_dump(mode="json")}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 class HTTPSettings(_Section):

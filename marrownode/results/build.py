@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from marrownode.config import Settings
+from marrownode.config import Settings, content_digest
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
@@ -117,12 +117,14 @@ def build_results(
     sources = source_series(dixon_set, cache, volumes)
     study_uid = str(sources.reference.StudyInstanceUID)
     root = outputs_cfg.uid_root
+    digest = content_digest(settings)  # other settings, other content: other UIDs
     set_dir = out_dir / dixon_set.key
     label = dixon_set.in_phase.label
     entries: list[dict[str, Any]] = []
 
     def identity(spec: OutputSeries) -> tuple[str, int, str]:
-        series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset)
+        series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset,
+                                 digest)
         number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
         return series_uid, number, f"marrownode {label} {spec.description}"
 

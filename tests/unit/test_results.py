@@ -268,6 +268,24 @@ def test_re_running_gives_identical_uids_and_bytes(processed, tmp_path: Path) ->
             tmp_path / "again" / path).read_bytes()
 
 
+def test_settings_that_change_content_change_every_uid(processed, tmp_path: Path) -> None:
+    """Another 1.5 T threshold is other content: no output UID may be reused (the PACS would
+    keep the old report silently). A setting that changes no content keeps them."""
+    first = {e["kind"]: e["sop_instance_uid"] for d in processed["report"]["studies"][0][
+        "dixon_sets"] for e in d["outputs"]}
+    thresholds = [{"field_strength_t": 1.5, "signal_loss_percent": 10.0},
+                  {"field_strength_t": 3.0, "signal_loss_percent": 25.0}]
+    other = process_paths([processed["base"] / "in"], tmp_path / "other", settings_from_mapping(
+        {"analysis": {"thresholds": thresholds}}))
+    changed = {e["kind"]: e["sop_instance_uid"] for d in other["studies"][0]["dixon_sets"]
+               for e in d["outputs"]}
+    assert changed.keys() == first.keys() and not set(changed.values()) & set(first.values())
+    same = process_paths([processed["base"] / "in"], tmp_path / "same", settings_from_mapping(
+        {"analysis": {"time_limit_seconds": 60}}))
+    assert {e["kind"]: e["sop_instance_uid"] for d in same["studies"][0]["dixon_sets"]
+            for e in d["outputs"]} == first
+
+
 def test_uid_root_and_output_selection_are_configurable(processed, tmp_path: Path) -> None:
     settings = settings_from_mapping({"outputs": {"uid_root": "1.2.826.0.1.3680043.10.999",
                                                   "overlay": False, "derived_mr": False,
