@@ -37,9 +37,6 @@ from run import (  # noqa: E402
 from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets  # noqa: E402
 
-RESULTS_PER_STUDY = 2 + 12 + 12 + 12 + 1 + 1  # PM x2, derived MR x24, overlay x12, SEG, SR
-
-
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants, from /proc."""
     total, stack = 0, [pid]
@@ -172,7 +169,10 @@ def main() -> int:
         delivered = len(list(pacs_out.iterdir()))
         associations = (work / "storescp.log").read_text(errors="replace").count(
             "Association Received")
-        indexed = node_status(node.work)["instances"]
+        final = node_status(node.work)
+        indexed = final["instances"]
+        expected = sum(d["delivered"] + d["pending"] + d["failed"]
+                       for study in final["studies"] for d in study["deliveries"])
 
         orthanc = OrthancReceiver(work / "orthanc")
         orthanc.start()
@@ -188,7 +188,7 @@ def main() -> int:
     third = max(1, len(rss) // 3)
     summary = {
         "senders": args.senders, "studies": args.studies, "instances_sent": instances,
-        "instances_indexed": indexed, "results_expected": args.studies * RESULTS_PER_STUDY,
+        "instances_indexed": indexed, "results_expected": expected,
         "results_in_pacs": delivered, "pacs_associations": associations,
         "outage_seconds": args.outage, "send_seconds": round(send_seconds, 1),
         "all_done_seconds": round(finished - (outage.get("until", finished)), 1),

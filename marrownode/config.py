@@ -160,7 +160,7 @@ class OutboxSettings(_Section):
     """Backoff per destination, and when a result that cannot be delivered is given up."""
 
     retry_initial_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
-    retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 300.0
+    retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
     give_up_after_hours: Annotated[float, Field(gt=0, le=8760)] = 168.0
 
     @model_validator(mode="before")
