@@ -37,6 +37,7 @@ from run import (  # noqa: E402
 from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets  # noqa: E402
 
+
 def tree_rss(pid: int) -> int:
     """Resident bytes of a process and all its descendants, from /proc."""
     total, stack = 0, [pid]
