@@ -17,8 +17,12 @@ ORTHANC = "/usr/sbin/Orthanc"
 
 
 class Orthanc:
-    def __init__(self, folder: Path, modalities: dict[str, list[Any]] | None = None) -> None:
+    def __init__(self, folder: Path, modalities: dict[str, list[Any]] | None = None,
+                 lua: str | None = None, **options: Any) -> None:
+        """lua: a Lua script for Orthanc to run (routing rules); options: more configuration."""
         self.folder = folder
+        self.lua = lua
+        self.options = options
         self.http_port = free_port()
         self.dicom_port = free_port()
         self.ae_title = "ORTHANC"
@@ -41,9 +45,14 @@ class Orthanc:
             "HttpServerEnabled": True,
             "DicomServerEnabled": True,
             "StableAge": 1,
+            **self.options,
         }
         path = self.folder / "orthanc.json"
         self.folder.mkdir(parents=True, exist_ok=True)
+        if self.lua is not None:
+            script = self.folder / "rules.lua"
+            script.write_text(self.lua)
+            config["LuaScripts"] = [str(script)]
         path.write_text(json.dumps(config))
         return path
 

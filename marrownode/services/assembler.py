@@ -4,6 +4,7 @@ index before the next step starts."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 import time
@@ -13,8 +14,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from marrownode.config import Settings
+from marrownode import ALGORITHM_VERSION
+from marrownode.config import Settings, content_digest
 from marrownode.dixon.completion import Verdict, decide
+from marrownode.dixon.header import MARROWNODE_MANUFACTURER
 from marrownode.services.loop import LoopService
 from marrownode.services.worker import AnalysisWorker, SeriesWritten, WorkerDied
 from marrownode.states import SetState, StudyState
@@ -43,6 +46,17 @@ WORKER_DEATHS_TO_FAIL = 2
 MAX_ANALYSIS_ATTEMPTS = 3
 #: The first retry waits this long; each further one four times as long.
 RETRY_BASE_SECONDS = 15.0
+
+
+def input_digest(headers: list[dict[str, Any]], settings: Settings) -> str:
+    """What an analysis of the study would start from: its source instances (our own results,
+    sent back to us by a PACS rule, are not sources) and the settings that shape the results.
+    The same digest as last time means the same results: nothing to analyse or send."""
+    sources = sorted(h["sop_instance_uid"] for h in headers
+                     if str(h.get("manufacturer", "")).strip().lower()
+                     != MARROWNODE_MANUFACTURER)
+    text = "\n".join([content_digest(settings), ALGORITHM_VERSION, *sources])
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def analysis_retry(error: BaseException, attempts: int) -> float | None:
@@ -140,13 +154,23 @@ class Assembler(LoopService):
         self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
                                              for s in decision.sets])
         if decision.verdict is Verdict.READY:
+            digest = input_digest([r.header for r in rows], self.settings)
+            if digest == study.get("input_digest") and study.get("report"):
+                # A PACS forwarding the study again (results included): same sources, same
+                # settings, same results. Analysing and sending again would feed the loop.
+                self.studies.set_state(
+                    study_uid, StudyState.ANALYSED, "unchanged since the last analysis (same "
+                    "source instances and settings): not analysed or sent again",
+                    if_last_received=last, seen_events=seen)
+                log.info("event=study_unchanged study=%s", study_uid)
+                return
             if not self.studies.set_state(study_uid, StudyState.ANALYSING, decision.reason,
                                           if_last_received=last, seen_events=seen):
                 return  # new data arrived meanwhile: assess again
             log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid,
                      len(decision.sets), decision.reason.replace(" ", "_"),
                      _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
-            self._submit(study_uid, last, [(r.path, r.header) for r in rows])
+            self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest)
             return
         state = (StudyState.NO_DIXON_SET if decision.verdict is Verdict.NO_DIXON_SET
                  else StudyState.WAITING)
@@ -154,7 +178,7 @@ class Assembler(LoopService):
                                seen_events=seen)
 
     def _submit(self, study_uid: str, last: float,
-                instances: list[tuple[str, dict[str, Any]]]) -> None:
+                instances: list[tuple[str, dict[str, Any]]], digest: str) -> None:
         run_id = uuid.uuid4().hex
         with self._lock:
             self._runs[run_id] = _Run(study_uid)
@@ -162,16 +186,17 @@ class Assembler(LoopService):
             self._in_flight[study_uid] = future
         started = time.monotonic()
         future.add_done_callback(
-            lambda f: self._finished(study_uid, last, f, time.monotonic() - started, run_id))
+            lambda f: self._finished(study_uid, last, f, time.monotonic() - started, run_id,
+                                     digest))
 
     def _finished(self, study_uid: str, last: float, future: Future[dict[str, Any]],
-                  seconds: float, run_id: str) -> None:
+                  seconds: float, run_id: str, digest: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)
             if future.cancelled():  # dropped at shutdown: still 'analysing', re-run at start
                 self._in_flight.pop(study_uid, None)
                 return
-        report = self._record(study_uid, last, future, seconds)
+        report = self._record(study_uid, last, future, seconds, digest)
         with self._lock:
             self._in_flight.pop(study_uid, None)
         if report is not None:
@@ -179,7 +204,7 @@ class Assembler(LoopService):
         self._wake.set()
 
     def _record(self, study_uid: str, last: float, future: Future[dict[str, Any]],
-                seconds: float) -> dict[str, Any] | None:
+                seconds: float, digest: str) -> dict[str, Any] | None:
         """Write the analysis outcome to the index; the report, or None if it failed."""
         error = future.exception()
         if error is not None:
@@ -190,7 +215,7 @@ class Assembler(LoopService):
                 for s in report["dixon_sets"]]
         self.studies.record_sets(study_uid, sets)
         self.studies.set_state(study_uid, StudyState.ANALYSED, f"{len(sets)} set(s) analysed",
-                               report=report, if_last_received=last)
+                               report=report, if_last_received=last, input_digest=digest)
         self.observe_analysis_seconds(seconds)
         log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid, len(sets),
                  seconds)

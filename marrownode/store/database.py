@@ -31,7 +31,8 @@ CREATE TABLE IF NOT EXISTS studies (
     updated_at       REAL NOT NULL,
     report           TEXT,
     analysis_attempts INTEGER NOT NULL DEFAULT 0,  -- failed or killed runs since the last success
-    retry_at         REAL NOT NULL DEFAULT 0       -- not assessed again before this time
+    retry_at         REAL NOT NULL DEFAULT 0,      -- not assessed again before this time
+    input_digest     TEXT NOT NULL DEFAULT ''      -- source instances + settings last analysed
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -136,6 +137,7 @@ def _migrate(db: sqlite3.Connection) -> None:
             db.execute("ALTER TABLE studies ADD COLUMN analysis_attempts INTEGER NOT NULL "
                        "DEFAULT 0")
             db.execute("ALTER TABLE studies ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
+            db.execute("ALTER TABLE studies ADD COLUMN input_digest TEXT NOT NULL DEFAULT ''")
 
 
 def _damage(exc: sqlite3.Error) -> bool:

@@ -230,6 +230,7 @@ class StudyIndex:
         report: dict[str, Any] | None = None,
         if_last_received: float | None = None,
         seen_events: int | None = None,
+        input_digest: str | None = None,
     ) -> bool:
         """Move a study to a new state; refuse if new data arrived since if_last_received.
 
@@ -249,6 +250,9 @@ class StudyIndex:
                 params.append(json.dumps(report))
             if state is StudyState.ANALYSED:
                 query += ", analysis_attempts = 0, retry_at = 0"
+            if input_digest is not None:
+                query += ", input_digest = ?"
+                params.append(input_digest)
             query += " WHERE study_uid = ?"
             params.append(study_uid)
             if if_last_received is not None:

@@ -159,3 +159,47 @@ def test_node_killed_before_sending_delivers_after_restart(
     assert orthanc.instance_count() == EXPECTED_RESULT_INSTANCES
     (delivery,) = status(restarted.config)["studies"][0]["deliveries"]
     assert delivery["delivered"] == EXPECTED_RESULT_INSTANCES
+
+
+# The forwarding rule as sites write it (Orthanc Book, "Lua scripting": auto-routing of stable
+# studies), through the REST API's store job (this Orthanc's Lua SendToModality could not read
+# the attachments it had just stored: "Unable to read attachment").
+FORWARD_STABLE_STUDIES = """
+function OnStableStudy(studyId, tags, metadata)
+  RestApiPost('/modalities/marrownode/store',
+              '{"Resources": ["' .. studyId .. '"], "Synchronous": false}')
+end
+"""
+
+
+def test_an_orthanc_rule_forwarding_stable_studies_makes_no_loop(tmp_path, orthanc_factory,
+                                                                  serve_process) -> None:
+    """The ordinary rule "forward every stable study to marrownode" with OverwriteInstances:
+    Orthanc forwards the study, then again with our results in it; the node recognises the
+    same sources and settings, analyses once and sends once, and the study stays still."""
+    from tests.conftest import free_port
+    from tests.integration.test_operations import metrics
+
+    probe = make_settings(tmp_path / "probe")
+    orthanc = orthanc_factory(
+        modalities={"marrownode": ["MARROWNODE", "127.0.0.1", probe.node.port]},
+        lua=FORWARD_STABLE_STUDIES, OverwriteInstances=True).start()
+    http_port = free_port()
+    settings = node_settings(tmp_path, orthanc, node={"port": probe.node.port},
+                             http={"enabled": True, "port": http_port})
+    node = serve_process(settings).start(port=settings.node.port)
+    datasets, folder = study_files(tmp_path, "loop")
+    for path in sorted(folder.iterdir()):
+        orthanc.upload(path)
+    study_uid = datasets[0].StudyInstanceUID
+    wait_for_results(orthanc, study_uid)
+    time.sleep(15)  # many StableAge periods: a loop would forward, analyse and send again
+    values = metrics(http_port)
+    assert values[("marrownode_analysis_duration_seconds_count", ())] == 1
+    assert values[("marrownode_delivered_total", (("destination", "pacs"),))] == (
+        EXPECTED_RESULT_INSTANCES)
+    received = values[("marrownode_instances_received_total", ())]
+    assert received >= 2 * len(datasets)  # the study came back with the results in it
+    time.sleep(5)
+    assert metrics(http_port)[("marrownode_instances_received_total", ())] == received
+    assert "event=study_unchanged" in node.log.read_text()
