@@ -8,7 +8,7 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,13 @@ def analyse_study(
     settings: Settings,
     out_dir: Path | None,
     on_outputs: Callable[[list[dict[str, Any]]], None] | None = None,
+    superseded: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Classify, pair, quantify (and, where out_dir is given, write results) for one study.
 
     on_outputs receives each result series' report entries as soon as its files are written
-    (the node delivers them while the rest is encoded); the report lists them all as well."""
+    (the node delivers them while the rest is encoded); the report lists them all as well.
+    superseded: per set key, the earlier reports (SR entries) the new ones supersede."""
     started = time.perf_counter()
     study_uid = instances[0].header.get("study_uid", "") if instances else ""
     frames = [frame for item in instances for frame in frames_from_header(item.header)]
@@ -90,8 +92,9 @@ def analyse_study(
         report.analysed(result, volumes.geometry, settings.outputs.uid_root, study_uid,
                         parameters.foci.sharp_margin)
         if out_dir is not None:
-            report.outputs = build_results(dixon_set, volumes, result, cache, settings, out_dir,
-                                           report, set_index, on_outputs)
+            report.outputs = build_results(
+                dixon_set, volumes, result, cache, settings, out_dir, report, set_index,
+                on_outputs, superseded=(superseded or {}).get(dixon_set.key, []))
         set_reports.append(report.to_json())
     log.info("event=study_analysed study=%s sets=%d skipped_series=%d seconds=%.2f",
              study_uid, len(set_reports), len(assembly.skipped_series),

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,23 +109,29 @@ def build_results(
     set_report: SetReport,
     set_index: int,
     on_series: Callable[[list[dict[str, Any]]], None] | None = None,
+    superseded: Sequence[dict[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Build the configured result objects, write them under out_dir, return report entries.
 
     on_series is called with a series' entries as soon as all its files are written, so the
-    node can send them while the next series is still being built."""
+    node can send them while the next series is still being built. superseded: the report
+    entries of this set's earlier reports (SR), which the new one names as predecessors."""
     outputs_cfg = settings.outputs
     sources = source_series(dixon_set, cache, volumes)
     study_uid = str(sources.reference.StudyInstanceUID)
     root = outputs_cfg.uid_root
-    digest = content_digest(settings)  # other settings, other content: other UIDs
+    # Other settings or other source images, other content: other UIDs.
+    digest = content_digest(settings)
+    sources_digest = hashlib.sha256("|".join(sorted(
+        frame.sop_instance_uid for stack in dixon_set.stacks() for frame in stack.frames
+    )).encode("utf-8")).hexdigest()[:16]
     set_dir = out_dir / dixon_set.key
     label = dixon_set.in_phase.label
     entries: list[dict[str, Any]] = []
 
     def identity(spec: OutputSeries) -> tuple[str, int, str]:
         series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset,
-                                 digest)
+                                 digest, sources_digest)
         number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
         return series_uid, number, f"marrownode {label} {spec.description}"
 
@@ -197,8 +204,20 @@ def build_results(
         emit(REPORT, [build_sr(
             sources, evidence, set_report, result.focus_masks, parametric_maps,
             series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
-            series_number=number, series_description=description, uid_root=root)])
+            series_number=number, series_description=description, uid_root=root,
+            settings_digest=digest, predecessors=[
+                _reference(study_uid, entry) for entry in superseded])])
     return entries
+
+
+def _reference(study_uid: str, entry: dict[str, Any]) -> Dataset:
+    """An earlier result, as its report entry names it (for the SR's predecessor list)."""
+    reference = Dataset()
+    reference.StudyInstanceUID = study_uid
+    reference.SeriesInstanceUID = entry["series_instance_uid"]
+    reference.SOPClassUID = entry["sop_class_uid"]
+    reference.SOPInstanceUID = entry["sop_instance_uid"]
+    return reference
 
 
 def overlay_status(set_report: SetReport) -> str:

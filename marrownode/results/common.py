@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -47,15 +48,14 @@ class SourceSeries:
     datasets: Sequence[Dataset]  # unique in-phase source objects
     planes: Sequence[SourcePlane]
     opposed_planes: Sequence[SourcePlane]
+    #: When these results were made (local time, one instant for all of a set's objects).
+    created: datetime = field(default_factory=datetime.now)
 
     @property
     def content_date_time(self) -> tuple[str, str]:
-        """Date/time written into results: from the source, so identical input gives identical
-        bytes (DESIGN: idempotent results)."""
-        ref = self.reference
-        date = ref.get("SeriesDate") or ref.get("StudyDate") or "19000101"
-        time = ref.get("SeriesTime") or ref.get("StudyTime") or "000000"
-        return str(date), str(time)
+        """Instance Creation, Series and Content Date/Time: when the results were made (a
+        re-run gives the same UIDs, and says when it ran)."""
+        return self.created.strftime("%Y%m%d"), self.created.strftime("%H%M%S.%f")
 
 
 def copy_patient_study(target: Dataset, source: Dataset) -> None:
@@ -94,7 +94,7 @@ def stamp(target: Dataset, sources: SourceSeries, series_description: str) -> No
     for prefix in ("InstanceCreation", "Content", "Series"):
         setattr(target, f"{prefix}Date", date)
         setattr(target, f"{prefix}Time", time)
-    # highdicom stamps "now" into these; the source's time keeps re-runs byte-identical.
+    # highdicom stamps its own "now" into these: one instant for the whole set.
     for item in target.get("ContributingEquipmentSequence", []):
         if "ContributionDateTime" in item:
             item.ContributionDateTime = date + time.split(".")[0]

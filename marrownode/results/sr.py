@@ -224,8 +224,14 @@ def build_sr(
     series_number: int,
     series_description: str,
     uid_root: str,
+    settings_digest: str = "",
+    predecessors: Sequence[Dataset] = (),
 ) -> Dataset:
-    """The set's TID 1500 report: a group for the set, one per vertebra, one per focus."""
+    """The set's TID 1500 report: a group for the set, one per vertebra, one per focus.
+
+    The run is named in every measurement's algorithm identification (version, and the digest
+    of the settings that shaped it); predecessors are the set's earlier reports made with other
+    settings, which this one supersedes (Predecessor Documents Sequence)."""
     tracking_root = derived_uid(uid_root, sop_uid, "tracking")
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -236,7 +242,9 @@ def build_sr(
     )
     observation = hd.sr.ObservationContext(observer_device_context=device)
 
-    algorithm = hd.sr.AlgorithmIdentification(name=MODEL_NAME, version=ALGORITHM_VERSION)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=MODEL_NAME, version=ALGORITHM_VERSION,
+        parameters=[f"settings digest {settings_digest}"] if settings_digest else None)
     group_sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
                      for ds in list(evidence) + list(parametric_maps)]
     groups: list[Any] = [_set_group(set_report, group_sources,
@@ -262,6 +270,7 @@ def build_sr(
         is_complete=True,
         is_final=False,
         is_verified=False,
+        previous_versions=[p for p in predecessors if p.SOPInstanceUID != sop_uid] or None,
     )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME

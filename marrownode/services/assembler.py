@@ -5,6 +5,7 @@ index before the next step starts."""
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -57,6 +58,17 @@ def input_digest(headers: list[dict[str, Any]], settings: Settings) -> str:
                      != MARROWNODE_MANUFACTURER)
     text = "\n".join([content_digest(settings), ALGORITHM_VERSION, *sources])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def earlier_reports(report_json: str | None) -> dict[str, list[dict[str, Any]]]:
+    """Per set key, the SR entries of the study's last recorded analysis: a new analysis (other
+    settings, more images) supersedes them and says so."""
+    if not report_json:
+        return {}
+    report = json.loads(report_json)
+    return {dixon_set["key"]: [entry for entry in dixon_set.get("outputs", [])
+                               if entry.get("kind") == "sr"]
+            for dixon_set in report.get("dixon_sets", [])}
 
 
 def analysis_retry(error: BaseException, attempts: int) -> float | None:
@@ -170,7 +182,8 @@ class Assembler(LoopService):
             log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid,
                      len(decision.sets), decision.reason.replace(" ", "_"),
                      _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
-            self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest)
+            self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest,
+                         earlier_reports(study.get("report")))
             return
         state = (StudyState.NO_DIXON_SET if decision.verdict is Verdict.NO_DIXON_SET
                  else StudyState.WAITING)
@@ -178,11 +191,13 @@ class Assembler(LoopService):
                                seen_events=seen)
 
     def _submit(self, study_uid: str, last: float,
-                instances: list[tuple[str, dict[str, Any]]], digest: str) -> None:
+                instances: list[tuple[str, dict[str, Any]]], digest: str,
+                superseded: dict[str, list[dict[str, Any]]]) -> None:
         run_id = uuid.uuid4().hex
         with self._lock:
             self._runs[run_id] = _Run(study_uid)
-            future = self.worker.analyse(instances, self.spool.results_dir(study_uid), run_id)
+            future = self.worker.analyse(instances, self.spool.results_dir(study_uid), run_id,
+                                         superseded)
             self._in_flight[study_uid] = future
         started = time.monotonic()
         future.add_done_callback(

@@ -85,7 +85,8 @@ def _worker_main(connection: Connection, settings: Settings, node_pid: int) -> N
 
 
 def run_analysis(
-    instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str
+    instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str,
+    superseded: dict[str, list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Worker entry point: analyse one study, sending each series as it is written."""
     from marrownode.pipeline import SourceInstance, analyse_study
@@ -95,7 +96,8 @@ def run_analysis(
             _connection.send(("series", SeriesWritten(run_id, entries)))
 
     sources = [SourceInstance(Path(path), header) for path, header in instances]
-    return analyse_study(sources, settings, Path(out_dir), on_outputs=written)
+    return analyse_study(sources, settings, Path(out_dir), on_outputs=written,
+                         superseded=superseded)
 
 
 def warm_up(settings: Settings) -> int:
@@ -181,9 +183,11 @@ class AnalysisWorker:
         self.submit(warm_up, self._settings).add_done_callback(_warmed_up)
 
     def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
-                run_id: str) -> Future[dict[str, Any]]:
-        """Queue one study's analysis."""
-        return self.submit(run_analysis, instances, self._settings, str(out_dir), run_id)
+                run_id: str, superseded: dict[str, list[dict[str, Any]]] | None = None,
+                ) -> Future[dict[str, Any]]:
+        """Queue one study's analysis (superseded: per set, earlier reports it replaces)."""
+        return self.submit(run_analysis, instances, self._settings, str(out_dir), run_id,
+                           superseded)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run any picklable call in the worker (it queues behind analyses)."""
