@@ -89,6 +89,24 @@ def _philips_frame_type(frame_group: Dataset) -> str | None:
         return None
 
 
+#: Enhanced MR's EchoPulseSequence values, as the ScanningSequence terms classic MR uses.
+_ECHO_PULSE_AS_SCANNING = {"GRADIENT": ["GR"], "SPIN": ["SE"], "BOTH": ["GR", "SE"]}
+
+
+def _complex_component(stated: Any, image_type: list[str]) -> str:
+    """MAGNITUDE, PHASE, REAL, IMAGINARY or MIXED: ComplexImageComponent when stated, else
+    value 3 of Image/Frame Type (Siemens 'P', Philips 'P_FFE'); '' when neither says."""
+    text = _text(stated).upper()
+    if text:
+        return text
+    third = image_type[2].upper() if len(image_type) > 2 else ""
+    for prefix, component in (("P", "PHASE"), ("R", "REAL"), ("I", "IMAGINARY"),
+                              ("M", "MAGNITUDE")):
+        if third == prefix or third.startswith(prefix + "_"):
+            return component
+    return ""
+
+
 def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dict[str, Any]:
     def group(keyword: str) -> Dataset | None:
         return _first_item(per_frame, keyword) or _first_item(shared, keyword)
@@ -107,6 +125,9 @@ def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dic
         "echo_time": _float(echo.get("EffectiveEchoTime")) if echo else None,
         "echo_number": None,
         "frame_type": _strings(frame_type.get("FrameType")) if frame_type else [],
+        "complex_component": _complex_component(
+            frame_type.get("ComplexImageComponent"),
+            _strings(frame_type.get("FrameType"))) if frame_type else "",
         "private_type": _philips_frame_type(per_frame) if per_frame is not None else None,
         "stack_position": _int(content.get("InStackPositionNumber")) if content else None,
     }
@@ -153,9 +174,9 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         summary["spectral_suppression"] = _text(
             dataset.get("SpectrallySelectedSuppression")
         ) or _text(modifier.get("SpectrallySelectedSuppression"))
-        summary["scanning_sequence"] = summary["scanning_sequence"] or _strings(
-            dataset.get("EchoPulseSequence")
-        )
+        summary["scanning_sequence"] = summary["scanning_sequence"] or [
+            term for value in _strings(dataset.get("EchoPulseSequence"))
+            for term in _ECHO_PULSE_AS_SCANNING.get(value.upper(), [value])]
     else:
         echo_numbers = _floats(dataset.get("EchoNumbers"))
         frames = [
@@ -167,6 +188,8 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
                 "echo_time": _float(dataset.get("EchoTime")),
                 "echo_number": int(echo_numbers[0]) if echo_numbers else None,
                 "frame_type": [],
+                "complex_component": _complex_component(
+                    dataset.get("ComplexImageComponent"), _strings(dataset.get("ImageType"))),
                 "private_type": _philips_type(dataset),
                 "stack_position": None,
             }

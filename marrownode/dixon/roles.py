@@ -78,6 +78,7 @@ class Frame:
     images_in_acquisition: int | None
     number_of_frames: int
     slice_thickness: float | None = None
+    complex_component: str = ""  # MAGNITUDE, PHASE, ... ('' when the header does not say)
 
     @property
     def field_strength_t(self) -> float | None:
@@ -110,6 +111,7 @@ def frames_from_header(header: dict[str, Any]) -> list[Frame]:
             series_number=header.get("series_number"),
             image_type=tuple(header.get("image_type") or ()),
             frame_type=tuple(frame.get("frame_type") or ()),
+            complex_component=frame.get("complex_component") or "",
             private_type=frame.get("private_type"),
             echo_time=frame.get("echo_time"),
             echo_number=frame.get("echo_number"),
@@ -234,6 +236,8 @@ def _classify_by_labels(frame: Frame) -> Classified | None:
 
     if frame.manufacturer.strip().lower() == MARROWNODE_MANUFACTURER:
         return none("a marrownode result, not a source image")
+    if frame.complex_component in ("PHASE", "REAL", "IMAGINARY"):
+        return none(f"{frame.complex_component.lower()} image: only magnitude carries signal")
     if frame.modality.upper() != "MR":
         return none(f"not MR (modality {frame.modality or 'missing'})")
     if frame.rows is None or frame.position is None or frame.orientation is None:

@@ -17,7 +17,7 @@ from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
-from marrownode.results.common import SourcePlane, SourceSeries
+from marrownode.results.common import SourcePlane, SourceSeries, with_shared_orientation
 from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.overlay import OverlayRenderer, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
@@ -80,7 +80,8 @@ def _unique_datasets(stacks: list[Stack], cache: PixelCache) -> list[Dataset]:
 
 def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -> SourceSeries:
     """The in-phase series and planes the results refer to and copy from."""
-    datasets = _unique_datasets([dixon_set.in_phase], cache)
+    datasets = [with_shared_orientation(d)
+                for d in _unique_datasets([dixon_set.in_phase], cache)]
     return SourceSeries(
         reference=datasets[0],
         datasets=datasets,

@@ -58,6 +58,23 @@ class SourceSeries:
         return self.created.strftime("%Y%m%d"), self.created.strftime("%H%M%S.%f")
 
 
+def with_shared_orientation(source: Dataset) -> Dataset:
+    """A multi-frame source whose frames state their orientation one by one (as Philips
+    Enhanced MR does) as highdicom needs it for derived multi-frame objects: the orientation in
+    the shared groups. A shallow copy; the source is left as received. Only for a stack, whose
+    frames share one orientation (the pairing has checked the geometry)."""
+    shared = source.get("SharedFunctionalGroupsSequence")
+    per_frame = source.get("PerFrameFunctionalGroupsSequence")
+    if not shared or not per_frame or "PlaneOrientationSequence" in shared[0] or (
+            "PlaneOrientationSequence" not in per_frame[0]):
+        return source
+    copied = copy.copy(source)
+    shared_item = copy.deepcopy(shared[0])
+    shared_item.PlaneOrientationSequence = copy.deepcopy(per_frame[0].PlaneOrientationSequence)
+    copied.SharedFunctionalGroupsSequence = [shared_item]
+    return copied
+
+
 def copy_patient_study(target: Dataset, source: Dataset) -> None:
     """Patient and study modules exactly as the source has them (character set included)."""
     for keyword in PATIENT_STUDY_KEYWORDS:

@@ -35,6 +35,7 @@ STYLES = (
     "ge_idealiq",
     "philips_mdixon",
     "philips_enhanced",
+    "philips_enhanced_ffe",
     "anonymised_dual_echo",
 )
 
@@ -208,6 +209,8 @@ def build_study(
     phantom = phantom or default_phantom(options.orientation)
     if options.style == "philips_enhanced":
         return [_enhanced_mr(options, phantom)]
+    if options.style == "philips_enhanced_ffe":
+        return [_enhanced_ffe(options, phantom)]
     images = phantom.echoes(snr=options.snr, seed=options.seed)
     geometry = geometry_for(options.orientation)
     slices = phantom.labels.shape[0]
@@ -315,6 +318,66 @@ def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
             item.FrameContentSequence = Sequence([content])
             per_frame.append(item)
             planes.append(data[k])
+    ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
+    ds.NumberOfFrames = len(planes)
+    _pixel_module(ds, np.stack(planes))
+    return _finish(ds, EnhancedMRImageStorage)
+
+
+def _enhanced_ffe(options: StudyOptions, phantom: Phantom) -> Dataset:
+    """Philips Enhanced MR as an Ingenia writes a dual-echo FFE: one multi-frame object with
+    magnitude and phase frames of both echoes, EchoPulseSequence GRADIENT, orientation per
+    frame, no Dixon labels (the echo times are all there is)."""
+    op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
+    images = phantom.echoes(snr=options.snr, seed=options.seed)
+    geometry = geometry_for(options.orientation)
+    ds = _base_dataset(options)
+    ds.SeriesInstanceUID = synthetic_uid(options.study_key, options.orientation, "ffe", "series")
+    ds.SOPInstanceUID = synthetic_uid(ds.SeriesInstanceUID, "instance")
+    ds.SeriesNumber = options.series_number_start
+    ds.SeriesDescription = "T1_FFE_dual_echo"
+    ds.Manufacturer, ds.ManufacturerModelName = "Philips", "Ingenia Elition X"
+    ds.InstanceNumber = 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "MIXED", "NONE"]
+    ds.ContentDate, ds.ContentTime = "20260101", "120000"
+    ds.AcquisitionDateTime = "20260101120000"
+    ds.MagneticFieldStrength = options.field_strength_t
+    ds.ImagingFrequency = round(GYROMAGNETIC_MHZ_PER_T * options.field_strength_t, 6)
+    ds.EchoPulseSequence = "GRADIENT"
+    ds.SpectrallySelectedSuppression = "NONE"
+    shared = Dataset()
+    measures = Dataset()
+    measures.PixelSpacing = list(phantom.pixel_spacing_mm)
+    measures.SliceThickness = phantom.slice_thickness_mm
+    shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    phase = np.random.default_rng(options.seed).uniform(
+        0, 4095, size=images["in_phase"].shape).astype(np.uint16)
+    per_frame, planes = [], []
+    for role, echo_time in (("opposed_phase", op_te), ("in_phase", ip_te)):
+        magnitude = _stored(images[role])
+        for component, data in (("MAGNITUDE", magnitude), ("PHASE", phase)):
+            for k in range(phantom.labels.shape[0]):
+                item = Dataset()
+                position, orientation = Dataset(), Dataset()
+                origin = geometry.origin + k * phantom.slice_thickness_mm * geometry.normal
+                position.ImagePositionPatient = [round(float(v), 4) for v in origin]
+                orientation.ImageOrientationPatient = [*geometry.row_dir, *geometry.col_dir]
+                item.PlanePositionSequence = Sequence([position])
+                item.PlaneOrientationSequence = Sequence([orientation])
+                echo = Dataset()
+                echo.EffectiveEchoTime = echo_time
+                item.MREchoSequence = Sequence([echo])
+                frame_type = Dataset()
+                frame_type.FrameType = ["ORIGINAL", "PRIMARY", f"{component[0]}_FFE", "NONE"]
+                frame_type.ComplexImageComponent = component
+                item.MRImageFrameTypeSequence = Sequence([frame_type])
+                content = Dataset()
+                content.InStackPositionNumber = k + 1
+                content.StackID = "1"
+                item.FrameContentSequence = Sequence([content])
+                per_frame.append(item)
+                planes.append(data[k])
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
     ds.NumberOfFrames = len(planes)
     _pixel_module(ds, np.stack(planes))
