@@ -92,6 +92,8 @@ def _load(given: Path | None) -> Settings:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     settings = load_settings(args.file)
     print(f"# {args.file}: valid. Effective settings:")
+    for warning in settings.warnings():
+        print(f"# warning: {warning}")
     print(effective_settings_toml(settings))
     return EXIT_OK
 

@@ -8,6 +8,7 @@ a file over SSH, not a Python developer.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import json
 import os
 import re
@@ -15,11 +16,17 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
-AETitle = Annotated[str, Field(pattern=AE_TITLE_PATTERN)]
-Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class ConfigError(Exception):
@@ -27,15 +34,60 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has types; "11112" is not a port and "yes" is not a boolean (only paths,
+    # which TOML writes as strings, are converted: StrictPath below).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank (spaces only)")
+    return value
+
+
+def _host(value: str) -> str:
+    """An IP address or a host name, without a port (a port has its own key)."""
+    if not value:
+        raise ValueError("must not be empty")
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    if ":" in value or "/" in value or not re.fullmatch(r"[A-Za-z0-9.-]{1,253}", value):
+        raise ValueError(f"must be an IP address or a host name, without a port (got {value!r};"
+                         " the port has its own key)")
+    return value
+
+
+AETitle = Annotated[str, Field(pattern=AE_TITLE_PATTERN), AfterValidator(_not_blank)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Host = Annotated[str, AfterValidator(_host)]
+#: TOML has no path type: paths are strings, converted.
+StrictPath = Annotated[Path, Field(strict=False)]
 
 
 class TLSSettings(_Section):
-    cert: Path
-    key: Path
+    """Paths may name systemd credentials: "${CREDENTIALS_DIRECTORY}/tls-key" with
+    LoadCredential=tls-key:/etc/marrownode/tls/node.key in the unit, so the key is readable by
+    the unit's dynamic user without being readable by anyone else."""
+
+    cert: StrictPath
+    key: StrictPath
     #: With a CA, client certificates are verified against it: a CA is configured to be used.
-    ca: Path | None = None
+    ca: StrictPath | None = None
     require_client_cert: bool = False
+
+    @field_validator("cert", "key", "ca", mode="before")
+    @classmethod
+    def _credentials(cls, value: Any) -> Any:
+        if isinstance(value, str) and "${CREDENTIALS_DIRECTORY}" in value:
+            directory = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not directory:
+                raise ValueError("names ${CREDENTIALS_DIRECTORY}, which systemd sets only "
+                                 "inside a unit with LoadCredential=")
+            return value.replace("${CREDENTIALS_DIRECTORY}", directory)
+        return value
 
     @model_validator(mode="after")
     def _ca_means_verify(self) -> TLSSettings:
@@ -48,7 +100,7 @@ class TLSSettings(_Section):
 
 class NodeSettings(_Section):
     ae_title: AETitle = "MARROWNODE"
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Port = 11112
     allowed_calling_aets: list[AETitle] = []
     max_associations: Annotated[int, Field(ge=1, le=1000)] = 10
@@ -73,7 +125,7 @@ def _default_storage_root() -> Path:
 
 
 class StorageSettings(_Section):
-    root: Path = Field(default_factory=_default_storage_root)
+    root: StrictPath = Field(default_factory=_default_storage_root)
     min_free_mb: Annotated[int, Field(ge=0)] = 1024
     retention_hours: Annotated[float, Field(gt=0)] = 72.0
 
@@ -111,7 +163,7 @@ class AnalysisSettings(_Section):
 class Destination(_Section):
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
     ae_title: AETitle
-    host: str
+    host: Host
     port: Port
 
 
@@ -146,13 +198,18 @@ def content_digest(settings: Settings) -> str:
 
 class HTTPSettings(_Section):
     enabled: bool = True
-    host: str = "127.0.0.1"
+    host: Host = "127.0.0.1"
     port: Port = 8642
 
 
 class LoggingSettings(_Section):
     format: Literal["kv", "json"] = "kv"
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
     include_phi: bool = False
 
 
@@ -197,6 +254,22 @@ class Settings(_Section):
             raise ValueError("destination names must be unique")
         return value
 
+    @model_validator(mode="after")
+    def _ports_apart(self) -> Settings:
+        if self.http.enabled and self.http.port == self.node.port:
+            raise ValueError(f"http.port and node.port are both {self.node.port}: the DICOM "
+                             "and HTTP listeners need ports of their own")
+        return self
+
+    def warnings(self) -> list[str]:
+        """Valid, but probably not what was meant."""
+        found = []
+        if not self.destinations:
+            found.append("no [[destinations]]: results are made but sent nowhere")
+        if not self.node.allowed_calling_aets:
+            found.append("node.allowed_calling_aets is empty: any calling AE title is accepted")
+        return found
+
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
     """The keys a section accepts, so 'unknown key' errors can list the alternatives."""
@@ -229,6 +302,8 @@ def _format_errors(source: str, error: ValidationError) -> str:
             message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
         elif item["type"] == "string_pattern_mismatch" and "ae_title" in key:
             message = "AE title must be 1-16 printable ASCII characters without backslash"
+        elif item["type"] == "list_type" and loc == ("destinations",):
+            message += ": write each destination as a [[destinations]] table (two brackets)"
         got = item.get("input")
         if item["type"] != "extra_forbidden" and not isinstance(got, dict | list):
             message += f" (got {got!r})"

@@ -133,6 +133,32 @@ def test_systemd_unit_parses() -> None:
     assert not problems, result.stderr
 
 
+def test_install_script_gives_a_unit_that_systemd_verifies(tmp_path) -> None:
+    """scripts/install.sh into a staging root: a virtualenv in /opt/marrownode (Debian's Python
+    refuses system-wide pip), the command, configuration, documentation and unit in place, and
+    `systemd-analyze verify` passes with ExecStart resolved inside the root."""
+    root = tmp_path / "root"
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--root", str(root),
+                             "--system-site-packages"], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "installed: /opt/marrownode" in result.stdout
+    command = root / "opt" / "marrownode" / "bin" / "marrownode"
+    config = root / "etc" / "marrownode" / "marrownode.toml"
+    assert (root / "usr" / "local" / "bin" / "marrownode").readlink() == Path(
+        "/opt/marrownode/bin/marrownode")
+    assert (config.stat().st_mode & 0o777) == 0o640
+    unit = (root / "etc" / "systemd" / "system" / "marrownode.service").read_text()
+    documentation = unit.split("Documentation=file://", 1)[1].split()[0]
+    assert (root / documentation.lstrip("/")).is_file()
+    assert "ExecStart=/opt/marrownode/bin/marrownode serve" in unit
+    assert "RestartPreventExitStatus=2 3" in unit
+    checked = subprocess.run([str(command), "check-config", str(config)], capture_output=True,
+                             text=True, timeout=60)
+    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
+    assert not (root / "usr" / "lib" / "systemd").exists()  # only borrowed for the check
+
+
 def test_notify_ready_after_bind_watchdog_and_stopping(serve_process, tmp_path) -> None:
     notify_path = tmp_path / "notify.sock"
     receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

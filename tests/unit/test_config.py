@@ -56,6 +56,19 @@ def test_shipped_example_is_valid_and_check_config_prints_it() -> None:
         ("[analysis]\nthresholds = [{field_strength_t = 1.5, signal_loss_percent = 120}]\n",
          ["analysis.thresholds[0].signal_loss_percent", "less than 100"]),
         ("[bogus]\n", ["bogus", "unknown key", "allowed keys", "storage"]),
+        # TOML has types: a string is not a port, nor "yes" or 1 a boolean, nor 9000.0 a count.
+        ("[node]\nport = \"11112\"\n", ["node.port", "valid integer", "'11112'"]),
+        ("[outputs]\noverlay = \"yes\"\n", ["outputs.overlay", "valid boolean"]),
+        ("[outputs]\nsr = 1\n", ["outputs.sr", "valid boolean"]),
+        ("[outputs]\nseries_number_base = 9000.0\n",
+         ["outputs.series_number_base", "valid integer"]),
+        ("[node]\nae_title = \"    \"\n", ["node.ae_title", "blank"]),
+        ("[node]\nhost = \"10.0.0.5:4242\"\n", ["node.host", "without a port"]),
+        ("[[destinations]]\nname = \"p\"\nae_title = \"P\"\nhost = \"pacs:104\"\nport = 104\n",
+         ["destinations[0].host", "without a port"]),
+        ("[http]\nport = 11112\n", ["http.port and node.port are both 11112"]),
+        ("[destinations]\nname = \"pacs\"\n", ["destinations", "[[destinations]]"]),
+        ("[outbox]\nmax_attempts = 10\n", ["outbox", "give_up_after_hours"]),
         ("[node\n", ["invalid TOML"]),
     ],
 )
@@ -93,3 +106,29 @@ def test_settings_are_immutable() -> None:
     settings = Settings()
     with pytest.raises(Exception):  # noqa: B017 - pydantic's frozen error type
         settings.node.port = 1  # type: ignore[misc]
+
+
+def test_log_level_in_any_case_and_warnings_for_valid_but_doubtful(tmp_path: Path) -> None:
+    path = tmp_path / "ok.toml"
+    path.write_text('[logging]\nlevel = "info"\n')
+    assert load_settings(path).logging.level == "INFO"
+    result = run_cli("check-config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "# warning: no [[destinations]]: results are made but sent nowhere" in result.stdout
+    assert "any calling AE title is accepted" in result.stdout
+
+
+def test_tls_paths_may_name_systemd_credentials(tmp_path: Path, monkeypatch) -> None:
+    """LoadCredential= hands the unit's dynamic user a copy of a root-only key; the config
+    names it through ${CREDENTIALS_DIRECTORY}, which only exists inside the unit."""
+    (tmp_path / "tls-cert").write_text("cert")
+    (tmp_path / "tls-key").write_text("key")
+    path = tmp_path / "tls.toml"
+    path.write_text('[node.tls]\ncert = "${CREDENTIALS_DIRECTORY}/tls-cert"\n'
+                    'key = "${CREDENTIALS_DIRECTORY}/tls-key"\n')
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    with pytest.raises(ConfigError, match="LoadCredential"):
+        load_settings(path)
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    tls = load_settings(path).node.tls
+    assert tls is not None and tls.key == tmp_path / "tls-key"
