@@ -20,13 +20,21 @@ from marrownode import ALGORITHM_VERSION, __version__
 from marrownode.config import Settings
 from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import classify, frames_from_header
-from marrownode.dixon.sets import assemble
+from marrownode.dixon.sets import DixonSet, assemble
 from marrownode.dixon.volume import PixelCache, load_set
 from marrownode.quant.analysis import QuantParameters, analyse_set
 from marrownode.quant.foci import FocusParameters
 from marrownode.quant.spine import SpineParameters
 from marrownode.report import SetReport
-from marrownode.results.build import build_results
+from marrownode.requests.measure import (
+    PendingRequest,
+    SetMaps,
+    find_requests,
+    measure_on_set,
+    request_records,
+)
+from marrownode.results.build import build_results, write_answer
+from marrownode.results.uids import derived_uid
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +81,10 @@ def analyse_study(
     paths = {item.header["sop_instance_uid"]: item.path for item in instances}
     cache = PixelCache(paths)
     parameters = quant_parameters(settings)
+    pending = find_requests([(item.path, item.header) for item in instances], settings,
+                            lambda text: str(derived_uid(settings.outputs.uid_root, text)))
     set_reports = []
+    measured_on: list[DixonSet] = []
     for set_index, dixon_set in enumerate(assembly.sets):
         report = SetReport.of(dixon_set)
         try:
@@ -91,19 +102,52 @@ def analyse_study(
             continue
         report.analysed(result, volumes.geometry, settings.outputs.uid_root, study_uid,
                         parameters.foci.sharp_margin)
+        if pending:
+            measure_on_set(pending, SetMaps(
+                dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
+                "in_phase_first" in dixon_set.flags,
+                dixon_set.in_phase.first.frame_of_reference_uid), settings)
+            measured_on.append(dixon_set)
         if out_dir is not None:
             report.outputs = build_results(
                 dixon_set, volumes, result, cache, settings, out_dir, report, set_index,
                 on_outputs, superseded=(superseded or {}).get(dixon_set.key, []))
         set_reports.append(report.to_json())
-    log.info("event=study_analysed study=%s sets=%d skipped_series=%d seconds=%.2f",
-             study_uid, len(set_reports), len(assembly.skipped_series),
-             time.perf_counter() - started)
+    requests = [_answer(item, index, measured_on, cache, settings, out_dir, on_outputs)
+                for index, item in enumerate(pending)]
+    log.info("event=study_analysed study=%s sets=%d requests=%d skipped_series=%d "
+             "seconds=%.2f", study_uid, len(set_reports), len(requests),
+             len(assembly.skipped_series), time.perf_counter() - started)
     return {
         "study_instance_uid": study_uid,
         "dixon_sets": set_reports,
+        "requests": requests,
         "skipped_series": assembly.skipped_series,
     }
+
+
+def _answer(item: PendingRequest, index: int, measured_on: list[DixonSet], cache: PixelCache,
+            settings: Settings, out_dir: Path | None,
+            on_outputs: Callable[[list[dict[str, Any]]], None] | None) -> dict[str, Any]:
+    """A request's entry in report.json, and its answer SR when results are written."""
+    records = request_records(item, bool(measured_on))
+    entry: dict[str, Any] = {
+        "sop_instance_uid": item.request.sop_instance_uid, "kind": item.request.kind,
+        "measurements": [{k: v for k, v in r.items() if k != "drawn"} for r in records],
+        "outputs": [],
+    }
+    if out_dir is not None:
+        drawn_on = {r["drawn"]["sop_instance_uid"] for r in records if "drawn" in r}
+        measured = [dixon_set.in_phase.first.sop_instance_uid for dixon_set in measured_on]
+        evidence = []
+        for sop_uid in sorted(drawn_on) + measured:
+            try:
+                evidence.append(cache.dataset(sop_uid))
+            except (KeyError, OSError):
+                continue  # drawn on an image the node does not have: referenced, not evidence
+        entry["outputs"] = write_answer(item.dataset, records, evidence, settings, out_dir,
+                                        index, on_outputs)
+    return entry
 
 
 # --- offline `process` ----------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
+from marrownode.results.answer_sr import build_answer_sr
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_orientation
 from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.overlay import OverlayRenderer, build_overlay_series
@@ -255,3 +256,36 @@ def overlay_frames(
         here = "" if marrow[k].any() else " | no localised marrow on this slice"
         yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k], marrow[k],
                               f"slice {k + 1}/{count}{here}")
+
+
+#: Answers to measurement requests: series numbers after the sets' results.
+ANSWER_SERIES_OFFSET = 900
+
+
+def write_answer(request: Dataset, measurements: list[dict[str, Any]], evidence: list[Dataset],
+                 settings: Settings, out_dir: Path, index: int,
+                 on_series: Callable[[list[dict[str, Any]]], None] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Build and write the SR answering one request; its report entries (kind 'sr').
+    Its UIDs derive from the request and the content settings: the same request measured
+    with the same settings gives the same answer UIDs."""
+    root = settings.outputs.uid_root
+    digest = content_digest(settings)
+    series_uid = derived_uid(root, str(request.SOPInstanceUID), "answer", digest)
+    number = settings.outputs.series_number_base + ANSWER_SERIES_OFFSET + index
+    sr = build_answer_sr(request, measurements, evidence, series_uid=series_uid,
+                         sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
+                         uid_root=root, settings_digest=digest)
+    path = out_dir / "requests" / f"{sr.SOPInstanceUID}.dcm"
+    write_dataset(sr, path)
+    entries = [{
+        "kind": "sr", "sop_class_uid": str(sr.SOPClassUID),
+        "transfer_syntax_uid": str(sr.file_meta.TransferSyntaxUID),
+        "sop_instance_uid": str(sr.SOPInstanceUID),
+        "series_instance_uid": str(sr.SeriesInstanceUID), "series_number": number,
+        "series_description": str(sr.SeriesDescription),
+        "path": str(path.relative_to(out_dir)),
+    }]
+    if on_series is not None:
+        on_series(entries)
+    return entries

@@ -85,9 +85,11 @@ CUBIC_MM = Code("mm3", "UCUM", "cubic millimeter")
 SQUARE_MM = Code("mm2", "UCUM", "square millimeter")
 
 
-def _measurement(name: Code, value: float | None, unit: Code, derivation: Code | None = None,
-                 algorithm: hd.sr.AlgorithmIdentification | None = None,
-                 ) -> hd.sr.Measurement | None:
+def measurement_item(name: Code, value: float | None, unit: Code,
+                     derivation: Code | None = None,
+                     algorithm: hd.sr.AlgorithmIdentification | None = None,
+                     ) -> hd.sr.Measurement | None:
+    """A NUM content item, or None for a value that is missing or not finite."""
     if value is None or not np.isfinite(value):
         return None
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation,
@@ -120,16 +122,16 @@ def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentifi
     """One vertebral body: medians over its localised marrow and the T1 internal standard."""
     median = codes.DCM.Median
     measurements = [m for m in (
-        _measurement(SIGNAL_LOSS, vertebra.signal_loss_percent_median, PERCENT, median,
+        measurement_item(SIGNAL_LOSS, vertebra.signal_loss_percent_median, PERCENT, median,
                      algorithm),
-        _measurement(SIR, vertebra.sir_median, RATIO, median, algorithm),
-        _measurement(codes.DCM.FatFraction, vertebra.fat_fraction_percent_median, PERCENT,
+        measurement_item(SIR, vertebra.sir_median, RATIO, median, algorithm),
+        measurement_item(codes.DCM.FatFraction, vertebra.fat_fraction_percent_median, PERCENT,
                      median, algorithm),
-        _measurement(FRACTION_BELOW, None if vertebra.fraction_below_threshold is None
+        measurement_item(FRACTION_BELOW, None if vertebra.fraction_below_threshold is None
                      else 100.0 * vertebra.fraction_below_threshold, PERCENT, None, algorithm),
-        _measurement(IP_TO_MUSCLE, vertebra.in_phase_to_muscle_ratio, RATIO, median, algorithm),
-        _measurement(IP_TO_DISC, vertebra.in_phase_to_disc_ratio, RATIO, median, algorithm),
-        _measurement(codes.SCT.Volume, vertebra.volume_mm3, CUBIC_MM),
+        measurement_item(IP_TO_MUSCLE, vertebra.in_phase_to_muscle_ratio, RATIO, median, algorithm),
+        measurement_item(IP_TO_DISC, vertebra.in_phase_to_disc_ratio, RATIO, median, algorithm),
+        measurement_item(codes.SCT.Volume, vertebra.volume_mm3, CUBIC_MM),
     ) if m is not None]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=vertebra.tracking_uid,
@@ -149,8 +151,8 @@ def _set_group(set_report: SetReport, sources: list[hd.sr.SourceImageForMeasurem
     No number over tissue: those live in the vertebra groups."""
     threshold = set_report.signal_loss_threshold_percent
     measurements = [m for m in (
-        _measurement(codes.DCM.MagneticFieldStrength, set_report.field_strength_t, TESLA),
-        _measurement(THRESHOLD, threshold, PERCENT),
+        measurement_item(codes.DCM.MagneticFieldStrength, set_report.field_strength_t, TESLA),
+        measurement_item(THRESHOLD, threshold, PERCENT),
     ) if m is not None]
     evaluations = [
         hd.sr.QualitativeEvaluation(MARROW_LOCALISATION, MARROW_LOCALISED
@@ -186,13 +188,13 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
                 graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=polygon,
                 source_image=_source_region(sources.planes[int(index)])))
     measurements = [m for m in (
-        _measurement(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT, RATIO_OF_MEANS,
+        measurement_item(SIGNAL_LOSS, focus.signal_loss_percent, PERCENT, RATIO_OF_MEANS,
                      algorithm),
-        _measurement(SIR, focus.sir, RATIO, RATIO_OF_MEANS, algorithm),
-        _measurement(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT,
+        measurement_item(SIR, focus.sir, RATIO, RATIO_OF_MEANS, algorithm),
+        measurement_item(codes.DCM.FatFraction, focus.fat_fraction_percent, PERCENT,
                      codes.SCT.Mean, algorithm),
-        _measurement(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
-        _measurement(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
+        measurement_item(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
+        measurement_item(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
     ) if m is not None]
     verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
     evaluations = [hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, verdict),

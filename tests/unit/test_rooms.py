@@ -51,11 +51,16 @@ def test_only_net_imports_pynetdicom() -> None:
 
 
 def test_only_results_builds_dicom_objects() -> None:
-    """highdicom (the object builder) is used in results/ alone."""
+    """highdicom builds objects in results/ alone; requests/ reads request objects (SR, SEG)
+    with it and builds nothing."""
     offenders = [str(path.relative_to(PACKAGE)) for path in _modules()
-                 if _room(path) != "results" and any(n.startswith("highdicom")
-                                                     for n in _imports(path))]
+                 if _room(path) not in ("results", "requests")
+                 and any(n.startswith("highdicom") for n in _imports(path))]
     assert offenders == []
+    readers = PACKAGE / "requests"
+    for path in readers.glob("*.py"):
+        text = path.read_text()
+        assert "save_as" not in text and "dcmwrite" not in text, path.name
 
 
 def test_the_receiver_does_not_reach_into_the_store() -> None:

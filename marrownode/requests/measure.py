@@ -1,0 +1,170 @@
+"""Measuring requests in a study: find them, place each region on a Dixon set, measure it
+like a focus, and answer each request with an SR (and an entry in report.json)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from marrownode.config import Settings, content_digest
+from marrownode.dixon.header import MARROWNODE_MANUFACTURER
+from marrownode.quant.analysis import QuantResult
+from marrownode.quant.geometry import VolumeGeometry
+from marrownode.quant.regions import categorise, place_planar, place_voxels
+from marrownode.quant.roi import roi_statistics
+from marrownode.requests.read import ImagePlane, MeasurementRequest, Region, read_request
+from marrownode.requests.read import request_kind as kind_of_class
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PendingRequest:
+    """A request object and the measurement (or reason) of each of its regions."""
+
+    dataset: Dataset
+    request: MeasurementRequest
+    measured: dict[int, dict[str, Any]] = field(default_factory=dict)  # region index -> record
+    reasons: dict[int, str] = field(default_factory=dict)
+
+
+def _plane_lookup(headers: Sequence[dict[str, Any]]) -> Callable[[str, int | None],
+                                                                 ImagePlane | None]:
+    frames_of = {h["sop_instance_uid"]: h.get("frames") or [] for h in headers}
+
+    def plane_of(sop_uid: str, frame: int | None) -> ImagePlane | None:
+        frames = frames_of.get(sop_uid) or []
+        index = (frame - 1) if frame else 0
+        if not 0 <= index < len(frames):
+            return None
+        item = frames[index]
+        if not item.get("position") or not item.get("orientation") or not item.get(
+                "pixel_spacing"):
+            return None
+        orientation = np.asarray(item["orientation"], dtype=np.float64)
+        spacing = item["pixel_spacing"]
+        return ImagePlane(np.asarray(item["position"], dtype=np.float64), orientation[:3],
+                          orientation[3:], (float(spacing[0]), float(spacing[1])))
+
+    return plane_of
+
+
+def find_requests(sources: Sequence[tuple[Path, dict[str, Any]]], settings: Settings,
+                  tracking_uid: Callable[[str], str]) -> list[PendingRequest]:
+    """Every request object in the study (our own outputs are never requests)."""
+    headers = [header for _, header in sources]
+    plane_of = _plane_lookup(headers)
+    found = []
+    for path, header in sources:
+        if kind_of_class(header.get("sop_class_uid", "")) is None or str(
+                header.get("manufacturer", "")).strip().lower() == MARROWNODE_MANUFACTURER:
+            continue
+        try:
+            dataset = dcmread(path)
+            found.append(PendingRequest(dataset, read_request(dataset, plane_of, tracking_uid)))
+        except Exception as exc:  # a request we cannot read must not stop the analysis
+            log.warning("event=request_unreadable sop=%s error=%s",
+                        header.get("sop_instance_uid"), type(exc).__name__)
+    return found
+
+
+@dataclass(frozen=True)
+class SetMaps:
+    """What a Dixon set offers to measure on."""
+
+    key: str
+    geometry: VolumeGeometry
+    in_phase: np.ndarray
+    opposed: np.ndarray
+    result: QuantResult
+    in_phase_first: bool
+    frame_of_reference_uid: str
+
+
+def measure_on_set(pending: Sequence[PendingRequest], maps: SetMaps, settings: Settings) -> None:
+    """Place and measure every region not yet measured on this set."""
+    shape = maps.in_phase.shape
+    voxel = float(np.prod(maps.geometry.spacing_mm))
+    for item in pending:
+        for number, region in enumerate(item.request.regions):
+            if number in item.measured:
+                continue
+            if region.frame_of_reference_uid and maps.frame_of_reference_uid and (
+                    region.frame_of_reference_uid != maps.frame_of_reference_uid):
+                item.reasons.setdefault(number, "another frame of reference than the Dixon set")
+                continue
+            placed = (place_voxels(maps.geometry, shape, region.points_mm)
+                      if region.graphic_type == "MASK"
+                      else place_planar(maps.geometry, shape, region.graphic_type,
+                                        region.points_mm))
+            if placed.mask is None:
+                item.reasons[number] = placed.reason
+                continue
+            item.measured[number] = _record(region, placed.mask, maps, voxel, settings)
+
+
+def _record(region: Region, mask: np.ndarray, maps: SetMaps, voxel: float,
+            settings: Settings) -> dict[str, Any]:
+    result = maps.result
+    statistics = roi_statistics(mask, {"fat_fraction_percent": result.fat_fraction},
+                                maps.in_phase, maps.opposed, voxel)
+    loss = float(statistics["signal_loss_ratio_of_means_percent"])
+    fat = float(statistics["maps"]["fat_fraction_percent"]["mean"])
+    threshold = result.threshold_percent
+    count = int(statistics["voxel_count"])
+    record: dict[str, Any] = {
+        "label": region.label, "tracking_uid": region.tracking_uid, "set": maps.key,
+        "signal_loss_percent": _rounded(loss), "sir": _rounded(
+            float(statistics["sir_ratio_of_means"]), 4),
+        "fat_fraction_percent": _rounded(fat),
+        "fat_fraction_method": result.fat_fraction_method,
+        "voxel_count": count,
+        "below_threshold": None if threshold is None or not np.isfinite(loss)
+        else bool(loss < threshold),
+        "category": categorise(loss, fat, result.fat_fraction_method != "signal_fat_fraction",
+                               threshold, maps.in_phase_first,
+                               settings.analysis.in_phase_first_margin_percent),
+    }
+    if region.graphic_type == "MASK":
+        record["volume_mm3"] = _rounded(count * voxel)
+    else:
+        spacing = maps.geometry.spacing_mm
+        record["area_mm2"] = _rounded(count * spacing[1] * spacing[2])
+    if region.pixel_points is not None:
+        record["drawn"] = {"graphic_type": region.graphic_type,
+                           "pixel_points": region.pixel_points.tolist(),
+                           "sop_class_uid": region.source_sop_class_uid,
+                           "sop_instance_uid": region.source_sop_instance_uid}
+    return record
+
+
+def _rounded(value: float, digits: int = 2) -> float | None:
+    return round(value, digits) if np.isfinite(value) else None
+
+
+def request_records(item: PendingRequest, any_set: bool) -> list[dict[str, Any]]:
+    """Every region of a request: its measurement, or why it has none."""
+    records = []
+    for number, region in enumerate(item.request.regions):
+        if number in item.measured:
+            records.append(item.measured[number])
+        else:
+            records.append({"label": region.label, "tracking_uid": region.tracking_uid,
+                            "reason": item.reasons.get(number, "") if any_set
+                            else "no_dixon_set"})
+    for problem in item.request.problems:
+        records.append({"label": problem["label"], "tracking_uid": "",
+                        "reason": problem["reason"]})
+    return records
+
+
+def settings_digest(settings: Settings) -> str:
+    """The digest named in the answer (the same one as the set results')."""
+    return content_digest(settings)
