@@ -19,6 +19,7 @@ from marrownode import ALGORITHM_VERSION
 from marrownode.config import Settings, content_digest
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER
+from marrownode.requests.read import request_kind
 from marrownode.services.loop import LoopService
 from marrownode.services.worker import AnalysisWorker, SeriesWritten, WorkerDied
 from marrownode.states import SetState, StudyState
@@ -58,6 +59,12 @@ def input_digest(headers: list[dict[str, Any]], settings: Settings) -> str:
                      != MARROWNODE_MANUFACTURER)
     text = "\n".join([content_digest(settings), ALGORITHM_VERSION, *sources])
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def is_request(header: dict[str, Any]) -> bool:
+    """A measurement request object (SR, GSPS, SEG) that is not one of our own results."""
+    return request_kind(str(header.get("sop_class_uid", ""))) is not None and str(
+        header.get("manufacturer", "")).strip().lower() != MARROWNODE_MANUFACTURER
 
 
 def earlier_reports(report_json: str | None) -> dict[str, list[dict[str, Any]]]:
@@ -165,30 +172,40 @@ class Assembler(LoopService):
         decision = decide([r.header for r in rows], open_associations, last, now, idle)
         self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
                                              for s in decision.sets])
-        if decision.verdict is Verdict.READY:
-            digest = input_digest([r.header for r in rows], self.settings)
-            if digest == study.get("input_digest") and study.get("report"):
-                # A PACS forwarding the study again (results included): same sources, same
-                # settings, same results. Analysing and sending again would feed the loop.
-                self.studies.set_state(
-                    study_uid, StudyState.ANALYSED, "unchanged since the last analysis (same "
-                    "source instances and settings): not analysed or sent again",
-                    if_last_received=last, seen_events=seen)
-                log.info("event=study_unchanged study=%s", study_uid)
-                return
-            if not self.studies.set_state(study_uid, StudyState.ANALYSING, decision.reason,
-                                          if_last_received=last, seen_events=seen):
-                return  # new data arrived meanwhile: assess again
-            log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid,
-                     len(decision.sets), decision.reason.replace(" ", "_"),
-                     _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
-            self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest,
-                         earlier_reports(study.get("report")))
+        requests = sum(1 for r in rows if is_request(r.header))
+        if decision.verdict is Verdict.READY or (
+                decision.verdict is Verdict.NO_DIXON_SET and requests):
+            # A measurement request in a study without a Dixon set is answered too ("no set").
+            reason = decision.reason if decision.verdict is Verdict.READY else (
+                f"{decision.reason}; answering {requests} measurement request(s)")
+            self._analyse(study, rows, reason, len(decision.sets))
             return
         state = (StudyState.NO_DIXON_SET if decision.verdict is Verdict.NO_DIXON_SET
                  else StudyState.WAITING)
         self.studies.set_state(study_uid, state, decision.reason, if_last_received=last,
                                seen_events=seen)
+
+    def _analyse(self, study: dict[str, Any], rows: list[Any], reason: str, sets: int) -> None:
+        study_uid, last = study["study_uid"], study["last_received"]
+        seen = study["pending_events"]
+        digest = input_digest([r.header for r in rows], self.settings)
+        if digest == study.get("input_digest") and study.get("report"):
+            # A PACS forwarding the study again (results included): same sources, same
+            # settings, same results. Analysing and sending again would feed the loop.
+            self.studies.set_state(
+                study_uid, StudyState.ANALYSED, "unchanged since the last analysis (same "
+                "source instances and settings): not analysed or sent again",
+                if_last_received=last, seen_events=seen)
+            log.info("event=study_unchanged study=%s", study_uid)
+            return
+        if not self.studies.set_state(study_uid, StudyState.ANALYSING, reason,
+                                      if_last_received=last, seen_events=seen):
+            return  # new data arrived meanwhile: assess again
+        log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid, sets,
+                 reason.replace(" ", "_"),
+                 _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
+        self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest,
+                     earlier_reports(study.get("report")))
 
     def _submit(self, study_uid: str, last: float,
                 instances: list[tuple[str, dict[str, Any]]], digest: str,
@@ -229,8 +246,13 @@ class Assembler(LoopService):
         sets = [SetRow(s["key"], s.get("state", SetState.ANALYSED), s.get("reason", ""), s)
                 for s in report["dixon_sets"]]
         self.studies.record_sets(study_uid, sets)
-        self.studies.set_state(study_uid, StudyState.ANALYSED, f"{len(sets)} set(s) analysed",
-                               report=report, if_last_received=last, input_digest=digest)
+        answered = len(report.get("requests", []))
+        state, reason = (StudyState.ANALYSED, f"{len(sets)} set(s) analysed") if sets else (
+            StudyState.NO_DIXON_SET, "no in-/opposed-phase pair")
+        if answered:
+            reason += f"; {answered} measurement request(s) answered"
+        self.studies.set_state(study_uid, state, reason, report=report, if_last_received=last,
+                               input_digest=digest)
         self.observe_analysis_seconds(seconds)
         log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid, len(sets),
                  seconds)
