@@ -165,6 +165,10 @@ class Destination(_Section):
     ae_title: AETitle
     host: Host
     port: Port
+    #: "c-get": when a measurement request arrives for a study whose images are gone (removed
+    #: by retention), fetch its MR images back from this destination (it must allow C-GET
+    #: from node.ae_title).
+    retrieve: Literal["none", "c-get"] = "none"
 
 
 class OutputSettings(_Section):

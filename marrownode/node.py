@@ -18,6 +18,7 @@ from marrownode.services.assembler import Assembler
 from marrownode.services.deliverer import Deliverer
 from marrownode.services.loop import Service
 from marrownode.services.retention import RetentionSweeper
+from marrownode.services.retriever import Retriever
 from marrownode.services.worker import AnalysisWorker
 from marrownode.store.database import index_path
 from marrownode.store.index import Index
@@ -64,7 +65,10 @@ class Node:
             settings, self.index.studies, self.ingestor, self.spool, self.worker,
             self.metrics.analysis_seconds.observe, on_series=self.deliverer.enqueue,
             on_analysed=self.deliverer.analysis_finished,
-            count_failure=self.metrics.analysis_failures.inc)
+            count_failure=self.metrics.analysis_failures.inc,
+            retrieve=lambda study_uid: self.retriever.start(study_uid))
+        self.retriever = Retriever(settings, self.ingestor, self.index.studies,
+                                   wake=self.assembler.wake)
         self.retention = RetentionSweeper(self.index.studies, self.spool,
                                           settings.storage.retention_hours)
         self.http = (HTTPService(settings.http, self.health, self.metrics.registry,

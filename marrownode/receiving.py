@@ -110,6 +110,17 @@ class IngestSink:
                 self._unrecorded_ends.discard(association_id)
 
 
+def store_encoded(ingestor: Ingestor, encoded: bytes) -> int:
+    """Store one encoded instance (Part 10, as pynetdicom hands a retrieved one over) like a
+    received one; the DIMSE status for the peer."""
+    try:
+        incoming = ingestor.spool.incoming()
+    except OutOfSpace:
+        return int(Status.OUT_OF_RESOURCES)
+    incoming.write(encoded)
+    return int(STATUS_FOR_RESULT[ingestor.store_file(incoming).result])
+
+
 def on_parent_death(action: Callable[[], None], parent_pid: int,
                     interval_seconds: float = 0.5) -> None:
     """Run action (once) when the node process parent_pid is gone, so a node killed with

@@ -76,10 +76,12 @@ class Orthanc:
         terminate(self.process)
         self.process = None
 
-    def _request(self, path: str, data: bytes | None = None) -> Any:
+    def _request(self, path: str, data: bytes | None = None, raw: bool = False) -> Any:
         request = urllib.request.Request(f"http://127.0.0.1:{self.http_port}{path}", data=data)
         with urllib.request.urlopen(request, timeout=120) as response:
             body = response.read()
+        if raw:
+            return body
         return json.loads(body) if body else None
 
     def get(self, path: str) -> Any:

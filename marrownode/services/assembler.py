@@ -113,6 +113,7 @@ class Assembler(LoopService):
         on_series: SeriesCallback,
         on_analysed: AnalysedCallback,
         count_failure: Callable[[], None] = lambda: None,
+        retrieve: Callable[[str], bool] = lambda study_uid: False,
         poll_seconds: float = 0.5,
     ) -> None:
         super().__init__(poll_seconds)
@@ -128,6 +129,7 @@ class Assembler(LoopService):
         self._runs: dict[str, _Run] = {}
         self._lock = threading.Lock()
         self.count_failure = count_failure
+        self.retrieve = retrieve
 
     def on_start(self) -> None:
         """Start the worker and rehearse it."""
@@ -173,6 +175,14 @@ class Assembler(LoopService):
         self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
                                              for s in decision.sets])
         requests = sum(1 for r in rows if is_request(r.header))
+        if (decision.verdict is not Verdict.READY and requests and not open_associations
+                and self.retrieve(study_uid)):
+            # A request, and no complete set: retention removed the images it is about, or
+            # they were never sent here. Fetch them back first (once per study).
+            self.studies.set_state(study_uid, StudyState.WAITING, "retrieving images for a "
+                                   "measurement request", if_last_received=last,
+                                   seen_events=seen)
+            return
         if decision.verdict is Verdict.READY or (
                 decision.verdict is Verdict.NO_DIXON_SET and requests):
             # A measurement request in a study without a Dixon set is answered too ("no set").

@@ -104,3 +104,59 @@ def test_a_region_in_a_study_without_a_dixon_set_gets_an_answer_saying_so(node_f
         assert study["state"] == "no_dixon_set" and "answered" in study["reason"]
     finally:
         pacs.stop()
+
+
+def test_a_request_after_retention_fetches_the_images_back_from_orthanc(
+        node_factory, orthanc_factory, tmp_path) -> None:
+    """End to end: a study analysed and removed by retention; the radiologist's ROI SR is
+    stored into Orthanc and forwarded to the node; the node fetches the images back with
+    C-GET, measures, and the answer appears in the same study in Orthanc."""
+    import time
+
+    from pydicom import dcmread as read
+
+    from marrownode.synthetic.studies import write_datasets
+    from tests.conftest import free_port
+    from tests.integration.test_end_to_end import wait_for_results
+
+    port = free_port()
+    orthanc = orthanc_factory(modalities={"marrownode": ["MARROWNODE", "127.0.0.1", port]})
+    orthanc.start()
+    node = node_factory(node={"port": port}, completion={"idle_seconds": 60},
+                        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title,
+                                       "host": "127.0.0.1", "port": orthanc.dicom_port,
+                                       "retrieve": "c-get"}])
+    datasets = build_study(StudyOptions(style="siemens", study_key="roi-retrieve"))
+    study_uid = datasets[0].StudyInstanceUID
+    write_datasets(datasets, tmp_path / "scanner")
+    for path in sorted((tmp_path / "scanner").rglob("*.dcm")):
+        orthanc.upload(path)
+    study_id = orthanc.study_id(study_uid)
+    orthanc.post("/modalities/marrownode/store", {"Resources": [study_id], "Synchronous": True})
+    wait_for_results(orthanc, study_uid)
+    wait_until(lambda: results_delivered(node, study_uid), timeout=60)
+    assert node.retention.sweep(time.time() + 100 * 3600) == [study_uid]  # images gone
+    assert node.index.studies.instances(study_uid) == []
+
+    image = next(d for d in datasets if d.SeriesDescription.endswith("_in"))
+    tracking = hd.UID()
+    request = roi_sr(image, "after retention", tracking)
+    request.save_as(tmp_path / "roi.dcm", enforce_file_format=True)
+    uploaded = orthanc.upload(tmp_path / "roi.dcm")
+    orthanc.post("/modalities/marrownode/store",
+                 {"Resources": [uploaded["ID"]], "Synchronous": True})
+
+    def answered() -> list[dict]:
+        return [s for s in orthanc.series(study_uid)
+                if s["MainDicomTags"].get("SeriesDescription") == ANSWER]
+
+    wait_until(lambda: bool(answered()), timeout=120)
+    (series,) = answered()
+    (instance,) = series["Instances"]
+    path = tmp_path / "answer.dcm"
+    path.write_bytes(orthanc._request(f"/instances/{instance}/file", raw=True))
+    content = hd.sr.Comprehensive3DSR.from_dataset(read(path)).content
+    (group,) = content.get_planar_roi_measurement_groups()
+    assert str(group.tracking_uid) == tracking
+    assert "Chemical shift signal loss" in {m.name.meaning for m in group.get_measurements()}
+    assert len(node.index.studies.instances(study_uid)) >= 40  # the MR images came back
