@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from marrownode import ALGORITHM_VERSION, __version__
@@ -82,7 +83,8 @@ def analyse_study(
     cache = PixelCache(paths)
     parameters = quant_parameters(settings)
     pending = find_requests([(item.path, item.header) for item in instances], settings,
-                            lambda text: str(derived_uid(settings.outputs.uid_root, text)))
+                            lambda text: str(derived_uid(settings.outputs.uid_root, text)),
+                            results_dir=out_dir)
     set_reports = []
     measured_on: list[DixonSet] = []
     for set_index, dixon_set in enumerate(assembly.sets):
@@ -137,17 +139,34 @@ def _answer(item: PendingRequest, index: int, measured_on: list[DixonSet], cache
         "outputs": [],
     }
     if out_dir is not None:
-        drawn_on = {r["drawn"]["sop_instance_uid"] for r in records if "drawn" in r}
-        measured = [dixon_set.in_phase.first.sop_instance_uid for dixon_set in measured_on]
-        evidence = []
-        for sop_uid in sorted(drawn_on) + measured:
-            try:
-                evidence.append(cache.dataset(sop_uid))
-            except (KeyError, OSError):
-                continue  # drawn on an image the node does not have: referenced, not evidence
+        evidence = _evidence(records, measured_on, cache, out_dir)
         entry["outputs"] = write_answer(item.dataset, records, evidence, settings, out_dir,
                                         index, on_outputs)
     return entry
+
+
+def _evidence(records: list[dict[str, Any]], measured_on: list[DixonSet], cache: PixelCache,
+              out_dir: Path) -> list[Dataset]:
+    """The images the answer names: those drawn on (received, or our own maps in out_dir) and
+    those measured on. A region drawn on an image the node cannot produce is answered without
+    its outline (an SR may not reference what it cannot name as evidence)."""
+    wanted = {r["drawn"]["sop_instance_uid"] for r in records if "drawn" in r} | {
+        dixon_set.in_phase.first.sop_instance_uid for dixon_set in measured_on}
+    found: dict[str, Dataset] = {}
+    for sop_uid in sorted(wanted):
+        try:
+            found[sop_uid] = cache.dataset(sop_uid)
+        except (KeyError, OSError):
+            continue
+    missing = wanted - set(found)
+    if missing:
+        for path in out_dir.rglob("*.dcm"):
+            if path.stem in missing:
+                found[path.stem] = dcmread(path, stop_before_pixels=True)
+    for record in records:
+        if "drawn" in record and record["drawn"]["sop_instance_uid"] not in found:
+            del record["drawn"]
+    return list(found.values())
 
 
 # --- offline `process` ----------------------------------------------------------------------------

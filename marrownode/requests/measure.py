@@ -14,7 +14,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from marrownode.config import Settings, content_digest
-from marrownode.dixon.header import MARROWNODE_MANUFACTURER
+from marrownode.dixon.header import MARROWNODE_MANUFACTURER, summarise
 from marrownode.quant.analysis import QuantResult
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.regions import categorise, place_planar, place_voxels
@@ -56,16 +56,33 @@ def _plane_lookup(headers: Sequence[dict[str, Any]]) -> Callable[[str, int | Non
     return plane_of
 
 
+def _our_results(results_dir: Path | None) -> list[dict[str, Any]]:
+    """Headers of the results already written for the study: a region may be drawn on one of
+    our maps, which lie on the in-phase geometry but are not among the received instances."""
+    if results_dir is None or not results_dir.is_dir():
+        return []
+    headers = []
+    for path in results_dir.rglob("*.dcm"):
+        try:
+            headers.append(summarise(dcmread(path, stop_before_pixels=True)))
+        except Exception:  # an unreadable result only means fewer planes to look up
+            continue
+    return headers
+
+
 def find_requests(sources: Sequence[tuple[Path, dict[str, Any]]], settings: Settings,
-                  tracking_uid: Callable[[str], str]) -> list[PendingRequest]:
+                  tracking_uid: Callable[[str], str],
+                  results_dir: Path | None = None) -> list[PendingRequest]:
     """Every request object in the study (our own outputs are never requests)."""
-    headers = [header for _, header in sources]
+    requests = [(path, header) for path, header in sources
+                if kind_of_class(header.get("sop_class_uid", "")) is not None and str(
+                    header.get("manufacturer", "")).strip().lower() != MARROWNODE_MANUFACTURER]
+    if not requests:
+        return []
+    headers = [header for _, header in sources] + _our_results(results_dir)
     plane_of = _plane_lookup(headers)
     found = []
-    for path, header in sources:
-        if kind_of_class(header.get("sop_class_uid", "")) is None or str(
-                header.get("manufacturer", "")).strip().lower() == MARROWNODE_MANUFACTURER:
-            continue
+    for path, header in requests:
         try:
             dataset = dcmread(path)
             found.append(PendingRequest(dataset, read_request(dataset, plane_of, tracking_uid)))

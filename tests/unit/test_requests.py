@@ -115,7 +115,7 @@ def measured(tmp_path_factory) -> dict:
     lesion_mm3 = float(lesion_mask.sum()) * thickness * spacing * spacing
     return {"report": report_json, "base": base, "sr": sr, "gsps": gsps, "seg": seg,
             "lesion_voxels": int(lesion_mask.sum()), "lesion_mm3": lesion_mm3,
-            "spacing": spacing}
+            "spacing": spacing, "square": square, "k": k}
 
 
 def _by_kind(measured: dict) -> dict[str, dict]:
@@ -232,3 +232,42 @@ def test_regions_off_the_dixon_slices_are_refused_with_the_reason() -> None:
     assert between.mask is None and "not a Dixon slice" in between.reason
     oblique = square + np.array([[8.0, 0, 0], [8.0, 0, 0], [12.0, 0, 0], [12.0, 0, 0]])
     assert "not a Dixon slice" in place_planar(geometry, shape, "POLYLINE", oblique).reason
+
+
+def test_a_region_drawn_on_our_signal_loss_map_is_measured(measured, tmp_path: Path) -> None:
+    """The radiologist may draw on marrownode's own map (it lies on the in-phase geometry and
+    the node has written it, though it never received it)."""
+    import shutil
+
+    (study,) = measured["report"]["studies"]
+    (dixon_set,) = study["dixon_sets"]
+    maps = sorted((e for e in dixon_set["outputs"] if e["kind"] == "derived_mr"
+                   and "signal loss" in e["series_description"]), key=lambda e: e["path"])
+    shutil.copytree(measured["base"] / "out", tmp_path / "out")
+    image = next(d for d in (dcmread(tmp_path / "out" / e["path"]) for e in maps)
+                 if int(d.InstanceNumber) == measured["k"] + 1)
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="on the map"),
+        referenced_region=hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=measured["square"],
+            source_image=hd.sr.SourceImageForRegion.from_source_image(image)))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name="Reader^Radiology"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
+        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion, imaging_measurements=[group])
+    request = hd.sr.Comprehensive3DSR(
+        evidence=[image], content=report[0], series_instance_uid=hd.UID(), series_number=103,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="viewer")
+    write_datasets([request], tmp_path / "more")
+    again = process_paths([measured["base"] / "in", tmp_path / "more"], tmp_path / "out",
+                          Settings())
+    (answer,) = [r for r in again["studies"][0]["requests"]
+                 if r["sop_instance_uid"] == request.SOPInstanceUID]
+    (measurement,) = answer["measurements"]
+    assert "reason" not in measurement, measurement
+    assert measurement["signal_loss_percent"] == pytest.approx(
+        tissue_truth("lesion")["signal_loss_percent"], abs=0.5)
+    assert measurement["voxel_count"] == 9
