@@ -33,6 +33,7 @@ from marrownode.requests.measure import (
     find_requests,
     measure_on_set,
     request_records,
+    segment_localisation,
 )
 from marrownode.results.build import build_results, write_answer
 from marrownode.results.uids import derived_uid
@@ -92,11 +93,14 @@ def analyse_study(
         try:
             volumes = load_set(dixon_set, cache)
             cache.release_pixels()
+            given = segment_localisation(pending, volumes.geometry, volumes.in_phase.shape,
+                                         dixon_set.in_phase.first.frame_of_reference_uid)
             result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
                                  dixon_set.field_strength_t, volumes.water, volumes.fat,
                                  parameters, geometry=volumes.geometry,
                                  scanner_pdff=volumes.scanner_fat_fraction,
-                                 in_phase_first="in_phase_first" in dixon_set.flags)
+                                 in_phase_first="in_phase_first" in dixon_set.flags,
+                                 localisation=given)
         except Exception as exc:  # one broken set must not hide the others
             log.exception("event=set_failed study=%s set=%s", study_uid, dixon_set.key)
             report.failed(f"{type(exc).__name__}: {exc}")

@@ -226,8 +226,10 @@ def analyse_set(
     geometry: VolumeGeometry | None = None,
     scanner_pdff: np.ndarray | None = None,
     in_phase_first: bool = False,
+    localisation: Localisation | None = None,
 ) -> QuantResult:
-    """Maps, marrow and findings for aligned (slice, row, column) volumes."""
+    """Maps, marrow and findings for aligned (slice, row, column) volumes; localisation:
+    vertebrae given by a segmentation, instead of finding them in the images."""
     ip = np.asarray(in_phase, dtype=np.float32)
     op = np.asarray(opposed, dtype=np.float32)
     if ip.shape != op.shape:
@@ -245,8 +247,9 @@ def analyse_set(
                               parameters.field_strength_tolerance_t)
     if choice.flag:
         flags.append(choice.flag)
-    localisation = localise(ip, loss, tissue, body.body, geometry, parameters.spine,
-                            body.signal_level)
+    if localisation is None:
+        localisation = localise(ip, loss, tissue, body.body, geometry, parameters.spine,
+                                body.signal_level)
     result = QuantResult(
         body=body.body, tissue=tissue, signal_loss=loss,
         sir=signal_intensity_ratio(ip, op, tissue), fat_fraction=fat_fraction,

@@ -17,6 +17,7 @@ import numpy as np
 from skimage.draw import polygon as fill_polygon
 
 from marrownode.quant.geometry import VolumeGeometry
+from marrownode.quant.spine import Localisation
 
 PLANAR = ("POLYGON", "POLYLINE", "ELLIPSE", "CIRCLE", "POINT")
 #: How far (in slice spacings) a region's plane may lie from a Dixon slice's centre.
@@ -127,3 +128,21 @@ def categorise(signal_loss: float, fat_fraction: float, fat_fraction_unambiguous
     if in_phase_first and abs(signal_loss - threshold) < margin:
         return INDETERMINATE
     return LOW_SIGNAL_LOSS if signal_loss < threshold else EXPECTED_SIGNAL_LOSS
+
+
+def localisation_from_segments(vertebrae: list[tuple[str, np.ndarray]],
+                               geometry: VolumeGeometry, source: str) -> Localisation:
+    """Vertebral bodies given by a segmentation (an AI platform's, or the radiologist's): they
+    replace the image-based localisation, numbered cranio-caudally like it."""
+    shape = vertebrae[0][1].shape
+    heights = [float(geometry.to_patient(np.argwhere(mask).mean(axis=0))[2])
+               for _, mask in vertebrae]
+    order = np.argsort(heights)[::-1]  # patient +z is superior
+    bodies = np.zeros(shape, dtype=np.int16)
+    labels = []
+    for number, index in enumerate(order, start=1):
+        name, mask = vertebrae[int(index)]
+        bodies[mask & (bodies == 0)] = number
+        labels.append(name)
+    return Localisation(True, "segmentation", f"{len(labels)} vertebrae from segmentation "
+                        f"{source}", bodies, np.zeros(shape, dtype=np.int16), labels)

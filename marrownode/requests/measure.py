@@ -17,8 +17,14 @@ from marrownode.config import Settings, content_digest
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER, summarise
 from marrownode.quant.analysis import QuantResult
 from marrownode.quant.geometry import VolumeGeometry
-from marrownode.quant.regions import categorise, place_planar, place_voxels
+from marrownode.quant.regions import (
+    categorise,
+    localisation_from_segments,
+    place_planar,
+    place_voxels,
+)
 from marrownode.quant.roi import roi_statistics
+from marrownode.quant.spine import Localisation
 from marrownode.requests.read import ImagePlane, MeasurementRequest, Region, read_request
 from marrownode.requests.read import request_kind as kind_of_class
 
@@ -185,3 +191,24 @@ def request_records(item: PendingRequest, any_set: bool) -> list[dict[str, Any]]
 def settings_digest(settings: Settings) -> str:
     """The digest named in the answer (the same one as the set results')."""
     return content_digest(settings)
+
+
+def segment_localisation(pending: Sequence[PendingRequest], geometry: VolumeGeometry,
+                         shape: tuple[int, int, int],
+                         frame_of_reference_uid: str) -> Localisation | None:
+    """Vertebral bodies from the first request segmentation that codes vertebrae (CID 7603)
+    and lies on this set, or None (then the images are used)."""
+    for item in pending:
+        vertebrae = []
+        for region in item.request.regions:
+            if region.vertebra is None or (
+                    region.frame_of_reference_uid and frame_of_reference_uid
+                    and region.frame_of_reference_uid != frame_of_reference_uid):
+                continue
+            placed = place_voxels(geometry, shape, region.points_mm)
+            if placed.mask is not None:
+                vertebrae.append((region.vertebra, placed.mask))
+        if vertebrae:
+            return localisation_from_segments(vertebrae, geometry,
+                                              item.request.sop_instance_uid)
+    return None

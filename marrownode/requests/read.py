@@ -21,6 +21,14 @@ SR_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
 })
+#: DICOM CID 7603 "Vertebra" (SNOMED CT), as an AI platform codes its vertebra segments.
+VERTEBRA_CODES = {
+    "14806007": "C1", "39976000": "C2", "113205007": "C3", "5329002": "C4", "36978003": "C5",
+    "36054005": "C6", "87391001": "C7", "64864005": "T1", "53733008": "T2", "1626008": "T3",
+    "73071006": "T4", "56401006": "T5", "45296009": "T6", "62487009": "T7", "11068009": "T8",
+    "82687006": "T9", "7610001": "T10", "12989004": "T11", "23215003": "T12",
+    "66794005": "L1", "14293000": "L2", "36470004": "L3", "11994002": "L4", "49668003": "L5",
+}
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
@@ -67,6 +75,7 @@ class Region:
     source_sop_class_uid: str = ""
     pixel_points: np.ndarray | None = None  # the 2D graphic data as drawn, for the answer
     segment_number: int | None = None
+    vertebra: str | None = None  # "L3" for a segment coded as a vertebra (CID 7603)
 
 
 @dataclass
@@ -223,4 +232,13 @@ def _read_seg(dataset: Dataset, request: MeasurementRequest,
             continue
         request.regions.append(Region(label, uid, "MASK", np.concatenate(points[number]),
                                       str(dataset.get("FrameOfReferenceUID", "")),
-                                      segment_number=number))
+                                      segment_number=number, vertebra=_vertebra(description)))
+
+
+def _vertebra(description: Dataset) -> str | None:
+    """The vertebra a segment is coded as (SNOMED CT, CID 7603), or None."""
+    for code in description.get("SegmentedPropertyTypeCodeSequence", []):
+        if str(code.get("CodingSchemeDesignator", "")) in ("SCT", "SRT", "SNM3") and (
+                str(code.get("CodeValue", "")) in VERTEBRA_CODES):
+            return VERTEBRA_CODES[str(code.CodeValue)]
+    return None

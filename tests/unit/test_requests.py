@@ -271,3 +271,50 @@ def test_a_region_drawn_on_our_signal_loss_map_is_measured(measured, tmp_path: P
     assert measurement["signal_loss_percent"] == pytest.approx(
         tissue_truth("lesion")["signal_loss_percent"], abs=0.5)
     assert measurement["voxel_count"] == 9
+
+
+def test_vertebra_segments_replace_the_image_based_localisation(tmp_path: Path) -> None:
+    """An AI platform's SEG of the vertebral bodies, coded with the CID 7603 SNOMED codes:
+    the per-vertebra findings use those bodies and names (marrow.method "segmentation")."""
+    shape, spacing, thickness = DEFAULT_GRIDS["sagittal"]
+    phantom = anatomical_phantom("infiltrative_focus", "sagittal", shape=shape,
+                                 pixel_spacing_mm=spacing, slice_thickness_mm=thickness,
+                                 supersample=1)
+    datasets = build_study(StudyOptions(style="siemens", study_key="vertebra-seg"), phantom)
+    in_phase = sorted((d for d in datasets if d.SeriesDescription.endswith("_in")),
+                      key=lambda d: int(d.InstanceNumber))
+    marrow = np.isin(phantom.labels, [ANATOMY_CODES["marrow"], ANATOMY_CODES["lesion"]])
+    components, count = ndimage.label(marrow)
+    sizes = ndimage.sum(marrow, components, range(1, count + 1))
+    bodies = [int(i) + 1 for i in np.argsort(sizes)[::-1][:5]]  # the five bodies
+    # Cranio-caudal: the sagittal phantom's rows run feet-ward, so smaller mean row = higher.
+    bodies.sort(key=lambda label: np.argwhere(components == label)[:, 1].mean())
+    names = ["T12", "L1", "L2", "L3", "L4"]
+    codes_of = {"T12": "23215003", "L1": "66794005", "L2": "14293000", "L3": "36470004",
+                "L4": "11994002"}
+    pixel_array = np.stack([(components == label) for label in bodies], axis=-1).astype(np.uint8)
+    seg = hd.seg.Segmentation(
+        source_images=in_phase, pixel_array=pixel_array,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[hd.seg.SegmentDescription(
+            segment_number=n, segment_label=f"vertebrae_{name}",
+            segmented_property_category=codes.SCT.AnatomicalStructure,
+            segmented_property_type=hd.sr.CodedConcept(codes_of[name], "SCT",
+                                                       f"{name} vertebra"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=hd.AlgorithmIdentificationSequence(
+                name="TotalSegmentator", version="2", family=codes.DCM.ArtificialIntelligence))
+            for n, name in enumerate(names, start=1)],
+        series_instance_uid=hd.UID(), series_number=120, sop_instance_uid=hd.UID(),
+        instance_number=1, **VIEWER)
+    write_datasets([*datasets, seg], tmp_path / "in")
+    report = process_paths([tmp_path / "in"], tmp_path / "out", Settings())
+    (dixon_set,) = report["studies"][0]["dixon_sets"]
+    assert dixon_set["marrow"]["method"] == "segmentation"
+    assert [v["label"] for v in dixon_set["vertebrae"]] == names
+    lesion_body = next(n for n, label in zip(names, bodies, strict=True)
+                       if (phantom.labels[components == label] == ANATOMY_CODES["lesion"]).any())
+    assert {focus["vertebra"] for focus in dixon_set["foci"]} == {lesion_body}
+    normal = next(v for v in dixon_set["vertebrae"] if v["label"] != lesion_body)
+    assert normal["voxel_count"] == 576 and normal["signal_loss_percent_median"] == pytest.approx(
+        tissue_truth("marrow")["signal_loss_percent"], abs=1.0)
