@@ -92,3 +92,55 @@ def test_real_outputs_are_valid_and_colour_only_the_spine(processed) -> None:
             columns = np.nonzero(coloured)[1]
             assert 512 * 0.35 < columns.mean() < 512 * 0.65
             assert np.ptp(columns) < 512 * 0.3
+
+
+def test_the_readers_circles_sent_as_a_presentation_state_are_measured_on_real_mr(
+        tmp_path: Path) -> None:
+    """The manual ROIs, as a PACS viewer would save them (GSPS circles on the in-phase
+    images), measured by the node: the ratio of the in- and opposed-phase means over each
+    circle, computed here independently from the pixel data, is what the answer says."""
+    import shutil
+
+    import highdicom as hd
+
+    from marrownode.config import Settings
+    from marrownode.pipeline import process_paths
+
+    slices = _in_phase_slices()
+    opposed = {tuple(round(float(v), 2) for v in d.ImagePositionPatient): d
+               for d in (dcmread(p) for p in sorted(DATA.glob("*.dcm")))
+               if float(d.EchoTime) <= 4.0}
+    rois = json.loads((DATA / "manual-rois.json").read_text())["rois"]
+    layer = hd.pr.GraphicLayer(layer_name="READER", order=1)
+    annotations, expected = [], {}
+    for number, roi in enumerate(rois, start=1):
+        image = slices[roi["slice"]]
+        centre = [roi["column"] + 0.5, roi["row"] + 0.5]  # image coordinates of the centre
+        annotations.append(hd.pr.GraphicAnnotation(
+            referenced_images=[image], graphic_layer=layer, graphic_objects=[hd.pr.GraphicObject(
+                graphic_type="CIRCLE", graphic_data=np.array([centre, [centre[0] + 5, centre[1]]]),
+                units="PIXEL", tracking_id=f"reader {number}", tracking_uid=hd.UID())]))
+        rows, cols = np.indices(image.pixel_array.shape)
+        inside = (rows - roi["row"]) ** 2 + (cols - roi["column"]) ** 2 <= 25
+        partner = opposed[tuple(round(float(v), 2) for v in image.ImagePositionPatient)]
+        ip_mean = float(image.pixel_array[inside].mean())
+        op_mean = float(partner.pixel_array[inside].mean())
+        expected[f"reader {number}"] = (100.0 * (1 - op_mean / ip_mean), int(inside.sum()),
+                                        roi["median_signal_loss_percent"])
+    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=slices, series_instance_uid=hd.UID(), series_number=200,
+        sop_instance_uid=hd.UID(), instance_number=1, content_label="READER",
+        graphic_layers=[layer], graphic_annotations=annotations, manufacturer="PACS viewer",
+        manufacturer_model_name="viewer", software_versions="1", device_serial_number="1")
+    folder = tmp_path / "in"
+    shutil.copytree(DATA, folder, ignore=shutil.ignore_patterns("*.json", "*.md"))
+    gsps.save_as(folder / "gsps.dcm", enforce_file_format=True)
+    report = process_paths([folder], tmp_path / "out", Settings())
+    (request,) = report["studies"][0]["requests"]
+    assert request["kind"] == "gsps" and len(request["measurements"]) == len(rois)
+    for measurement in request["measurements"]:
+        loss, voxels, reader_median = expected[measurement["label"]]
+        assert measurement["voxel_count"] == voxels
+        assert measurement["signal_loss_percent"] == pytest.approx(loss, abs=0.05)
+        assert measurement["signal_loss_percent"] == pytest.approx(reader_median, abs=6.0)
+        assert measurement["below_threshold"] is False  # normal marrow
