@@ -21,7 +21,6 @@ from marrownode.results.sr import (
     CATEGORY_CODES,
     CUBIC_MM,
     FAT_FRACTION_METHOD,
-    FOCUS_CATEGORY,
     METHOD_CODES,
     PERCENT,
     RATIO,
@@ -40,6 +39,7 @@ NOT_MEASURED = Code("MN205", SCHEME, "Not measured")
 MEASUREMENT_STATUS = Code("MN206", SCHEME, "Measurement status")
 NO_DIXON_SET = Code("MN207", SCHEME, "No in-/opposed-phase set in the study")
 NOT_PLACED = Code("MN208", SCHEME, "Region not on the in-/opposed-phase slices")
+REGION_CATEGORY = Code("MN209", SCHEME, "Region category")
 _CATEGORIES = {**CATEGORY_CODES, "expected_signal_loss": EXPECTED}
 _GRAPHIC_2D = {"POLYLINE", "CIRCLE", "ELLIPSE", "POINT", "MULTIPOINT"}
 
@@ -66,7 +66,7 @@ def _group(measurement: dict[str, Any], request_uid: str, uid_root: str,
         measurement_item(codes.SCT.Volume, measurement.get("volume_mm3"), CUBIC_MM),
     ) if m is not None]
     evaluations = [hd.sr.QualitativeEvaluation(
-        FOCUS_CATEGORY, _CATEGORIES[measurement["category"]])]
+        REGION_CATEGORY, _CATEGORIES[measurement["category"]])]
     if measurement["below_threshold"] is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(
             THRESHOLD_EVALUATION, BELOW if measurement["below_threshold"] else AT_OR_ABOVE))
