@@ -137,8 +137,10 @@ def _add_roi(roi: Any, label: str, uid: str, plane_of: PlaneLookup,
                        else roi.graphic_type).upper()
     data = np.asarray(roi.value, dtype=np.float64)
     if isinstance(roi, hd.sr.ImageRegion3D):
+        frame_of_reference = str(roi.get("ReferencedFrameOfReferenceUID", "")
+                                 or roi.get("FrameOfReferenceUID", ""))
         request.regions.append(Region(label, uid, graphic_type, data.reshape(-1, 3),
-                                      str(roi.FrameOfReferenceUID)))
+                                      frame_of_reference))
         return
     # The image it was drawn on: the SELECTED FROM child of the SCOORD content item.
     reference = roi.ContentSequence[0].ReferencedSOPSequence[0]

@@ -318,3 +318,44 @@ def test_vertebra_segments_replace_the_image_based_localisation(tmp_path: Path) 
     normal = next(v for v in dixon_set["vertebrae"] if v["label"] != lesion_body)
     assert normal["voxel_count"] == 576 and normal["signal_loss_percent_median"] == pytest.approx(
         tissue_truth("marrow")["signal_loss_percent"], abs=1.0)
+
+
+def test_a_3d_region_in_patient_coordinates_is_measured_like_its_2d_twin(measured,
+                                                                       tmp_path: Path) -> None:
+    """SCOORD3D (3D Slicer, dcmqi): the lesion square given in patient coordinates on the
+    frame of reference measures what the same square drawn on the image does."""
+    from marrownode.requests.read import ImagePlane
+
+    image = next(d for d in (dcmread(p) for p in sorted((measured["base"] / "in").rglob("*.dcm")))
+                 if d.get("SeriesDescription", "").endswith("_in")
+                 and int(d.InstanceNumber) == measured["k"] + 1)
+    orientation = np.array([float(v) for v in image.ImageOrientationPatient])
+    plane = ImagePlane(np.array([float(v) for v in image.ImagePositionPatient]),
+                       orientation[:3], orientation[3:],
+                       tuple(float(v) for v in image.PixelSpacing))
+    corners = plane.to_patient(measured["square"][:-1])
+    group = hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="lesion 3D"),
+        referenced_region=hd.sr.ImageRegion3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
+            graphic_data=np.vstack([corners, corners[:1]]),
+            frame_of_reference_uid=image.FrameOfReferenceUID))
+    observer = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name="Reader^Radiology"))
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
+        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion, imaging_measurements=[group])
+    request = hd.sr.Comprehensive3DSR(
+        evidence=[image], content=report[0], series_instance_uid=hd.UID(), series_number=104,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="3D Slicer")
+    write_datasets([request], tmp_path / "more")
+    again = process_paths([measured["base"] / "in", tmp_path / "more"], tmp_path / "out",
+                          Settings())
+    (answer,) = [r for r in again["studies"][0]["requests"]
+                 if r["sop_instance_uid"] == request.SOPInstanceUID]
+    (measurement,) = answer["measurements"]
+    (twin,) = [m for m in _by_kind(measured)["sr"]["measurements"] if m["label"] == "lesion"]
+    for key in ("signal_loss_percent", "sir", "fat_fraction_percent", "voxel_count"):
+        assert measurement[key] == twin[key], key
