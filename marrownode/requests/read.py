@@ -128,7 +128,10 @@ def _read_sr(dataset: Dataset, plane_of: PlaneLookup, request: MeasurementReques
         if roi is None:
             request.refuse(identifier, "no image region (a segmentation reference?)")
             continue
-        _add_roi(roi, identifier, uid, plane_of, request)
+        try:
+            _add_roi(roi, identifier, uid, plane_of, request)
+        except (AttributeError, ValueError, TypeError, IndexError, KeyError) as exc:
+            request.refuse(identifier, f"region not readable ({type(exc).__name__})")
 
 
 def _add_roi(roi: Any, label: str, uid: str, plane_of: PlaneLookup,
