@@ -1,4 +1,5 @@
-"""Command line: serve, process, demo, check-config, echo, status, retry, rebuild-index.
+"""Command line: serve, process, demo, check-config, echo, status, and the operator's
+actions: retry, pause, resume, reanalyse, delete, history, rebuild-index.
 
 Exit codes: 0 ok, 2 bad usage or bad configuration (the message says what and where),
 1 runtime failure, 3 the index is damaged (the message names the command that rebuilds it;
@@ -67,6 +68,22 @@ def _parser() -> argparse.ArgumentParser:
     rebuild = sub.add_parser(
         "rebuild-index", help="keep a damaged index aside and index the spool afresh")
     rebuild.add_argument("--config", type=Path)
+
+    for name, what in (("pause", "send nothing to a destination until resumed"),
+                       ("resume", "send to a paused destination again, backlog at once")):
+        action = sub.add_parser(name, help=what)
+        action.add_argument("destination")
+        action.add_argument("--config", type=Path)
+    reanalyse = sub.add_parser("reanalyse", help="analyse a study again (and send its results)")
+    reanalyse.add_argument("study")
+    reanalyse.add_argument("--config", type=Path)
+    delete = sub.add_parser("delete", help="remove a study: spool, results, index rows")
+    delete.add_argument("study")
+    delete.add_argument("--yes", action="store_true", help="confirm")
+    delete.add_argument("--config", type=Path)
+    history = sub.add_parser("history", help="a study's trail: received, analysed, delivered")
+    history.add_argument("study")
+    history.add_argument("--config", type=Path)
     return parser
 
 
@@ -189,7 +206,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _print_status(report: dict[str, Any]) -> None:
     print(f"instances: {report['instances']}   studies: {len(report['studies'])}")
     for destination in report.get("destinations", []):
-        if destination["failures"]:
+        if destination.get("paused"):
+            print(f"destination {destination['destination']}: paused by an operator "
+                  "(marrownode resume to send again)")
+        elif destination["failures"]:
             print(f"destination {destination['destination']}: not answering "
                   f"({destination['failures']} attempts, last error "
                   f"{destination['last_error']}); next try "
@@ -233,10 +253,76 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     if not path.exists():
         print(f"no index at {path}", file=sys.stderr)
         return EXIT_FAILURE
-    count = Index(path).outbox.retry(args.destination, args.study)
+    index = Index(path)
+    count = index.outbox.retry(args.destination, args.study)
+    index.studies.add_event(args.study or "*", "action",
+                            f"retry {args.destination or 'all destinations'} (operator): "
+                            f"{count} result(s)")
     print(f"{count} result(s) queued again"
           + (f" for {args.destination}" if args.destination else "")
           + "; a running node sends them within a second")
+    return EXIT_OK
+
+
+def _open_index(settings: Settings) -> Any:
+    from marrownode.store.database import index_path
+    from marrownode.store.index import Index
+
+    path = index_path(settings.storage.root)
+    if not path.exists():
+        raise FileNotFoundError(f"no index at {path}")
+    return Index(path)
+
+
+def _cmd_pause_resume(args: argparse.Namespace) -> int:
+    settings = _load(args.config)
+    names = [d.name for d in settings.destinations]
+    if args.destination not in names:
+        print(f"unknown destination {args.destination!r}; configured: "
+              f"{', '.join(names) or '(none)'}", file=sys.stderr)
+        return EXIT_USAGE
+    index = _open_index(settings)
+    paused = args.command == "pause"
+    index.outbox.pause(args.destination, paused)
+    index.studies.add_event("*", "action", f"{args.command} {args.destination} (operator)")
+    print(f"{args.destination}: {'paused' if paused else 'resumed'}")
+    return EXIT_OK
+
+
+def _cmd_reanalyse(args: argparse.Namespace) -> int:
+    index = _open_index(_load(args.config))
+    if not index.studies.reanalyse(args.study):
+        print(f"no study {args.study} in the index", file=sys.stderr)
+        return EXIT_FAILURE
+    index.studies.add_event(args.study, "action", "reanalyse (operator)")
+    print(f"{args.study}: queued for analysis; a running node starts within a second")
+    return EXIT_OK
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    from marrownode.receiving import open_spool
+
+    settings = _load(args.config)
+    if not args.yes:
+        print("deleting removes the study's received images, results and history; "
+              "add --yes to confirm", file=sys.stderr)
+        return EXIT_USAGE
+    index = _open_index(settings)
+    count = index.studies.forget_study(args.study)
+    open_spool(settings).remove_study(args.study)
+    index.studies.add_event("*", "action", f"delete {args.study}: {count} instance(s)")
+    print(f"{args.study}: deleted ({count} instances)")
+    return EXIT_OK
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    index = _open_index(_load(args.config))
+    events = index.studies.events(args.study)
+    if not events:
+        print(f"no history for {args.study}", file=sys.stderr)
+        return EXIT_FAILURE
+    for event in events:
+        print(f"{_format_time(event['at'])}  {event['kind']:<10} {event['detail']}")
     return EXIT_OK
 
 
@@ -288,6 +374,11 @@ COMMANDS = {
     "status": _cmd_status,
     "retry": _cmd_retry,
     "rebuild-index": _cmd_rebuild_index,
+    "pause": _cmd_pause_resume,
+    "resume": _cmd_pause_resume,
+    "reanalyse": _cmd_reanalyse,
+    "delete": _cmd_delete,
+    "history": _cmd_history,
 }
 
 
@@ -311,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_INDEX_DAMAGED
         raise
     except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except FileNotFoundError as exc:
+        print(f"marrownode {args.command}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     except BrokenPipeError:  # `marrownode status | head`: the reader has all it wants
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -19,11 +19,13 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Histogram,
+    Info,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from marrownode import ALGORITHM_VERSION, __version__
 from marrownode.config import HTTPSettings
 from marrownode.net.receiver import ReceiverStats
 from marrownode.states import PENDING_DELIVERY_STATES
@@ -55,6 +57,9 @@ class Metrics:
         self.delivery_failures = Counter(
             "marrownode_delivery_failures", "Failed delivery attempts by destination",
             ["destination"], registry=self.registry)
+        Info("marrownode_build", "Version of the node and of its analysis",
+             registry=self.registry).info({"version": __version__,
+                                           "algorithm_version": ALGORITHM_VERSION})
         self.analysis_failures = Counter(
             "marrownode_analysis_failures",
             "Analyses that failed or ended the worker process (retried or failed for good)",

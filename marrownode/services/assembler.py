@@ -206,11 +206,14 @@ class Assembler(LoopService):
                 study_uid, StudyState.ANALYSED, "unchanged since the last analysis (same "
                 "source instances and settings): not analysed or sent again",
                 if_last_received=last, seen_events=seen)
+            self.studies.add_event(study_uid, "unchanged", "same sources and settings as the "
+                                   "last analysis: not analysed or sent again")
             log.info("event=study_unchanged study=%s", study_uid)
             return
         if not self.studies.set_state(study_uid, StudyState.ANALYSING, reason,
                                       if_last_received=last, seen_events=seen):
             return  # new data arrived meanwhile: assess again
+        self.studies.add_event(study_uid, "analysing", reason)
         log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid, sets,
                  reason.replace(" ", "_"),
                  _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
@@ -263,6 +266,7 @@ class Assembler(LoopService):
             reason += f"; {answered} measurement request(s) answered"
         self.studies.set_state(study_uid, state, reason, report=report, if_last_received=last,
                                input_digest=digest)
+        self.studies.add_event(study_uid, "analysed", f"{reason} in {seconds:.1f} s")
         self.observe_analysis_seconds(seconds)
         log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid, len(sets),
                  seconds)
@@ -282,7 +286,8 @@ class Assembler(LoopService):
                       if isinstance(error, WorkerDied)
                       else f"analysis failed {attempts} times: {what}")
             self.studies.set_state(study_uid, StudyState.FAILED, reason, if_last_received=last)
+            self.studies.add_event(study_uid, "failed", reason)
         else:
-            self.studies.schedule_retry(
-                study_uid, f"analysis attempt {attempts} failed ({what}); retried in "
-                f"{delay:.0f} s", time.time() + delay)
+            retry = (f"analysis attempt {attempts} failed ({what}); retried in {delay:.0f} s")
+            self.studies.schedule_retry(study_uid, retry, time.time() + delay)
+            self.studies.add_event(study_uid, "retry", retry)

@@ -147,8 +147,9 @@ class Deliverer(LoopService):
     def step(self, now: float) -> None:
         """Send what is due, destination by destination."""
         for destination in self.settings.destinations:
-            if self.outbox.destination(destination.name).next_attempt_at > time.time():
-                continue  # backing off: it did not answer last time
+            known = self.outbox.destination(destination.name)
+            if known.paused or known.next_attempt_at > time.time():
+                continue  # paused by an operator, or backing off: it did not answer
             rows = self.outbox.claim_due(destination.name, time.time())
             if rows:
                 self.deliver(destination, rows)
@@ -181,6 +182,7 @@ class Deliverer(LoopService):
         if not state.failures:
             self.outbox.pull_forward(destination.name, now)
         self._count(destination.name, rows, outcomes, now)
+        self._trail(destination.name, rows, outcomes)
         states = Counter(outcome.state for outcome in outcomes)
         log.info("event=delivery destination=%s studies=%d sent=%d delivered=%d retry=%d "
                  "failed=%d seconds=%.2f%s", destination.name, len({r.study_uid for r in rows}),
@@ -188,6 +190,25 @@ class Deliverer(LoopService):
                  states[DeliveryState.FAILED], time.monotonic() - started,
                  f" next_try_in={state.next_attempt_at - now:.1f} error={state.last_error}"
                  if state.failures else "")
+
+    def _trail(self, destination: str, rows: list[OutboxRow],
+               outcomes: list[DeliveryOutcome]) -> None:
+        """One line per study of the batch in its trail: what this attempt did."""
+        study_of = {r.id: r.study_uid for r in rows}
+        by_study: dict[str, Counter[DeliveryState]] = {}
+        errors: dict[str, str] = {}
+        for outcome in outcomes:
+            study_uid = study_of[outcome.row_id]
+            by_study.setdefault(study_uid, Counter())[outcome.state] += 1
+            if outcome.error:
+                errors.setdefault(study_uid, outcome.error)
+        for study_uid, states in by_study.items():
+            detail = (f"{destination}: {states[DeliveryState.DELIVERED]} delivered, "
+                      f"{states[DeliveryState.QUEUED]} to retry, "
+                      f"{states[DeliveryState.FAILED]} failed")
+            if study_uid in errors:
+                detail += f" ({errors[study_uid]})"
+            self.studies.add_event(study_uid, "delivery", detail)
 
     def _record_answer(self, destination: Destination, results: list[SendResult],
                        now: float) -> DestinationState:

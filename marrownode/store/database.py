@@ -48,6 +48,7 @@ CREATE TABLE IF NOT EXISTS instances (
     summarised       INTEGER NOT NULL DEFAULT 1   -- 0: header holds only the UIDs so far
 );
 CREATE INDEX IF NOT EXISTS instances_by_study ON instances (study_uid);
+CREATE INDEX IF NOT EXISTS instances_by_association ON instances (association_id);
 CREATE TABLE IF NOT EXISTS associations (
     association_id   TEXT PRIMARY KEY,
     calling_aet      TEXT NOT NULL,
@@ -75,6 +76,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS events (
+    id               INTEGER PRIMARY KEY,
+    study_uid        TEXT NOT NULL,
+    at               REAL NOT NULL,
+    kind             TEXT NOT NULL,          -- received, analysing, analysed, failed, delivery...
+    detail           TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS events_by_study ON events (study_uid, id);
 CREATE TABLE IF NOT EXISTS destinations (
     name             TEXT PRIMARY KEY,
     failures         INTEGER NOT NULL DEFAULT 0,  -- failed association attempts in a row
@@ -82,7 +91,8 @@ CREATE TABLE IF NOT EXISTS destinations (
     last_error       TEXT NOT NULL DEFAULT '',
     last_attempt_at  REAL,
     last_success_at  REAL,
-    address          TEXT NOT NULL DEFAULT ''     -- AE@host:port the rows were refused by
+    address          TEXT NOT NULL DEFAULT '',    -- AE@host:port the rows were refused by
+    paused           INTEGER NOT NULL DEFAULT 0   -- an operator paused it: nothing is sent
 );
 CREATE TABLE IF NOT EXISTS dixon_sets (
     study_uid        TEXT NOT NULL,
@@ -127,6 +137,10 @@ def _migrate(db: sqlite3.Connection) -> None:
         columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
         if "dirty" in columns:  # version 2 called the event count 'dirty'
             db.execute("ALTER TABLE studies RENAME COLUMN dirty TO pending_events")
+    if "destinations" in tables:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(destinations)")}
+        if "paused" not in columns:
+            db.execute("ALTER TABLE destinations ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
     if "associations" in tables:
         columns = {row[1] for row in db.execute("PRAGMA table_info(associations)")}
         if "pid" not in columns:  # version 3 did not replace receiving processes

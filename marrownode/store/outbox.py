@@ -53,6 +53,7 @@ class DestinationState:
     last_attempt_at: float | None = None
     last_success_at: float | None = None
     address: str = ""
+    paused: bool = False
 
 
 @dataclass(frozen=True)
@@ -150,12 +151,13 @@ class Outbox:
             return requeued
 
     def next_due(self) -> float | None:
-        """When the earliest queued row may go (its own time, and its destination's), or None
-        when nothing is queued."""
+        """When the earliest queued row may go (its own time, and its destination's; paused
+        destinations wait for an operator), or None when nothing is queued."""
         row = self.db.connection().execute(
             f"""SELECT MIN(MAX(o.next_attempt_at, COALESCE(d.next_attempt_at, 0)))
                FROM outbox o LEFT JOIN destinations d ON d.name = o.destination
-               WHERE o.state = '{DeliveryState.QUEUED}'""").fetchone()
+               WHERE o.state = '{DeliveryState.QUEUED}' AND COALESCE(d.paused, 0) = 0"""
+        ).fetchone()
         due: float | None = row[0]
         return due
 
@@ -168,15 +170,37 @@ class Outbox:
         if row is None:
             return DestinationState(name)
         return DestinationState(name, row["failures"], row["next_attempt_at"], row["last_error"],
-                                row["last_attempt_at"], row["last_success_at"], row["address"])
+                                row["last_attempt_at"], row["last_success_at"], row["address"],
+                                bool(row["paused"]))
 
     def record_destination(self, state: DestinationState) -> None:
         """Store a destination's state after an attempt."""
         with self.db.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO destinations VALUES (?, ?, ?, ?, ?, ?, ?)",
+                """INSERT INTO destinations (name, failures, next_attempt_at, last_error,
+                                            last_attempt_at, last_success_at, address)
+                   VALUES (?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (name) DO UPDATE SET failures = excluded.failures,
+                       next_attempt_at = excluded.next_attempt_at,
+                       last_error = excluded.last_error,
+                       last_attempt_at = excluded.last_attempt_at,
+                       last_success_at = excluded.last_success_at,
+                       address = excluded.address""",
                 (state.name, state.failures, state.next_attempt_at, state.last_error,
                  state.last_attempt_at, state.last_success_at, state.address))
+
+    def pause(self, destination: str, paused: bool) -> None:
+        """An operator pauses a destination (nothing is sent to it) or resumes it (everything
+        queued for it is due at once)."""
+        with self.db.transaction() as db:
+            db.execute("INSERT INTO destinations (name, paused) VALUES (?, ?) "
+                       "ON CONFLICT (name) DO UPDATE SET paused = excluded.paused",
+                       (destination, int(paused)))
+            if not paused:
+                db.execute(f"""UPDATE outbox SET next_attempt_at = ? WHERE destination = ?
+                               AND state = '{DeliveryState.QUEUED}'""", (time.time(), destination))
+                db.execute("UPDATE destinations SET failures = 0, next_attempt_at = 0 "
+                           "WHERE name = ?", (destination,))
 
     def pull_forward(self, destination: str, now: float) -> int:
         """Every queued row of the destination is due now (it has just answered)."""

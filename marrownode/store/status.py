@@ -45,7 +45,7 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
     destinations = [
         {"destination": row["name"], "failures": row["failures"],
          "next_attempt_at": row["next_attempt_at"] or None, "last_error": row["last_error"],
-         "last_success_at": row["last_success_at"]}
+         "last_success_at": row["last_success_at"], "paused": bool(row["paused"])}
         for row in connection.execute("SELECT * FROM destinations ORDER BY name")]
     return {"instances": sum(counts.values()), "studies": studies,
             "destinations": destinations}

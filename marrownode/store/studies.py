@@ -141,12 +141,23 @@ class StudyIndex:
             )
 
     def close_association(self, association_id: str, now: float | None = None) -> None:
-        """Record the end of an association: an event for every study it brought data to."""
+        """Record the end of an association: an event for every study it brought data to, and
+        a line in each study's trail (how many instances, from whom)."""
+        now = time.time() if now is None else now
         with self.db.transaction() as db:
             db.execute(
-                "UPDATE associations SET closed_at = ? WHERE association_id = ?",
-                (time.time() if now is None else now, association_id),
+                "UPDATE associations SET closed_at = ? WHERE association_id = ? "
+                "AND closed_at IS NULL", (now, association_id),
             )
+            sender = db.execute("SELECT calling_aet, peer FROM associations "
+                                "WHERE association_id = ?", (association_id,)).fetchone()
+            db.executemany(
+                "INSERT INTO events (study_uid, at, kind, detail) VALUES (?, ?, 'received', ?)",
+                [(row[0], now, f"{row[1]} instance(s) from "
+                  f"{sender[0] if sender else '?'} ({sender[1] if sender else '?'})")
+                 for row in db.execute(
+                     "SELECT study_uid, COUNT(*) FROM instances WHERE association_id = ? "
+                     "GROUP BY study_uid", (association_id,)).fetchall()])
             db.execute(
                 """UPDATE studies SET pending_events = pending_events + 1 WHERE study_uid IN
                    (SELECT DISTINCT study_uid FROM instances WHERE association_id = ?)""",
@@ -261,6 +272,30 @@ class StudyIndex:
             updated: bool = db.execute(query, params).rowcount == 1
             return updated
 
+    def reanalyse(self, study_uid: str) -> bool:
+        """An operator asks for the study to be analysed again: its last-analysis digest is
+        forgotten and it gets an event; False when there is no such study."""
+        with self.db.transaction() as db:
+            changed: bool = db.execute(
+                """UPDATE studies SET input_digest = '', pending_events = pending_events + 1,
+                       retry_at = 0, analysis_attempts = 0 WHERE study_uid = ?""",
+                (study_uid,)).rowcount == 1
+        return changed
+
+    def add_event(self, study_uid: str, kind: str, detail: str = "",
+                  now: float | None = None) -> None:
+        """One line of a study's trail ('*' for the node: destinations, actions)."""
+        with self.db.transaction() as db:
+            db.execute("INSERT INTO events (study_uid, at, kind, detail) VALUES (?, ?, ?, ?)",
+                       (study_uid, time.time() if now is None else now, kind, detail[:1000]))
+
+    def events(self, study_uid: str, limit: int = 1000) -> list[dict[str, Any]]:
+        """The study's trail, oldest first."""
+        rows = self.db.connection().execute(
+            "SELECT at, kind, detail FROM events WHERE study_uid = ? ORDER BY id LIMIT ?",
+            (study_uid, limit)).fetchall()
+        return [dict(row) for row in rows]
+
     def count_failed_analysis(self, study_uid: str) -> int:
         """One more failed (or killed) analysis of the study; how many since its last success."""
         with self.db.transaction() as db:
@@ -318,7 +353,7 @@ class StudyIndex:
         with self.db.transaction() as db:
             count: int = db.execute("DELETE FROM instances WHERE study_uid = ?",
                                     (study_uid,)).rowcount
-            for table in ("dixon_sets", "outbox", "studies"):
+            for table in ("dixon_sets", "outbox", "events", "studies"):
                 db.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
         return count
 

@@ -1,0 +1,66 @@
+"""The operator's actions on the command line (#18, part) and the durable trail they leave:
+pause and resume a destination, re-analyse and delete a study, read a study's history."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+from marrownode import __version__
+from marrownode.net.standin import StandInPACS
+from marrownode.synthetic.studies import StudyOptions, build_study
+from tests.conftest import results_delivered, wait_until, write_config
+from tests.scu import send
+
+
+def cli(config, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "marrownode", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> None:
+    pacs = StandInPACS(tmp_path / "pacs").start()
+    try:
+        node = node_factory(completion={"idle_seconds": 60},
+                            destinations=[{"name": "pacs", "ae_title": "STANDIN",
+                                           "host": "127.0.0.1", "port": pacs.port}])
+        config = write_config(tmp_path / "node.toml", node.settings)
+        assert node.metrics.registry.get_sample_value(
+            "marrownode_build_info", {"version": __version__, "algorithm_version": "1"}) == 1
+        assert cli(config, "pause", "pacs").returncode == 0
+        datasets = build_study(StudyOptions(style="siemens", study_key="actions"))
+        study_uid = datasets[0].StudyInstanceUID
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
+                   == "analysed", timeout=90)
+        time.sleep(2.0)
+        assert pacs.received == []  # paused: nothing sent, nothing failed
+        status = cli(config, "status")
+        assert "destination pacs: paused by an operator" in status.stdout
+        assert cli(config, "resume", "pacs").returncode == 0
+        wait_until(lambda: results_delivered(node, study_uid), timeout=30)
+        delivered = len(pacs.received)
+        assert delivered == 40
+
+        assert cli(config, "reanalyse", study_uid).returncode == 0
+        wait_until(lambda: sum(e["kind"] == "analysed"
+                               for e in node.index.studies.events(study_uid)) == 2, timeout=90)
+        history = cli(config, "history", study_uid)
+        assert history.returncode == 0
+        kinds = [line.split()[2] for line in history.stdout.splitlines()]
+        assert kinds[0] == "received" and f"{len(datasets)} instance(s) from " in history.stdout
+        assert {"received", "analysing", "analysed", "delivery", "action"} <= set(kinds)
+        assert "reanalyse (operator)" in history.stdout
+        assert "pacs: 40 delivered, 0 to retry, 0 failed" in history.stdout
+
+        refused = cli(config, "delete", study_uid)
+        assert refused.returncode == 2 and "--yes" in refused.stderr
+        wait_until(lambda: results_delivered(node, study_uid), timeout=60)
+        deleted = cli(config, "delete", study_uid, "--yes")
+        assert deleted.returncode == 0, deleted.stderr
+        assert node.index.studies.study(study_uid) is None
+        assert not list(node.spool.data_dir.glob("*"))
+        assert cli(config, "history", study_uid).returncode == 1
+    finally:
+        pacs.stop()
