@@ -21,7 +21,12 @@ from marrownode.dixon.completion import Verdict, decide
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER
 from marrownode.requests.read import request_kind
 from marrownode.services.loop import LoopService
-from marrownode.services.worker import AnalysisWorker, SeriesWritten, WorkerDied
+from marrownode.services.worker import (
+    AnalysisWorker,
+    SeriesWritten,
+    WorkerDied,
+    WorkerStopped,
+)
 from marrownode.states import SetState, StudyState
 from marrownode.store.ingest import Ingestor
 from marrownode.store.spool import Spool
@@ -238,7 +243,8 @@ class Assembler(LoopService):
                   seconds: float, run_id: str, digest: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)
-            if future.cancelled():  # dropped at shutdown: still 'analysing', re-run at start
+            if future.cancelled() or isinstance(future.exception(), WorkerStopped):
+                # dropped or stopped at shutdown: still 'analysing', re-run at the next start
                 self._in_flight.pop(study_uid, None)
                 return
         report = self._record(study_uid, last, future, seconds, digest)

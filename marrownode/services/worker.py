@@ -45,6 +45,11 @@ class WorkerDied(RuntimeError):
         self.reason = reason
 
 
+class WorkerStopped(RuntimeError):
+    """The node stopped the worker while it ran a job (shutdown past its grace): not the
+    job's fault; the job runs again after the next start."""
+
+
 @dataclass
 class _Job:
     function: Callable[..., Any]
@@ -208,9 +213,11 @@ class AnalysisWorker:
         """The current worker process (tests and logs)."""
         return self._process.pid if self._process is not None else None
 
-    def shutdown(self) -> None:
-        """The job in progress finishes (analyses are idempotent); waiting ones are cancelled
-        and, being still 'analysing' in the index, are re-run after the next start."""
+    def shutdown(self, grace_seconds: float = 30.0) -> None:
+        """The job in progress may finish within grace_seconds, else its process is stopped
+        (WorkerStopped: the study stays 'analysing' and is re-run after the next start, as are
+        the waiting jobs, which are cancelled). Bounded, so that a stop by systemd ends before
+        its TimeoutStopSec."""
         self._stopping.set()
         while True:
             try:
@@ -221,7 +228,11 @@ class AnalysisWorker:
                 job.future.cancel()
         self._jobs.put(None)
         if self._supervisor is not None:
-            self._supervisor.join()
+            self._supervisor.join(grace_seconds)
+            if self._supervisor.is_alive() and self._process is not None:
+                log.warning("event=worker_stopped_mid_job grace_seconds=%.0f", grace_seconds)
+                self._process.kill()
+                self._supervisor.join(10.0)
         self._stop_process()
 
     # --- the supervisor thread ----------------------------------------------------------------
@@ -286,6 +297,11 @@ class AnalysisWorker:
             if timed_out:
                 process.kill()
             process.join(5.0)
+            if self._stopping.is_set():  # the node stopped it: not the job's doing
+                job.future.set_exception(WorkerStopped("stopped with the node"))
+                connection.close()
+                self._process = self._connection = None
+                return
             reason = _death_reason(process.exitcode, timed_out, self.time_limit_seconds)
             job.future.set_exception(WorkerDied(reason))
             self._died(reason)

@@ -345,3 +345,25 @@ def test_a_dead_receiving_process_is_replaced_and_its_associations_closed(node_f
         datasets = build_study(StudyOptions(style="siemens", study_key=f"after{i}"))[:2]
         assert send(node.receiver.port, datasets) == [0, 0]
     assert node.health().ok
+
+
+def test_stopping_mid_analysis_is_bounded_and_not_counted_against_the_study() -> None:
+    """A stop (systemd's TimeoutStopSec is 60 s) waits for the running job only so long;
+    the job ends as WorkerStopped, which the assembler leaves 'analysing' for the next start,
+    not as a failure or a death of the study's making."""
+    from marrownode.config import Settings
+    from marrownode.services.worker import AnalysisWorker, WorkerStopped
+
+    worker = AnalysisWorker(Settings(), on_series=lambda message: None)
+    worker.start()
+    try:
+        assert worker.submit(int).result(timeout=120) == 0
+        long_job = worker.submit(time.sleep, 120)
+        wait_until(long_job.running, timeout=10)
+        started = time.monotonic()
+        worker.shutdown(grace_seconds=0.5)
+        assert time.monotonic() - started < 15.0
+        assert isinstance(long_job.exception(timeout=5), WorkerStopped)
+        assert worker.deaths == 0
+    finally:
+        worker.shutdown(grace_seconds=0.1)
