@@ -171,6 +171,16 @@ class Destination(_Section):
     retrieve: Literal["none", "c-get"] = "none"
 
 
+WebhookEvent = Literal["analysis_failed", "delivery_failed"]
+
+
+class Webhook(_Section):
+    """A URL told (JSON POST) when an analysis or a delivery has failed for good."""
+
+    url: Annotated[str, Field(pattern=r"^https?://[^\s]+$")]
+    events: list[WebhookEvent] = ["analysis_failed", "delivery_failed"]
+
+
 class OutputSettings(_Section):
     parametric_map: bool = True
     derived_mr: bool = True
@@ -249,6 +259,7 @@ class Settings(_Section):
     http: HTTPSettings = HTTPSettings()
     logging: LoggingSettings = LoggingSettings()
     outbox: OutboxSettings = OutboxSettings()
+    webhooks: list[Webhook] = []
 
     @field_validator("destinations")
     @classmethod

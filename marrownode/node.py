@@ -23,6 +23,7 @@ from marrownode.services.worker import AnalysisWorker
 from marrownode.store.database import index_path
 from marrownode.store.index import Index
 from marrownode.store.lock import StorageLock
+from marrownode.webhooks import Webhooks
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +57,9 @@ class Node:
         self.metrics.registry.register(NodeCollector(
             self.receiver.stats, self.index.studies, self.index.outbox, self.spool,
             [d.name for d in settings.destinations]))
+        self.webhooks = Webhooks(settings.webhooks, settings.node.ae_title)
         self.deliverer = Deliverer(settings, self.index.outbox, self.index.studies, self.spool,
-                                   self.metrics)
+                                   self.metrics, notify=self.webhooks.notify)
         self.worker = AnalysisWorker(
             settings, on_series=lambda message: self.assembler.series_written(message),
             on_death=self.metrics.worker_deaths.inc)
@@ -66,7 +68,8 @@ class Node:
             self.metrics.analysis_seconds.observe, on_series=self.deliverer.enqueue,
             on_analysed=self.deliverer.analysis_finished,
             count_failure=self.metrics.analysis_failures.inc,
-            retrieve=lambda study_uid: self.retriever.start(study_uid))
+            retrieve=lambda study_uid: self.retriever.start(study_uid),
+            notify=self.webhooks.notify)
         self.retriever = Retriever(settings, self.ingestor, self.index.studies,
                                    wake=self.assembler.wake)
         self.retention = RetentionSweeper(self.index.studies, self.spool,
@@ -91,6 +94,7 @@ class Node:
             "event=recovered temp_files_removed=%d reindexed=%d stale_associations=%d "
             "instances=%d", removed, reindexed, closed, self.index.studies.instance_count(),
         )
+        self.webhooks.start()
         self.receiver.start()
         if self.receiver_processes is not None:
             self.receiver_processes.start(self.receiver.port)
@@ -148,6 +152,7 @@ class Node:
             self.receiver_processes.stop(grace_seconds)
         for service in reversed(self.services):
             service.stop()
+        self.webhooks.stop()
         self._started = False
         log.info("event=stopped instances=%d", self.index.studies.instance_count())
         self.lock.release()

@@ -119,6 +119,7 @@ class Assembler(LoopService):
         on_analysed: AnalysedCallback,
         count_failure: Callable[[], None] = lambda: None,
         retrieve: Callable[[str], bool] = lambda study_uid: False,
+        notify: Callable[..., None] = lambda event, **fields: None,
         poll_seconds: float = 0.5,
     ) -> None:
         super().__init__(poll_seconds)
@@ -135,6 +136,7 @@ class Assembler(LoopService):
         self._lock = threading.Lock()
         self.count_failure = count_failure
         self.retrieve = retrieve
+        self.notify = notify
 
     def on_start(self) -> None:
         """Start the worker and rehearse it."""
@@ -293,6 +295,7 @@ class Assembler(LoopService):
                       else f"analysis failed {attempts} times: {what}")
             self.studies.set_state(study_uid, StudyState.FAILED, reason, if_last_received=last)
             self.studies.add_event(study_uid, "failed", reason)
+            self.notify("analysis_failed", study_instance_uid=study_uid, reason=reason)
         else:
             retry = (f"analysis attempt {attempts} failed ({what}); retried in {delay:.0f} s")
             self.studies.schedule_retry(study_uid, retry, time.time() + delay)

@@ -8,6 +8,7 @@ import random
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,8 @@ class Deliverer(LoopService):
     join_seconds = 60.0
 
     def __init__(self, settings: Settings, outbox: Outbox, studies: StudyIndex, spool: Spool,
-                 metrics: Metrics, poll_seconds: float = 1.0, seed: int | None = None) -> None:
+                 metrics: Metrics, poll_seconds: float = 1.0, seed: int | None = None,
+                 notify: Callable[..., None] = lambda event, **fields: None) -> None:
         super().__init__(poll_seconds)
         self.settings = settings
         self.outbox = outbox
@@ -111,6 +113,7 @@ class Deliverer(LoopService):
         self.spool = spool
         self.metrics = metrics
         self.policy = RetryPolicy.from_settings(settings.outbox)
+        self.notify = notify
         self._random = random.Random(seed)
         # (study, destination) -> the analysis (study updated_at) whose time to result counted.
         self._observed: OrderedDict[tuple[str, str], float] = OrderedDict()
@@ -209,6 +212,10 @@ class Deliverer(LoopService):
             if study_uid in errors:
                 detail += f" ({errors[study_uid]})"
             self.studies.add_event(study_uid, "delivery", detail)
+            if states[DeliveryState.FAILED]:
+                self.notify("delivery_failed", study_instance_uid=study_uid,
+                            destination=destination, failed=states[DeliveryState.FAILED],
+                            reason=errors.get(study_uid, ""))
 
     def _record_answer(self, destination: Destination, results: list[SendResult],
                        now: float) -> DestinationState:

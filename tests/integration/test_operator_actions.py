@@ -64,3 +64,58 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
         assert cli(config, "history", study_uid).returncode == 1
     finally:
         pacs.stop()
+
+
+def test_webhooks_are_told_of_failures_for_good_without_patient_data(node_factory, tmp_path,
+                                                                      monkeypatch) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from marrownode.services import assembler
+    from tests.conftest import free_port
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(json.loads(body))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pacs = StandInPACS(tmp_path / "pacs", ae_title="STANDIN")
+    pacs.ae.require_called_aet = True
+    pacs.start()
+    monkeypatch.setattr(assembler, "RETRY_BASE_SECONDS", 0.2)
+    try:
+        node = node_factory(
+            completion={"idle_seconds": 60},
+            destinations=[{"name": "pacs", "ae_title": "WRONG", "host": "127.0.0.1",
+                           "port": pacs.port}],
+            webhooks=[{"url": f"http://127.0.0.1:{server.server_port}/hook"}])
+        datasets = build_study(StudyOptions(style="siemens", study_key="hooked",
+                                            patient_name="Secret^Patient"))
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        wait_until(lambda: any(r["event"] == "delivery_failed" for r in received), timeout=90)
+        (failed,) = [r for r in received if r["event"] == "delivery_failed"][:1]
+        assert failed["destination"] == "pacs" and "called AE title" in failed["reason"]
+        assert failed["study_instance_uid"] == datasets[0].StudyInstanceUID
+
+        node.worker.time_limit_seconds = 0.01
+        doomed = build_study(StudyOptions(style="siemens", study_key="hooked-doomed",
+                                          patient_name="Secret^Patient"))
+        assert send(node.receiver.port, doomed) == [0] * len(doomed)
+        wait_until(lambda: any(r["event"] == "analysis_failed" for r in received), timeout=90)
+        (analysis,) = [r for r in received if r["event"] == "analysis_failed"]
+        assert analysis["study_instance_uid"] == doomed[0].StudyInstanceUID
+        assert "ended the worker process 2 times" in analysis["reason"]
+        assert "Secret" not in json.dumps(received)
+    finally:
+        pacs.stop()
+        server.shutdown()
