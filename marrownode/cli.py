@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 import sys
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,7 @@ def _cmd_echo(args: argparse.Namespace) -> int:
 def _format_time(epoch: float | None) -> str:
     if not epoch:
         return "-"
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
