@@ -266,6 +266,26 @@ def build_study(
     return datasets
 
 
+def _frame_groups(origin: np.ndarray, k: int, echo_time: float,
+                  frame_type_values: list[str]) -> Dataset:
+    """One Enhanced MR per-frame functional groups item: position, echo, frame type, stack."""
+    item = Dataset()
+    position = Dataset()
+    position.ImagePositionPatient = [round(float(v), 4) for v in origin]
+    item.PlanePositionSequence = Sequence([position])
+    echo = Dataset()
+    echo.EffectiveEchoTime = echo_time
+    item.MREchoSequence = Sequence([echo])
+    frame_type = Dataset()
+    frame_type.FrameType = frame_type_values
+    item.MRImageFrameTypeSequence = Sequence([frame_type])
+    content = Dataset()
+    content.InStackPositionNumber = k + 1
+    content.StackID = "1"
+    item.FrameContentSequence = Sequence([content])
+    return item
+
+
 def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
     """Philips-style Enhanced MR: one multi-frame object, per-frame FrameType and echo time."""
     op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
@@ -301,22 +321,9 @@ def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
     for role, token, echo_time in roles:
         data = _stored(images[role])
         for k in range(slices):
-            item = Dataset()
-            position = Dataset()
             origin = geometry.origin + k * phantom.slice_thickness_mm * geometry.normal
-            position.ImagePositionPatient = [round(float(v), 4) for v in origin]
-            item.PlanePositionSequence = Sequence([position])
-            echo = Dataset()
-            echo.EffectiveEchoTime = echo_time
-            item.MREchoSequence = Sequence([echo])
-            frame_type = Dataset()
-            frame_type.FrameType = ["DERIVED", "PRIMARY", "DIXON", token]
-            item.MRImageFrameTypeSequence = Sequence([frame_type])
-            content = Dataset()
-            content.InStackPositionNumber = k + 1
-            content.StackID = "1"
-            item.FrameContentSequence = Sequence([content])
-            per_frame.append(item)
+            per_frame.append(_frame_groups(origin, k, echo_time,
+                                           ["DERIVED", "PRIMARY", "DIXON", token]))
             planes.append(data[k])
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
     ds.NumberOfFrames = len(planes)
@@ -358,24 +365,13 @@ def _enhanced_ffe(options: StudyOptions, phantom: Phantom) -> Dataset:
         magnitude = _stored(images[role])
         for component, data in (("MAGNITUDE", magnitude), ("PHASE", phase)):
             for k in range(phantom.labels.shape[0]):
-                item = Dataset()
-                position, orientation = Dataset(), Dataset()
                 origin = geometry.origin + k * phantom.slice_thickness_mm * geometry.normal
-                position.ImagePositionPatient = [round(float(v), 4) for v in origin]
+                item = _frame_groups(origin, k, echo_time,
+                                     ["ORIGINAL", "PRIMARY", f"{component[0]}_FFE", "NONE"])
+                item.MRImageFrameTypeSequence[0].ComplexImageComponent = component
+                orientation = Dataset()
                 orientation.ImageOrientationPatient = [*geometry.row_dir, *geometry.col_dir]
-                item.PlanePositionSequence = Sequence([position])
                 item.PlaneOrientationSequence = Sequence([orientation])
-                echo = Dataset()
-                echo.EffectiveEchoTime = echo_time
-                item.MREchoSequence = Sequence([echo])
-                frame_type = Dataset()
-                frame_type.FrameType = ["ORIGINAL", "PRIMARY", f"{component[0]}_FFE", "NONE"]
-                frame_type.ComplexImageComponent = component
-                item.MRImageFrameTypeSequence = Sequence([frame_type])
-                content = Dataset()
-                content.InStackPositionNumber = k + 1
-                content.StackID = "1"
-                item.FrameContentSequence = Sequence([content])
                 per_frame.append(item)
                 planes.append(data[k])
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)

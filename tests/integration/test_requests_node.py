@@ -6,11 +6,11 @@ from __future__ import annotations
 import highdicom as hd
 import numpy as np
 from pydicom import dcmread
-from pydicom.sr.codedict import codes
 
 from marrownode.net.standin import StandInPACS
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
 from tests.conftest import results_delivered, wait_until
+from tests.requests import roi_report
 from tests.scu import send
 
 VIEWER = {"manufacturer": "viewer", "manufacturer_model_name": "viewer",
@@ -29,16 +29,7 @@ def roi_sr(image, label: str, tracking_uid: str):
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=square,
             source_image=hd.sr.SourceImageForRegion.from_source_image(image)))
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name="Reader^Radiology"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
-        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion, imaging_measurements=[group])
-    return hd.sr.Comprehensive3DSR(
-        evidence=[image], content=report[0], series_instance_uid=hd.UID(), series_number=77,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="viewer")
+    return roi_report([group], [image], 77)
 
 
 def answers(pacs: StandInPACS) -> list:

@@ -24,6 +24,7 @@ from marrownode.synthetic.anatomy import (
 )
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
 from tests.conftest import require_binary
+from tests.requests import roi_report
 
 VIEWER = {"manufacturer": "OHIF-like viewer", "manufacturer_model_name": "viewer",
           "software_versions": "1", "device_serial_number": "1"}
@@ -75,16 +76,7 @@ def measured(tmp_path_factory) -> dict:
                 graphic_type=hd.sr.GraphicTypeValues.ELLIPSE, graphic_data=ellipse,
                 source_image=hd.sr.SourceImageForRegion.from_source_image(image))),
     ]
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name="Reader^Radiology"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
-        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion, imaging_measurements=groups)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[image], content=report[0], series_instance_uid=hd.UID(), series_number=100,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="OHIF-like viewer")
+    sr = roi_report(groups, [image], 100, "OHIF-like viewer")
     layer = hd.pr.GraphicLayer(layer_name="ROIS", order=1)
     gsps = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[image], series_instance_uid=hd.UID(), series_number=101,
@@ -251,16 +243,7 @@ def test_a_region_drawn_on_our_signal_loss_map_is_measured(measured, tmp_path: P
         referenced_region=hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=measured["square"],
             source_image=hd.sr.SourceImageForRegion.from_source_image(image)))
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name="Reader^Radiology"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
-        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion, imaging_measurements=[group])
-    request = hd.sr.Comprehensive3DSR(
-        evidence=[image], content=report[0], series_instance_uid=hd.UID(), series_number=103,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="viewer")
+    request = roi_report([group], [image], 103, "viewer")
     write_datasets([request], tmp_path / "more")
     again = process_paths([measured["base"] / "in", tmp_path / "more"], tmp_path / "out",
                           Settings())
@@ -340,16 +323,7 @@ def test_a_3d_region_in_patient_coordinates_is_measured_like_its_2d_twin(measure
             graphic_type=hd.sr.GraphicTypeValues3D.POLYGON,
             graphic_data=np.vstack([corners, corners[:1]]),
             frame_of_reference_uid=image.FrameOfReferenceUID))
-    observer = hd.sr.ObserverContext(
-        observer_type=codes.DCM.Person,
-        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
-            name="Reader^Radiology"))
-    report = hd.sr.MeasurementReport(
-        observation_context=hd.sr.ObservationContext(observer_person_context=observer),
-        procedure_reported=codes.LN.MRIUnspecifiedBodyRegion, imaging_measurements=[group])
-    request = hd.sr.Comprehensive3DSR(
-        evidence=[image], content=report[0], series_instance_uid=hd.UID(), series_number=104,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="3D Slicer")
+    request = roi_report([group], [image], 104, "3D Slicer")
     write_datasets([request], tmp_path / "more")
     again = process_paths([measured["base"] / "in", tmp_path / "more"], tmp_path / "out",
                           Settings())
