@@ -253,7 +253,7 @@ def overlay_frames(
                                set_report.field_strength_t, disclaimer,
                                overlay_status(set_report))
     for k in range(count):
-        here = "" if marrow[k].any() else " | no localised marrow on this slice"
+        here = "" if marrow[k].any() else " | no marrow on this slice"
         yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k], marrow[k],
                               f"slice {k + 1}/{count}{here}")
 

@@ -138,8 +138,13 @@ class OverlayRenderer:
         frame[:self.height, left:left + self.width] = image
         frame[self.height:] = self._legend
         label = Image.fromarray(frame[self.height:self.height + 24])
-        ImageDraw.Draw(label).text((8, 4), self._title + slice_label, fill=(255, 255, 255),
-                                   font=self._title_font)
+        title = self._title + slice_label
+        font = self._title_font
+        for size in (14, 13, 12, 11, 10):  # a long slice note: smaller type, never cut off
+            if font.getlength(title) <= self.canvas_width - 16:
+                break
+            font = _font(size)
+        ImageDraw.Draw(label).text((8, 4), title, fill=(255, 255, 255), font=font)
         frame[self.height:self.height + 24] = np.asarray(label)
         return frame
 
