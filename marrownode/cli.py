@@ -322,7 +322,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
         print(f"no history for {args.study}", file=sys.stderr)
         return EXIT_FAILURE
     for event in events:
-        print(f"{_format_time(event['at'])}  {event['kind']:<10} {event['detail']}")
+        print(f"{_format_time(event['at'])}\t{event['kind']}\t{event['detail']}")
     return EXIT_OK
 
 

@@ -48,7 +48,7 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
                                for e in node.index.studies.events(study_uid)) == 2, timeout=90)
         history = cli(config, "history", study_uid)
         assert history.returncode == 0
-        kinds = [line.split()[2] for line in history.stdout.splitlines()]
+        kinds = [line.split("\t")[1] for line in history.stdout.splitlines()]
         assert kinds[0] == "received" and f"{len(datasets)} instance(s) from " in history.stdout
         assert {"received", "analysing", "analysed", "delivery", "action"} <= set(kinds)
         assert "reanalyse (operator)" in history.stdout
