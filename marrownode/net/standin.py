@@ -3,6 +3,7 @@ refuses some SOP classes for tests. It keeps what it receives as files in a fold
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterable
@@ -55,7 +56,11 @@ class StandInPACS:
         request = event.request
         assert isinstance(request, C_STORE)
         sop_uid = str(request.AffectedSOPInstanceUID)
-        (self.folder / f"{safe_component(sop_uid)}.dcm").write_bytes(event.encoded_dataset())
+        # Written aside and renamed: whoever reads the folder never meets half a file.
+        target = self.folder / f"{safe_component(sop_uid)}.dcm"
+        partial = target.with_suffix(".partial")
+        partial.write_bytes(event.encoded_dataset())
+        os.replace(partial, target)
         with self._lock:
             self.received.append(sop_uid)
         return 0x0000

@@ -34,7 +34,7 @@ def roi_sr(image, label: str, tracking_uid: str):
 
 def answers(pacs: StandInPACS) -> list:
     found = []
-    for path in pacs.folder.iterdir():
+    for path in pacs.folder.glob("*.dcm"):
         dataset = dcmread(path, stop_before_pixels=True)
         if dataset.get("SeriesDescription") == ANSWER:
             found.append(dataset)
