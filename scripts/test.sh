@@ -24,4 +24,4 @@ python3 -m mypy  # strict on marrownode/ (pyproject.toml)
 # No function above complexity C (radon ranks D, E, F fail the build).
 complex=$(python3 -m radon cc --min D --no-assert marrownode)
 if [ -n "$complex" ]; then echo "functions above complexity C:"; echo "$complex"; exit 1; fi
-python3 -m pytest -q -p no:cacheprovider "$@"
+python3 -m pytest -q -p no:cacheprovider --durations=15 "$@"
