@@ -13,7 +13,7 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
-from marrownode.config import Settings, content_digest
+from marrownode.config import Settings
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER, summarise
 from marrownode.quant.analysis import QuantResult
 from marrownode.quant.geometry import VolumeGeometry
@@ -186,11 +186,6 @@ def request_records(item: PendingRequest, any_set: bool) -> list[dict[str, Any]]
         records.append({"label": problem["label"], "tracking_uid": "",
                         "reason": problem["reason"]})
     return records
-
-
-def settings_digest(settings: Settings) -> str:
-    """The digest named in the answer (the same one as the set results')."""
-    return content_digest(settings)
 
 
 def segment_localisation(pending: Sequence[PendingRequest], geometry: VolumeGeometry,

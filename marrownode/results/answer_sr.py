@@ -5,6 +5,7 @@ with the request object and the measured images as evidence."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import highdicom as hd
@@ -13,8 +14,13 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from marrownode import ALGORITHM_VERSION
-from marrownode.results.common import MANUFACTURER, MODEL_NAME
+from marrownode import ALGORITHM_VERSION, __version__
+from marrownode.results.common import (
+    MANUFACTURER,
+    MODEL_NAME,
+    copy_patient_study,
+    creation_date_time,
+)
 from marrownode.results.sr import (
     AT_OR_ABOVE,
     BELOW,
@@ -123,15 +129,11 @@ def build_answer_sr(request: Dataset, measurements: Sequence[dict[str, Any]],
 
 
 def _stamp(sr: Dataset, request: Dataset) -> None:
-    from datetime import datetime
-
-    from marrownode import __version__
-    from marrownode.results.common import copy_patient_study
-
-    now = datetime.now()
+    """When it was made, by what, and the request's patient and study modules."""
+    date, time = creation_date_time(datetime.now())
     for prefix in ("InstanceCreation", "Content", "Series"):
-        setattr(sr, f"{prefix}Date", now.strftime("%Y%m%d"))
-        setattr(sr, f"{prefix}Time", now.strftime("%H%M%S.%f"))
+        setattr(sr, f"{prefix}Date", date)
+        setattr(sr, f"{prefix}Time", time)
     sr.ManufacturerModelName, sr.SoftwareVersions = MODEL_NAME, __version__
     sr.SeriesDescription = "marrownode measurements of your regions"
     copy_patient_study(sr, request)

@@ -55,7 +55,12 @@ class SourceSeries:
     def content_date_time(self) -> tuple[str, str]:
         """Instance Creation, Series and Content Date/Time: when the results were made (a
         re-run gives the same UIDs, and says when it ran)."""
-        return self.created.strftime("%Y%m%d"), self.created.strftime("%H%M%S.%f")
+        return creation_date_time(self.created)
+
+
+def creation_date_time(moment: datetime) -> tuple[str, str]:
+    """DICOM DA and TM of the moment an object was made."""
+    return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S.%f")
 
 
 def with_shared_orientation(source: Dataset) -> Dataset:

@@ -286,35 +286,44 @@ def _frame_groups(origin: np.ndarray, k: int, echo_time: float,
     return item
 
 
-def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
-    """Philips-style Enhanced MR: one multi-frame object, per-frame FrameType and echo time."""
-    op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
-    images = phantom.echoes(snr=options.snr, seed=options.seed)
-    geometry = geometry_for(options.orientation)
+def _enhanced_header(options: StudyOptions, phantom: Phantom, key: str, description: str,
+                     image_type: list[str]) -> tuple[Dataset, Dataset]:
+    """The header of a synthetic Enhanced MR object and its shared functional groups item
+    (pixel measures; a caller adds what its layout shares beyond that)."""
     ds = _base_dataset(options)
-    ds.SeriesInstanceUID = synthetic_uid(options.study_key, options.orientation, "enh", "series")
+    ds.SeriesInstanceUID = synthetic_uid(options.study_key, options.orientation, key, "series")
     ds.SOPInstanceUID = synthetic_uid(ds.SeriesInstanceUID, "instance")
     ds.SeriesNumber = options.series_number_start
-    ds.SeriesDescription = "mDIXON enhanced"
-    ds.Manufacturer = "Philips"
+    ds.SeriesDescription = description
     ds.InstanceNumber = 1
-    ds.ImageType = ["DERIVED", "PRIMARY", "DIXON", "MIXED"]
+    ds.ImageType = image_type
     ds.ContentDate, ds.ContentTime = "20260101", "120000"
     ds.AcquisitionDateTime = "20260101120000"
     ds.MagneticFieldStrength = options.field_strength_t
     ds.ImagingFrequency = round(GYROMAGNETIC_MHZ_PER_T * options.field_strength_t, 6)
-    ds.SpectrallySelectedSuppression = "NONE"
-    roles = (("water", "WATER", 0.0), ("fat", "FAT", 0.0), ("in_phase", "IN_PHASE", ip_te),
-             ("opposed_phase", "OUT_OF_PHASE", op_te))
     shared = Dataset()
     measures = Dataset()
     measures.PixelSpacing = list(phantom.pixel_spacing_mm)
     measures.SliceThickness = phantom.slice_thickness_mm
     shared.PixelMeasuresSequence = Sequence([measures])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    return ds, shared
+
+
+def _enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
+    """Philips-style Enhanced MR: one multi-frame object, per-frame FrameType and echo time."""
+    op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
+    images = phantom.echoes(snr=options.snr, seed=options.seed)
+    geometry = geometry_for(options.orientation)
+    ds, shared = _enhanced_header(options, phantom, "enh", "mDIXON enhanced",
+                                  ["DERIVED", "PRIMARY", "DIXON", "MIXED"])
+    ds.Manufacturer = "Philips"
+    ds.SpectrallySelectedSuppression = "NONE"
+    roles = (("water", "WATER", 0.0), ("fat", "FAT", 0.0), ("in_phase", "IN_PHASE", ip_te),
+             ("opposed_phase", "OUT_OF_PHASE", op_te))
     orientation = Dataset()
     orientation.ImageOrientationPatient = [*geometry.row_dir, *geometry.col_dir]
     shared.PlaneOrientationSequence = Sequence([orientation])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
     per_frame = []
     planes = []
     slices = phantom.labels.shape[0]
@@ -338,26 +347,11 @@ def _enhanced_ffe(options: StudyOptions, phantom: Phantom) -> Dataset:
     op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
     images = phantom.echoes(snr=options.snr, seed=options.seed)
     geometry = geometry_for(options.orientation)
-    ds = _base_dataset(options)
-    ds.SeriesInstanceUID = synthetic_uid(options.study_key, options.orientation, "ffe", "series")
-    ds.SOPInstanceUID = synthetic_uid(ds.SeriesInstanceUID, "instance")
-    ds.SeriesNumber = options.series_number_start
-    ds.SeriesDescription = "T1_FFE_dual_echo"
+    ds, _ = _enhanced_header(options, phantom, "ffe", "T1_FFE_dual_echo",
+                             ["ORIGINAL", "PRIMARY", "MIXED", "NONE"])
     ds.Manufacturer, ds.ManufacturerModelName = "Philips", "Ingenia Elition X"
-    ds.InstanceNumber = 1
-    ds.ImageType = ["ORIGINAL", "PRIMARY", "MIXED", "NONE"]
-    ds.ContentDate, ds.ContentTime = "20260101", "120000"
-    ds.AcquisitionDateTime = "20260101120000"
-    ds.MagneticFieldStrength = options.field_strength_t
-    ds.ImagingFrequency = round(GYROMAGNETIC_MHZ_PER_T * options.field_strength_t, 6)
     ds.EchoPulseSequence = "GRADIENT"
     ds.SpectrallySelectedSuppression = "NONE"
-    shared = Dataset()
-    measures = Dataset()
-    measures.PixelSpacing = list(phantom.pixel_spacing_mm)
-    measures.SliceThickness = phantom.slice_thickness_mm
-    shared.PixelMeasuresSequence = Sequence([measures])
-    ds.SharedFunctionalGroupsSequence = Sequence([shared])
     phase = np.random.default_rng(options.seed).uniform(
         0, 4095, size=images["in_phase"].shape).astype(np.uint16)
     per_frame, planes = [], []

@@ -30,6 +30,15 @@ VIEWER = {"manufacturer": "OHIF-like viewer", "manufacturer_model_name": "viewer
           "software_versions": "1", "device_serial_number": "1"}
 
 
+def _phantom():
+    """The sagittal anatomical phantom without partial volume: exact truth per voxel."""
+    shape, spacing, thickness = DEFAULT_GRIDS["sagittal"]
+    phantom = anatomical_phantom("infiltrative_focus", "sagittal", shape=shape,
+                                 pixel_spacing_mm=spacing, slice_thickness_mm=thickness,
+                                 supersample=1)
+    return phantom, spacing, thickness
+
+
 def _inside(mask2d: np.ndarray, margin: int) -> tuple[int, int]:
     """A pixel (row, column) whose (2 margin + 1)-square neighbourhood is in the region."""
     deep = ndimage.binary_erosion(mask2d, structure=np.ones((3, 3)), iterations=margin)
@@ -42,10 +51,7 @@ def _inside(mask2d: np.ndarray, margin: int) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("requests")
-    shape, spacing, thickness = DEFAULT_GRIDS["sagittal"]
-    phantom = anatomical_phantom("infiltrative_focus", "sagittal", shape=shape,
-                                 pixel_spacing_mm=spacing, slice_thickness_mm=thickness,
-                                 supersample=1)
+    phantom, spacing, thickness = _phantom()
     datasets = build_study(StudyOptions(style="siemens", study_key="requests"), phantom)
     in_phase = sorted((d for d in datasets if d.SeriesDescription.endswith("_in")),
                       key=lambda d: int(d.InstanceNumber))
@@ -165,11 +171,6 @@ def test_the_answers_are_valid_sr_with_the_requesters_tracking(measured) -> None
                   if line.startswith("Error")]
         assert errors == [], f"{kind}: {errors}"
         answer = hd.sr.Comprehensive3DSR.from_dataset(dcmread(path))
-        evidence = {item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
-                    for study in answer.CurrentRequestedProcedureEvidenceSequence
-                    for series in study.ReferencedSeriesSequence
-                    for item in [series]}  # noqa: C416 - one level at a time
-        assert evidence  # the request object and images are named
         request_uid = request["sop_instance_uid"]
         assert request_uid in {i.ReferencedSOPInstanceUID
                                for s in answer.CurrentRequestedProcedureEvidenceSequence
@@ -259,10 +260,7 @@ def test_a_region_drawn_on_our_signal_loss_map_is_measured(measured, tmp_path: P
 def test_vertebra_segments_replace_the_image_based_localisation(tmp_path: Path) -> None:
     """An AI platform's SEG of the vertebral bodies, coded with the CID 7603 SNOMED codes:
     the per-vertebra findings use those bodies and names (marrow.method "segmentation")."""
-    shape, spacing, thickness = DEFAULT_GRIDS["sagittal"]
-    phantom = anatomical_phantom("infiltrative_focus", "sagittal", shape=shape,
-                                 pixel_spacing_mm=spacing, slice_thickness_mm=thickness,
-                                 supersample=1)
+    phantom, spacing, thickness = _phantom()
     datasets = build_study(StudyOptions(style="siemens", study_key="vertebra-seg"), phantom)
     in_phase = sorted((d for d in datasets if d.SeriesDescription.endswith("_in")),
                       key=lambda d: int(d.InstanceNumber))
