@@ -1,5 +1,6 @@
 """Command line: serve, process, demo, check-config, echo, status, and the operator's
-actions: retry, pause, resume, reanalyse, delete, history, rebuild-index.
+actions: retry, pause, resume, reanalyse, delete, history, rebuild-index; hash-password and
+new-token for the web console's users.
 
 Exit codes: 0 ok, 2 bad usage or bad configuration (the message says what and where),
 1 runtime failure, 3 the index is damaged (the message names the command that rebuilds it;
@@ -9,11 +10,13 @@ the systemd unit does not restart on 2 or 3: both need the operator).
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import logging
 import os
 import sqlite3
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="a study's trail: received, analysed, delivered")
     history.add_argument("study")
     history.add_argument("--config", type=Path)
+    sub.add_parser("hash-password", help="hash a console password for [[http.users]] "
+                                         "(asks for it, or reads one line from stdin)")
+    sub.add_parser("new-token", help="a random API token for [[http.users]] and its digest")
     return parser
 
 
@@ -239,29 +245,43 @@ def _print_status(report: dict[str, Any]) -> None:
             )
 
 
-def _cmd_retry(args: argparse.Namespace) -> int:
-    from marrownode.store.database import index_path
-    from marrownode.store.index import Index
+def _operator(settings: Settings) -> Any:
+    """The operator's actions on the configured node's index and spool."""
+    from marrownode.actions import Operator
+    from marrownode.receiving import open_spool
 
-    settings = _load(args.config)
-    names = [d.name for d in settings.destinations]
-    if args.destination is not None and args.destination not in names:
-        print(f"unknown destination {args.destination!r}; configured: "
-              f"{', '.join(names) or '(none)'}", file=sys.stderr)
+    return Operator(_open_index(settings), open_spool(settings),
+                    [d.name for d in settings.destinations])
+
+
+def _command_line_actor() -> str:
+    try:
+        return f"{getpass.getuser()} on the command line"
+    except (KeyError, OSError):  # no user name in the environment or the password database
+        return "the command line"
+
+
+def _act(action: Callable[[], str]) -> int:
+    """Run an operator action; its refusal is a usage error with the reason."""
+    from marrownode.actions import ActionRefused
+
+    try:
+        print(action())
+    except ActionRefused as exc:
+        print(str(exc), file=sys.stderr)
         return EXIT_USAGE
-    path = index_path(settings.storage.root)
-    if not path.exists():
-        print(f"no index at {path}", file=sys.stderr)
-        return EXIT_FAILURE
-    index = Index(path)
-    count = index.outbox.retry(args.destination, args.study)
-    index.studies.add_event(args.study or "*", "action",
-                            f"retry {args.destination or 'all destinations'} (operator): "
-                            f"{count} result(s)")
-    print(f"{count} result(s) queued again"
-          + (f" for {args.destination}" if args.destination else "")
-          + "; a running node sends them within a second")
     return EXIT_OK
+
+
+def _cmd_retry(args: argparse.Namespace) -> int:
+    operator = _operator(_load(args.config))
+
+    def retry() -> str:
+        count = operator.retry(_command_line_actor(), args.destination, args.study)
+        return (f"{count} result(s) queued again"
+                + (f" for {args.destination}" if args.destination else "")
+                + "; a running node sends them within a second")
+    return _act(retry)
 
 
 def _open_index(settings: Settings) -> Any:
@@ -275,43 +295,62 @@ def _open_index(settings: Settings) -> Any:
 
 
 def _cmd_pause_resume(args: argparse.Namespace) -> int:
-    settings = _load(args.config)
-    names = [d.name for d in settings.destinations]
-    if args.destination not in names:
-        print(f"unknown destination {args.destination!r}; configured: "
-              f"{', '.join(names) or '(none)'}", file=sys.stderr)
-        return EXIT_USAGE
-    index = _open_index(settings)
+    operator = _operator(_load(args.config))
     paused = args.command == "pause"
-    index.outbox.pause(args.destination, paused)
-    index.studies.add_event("*", "action", f"{args.command} {args.destination} (operator)")
-    print(f"{args.destination}: {'paused' if paused else 'resumed'}")
-    return EXIT_OK
+
+    def pause() -> str:
+        operator.pause(_command_line_actor(), args.destination, paused)
+        return f"{args.destination}: {'paused' if paused else 'resumed'}"
+    return _act(pause)
 
 
 def _cmd_reanalyse(args: argparse.Namespace) -> int:
-    index = _open_index(_load(args.config))
-    if not index.studies.reanalyse(args.study):
-        print(f"no study {args.study} in the index", file=sys.stderr)
-        return EXIT_FAILURE
-    index.studies.add_event(args.study, "action", "reanalyse (operator)")
-    print(f"{args.study}: queued for analysis; a running node starts within a second")
-    return EXIT_OK
+    operator = _operator(_load(args.config))
+
+    def reanalyse() -> str:
+        operator.reanalyse(_command_line_actor(), args.study)
+        return f"{args.study}: queued for analysis; a running node starts within a second"
+    return _act(reanalyse)
 
 
 def _cmd_delete(args: argparse.Namespace) -> int:
-    from marrownode.receiving import open_spool
-
     settings = _load(args.config)
     if not args.yes:
         print("deleting removes the study's received images, results and history; "
               "add --yes to confirm", file=sys.stderr)
         return EXIT_USAGE
-    index = _open_index(settings)
-    count = index.studies.forget_study(args.study)
-    open_spool(settings).remove_study(args.study)
-    index.studies.add_event("*", "action", f"delete {args.study}: {count} instance(s)")
-    print(f"{args.study}: deleted ({count} instances)")
+    operator = _operator(settings)
+
+    def delete() -> str:
+        count = operator.delete(_command_line_actor(), args.study)
+        return f"{args.study}: deleted ({count} instances)"
+    return _act(delete)
+
+
+def _cmd_hash_password(args: argparse.Namespace) -> int:
+    from marrownode.console.auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("the two passwords differ", file=sys.stderr)
+            return EXIT_USAGE
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    try:
+        print(f'password_hash = "{hash_password(password)}"')
+    except ValueError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _cmd_new_token(args: argparse.Namespace) -> int:
+    from marrownode.console.auth import new_token
+
+    token, digest = new_token()
+    print(f"token (give it to the script; it is not stored): {token}")
+    print(f'token_sha256 = "{digest}"')
     return EXIT_OK
 
 
@@ -379,6 +418,8 @@ COMMANDS = {
     "reanalyse": _cmd_reanalyse,
     "delete": _cmd_delete,
     "history": _cmd_history,
+    "hash-password": _cmd_hash_password,
+    "new-token": _cmd_new_token,
 }
 
 

@@ -210,10 +210,51 @@ def content_digest(settings: Settings) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+ConsoleRole = Literal["admin", "read-only"]
+
+
+class ConsoleUser(_Section):
+    """One person or script allowed into the web console: a password (people) or a token
+    (scripts, as `Authorization: Bearer`), stored only as hashes."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9._@-]{1,64}$")]
+    role: ConsoleRole = "read-only"
+    password_hash: str = ""
+    token_sha256: Annotated[str, Field(pattern=r"^([0-9a-f]{64})?$")] = ""
+
+    @field_validator("password_hash")
+    @classmethod
+    def _a_hash(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(scrypt|pbkdf2):[^$]+\$[^$]+\$[0-9a-f]+", value):
+            raise ValueError("must be a hash made by `marrownode hash-password` "
+                             "(scrypt:… or pbkdf2:…), never the password itself")
+        return value
+
+    @model_validator(mode="after")
+    def _has_credential(self) -> ConsoleUser:
+        if not self.password_hash and not self.token_sha256:
+            raise ValueError("give password_hash (`marrownode hash-password`) or token_sha256 "
+                             "(`marrownode new-token`), or both")
+        return self
+
+
 class HTTPSettings(_Section):
     enabled: bool = True
     host: Host = "127.0.0.1"
     port: Port = 8642
+    console: bool = True  # the web console at /; /healthz, /metrics, /status are always served
+    secure_cookies: bool = True  # browsers send them over HTTPS, and to http://127.0.0.1 only
+    session_minutes: Annotated[int, Field(ge=5, le=10080)] = 480
+    users: list[ConsoleUser] = []
+
+    @field_validator("users")
+    @classmethod
+    def _distinct_names(cls, users: list[ConsoleUser]) -> list[ConsoleUser]:
+        names = [user.name for user in users]
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"user names must be distinct (twice: {', '.join(twice)})")
+        return users
 
 
 class LoggingSettings(_Section):
@@ -283,7 +324,23 @@ class Settings(_Section):
             found.append("no [[destinations]]: results are made but sent nowhere")
         if not self.node.allowed_calling_aets:
             found.append("node.allowed_calling_aets is empty: any calling AE title is accepted")
+        http = self.http
+        if http.enabled and http.console and not http.users:
+            found.append("http.console is on but there are no [[http.users]]: nobody can log in "
+                         "(add one with `marrownode hash-password`)")
+        if http.enabled and not _loopback(http.host):
+            found.append(f"http.host {http.host} is not loopback: serve the console through a "
+                         "TLS reverse proxy (docs/console.md) and restrict who reaches the port")
         return found
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
@@ -360,8 +417,14 @@ def settings_from_mapping(raw: dict[str, Any], source: str = "<mapping>") -> Set
     return settings
 
 
-def effective_settings_toml(settings: Settings) -> str:
-    """Render settings back as TOML so check-config shows exactly what will run."""
+#: Keys whose values check-config does not print (hashes are still worth guessing against).
+_SECRETS = ("password_hash", "token_sha256")
+_HIDDEN = '"(set, not shown)"'
+
+
+def effective_settings_toml(settings: Settings, reveal_secrets: bool = False) -> str:
+    """Render settings back as TOML so check-config shows exactly what will run (password
+    hashes and token digests as "(set, not shown)" unless reveal_secrets)."""
     data = settings.model_dump(mode="json", exclude_none=True)
     out: list[str] = []
 
@@ -373,7 +436,8 @@ def effective_settings_toml(settings: Settings) -> str:
         if isinstance(value, list):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
         if isinstance(value, dict):
-            return "{" + ", ".join(f"{k} = {scalar(v)}" for k, v in value.items()) + "}"
+            return "{" + ", ".join(f"{k} = {_HIDDEN if k in _SECRETS and v and not reveal_secrets else scalar(v)}"
+                                   for k, v in value.items()) + "}"
         escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'
 

@@ -1,4 +1,4 @@
-"""Health, Prometheus metrics and a JSON status over HTTP on a (loopback) port.
+"""Health checks, Prometheus metrics, and the [http] listener that serves them with the console.
 
 Counters that the receiving threads already keep, and gauges that the index knows, are read at
 scrape time by a collector; the two histograms are observed where the work happens.
@@ -6,21 +6,20 @@ scrape time by a collector; the two histograms are observed where the work happe
 
 from __future__ import annotations
 
-import json
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from socketserver import ThreadingMixIn
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Histogram,
     Info,
-    generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -140,52 +139,28 @@ class Health:
                 and self.analysis_worker)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    service: HTTPService
+class _RequestHandler(WSGIRequestHandler):
+    timeout = 30.0  # a client that stops sending holds its thread this long at most
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         log.debug("event=http_request line=%s", (format % args).replace(" ", "_"))
 
-    def _send(self, code: int, body: bytes, content_type: str) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        path = self.path.split("?", 1)[0]
-        if path == "/healthz":
-            health = self.service.health()
-            checks = {"listener_bound": health.listener_bound,
-                      "index_writable": health.index_writable,
-                      "disk_above_watermark": health.disk_above_watermark,
-                      "analysis_worker": health.analysis_worker}
-            body = {
-                "healthy": health.ok,
-                "checks": checks,
-                "failed": [name for name, ok in checks.items() if not ok],
-                **health.details,
-            }
-            self._send(200 if health.ok else 503, json.dumps(body).encode(), "application/json")
-        elif path == "/metrics":
-            self._send(200, generate_latest(self.service.registry), CONTENT_TYPE_LATEST)
-        elif path == "/status":
-            self._send(200, json.dumps(self.service.status()).encode(), "application/json")
-        else:
-            self._send(404, b'{"error": "not found"}', "application/json")
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection, stoppable (shutdown), as prometheus_client serves WSGI."""
+
+    daemon_threads = True
+    block_on_close = False
 
 
 class HTTPService:
-    """/healthz, /metrics and /status; started and stopped with the node."""
+    """The [http] listener: serves the WSGI application (console/app.py) on its own threads;
+    started and stopped with the node."""
 
-    def __init__(self, settings: HTTPSettings, health: Callable[[], Health],
-                 registry: CollectorRegistry, status: Callable[[], dict[str, Any]]) -> None:
+    def __init__(self, settings: HTTPSettings, app: Callable[..., Any]) -> None:
         self.settings = settings
-        self.health = health
-        self.registry = registry
-        self.status = status
-        self.server: ThreadingHTTPServer | None = None
+        self.app = app
+        self.server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
     @property
@@ -196,9 +171,10 @@ class HTTPService:
 
     def start(self) -> None:
         """Listen on [http] host and port."""
-        handler = type("Handler", (_Handler,), {"service": self})
-        self.server = ThreadingHTTPServer((self.settings.host, self.settings.port), handler)
-        self.server.daemon_threads = True
+        server_class = type("Server", (_ThreadingWSGIServer,), {
+            "address_family": socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET})
+        self.server = make_server(self.settings.host, self.settings.port, self.app,
+                                  server_class=server_class, handler_class=_RequestHandler)
         self._thread = threading.Thread(target=self.server.serve_forever, name="http",
                                         daemon=True)
         self._thread.start()

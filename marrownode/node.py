@@ -9,7 +9,9 @@ import signal
 import threading
 from typing import Any
 
+from marrownode.actions import Operator
 from marrownode.config import Settings
+from marrownode.console.app import ConsoleContext, create_app
 from marrownode.monitor import Health, HTTPService, Metrics, NodeCollector
 from marrownode.net.receiver import Receiver, ReceiverStats, shared_counters
 from marrownode.receiving import IngestSink, ReceiverProcesses, open_ingestor, open_spool
@@ -74,8 +76,13 @@ class Node:
                                    wake=self.assembler.wake)
         self.retention = RetentionSweeper(self.index.studies, self.spool,
                                           settings.storage.retention_hours)
-        self.http = (HTTPService(settings.http, self.health, self.metrics.registry,
-                                 self.index.status) if settings.http.enabled else None)
+        self.operator = Operator(self.index, self.spool, [d.name for d in settings.destinations],
+                                 wake_deliverer=self.deliverer.wake,
+                                 wake_assembler=self.assembler.wake)
+        self.http = HTTPService(settings.http, create_app(
+            self.health, self.metrics.registry, self.index.status,
+            ConsoleContext(settings, self.index, self.operator, self.health, self.facts)
+            if settings.http.console else None)) if settings.http.enabled else None
         #: Started in this order, stopped in reverse.
         self.services: list[Service] = [self.assembler, self.deliverer, self.retention]
         if self.http is not None:
@@ -121,6 +128,18 @@ class Node:
             details={"free_bytes": free, "min_free_bytes": self.spool.min_free_bytes,
                      "worker_pid": self.worker.pid(), "worker_deaths": self.worker.deaths},
         )
+
+    def facts(self) -> dict[str, Any]:
+        """What the console's overview shows of the receivers and the analysis worker."""
+        stats = self.receiver.stats
+        return {
+            "receivers": {"port": self.receiver.port if self._started else None,
+                          "processes": self.settings.node.receiver_processes,
+                          "instances": stats.instances, "accepted": stats.accepted,
+                          "rejected": stats.rejected, "failures": stats.failures},
+            "worker": {"alive": self.worker.alive(), "pid": self.worker.pid(),
+                       "deaths": self.worker.deaths},
+        }
 
     def _watchdog(self, interval: float) -> None:
         while not self._stop.wait(interval):

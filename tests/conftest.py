@@ -84,7 +84,7 @@ def make_settings(root: Path, **sections: dict[str, Any]) -> Settings:
 def write_config(path: Path, settings: Settings) -> Path:
     from marrownode.config import effective_settings_toml
 
-    path.write_text(effective_settings_toml(settings))
+    path.write_text(effective_settings_toml(settings, reveal_secrets=True))
     return path
 
 

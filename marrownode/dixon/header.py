@@ -141,6 +141,7 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         "accession_number": _text(dataset.get("AccessionNumber")),
         "study_date": _text(dataset.get("StudyDate")),
         "study_description": _text(dataset.get("StudyDescription")),
+        "patient_name": _text(dataset.get("PatientName")),
         "series_uid": _text(dataset.get("SeriesInstanceUID")),
         "sop_instance_uid": _text(dataset.get("SOPInstanceUID")),
         "sop_class_uid": _text(dataset.get("SOPClassUID")),

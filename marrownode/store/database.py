@@ -9,6 +9,7 @@ turn instead of sleeping in SQLite's busy handler.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import sqlite3
 import threading
@@ -16,8 +17,9 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 INDEX_FILENAME = "index.sqlite3"
 
 _SCHEMA = """
@@ -32,8 +34,14 @@ CREATE TABLE IF NOT EXISTS studies (
     report           TEXT,
     analysis_attempts INTEGER NOT NULL DEFAULT 0,  -- failed or killed runs since the last success
     retry_at         REAL NOT NULL DEFAULT 0,      -- not assessed again before this time
-    input_digest     TEXT NOT NULL DEFAULT ''      -- source instances + settings last analysed
+    input_digest     TEXT NOT NULL DEFAULT '',     -- source instances + settings last analysed
+    described        INTEGER NOT NULL DEFAULT 0,   -- 1: the descriptors below are filled
+    accession_number TEXT NOT NULL DEFAULT '',
+    study_date       TEXT NOT NULL DEFAULT '',
+    study_description TEXT NOT NULL DEFAULT '',
+    patient_name     TEXT NOT NULL DEFAULT ''      -- shown to authenticated console users only
 );
+CREATE INDEX IF NOT EXISTS studies_by_last_received ON studies (last_received);
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     study_uid        TEXT NOT NULL,
@@ -76,6 +84,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (destination, sop_instance_uid)
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS outbox_by_study ON outbox (study_uid, state);
 CREATE TABLE IF NOT EXISTS events (
     id               INTEGER PRIMARY KEY,
     study_uid        TEXT NOT NULL,
@@ -152,6 +161,34 @@ def _migrate(db: sqlite3.Connection) -> None:
                        "DEFAULT 0")
             db.execute("ALTER TABLE studies ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
             db.execute("ALTER TABLE studies ADD COLUMN input_digest TEXT NOT NULL DEFAULT ''")
+        if "described" not in columns:  # version 4 read descriptors from instance headers
+            for column in ("accession_number", "study_date", "study_description",
+                           "patient_name"):
+                db.execute(f"ALTER TABLE studies ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
+            db.execute("ALTER TABLE studies ADD COLUMN described INTEGER NOT NULL DEFAULT 0")
+            _describe_existing(db)
+
+
+#: Study descriptors kept on the study's row (the console lists thousands of studies without
+#: reading instance headers); the first summarised instance of a study provides them.
+STUDY_DESCRIPTORS = ("accession_number", "study_date", "study_description", "patient_name")
+
+
+def _describe_existing(db: sqlite3.Connection) -> None:
+    """Fill the descriptors of studies indexed before version 5 from one of their headers."""
+    rows = db.execute("SELECT study_uid, MIN(header) FROM instances WHERE summarised = 1 "
+                      "GROUP BY study_uid").fetchall()
+    for study_uid, header_text in rows:
+        write_descriptors(db, study_uid, json.loads(header_text))
+
+
+def write_descriptors(db: sqlite3.Connection, study_uid: str, header: dict[str, Any]) -> None:
+    """Copy a header's descriptors onto its study's row, unless it has them already."""
+    db.execute(
+        "UPDATE studies SET described = 1, "
+        + ", ".join(f"{column} = ?" for column in STUDY_DESCRIPTORS)
+        + " WHERE study_uid = ? AND described = 0",
+        [*(str(header.get(column) or "") for column in STUDY_DESCRIPTORS), study_uid])
 
 
 def _damage(exc: sqlite3.Error) -> bool:

@@ -237,6 +237,26 @@ class Outbox:
                        (destination,) if destination is not None else ())
         return count
 
+    def retry_row(self, row_id: int, now: float | None = None) -> str | None:
+        """One delivery now: a failed or queued row is due at once and its destination's
+        backoff is forgotten; returns the row's study, or None when there is no such row
+        waiting or failed."""
+        now = time.time() if now is None else now
+        with self.db.transaction() as db:
+            row = db.execute(
+                f"""SELECT study_uid, destination FROM outbox WHERE id = ? AND state IN
+                    ('{DeliveryState.FAILED}', '{DeliveryState.QUEUED}')""", (row_id,)).fetchone()
+            if row is None:
+                return None
+            failed = f"state = '{DeliveryState.FAILED}'"  # the old row's values on the right
+            db.execute(f"""UPDATE outbox SET state = '{DeliveryState.QUEUED}', next_attempt_at = ?,
+                           queued_at = CASE WHEN {failed} THEN ? ELSE queued_at END,
+                           last_error = CASE WHEN {failed} THEN '' ELSE last_error END
+                           WHERE id = ?""", (now, now, row_id))
+            db.execute("UPDATE destinations SET failures = 0, next_attempt_at = 0 WHERE name = ?",
+                       (row["destination"],))
+        return str(row["study_uid"])
+
     def counts(self) -> dict[str, dict[str, int]]:
         """Rows per destination and state (metrics)."""
         counts: dict[str, dict[str, int]] = {}

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from marrownode.states import FINISHED_STUDY_STATES, PENDING_DELIVERY_STATES, StudyState
-from marrownode.store.database import Database
+from marrownode.store.database import STUDY_DESCRIPTORS, Database, write_descriptors
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,19 @@ class SetRow:
     state: str
     reason: str = ""
     report: dict[str, Any] | None = None
+
+
+def _describe(db: sqlite3.Connection, headers: list[dict[str, Any]]) -> None:
+    """Copy accession number, date, description and patient name onto each study's row from
+    the first of its headers that has any (once per study)."""
+    seen: set[str] = set()
+    for header in headers:
+        study_uid = header.get("study_uid")
+        if not study_uid or study_uid in seen or not any(
+                header.get(column) for column in STUDY_DESCRIPTORS):
+            continue
+        seen.add(study_uid)
+        write_descriptors(db, study_uid, header)
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -94,6 +108,8 @@ class StudyIndex:
                        last_received = excluded.last_received, updated_at = excluded.updated_at""",
                 (study_uid, now, now, now),
             )
+            if summarised:
+                _describe(db, [header])
             if association_id is not None:
                 db.execute(
                     "UPDATE associations SET instances = instances + 1 WHERE association_id = ?",
@@ -115,6 +131,7 @@ class StudyIndex:
                 "UPDATE instances SET header = ?, summarised = 1 WHERE sop_instance_uid = ?",
                 [(json.dumps(header, separators=(",", ":")), sop_uid)
                  for sop_uid, header in headers.items()])
+            _describe(db, list(headers.values()))
 
     def has_instance(self, sop_instance_uid: str) -> bool:
         """Whether the index has a row for this SOP Instance UID."""

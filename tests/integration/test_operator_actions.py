@@ -51,7 +51,7 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
         kinds = [line.split("\t")[1] for line in history.stdout.splitlines()]
         assert kinds[0] == "received" and f"{len(datasets)} instance(s) from " in history.stdout
         assert {"received", "analysing", "analysed", "delivery", "action"} <= set(kinds)
-        assert "reanalyse (operator)" in history.stdout
+        assert "reanalyse (by " in history.stdout and "on the command line)" in history.stdout
         assert "pacs: 40 delivered, 0 to retry, 0 failed" in history.stdout
 
         refused = cli(config, "delete", study_uid)

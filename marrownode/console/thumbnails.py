@@ -1,0 +1,78 @@
+"""Thumbnails of a study's colour overlay, rendered from the result objects the node sent (so
+the console shows what the PACS shows), cached by file and modification time."""
+
+from __future__ import annotations
+
+import functools
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydicom import dcmread
+
+THUMBNAIL_PIXELS = 320
+THUMBNAILS_PER_SET = 4
+
+
+def overlay_outputs(report: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+    """Per set key, the overlay instances to show: up to THUMBNAILS_PER_SET evenly spaced
+    through the middle half of the stack (where the vertebral bodies are on a sagittal)."""
+    chosen: dict[str, list[dict[str, Any]]] = {}
+    for dixon_set in (report or {}).get("dixon_sets", []):
+        overlays = [o for o in dixon_set.get("outputs", []) if o.get("kind") == "overlay"]
+        if not overlays:
+            continue
+        count = min(THUMBNAILS_PER_SET, len(overlays))
+        low, high = len(overlays) // 4, max(len(overlays) // 4, (3 * len(overlays) - 1) // 4)
+        positions = sorted({round(low + (high - low) * (i + 0.5) / count) for i in range(count)})
+        chosen[dixon_set.get("key", "")] = [overlays[p] for p in positions]
+    return chosen
+
+
+def _outputs(report: dict[str, Any] | None) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for part in ("dixon_sets", "requests"):
+        for item in (report or {}).get(part, []):
+            found.extend(item.get("outputs", []))
+    return found
+
+
+def output_kinds(report: dict[str, Any] | None) -> dict[str, str]:
+    """SOP Instance UID → what the output is ("overlay: signal loss overlay")."""
+    return {o["sop_instance_uid"]: f"{o.get('kind', '')}: {o.get('series_description', '')}"
+            for o in _outputs(report) if "sop_instance_uid" in o}
+
+
+def find_output(report: dict[str, Any] | None, sop_instance_uid: str) -> dict[str, Any] | None:
+    """The report's output entry with this SOP Instance UID (the only files served)."""
+    for output in _outputs(report):
+        if output.get("sop_instance_uid") == sop_instance_uid:
+            return dict(output)
+    return None
+
+
+def thumbnail_png(results_dir: Path, relative_path: str) -> bytes:
+    """A PNG of the instance at results_dir/relative_path, at most THUMBNAIL_PIXELS wide;
+    FileNotFoundError when it is gone or lies outside results_dir."""
+    base = results_dir.resolve()
+    path = (base / relative_path).resolve()
+    if not path.is_relative_to(base):
+        raise FileNotFoundError(relative_path)
+    return _render(str(path), path.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _render(path: str, modified_ns: int) -> bytes:
+    pixels = dcmread(path).pixel_array
+    if pixels.ndim == 4 or (pixels.ndim == 3 and pixels.shape[-1] != 3):
+        pixels = pixels[len(pixels) // 2]  # a multi-frame object: its middle frame
+    if pixels.dtype != np.uint8:
+        span = float(pixels.max() - pixels.min()) or 1.0
+        pixels = ((pixels - pixels.min()) * (255.0 / span)).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    image.thumbnail((THUMBNAIL_PIXELS, THUMBNAIL_PIXELS * 2))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=True)
+    return buffer.getvalue()
