@@ -436,7 +436,8 @@ def effective_settings_toml(settings: Settings, reveal_secrets: bool = False) ->
         if isinstance(value, list):
             return "[" + ", ".join(scalar(v) for v in value) + "]"
         if isinstance(value, dict):
-            return "{" + ", ".join(f"{k} = {_HIDDEN if k in _SECRETS and v and not reveal_secrets else scalar(v)}"
+            hidden = {k for k, v in value.items() if k in _SECRETS and v and not reveal_secrets}
+            return "{" + ", ".join(f"{k} = {_HIDDEN if k in hidden else scalar(v)}"
                                    for k, v in value.items()) + "}"
         escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
         return f'"{escaped}"'

@@ -181,3 +181,30 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., Any]]:
     yield make
     for pacs in started:
         pacs.stop()
+
+
+#: Where tests leave what a person should look at (console screenshots); CI keeps the folder.
+ARTEFACTS = Path(os.environ.get("MARROWNODE_ARTEFACTS",
+                                Path(__file__).resolve().parents[1] / "build" / "artefacts"))
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Debian's headless Chromium driven by its ChromeDriver (selenium): a real browser."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = require_binary("/usr/bin/chromium")
+    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync", "--disable-quic",
+                     "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service(require_binary("/usr/bin/chromedriver")),
+                              options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()

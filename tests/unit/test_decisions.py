@@ -25,6 +25,7 @@ from marrownode.services.deliverer import (
 )
 from marrownode.services.worker import WorkerDied
 from marrownode.states import DeliveryState, SetState
+from marrownode.store.database import SCHEMA_VERSION
 from marrownode.store.index import Index
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
 
@@ -162,6 +163,6 @@ def test_index_of_schema_2_is_migrated_keeping_its_event_counts(tmp_path: Path) 
     study = index.studies.study("1.2")
     assert study is not None and study["pending_events"] == 3 and "dirty" not in study
     assert index.studies.studies_to_assess(now=3, idle_seconds=600)[0]["study_uid"] == "1.2"
-    assert index.db.connection().execute("PRAGMA user_version").fetchone()[0] == 4
+    assert index.db.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert study["analysis_attempts"] == 0 and study["retry_at"] == 0  # version 4 columns
     assert index.outbox.destination("pacs").failures == 0
