@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need, then runs them.
-# Debian packages (dcmtk: storescu/storescp/echoscu; orthanc: the real PACS; dicom3tools: dciodvfy)
-# are installed when missing, as root. Python packages come from pyproject.toml's test extra.
+# Debian packages (dcmtk: storescu/storescp/echoscu; orthanc: the real PACS; dicom3tools: dciodvfy;
+# chromium and chromium-driver: the headless browser the console tests drive) are installed when
+# missing, as root. Python packages come from pyproject.toml's test extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need=()
-for pair in "dcmtk:/usr/bin/storescu" "orthanc:/usr/sbin/Orthanc" "dicom3tools:/usr/bin/dciodvfy"; do
+for pair in "dcmtk:/usr/bin/storescu" "orthanc:/usr/sbin/Orthanc" "dicom3tools:/usr/bin/dciodvfy" \
+            "chromium:/usr/bin/chromium" "chromium-driver:/usr/bin/chromedriver"; do
   [ -x "${pair#*:}" ] || need+=("${pair%%:*}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -290,3 +290,29 @@ def test_an_index_of_version_4_gets_study_descriptors(tmp_path: Path) -> None:
     assert study is not None and study["accession_number"] == "ACC00007"
     assert study["patient_name"] == "Other^Person7" and study["described"] == 1
     assert SCHEMA_VERSION == 5
+
+
+def test_hash_password_and_new_token_make_working_config_lines(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import tomllib
+
+    from marrownode.console.auth import Users
+
+    def run(*args: str, given: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "marrownode", *args], input=given,
+                              capture_output=True, text=True, timeout=60)
+
+    hashed = run("hash-password", given="a long enough password\n")
+    assert hashed.returncode == 0, hashed.stderr
+    tokened = run("new-token")
+    token = tokened.stdout.splitlines()[0].rsplit(" ", 1)[1]
+    user = tomllib.loads(f'name = "ops"\nrole = "admin"\n{hashed.stdout}'
+                         f'{tokened.stdout.splitlines()[1]}\n')
+    settings = settings_from_mapping({"http": {"users": [user]}})
+    users = Users(settings.http.users)
+    assert users.check_password("ops", "a long enough password") is not None
+    assert users.check_password("ops", "a long enough passwort") is None
+    assert users.from_token(token) is not None and users.from_token(token + "x") is None
+    refused = run("hash-password", given="short\n")
+    assert refused.returncode == 2 and "at least 10" in refused.stderr

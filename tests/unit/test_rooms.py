@@ -66,3 +66,15 @@ def test_only_results_builds_dicom_objects() -> None:
 def test_the_receiver_does_not_reach_into_the_store() -> None:
     imports = _imports(PACKAGE / "net" / "receiver.py")
     assert not {n for n in imports if n.startswith("marrownode.store")}
+
+
+def test_only_the_console_speaks_http_frameworks() -> None:
+    """Flask and its parts stay in console/; the console reads the index through store.views
+    and acts through marrownode.actions, never with SQL of its own."""
+    offenders = [str(path.relative_to(PACKAGE)) for path in _modules()
+                 if _room(path) != "console"
+                 and any(n.startswith(("flask", "werkzeug", "jinja2")) for n in _imports(path))]
+    assert offenders == []
+    for path in _modules("console"):
+        assert "sqlite3" not in _imports(path), path.name
+        assert "execute(" not in path.read_text(), path.name
