@@ -5,6 +5,7 @@ marrownode.actions with the user's name."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import re
@@ -82,6 +83,17 @@ def _safe_target(target: str | None, default: str) -> str:
     if target and target.startswith("/") and not target.startswith(("//", "/\\")):
         return target
     return default
+
+
+def _throttle_keys(name: str, address: str) -> tuple[str, ...]:
+    """Failed logins count against the name, and against the client's address unless it is
+    loopback (behind the reverse proxy every client is 127.0.0.1: one guesser would lock
+    everyone out)."""
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    return (f"name:{name}",) if loopback else (f"name:{name}", f"address:{address}")
 
 
 def _study_uid(study_uid: str) -> str:
@@ -167,18 +179,18 @@ def console_blueprint(context: ConsoleContext, users: Users, throttle: LoginThro
         if request.method == "GET":
             return render_template("login.html", next=target, configured=bool(users))
         name = request.form.get("name", "")[:64]
-        address = request.remote_addr or ""
-        if throttle.refused(f"name:{name}", f"address:{address}"):
+        keys = _throttle_keys(name, request.remote_addr or "")
+        if throttle.refused(*keys):
             log.warning("event=console_login_refused user=%s reason=too_many_failures", name)
             return render_template("login.html", next=target, configured=bool(users),
                                    error="Too many failed attempts; wait five minutes."), 429
         user = users.check_password(name, request.form.get("password", ""))
         if user is None:
-            throttle.failed(f"name:{name}", f"address:{address}")
+            throttle.failed(*keys)
             log.warning("event=console_login_failed user=%s", name)
             return render_template("login.html", next=target, configured=bool(users),
                                    error="Unknown user name or wrong password."), 401
-        throttle.succeeded(f"name:{name}", f"address:{address}")
+        throttle.succeeded(*keys)
         session.clear()
         session.permanent = True
         session["user"], session["fingerprint"] = user.name, fingerprint(user)

@@ -166,7 +166,8 @@ def _migrate(db: sqlite3.Connection) -> None:
                            "patient_name"):
                 db.execute(f"ALTER TABLE studies ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
             db.execute("ALTER TABLE studies ADD COLUMN described INTEGER NOT NULL DEFAULT 0")
-            _describe_existing(db)
+            if "instances" in tables:
+                _describe_existing(db)
 
 
 #: Study descriptors kept on the study's row (the console lists thousands of studies without

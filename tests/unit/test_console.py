@@ -316,3 +316,16 @@ def test_hash_password_and_new_token_make_working_config_lines(tmp_path: Path) -
     assert users.from_token(token) is not None and users.from_token(token + "x") is None
     refused = run("hash-password", given="short\n")
     assert refused.returncode == 2 and "at least 10" in refused.stderr
+
+
+def test_an_address_is_locked_out_unless_it_is_the_proxys_loopback(console) -> None:
+    app, _ = console
+    remote = app.test_client()
+    remote.environ_base["REMOTE_ADDR"] = "10.1.2.3"
+    for number in range(5):
+        assert _login(remote, f"guess{number}", "guess").status_code == 401
+    assert _login(remote, "admin", ADMIN_PASSWORD).status_code == 429  # the address is out
+    proxied = app.test_client()  # 127.0.0.1: every client behind a reverse proxy
+    for number in range(5):
+        assert _login(proxied, f"guess{number}", "guess").status_code == 401
+    assert _login(proxied, "admin", ADMIN_PASSWORD).status_code == 303
