@@ -17,18 +17,37 @@ THUMBNAILS_PER_SET = 4
 
 
 def overlay_outputs(report: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
-    """Per set key, the overlay instances to show: up to THUMBNAILS_PER_SET evenly spaced
-    through the middle half of the stack (where the vertebral bodies are on a sagittal)."""
+    """Per set key, the overlay slices to show (up to THUMBNAILS_PER_SET, in slice order):
+    the slice with the largest focus first, then slices with localised marrow evenly spaced;
+    without that knowledge (older reports), evenly through the middle half of the stack."""
     chosen: dict[str, list[dict[str, Any]]] = {}
     for dixon_set in (report or {}).get("dixon_sets", []):
         overlays = [o for o in dixon_set.get("outputs", []) if o.get("kind") == "overlay"]
-        if not overlays:
-            continue
-        count = min(THUMBNAILS_PER_SET, len(overlays))
-        low, high = len(overlays) // 4, max(len(overlays) // 4, (3 * len(overlays) - 1) // 4)
-        positions = sorted({round(low + (high - low) * (i + 0.5) / count) for i in range(count)})
-        chosen[dixon_set.get("key", "")] = [overlays[p] for p in positions]
+        if overlays:
+            chosen[dixon_set.get("key", "")] = _pick_slices(overlays)
     return chosen
+
+
+def _evenly(items: list[Any], count: int) -> list[Any]:
+    if count <= 0 or not items:
+        return []
+    if len(items) <= count:
+        return list(items)
+    return [items[int((i + 0.5) * len(items) / count)] for i in range(count)]
+
+
+def _pick_slices(overlays: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    with_marrow = [o for o in overlays if o.get("marrow_voxels")]
+    if not with_marrow:
+        quarter = len(overlays) // 4
+        return _evenly(overlays[quarter:len(overlays) - quarter] or overlays, THUMBNAILS_PER_SET)
+    picked: list[dict[str, Any]] = []
+    focus = max(overlays, key=lambda o: o.get("focus_voxels", 0))
+    if focus.get("focus_voxels"):
+        picked.append(focus)
+    rest = [o for o in with_marrow if o is not focus]
+    picked += _evenly(rest, THUMBNAILS_PER_SET - len(picked))
+    return sorted(picked, key=overlays.index)
 
 
 def _outputs(report: dict[str, Any] | None) -> list[dict[str, Any]]:

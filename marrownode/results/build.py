@@ -187,11 +187,13 @@ def build_results(
                 series_number=number, series_description=description, window=window))
     if outputs_cfg.overlay:
         series_uid, number, description = identity(OVERLAY)
+        first_overlay = len(entries)
         emit(OVERLAY, build_overlay_series(
             sources, overlay_frames(volumes, result, set_report, settings.outputs.disclaimer),
             series_uid=series_uid,
             sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
             series_number=number, series_description=description))
+        _describe_overlay_slices(entries[first_overlay:], result)
     localisation = result.localisation
     if outputs_cfg.segmentation and localisation.localised:
         series_uid, number, description = identity(SEGMENTATION)
@@ -235,6 +237,18 @@ def overlay_status(set_report: SetReport) -> str:
                   f"{set_report.pattern} | foci: {len(set_report.foci)}")
     flags = [f for f in set_report.flags if f != "marrow_not_localised"]
     return status + (f"\nflags: {', '.join(flags)}" if flags else "")
+
+
+def _describe_overlay_slices(entries: list[dict[str, Any]], result: QuantResult) -> None:
+    """What each overlay slice shows, in its report entry: the console picks its thumbnails
+    from the slices with marrow and foci (added fields; the contract's keys are unchanged)."""
+    foci = np.zeros(result.localisation.marrow.shape, dtype=bool)
+    for mask in result.focus_masks:
+        foci |= mask
+    for k, entry in enumerate(entries):
+        entry["slice_index"] = k
+        entry["marrow_voxels"] = int(np.count_nonzero(result.localisation.marrow[k]))
+        entry["focus_voxels"] = int(np.count_nonzero(foci[k]))
 
 
 def overlay_frames(

@@ -5,6 +5,7 @@ Orthanc. A screenshot of every page is kept in build/artefacts/console/ to be lo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,13 @@ def _shot(driver: Any, name: str) -> Path:
 
 
 def _press(driver: Any, button: Any) -> None:
-    """Click a button that submits a form, and wait for the page it leads to."""
+    """Click a button or link that leads to another page, and wait until that page is whole."""
     page = driver.find_element(By.TAG_NAME, "html")
     button.click()
     WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
+    # the new page, images included, has loaded (not only begun to)
+    WebDriverWait(driver, 15).until(
+        lambda d: d.execute_script("return document.readyState") == "complete")
 
 
 def _log_in(driver: Any, base: str, name: str, password: str) -> None:
@@ -95,6 +99,13 @@ def test_the_console_in_a_browser_from_login_to_a_delivery_in_orthanc(
     widths = [browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth",
                                      image) for image in thumbnails]
     assert all(width and width > 100 for width in widths), widths
+    report = json.loads(node.index.studies.study(study_uid)["report"])
+    overlays = {o["sop_instance_uid"]: o for o in report["dixon_sets"][0]["outputs"]
+                if o["kind"] == "overlay"}
+    shown = [image.get_attribute("src").rsplit("/", 1)[1].removesuffix(".png")
+             for image in thumbnails]
+    assert all(overlays[uid]["marrow_voxels"] > 0 for uid in shown)  # slices with marrow
+    assert any(overlays[uid]["focus_voxels"] > 0 for uid in shown)  # and the focus
     page = browser.find_element(By.TAG_NAME, "main").text
     assert "Vertebrae" in page and "V3" in page and "Foci" in page
     assert "queued" in browser.find_element(By.ID, "deliveries").text
@@ -114,6 +125,8 @@ def test_the_console_in_a_browser_from_login_to_a_delivery_in_orthanc(
     assert "active" in row and " 40 " in f" {row} "
     _shot(browser, "5-overview-delivered")
     browser.get(f"{base}/studies/{study_uid}")
+    assert browser.find_element(By.ID, "delivery-summary").text == "orthanc 40 delivered"
+    browser.find_element(By.TAG_NAME, "summary").click()  # all delivered: the list is folded
     assert "0x0000 Success" in browser.find_element(By.ID, "deliveries").text
     trail = browser.find_element(By.ID, "trail").text
     assert "orthanc: 40 delivered" in trail
@@ -122,6 +135,12 @@ def test_the_console_in_a_browser_from_login_to_a_delivery_in_orthanc(
     assert "pause orthanc (by admin in the console)" in node_trail
     assert any(d.startswith("retry now orthanc: resumed, ") and d.endswith(
         "(by admin in the console)") for d in node_trail)
+
+    _press(browser, browser.find_element(By.LINK_TEXT, "Delete…"))
+    _shot(browser, "8-delete-confirmation")
+    _press(browser, browser.find_element(By.ID, "delete"))  # the box is not ticked
+    assert "tick the box" in browser.find_element(By.CLASS_NAME, "flash").text
+    assert node.index.studies.study(study_uid) is not None
 
     _press(browser, browser.find_element(By.XPATH, "//button[text()='Log out']"))
     browser.get(f"{base}/studies/{study_uid}")

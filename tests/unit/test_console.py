@@ -329,3 +329,23 @@ def test_an_address_is_locked_out_unless_it_is_the_proxys_loopback(console) -> N
     for number in range(5):
         assert _login(proxied, f"guess{number}", "guess").status_code == 401
     assert _login(proxied, "admin", ADMIN_PASSWORD).status_code == 303
+
+
+def test_thumbnails_show_the_focus_and_slices_with_marrow() -> None:
+    from marrownode.console.thumbnails import overlay_outputs
+
+    def overlay(k: int, marrow: int, focus: int = 0) -> dict[str, Any]:
+        return {"kind": "overlay", "sop_instance_uid": f"1.{k}", "marrow_voxels": marrow,
+                "focus_voxels": focus}
+
+    stack = [overlay(k, 0) for k in range(20)]
+    stack[3:12] = [overlay(k, 100) for k in range(3, 12)]
+    stack[10] = overlay(10, 100, focus=30)
+    stack[9] = overlay(9, 100, focus=5)
+    chosen = overlay_outputs({"dixon_sets": [{"key": "s", "outputs": stack}]})["s"]
+    indices = [int(o["sop_instance_uid"].split(".")[1]) for o in chosen]
+    assert len(indices) == 4 and 10 in indices and indices == sorted(indices)
+    assert all(3 <= k < 12 for k in indices)  # never a slice without marrow
+    older = [{"kind": "overlay", "sop_instance_uid": f"1.{k}"} for k in range(20)]
+    chosen = overlay_outputs({"dixon_sets": [{"key": "s", "outputs": older}]})["s"]
+    assert all(5 <= int(o["sop_instance_uid"].split(".")[1]) < 15 for o in chosen)
