@@ -8,6 +8,7 @@ role in the config ends that user's sessions at the next request."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -26,8 +27,13 @@ SECRET_KEY_FILENAME = "console-secret.key"
 #: Failed logins per name (and per client address) before it is refused for a while.
 MAX_FAILURES = 5
 LOCKOUT_SECONDS = 300.0
-# A hash to check against when the name is unknown, so that both cases take as long.
-_DUMMY_HASH = generate_password_hash("not a password of anyone", method="scrypt")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """A hash to check against when the name is unknown, so that both cases take as long
+    (made on first use: scrypt is slow on purpose)."""
+    return generate_password_hash("not a password of anyone", method="scrypt")
 
 
 @dataclass(frozen=True)
@@ -102,7 +108,8 @@ class Users:
     def check_password(self, name: str, password: str) -> ConsoleUser | None:
         """The user when name and password match (constant work whether or not name exists)."""
         user = self._by_name.get(name)
-        stored = user.password_hash if user is not None and user.password_hash else _DUMMY_HASH
+        stored = (user.password_hash if user is not None and user.password_hash
+                  else _dummy_hash())
         matched = check_password_hash(stored, password)
         return user if matched and user is not None and user.password_hash else None
 

@@ -47,6 +47,7 @@ from marrownode.store.views import (
     overview_counts,
     study_detail,
     study_page,
+    study_report,
 )
 
 log = logging.getLogger(__name__)
@@ -240,20 +241,19 @@ def console_blueprint(context: ConsoleContext, users: Users, throttle: LoginThro
 
     @console.get("/studies/<study_uid>/report.json")
     def report(study_uid: str) -> ResponseReturnValue:
-        detail = study_detail(index.db, _study_uid(study_uid), event_limit=0)
-        if detail is None or detail.report is None:
+        content = study_report(index.db, _study_uid(study_uid))
+        if content is None:
             abort(404)
         index.studies.add_event(study_uid, "download",
                                 f"report.json (by {g.identity.name} in the console)")
-        return Response(json.dumps({"studies": [detail.report]}, indent=2),
+        return Response(json.dumps({"studies": [content]}, indent=2),
                         mimetype="application/json",
                         headers={"Content-Disposition": "attachment; filename="
                                  f"\"report-{quote(study_uid)}.json\""})
 
     @console.get("/studies/<study_uid>/overlay/<sop_instance_uid>.png")
     def overlay(study_uid: str, sop_instance_uid: str) -> ResponseReturnValue:
-        detail = study_detail(index.db, _study_uid(study_uid), event_limit=0)
-        output = find_output(detail.report if detail else None, sop_instance_uid)
+        output = find_output(study_report(index.db, _study_uid(study_uid)), sop_instance_uid)
         if output is None or output.get("kind") != "overlay":
             abort(404)
         try:

@@ -195,6 +195,13 @@ def study_detail(db: Database, study_uid: str, event_limit: int = 2000) -> Study
     return StudyDetail(dict(study), report, series, deliveries, events)
 
 
+def study_report(db: Database, study_uid: str) -> dict[str, Any] | None:
+    """The study's report alone (thumbnails, report.json); None if unknown or not analysed."""
+    row = db.connection().execute("SELECT report FROM studies WHERE study_uid = ?",
+                                  (study_uid,)).fetchone()
+    return json.loads(row[0]) if row is not None and row[0] else None
+
+
 @dataclass(frozen=True)
 class DestinationView:
     """A destination on the overview."""
