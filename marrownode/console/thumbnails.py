@@ -18,7 +18,8 @@ THUMBNAILS_PER_SET = 4
 
 def overlay_outputs(report: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
     """Per set key, the overlay slices to show (up to THUMBNAILS_PER_SET, in slice order):
-    the slice with the largest focus first, then slices with localised marrow evenly spaced;
+    the slice with the largest focus first, then slices well into the localised marrow (at
+    least a quarter of the most any slice has) evenly spaced;
     without that knowledge (older reports), evenly through the middle half of the stack."""
     chosen: dict[str, list[dict[str, Any]]] = {}
     for dixon_set in (report or {}).get("dixon_sets", []):
@@ -37,7 +38,9 @@ def _evenly(items: list[Any], count: int) -> list[Any]:
 
 
 def _pick_slices(overlays: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    with_marrow = [o for o in overlays if o.get("marrow_voxels")]
+    most = max((o.get("marrow_voxels", 0) for o in overlays), default=0)
+    # slices that cut well into the marrow (not a sliver at a body's edge)
+    with_marrow = [o for o in overlays if most and o.get("marrow_voxels", 0) >= most / 4]
     if not with_marrow:
         quarter = len(overlays) // 4
         return _evenly(overlays[quarter:len(overlays) - quarter] or overlays, THUMBNAILS_PER_SET)

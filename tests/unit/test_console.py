@@ -342,6 +342,8 @@ def test_thumbnails_show_the_focus_and_slices_with_marrow() -> None:
     stack[3:12] = [overlay(k, 100) for k in range(3, 12)]
     stack[10] = overlay(10, 100, focus=30)
     stack[9] = overlay(9, 100, focus=5)
+    for k in (1, 2, 13, 14):
+        stack[k] = overlay(k, 20)  # slivers at the bodies' edges: not worth a thumbnail
     chosen = overlay_outputs({"dixon_sets": [{"key": "s", "outputs": stack}]})["s"]
     indices = [int(o["sop_instance_uid"].split(".")[1]) for o in chosen]
     assert len(indices) == 4 and 10 in indices and indices == sorted(indices)
