@@ -140,7 +140,8 @@ class Outbox:
 
     def requeue_interrupted(self, now: float | None = None) -> int:
         """At start: rows caught 'sending' go out again (results are idempotent), and waiting
-        rows are tried at once rather than after the backoff of the previous run."""
+        rows are tried at once rather than after the backoff of the previous run (the rows'
+        and their destinations'; a paused destination stays paused)."""
         now = time.time() if now is None else now
         with self.db.transaction() as db:
             requeued: int = db.execute(
@@ -148,6 +149,8 @@ class Outbox:
                        next_attempt_at = MIN(next_attempt_at, ?)
                    WHERE state IN ('{DeliveryState.SENDING}', '{DeliveryState.QUEUED}')""",
                 (now,)).rowcount
+            # the destinations' backoff too: it would hold those rows as long as before
+            db.execute("UPDATE destinations SET failures = 0, next_attempt_at = 0")
             return requeued
 
     def next_due(self) -> float | None:
@@ -269,9 +272,12 @@ class Outbox:
     def summaries(self, study_uid: str) -> list[DestinationSummary]:
         """The study's deliveries per destination."""
         rows = self.db.connection().execute(
-            """SELECT destination, state, COUNT(*), MIN(next_attempt_at), MAX(last_status),
-                      MAX(last_error) FROM outbox
-               WHERE study_uid = ? GROUP BY destination, state ORDER BY destination""",
+            """SELECT o.destination, o.state, COUNT(*), MIN(o.next_attempt_at),
+                      MAX(o.last_status), MAX(o.last_error), MAX(d.next_attempt_at),
+                      MAX(d.last_error)
+               FROM outbox o LEFT JOIN destinations d ON d.name = o.destination
+               WHERE o.study_uid = ? GROUP BY o.destination, o.state
+               ORDER BY o.destination""",
             (study_uid,),
         ).fetchall()
         by_destination: dict[str, dict[str, Any]] = {}
@@ -290,8 +296,11 @@ def _summary(destination: str, by_state: dict[str, Any]) -> DestinationSummary:
         destination=destination,
         delivered=delivered[2] if delivered else 0,
         pending=sum(r[2] for r in pending),
-        next_attempt_at=min((r[3] for r in pending), default=None),
-        last_error=max((r[5] for r in pending), default=""),
+        # a row due now still waits for its destination's backoff
+        next_attempt_at=max(min(r[3] for r in pending), pending[0][6] or 0.0) if pending
+        else None,
+        last_error=max((r[5] for r in pending), default="") or (
+            pending[0][7] or "" if pending else ""),
         failed=failed[2] if failed else 0,
         failed_status=failed[4] if failed else None,
         failed_reason=failed[5] if failed else "",

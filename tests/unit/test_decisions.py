@@ -166,3 +166,33 @@ def test_index_of_schema_2_is_migrated_keeping_its_event_counts(tmp_path: Path) 
     assert index.db.connection().execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert study["analysis_attempts"] == 0 and study["retry_at"] == 0  # version 4 columns
     assert index.outbox.destination("pacs").failures == 0
+
+
+def test_a_restart_forgets_the_destinations_backoff_but_not_a_pause(tmp_path: Path) -> None:
+    from marrownode.store.outbox import DestinationState
+
+    index = Index(tmp_path / "index.sqlite3")
+    later = 10**10
+    index.outbox.record_destination(DestinationState("pacs", failures=4, next_attempt_at=later,
+                                                     last_error="connection refused"))
+    index.outbox.record_destination(DestinationState("archive", failures=2,
+                                                     next_attempt_at=later))
+    index.outbox.pause("archive", True)
+    index.outbox.requeue_interrupted(now=100.0)
+    pacs, archive = index.outbox.destination("pacs"), index.outbox.destination("archive")
+    assert (pacs.failures, pacs.next_attempt_at) == (0, 0)  # tried at once after a restart
+    assert archive.next_attempt_at == 0 and archive.paused  # an operator's pause stays
+
+
+def test_a_study_says_its_results_wait_for_the_destinations_backoff(tmp_path: Path) -> None:
+    from marrownode.store.outbox import DestinationState
+
+    index = Index(tmp_path / "index.sqlite3")
+    output = {"sop_instance_uid": "1.2.9", "sop_class_uid": "1.2.840.10008.5.1.4.1.1.7",
+              "transfer_syntax_uid": "1.2.840.10008.1.2.1", "path": "/results/1.dcm"}
+    index.outbox.enqueue("1.2", [output], ["pacs"], now=100.0)  # the row is due at 100
+    index.outbox.record_destination(DestinationState("pacs", failures=1, next_attempt_at=160.0,
+                                                     last_error="connection refused"))
+    (summary,) = index.outbox.summaries("1.2")
+    assert summary.next_attempt_at == 160.0  # not 100: the destination is held until 160
+    assert summary.last_error == "connection refused"
