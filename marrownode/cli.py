@@ -19,12 +19,15 @@ import sys
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from marrownode import __version__
 from marrownode.config import ConfigError, Settings, effective_settings_toml, load_settings
 from marrownode.logs import configure_logging
 from marrownode.store.database import IndexDamaged
+
+if TYPE_CHECKING:
+    from marrownode.actions import Operator
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_INDEX_DAMAGED = 0, 1, 2, 3
 
@@ -245,7 +248,7 @@ def _print_status(report: dict[str, Any]) -> None:
             )
 
 
-def _operator(settings: Settings) -> Any:
+def _operator(settings: Settings) -> Operator:
     """The operator's actions on the configured node's index and spool."""
     from marrownode.actions import Operator
     from marrownode.receiving import open_spool

@@ -62,7 +62,7 @@ def create_app(health: Callable[[], Health], registry: CollectorRegistry,
                console: ConsoleContext | None = None) -> Flask:
     """The application; without a console context only the monitoring endpoints exist."""
     app = Flask(__name__)
-    app.config.update(MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES, JSON_SORT_KEYS=False)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_REQUEST_BYTES)
 
     @app.get("/healthz")
     def healthz() -> Response:

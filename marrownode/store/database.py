@@ -41,7 +41,6 @@ CREATE TABLE IF NOT EXISTS studies (
     study_description TEXT NOT NULL DEFAULT '',
     patient_name     TEXT NOT NULL DEFAULT ''      -- shown to authenticated console users only
 );
-CREATE INDEX IF NOT EXISTS studies_by_last_received ON studies (last_received);
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
     study_uid        TEXT NOT NULL,

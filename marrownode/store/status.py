@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from marrownode.store.database import Database
@@ -23,17 +22,11 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
             "SELECT study_uid, set_key, state, reason FROM dixon_sets ORDER BY set_key"):
         sets.setdefault(row[0], []).append(
             {"key": row["set_key"], "state": row["state"], "reason": row["reason"]})
-    described: dict[str, dict[str, str]] = {}
-    for row in connection.execute(
-            "SELECT study_uid, MIN(header) FROM instances WHERE summarised = 1 "
-            "GROUP BY study_uid"):
-        header = json.loads(row[1])
-        described[row[0]] = {key: str(header.get(key) or "") for key in _STUDY_FIELDS}
     studies = [
         {
             "deliveries": [s.as_dict() for s in outbox.summaries(row["study_uid"])],
             "study_instance_uid": row["study_uid"],
-            **described.get(row["study_uid"], dict.fromkeys(_STUDY_FIELDS, "")),
+            **{key: row[key] for key in _STUDY_FIELDS},  # kept on the study's row
             "instances": counts.get(row["study_uid"], 0),
             "state": row["state"],
             "reason": row["reason"],
