@@ -190,6 +190,15 @@ def _format_time(epoch: float | None) -> str:
     return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
 
+def _format_age(seconds: float) -> str:
+    """12 s, 4 min 05 s, 3 h 20 min."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    if seconds < 3600:
+        return f"{int(seconds // 60)} min {int(seconds % 60):02d} s"
+    return f"{int(seconds // 3600)} h {int(seconds % 3600 // 60):02d} min"
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     from marrownode.store.database import index_path
     from marrownode.store.index import Index
@@ -215,6 +224,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 def _print_status(report: dict[str, Any]) -> None:
     print(f"instances: {report['instances']}   studies: {len(report['studies'])}")
     for destination in report.get("destinations", []):
+        age = destination.get("oldest_pending_seconds")
+        if age is not None:
+            print(f"destination {destination['destination']}: oldest undelivered result "
+                  f"waiting {_format_age(age)}")
         if destination.get("paused"):
             print(f"destination {destination['destination']}: paused by an operator "
                   "(marrownode resume to send again)")

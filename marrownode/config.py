@@ -150,6 +150,9 @@ class AnalysisSettings(_Section):
     mixed_tissue_min_loss_percent: Annotated[float, Field(gt=0, le=90)] = 30.0
     #: An analysis still running after this long is stopped (its worker process restarted).
     time_limit_seconds: Annotated[float, Field(ge=10, le=86400)] = 900.0
+    #: /healthz degrades when the running analysis reports no progress for this long (far
+    #: below the time limit: a hung worker is seen long before it is stopped).
+    stall_seconds: Annotated[float, Field(ge=1, le=86400)] = 120.0
 
     @field_validator("thresholds")
     @classmethod
@@ -197,7 +200,7 @@ class OutputSettings(_Section):
 
 
 #: [analysis] keys that change no result (when an analysis is stopped is not what it finds).
-_NOT_CONTENT = {"time_limit_seconds"}
+_NOT_CONTENT = {"time_limit_seconds", "stall_seconds"}
 
 
 def content_digest(settings: Settings) -> str:
@@ -274,6 +277,9 @@ class OutboxSettings(_Section):
     retry_initial_seconds: Annotated[float, Field(gt=0, le=3600)] = 5.0
     retry_max_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
     give_up_after_hours: Annotated[float, Field(gt=0, le=8760)] = 168.0
+    #: /healthz degrades when a destination that answers has had a row due (or one being
+    #: sent) for this long: the deliveries make no progress.
+    stall_seconds: Annotated[float, Field(ge=1, le=86400)] = 300.0
 
     @model_validator(mode="before")
     @classmethod

@@ -118,6 +118,14 @@ class NodeCollector(Collector):
             counts = outbox.get(name, {})
             depth.add_metric([name], sum(counts.get(s, 0) for s in PENDING_DELIVERY_STATES))
         yield depth
+        oldest = GaugeMetricFamily(
+            "marrownode_outbox_oldest_pending_seconds",
+            "Age of the oldest result not yet delivered or failed (grows when nothing moves)",
+            labels=["destination"])
+        ages = self.outbox.oldest_pending()
+        for name in self.destinations:
+            oldest.add_metric([name], ages.get(name, 0.0))
+        yield oldest
         yield GaugeMetricFamily("marrownode_spool_free_bytes", "Free bytes on the spool's disk",
                                 value=self.spool.free_bytes())
 
@@ -130,11 +138,30 @@ class Health:
     index_writable: bool
     disk_above_watermark: bool
     analysis_worker: bool = True
+    #: The running analysis has reported progress within [analysis] stall_seconds.
+    analysis_progressing: bool = True
+    #: No destination that answers has results stuck for [outbox] stall_seconds.
+    deliveries_progressing: bool = True
     details: dict[str, Any] = field(default_factory=dict)
+
+    def checks(self) -> dict[str, bool]:
+        """Every check by name (/healthz, the console)."""
+        return {"listener_bound": self.listener_bound, "index_writable": self.index_writable,
+                "disk_above_watermark": self.disk_above_watermark,
+                "analysis_worker": self.analysis_worker,
+                "analysis_progressing": self.analysis_progressing,
+                "deliveries_progressing": self.deliveries_progressing}
 
     @property
     def ok(self) -> bool:
         """All checks pass."""
+        return all(self.checks().values())
+
+    @property
+    def serving(self) -> bool:
+        """What the systemd watchdog is fed on: the process can receive, index and analyse.
+        A stalled analysis or delivery shows on /healthz but does not restart the node (the
+        time limit stops the one; a restart does not mend a hung peer)."""
         return (self.listener_bound and self.index_writable and self.disk_above_watermark
                 and self.analysis_worker)
 

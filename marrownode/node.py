@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from typing import Any
 
 from marrownode.actions import Operator
@@ -120,13 +121,26 @@ class Node:
         bound = self._started and self.receiver.listening and (
             self.receiver_processes is None or self.receiver_processes.alive())
         free = self.spool.free_bytes()
+        silence = self.worker.job_silence()
+        stalled = self.index.outbox.stalled(time.time(), self.settings.outbox.stall_seconds)
+        details: dict[str, Any] = {
+            "free_bytes": free, "min_free_bytes": self.spool.min_free_bytes,
+            "worker_pid": self.worker.pid(), "worker_deaths": self.worker.deaths,
+            "oldest_pending_seconds": self.index.outbox.oldest_pending()}
+        if silence is not None:
+            details["analysis_silent_seconds"] = round(silence[0], 1)
+            details["analysis_stage"] = silence[1]
+        if stalled:
+            details["stalled_destinations"] = stalled
         return Health(
             listener_bound=bound,
             index_writable=self.index.writable(),
             disk_above_watermark=free >= self.spool.min_free_bytes,
             analysis_worker=not self._started or self.worker.alive(),
-            details={"free_bytes": free, "min_free_bytes": self.spool.min_free_bytes,
-                     "worker_pid": self.worker.pid(), "worker_deaths": self.worker.deaths},
+            analysis_progressing=silence is None
+            or silence[0] < self.settings.analysis.stall_seconds,
+            deliveries_progressing=not stalled,
+            details=details,
         )
 
     def facts(self) -> dict[str, Any]:
@@ -142,14 +156,18 @@ class Node:
         }
 
     def _watchdog(self, interval: float) -> None:
+        reported = ""
         while not self._stop.wait(interval):
             health = self.health()
-            if health.ok:
+            if health.serving:
                 notify("WATCHDOG=1")
-            else:
-                log.warning("event=unhealthy listener=%s index=%s disk=%s worker=%s",
-                            health.listener_bound, health.index_writable,
-                            health.disk_above_watermark, health.analysis_worker)
+            failed = ",".join(name for name, ok in health.checks().items() if not ok)
+            if failed != reported:  # one line per change, not one per interval
+                if failed:
+                    log.warning("event=unhealthy failed=%s", failed)
+                else:
+                    log.info("event=healthy")
+                reported = failed
 
     def request_stop(self, *_: Any) -> None:
         """Ask serve_forever to stop (signal handler)."""

@@ -70,12 +70,14 @@ def analyse_study(
     out_dir: Path | None,
     on_outputs: Callable[[list[dict[str, Any]]], None] | None = None,
     superseded: Mapping[str, list[dict[str, Any]]] | None = None,
+    on_progress: Callable[[str], None] = lambda stage: None,
 ) -> dict[str, Any]:
     """Classify, pair, quantify (and, where out_dir is given, write results) for one study.
 
     on_outputs receives each result series' report entries as soon as its files are written
     (the node delivers them while the rest is encoded); the report lists them all as well.
-    superseded: per set key, the earlier reports (SR entries) the new ones supersede."""
+    superseded: per set key, the earlier reports (SR entries) the new ones supersede.
+    on_progress hears each stage as it begins (the node's heartbeat of a running analysis)."""
     started = time.perf_counter()
     study_uid = instances[0].header.get("study_uid", "") if instances else ""
     frames = [frame for item in instances for frame in frames_from_header(item.header)]
@@ -91,8 +93,10 @@ def analyse_study(
     for set_index, dixon_set in enumerate(assembly.sets):
         report = SetReport.of(dixon_set)
         try:
+            on_progress(f"set {set_index + 1}: loading")
             volumes = load_set(dixon_set, cache)
             cache.release_pixels()
+            on_progress(f"set {set_index + 1}: analysing")
             given = segment_localisation(pending, volumes.geometry, volumes.in_phase.shape,
                                          dixon_set.in_phase.first.frame_of_reference_uid)
             result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
@@ -115,6 +119,7 @@ def analyse_study(
                 dixon_set.in_phase.first.frame_of_reference_uid), settings)
             measured_on.append(dixon_set)
         if out_dir is not None:
+            on_progress(f"set {set_index + 1}: writing results")
             report.outputs = build_results(
                 dixon_set, volumes, result, cache, settings, out_dir, report, set_index,
                 on_outputs, superseded=(superseded or {}).get(dixon_set.key, []))

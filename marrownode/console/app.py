@@ -50,9 +50,7 @@ class ConsoleContext:
 
 def health_body(health: Health) -> dict[str, Any]:
     """The /healthz document."""
-    checks = {"listener_bound": health.listener_bound, "index_writable": health.index_writable,
-              "disk_above_watermark": health.disk_above_watermark,
-              "analysis_worker": health.analysis_worker}
+    checks = health.checks()
     return {"healthy": health.ok, "checks": checks,
             "failed": [name for name, ok in checks.items() if not ok], **health.details}
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
 from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
@@ -102,37 +103,73 @@ def send_batch(
         if getattr(primitive, "result", None) in (pdu.REJECTED_PERMANENT, pdu.REJECTED_TRANSIENT):
             rejections.append((primitive.result, primitive.result_source, primitive.diagnostic))
 
-    association = ae.associate(host, port, ae_title=called_aet,
-                               evt_handlers=[(evt.EVT_ACSE_RECV, answered)])
+    try:
+        association = ae.associate(host, port, ae_title=called_aet,
+                                   evt_handlers=[(evt.EVT_ACSE_RECV, answered)])
+    except Exception as exc:  # pynetdicom's own errors included: no row may be left unanswered
+        log.warning("event=associate_error error=%s", type(exc).__name__)
+        return [SendResult(f.key, None, SendError.NO_ASSOCIATION, _what(exc)) for f in files]
     if not association.is_established:
         return [SendResult(f.key, None, *_not_associated(association, rejections))
                 for f in files]
     disable_nagle(association)
-    accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in association.accepted_contexts}
+    accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
+                for cx in association.accepted_contexts}
     results: list[SendResult] = []
     try:
         for file in files:
-            if (file.sop_class_uid, file.transfer_syntax) not in accepted:
-                results.append(SendResult(file.key, None, SendError.CONTEXT_REFUSED))
-                continue
-            if not association.is_established:
-                results.append(SendResult(file.key, None, SendError.CONNECTION_LOST))
-                continue
-            if not file.path.is_file():
-                results.append(SendResult(file.key, None, SendError.UNREADABLE))
-                continue
-            park_reactor(association)
-            try:
-                status = association.send_c_store(file.path)
-            except (OSError, ValueError, AttributeError) as exc:
-                log.warning("event=send_error path=%s error=%s", file.path.name, exc)
-                results.append(SendResult(file.key, None, SendError.UNREADABLE))
-                continue
-            if status and "Status" in status:
-                results.append(SendResult(file.key, int(status.Status)))
-            else:
-                results.append(SendResult(file.key, None, SendError.CONNECTION_LOST))
+            results.append(_send_one(association, file, accepted))
+    except Exception as exc:
+        # Whatever broke the batch (pynetdicom's RuntimeError when the peer went away between
+        # two C-STOREs, a reactor error...), the files not yet answered were not delivered.
+        log.warning("event=send_batch_interrupted sent=%d of=%d error=%s", len(results),
+                    len(files), type(exc).__name__)
+        results.extend(SendResult(f.key, None, SendError.CONNECTION_LOST, _what(exc))
+                       for f in files[len(results):])
+        _abort(association)
     finally:
+        _release(association)
+    return results
+
+
+def _what(exc: BaseException) -> str:
+    """An exception in one short line (a delivery's last error)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+
+
+def _send_one(association: Any, file: OutgoingFile,
+              accepted: set[tuple[str, str]]) -> SendResult:
+    """One file over the established association: its status, or why it got none."""
+    if (file.sop_class_uid, file.transfer_syntax) not in accepted:
+        return SendResult(file.key, None, SendError.CONTEXT_REFUSED)
+    if not association.is_established:
+        return SendResult(file.key, None, SendError.CONNECTION_LOST)
+    if not file.path.is_file():
+        return SendResult(file.key, None, SendError.UNREADABLE)
+    park_reactor(association)
+    try:
+        status = association.send_c_store(file.path)
+    except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
+        log.warning("event=send_error path=%s error=%s", file.path.name, type(exc).__name__)
+        return SendResult(file.key, None, SendError.UNREADABLE, _what(exc))
+    except RuntimeError as exc:  # the association ended between the check and the send
+        return SendResult(file.key, None, SendError.CONNECTION_LOST, _what(exc))
+    if status and "Status" in status:
+        return SendResult(file.key, int(status.Status))
+    return SendResult(file.key, None, SendError.CONNECTION_LOST)
+
+
+def _abort(association: Any) -> None:
+    try:
+        if association.is_established:
+            association.abort()
+    except Exception:  # already gone
+        log.debug("event=abort_failed")
+
+
+def _release(association: Any) -> None:
+    try:
         if association.is_established:
             association.release()
-    return results
+    except Exception:  # the peer went away meanwhile: nothing left to release
+        log.debug("event=release_failed")

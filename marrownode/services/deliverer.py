@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 #: Send errors that a later try may not meet (the network, a busy or restarting peer).
 TRANSIENT_ERRORS = frozenset({SendError.NO_ASSOCIATION, SendError.CONNECTION_LOST,
                               SendError.REJECTED_TRANSIENT})
+#: Send errors whose detail is the destination's A-ASSOCIATE-RJ in words.
+REJECTIONS = frozenset({SendError.REJECTED_PERMANENT, SendError.REJECTED_TRANSIENT})
 #: How a permanently refused row's error begins (an address change or `retry` re-queues it).
 PERMANENT_REJECTION = "association rejected permanently"
 
@@ -76,11 +78,13 @@ def outcome_for(result: SendResult, queued_at: float, policy: RetryPolicy, now: 
     if result.error is SendError.CONTEXT_REFUSED:
         error = "SOP class or transfer syntax refused by destination"
     elif result.error is SendError.UNREADABLE:
-        error = "result file missing or unreadable"
+        error = "result file missing or unreadable" + (f" ({result.detail})" if result.detail
+                                                         else "")
     elif result.error is SendError.REJECTED_PERMANENT:
         error = f"association {result.detail}"
     elif transient(result):
-        error = (f"association {result.detail}" if result.detail
+        error = (f"association {result.detail}" if result.detail and result.error in REJECTIONS
+                 else f"{result.error}: {result.detail}" if result.detail
                  else str(result.error) if result.error else f"status 0x{result.status:04X}")
         waited = now - queued_at
         if waited < policy.give_up_after_seconds:
@@ -118,6 +122,9 @@ class Deliverer(LoopService):
         # (study, destination) -> the analysis (study updated_at) whose time to result counted.
         self._observed: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._observed_lock = threading.Lock()
+        # Rows claimed by an attempt that is still running (the watchdog leaves them alone).
+        self._claimed: set[int] = set()
+        self._claimed_lock = threading.Lock()
 
     def on_start(self) -> None:
         """Rows interrupted by the last stop go out again at once."""
@@ -148,14 +155,33 @@ class Deliverer(LoopService):
             self._observe_if_complete(study_uid, destination.name, time.time())
 
     def step(self, now: float) -> None:
-        """Send what is due, destination by destination."""
+        """Return stranded rows to the queue, then send what is due, destination by
+        destination."""
+        self.requeue_stranded()
         for destination in self.settings.destinations:
             known = self.outbox.destination(destination.name)
             if known.paused or known.next_attempt_at > time.time():
                 continue  # paused by an operator, or backing off: it did not answer
             rows = self.outbox.claim_due(destination.name, time.time())
             if rows:
-                self.deliver(destination, rows)
+                with self._claimed_lock:
+                    self._claimed.update(r.id for r in rows)
+                try:
+                    self.deliver(destination, rows)
+                finally:
+                    with self._claimed_lock:
+                        self._claimed.difference_update(r.id for r in rows)
+
+    def requeue_stranded(self) -> int:
+        """The watchdog: rows left 'sending' by an attempt that did not finish them (an error
+        while recording its outcome, a full disk) go back to the queue, due now. A row in an
+        attempt still running is left alone."""
+        with self._claimed_lock:
+            claimed = set(self._claimed)
+        requeued = self.outbox.requeue_stranded(claimed, time.time())
+        if requeued:
+            log.warning("event=outbox_stranded_requeued rows=%d", requeued)
+        return requeued
 
     def wait_seconds(self) -> float:
         """Sleep until the next row is due (at most poll_seconds)."""
@@ -171,8 +197,14 @@ class Deliverer(LoopService):
         files = [OutgoingFile(r.id, Path(r.path), r.sop_class_uid, r.transfer_syntax)
                  for r in rows]
         started = time.monotonic()
-        results = send_batch(files, destination.host, destination.port, destination.ae_title,
-                             self.settings.node.ae_title)
+        try:
+            results = send_batch(files, destination.host, destination.port,
+                                 destination.ae_title, self.settings.node.ae_title)
+        except Exception as exc:  # no claimed row may be left without an outcome
+            log.exception("event=send_batch_error destination=%s", destination.name)
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
+            results = [SendResult(f.key, None, SendError.CONNECTION_LOST, detail)
+                       for f in files]
         now = time.time()
         state = self._record_answer(destination, results, now)
         # Rows that may pass later wait with their destination (or briefly, if it answered).
@@ -230,7 +262,8 @@ class Deliverer(LoopService):
                                      error.replace(" ", "_"), now, known.last_success_at,
                                      address)
         else:
-            answered = next((r.detail for r in results if r.detail), "")
+            answered = next((r.detail for r in results if r.detail and r.error in REJECTIONS),
+                            "")
             state = DestinationState(destination.name, 0, 0.0, answered.replace(" ", "_"),
                                      now, now if not answered else known.last_success_at,
                                      address)

@@ -102,7 +102,14 @@ def run_analysis(
 
     sources = [SourceInstance(Path(path), header) for path, header in instances]
     return analyse_study(sources, settings, Path(out_dir), on_outputs=written,
-                         superseded=superseded)
+                         superseded=superseded, on_progress=report_progress)
+
+
+def report_progress(stage: str) -> None:
+    """In the worker: tell the supervisor that the running job has moved on (its heartbeat;
+    a job silent for [analysis] stall_seconds shows on /healthz)."""
+    if _connection is not None:
+        _connection.send(("progress", stage))
 
 
 def warm_up(settings: Settings) -> int:
@@ -173,6 +180,9 @@ class AnalysisWorker:
         self._start_failures = 0
         #: Processes that ended unasked, since the node started (metrics).
         self.deaths = 0
+        # The running job's heartbeat: monotonic time of its last sign of progress, and what.
+        self._progress_at: float | None = None
+        self._progress_stage = ""
 
     # --- the node's side ----------------------------------------------------------------------
 
@@ -208,6 +218,14 @@ class AnalysisWorker:
         process succeeded (a process that just died is being replaced, which is healthy)."""
         return (self._supervisor is not None and self._supervisor.is_alive()
                 and self._start_failures == 0)
+
+    def job_silence(self) -> tuple[float, str] | None:
+        """Seconds since the running job last reported progress, and its last stage; None
+        when no job runs."""
+        at = self._progress_at
+        if at is None:
+            return None
+        return time.monotonic() - at, self._progress_stage
 
     def pid(self) -> int | None:
         """The current worker process (tests and logs)."""
@@ -276,6 +294,14 @@ class AnalysisWorker:
     def _await(self, job: _Job, connection: Connection, process: Any) -> None:
         """Relay series messages until the job's answer, the process's end or the limit."""
         deadline = time.monotonic() + self.time_limit_seconds
+        self._progress_at, self._progress_stage = time.monotonic(), "started"
+        try:
+            self._relay_until_answer(job, connection, process, deadline)
+        finally:
+            self._progress_at = None
+
+    def _relay_until_answer(self, job: _Job, connection: Connection, process: Any,
+                            deadline: float) -> None:
         while True:
             ready = wait([connection, process.sentinel],
                          timeout=max(0.0, deadline - time.monotonic()))
@@ -285,8 +311,13 @@ class AnalysisWorker:
                 except (EOFError, OSError):
                     ready = [process.sentinel]
                 else:
-                    if kind == "series":
-                        self._relay(value)
+                    if kind in ("series", "progress"):
+                        self._progress_at = time.monotonic()
+                        if kind == "series":
+                            self._progress_stage = "results written"
+                            self._relay(value)
+                        else:
+                            self._progress_stage = str(value)
                         continue
                     if kind == "result":
                         job.future.set_result(value)

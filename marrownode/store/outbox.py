@@ -153,6 +153,44 @@ class Outbox:
             db.execute("UPDATE destinations SET failures = 0, next_attempt_at = 0")
             return requeued
 
+    def requeue_stranded(self, claimed: set[int], now: float) -> int:
+        """Rows 'sending' that no running attempt holds (claimed: the ids that one does) are
+        queued again, due now: an attempt that ended without recording them left them there."""
+        with self.db.transaction() as db:
+            ids = [row[0] for row in db.execute(
+                f"SELECT id FROM outbox WHERE state = '{DeliveryState.SENDING}'").fetchall()
+                if row[0] not in claimed]
+            db.executemany(
+                f"""UPDATE outbox SET state = '{DeliveryState.QUEUED}', next_attempt_at = ?,
+                       last_error = 'interrupted attempt: queued again', updated_at = ?
+                   WHERE id = ?""", [(now, now, row_id) for row_id in ids])
+        return len(ids)
+
+    def oldest_pending(self, now: float | None = None) -> dict[str, float]:
+        """Per destination, the age in seconds of its oldest row not yet delivered or failed
+        (queued when the results were written): a number that grows when nothing moves."""
+        now = time.time() if now is None else now
+        rows = self.db.connection().execute(
+            f"""SELECT destination, MIN(queued_at) FROM outbox
+               WHERE state IN ('{DeliveryState.QUEUED}', '{DeliveryState.SENDING}')
+               GROUP BY destination""").fetchall()
+        return {row[0]: max(0.0, now - row[1]) for row in rows}
+
+    def stalled(self, now: float, bound_seconds: float) -> list[str]:
+        """Destinations whose deliveries make no progress although they answer: a row due
+        (and its destination not backing off or paused) for longer than bound_seconds, or a
+        row 'sending' for that long. The deliverer takes due rows within a second, so either
+        means it is stuck."""
+        rows = self.db.connection().execute(
+            f"""SELECT DISTINCT o.destination FROM outbox o
+               LEFT JOIN destinations d ON d.name = o.destination
+               WHERE (o.state = '{DeliveryState.SENDING}' AND o.updated_at < :before)
+                  OR (o.state = '{DeliveryState.QUEUED}' AND o.next_attempt_at < :before
+                      AND COALESCE(d.paused, 0) = 0
+                      AND COALESCE(d.next_attempt_at, 0) < :before)
+               ORDER BY o.destination""", {"before": now - bound_seconds}).fetchall()
+        return [row[0] for row in rows]
+
     def next_due(self) -> float | None:
         """When the earliest queued row may go (its own time, and its destination's; paused
         destinations wait for an operator), or None when nothing is queued."""

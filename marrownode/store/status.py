@@ -35,10 +35,16 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
         }
         for row in connection.execute("SELECT * FROM studies ORDER BY first_received")
     ]
+    oldest = outbox.oldest_pending()
+    known = {row["name"]: row for row in connection.execute("SELECT * FROM destinations")}
     destinations = [
-        {"destination": row["name"], "failures": row["failures"],
-         "next_attempt_at": row["next_attempt_at"] or None, "last_error": row["last_error"],
-         "last_success_at": row["last_success_at"], "paused": bool(row["paused"])}
-        for row in connection.execute("SELECT * FROM destinations ORDER BY name")]
+        {"destination": name, "failures": row["failures"] if row else 0,
+         "next_attempt_at": (row["next_attempt_at"] or None) if row else None,
+         "last_error": row["last_error"] if row else "",
+         "last_success_at": row["last_success_at"] if row else None,
+         "paused": bool(row["paused"]) if row else False,
+         # grows while nothing moves: the first number to look at when results do not arrive
+         "oldest_pending_seconds": round(oldest[name], 1) if name in oldest else None}
+        for name in sorted(set(known) | set(oldest)) for row in [known.get(name)]]
     return {"instances": sum(counts.values()), "studies": studies,
             "destinations": destinations}

@@ -5,6 +5,7 @@ full, and the node's overview. Every query here reads; actions live in marrownod
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,6 +215,7 @@ class DestinationView:
     next_attempt_at: float | None = None
     last_error: str = ""
     last_success_at: float | None = None
+    oldest_pending_seconds: float | None = None  # grows while nothing moves
 
 
 def destination_views(db: Database, names: list[str]) -> list[DestinationView]:
@@ -223,12 +225,16 @@ def destination_views(db: Database, names: list[str]) -> list[DestinationView]:
     counts: dict[str, dict[str, int]] = {}
     due: dict[str, float] = {}
     pending_error: dict[str, str] = {}
-    for name, state, count, next_at, error in connection.execute(
-            """SELECT destination, state, COUNT(*), MIN(next_attempt_at), MAX(last_error)
-               FROM outbox GROUP BY destination, state"""):
+    queued_since: dict[str, float] = {}
+    for name, state, count, next_at, error, queued_at in connection.execute(
+            """SELECT destination, state, COUNT(*), MIN(next_attempt_at), MAX(last_error),
+                      MIN(queued_at) FROM outbox GROUP BY destination, state"""):
         counts.setdefault(name, {})[state] = count
         if state == DeliveryState.QUEUED:
             due[name], pending_error[name] = next_at, error
+        if state in (DeliveryState.QUEUED, DeliveryState.SENDING):
+            queued_since[name] = min(queued_at, queued_since.get(name, queued_at))
+    now = time.time()
     known = {row["name"]: row for row in connection.execute("SELECT * FROM destinations")}
     views = []
     for name in [*names, *sorted(set(counts) - set(names))]:
@@ -245,7 +251,8 @@ def destination_views(db: Database, names: list[str]) -> list[DestinationView]:
             next_attempt_at=next_at,
             last_error=(backoff["last_error"] if backoff is not None and backoff["last_error"]
                         else pending_error.get(name, "")),
-            last_success_at=backoff["last_success_at"] if backoff is not None else None))
+            last_success_at=backoff["last_success_at"] if backoff is not None else None,
+            oldest_pending_seconds=now - queued_since[name] if name in queued_since else None))
     return views
 
 
