@@ -211,7 +211,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
               f"and is this its configuration? Pass --config or set {CONFIG_ENVIRONMENT}",
               file=sys.stderr)
         return EXIT_FAILURE
-    index = Index(path)
+    index = Index(path, read_only=True)  # a look never writes (it works on a full disk)
     index.db.check()
     report = index.status()
     if args.json:
@@ -300,14 +300,14 @@ def _cmd_retry(args: argparse.Namespace) -> int:
     return _act(retry)
 
 
-def _open_index(settings: Settings) -> Any:
+def _open_index(settings: Settings, read_only: bool = False) -> Any:
     from marrownode.store.database import index_path
     from marrownode.store.index import Index
 
     path = index_path(settings.storage.root)
     if not path.exists():
         raise FileNotFoundError(f"no index at {path}")
-    return Index(path)
+    return Index(path, read_only=read_only)
 
 
 def _cmd_pause_resume(args: argparse.Namespace) -> int:
@@ -371,7 +371,7 @@ def _cmd_new_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_history(args: argparse.Namespace) -> int:
-    index = _open_index(_load(args.config))
+    index = _open_index(_load(args.config), read_only=True)
     events = index.studies.events(args.study)
     if not events:
         print(f"no history for {args.study}", file=sys.stderr)

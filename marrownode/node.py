@@ -23,7 +23,7 @@ from marrownode.services.loop import Service
 from marrownode.services.retention import RetentionSweeper
 from marrownode.services.retriever import Retriever
 from marrownode.services.worker import AnalysisWorker
-from marrownode.store.database import index_path
+from marrownode.store.database import IndexDamaged, index_path
 from marrownode.store.index import Index
 from marrownode.store.lock import StorageLock
 from marrownode.webhooks import Webhooks
@@ -86,6 +86,10 @@ class Node:
             if settings.http.console else None)) if settings.http.enabled else None
         #: Started in this order, stopped in reverse.
         self.services: list[Service] = [self.assembler, self.deliverer, self.retention]
+        #: Damage met inside the index while serving: the node stops and `serve` exits 3.
+        self.damage: IndexDamaged | None = None
+        for loop in (self.assembler, self.deliverer, self.retention):
+            loop.on_damage = self._index_damaged
         if self.http is not None:
             self.services.append(self.http)
         self._stop = threading.Event()
@@ -169,6 +173,13 @@ class Node:
                     log.info("event=healthy")
                 reported = failed
 
+    def _index_damaged(self, exc: IndexDamaged) -> None:
+        """Damage that the start-up check could not see (inside a row) is met at first use:
+        the node stops, and `serve` exits 3 naming the file and `rebuild-index`."""
+        if self.damage is None:
+            self.damage = exc
+        self.request_stop()
+
     def request_stop(self, *_: Any) -> None:
         """Ask serve_forever to stop (signal handler)."""
         self._stop.set()
@@ -204,3 +215,5 @@ class Node:
                 pass
         finally:
             self.stop()
+        if self.damage is not None:
+            raise self.damage

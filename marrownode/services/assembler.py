@@ -5,7 +5,6 @@ index before the next step starts."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from marrownode.services.worker import (
 )
 from marrownode.states import SetState, StudyState
 from marrownode.store.ingest import Ingestor
-from marrownode.store.spool import Spool
+from marrownode.store.spool import Spool, disk_full, expected_result_bytes
 from marrownode.store.studies import SetRow, StudyIndex
 
 log = logging.getLogger(__name__)
@@ -53,6 +52,8 @@ WORKER_DEATHS_TO_FAIL = 2
 MAX_ANALYSIS_ATTEMPTS = 3
 #: The first retry waits this long; each further one four times as long.
 RETRY_BASE_SECONDS = 15.0
+#: A study waiting for disk space looks again this often.
+SPACE_RECHECK_SECONDS = 10.0
 
 
 def input_digest(headers: list[dict[str, Any]], settings: Settings) -> str:
@@ -72,12 +73,11 @@ def is_request(header: dict[str, Any]) -> bool:
         header.get("manufacturer", "")).strip().lower() != MARROWNODE_MANUFACTURER
 
 
-def earlier_reports(report_json: str | None) -> dict[str, list[dict[str, Any]]]:
+def earlier_reports(report: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
     """Per set key, the SR entries of the study's last recorded analysis: a new analysis (other
     settings, more images) supersedes them and says so."""
-    if not report_json:
+    if not report:
         return {}
-    report = json.loads(report_json)
     return {dixon_set["key"]: [entry for entry in dixon_set.get("outputs", [])
                                if entry.get("kind") == "sr"]
             for dixon_set in report.get("dixon_sets", [])}
@@ -133,6 +133,10 @@ class Assembler(LoopService):
         self.on_analysed = on_analysed
         self._in_flight: dict[str, Future[dict[str, Any]]] = {}
         self._runs: dict[str, _Run] = {}
+        # Outcomes the index could not take yet (a full disk): recorded again every round,
+        # their studies kept in flight meanwhile, so none is left 'analysing'.
+        self._unrecorded: dict[str, Callable[[], None]] = {}
+        self._waiting_for_space: set[str] = set()
         self._lock = threading.Lock()
         self.count_failure = count_failure
         self.retrieve = retrieve
@@ -160,7 +164,16 @@ class Assembler(LoopService):
             log.exception("event=series_callback_error study=%s", run.study_uid)
 
     def step(self, now: float) -> None:
-        """Assess every study with pending events or an expired idle timer."""
+        """Record what could not be recorded yet, then assess every study with pending events
+        or an expired idle timer."""
+        with self._lock:
+            unrecorded = list(self._unrecorded.items())
+        for study_uid, record in unrecorded:
+            record()  # raises while the index cannot take it: the round is failed, not lost
+            with self._lock:
+                self._unrecorded.pop(study_uid, None)
+                self._in_flight.pop(study_uid, None)
+            log.info("event=analysis_recorded_late study=%s", study_uid)
         idle = self.settings.completion.idle_seconds
         for study in self.studies.studies_to_assess(now, idle):
             with self._lock:
@@ -217,6 +230,8 @@ class Assembler(LoopService):
                                    "last analysis: not analysed or sent again")
             log.info("event=study_unchanged study=%s", study_uid)
             return
+        if not self._space_for_results(study_uid, sum(r.size_bytes for r in rows)):
+            return
         if not self.studies.set_state(study_uid, StudyState.ANALYSING, reason,
                                       if_last_received=last, seen_events=seen):
             return  # new data arrived meanwhile: assess again
@@ -225,7 +240,32 @@ class Assembler(LoopService):
                  reason.replace(" ", "_"),
                  _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
         self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest,
-                     earlier_reports(study.get("report")))
+                     earlier_reports(self.studies.db.json(study.get("report"), "a study report")))
+
+    def _space_for_results(self, study_uid: str, source_bytes: int) -> bool:
+        """Whether the results fit above the watermark; if not, the study waits for space
+        (state and reason visible) instead of filling the disk, and looks again later."""
+        needed = expected_result_bytes(source_bytes)
+        above = self.spool.free_bytes() - self.spool.min_free_bytes
+        if needed <= above:
+            if study_uid in self._waiting_for_space:
+                self._waiting_for_space.discard(study_uid)
+                log.info("event=disk_space_available study=%s", study_uid)
+            return True
+        reason = (f"waiting for disk space: its results need about {needed / 1e6:.0f} MB and "
+                  f"{max(above, 0) / 1e6:.0f} MB are free above storage.min_free_mb")
+        self.wait_for_space(study_uid, reason)
+        return False
+
+    def wait_for_space(self, study_uid: str, reason: str) -> None:
+        """The study waits, without counting a failed attempt, and is assessed again later;
+        one log line when it starts waiting."""
+        self.studies.schedule_retry(study_uid, reason, time.time() + SPACE_RECHECK_SECONDS)
+        if study_uid not in self._waiting_for_space:
+            self._waiting_for_space.add(study_uid)
+            self.studies.add_event(study_uid, "waiting", reason)
+            log.warning("event=waiting_for_disk_space study=%s detail=%s", study_uid,
+                        reason.split(": ", 1)[1].replace(" ", "_"))
 
     def _submit(self, study_uid: str, last: float,
                 instances: list[tuple[str, dict[str, Any]]], digest: str,
@@ -249,11 +289,22 @@ class Assembler(LoopService):
                 # dropped or stopped at shutdown: still 'analysing', re-run at the next start
                 self._in_flight.pop(study_uid, None)
                 return
-        report = self._record(study_uid, last, future, seconds, digest)
+        def record() -> None:
+            report = self._record(study_uid, last, future, seconds, digest)
+            if report is not None:
+                self.on_analysed(study_uid, report)
+
+        try:
+            record()
+        except Exception as exc:  # the index cannot take it now: the next rounds try again
+            log.warning("event=analysis_unrecorded study=%s error=%s", study_uid,
+                        "disk_full" if disk_full(exc) else type(exc).__name__)
+            with self._lock:
+                self._unrecorded[study_uid] = record
+            self._wake.set()
+            return
         with self._lock:
             self._in_flight.pop(study_uid, None)
-        if report is not None:
-            self.on_analysed(study_uid, report)
         self._wake.set()
 
     def _record(self, study_uid: str, last: float, future: Future[dict[str, Any]],
@@ -281,7 +332,12 @@ class Assembler(LoopService):
         return report
 
     def _record_failure(self, study_uid: str, last: float, error: BaseException) -> None:
-        """Retry later, or fail for good with the reason (analysis_retry decides)."""
+        """Retry later, or fail for good with the reason (analysis_retry decides). An
+        analysis that failed for want of space has not failed: it waits for space."""
+        if disk_full(error):
+            self.wait_for_space(study_uid, "waiting for disk space: the analysis ran out of "
+                                f"space writing its results ({type(error).__name__})")
+            return
         self.count_failure()
         attempts = self.studies.count_failed_analysis(study_uid)
         delay = analysis_retry(error, attempts)

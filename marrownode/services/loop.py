@@ -5,7 +5,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
+
+from marrownode.store.database import IndexDamaged
+from marrownode.store.spool import disk_full
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +32,8 @@ class LoopService:
 
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
+        #: Told when a round meets a damaged index (the node stops and exits 3).
+        self.on_damage: Callable[[IndexDamaged], None] = lambda exc: None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -65,10 +71,33 @@ class LoopService:
         self.on_stop()
 
     def _run(self) -> None:
+        failing = ""  # what the last round failed with ("" when it succeeded)
         while not self._stop.is_set():
             try:
                 self.step(time.time())
-            except Exception:
-                log.exception("event=%s_error", self.name)
+            except Exception as exc:
+                failing = self._failed(exc, failing)
+            else:
+                if failing:
+                    log.info("event=%s_resumed after=%s", self.name, failing)
+                    failing = ""
             self._wake.wait(self.wait_seconds())
             self._wake.clear()
+
+    def _failed(self, exc: Exception, failing: str) -> str:
+        """Log a failed round once per change of what it failed with, not once per round (a
+        full disk fails every round until space returns: a pause, not a traceback storm)."""
+        full = disk_full(exc)
+        what = "disk_full" if full else type(exc).__name__
+        if isinstance(exc, IndexDamaged):
+            if what != failing:
+                log.error("event=%s_index_damaged detail=%s", self.name,
+                          exc.detail.replace(" ", "_"))
+                self.on_damage(exc)
+        elif what != failing:
+            if full:
+                log.warning("event=%s_paused reason=disk_full error=%s", self.name,
+                            " ".join(str(exc).split())[:200].replace(" ", "_"))
+            else:
+                log.exception("event=%s_error", self.name)
+        return what

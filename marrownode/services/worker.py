@@ -10,6 +10,7 @@ job with WorkerDied, starts a new process and goes on with the next job.
 
 from __future__ import annotations
 
+import errno
 import logging
 import multiprocessing
 import os
@@ -82,11 +83,21 @@ def _worker_main(connection: Connection, settings: Settings, node_pid: int) -> N
         try:
             answer: tuple[str, Any] = ("result", function(*args))
         except Exception as exc:  # the node decides what a failure means
-            answer = ("error", exc)
+            answer = ("error", _portable(exc))
         try:
             connection.send(answer)
         except Exception:  # an unpicklable result or error: say what it was
             connection.send(("error", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
+
+
+def _portable(exc: Exception) -> Exception:
+    """An error as the node must see it after pickling: a full disk stays recognisable (pydicom
+    wraps ENOSPC in a plain OSError whose cause does not survive the pipe)."""
+    from marrownode.store.spool import disk_full
+
+    if disk_full(exc) and getattr(exc, "errno", None) != errno.ENOSPC:
+        return OSError(errno.ENOSPC, "No space left on device (writing results)")
+    return exc
 
 
 def run_analysis(

@@ -179,7 +179,11 @@ def _describe_existing(db: sqlite3.Connection) -> None:
     rows = db.execute("SELECT study_uid, MIN(header) FROM instances WHERE summarised = 1 "
                       "GROUP BY study_uid").fetchall()
     for study_uid, header_text in rows:
-        write_descriptors(db, study_uid, json.loads(header_text))
+        try:
+            header = json.loads(header_text)
+        except ValueError:
+            continue  # a damaged header describes nothing; its study is read when analysed
+        write_descriptors(db, study_uid, header)
 
 
 def write_descriptors(db: sqlite3.Connection, study_uid: str, header: dict[str, Any]) -> None:
@@ -191,6 +195,24 @@ def write_descriptors(db: sqlite3.Connection, study_uid: str, header: dict[str, 
         [*(str(header.get(column) or "") for column in STUDY_DESCRIPTORS), study_uid])
 
 
+def _refuse_empty(path: Path) -> None:
+    """An index file that exists but is empty (a truncation, a copy that failed) would open
+    as a new, empty database and silently lose every state and delivery: name it instead."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise IndexDamaged(path, f"cannot be read: {exc.strerror}") from None
+    if size == 0:
+        raise IndexDamaged(path, "the file is empty")
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        raise IndexDamaged(path, f"cannot be read: {exc.strerror}") from None
+
+
 def _damage(exc: sqlite3.Error) -> bool:
     """Whether an error says the file is not (or no longer) a sound database."""
     return getattr(exc, "sqlite_errorcode", None) in (sqlite3.SQLITE_CORRUPT,
@@ -200,16 +222,25 @@ def _damage(exc: sqlite3.Error) -> bool:
 class Database:
     """Thread-safe access to the index file: per-thread connections, serialised writers."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(self, path: Path, synchronous: str = "FULL", read_only: bool = False) -> None:
         """synchronous FULL: a commit survives power loss. NORMAL (the ingest connection only):
         a commit survives a crash of the node, and after a power loss the last commits may be
-        gone, which start-up recovery repairs from the fsynced spool files."""
+        gone, which start-up recovery repairs from the fsynced spool files.
+
+        read_only: the commands that only look (status, history) never write, migrate or
+        create anything, so they work beside a running node and on a full disk."""
         if synchronous not in ("FULL", "NORMAL"):
             raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.synchronous = synchronous
+        self.read_only = read_only
         self._local = threading.local()
+        _refuse_empty(self.path)
+        if read_only:
+            self._lock_fd = -1
+            self._check_version()
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         # Threads of this Database queue on the thread lock; other Database objects and other
         # receiving processes on the file lock (flock wakes the next writer at once).
         self._write_lock = threading.Lock()
@@ -228,6 +259,18 @@ class Database:
             self.close()
             raise IndexDamaged(self.path, str(exc)) from None
 
+    def _check_version(self) -> None:
+        """A read-only reader needs the current schema (it cannot migrate an older one)."""
+        try:
+            version = self.connection().execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if isinstance(exc, sqlite3.OperationalError) and not _damage(exc):
+                raise
+            raise IndexDamaged(self.path, str(exc)) from None
+        if version != SCHEMA_VERSION:
+            raise IndexDamaged(self.path, f"schema version {version}, this marrownode reads "
+                               f"{SCHEMA_VERSION}; `marrownode serve` migrates an older index")
+
     def check(self) -> None:
         """SQLite's quick integrity check (at start: a damaged index is named, not met later
         as a traceback in the middle of a transfer); IndexDamaged when it fails."""
@@ -243,13 +286,38 @@ class Database:
         """This thread's connection (opened on first use); for reads and for transaction()."""
         connection: sqlite3.Connection | None = getattr(self._local, "connection", None)
         if connection is None:
+            if self.read_only:
+                connection = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro",
+                                             uri=True, timeout=30.0, isolation_level=None)
+                connection.row_factory = sqlite3.Row
+                connection.text_factory = self._decode_text
+                self._local.connection = connection
+                return connection
             connection = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
             connection.row_factory = sqlite3.Row
+            connection.text_factory = self._decode_text
             connection.execute("PRAGMA journal_mode = WAL")
             connection.execute(f"PRAGMA synchronous = {self.synchronous}")
             connection.execute("PRAGMA foreign_keys = ON")
             self._local.connection = connection
         return connection
+
+    def _decode_text(self, raw: bytes) -> str:
+        """Every text value read: damage inside a row (bytes that are not UTF-8, which SQLite's
+        quick_check does not look at) is named as damage, never printed as garbage."""
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise IndexDamaged(self.path, "a text value in a row is not UTF-8") from None
+
+    def json(self, text: str | None, what: str) -> Any:
+        """A JSON value kept in a row (instance headers, reports); damage is named."""
+        if text is None:
+            return None
+        try:
+            return json.loads(text)
+        except (ValueError, TypeError) as exc:
+            raise IndexDamaged(self.path, f"{what} in a row is not JSON ({exc})") from None
 
     def close(self) -> None:
         """Close this thread's connection (a thread that ends should call it)."""
@@ -261,6 +329,8 @@ class Database:
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception."""
+        if self.read_only:
+            raise RuntimeError(f"the index {self.path} is open read-only")
         db = self.connection()
         with self._write_lock:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)

@@ -15,8 +15,8 @@ from marrownode.store.studies import StudyIndex
 class Index:
     """The node's index file and the jobs done on it."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
-        self.db = Database(path, synchronous)
+    def __init__(self, path: Path, synchronous: str = "FULL", read_only: bool = False) -> None:
+        self.db = Database(path, synchronous, read_only)
         self.studies = StudyIndex(self.db)
         self.outbox = Outbox(self.db)
 

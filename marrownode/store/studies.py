@@ -122,7 +122,7 @@ class StudyIndex:
         rows = self.db.connection().execute(
             "SELECT sop_instance_uid, path, header FROM instances "
             "WHERE study_uid = ? AND summarised = 0", (study_uid,)).fetchall()
-        return [(row[0], row[1], json.loads(row[2])) for row in rows]
+        return [(row[0], row[1], self.db.json(row[2], "an instance header")) for row in rows]
 
     def set_headers(self, headers: dict[str, dict[str, Any]]) -> None:
         """Store full header summaries, keyed by SOP Instance UID, in one transaction."""
@@ -221,7 +221,8 @@ class StudyIndex:
             (study_uid,),
         ).fetchall()
         return [
-            InstanceRow(**{**dict(row), "header": json.loads(row["header"]),
+            InstanceRow(**{**dict(row), "header": self.db.json(row["header"],
+                                                               "an instance header"),
                            "summarised": bool(row["summarised"])})
             for row in rows
         ]

@@ -4,7 +4,6 @@ full, and the node's overview. Every query here reads; actions live in marrownod
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,7 +175,7 @@ def study_detail(db: Database, study_uid: str, event_limit: int = 2000) -> Study
     for row in connection.execute(
             """SELECT series_uid, COUNT(*) AS instances, MIN(header) AS header
                FROM instances WHERE study_uid = ? GROUP BY series_uid""", (study_uid,)):
-        header = json.loads(row["header"])
+        header = db.json(row["header"], "an instance header")
         series.append({"series_uid": row["series_uid"], "instances": row["instances"],
                        "number": header.get("series_number"),
                        "description": header.get("series_description") or "",
@@ -192,7 +191,7 @@ def study_detail(db: Database, study_uid: str, event_limit: int = 2000) -> Study
     events = [dict(row) for row in connection.execute(
         "SELECT at, kind, detail FROM events WHERE study_uid = ? ORDER BY id DESC LIMIT ?",
         (study_uid, event_limit))]
-    report = json.loads(study["report"]) if study["report"] else None
+    report = db.json(study["report"], "a study report") if study["report"] else None
     return StudyDetail(dict(study), report, series, deliveries, events)
 
 
@@ -200,7 +199,7 @@ def study_report(db: Database, study_uid: str) -> dict[str, Any] | None:
     """The study's report alone (thumbnails, report.json); None if unknown or not analysed."""
     row = db.connection().execute("SELECT report FROM studies WHERE study_uid = ?",
                                   (study_uid,)).fetchone()
-    return json.loads(row[0]) if row is not None and row[0] else None
+    return db.json(row[0], "a study report") if row is not None and row[0] else None
 
 
 @dataclass(frozen=True)
