@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -19,6 +20,7 @@ from marrownode.config import Settings, content_digest
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER
 from marrownode.requests.read import request_kind
+from marrownode.results.failure_note import FAILURE_NOTE_FOLDER, write_failure_note
 from marrownode.services.loop import LoopService
 from marrownode.services.worker import (
     AnalysisWorker,
@@ -331,6 +333,40 @@ class Assembler(LoopService):
                  seconds)
         return report
 
+    def _partial_results(self, study_uid: str) -> list[str]:
+        """Result files queued for the study that its last good report does not list: what a
+        failed run had already written (and maybe delivered)."""
+        study = self.studies.study(study_uid) or {}
+        report = self.studies.db.json(study.get("report"), "a study report") or {}
+        good = {entry["sop_instance_uid"] for dixon_set in report.get("dixon_sets", [])
+                for entry in dixon_set.get("outputs", [])}
+        return sorted({path for sop_uid, path in self.studies.db.connection().execute(
+            "SELECT sop_instance_uid, path FROM outbox WHERE study_uid = ?", (study_uid,))
+            if sop_uid not in good and f"{os.sep}{FAILURE_NOTE_FOLDER}{os.sep}" not in path})
+
+    def _send_failure_note(self, study_uid: str, reason: str, partial: list[str]) -> None:
+        """Have the worker write the note; it is queued like any result series."""
+        rows = self.studies.instances(study_uid)
+        if not rows:
+            return
+        outputs = self.settings.outputs
+
+        def queue(future: Future[list[dict[str, Any]]]) -> None:
+            if future.cancelled() or future.exception() is not None:
+                log.error("event=failure_note_not_written study=%s error=%s", study_uid,
+                          "cancelled" if future.cancelled()
+                          else type(future.exception()).__name__)
+                return
+            entries = future.result()
+            if entries:
+                self.on_series(study_uid, entries)
+                self.studies.add_event(study_uid, "failure_note",
+                                       "a note naming the incomplete results was queued")
+
+        self.worker.submit(write_failure_note, rows[0].path, reason, partial, outputs.uid_root,
+                           outputs.series_number_base,
+                           str(self.spool.results_dir(study_uid))).add_done_callback(queue)
+
     def _record_failure(self, study_uid: str, last: float, error: BaseException) -> None:
         """Retry later, or fail for good with the reason (analysis_retry decides). An
         analysis that failed for want of space has not failed: it waits for space."""
@@ -349,9 +385,15 @@ class Assembler(LoopService):
             reason = (f"analysis ended the worker process {attempts} times: {what}"
                       if isinstance(error, WorkerDied)
                       else f"analysis failed {attempts} times: {what}")
+            partial = self._partial_results(study_uid)
+            if partial:
+                reason += (f"; {len(partial)} result object(s) already sent are incomplete: a "
+                           "note saying so is sent into the study")
             self.studies.set_state(study_uid, StudyState.FAILED, reason, if_last_received=last)
             self.studies.add_event(study_uid, "failed", reason)
             self.notify("analysis_failed", study_instance_uid=study_uid, reason=reason)
+            if partial:
+                self._send_failure_note(study_uid, reason, partial)
         else:
             retry = (f"analysis attempt {attempts} failed ({what}); retried in {delay:.0f} s")
             self.studies.schedule_retry(study_uid, retry, time.time() + delay)

@@ -367,3 +367,61 @@ def test_stopping_mid_analysis_is_bounded_and_not_counted_against_the_study() ->
         assert worker.deaths == 0
     finally:
         worker.shutdown(grace_seconds=0.1)
+
+
+def test_partial_results_of_a_failed_analysis_are_named_in_the_study(node_factory, tmp_path,
+                                                                      monkeypatch) -> None:
+    """The worker is killed twice in the middle of writing results, after some of them were
+    delivered: the study fails for good, and a note goes into the same study saying that the
+    analysis failed, why, and which delivered series are incomplete (valid per dciodvfy)."""
+    from pydicom import dcmread
+
+    monkeypatch.setattr(assembler, "RETRY_BASE_SECONDS", 0.2)
+    pacs = StandInPACS(tmp_path / "pacs").start()
+    try:
+        node = node_factory(completion={"idle_seconds": 60},
+                            destinations=[{"name": "pacs", "ae_title": "STANDIN",
+                                           "host": "127.0.0.1", "port": pacs.port}])
+        node.worker.submit(int).result(timeout=120)
+        study_uid = study_uid_after_sending(node, "half-done")
+
+        def queued_since(moment: float) -> int:
+            return int(node.index.db.connection().execute(
+                "SELECT COUNT(*) FROM outbox WHERE study_uid = ? AND queued_at > ?",
+                (study_uid, moment)).fetchone()[0])
+
+        since = 0.0
+        for deaths in (1, 2):  # kill it once its first results are queued, twice
+            wait_until(lambda since=since: queued_since(since) > 0
+                       and node.worker.job_silence() is not None, timeout=60)
+            since = time.time()
+            os.kill(node.worker.pid(), signal.SIGKILL)
+            wait_until(lambda deaths=deaths: node.worker.deaths == deaths, timeout=30)
+        wait_until(lambda: state_of(node, study_uid) == "failed", timeout=60)
+        reason = node.index.studies.study(study_uid)["reason"]
+        assert "already sent are incomplete" in reason
+
+        def note() -> Path | None:
+            for path in (tmp_path / "pacs").glob("*.dcm"):
+                header = dcmread(path, stop_before_pixels=True)
+                if header.SeriesDescription.startswith("marrownode analysis FAILED"):
+                    return path
+            return None
+
+        wait_until(lambda: note() is not None, timeout=60)
+        delivered = {dcmread(p, stop_before_pixels=True).SeriesInstanceUID
+                     for p in (tmp_path / "pacs").glob("*.dcm") if p != note()}
+        sr = dcmread(note())
+        assert sr.StudyInstanceUID == study_uid and sr.PatientID
+        texts = [item.TextValue for item in sr.ContentSequence]
+        assert "worker process" in texts[0] and "failed" in texts[0]
+        named = {text.split("series ", 1)[1].split(")")[0] for text in texts[1:]}
+        assert delivered and delivered <= named  # every delivered series is named
+        result = subprocess.run(["/usr/bin/dciodvfy", str(note())], capture_output=True,
+                                text=True, timeout=60)
+        errors = [line for line in (result.stdout + result.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert errors == []
+        assert any(e["kind"] == "failure_note" for e in node.index.studies.events(study_uid))
+    finally:
+        pacs.stop()
