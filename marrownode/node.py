@@ -12,7 +12,8 @@ from typing import Any
 
 from marrownode.actions import Operator
 from marrownode.config import Settings
-from marrownode.console.app import ConsoleContext, create_app
+from marrownode.console.app import create_app
+from marrownode.console.context import ConsoleContext
 from marrownode.monitor import Health, HTTPService, Metrics, NodeCollector
 from marrownode.net.receiver import Receiver, ReceiverStats, shared_counters
 from marrownode.receiving import IngestSink, ReceiverProcesses, open_ingestor, open_spool

@@ -36,7 +36,7 @@ from marrownode.requests.measure import (
     segment_localisation,
 )
 from marrownode.results.build import build_results, write_answer
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from typing import Any
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.quant.analysis import QuantResult, VertebraFinding, focus_record
 from marrownode.quant.geometry import VolumeGeometry
-from marrownode.results.uids import derived_uid
 from marrownode.states import SetState
+from marrownode.uids import derived_uid
 
 
 def json_number(value: float | None, digits: int = 3) -> float | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,11 +16,9 @@ from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from marrownode.actions import Operator
-from marrownode.config import Settings
 from marrownode.console.auth import LoginThrottle, Users, load_secret_key
+from marrownode.console.context import ConsoleContext, health_body
 from marrownode.monitor import Health
-from marrownode.store.index import Index
 
 #: Sent with every answer. The console has no script and no third-party content at all.
 SECURITY_HEADERS = {
@@ -35,24 +32,6 @@ SECURITY_HEADERS = {
     "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
 }
 MAX_REQUEST_BYTES = 64 * 1024  # forms only: nothing larger is ever posted
-
-
-@dataclass
-class ConsoleContext:
-    """What the console needs of the running node."""
-
-    settings: Settings
-    index: Index
-    operator: Operator
-    health: Callable[[], Health]
-    node_facts: Callable[[], dict[str, Any]]  # receivers and the analysis worker
-
-
-def health_body(health: Health) -> dict[str, Any]:
-    """The /healthz document."""
-    checks = health.checks()
-    return {"healthy": health.ok, "checks": checks,
-            "failed": [name for name, ok in checks.items() if not ok], **health.details}
 
 
 def create_app(health: Callable[[], Health], registry: CollectorRegistry,

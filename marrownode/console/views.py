@@ -29,8 +29,8 @@ from flask.typing import ResponseReturnValue
 from flask_wtf.csrf import CSRFError, CSRFProtect
 
 from marrownode.actions import ActionRefused
-from marrownode.console.app import ConsoleContext, health_body
 from marrownode.console.auth import Identity, LoginThrottle, Users, fingerprint
+from marrownode.console.context import ConsoleContext, health_body
 from marrownode.console.thumbnails import (
     find_output,
     output_kinds,

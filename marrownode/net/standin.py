@@ -15,7 +15,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
 
 from marrownode.net.ul.negotiation import ACCEPTED_TRANSFER_SYNTAXES
-from marrownode.store.spool import safe_component
+from marrownode.uids import safe_component
 
 
 class StandInPACS:

@@ -38,7 +38,7 @@ from marrownode.results.sr import (
     THRESHOLD_EVALUATION,
     measurement_item,
 )
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 EXPECTED = Code("MN204", SCHEME, "Expected signal loss: fat demonstrated")
 NOT_MEASURED = Code("MN205", SCHEME, "Not measured")

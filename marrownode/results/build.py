@@ -24,7 +24,7 @@ from marrownode.results.overlay import OverlayRenderer, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.segmentation import build_vertebra_segmentation
 from marrownode.results.sr import build_sr
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from typing import Any
 from pydicom.dataset import Dataset, FileMetaDataset
 
 from marrownode import __version__
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 MANUFACTURER = "marrownode"
 MODEL_NAME = "marrownode chemical-shift marrow analysis"

@@ -23,7 +23,7 @@ from marrownode.results.common import (
     creation_date_time,
 )
 from marrownode.results.sr import SCHEME, SCHEME_NAME
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 TITLE = Code("MN300", SCHEME, "marrownode analysis failed: partial results")
 STATUS = Code("MN301", SCHEME, "Analysis status")

@@ -21,7 +21,7 @@ from marrownode.results.common import (
     enhanced_identity,
     stamp,
 )
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
 VERTEBRA = codes.SCT.Vertebra

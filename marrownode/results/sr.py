@@ -24,7 +24,7 @@ from skimage import measure
 from marrownode import ALGORITHM_VERSION
 from marrownode.report import FocusReport, SetReport, VertebraReport
 from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
-from marrownode.results.uids import derived_uid
+from marrownode.uids import derived_uid
 
 SCHEME = "99MARROWNODE"
 SCHEME_NAME = "marrownode private codes"

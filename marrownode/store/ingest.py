@@ -20,7 +20,7 @@ from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
 
 from marrownode.dixon.header import summarise
-from marrownode.net.ul.identity import Identity, examine
+from marrownode.part10 import Identity, examine
 from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
 from marrownode.store.studies import StudyIndex
 

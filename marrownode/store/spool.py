@@ -8,9 +8,7 @@ from UIDs but can never escape the spool, whatever a peer puts in them.
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -18,20 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
+from marrownode.uids import safe_component
+
 _TEMP_SUFFIX = ".part"
-
-
-def safe_component(uid: str) -> str:
-    """A file-name component for a UID: the UID itself when it is a valid UID, else a hash.
-
-    A valid UID contains only digits and dots and at most 64 characters, so it cannot name a
-    parent directory or a hidden file; anything else ('../../etc/x', 200 characters, NUL bytes)
-    is replaced by a digest that is stable for the same input.
-    """
-    if len(uid) <= 64 and _UID_RE.fullmatch(uid):
-        return uid
-    return "x" + hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:40]
 
 
 def fsync_directory(path: Path) -> None:

@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 
 from marrownode.actions import Operator
 from marrownode.config import ConfigError, settings_from_mapping
-from marrownode.console.app import ConsoleContext, create_app
+from marrownode.console.app import create_app
 from marrownode.console.auth import hash_password, new_token
+from marrownode.console.context import ConsoleContext
 from marrownode.monitor import Health
 from marrownode.store.index import Index
 from marrownode.store.spool import Spool

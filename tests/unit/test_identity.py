@@ -18,7 +18,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from marrownode.net.ul.identity import Identity, read_identity
+from marrownode.part10 import Identity, read_identity
 from marrownode.synthetic.phantom import spine_phantom
 from marrownode.synthetic.studies import STYLES, StudyOptions, build_study, compress
 
