@@ -23,6 +23,7 @@ from marrownode.net.standin import StandInPACS
 from marrownode.node import Node
 from marrownode.states import StudyState
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series, write_datasets
+from marrownode.vocabulary import OutputKind
 
 TIMEOUT_SECONDS = 90
 
@@ -93,7 +94,7 @@ def _overlay_preview(study: dict[str, Any], results_dir: Path, out: Path) -> Pat
     from PIL import Image
 
     for dixon_set in study["dixon_sets"]:
-        overlays = [e for e in dixon_set["outputs"] if e["kind"] == "overlay"]
+        overlays = [e for e in dixon_set["outputs"] if e["kind"] == OutputKind.OVERLAY]
         if not overlays:
             continue
         focus_slices = [s for f in dixon_set["foci"] for s in f["slice_indices"]]

@@ -37,6 +37,7 @@ from marrownode.requests.measure import (
 )
 from marrownode.results.build import build_results, write_answer
 from marrownode.uids import derived_uid
+from marrownode.vocabulary import Flag
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def analyse_study(
                                  dixon_set.field_strength_t, volumes.water, volumes.fat,
                                  parameters, geometry=volumes.geometry,
                                  scanner_pdff=volumes.scanner_fat_fraction,
-                                 in_phase_first="in_phase_first" in dixon_set.flags,
+                                 in_phase_first=Flag.IN_PHASE_FIRST in dixon_set.flags,
                                  localisation=given)
         except Exception as exc:  # one broken set must not hide the others
             log.exception("event=set_failed study=%s set=%s", study_uid, dixon_set.key)
@@ -115,7 +116,7 @@ def analyse_study(
         if pending:
             measure_on_set(pending, SetMaps(
                 dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
-                "in_phase_first" in dixon_set.flags,
+                Flag.IN_PHASE_FIRST in dixon_set.flags,
                 dixon_set.in_phase.first.frame_of_reference_uid), settings)
             measured_on.append(dixon_set)
         if out_dir is not None:

@@ -15,6 +15,15 @@ from marrownode.quant.analysis import QuantResult, VertebraFinding, focus_record
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.states import SetState
 from marrownode.uids import derived_uid
+from marrownode.vocabulary import (
+    FAT_FRACTION_LABELS,
+    FatFractionMethod,
+    Flag,
+    FocusCategory,
+    LocalisationMethod,
+    Margin,
+    Pattern,
+)
 
 
 def json_number(value: float | None, digits: int = 3) -> float | None:
@@ -66,9 +75,9 @@ class FocusReport:
     sir: float | None
     fat_fraction_percent: float | None
     below_threshold: bool
-    category: str
+    category: FocusCategory
     margin_sharpness: float | None
-    margin: str | None
+    margin: Margin | None
     in_phase_to_marrow_ratio: float | None
 
     @classmethod
@@ -86,9 +95,9 @@ class FocusReport:
             sir=json_number(record["sir"]),
             fat_fraction_percent=json_number(record["fat_fraction_percent"]),
             below_threshold=bool(record["below_threshold"]),
-            category=str(record["category"]),
+            category=FocusCategory(record["category"]),
             margin_sharpness=json_number(record["margin_sharpness"], 2),
-            margin=record["margin"],
+            margin=Margin(record["margin"]) if record["margin"] else None,
             in_phase_to_marrow_ratio=json_number(record["in_phase_to_marrow_ratio"]),
         )
 
@@ -109,7 +118,7 @@ class VertebraReport:
     sir_median: float | None
     fat_fraction_percent_median: float | None
     fraction_below_threshold: float | None
-    pattern: str
+    pattern: Pattern
     in_phase_to_muscle_ratio: float | None
     in_phase_to_disc_ratio: float | None
     posterior_elements: dict[str, float | int | None]
@@ -152,15 +161,6 @@ class MarrowStatus:
     vertebra_count: int = 0
 
 
-#: How each fat-fraction method is named wherever a fat fraction is shown.
-FAT_FRACTION_LABELS = {
-    "scanner_pdff": "scanner proton-density fat fraction (PDFF)",
-    "water_fat": "fat fraction F/(W+F) from the scanner's water and fat images",
-    "signal_fat_fraction": ("signal fat fraction (IP-OP)/(2 IP), two-point, 0-50 % scale: "
-                            "above 50 % fat it reads as 100 minus the fat fraction"),
-}
-
-
 @dataclass
 class SetReport:
     """One Dixon set: its series, field strength, flags, state and, once analysed, its
@@ -174,17 +174,17 @@ class SetReport:
     fat: SeriesEntry | None
     scanner_fat_fraction: SeriesEntry | None
     field_strength_t: float | None
-    flags: list[str]
+    flags: list[Flag]
     state: SetState = SetState.READY
     reason: str = ""
     signal_loss_threshold_percent: float | None = None
     threshold_field_strength_t: float | None = None
-    fat_fraction_method: str = ""
+    fat_fraction_method: FatFractionMethod | None = None
     noise_sigma: float | None = None
     noise_source: str = ""
     water_fat_check: dict[str, float | None] | None = None
-    marrow: MarrowStatus = MarrowStatus(False, "none", "not analysed")
-    pattern: str = "not_assessed"
+    marrow: MarrowStatus = MarrowStatus(False, LocalisationMethod.NONE, "not analysed")
+    pattern: Pattern = Pattern.NOT_ASSESSED
     marrow_summary: dict[str, float | int | None] | None = None
     muscle_in_phase: float | None = None
     disc_in_phase: float | None = None
@@ -238,7 +238,9 @@ class SetReport:
     @property
     def fat_fraction_label(self) -> str:
         """What the fat fraction shown is, in words."""
-        return FAT_FRACTION_LABELS.get(self.fat_fraction_method, self.fat_fraction_method)
+        if self.fat_fraction_method is None:
+            return ""
+        return FAT_FRACTION_LABELS[self.fat_fraction_method]
 
     def failed(self, reason: str) -> None:
         """The analysis of this set raised: no numbers, no outputs."""

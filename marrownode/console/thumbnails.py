@@ -12,6 +12,8 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 
+from marrownode.vocabulary import OutputKind
+
 THUMBNAIL_PIXELS = 320
 THUMBNAILS_PER_SET = 4
 
@@ -23,7 +25,7 @@ def overlay_outputs(report: dict[str, Any] | None) -> dict[str, list[dict[str, A
     without that knowledge (older reports), evenly through the middle half of the stack."""
     chosen: dict[str, list[dict[str, Any]]] = {}
     for dixon_set in (report or {}).get("dixon_sets", []):
-        overlays = [o for o in dixon_set.get("outputs", []) if o.get("kind") == "overlay"]
+        overlays = [o for o in dixon_set.get("outputs", []) if o.get("kind") == OutputKind.OVERLAY]
         if overlays:
             chosen[dixon_set.get("key", "")] = _pick_slices(overlays)
     return chosen

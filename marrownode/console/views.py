@@ -49,16 +49,17 @@ from marrownode.store.views import (
     study_page,
     study_report,
 )
+from marrownode.vocabulary import OutputKind, Pattern
 
 log = logging.getLogger(__name__)
 
 UID_PATTERN = re.compile(r"^[0-9.]{1,64}$")
 #: What a pattern means for the reader (the clinical rule of the node).
 PATTERN_WORDS = {
-    "normal": "signal loss present: normal or benign marrow",
-    "focal": "focal absent signal loss: worrying for a marrow lesion",
-    "diffuse": "diffuse absent signal loss: worrying for infiltration",
-    "not_assessed": "not assessed",
+    Pattern.NORMAL: "signal loss present: normal or benign marrow",
+    Pattern.FOCAL: "focal absent signal loss: worrying for a marrow lesion",
+    Pattern.DIFFUSE: "diffuse absent signal loss: worrying for infiltration",
+    Pattern.NOT_ASSESSED: "not assessed",
 }
 OPEN_ENDPOINTS = ("console.login",)
 
@@ -254,7 +255,7 @@ def console_blueprint(context: ConsoleContext, users: Users, throttle: LoginThro
     @console.get("/studies/<study_uid>/overlay/<sop_instance_uid>.png")
     def overlay(study_uid: str, sop_instance_uid: str) -> ResponseReturnValue:
         output = find_output(study_report(index.db, _study_uid(study_uid)), sop_instance_uid)
-        if output is None or output.get("kind") != "overlay":
+        if output is None or output.get("kind") != OutputKind.OVERLAY:
             abort(404)
         try:
             png = thumbnail_png(operator.spool.results_dir(study_uid), str(output["path"]))

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from marrownode.dixon.roles import Classified, Frame, Role, geometry_key
+from marrownode.vocabulary import Flag
 
 POSITION_TOLERANCE_MM = 0.05
 ORIENTATION_TOLERANCE = 1e-3
@@ -112,7 +113,7 @@ class DixonSet:
     water: Stack | None = None
     fat: Stack | None = None
     scanner_fat_fraction: Stack | None = None
-    flags: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -171,9 +172,9 @@ def _pair_echoes(by_role: dict[Role, list[Stack]], used: set[int]) -> list[Dixon
         used.update((id(op), id(ip)))
         dixon_set = DixonSet(in_phase=ip, opposed=op)
         if ip.echo_time is not None and op.echo_time is not None and ip.echo_time < op.echo_time:
-            dixon_set.flags.append("in_phase_first")
+            dixon_set.flags.append(Flag.IN_PHASE_FIRST)
         if "echo_time" in (ip.evidence, op.evidence):
-            dixon_set.flags.append("roles_from_echo_time")
+            dixon_set.flags.append(Flag.ROLES_FROM_ECHO_TIME)
         sets.append(dixon_set)
     return sets
 
@@ -191,7 +192,7 @@ def _attach_water_fat(dixon_set: DixonSet, by_role: dict[Role, list[Stack]],
             setattr(dixon_set, attribute, matches[0])
             used.add(id(matches[0]))
     if (dixon_set.water is None) != (dixon_set.fat is None):
-        dixon_set.flags.append("water_or_fat_missing")
+        dixon_set.flags.append(Flag.WATER_OR_FAT_MISSING)
 
 
 def _skipped_series(classified: list[Classified], stacks: list[Stack],

@@ -31,12 +31,11 @@ from marrownode.quant.maps import (
 from marrownode.quant.roi import roi_statistics
 from marrownode.quant.spine import Localisation, SpineParameters, localise
 from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
+from marrownode.vocabulary import FatFractionMethod, Flag, Margin, Pattern
 
 #: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
 WATER_FAT_TOLERANCE = 0.10
 #: Fat-fraction methods, most trustworthy first.
-SCANNER_PDFF, WATER_FAT, SIGNAL_FAT_FRACTION = "scanner_pdff", "water_fat", "signal_fat_fraction"
-NORMAL, FOCAL, DIFFUSE, NOT_ASSESSED = "normal", "focal", "diffuse", "not_assessed"
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class VertebraFinding:
     fat_fraction_percent_median: float
     in_phase_median: float
     fraction_below_threshold: float | None
-    pattern: str
+    pattern: Pattern
     in_phase_to_muscle_ratio: float | None
     in_phase_to_disc_ratio: float | None
     posterior_voxel_count: int
@@ -79,16 +78,16 @@ class QuantResult:
     signal_loss: np.ndarray
     sir: np.ndarray
     fat_fraction: np.ndarray
-    fat_fraction_method: str
+    fat_fraction_method: FatFractionMethod
     noise_sigma: float
     noise_source: str
     threshold_percent: float | None
     threshold_field_strength_t: float | None
     localisation: Localisation
-    flags: list[str] = field(default_factory=list)
+    flags: list[Flag] = field(default_factory=list)
     vertebrae: list[VertebraFinding] = field(default_factory=list)
     foci: list[Focus] = field(default_factory=list)
-    pattern: str = NOT_ASSESSED
+    pattern: Pattern = Pattern.NOT_ASSESSED
     marrow_summary: dict[str, float | int | None] | None = None
     water_fat_check: dict[str, float] | None = None
     muscle_in_phase: float | None = None
@@ -108,7 +107,8 @@ def _median(values: np.ndarray) -> float:
 
 def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
                   fat: np.ndarray | None, scanner_pdff: np.ndarray | None,
-                  tissue: np.ndarray) -> tuple[np.ndarray, str, dict[str, float] | None, bool]:
+                  tissue: np.ndarray,
+                  ) -> tuple[np.ndarray, FatFractionMethod, dict[str, float] | None, bool]:
     """The best fat fraction available, its method, the W/F check and whether W/F is suspect."""
     check = None
     suspect = False
@@ -118,10 +118,12 @@ def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
                        and check["difference_error"] <= WATER_FAT_TOLERANCE)
     if scanner_pdff is not None:
         pdff = np.where(tissue, np.asarray(scanner_pdff, dtype=np.float32), np.nan)
-        return pdff.astype(np.float32), SCANNER_PDFF, check, suspect
+        return pdff.astype(np.float32), FatFractionMethod.SCANNER_PDFF, check, suspect
     if water is not None and fat is not None:
-        return fat_fraction_water_fat(water, fat, tissue), WATER_FAT, check, suspect
-    return fat_fraction_two_point(ip, op, tissue), SIGNAL_FAT_FRACTION, None, False
+        return (fat_fraction_water_fat(water, fat, tissue), FatFractionMethod.WATER_FAT, check,
+                suspect)
+    return (fat_fraction_two_point(ip, op, tissue), FatFractionMethod.SIGNAL_FAT_FRACTION, None,
+            False)
 
 
 def _reference_in_phase(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
@@ -176,13 +178,13 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
             else None
         median_loss = _median(loss)
         if threshold is None:
-            pattern = NOT_ASSESSED
+            pattern = Pattern.NOT_ASSESSED
         elif median_loss < threshold:
-            pattern = DIFFUSE
+            pattern = Pattern.DIFFUSE
         elif number in foci_by_vertebra:
-            pattern = FOCAL
+            pattern = Pattern.FOCAL
         else:
-            pattern = NORMAL
+            pattern = Pattern.NORMAL
         ip_median = _median(ip[mask])
         posterior = localisation.posterior == number
         centroid = geometry.to_patient(np.argwhere(mask).mean(axis=0))
@@ -205,14 +207,14 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
     return findings
 
 
-def _set_pattern(vertebrae: list[VertebraFinding], foci: list[Focus]) -> str:
-    if not vertebrae or any(v.pattern == NOT_ASSESSED for v in vertebrae):
-        return NOT_ASSESSED
-    if sum(v.pattern == DIFFUSE for v in vertebrae) * 2 >= len(vertebrae):
-        return DIFFUSE
-    if foci or any(v.pattern != NORMAL for v in vertebrae):
-        return FOCAL
-    return NORMAL
+def _set_pattern(vertebrae: list[VertebraFinding], foci: list[Focus]) -> Pattern:
+    if not vertebrae or any(v.pattern == Pattern.NOT_ASSESSED for v in vertebrae):
+        return Pattern.NOT_ASSESSED
+    if sum(v.pattern == Pattern.DIFFUSE for v in vertebrae) * 2 >= len(vertebrae):
+        return Pattern.DIFFUSE
+    if foci or any(v.pattern != Pattern.NORMAL for v in vertebrae):
+        return Pattern.FOCAL
+    return Pattern.NORMAL
 
 
 def analyse_set(
@@ -240,9 +242,9 @@ def analyse_set(
     loss = signal_loss_percent(ip, op, tissue)
     fat_fraction, method, check, suspect = _fat_fraction(ip, op, water, fat, scanner_pdff,
                                                          tissue)
-    flags = ["water_fat_swap_suspected"] if suspect else []
-    if method == SIGNAL_FAT_FRACTION:
-        flags.append("fat_fraction_ambiguous_above_50")
+    flags = [Flag.WATER_FAT_SWAP_SUSPECTED] if suspect else []
+    if method == FatFractionMethod.SIGNAL_FAT_FRACTION:
+        flags.append(Flag.FAT_FRACTION_AMBIGUOUS_ABOVE_50)
     choice = select_threshold(field_strength_t, parameters.thresholds,
                               parameters.field_strength_tolerance_t)
     if choice.flag:
@@ -258,10 +260,10 @@ def analyse_set(
         threshold_field_strength_t=choice.field_strength_t, localisation=localisation,
         flags=flags, water_fat_check=check, signal_level=body.signal_level)
     if not localisation.localised:
-        result.flags.append("marrow_not_localised")
+        result.flags.append(Flag.MARROW_NOT_LOCALISED)
         return result
     _find_in_marrow(result, ip, op, geometry, parameters, in_phase_first,
-                    method != SIGNAL_FAT_FRACTION and not suspect)
+                    method != FatFractionMethod.SIGNAL_FAT_FRACTION and not suspect)
     return result
 
 
@@ -286,14 +288,14 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
                                 diffuse, parameters.foci)
     result.vertebrae = _vertebrae(result, ip, geometry,
                                   {f.vertebra for f in result.foci})
-    result.pattern = NOT_ASSESSED if threshold is None else _set_pattern(result.vertebrae,
+    result.pattern = Pattern.NOT_ASSESSED if threshold is None else _set_pattern(result.vertebrae,
                                                                          result.foci)
     if any(v.in_phase_to_muscle_ratio is not None and v.in_phase_to_muscle_ratio < 1.0
            for v in result.vertebrae):
-        result.flags.append("marrow_darker_than_muscle")
+        result.flags.append(Flag.MARROW_DARKER_THAN_MUSCLE)
     if any(v.in_phase_to_disc_ratio is not None and v.in_phase_to_disc_ratio < 1.0
            for v in result.vertebrae):
-        result.flags.append("marrow_darker_than_disc")
+        result.flags.append(Flag.MARROW_DARKER_THAN_DISC)
     bodies = localisation.bodies > 0
     summary = roi_statistics(bodies, maps, ip, op, voxel_volume)
     finite = result.signal_loss[bodies]
@@ -335,6 +337,6 @@ def focus_record(focus: Focus, geometry: VolumeGeometry, threshold_percent: floa
         "category": focus.category,
         "margin_sharpness": sharpness,
         "margin": (None if sharpness is None
-                   else "sharp" if sharpness >= sharp_margin else "ill_defined"),
+                   else Margin.SHARP if sharpness >= sharp_margin else Margin.ILL_DEFINED),
         "in_phase_to_marrow_ratio": focus.in_phase_to_marrow_ratio,
     }

@@ -17,10 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode.quant.roi import roi_statistics
-
-FAT_CONTAINING = "fat_containing"
-INDETERMINATE = "indeterminate"
-LOW_SIGNAL_LOSS = "low_signal_loss"
+from marrownode.vocabulary import FocusCategory
 
 
 @dataclass(frozen=True)
@@ -46,7 +43,7 @@ class Focus:
     mask: np.ndarray
     vertebra: int
     statistics: dict[str, object]
-    category: str
+    category: FocusCategory
     margin_sharpness: float | None
     in_phase_to_marrow_ratio: float | None
 
@@ -137,13 +134,13 @@ def find_foci(
         focus_loss = float(statistics["signal_loss_ratio_of_means_percent"])
         if (ip_ratio is not None and ip_ratio > parameters.fat_brighter_factor) or (
                 fat_fraction_unambiguous and fat_mean > 50.0):
-            category = FAT_CONTAINING
+            category = FocusCategory.FAT_CONTAINING
         elif in_phase_first and abs(focus_loss - threshold_percent) < margin:
-            category = INDETERMINATE
+            category = FocusCategory.INDETERMINATE
         elif focus_loss >= threshold_percent:
             continue  # a region that only the margin let in, and not near the threshold
         else:
-            category = LOW_SIGNAL_LOSS
+            category = FocusCategory.LOW_SIGNAL_LOSS
         foci.append(Focus(mask, vertebra, statistics, category,
                           margin_sharpness(mask, loss, marrow), ip_ratio))
     foci.sort(key=lambda f: -int(f.mask.sum()))

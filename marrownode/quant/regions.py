@@ -18,6 +18,7 @@ from skimage.draw import polygon as fill_polygon
 
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.spine import Localisation
+from marrownode.vocabulary import FocusCategory, LocalisationMethod
 
 PLANAR = ("POLYGON", "POLYLINE", "ELLIPSE", "CIRCLE", "POINT")
 #: How far (in slice spacings) a region's plane may lie from a Dixon slice's centre.
@@ -109,25 +110,20 @@ def place_voxels(geometry: VolumeGeometry, shape: tuple[int, int, int],
     return Placed(mask)
 
 
-#: What a measured region is, next to the threshold (the focus categories, plus the normal case).
-EXPECTED_SIGNAL_LOSS = "expected_signal_loss"
-
-
 def categorise(signal_loss: float, fat_fraction: float, fat_fraction_unambiguous: bool,
-               threshold: float | None, in_phase_first: bool, margin: float) -> str:
-    """low_signal_loss, fat_containing, indeterminate or expected_signal_loss, by the same
-    rules as the automatic foci."""
-    from marrownode.quant.foci import FAT_CONTAINING, INDETERMINATE, LOW_SIGNAL_LOSS
-
+               threshold: float | None, in_phase_first: bool, margin: float) -> FocusCategory:
+    """What a measured region is next to the threshold: a focus category by the same rules as
+    the automatic foci, or the expected (normal) loss."""
     if threshold is None or not np.isfinite(signal_loss):
-        return INDETERMINATE
+        return FocusCategory.INDETERMINATE
     # Little loss because fat dominates (above 50 % the two echoes' difference shrinks again).
     if signal_loss < threshold and fat_fraction_unambiguous and np.isfinite(fat_fraction) and (
             fat_fraction > 50.0):
-        return FAT_CONTAINING
+        return FocusCategory.FAT_CONTAINING
     if in_phase_first and abs(signal_loss - threshold) < margin:
-        return INDETERMINATE
-    return LOW_SIGNAL_LOSS if signal_loss < threshold else EXPECTED_SIGNAL_LOSS
+        return FocusCategory.INDETERMINATE
+    return (FocusCategory.LOW_SIGNAL_LOSS if signal_loss < threshold
+            else FocusCategory.EXPECTED_SIGNAL_LOSS)
 
 
 def localisation_from_segments(vertebrae: list[tuple[str, np.ndarray]],
@@ -144,5 +140,6 @@ def localisation_from_segments(vertebrae: list[tuple[str, np.ndarray]],
         name, mask = vertebrae[int(index)]
         bodies[mask & (bodies == 0)] = number
         labels.append(name)
-    return Localisation(True, "segmentation", f"{len(labels)} vertebrae from segmentation "
-                        f"{source}", bodies, np.zeros(shape, dtype=np.int16), labels)
+    return Localisation(True, LocalisationMethod.SEGMENTATION,
+                        f"{len(labels)} vertebrae from segmentation {source}", bodies,
+                        np.zeros(shape, dtype=np.int16), labels)

@@ -33,6 +33,7 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
+from marrownode.vocabulary import LocalisationMethod
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class Localisation:
 def not_localised(shape: tuple[int, ...], reason: str) -> Localisation:
     """Maps only: no marrow is claimed anywhere."""
     empty = np.zeros(shape, dtype=np.int16)
-    return Localisation(False, "none", reason, empty, empty.copy())
+    return Localisation(False, LocalisationMethod.NONE, reason, empty, empty.copy())
 
 
 #: Balls of at most this many voxels are cheaper as structuring elements than as distances.
@@ -338,7 +339,7 @@ def _localise(
     posterior = _posterior_elements(bone, bodies, geometry, parameters)
     count = int(bodies.max())
     labels = [f"V{n}" for n in range(1, count + 1)]
-    return Localisation(True, "image", f"{count} vertebral bodies in one column",
+    return Localisation(True, LocalisationMethod.IMAGE, f"{count} vertebral bodies in one column",
                         bodies, posterior, labels)
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from marrownode.vocabulary import Flag
+
 #: Seed literature (Radiopaedia, DICOM-NOTES §1): >20 % loss at 1.5 T, >25 % at 3 T is benign.
 DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((1.5, 20.0), (3.0, 25.0))
 
@@ -13,7 +15,7 @@ DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((1.5, 20.0), (3.0, 25.0))
 class ThresholdChoice:
     threshold_percent: float | None
     field_strength_t: float | None
-    flag: str | None
+    flag: Flag | None
 
 
 def select_threshold(
@@ -23,8 +25,8 @@ def select_threshold(
 ) -> ThresholdChoice:
     """The nearest table entry within tolerance, else no threshold and a flag saying why."""
     if field_strength_t is None or field_strength_t <= 0:
-        return ThresholdChoice(None, None, "no_field_strength")
+        return ThresholdChoice(None, None, Flag.NO_FIELD_STRENGTH)
     nearest = min(table, key=lambda entry: abs(entry[0] - field_strength_t), default=None)
     if nearest is None or abs(nearest[0] - field_strength_t) > tolerance_t + 1e-9:
-        return ThresholdChoice(None, None, "no_threshold_for_field_strength")
+        return ThresholdChoice(None, None, Flag.NO_THRESHOLD_FOR_FIELD_STRENGTH)
     return ThresholdChoice(nearest[1], nearest[0], None)

@@ -27,6 +27,7 @@ from marrownode.quant.roi import roi_statistics
 from marrownode.quant.spine import Localisation
 from marrownode.requests.read import ImagePlane, MeasurementRequest, Region, read_request
 from marrownode.requests.read import request_kind as kind_of_class
+from marrownode.vocabulary import FatFractionMethod, RegionRefusal
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,10 @@ def _record(region: Region, mask: np.ndarray, maps: SetMaps, voxel: float,
         "voxel_count": count,
         "below_threshold": None if threshold is None or not np.isfinite(loss)
         else bool(loss < threshold),
-        "category": categorise(loss, fat, result.fat_fraction_method != "signal_fat_fraction",
-                               threshold, maps.in_phase_first,
+        "category": categorise(loss, fat,
+                               result.fat_fraction_method
+                               != FatFractionMethod.SIGNAL_FAT_FRACTION, threshold,
+                               maps.in_phase_first,
                                settings.analysis.in_phase_first_margin_percent),
     }
     if region.graphic_type == "MASK":
@@ -181,7 +184,7 @@ def request_records(item: PendingRequest, any_set: bool) -> list[dict[str, Any]]
         else:
             records.append({"label": region.label, "tracking_uid": region.tracking_uid,
                             "reason": item.reasons.get(number, "") if any_set
-                            else "no_dixon_set"})
+                            else RegionRefusal.NO_DIXON_SET})
     for problem in item.request.problems:
         records.append({"label": problem["label"], "tracking_uid": "",
                         "reason": problem["reason"]})

@@ -39,6 +39,7 @@ from marrownode.results.sr import (
     measurement_item,
 )
 from marrownode.uids import derived_uid
+from marrownode.vocabulary import FocusCategory, RegionRefusal
 
 EXPECTED = Code("MN204", SCHEME, "Expected signal loss: fat demonstrated")
 NOT_MEASURED = Code("MN205", SCHEME, "Not measured")
@@ -46,7 +47,7 @@ MEASUREMENT_STATUS = Code("MN206", SCHEME, "Measurement status")
 NO_DIXON_SET = Code("MN207", SCHEME, "No in-/opposed-phase set in the study")
 NOT_PLACED = Code("MN208", SCHEME, "Region not on the in-/opposed-phase slices")
 REGION_CATEGORY = Code("MN209", SCHEME, "Region category")
-_CATEGORIES = {**CATEGORY_CODES, "expected_signal_loss": EXPECTED}
+_CATEGORIES = {**CATEGORY_CODES, FocusCategory.EXPECTED_SIGNAL_LOSS: EXPECTED}
 _GRAPHIC_2D = {"POLYLINE", "CIRCLE", "ELLIPSE", "POINT", "MULTIPOINT"}
 
 
@@ -58,7 +59,8 @@ def _group(measurement: dict[str, Any], request_uid: str, uid_root: str,
                                                        measurement["label"]),
         identifier=measurement["label"][:64] or "ROI")
     if "reason" in measurement:  # could not be measured: say why
-        reason = NO_DIXON_SET if measurement["reason"] == "no_dixon_set" else NOT_PLACED
+        reason = (NO_DIXON_SET if measurement["reason"] == RegionRefusal.NO_DIXON_SET
+                  else NOT_PLACED)
         return hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, source_images=list(source_images) or None,
             qualitative_evaluations=[hd.sr.QualitativeEvaluation(MEASUREMENT_STATUS, reason)])

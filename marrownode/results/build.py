@@ -25,6 +25,7 @@ from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.segmentation import build_vertebra_segmentation
 from marrownode.results.sr import build_sr
 from marrownode.uids import derived_uid
+from marrownode.vocabulary import FatFractionMethod, Flag, OutputKind
 
 
 @dataclass(frozen=True)
@@ -37,13 +38,13 @@ class OutputSeries:
 #: Derived MR signal-loss window suited to marrow: -20 % to 100 % (normal marrow 40-80 %).
 MARROW_SIGNAL_LOSS_WINDOW = (40.0, 120.0)
 
-SIGNAL_LOSS_PM = OutputSeries("parametric_map", 1, "signal loss % (parametric map)")
-FAT_FRACTION_PM = OutputSeries("parametric_map", 2, "fat fraction % (parametric map)")
-SIGNAL_LOSS_MR = OutputSeries("derived_mr", 3, "signal loss % map")
-FAT_FRACTION_MR = OutputSeries("derived_mr", 4, "fat fraction % map")
-OVERLAY = OutputSeries("overlay", 5, "signal loss overlay")
+SIGNAL_LOSS_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 1, "signal loss % (parametric map)")
+FAT_FRACTION_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 2, "fat fraction % (parametric map)")
+SIGNAL_LOSS_MR = OutputSeries(OutputKind.DERIVED_MR, 3, "signal loss % map")
+FAT_FRACTION_MR = OutputSeries(OutputKind.DERIVED_MR, 4, "fat fraction % map")
+OVERLAY = OutputSeries(OutputKind.OVERLAY, 5, "signal loss overlay")
 REPORT = OutputSeries("sr", 6, "chemical-shift report (SR)")
-SEGMENTATION = OutputSeries("segmentation", 7, "vertebral marrow (segmentation)")
+SEGMENTATION = OutputSeries(OutputKind.SEGMENTATION, 7, "vertebral marrow (segmentation)")
 
 
 def _floats(values: tuple[float, ...] | None, count: int) -> Any:
@@ -155,8 +156,8 @@ def build_results(
         if on_series is not None and len(entries) > first:
             on_series(entries[first:])
 
-    fat_fraction_range = (0, 50) if result.fat_fraction_method == "signal_fat_fraction" \
-        else (0, 100)
+    fat_fraction_range = ((0, 50) if result.fat_fraction_method
+                          == FatFractionMethod.SIGNAL_FAT_FRACTION else (0, 100))
     maps = {
         "signal_loss": (result.signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
                         (-100, 100), MARROW_SIGNAL_LOSS_WINDOW),
@@ -235,7 +236,7 @@ def overlay_status(set_report: SetReport) -> str:
         span = f"{labels[0]}-{labels[-1]}" if len(labels) > 1 else "".join(labels)
         status = (f"marrow: {len(labels)} vertebral bodies ({span}) | pattern: "
                   f"{set_report.pattern} | foci: {len(set_report.foci)}")
-    flags = [f for f in set_report.flags if f != "marrow_not_localised"]
+    flags = [f for f in set_report.flags if f != Flag.MARROW_NOT_LOCALISED]
     return status + (f"\nflags: {', '.join(flags)}" if flags else "")
 
 
@@ -293,7 +294,7 @@ def write_answer(request: Dataset, measurements: list[dict[str, Any]], evidence:
     path = out_dir / "requests" / f"{sr.SOPInstanceUID}.dcm"
     write_dataset(sr, path)
     entries = [{
-        "kind": "sr", "sop_class_uid": str(sr.SOPClassUID),
+        "kind": OutputKind.SR, "sop_class_uid": str(sr.SOPClassUID),
         "transfer_syntax_uid": str(sr.file_meta.TransferSyntaxUID),
         "sop_instance_uid": str(sr.SOPInstanceUID),
         "series_instance_uid": str(sr.SeriesInstanceUID), "series_number": number,

@@ -24,6 +24,7 @@ from marrownode.results.common import (
 )
 from marrownode.results.sr import SCHEME, SCHEME_NAME
 from marrownode.uids import derived_uid
+from marrownode.vocabulary import OutputKind
 
 TITLE = Code("MN300", SCHEME, "marrownode analysis failed: partial results")
 STATUS = Code("MN301", SCHEME, "Analysis status")
@@ -113,7 +114,7 @@ def write_failure_note(source_path: str, reason: str, partial_paths: Sequence[st
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{sop_uid}.dcm"
     note.save_as(path, enforce_file_format=True)
-    return [{"kind": "failure_note", "sop_class_uid": str(note.SOPClassUID),
+    return [{"kind": OutputKind.FAILURE_NOTE, "sop_class_uid": str(note.SOPClassUID),
              "sop_instance_uid": sop_uid, "series_instance_uid": series_uid,
              "transfer_syntax_uid": str(note.file_meta.TransferSyntaxUID),
              "path": str(path.relative_to(out_dir))}]

@@ -25,6 +25,7 @@ from marrownode import ALGORITHM_VERSION
 from marrownode.report import FocusReport, SetReport, VertebraReport
 from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
 from marrownode.uids import derived_uid
+from marrownode.vocabulary import FatFractionMethod, Flag, FocusCategory, Margin, Pattern
 
 SCHEME = "99MARROWNODE"
 SCHEME_NAME = "marrownode private codes"
@@ -48,35 +49,38 @@ FOCUS_CATEGORY = Code("MN017", SCHEME, "Focus category")
 MARGIN = Code("MN018", SCHEME, "Focus margin")
 FAT_FRACTION_METHOD = Code("MN019", SCHEME, "Fat fraction method")
 CATEGORY_CODES = {
-    "low_signal_loss": Code("MN201", SCHEME, "Low signal loss: fat not demonstrated"),
-    "fat_containing": Code("MN202", SCHEME, "Fat-containing (haemangioma or focal fat)"),
-    "indeterminate": Code("MN203", SCHEME, "Indeterminate: within the T2* margin"),
+    FocusCategory.LOW_SIGNAL_LOSS: Code("MN201", SCHEME, "Low signal loss: fat not demonstrated"),
+    FocusCategory.FAT_CONTAINING: Code("MN202", SCHEME,
+                                       "Fat-containing (haemangioma or focal fat)"),
+    FocusCategory.INDETERMINATE: Code("MN203", SCHEME, "Indeterminate: within the T2* margin"),
 }
-MARGIN_CODES = {"sharp": Code("MN211", SCHEME, "Sharply marginated"),
-                "ill_defined": Code("MN212", SCHEME, "Ill-defined margin")}
+MARGIN_CODES = {Margin.SHARP: Code("MN211", SCHEME, "Sharply marginated"),
+                Margin.ILL_DEFINED: Code("MN212", SCHEME, "Ill-defined margin")}
 PATTERN_CODES = {
-    "normal": Code("17621005", "SCT", "Normal"),
-    "focal": codes.SCT.Focal,
-    "diffuse": codes.SCT.Diffuse,
-    "not_assessed": Code("MN220", SCHEME, "Not assessed"),
+    Pattern.NORMAL: Code("17621005", "SCT", "Normal"),
+    Pattern.FOCAL: codes.SCT.Focal,
+    Pattern.DIFFUSE: codes.SCT.Diffuse,
+    Pattern.NOT_ASSESSED: Code("MN220", SCHEME, "Not assessed"),
 }
 METHOD_CODES = {
-    "scanner_pdff": Code("MN231", SCHEME, "Scanner proton-density fat fraction"),
-    "water_fat": Code("MN232", SCHEME, "Fat fraction from scanner water and fat images"),
-    "signal_fat_fraction": Code("MN233", SCHEME, "Two-point signal fat fraction, 0-50 % scale"),
+    FatFractionMethod.SCANNER_PDFF: Code("MN231", SCHEME, "Scanner proton-density fat fraction"),
+    FatFractionMethod.WATER_FAT: Code("MN232", SCHEME,
+                                      "Fat fraction from scanner water and fat images"),
+    FatFractionMethod.SIGNAL_FAT_FRACTION: Code("MN233", SCHEME,
+                                                "Two-point signal fat fraction, 0-50 % scale"),
 }
 VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
 FLAG_CODES = {
-    "in_phase_first": Code("MN101", SCHEME, "In-phase echo acquired first"),
-    "roles_from_echo_time": Code("MN102", SCHEME, "Echo roles from echo time"),
-    "fat_fraction_ambiguous_above_50": Code("MN103", SCHEME, "Two-point fat fraction ambiguous"),
-    "water_fat_swap_suspected": Code("MN104", SCHEME, "Water/fat inconsistent with echoes"),
-    "no_threshold_for_field_strength": Code("MN105", SCHEME, "No threshold for field strength"),
-    "no_field_strength": Code("MN106", SCHEME, "Field strength unknown"),
-    "water_or_fat_missing": Code("MN107", SCHEME, "Only one of water and fat present"),
-    "marrow_not_localised": Code("MN108", SCHEME, "Marrow not localised"),
-    "marrow_darker_than_muscle": Code("MN109", SCHEME, "Marrow darker than muscle on T1"),
-    "marrow_darker_than_disc": Code("MN110", SCHEME, "Marrow darker than disc on T1"),
+    Flag.IN_PHASE_FIRST: Code("MN101", SCHEME, "In-phase echo acquired first"),
+    Flag.ROLES_FROM_ECHO_TIME: Code("MN102", SCHEME, "Echo roles from echo time"),
+    Flag.FAT_FRACTION_AMBIGUOUS_ABOVE_50: Code("MN103", SCHEME, "Two-point fat fraction ambiguous"),
+    Flag.WATER_FAT_SWAP_SUSPECTED: Code("MN104", SCHEME, "Water/fat inconsistent with echoes"),
+    Flag.NO_THRESHOLD_FOR_FIELD_STRENGTH: Code("MN105", SCHEME, "No threshold for field strength"),
+    Flag.NO_FIELD_STRENGTH: Code("MN106", SCHEME, "Field strength unknown"),
+    Flag.WATER_OR_FAT_MISSING: Code("MN107", SCHEME, "Only one of water and fat present"),
+    Flag.MARROW_NOT_LOCALISED: Code("MN108", SCHEME, "Marrow not localised"),
+    Flag.MARROW_DARKER_THAN_MUSCLE: Code("MN109", SCHEME, "Marrow darker than muscle on T1"),
+    Flag.MARROW_DARKER_THAN_DISC: Code("MN110", SCHEME, "Marrow darker than disc on T1"),
 }
 PERCENT = codes.UCUM.Percent
 TESLA = Code("T", "UCUM", "Tesla")

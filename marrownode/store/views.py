@@ -10,9 +10,10 @@ from typing import Any
 
 from marrownode.states import DeliveryState, StudyState
 from marrownode.store.database import Database
+from marrownode.vocabulary import Pattern
 
 #: Patterns from the most to the least worrying: a study shows its most worrying set.
-PATTERN_ORDER = ("diffuse", "focal", "normal", "not_assessed")
+PATTERN_ORDER = (Pattern.DIFFUSE, Pattern.FOCAL, Pattern.NORMAL, Pattern.NOT_ASSESSED)
 DELIVERY_FILTERS = ("failed", "pending", "delivered", "none")
 PAGE_SIZE = 50
 

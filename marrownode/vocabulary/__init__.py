@@ -1,0 +1,20 @@
+"""The clinical and technical vocabulary of marrownode, one module per concern, as StrEnums.
+
+A member compares equal to its text and is written as that text in JSON, the index and the
+SR lookups, so report.json keeps its words; a misspelt member is an AttributeError that mypy
+sees, where a misspelt string passed silently. The words are DESIGN.md's contract: add, never
+rename. Pure Python: every room may use it (quant/ included).
+"""
+
+from marrownode.vocabulary.findings import FocusCategory, Margin, Pattern
+from marrownode.vocabulary.flags import Flag
+from marrownode.vocabulary.measures import (
+    FAT_FRACTION_LABELS,
+    FatFractionMethod,
+    LocalisationMethod,
+)
+from marrownode.vocabulary.outputs import OutputKind
+from marrownode.vocabulary.reasons import RegionRefusal
+
+__all__ = ["FAT_FRACTION_LABELS", "FatFractionMethod", "Flag", "FocusCategory",
+           "LocalisationMethod", "Margin", "OutputKind", "Pattern", "RegionRefusal"]

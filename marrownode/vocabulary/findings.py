@@ -1,0 +1,34 @@
+"""What the analysis says of the marrow: patterns, focus categories, margins."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Pattern(StrEnum):
+    """The marrow's pattern, of a set or of one vertebra (the seed's list; docs/marrow-
+    localisation.md gives each rule)."""
+
+    NORMAL = "normal"
+    FOCAL = "focal"
+    MULTIFOCAL = "multifocal"
+    DIFFUSE = "diffuse"
+    DIFFUSE_AND_FOCAL = "diffuse_and_focal"
+    VARIEGATED = "variegated"
+    NOT_ASSESSED = "not_assessed"
+
+
+class FocusCategory(StrEnum):
+    """What a focus (or a measured region) most likely is, from its loss and fat."""
+
+    LOW_SIGNAL_LOSS = "low_signal_loss"  # fat not demonstrated: worrying, not specific
+    FAT_CONTAINING = "fat_containing"  # haemangioma, focal fat
+    INDETERMINATE = "indeterminate"  # in-phase-first pair within the T2* margin
+    EXPECTED_SIGNAL_LOSS = "expected_signal_loss"  # a region with the expected loss
+
+
+class Margin(StrEnum):
+    """A focus's margin, from the sharpness of its edge."""
+
+    SHARP = "sharp"
+    ILL_DEFINED = "ill_defined"
