@@ -21,6 +21,7 @@ from marrownode.config import effective_settings_toml, settings_from_mapping
 from marrownode.net.sender import OutgoingFile, send_batch
 from marrownode.net.standin import StandInPACS
 from marrownode.node import Node
+from marrownode.report_shape import OutputEntry, StudyShape
 from marrownode.states import StudyState
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series, write_datasets
 from marrownode.vocabulary import OutputKind
@@ -38,7 +39,7 @@ def _number(value: float | None, width: int, digits: int) -> str:
     return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
 
 
-def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Path | None) -> None:
+def _print_report(study: StudyShape, pacs_files: int, out: Path, preview: Path | None) -> None:
     print(f"\nStudy {study['study_instance_uid']}")
     for dixon_set in study["dixon_sets"]:
         threshold = dixon_set["signal_loss_threshold_percent"]
@@ -49,21 +50,22 @@ def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Pa
         print(f"  field strength {dixon_set['field_strength_t']} T,"
               f" signal-loss threshold {threshold} %,"
               f" flags: {', '.join(dixon_set['flags']) or 'none'}")
-        marrow = dixon_set.get("marrow") or {}
-        if not marrow.get("localised"):
-            print(f"  marrow NOT localised ({marrow.get('reason', 'not analysed')}):"
+        marrow = dixon_set.get("marrow")
+        if marrow is None or not marrow["localised"]:
+            print(f"  marrow NOT localised ({marrow['reason'] if marrow else 'not analysed'}):"
                   " maps only, no marrow findings")
         else:
-            print(f"  marrow: {marrow['reason']}; pattern {dixon_set['pattern']}")
+            print(f"  marrow: {marrow['reason']}; pattern {dixon_set.get('pattern')}")
             print("    vertebra  median loss %  median SIR  below threshold  T1 vs muscle"
                   "  T1 vs disc  pattern")
-            for v in dixon_set["vertebrae"]:
+            for v in dixon_set.get("vertebrae", []):
                 print(f"    {v['label']:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
                       f"  {_number(v['sir_median'], 10, 2)}"
                       f"  {_number(100 * (v['fraction_below_threshold'] or 0), 14, 0)} %"
                       f"  {_number(v['in_phase_to_muscle_ratio'], 12, 2)}"
                       f"  {_number(v['in_phase_to_disc_ratio'], 10, 2)}  {v['pattern']}")
-        print(f"  foci (inside localised marrow; fat fraction: {dixon_set['fat_fraction_label']}):")
+        print("  foci (inside localised marrow; fat fraction: "
+              f"{dixon_set.get('fat_fraction_label')}):")
         if not dixon_set["foci"]:
             print("    none")
         else:
@@ -74,12 +76,13 @@ def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Pa
                   f"  {focus['volume_mm3']:>10.0f}  {focus['signal_loss_percent']:>13.1f}"
                   f"  {focus['sir']:>5.2f}  {focus['fat_fraction_percent']:>14.1f}"
                   f"  {focus['margin'] or '-':<11}  {focus['category']}")
-        series: dict[str, list[Any]] = {}
+        series: dict[str, list[OutputEntry]] = {}
         for entry in dixon_set["outputs"]:
             series.setdefault(entry["series_instance_uid"], []).append(entry)
         print("  result series sent back into the study:")
-        for entries in sorted(series.values(), key=lambda e: e[0]["series_number"]):
-            print(f"    {entries[0]['series_number']:>5}  {entries[0]['series_description']:<55}"
+        for entries in sorted(series.values(), key=lambda e: e[0].get("series_number", 0)):
+            print(f"    {entries[0].get('series_number', 0):>5}"
+                  f"  {entries[0].get('series_description', ''):<55}"
                   f" {len(entries):>3} instance(s)")
     for skipped in study["skipped_series"]:
         print(f"  not used: series {skipped['series_instance_uid']}: {skipped['reason']}")
@@ -90,7 +93,7 @@ def _print_report(study: dict[str, Any], pacs_files: int, out: Path, preview: Pa
         print(f"Overlay preview (PNG): {preview}")
 
 
-def _overlay_preview(study: dict[str, Any], results_dir: Path, out: Path) -> Path | None:
+def _overlay_preview(study: StudyShape, results_dir: Path, out: Path) -> Path | None:
     from PIL import Image
 
     for dixon_set in study["dixon_sets"]:
@@ -149,7 +152,7 @@ def run_demo(out: Path | None = None) -> int:
             print(f"no results within {TIMEOUT_SECONDS} s; see marrownode status",
                   file=sys.stderr)
             return 1
-        report = json.loads(study["report"])
+        report: StudyShape = json.loads(study["report"])
         preview = _overlay_preview(report, node.spool.results_dir(study_uid), out)
         _print_report(report, len(pacs.received), out, preview)
         print(f"\ndone in {time.monotonic() - started:.1f} s")

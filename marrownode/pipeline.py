@@ -27,6 +27,13 @@ from marrownode.quant.analysis import QuantParameters, analyse_set
 from marrownode.quant.foci import FocusParameters
 from marrownode.quant.spine import SpineParameters
 from marrownode.report import SetReport
+from marrownode.report_shape import (
+    OutputEntry,
+    ProcessShape,
+    RequestShape,
+    StudyShape,
+    UnreadableFile,
+)
 from marrownode.requests.measure import (
     PendingRequest,
     SetMaps,
@@ -69,10 +76,10 @@ def analyse_study(
     instances: Sequence[SourceInstance],
     settings: Settings,
     out_dir: Path | None,
-    on_outputs: Callable[[list[dict[str, Any]]], None] | None = None,
-    superseded: Mapping[str, list[dict[str, Any]]] | None = None,
+    on_outputs: Callable[[list[OutputEntry]], None] | None = None,
+    superseded: Mapping[str, list[OutputEntry]] | None = None,
     on_progress: Callable[[str], None] = lambda stage: None,
-) -> dict[str, Any]:
+) -> StudyShape:
     """Classify, pair, quantify (and, where out_dir is given, write results) for one study.
 
     on_outputs receives each result series' report entries as soon as its files are written
@@ -140,10 +147,10 @@ def analyse_study(
 
 def _answer(item: PendingRequest, index: int, measured_on: list[DixonSet], cache: PixelCache,
             settings: Settings, out_dir: Path | None,
-            on_outputs: Callable[[list[dict[str, Any]]], None] | None) -> dict[str, Any]:
+            on_outputs: Callable[[list[OutputEntry]], None] | None) -> RequestShape:
     """A request's entry in report.json, and its answer SR when results are written."""
     records = request_records(item, bool(measured_on))
-    entry: dict[str, Any] = {
+    entry: RequestShape = {
         "sop_instance_uid": item.request.sop_instance_uid, "kind": item.request.kind,
         "measurements": [{k: v for k, v in r.items() if k != "drawn"} for r in records],
         "outputs": [],
@@ -182,10 +189,10 @@ def _evidence(records: list[dict[str, Any]], measured_on: list[DixonSet], cache:
 # --- offline `process` ----------------------------------------------------------------------------
 
 
-def discover(paths: Iterable[Path]) -> tuple[dict[str, list[SourceInstance]], list[dict[str, str]]]:
+def discover(paths: Iterable[Path]) -> tuple[dict[str, list[SourceInstance]], list[UnreadableFile]]:
     """Every DICOM file under paths, grouped by study; unreadable files with their reason."""
     studies: dict[str, list[SourceInstance]] = defaultdict(list)
-    unreadable: list[dict[str, str]] = []
+    unreadable: list[UnreadableFile] = []
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
@@ -210,11 +217,11 @@ def discover(paths: Iterable[Path]) -> tuple[dict[str, list[SourceInstance]], li
     return studies, unreadable
 
 
-def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> dict[str, Any]:
+def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> ProcessShape:
     """`marrownode process`: analyse every study under paths, write results and report.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     studies, unreadable = discover(paths)
-    report: dict[str, Any] = {
+    report: ProcessShape = {
         "marrownode_version": __version__,
         "algorithm_version": ALGORITHM_VERSION,
         "studies": [analyse_study(instances, settings, out_dir)

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.quant.analysis import QuantResult, VertebraFinding, focus_record
 from marrownode.quant.geometry import VolumeGeometry
+from marrownode.report_shape import (
+    FocusShape,
+    OutputEntry,
+    PosteriorElements,
+    SeriesShape,
+    SetShape,
+    VertebraShape,
+)
 from marrownode.states import SetState
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import (
@@ -49,9 +57,9 @@ class SeriesEntry:
         return cls(stack.series_uid, stack.first.series_description, len(stack.frames),
                    stack.evidence, stack.echo_time if echo else None)
 
-    def to_json(self, echo: bool = False) -> dict[str, Any]:
+    def to_json(self, echo: bool = False) -> SeriesShape:
         """The JSON entry; echo_time_ms only for echoes."""
-        entry: dict[str, Any] = {"series_instance_uid": self.series_instance_uid,
+        entry: SeriesShape = {"series_instance_uid": self.series_instance_uid,
                                  "series_description": self.series_description,
                                  "images": self.images, "evidence": self.evidence}
         if echo:
@@ -101,9 +109,9 @@ class FocusReport:
             in_phase_to_marrow_ratio=json_number(record["in_phase_to_marrow_ratio"]),
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> FocusShape:
         """The JSON entry, in field order."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return cast(FocusShape, {f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)
@@ -121,7 +129,7 @@ class VertebraReport:
     pattern: Pattern
     in_phase_to_muscle_ratio: float | None
     in_phase_to_disc_ratio: float | None
-    posterior_elements: dict[str, float | int | None]
+    posterior_elements: PosteriorElements
     tracking_uid: str
 
     @classmethod
@@ -146,9 +154,9 @@ class VertebraReport:
             tracking_uid=tracking_uid,
         )
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> VertebraShape:
         """The JSON entry, in field order."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return cast(VertebraShape, {f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)
@@ -190,7 +198,7 @@ class SetReport:
     disc_in_phase: float | None = None
     vertebrae: list[VertebraReport] = field(default_factory=list)
     foci: list[FocusReport] = field(default_factory=list)
-    outputs: list[dict[str, Any]] = field(default_factory=list)
+    outputs: list[OutputEntry] = field(default_factory=list)
 
     @classmethod
     def of(cls, dixon_set: DixonSet) -> SetReport:
@@ -246,12 +254,12 @@ class SetReport:
         """The analysis of this set raised: no numbers, no outputs."""
         self.state, self.reason = SetState.FAILED, reason
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> SetShape:
         """The set's report.json entry (DESIGN.md)."""
-        def optional(entry: SeriesEntry | None) -> dict[str, Any] | None:
+        def optional(entry: SeriesEntry | None) -> SeriesShape | None:
             return entry.to_json() if entry is not None else None
 
-        data: dict[str, Any] = {
+        data: dict[str, Any] = {  # in report.json's order, which readers and diffs see
             "key": self.key, "orientation": self.orientation,
             "in_phase": self.in_phase.to_json(echo=True),
             "opposed_phase": self.opposed_phase.to_json(echo=True),
@@ -262,7 +270,7 @@ class SetReport:
         if self.state is SetState.FAILED:
             data.update(state=str(self.state), reason=self.reason,
                         signal_loss_threshold_percent=None, foci=[], outputs=[])
-            return data
+            return cast(SetShape, data)
         data.update(
             signal_loss_threshold_percent=self.signal_loss_threshold_percent,
             threshold_field_strength_t=self.threshold_field_strength_t,
@@ -282,4 +290,4 @@ class SetReport:
             state=str(self.state),
             outputs=self.outputs,
         )
-        return data
+        return cast(SetShape, data)

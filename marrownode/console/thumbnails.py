@@ -12,22 +12,23 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 
+from marrownode.report_shape import OutputEntry, StudyShape
 from marrownode.vocabulary import OutputKind
 
 THUMBNAIL_PIXELS = 320
 THUMBNAILS_PER_SET = 4
 
 
-def overlay_outputs(report: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+def overlay_outputs(report: StudyShape | None) -> dict[str, list[OutputEntry]]:
     """Per set key, the overlay slices to show (up to THUMBNAILS_PER_SET, in slice order):
     the slice with the largest focus first, then slices well into the localised marrow (at
     least a quarter of the most any slice has) evenly spaced;
     without that knowledge (older reports), evenly through the middle half of the stack."""
-    chosen: dict[str, list[dict[str, Any]]] = {}
-    for dixon_set in (report or {}).get("dixon_sets", []):
-        overlays = [o for o in dixon_set.get("outputs", []) if o.get("kind") == OutputKind.OVERLAY]
+    chosen: dict[str, list[OutputEntry]] = {}
+    for dixon_set in report["dixon_sets"] if report else []:
+        overlays = [o for o in dixon_set["outputs"] if o["kind"] == OutputKind.OVERLAY]
         if overlays:
-            chosen[dixon_set.get("key", "")] = _pick_slices(overlays)
+            chosen[dixon_set["key"]] = _pick_slices(overlays)
     return chosen
 
 
@@ -39,14 +40,14 @@ def _evenly(items: list[Any], count: int) -> list[Any]:
     return [items[int((i + 0.5) * len(items) / count)] for i in range(count)]
 
 
-def _pick_slices(overlays: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _pick_slices(overlays: list[OutputEntry]) -> list[OutputEntry]:
     most = max((o.get("marrow_voxels", 0) for o in overlays), default=0)
     # slices that cut well into the marrow (not a sliver at a body's edge)
     with_marrow = [o for o in overlays if most and o.get("marrow_voxels", 0) >= most / 4]
     if not with_marrow:
         quarter = len(overlays) // 4
         return _evenly(overlays[quarter:len(overlays) - quarter] or overlays, THUMBNAILS_PER_SET)
-    picked: list[dict[str, Any]] = []
+    picked: list[OutputEntry] = []
     focus = max(overlays, key=lambda o: o.get("focus_voxels", 0))
     if focus.get("focus_voxels"):
         picked.append(focus)
@@ -55,25 +56,24 @@ def _pick_slices(overlays: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(picked, key=overlays.index)
 
 
-def _outputs(report: dict[str, Any] | None) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = []
-    for part in ("dixon_sets", "requests"):
-        for item in (report or {}).get(part, []):
-            found.extend(item.get("outputs", []))
-    return found
+def _outputs(report: StudyShape | None) -> list[OutputEntry]:
+    if report is None:
+        return []
+    found = [o for dixon_set in report["dixon_sets"] for o in dixon_set["outputs"]]
+    return found + [o for request in report.get("requests", []) for o in request["outputs"]]
 
 
-def output_kinds(report: dict[str, Any] | None) -> dict[str, str]:
+def output_kinds(report: StudyShape | None) -> dict[str, str]:
     """SOP Instance UID → what the output is ("overlay: signal loss overlay")."""
-    return {o["sop_instance_uid"]: f"{o.get('kind', '')}: {o.get('series_description', '')}"
-            for o in _outputs(report) if "sop_instance_uid" in o}
+    return {o["sop_instance_uid"]: f"{o['kind']}: {o.get('series_description', '')}"
+            for o in _outputs(report)}
 
 
-def find_output(report: dict[str, Any] | None, sop_instance_uid: str) -> dict[str, Any] | None:
+def find_output(report: StudyShape | None, sop_instance_uid: str) -> OutputEntry | None:
     """The report's output entry with this SOP Instance UID (the only files served)."""
     for output in _outputs(report):
-        if output.get("sop_instance_uid") == sop_instance_uid:
-            return dict(output)
+        if output["sop_instance_uid"] == sop_instance_uid:
+            return output
     return None
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from marrownode.dixon.roles import Classified, Frame, Role, geometry_key
+from marrownode.report_shape import SkippedSeries
 from marrownode.vocabulary import Flag
 
 POSITION_TOLERANCE_MM = 0.05
@@ -137,7 +138,7 @@ class DixonSet:
 @dataclass
 class Assembly:
     sets: list[DixonSet]
-    skipped_series: list[dict[str, str]]
+    skipped_series: list[SkippedSeries]
 
 
 def assemble(classified: list[Classified]) -> Assembly:
@@ -197,7 +198,7 @@ def _attach_water_fat(dixon_set: DixonSet, by_role: dict[Role, list[Stack]],
 
 def _skipped_series(classified: list[Classified], stacks: list[Stack],
                     problems: list[SeriesProblem], by_role: dict[Role, list[Stack]],
-                    used: set[int], sets: list[DixonSet]) -> list[dict[str, str]]:
+                    used: set[int], sets: list[DixonSet]) -> list[SkippedSeries]:
     """Every series no set uses, with all the reasons found for it."""
     found = [SeriesProblem(s.series_uid, _why_unused(s, by_role))
              for s in stacks if id(s) not in used]
@@ -208,8 +209,9 @@ def _skipped_series(classified: list[Classified], stacks: list[Stack],
     for problem in found:
         reasons[problem.series_uid].append(problem.reason)
     used_series = {uid for s in sets for uid in s.series_uids()}
-    skipped = [{"series_instance_uid": series_uid, "reason": "; ".join(dict.fromkeys(why))}
-               for series_uid, why in reasons.items() if series_uid not in used_series]
+    skipped: list[SkippedSeries] = [
+        {"series_instance_uid": series_uid, "reason": "; ".join(dict.fromkeys(why))}
+        for series_uid, why in reasons.items() if series_uid not in used_series]
     return sorted(skipped, key=lambda s: s["series_instance_uid"])
 
 

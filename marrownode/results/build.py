@@ -17,6 +17,7 @@ from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
+from marrownode.report_shape import OutputEntry
 from marrownode.results.answer_sr import build_answer_sr
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_orientation
 from marrownode.results.derived_mr import build_derived_mr_series
@@ -30,7 +31,7 @@ from marrownode.vocabulary import FatFractionMethod, Flag, OutputKind
 
 @dataclass(frozen=True)
 class OutputSeries:
-    kind: str  # parametric_map | derived_mr | overlay | sr | segmentation
+    kind: OutputKind
     offset: int  # series number = base + 10 * set index + offset
     description: str
 
@@ -43,7 +44,7 @@ FAT_FRACTION_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 2, "fat fraction % (pa
 SIGNAL_LOSS_MR = OutputSeries(OutputKind.DERIVED_MR, 3, "signal loss % map")
 FAT_FRACTION_MR = OutputSeries(OutputKind.DERIVED_MR, 4, "fat fraction % map")
 OVERLAY = OutputSeries(OutputKind.OVERLAY, 5, "signal loss overlay")
-REPORT = OutputSeries("sr", 6, "chemical-shift report (SR)")
+REPORT = OutputSeries(OutputKind.SR, 6, "chemical-shift report (SR)")
 SEGMENTATION = OutputSeries(OutputKind.SEGMENTATION, 7, "vertebral marrow (segmentation)")
 
 
@@ -111,9 +112,9 @@ def build_results(
     out_dir: Path,
     set_report: SetReport,
     set_index: int,
-    on_series: Callable[[list[dict[str, Any]]], None] | None = None,
-    superseded: Sequence[dict[str, Any]] = (),
-) -> list[dict[str, Any]]:
+    on_series: Callable[[list[OutputEntry]], None] | None = None,
+    superseded: Sequence[OutputEntry] = (),
+) -> list[OutputEntry]:
     """Build the configured result objects, write them under out_dir, return report entries.
 
     on_series is called with a series' entries as soon as all its files are written, so the
@@ -130,7 +131,7 @@ def build_results(
     )).encode("utf-8")).hexdigest()[:16]
     set_dir = out_dir / dixon_set.key
     label = dixon_set.in_phase.label
-    entries: list[dict[str, Any]] = []
+    entries: list[OutputEntry] = []
 
     def identity(spec: OutputSeries) -> tuple[str, int, str]:
         series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset,
@@ -215,7 +216,7 @@ def build_results(
     return entries
 
 
-def _reference(study_uid: str, entry: dict[str, Any]) -> Dataset:
+def _reference(study_uid: str, entry: OutputEntry) -> Dataset:
     """An earlier result, as its report entry names it (for the SR's predecessor list)."""
     reference = Dataset()
     reference.StudyInstanceUID = study_uid
@@ -240,7 +241,7 @@ def overlay_status(set_report: SetReport) -> str:
     return status + (f"\nflags: {', '.join(flags)}" if flags else "")
 
 
-def _describe_overlay_slices(entries: list[dict[str, Any]], result: QuantResult) -> None:
+def _describe_overlay_slices(entries: list[OutputEntry], result: QuantResult) -> None:
     """What each overlay slice shows, in its report entry: the console picks its thumbnails
     from the slices with marrow and foci (added fields; the contract's keys are unchanged)."""
     foci = np.zeros(result.localisation.marrow.shape, dtype=bool)
@@ -279,8 +280,8 @@ ANSWER_SERIES_OFFSET = 900
 
 def write_answer(request: Dataset, measurements: list[dict[str, Any]], evidence: list[Dataset],
                  settings: Settings, out_dir: Path, index: int,
-                 on_series: Callable[[list[dict[str, Any]]], None] | None = None,
-                 ) -> list[dict[str, Any]]:
+                 on_series: Callable[[list[OutputEntry]], None] | None = None,
+                 ) -> list[OutputEntry]:
     """Build and write the SR answering one request; its report entries (kind 'sr').
     Its UIDs derive from the request and the content settings: the same request measured
     with the same settings gives the same answer UIDs."""
@@ -293,7 +294,7 @@ def write_answer(request: Dataset, measurements: list[dict[str, Any]], evidence:
                          uid_root=root, settings_digest=digest)
     path = out_dir / "requests" / f"{sr.SOPInstanceUID}.dcm"
     write_dataset(sr, path)
-    entries = [{
+    entries: list[OutputEntry] = [{
         "kind": OutputKind.SR, "sop_class_uid": str(sr.SOPClassUID),
         "transfer_syntax_uid": str(sr.file_meta.TransferSyntaxUID),
         "sop_instance_uid": str(sr.SOPInstanceUID),

@@ -16,6 +16,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.coding import Code
 
 from marrownode import __version__
+from marrownode.report_shape import OutputEntry
 from marrownode.results.common import (
     MANUFACTURER,
     MODEL_NAME,
@@ -97,7 +98,7 @@ def partial_series(paths: Sequence[str]) -> list[PartialSeries]:
 
 def write_failure_note(source_path: str, reason: str, partial_paths: Sequence[str],
                        uid_root: str, series_number_base: int,
-                       out_dir: str) -> list[dict[str, str]]:
+                       out_dir: str) -> list[OutputEntry]:
     """Build the note for the study of source_path, naming the series of partial_paths, and
     write it under out_dir; its outbox entries (none when no partial file is left). Its UIDs
     derive from the partial series, so the same failure gives one note."""

@@ -19,6 +19,7 @@ from marrownode import ALGORITHM_VERSION
 from marrownode.config import Settings, content_digest
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER
+from marrownode.report_shape import OutputEntry, StudyShape
 from marrownode.requests.read import request_kind
 from marrownode.results.failure_note import FAILURE_NOTE_FOLDER, write_failure_note
 from marrownode.services.loop import LoopService
@@ -36,9 +37,9 @@ from marrownode.store.studies import SetRow, StudyIndex
 log = logging.getLogger(__name__)
 
 #: Called with (study UID, report entries) for each result series once it is written.
-SeriesCallback = Callable[[str, list[dict[str, Any]]], None]
+SeriesCallback = Callable[[str, list[OutputEntry]], None]
 #: Called with (study UID, report) once a study's analysis is recorded.
-AnalysedCallback = Callable[[str, dict[str, Any]], None]
+AnalysedCallback = Callable[[str, StudyShape], None]
 
 
 @dataclass
@@ -75,7 +76,7 @@ def is_request(header: dict[str, Any]) -> bool:
         header.get("manufacturer", "")).strip().lower() != MARROWNODE_MANUFACTURER
 
 
-def earlier_reports(report: dict[str, Any] | None) -> dict[str, list[dict[str, Any]]]:
+def earlier_reports(report: StudyShape | None) -> dict[str, list[OutputEntry]]:
     """Per set key, the SR entries of the study's last recorded analysis: a new analysis (other
     settings, more images) supersedes them and says so."""
     if not report:
@@ -133,7 +134,7 @@ class Assembler(LoopService):
         self.observe_analysis_seconds = observe_analysis_seconds
         self.on_series = on_series
         self.on_analysed = on_analysed
-        self._in_flight: dict[str, Future[dict[str, Any]]] = {}
+        self._in_flight: dict[str, Future[StudyShape]] = {}
         self._runs: dict[str, _Run] = {}
         # Outcomes the index could not take yet (a full disk): recorded again every round,
         # their studies kept in flight meanwhile, so none is left 'analysing'.
@@ -271,7 +272,7 @@ class Assembler(LoopService):
 
     def _submit(self, study_uid: str, last: float,
                 instances: list[tuple[str, dict[str, Any]]], digest: str,
-                superseded: dict[str, list[dict[str, Any]]]) -> None:
+                superseded: dict[str, list[OutputEntry]]) -> None:
         run_id = uuid.uuid4().hex
         with self._lock:
             self._runs[run_id] = _Run(study_uid)
@@ -283,7 +284,7 @@ class Assembler(LoopService):
             lambda f: self._finished(study_uid, last, f, time.monotonic() - started, run_id,
                                      digest))
 
-    def _finished(self, study_uid: str, last: float, future: Future[dict[str, Any]],
+    def _finished(self, study_uid: str, last: float, future: Future[StudyShape],
                   seconds: float, run_id: str, digest: str) -> None:
         with self._lock:
             self._runs.pop(run_id, None)
@@ -309,8 +310,8 @@ class Assembler(LoopService):
             self._in_flight.pop(study_uid, None)
         self._wake.set()
 
-    def _record(self, study_uid: str, last: float, future: Future[dict[str, Any]],
-                seconds: float, digest: str) -> dict[str, Any] | None:
+    def _record(self, study_uid: str, last: float, future: Future[StudyShape],
+                seconds: float, digest: str) -> StudyShape | None:
         """Write the analysis outcome to the index; the report, or None if it failed."""
         error = future.exception()
         if error is not None:
@@ -351,7 +352,7 @@ class Assembler(LoopService):
             return
         outputs = self.settings.outputs
 
-        def queue(future: Future[list[dict[str, Any]]]) -> None:
+        def queue(future: Future[list[OutputEntry]]) -> None:
             if future.cancelled() or future.exception() is not None:
                 log.error("event=failure_note_not_written study=%s error=%s", study_uid,
                           "cancelled" if future.cancelled()

@@ -11,12 +11,12 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from marrownode.config import Destination, OutboxSettings, Settings
 from marrownode.monitor import Metrics
 from marrownode.net.sender import OutgoingFile, SendError, SendResult, send_batch
 from marrownode.net.ul.status import kept, may_pass
+from marrownode.report_shape import OutputEntry, StudyShape
 from marrownode.services.loop import LoopService
 from marrownode.states import DeliveryState, StudyState
 from marrownode.store.outbox import DeliveryOutcome, DestinationState, Outbox, OutboxRow
@@ -139,17 +139,18 @@ class Deliverer(LoopService):
                 log.info("event=destination_changed destination=%s requeued=%d",
                          destination.name, again)
 
-    def enqueue(self, study_uid: str, entries: list[dict[str, Any]]) -> None:
+    def enqueue(self, study_uid: str, entries: list[OutputEntry]) -> None:
         """Queue the files of a result series just written (the assembler's series callback)."""
         out_dir = self.spool.results_dir(study_uid)
-        outputs = [{**entry, "path": str(out_dir / entry["path"])} for entry in entries]
+        outputs: list[OutputEntry] = [{**entry, "path": str(out_dir / entry["path"])}
+                                      for entry in entries]
         destinations = [d.name for d in self.settings.destinations]
         if outputs and destinations:
             rows = self.outbox.enqueue(study_uid, outputs, destinations)
             log.info("event=results_queued study=%s rows=%d", study_uid, rows)
             self._wake.set()
 
-    def analysis_finished(self, study_uid: str, report: dict[str, Any]) -> None:
+    def analysis_finished(self, study_uid: str, report: StudyShape) -> None:
         """Everything may have been delivered while it was encoded (the assembler's callback)."""
         for destination in self.settings.destinations:
             self._observe_if_complete(study_uid, destination.name, time.time())

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from marrownode.config import Settings
+from marrownode.report_shape import OutputEntry, StudyShape
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ class SeriesWritten:
     """A result series of run run_id is on disk: its report entries."""
 
     run_id: str
-    entries: list[dict[str, Any]]
+    entries: list[OutputEntry]
 
 
 class WorkerDied(RuntimeError):
@@ -102,12 +103,12 @@ def _portable(exc: Exception) -> Exception:
 
 def run_analysis(
     instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str,
-    superseded: dict[str, list[dict[str, Any]]] | None = None,
-) -> dict[str, Any]:
+    superseded: dict[str, list[OutputEntry]] | None = None,
+) -> StudyShape:
     """Worker entry point: analyse one study, sending each series as it is written."""
     from marrownode.pipeline import SourceInstance, analyse_study
 
-    def written(entries: list[dict[str, Any]]) -> None:
+    def written(entries: list[OutputEntry]) -> None:
         if _connection is not None:
             _connection.send(("series", SeriesWritten(run_id, entries)))
 
@@ -209,8 +210,8 @@ class AnalysisWorker:
         self.submit(warm_up, self._settings).add_done_callback(_warmed_up)
 
     def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
-                run_id: str, superseded: dict[str, list[dict[str, Any]]] | None = None,
-                ) -> Future[dict[str, Any]]:
+                run_id: str, superseded: dict[str, list[OutputEntry]] | None = None,
+                ) -> Future[StudyShape]:
         """Queue one study's analysis (superseded: per set, earlier reports it replaces)."""
         return self.submit(run_analysis, instances, self._settings, str(out_dir), run_id,
                            superseded)

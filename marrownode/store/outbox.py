@@ -7,9 +7,11 @@ that the next start sends again (results are idempotent: same UIDs, the PACS rep
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from marrownode.report_shape import OutputEntry
 from marrownode.states import DeliveryState
 from marrownode.store.database import Database
 
@@ -87,7 +89,7 @@ class Outbox:
         self.db = db
 
     def enqueue(
-        self, study_uid: str, outputs: list[dict[str, Any]], destinations: list[str],
+        self, study_uid: str, outputs: Sequence[OutputEntry], destinations: list[str],
         now: float | None = None,
     ) -> int:
         """One row per (result file x destination); a re-run re-queues the same rows."""

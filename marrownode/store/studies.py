@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from marrownode.report_shape import SetShape, StudyShape
 from marrownode.states import FINISHED_STUDY_STATES, PENDING_DELIVERY_STATES, StudyState
 from marrownode.store.database import STUDY_DESCRIPTORS, Database, write_descriptors
 
@@ -43,7 +44,7 @@ class SetRow:
     key: str
     state: str
     reason: str = ""
-    report: dict[str, Any] | None = None
+    report: SetShape | None = None
 
 
 def _describe(db: sqlite3.Connection, headers: list[dict[str, Any]]) -> None:
@@ -256,7 +257,7 @@ class StudyIndex:
         study_uid: str,
         state: StudyState,
         reason: str = "",
-        report: dict[str, Any] | None = None,
+        report: StudyShape | None = None,
         if_last_received: float | None = None,
         seen_events: int | None = None,
         input_digest: str | None = None,

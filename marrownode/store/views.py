@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from marrownode.report_shape import StudyShape
 from marrownode.states import DeliveryState, StudyState
 from marrownode.store.database import Database
 from marrownode.vocabulary import Pattern
@@ -159,7 +160,7 @@ class StudyDetail:
     """Everything the study page shows."""
 
     study: dict[str, Any]
-    report: dict[str, Any] | None
+    report: StudyShape | None
     series: list[dict[str, Any]]
     deliveries: list[dict[str, Any]]
     events: list[dict[str, Any]]
@@ -192,15 +193,18 @@ def study_detail(db: Database, study_uid: str, event_limit: int = 2000) -> Study
     events = [dict(row) for row in connection.execute(
         "SELECT at, kind, detail FROM events WHERE study_uid = ? ORDER BY id DESC LIMIT ?",
         (study_uid, event_limit))]
-    report = db.json(study["report"], "a study report") if study["report"] else None
+    report: StudyShape | None = (db.json(study["report"], "a study report")
+                                 if study["report"] else None)
     return StudyDetail(dict(study), report, series, deliveries, events)
 
 
-def study_report(db: Database, study_uid: str) -> dict[str, Any] | None:
+def study_report(db: Database, study_uid: str) -> StudyShape | None:
     """The study's report alone (thumbnails, report.json); None if unknown or not analysed."""
     row = db.connection().execute("SELECT report FROM studies WHERE study_uid = ?",
                                   (study_uid,)).fetchone()
-    return db.json(row[0], "a study report") if row is not None and row[0] else None
+    report: StudyShape | None = (db.json(row[0], "a study report")
+                                 if row is not None and row[0] else None)
+    return report
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,179 @@
+"""report.json's shape as TypedDicts: the contract of DESIGN.md in types.
+
+report.py generates these from its records; the pipeline returns them, the node keeps them in
+its index and hands them to the deliverer, the console and the CLI read them. With mypy
+strict, a misspelt key or a value of the wrong kind anywhere on that path is an error instead
+of a silent None. Keys are added, never renamed. Below report.py, results/ and store/, which
+all use it; it uses only the vocabulary.
+"""
+
+from __future__ import annotations
+
+from typing import NotRequired, TypedDict
+
+from marrownode.vocabulary import (
+    FatFractionMethod,
+    Flag,
+    FocusCategory,
+    LocalisationMethod,
+    Margin,
+    OutputKind,
+    Pattern,
+)
+
+
+class OutputEntry(TypedDict):
+    """One result object written (outputs[]); the overlay's slices say what they show."""
+
+    kind: OutputKind
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    sop_instance_uid: str
+    series_instance_uid: str
+    path: str  # relative to the output folder
+    series_number: NotRequired[int]
+    series_description: NotRequired[str]
+    slice_index: NotRequired[int]
+    marrow_voxels: NotRequired[int]
+    focus_voxels: NotRequired[int]
+
+
+class SeriesShape(TypedDict):
+    """A source series a set uses; echoes carry their echo time."""
+
+    series_instance_uid: str
+    series_description: str
+    images: int
+    evidence: str
+    echo_time_ms: NotRequired[float | None]
+
+
+class MarrowShape(TypedDict):
+    """Whether the marrow was localised, how, and why."""
+
+    localised: bool
+    method: LocalisationMethod
+    reason: str
+
+
+class PosteriorElements(TypedDict):
+    """The posterior elements of a vertebra, kept apart from its body."""
+
+    voxel_count: int
+    signal_loss_percent_median: float | None
+
+
+class VertebraShape(TypedDict):
+    """One localised vertebral body."""
+
+    label: str
+    centroid_patient_mm: list[float]
+    voxel_count: int
+    volume_mm3: float | None
+    signal_loss_percent_median: float | None
+    sir_median: float | None
+    fat_fraction_percent_median: float | None
+    fraction_below_threshold: float | None
+    pattern: Pattern
+    in_phase_to_muscle_ratio: float | None
+    in_phase_to_disc_ratio: float | None
+    posterior_elements: PosteriorElements
+    tracking_uid: str
+
+
+class FocusShape(TypedDict):
+    """One focus inside localised marrow."""
+
+    vertebra: str | None
+    slice_count: int
+    slice_indices: list[int]
+    area_mm2: float | None
+    volume_mm3: float | None
+    voxel_count: int
+    centroid_patient_mm: list[float]
+    signal_loss_percent: float | None
+    sir: float | None
+    fat_fraction_percent: float | None
+    below_threshold: bool
+    category: FocusCategory
+    margin_sharpness: float | None
+    margin: Margin | None
+    in_phase_to_marrow_ratio: float | None
+
+
+class T1Reference(TypedDict):
+    """The in-phase internal standards of the set."""
+
+    muscle_in_phase: float | None
+    disc_in_phase: float | None
+
+
+class SetShape(TypedDict):
+    """One Dixon set; a failed set carries its reason and no numbers."""
+
+    key: str
+    orientation: str
+    in_phase: SeriesShape
+    opposed_phase: SeriesShape
+    water: SeriesShape | None
+    fat: SeriesShape | None
+    scanner_fat_fraction: SeriesShape | None
+    field_strength_t: float | None
+    flags: list[Flag]
+    state: str
+    signal_loss_threshold_percent: float | None
+    foci: list[FocusShape]
+    outputs: list[OutputEntry]
+    reason: NotRequired[str]
+    threshold_field_strength_t: NotRequired[float | None]
+    fat_fraction_method: NotRequired[FatFractionMethod | None]
+    fat_fraction_label: NotRequired[str]
+    noise_sigma: NotRequired[float | None]
+    noise_source: NotRequired[str]
+    water_fat_check: NotRequired[dict[str, float | None] | None]
+    marrow: NotRequired[MarrowShape]
+    pattern: NotRequired[Pattern]
+    marrow_summary: NotRequired[dict[str, float | int | None] | None]
+    t1_reference: NotRequired[T1Reference]
+    vertebrae: NotRequired[list[VertebraShape]]
+
+
+class RequestShape(TypedDict):
+    """A measurement request found in the study, its measured regions and its answer."""
+
+    sop_instance_uid: str
+    kind: str
+    measurements: list[dict[str, object]]
+    outputs: list[OutputEntry]
+
+
+class SkippedSeries(TypedDict):
+    """A series left out of every set, with the reason."""
+
+    series_instance_uid: str
+    reason: str
+
+
+class StudyShape(TypedDict):
+    """One study's report: what the node keeps in its index and serves as report.json."""
+
+    study_instance_uid: str
+    dixon_sets: list[SetShape]
+    requests: list[RequestShape]
+    skipped_series: list[SkippedSeries]
+
+
+class UnreadableFile(TypedDict):
+    """A file `process` could not read as DICOM."""
+
+    path: str
+    reason: str
+
+
+class ProcessShape(TypedDict):
+    """The whole report.json of `marrownode process`."""
+
+    marrownode_version: str
+    algorithm_version: str
+    studies: list[StudyShape]
+    unreadable_files: list[UnreadableFile]
