@@ -26,7 +26,7 @@ from prometheus_client.registry import Collector
 
 from marrownode import ALGORITHM_VERSION, __version__
 from marrownode.config import HTTPSettings
-from marrownode.net.receiver import ReceiverStats
+from marrownode.net.stats import ReceiverStats
 from marrownode.states import PENDING_DELIVERY_STATES
 from marrownode.store.outbox import Outbox
 from marrownode.store.spool import Spool

@@ -15,7 +15,8 @@ from marrownode.config import Settings
 from marrownode.console.app import create_app
 from marrownode.console.context import ConsoleContext
 from marrownode.monitor import Health, HTTPService, Metrics, NodeCollector
-from marrownode.net.receiver import Receiver, ReceiverStats, shared_counters
+from marrownode.net.receiver import Receiver
+from marrownode.net.stats import ReceiverStats, shared_counters
 from marrownode.receiving import IngestSink, ReceiverProcesses, open_ingestor, open_spool
 from marrownode.sdnotify import notify, watchdog_interval_seconds
 from marrownode.services.assembler import Assembler

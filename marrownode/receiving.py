@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from marrownode.config import Settings
-from marrownode.net.receiver import InstanceWriter, Receiver, ReceiverStats, StoreAnswer
+from marrownode.net.receiver import Receiver
+from marrownode.net.sink import InstanceWriter, StoreAnswer
+from marrownode.net.stats import ReceiverStats
 from marrownode.net.ul.status import Status
 from marrownode.store.database import index_path
 from marrownode.store.index import Index

@@ -10,45 +10,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import socket
-import socketserver
-import ssl
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 from marrownode.config import NodeSettings
 from marrownode.logs import peer_text
+from marrownode.net.listener import ListeningServer, build_ssl_context
+from marrownode.net.sink import InstanceSink, InstanceWriter, StoreAnswer
+from marrownode.net.stats import ReceiverStats
 from marrownode.net.ul import dimse, part10, pdu
 from marrownode.net.ul.negotiation import negotiate
 from marrownode.net.ul.status import Status
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class StoreAnswer:
-    """What the sink answers for one instance: the DIMSE status and an error comment."""
-
-    status: int
-    comment: str = ""
-
-
-class InstanceWriter(Protocol):
-    """An instance being received, written as it arrives (memory stays one PDU per
-    association, whatever the object's size)."""
-
-    size: int
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append bytes."""
-
-    def discard(self) -> None:
-        """Drop what was written (refused, or the association ended halfway)."""
 
 
 @dataclass
@@ -60,105 +37,6 @@ class _Incoming:
     writer: InstanceWriter | None
     refusal: tuple[int, str] | None
     received: int = 0
-
-
-class InstanceSink(Protocol):
-    """Where the receiver hands its work: the node wires it to ingest and the index."""
-
-    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
-        """An association was accepted."""
-
-    def open_instance(self, association_id: str) -> InstanceWriter | StoreAnswer:
-        """Somewhere to write an arriving instance (its Part 10 bytes, piece by piece), or
-        the answer to give at once (no room)."""
-
-    def store(self, written: InstanceWriter, association_id: str) -> StoreAnswer:
-        """Store the instance just written; answer only once it is durable."""
-
-    def association_closed(self, association_id: str) -> None:
-        """An accepted association ended (released, aborted or lost)."""
-
-
-#: Statuses the storage handler can answer with on failure (each has its own counter).
-FAILURE_STATUSES = (Status.OUT_OF_RESOURCES, Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
-                    Status.CANNOT_UNDERSTAND, Status.PROCESSING_FAILURE)
-_COUNTERS = ("instances", "bytes", "accepted", "rejected")
-
-
-def shared_counters() -> Any:
-    """Counters in shared memory, for every receiving process of one node."""
-    context = multiprocessing.get_context("spawn")
-    return context.Array("q", len(_COUNTERS) + len(FAILURE_STATUSES), lock=True)
-
-
-class _Counter:
-    """A ReceiverStats counter, read from the shared array by its slot."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.slot = _COUNTERS.index(name)
-
-    def __get__(self, stats: ReceiverStats, owner: type | None = None) -> int:
-        return int(stats._counters[self.slot])
-
-
-class ReceiverStats:
-    """Counters the metrics endpoint reads; updated from receiving threads, and from other
-    receiving processes when they share the same counters (see shared_counters)."""
-
-    instances = _Counter()
-    bytes = _Counter()
-    accepted = _Counter()
-    rejected = _Counter()
-
-    def __init__(self, counters: Any | None = None) -> None:
-        self._counters = counters if counters is not None else shared_counters()
-
-    def add(self, **changes: int) -> None:
-        with self._counters.get_lock():
-            for name, delta in changes.items():
-                self._counters[_COUNTERS.index(name)] += delta
-
-    def failed(self, status: int) -> None:
-        slot = FAILURE_STATUSES.index(
-            status if status in FAILURE_STATUSES else Status.PROCESSING_FAILURE)
-        with self._counters.get_lock():
-            self._counters[len(_COUNTERS) + slot] += 1
-
-    @property
-    def failures(self) -> dict[int, int]:
-        counts = self._counters[len(_COUNTERS):]
-        return {status: int(n) for status, n in zip(FAILURE_STATUSES, counts, strict=True) if n}
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    """Accepts connections and runs each association in its own thread."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    block_on_close = False
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int],
-                 serve_connection: Callable[[socket.socket, tuple[str, int]], None],
-                 shared_port: bool) -> None:
-        self.serve_connection = serve_connection
-        self.shared_port = shared_port
-        super().__init__(address, socketserver.BaseRequestHandler)
-
-    def server_bind(self) -> None:
-        # Accepted sockets inherit TCP_NODELAY: without it every small C-STORE response waits
-        # for Nagle's algorithm. SO_REUSEPORT: the node's other receiving processes listen on
-        # the same port and the kernel spreads incoming associations over them.
-        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.shared_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        super().server_bind()
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        self.serve_connection(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        log.exception("event=connection_error")
 
 
 class _Association:
@@ -187,20 +65,6 @@ class _Association:
             self.sock.shutdown(socket.SHUT_RDWR)
 
 
-def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
-    """The server TLS context from [node.tls], or None without TLS."""
-    tls = settings.tls
-    if tls is None:
-        return None
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
-    if tls.ca is not None:
-        context.load_verify_locations(cafile=str(tls.ca))
-    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
-    return context
-
-
 class Receiver:
     """A running storage SCP bound to the configured address."""
 
@@ -217,7 +81,7 @@ class Receiver:
         self.stats = stats if stats is not None else ReceiverStats()
         self.shared_port = shared_port
         self._ssl_context = build_ssl_context(settings)
-        self._server: _Server | None = None
+        self._server: ListeningServer | None = None
         self._associations: set[_Association] = set()
         self._pending = 0  # connections that have not associated (yet)
         self._lock = threading.Lock()
@@ -231,7 +95,7 @@ class Receiver:
     def start(self) -> None:
         if not self.settings.allowed_calling_aets:
             log.warning("event=allow_list_empty detail=any calling AE title is accepted")
-        server = _Server((self.settings.host, self.settings.port), self._serve_connection,
+        server = ListeningServer((self.settings.host, self.settings.port), self._serve_connection,
                          self.shared_port)
         threading.Thread(target=server.serve_forever, args=(0.2,), name="listener",
                          daemon=True).start()

@@ -1,9 +1,8 @@
-"""Typed settings loaded from TOML.
+"""The settings' schema: every section and key with its type, limits and default (pydantic).
 
-Every key is optional; a missing file section means the embedded defaults. Every error names the
-file, the key and what is allowed, because the person reading it is a PACS administrator editing
-a file over SSH, not a Python developer.
-"""
+Every key is optional; a missing file section means the embedded defaults. The analysis
+defaults here are the only ones: quant/ takes its parameters from them (config/__init__.py
+explains how a configuration is read; errors.py words its errors)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,6 @@ import ipaddress
 import json
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,16 +19,11 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
-
-
-class ConfigError(Exception):
-    """A configuration problem the administrator can fix; the message says what and where."""
 
 
 class _Section(BaseModel):
@@ -347,120 +340,3 @@ def _loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | None:
-    """The keys a section accepts, so 'unknown key' errors can list the alternatives."""
-    current: Any = model
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = current.model_fields.get(part) if hasattr(current, "model_fields") else None
-        if field is None:
-            return None
-        annotation = field.annotation
-        for candidate in getattr(annotation, "__args__", ()) or (annotation,):
-            if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-                current = candidate
-                break
-        else:
-            return None
-    return sorted(current.model_fields) if hasattr(current, "model_fields") else None
-
-
-def _format_errors(source: str, error: ValidationError) -> str:
-    lines = [f"invalid configuration in {source}:"]
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        key = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in loc)
-        key = re.sub(r"\.\[", "[", key) or "(top level)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Settings, loc)
-            message = "unknown key" + (f"; allowed keys: {', '.join(allowed)}" if allowed else "")
-        elif item["type"] == "string_pattern_mismatch" and "ae_title" in key:
-            message = "AE title must be 1-16 printable ASCII characters without backslash"
-        elif item["type"] == "list_type" and loc == ("destinations",):
-            message += ": write each destination as a [[destinations]] table (two brackets)"
-        got = item.get("input")
-        if item["type"] != "extra_forbidden" and not isinstance(got, dict | list):
-            message += f" (got {got!r})"
-        lines.append(f"  {key}: {message}")
-    return "\n".join(lines)
-
-
-def load_settings(path: Path | str | None = None) -> Settings:
-    """Read settings from a TOML file, or the embedded defaults when path is None."""
-    if path is None:
-        return Settings()
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ConfigError(f"configuration file not found: {path}") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
-    return settings_from_mapping(raw, source=str(path))
-
-
-def settings_from_mapping(raw: dict[str, Any], source: str = "<mapping>") -> Settings:
-    """Validate a parsed configuration; ConfigError names source, key and what is allowed."""
-    try:
-        settings = Settings.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(source, exc)) from exc
-    tls = settings.node.tls
-    if tls is not None:
-        for name in ("cert", "key", "ca"):
-            file = getattr(tls, name)
-            if file is not None and not Path(file).is_file():
-                raise ConfigError(
-                    f"invalid configuration in {source}:\n  node.tls.{name}: "
-                    f"file not found (got {str(file)!r})"
-                )
-    return settings
-
-
-#: Keys whose values check-config does not print (hashes are still worth guessing against).
-_SECRETS = ("password_hash", "token_sha256")
-_HIDDEN = '"(set, not shown)"'
-
-
-def effective_settings_toml(settings: Settings, reveal_secrets: bool = False) -> str:
-    """Render settings back as TOML so check-config shows exactly what will run (password
-    hashes and token digests as "(set, not shown)" unless reveal_secrets)."""
-    data = settings.model_dump(mode="json", exclude_none=True)
-    out: list[str] = []
-
-    def scalar(value: Any) -> str:
-        if isinstance(value, bool):
-            return "true" if value else "false"
-        if isinstance(value, int | float):
-            return repr(value)
-        if isinstance(value, list):
-            return "[" + ", ".join(scalar(v) for v in value) + "]"
-        if isinstance(value, dict):
-            hidden = {k for k, v in value.items() if k in _SECRETS and v and not reveal_secrets}
-            return "{" + ", ".join(f"{k} = {_HIDDEN if k in hidden else scalar(v)}"
-                                   for k, v in value.items()) + "}"
-        escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
-        return f'"{escaped}"'
-
-    for section, body in data.items():
-        if isinstance(body, list):
-            for item in body:
-                out.append(f"[[{section}]]")
-                out.extend(f"{k} = {scalar(v)}" for k, v in item.items())
-                out.append("")
-            continue
-        out.append(f"[{section}]")
-        nested = {k: v for k, v in body.items() if isinstance(v, dict)}
-        out.extend(f"{k} = {scalar(v)}" for k, v in body.items() if k not in nested)
-        out.append("")
-        for key, sub in nested.items():
-            out.append(f"[{section}.{key}]")
-            out.extend(f"{k} = {scalar(v)}" for k, v in sub.items())
-            out.append("")
-    return "\n".join(out)

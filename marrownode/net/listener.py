@@ -1,0 +1,61 @@
+"""The receiver's listening socket and TLS: a threading TCP server whose accepted sockets
+have Nagle off, that may share its port with the node's other receiving processes, and the
+server TLS context of [node.tls]."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from marrownode.config import NodeSettings
+
+log = logging.getLogger(__name__)
+
+
+class ListeningServer(socketserver.ThreadingTCPServer):
+    """Accepts connections and runs each association in its own thread."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    block_on_close = False
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int],
+                 serve_connection: Callable[[socket.socket, tuple[str, int]], None],
+                 shared_port: bool) -> None:
+        self.serve_connection = serve_connection
+        self.shared_port = shared_port
+        super().__init__(address, socketserver.BaseRequestHandler)
+
+    def server_bind(self) -> None:
+        # Accepted sockets inherit TCP_NODELAY: without it every small C-STORE response waits
+        # for Nagle's algorithm. SO_REUSEPORT: the node's other receiving processes listen on
+        # the same port and the kernel spreads incoming associations over them.
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.shared_port:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        self.serve_connection(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("event=connection_error")
+
+
+def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:
+    """The server TLS context from [node.tls], or None without TLS."""
+    tls = settings.tls
+    if tls is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile=str(tls.cert), keyfile=str(tls.key))
+    if tls.ca is not None:
+        context.load_verify_locations(cafile=str(tls.ca))
+    context.verify_mode = ssl.CERT_REQUIRED if tls.require_client_cert else ssl.CERT_NONE
+    return context
