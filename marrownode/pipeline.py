@@ -25,7 +25,7 @@ from marrownode.dixon.sets import DixonSet, assemble
 from marrownode.dixon.volume import PixelCache, load_set
 from marrownode.quant.analysis import QuantParameters, analyse_set
 from marrownode.quant.foci import FocusParameters
-from marrownode.quant.spine import SpineParameters
+from marrownode.quant.localisation import SpineParameters
 from marrownode.report import SetReport
 from marrownode.report_shape import (
     OutputEntry,

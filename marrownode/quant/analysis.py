@@ -21,6 +21,7 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
+from marrownode.quant.localisation import Localisation, SpineParameters
 from marrownode.quant.maps import (
     fat_fraction_two_point,
     fat_fraction_water_fat,
@@ -29,7 +30,7 @@ from marrownode.quant.maps import (
     water_fat_consistency,
 )
 from marrownode.quant.roi import roi_statistics
-from marrownode.quant.spine import Localisation, SpineParameters, localise
+from marrownode.quant.spine import localise
 from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
 from marrownode.vocabulary import FatFractionMethod, Flag, Margin, Pattern
 

@@ -17,7 +17,7 @@ import numpy as np
 from skimage.draw import polygon as fill_polygon
 
 from marrownode.quant.geometry import VolumeGeometry
-from marrownode.quant.spine import Localisation
+from marrownode.quant.localisation import Localisation
 from marrownode.vocabulary import FocusCategory, LocalisationMethod
 
 PLANAR = ("POLYGON", "POLYLINE", "ELLIPSE", "CIRCLE", "POINT")

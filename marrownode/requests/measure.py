@@ -17,6 +17,7 @@ from marrownode.config import Settings
 from marrownode.dixon.header import MARROWNODE_MANUFACTURER, summarise
 from marrownode.quant.analysis import QuantResult
 from marrownode.quant.geometry import VolumeGeometry
+from marrownode.quant.localisation import Localisation
 from marrownode.quant.regions import (
     categorise,
     localisation_from_segments,
@@ -24,7 +25,6 @@ from marrownode.quant.regions import (
     place_voxels,
 )
 from marrownode.quant.roi import roi_statistics
-from marrownode.quant.spine import Localisation
 from marrownode.requests.read import ImagePlane, MeasurementRequest, Region, read_request
 from marrownode.requests.read import request_kind as kind_of_class
 from marrownode.vocabulary import FatFractionMethod, RegionRefusal

@@ -4,7 +4,6 @@ index before the next step starts."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -15,20 +14,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from marrownode import ALGORITHM_VERSION
-from marrownode.config import Settings, content_digest
+from marrownode.config import Settings
 from marrownode.dixon.completion import Verdict, decide
-from marrownode.dixon.header import MARROWNODE_MANUFACTURER
 from marrownode.report_shape import OutputEntry, StudyShape
-from marrownode.requests.read import request_kind
 from marrownode.results.failure_note import FAILURE_NOTE_FOLDER, write_failure_note
 from marrownode.services.loop import LoopService
-from marrownode.services.worker import (
-    AnalysisWorker,
-    SeriesWritten,
-    WorkerDied,
-    WorkerStopped,
+from marrownode.services.study_inputs import (
+    earlier_reports,
+    input_digest,
+    is_request,
+    patient_fields,
 )
+from marrownode.services.worker import AnalysisWorker, WorkerDied, WorkerStopped
+from marrownode.services.worker_process import SeriesWritten
 from marrownode.states import SetState, StudyState
 from marrownode.store.ingest import Ingestor
 from marrownode.store.spool import Spool, disk_full, expected_result_bytes
@@ -59,33 +57,6 @@ RETRY_BASE_SECONDS = 15.0
 SPACE_RECHECK_SECONDS = 10.0
 
 
-def input_digest(headers: list[dict[str, Any]], settings: Settings) -> str:
-    """What an analysis of the study would start from: its source instances (our own results,
-    sent back to us by a PACS rule, are not sources) and the settings that shape the results.
-    The same digest as last time means the same results: nothing to analyse or send."""
-    sources = sorted(h["sop_instance_uid"] for h in headers
-                     if str(h.get("manufacturer", "")).strip().lower()
-                     != MARROWNODE_MANUFACTURER)
-    text = "\n".join([content_digest(settings), ALGORITHM_VERSION, *sources])
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def is_request(header: dict[str, Any]) -> bool:
-    """A measurement request object (SR, GSPS, SEG) that is not one of our own results."""
-    return request_kind(str(header.get("sop_class_uid", ""))) is not None and str(
-        header.get("manufacturer", "")).strip().lower() != MARROWNODE_MANUFACTURER
-
-
-def earlier_reports(report: StudyShape | None) -> dict[str, list[OutputEntry]]:
-    """Per set key, the SR entries of the study's last recorded analysis: a new analysis (other
-    settings, more images) supersedes them and says so."""
-    if not report:
-        return {}
-    return {dixon_set["key"]: [entry for entry in dixon_set.get("outputs", [])
-                               if entry.get("kind") == "sr"]
-            for dixon_set in report.get("dixon_sets", [])}
-
-
 def analysis_retry(error: BaseException, attempts: int) -> float | None:
     """Seconds before a study whose attempts-th analysis ended in error is analysed again, or
     None when it has failed for good. A study that took the worker process down with it twice
@@ -94,15 +65,6 @@ def analysis_retry(error: BaseException, attempts: int) -> float | None:
     if attempts >= limit:
         return None
     return RETRY_BASE_SECONDS * 4.0 ** (attempts - 1)
-
-
-def _patient_fields(path: str) -> str:
-    """Patient name and ID for the log, only when logging.include_phi is switched on."""
-    from pydicom import dcmread
-
-    dataset = dcmread(path, stop_before_pixels=True, specific_tags=["PatientName", "PatientID"])
-    name = str(dataset.get("PatientName", "")).replace(" ", "_")
-    return f" patient_name={name} patient_id={dataset.get('PatientID', '')}"
 
 
 class Assembler(LoopService):
@@ -241,7 +203,7 @@ class Assembler(LoopService):
         self.studies.add_event(study_uid, "analysing", reason)
         log.info("event=set_ready study=%s sets=%d reason=%s%s", study_uid, sets,
                  reason.replace(" ", "_"),
-                 _patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
+                 patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
         self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest,
                      earlier_reports(self.studies.db.json(study.get("report"), "a study report")))
 

@@ -10,12 +10,10 @@ job with WorkerDied, starts a new process and goes on with the next job.
 
 from __future__ import annotations
 
-import errno
 import logging
 import multiprocessing
 import os
 import queue
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,16 +25,9 @@ from typing import Any
 
 from marrownode.config import Settings
 from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.services.worker_process import SeriesWritten, run_analysis, warm_up, worker_main
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class SeriesWritten:
-    """A result series of run run_id is on disk: its report entries."""
-
-    run_id: str
-    entries: list[OutputEntry]
 
 
 class WorkerDied(RuntimeError):
@@ -57,95 +48,6 @@ class _Job:
     function: Callable[..., Any]
     args: tuple[Any, ...]
     future: Future[Any] = field(default_factory=Future)
-
-
-#: In the worker process: the pipe to the node (series messages go on it mid-job).
-_connection: Connection | None = None
-
-
-def _worker_main(connection: Connection, settings: Settings, node_pid: int) -> None:
-    """The worker process: run jobs from the pipe until told to stop or the node is gone."""
-    from marrownode.logs import configure_logging
-    from marrownode.receiving import on_parent_death
-
-    global _connection
-    _connection = connection
-    configure_logging(settings.logging)
-    # An analysis cut short is re-run at the next start (the study is still 'analysing').
-    on_parent_death(lambda: os._exit(1), node_pid)
-    while True:
-        try:
-            job = connection.recv()
-        except EOFError:
-            return
-        if job is None:
-            return
-        function, args = job
-        try:
-            answer: tuple[str, Any] = ("result", function(*args))
-        except Exception as exc:  # the node decides what a failure means
-            answer = ("error", _portable(exc))
-        try:
-            connection.send(answer)
-        except Exception:  # an unpicklable result or error: say what it was
-            connection.send(("error", RuntimeError(f"{type(answer[1]).__name__}: {answer[1]}")))
-
-
-def _portable(exc: Exception) -> Exception:
-    """An error as the node must see it after pickling: a full disk stays recognisable (pydicom
-    wraps ENOSPC in a plain OSError whose cause does not survive the pipe)."""
-    from marrownode.store.spool import disk_full
-
-    if disk_full(exc) and getattr(exc, "errno", None) != errno.ENOSPC:
-        return OSError(errno.ENOSPC, "No space left on device (writing results)")
-    return exc
-
-
-def run_analysis(
-    instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str,
-    superseded: dict[str, list[OutputEntry]] | None = None,
-) -> StudyShape:
-    """Worker entry point: analyse one study, sending each series as it is written."""
-    from marrownode.pipeline import SourceInstance, analyse_study
-
-    def written(entries: list[OutputEntry]) -> None:
-        if _connection is not None:
-            _connection.send(("series", SeriesWritten(run_id, entries)))
-
-    sources = [SourceInstance(Path(path), header) for path, header in instances]
-    return analyse_study(sources, settings, Path(out_dir), on_outputs=written,
-                         superseded=superseded, on_progress=report_progress)
-
-
-def report_progress(stage: str) -> None:
-    """In the worker: tell the supervisor that the running job has moved on (its heartbeat;
-    a job silent for [analysis] stall_seconds shows on /healthz)."""
-    if _connection is not None:
-        _connection.send(("progress", stage))
-
-
-def warm_up(settings: Settings) -> int:
-    """Analyse a tiny synthetic study in a fresh worker, so that the first real study pays
-    none of the first-time costs (imports, highdicom's IOD tables, fonts). Returns how many
-    result files the rehearsal wrote."""
-    from marrownode.pipeline import analyse_study, discover
-    from marrownode.synthetic.phantom import spine_phantom
-    from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
-
-    with tempfile.TemporaryDirectory(prefix="marrownode-warm-up-") as folder:
-        source, out = Path(folder) / "in", Path(folder) / "out"
-        datasets = build_study(StudyOptions(style="siemens", study_key="warm-up"),
-                               spine_phantom(slices=4, rows=48, cols=40))
-        write_datasets(datasets, source)
-        studies, _ = discover([source])
-        pipeline_log = logging.getLogger("marrownode.pipeline")
-        level = pipeline_log.level
-        pipeline_log.setLevel(logging.WARNING)  # a rehearsal, not a study: keep it out of the log
-        try:
-            report = analyse_study(next(iter(studies.values())), settings, out)
-        finally:
-            pipeline_log.setLevel(level)
-    return sum(len(s.get("outputs", [])) for s in report["dixon_sets"])
 
 
 def _warmed_up(future: Future[int]) -> None:
@@ -373,7 +275,7 @@ class AnalysisWorker:
             return
         ours, theirs = self._context.Pipe(duplex=True)
         process = self._context.Process(
-            target=_worker_main, name="marrownode-worker", daemon=True,
+            target=worker_main, name="marrownode-worker", daemon=True,
             args=(theirs, self._settings, os.getpid()))
         try:
             process.start()

@@ -149,7 +149,7 @@ def test_worker_warm_up_rehearses_the_whole_pipeline_quietly(caplog) -> None:
     import logging
 
     from marrownode.config import Settings
-    from marrownode.services.worker import warm_up
+    from marrownode.services.worker_process import warm_up
 
     with caplog.at_level(logging.INFO):
         outputs = warm_up(Settings())

@@ -192,7 +192,8 @@ def test_a_hung_analysis_is_seen_by_healthz_long_before_its_time_limit(node_fact
 def test_an_analysis_reports_its_stages_to_the_supervisor(tmp_path) -> None:
     """A real analysis sends its stages over the pipe: the supervisor hears progress before
     the result (what keeps a slow but working analysis healthy)."""
-    from marrownode.services.worker import AnalysisWorker, SeriesWritten
+    from marrownode.services.worker import AnalysisWorker
+    from marrownode.services.worker_process import SeriesWritten
     from marrownode.synthetic.studies import write_datasets
 
     settings = make_settings(tmp_path / "node")
