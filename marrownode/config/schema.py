@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from marrownode import defaults
+
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
 
 
@@ -134,13 +136,15 @@ class ThresholdEntry(_Section):
 
 class AnalysisSettings(_Section):
     thresholds: list[ThresholdEntry] = [
-        ThresholdEntry(field_strength_t=1.5, signal_loss_percent=20.0),
-        ThresholdEntry(field_strength_t=3.0, signal_loss_percent=25.0),
-    ]
-    field_strength_tolerance_t: Annotated[float, Field(gt=0, le=1.0)] = 0.25
-    min_focus_volume_mm3: Annotated[float, Field(ge=0)] = 50.0
-    in_phase_first_margin_percent: Annotated[float, Field(ge=0, le=30)] = 6.0
-    mixed_tissue_min_loss_percent: Annotated[float, Field(gt=0, le=90)] = 30.0
+        ThresholdEntry(field_strength_t=field, signal_loss_percent=loss)
+        for field, loss in defaults.THRESHOLDS]
+    field_strength_tolerance_t: Annotated[float, Field(gt=0, le=1.0)] = (
+        defaults.FIELD_STRENGTH_TOLERANCE_T)
+    min_focus_volume_mm3: Annotated[float, Field(ge=0)] = defaults.MIN_FOCUS_VOLUME_MM3
+    in_phase_first_margin_percent: Annotated[float, Field(ge=0, le=30)] = (
+        defaults.IN_PHASE_FIRST_MARGIN_PERCENT)
+    mixed_tissue_min_loss_percent: Annotated[float, Field(gt=0, le=90)] = (
+        defaults.MIXED_TISSUE_MIN_LOSS_PERCENT)
     #: An analysis still running after this long is stopped (its worker process restarted).
     time_limit_seconds: Annotated[float, Field(ge=10, le=86400)] = 900.0
     #: /healthz degrades when the running analysis reports no progress for this long (far

@@ -37,7 +37,7 @@ from marrownode.console.thumbnails import (
     overlay_outputs,
     thumbnail_png,
 )
-from marrownode.net.sender import describe_store_status
+from marrownode.net.ul.status import in_words
 from marrownode.states import StudyState
 from marrownode.store.views import (
     DELIVERY_FILTERS,
@@ -121,7 +121,7 @@ def console_blueprint(context: ConsoleContext, users: Users, throttle: LoginThro
 
     @console.app_template_filter("store_status")
     def store_status(status: int | None) -> str:
-        return describe_store_status(status)
+        return in_words(status)
 
     @console.app_context_processor
     def common() -> dict[str, Any]:

@@ -15,7 +15,6 @@ from typing import Any
 
 from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, evt
-from pynetdicom.status import GENERAL_STATUS, STORAGE_SERVICE_CLASS_STATUS, code_to_category
 
 from marrownode.net.pynetdicom_adapter import disable_nagle, park_reactor, send_files_as_stored
 from marrownode.net.ul import pdu
@@ -24,15 +23,6 @@ log = logging.getLogger(__name__)
 
 #: Limit of presentation contexts one requestor may propose.
 MAX_CONTEXTS = 128
-
-
-def describe_store_status(status: int | None) -> str:
-    """A C-STORE status as PS3.4 names it ("0xA700 Failure: Refused: Out of Resources")."""
-    if status is None:
-        return ""
-    category, meaning = STORAGE_SERVICE_CLASS_STATUS.get(
-        status, GENERAL_STATUS.get(status, (code_to_category(status), "")))
-    return f"0x{status:04X} {category}" + (f": {meaning}" if meaning else "")
 
 
 class SendError(StrEnum):

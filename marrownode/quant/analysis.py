@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from marrownode import defaults
 from marrownode.quant.body import find_body
 from marrownode.quant.foci import Focus, FocusParameters, find_foci
 from marrownode.quant.geometry import (
@@ -44,7 +45,7 @@ class QuantParameters:
     """Thresholds per field strength and the localiser's and foci's limits."""
 
     thresholds: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS
-    field_strength_tolerance_t: float = 0.25
+    field_strength_tolerance_t: float = defaults.FIELD_STRENGTH_TOLERANCE_T
     foci: FocusParameters = FocusParameters()
     spine: SpineParameters = SpineParameters()
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from marrownode import defaults
 from marrownode.quant.roi import roi_statistics
 from marrownode.vocabulary import FocusCategory
 
@@ -24,12 +25,12 @@ from marrownode.vocabulary import FocusCategory
 class FocusParameters:
     """Size limits of a focus and the T2* margin of in-phase-first pairs."""
 
-    min_volume_mm3: float = 50.0
+    min_volume_mm3: float = defaults.MIN_FOCUS_VOLUME_MM3
     min_voxels: int = 3
     #: A region holding more than this share of its vertebra is diffuse, not a focus.
     max_vertebra_fraction: float = 0.5
     #: In-phase-first pairs overstate the loss by about this many points (DICOM-NOTES §2).
-    in_phase_first_margin_percent: float = 6.0
+    in_phase_first_margin_percent: float = defaults.IN_PHASE_FIRST_MARGIN_PERCENT
     #: In-phase brighter than the surrounding marrow by this factor: fat-containing.
     fat_brighter_factor: float = 1.05
     #: Margin sharpness (0-1) from which a margin counts as sharp.

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from marrownode import defaults
 from marrownode.vocabulary import LocalisationMethod
 
 
@@ -17,7 +18,7 @@ class SpineParameters:
     """Tunable limits; millimetres unless named otherwise."""
 
     #: Normal marrow (~40-80 % fat) loses at least this much; fat and water-rich tissue less.
-    mixed_tissue_min_loss_percent: float = 30.0
+    mixed_tissue_min_loss_percent: float = defaults.MIXED_TISSUE_MIN_LOSS_PERCENT
     #: Water-rich tissue (CSF, discs, muscle, organs) loses less than this: a barrier.
     water_rich_max_loss_percent: float = 15.0
     #: Void (cortex, CSF, air) is darker than this fraction of the bright end (fat).

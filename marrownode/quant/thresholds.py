@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from marrownode import defaults
 from marrownode.vocabulary import Flag
 
 #: Seed literature (Radiopaedia, DICOM-NOTES §1): >20 % loss at 1.5 T, >25 % at 3 T is benign.
-DEFAULT_THRESHOLDS: tuple[tuple[float, float], ...] = ((1.5, 20.0), (3.0, 25.0))
+DEFAULT_THRESHOLDS = defaults.THRESHOLDS
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,7 @@ class ThresholdChoice:
 def select_threshold(
     field_strength_t: float | None,
     table: Sequence[tuple[float, float]] = DEFAULT_THRESHOLDS,
-    tolerance_t: float = 0.25,
+    tolerance_t: float = defaults.FIELD_STRENGTH_TOLERANCE_T,
 ) -> ThresholdChoice:
     """The nearest table entry within tolerance, else no threshold and a flag saying why."""
     if field_strength_t is None or field_strength_t <= 0:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from marrownode.config import ConfigError, Settings, load_settings
+from marrownode.config import ConfigError, Settings, load_settings, settings_from_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -132,3 +132,14 @@ def test_tls_paths_may_name_systemd_credentials(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     tls = load_settings(path).node.tls
     assert tls is not None and tls.key == tmp_path / "tls-key"
+
+
+def test_the_embedded_analysis_defaults_are_quants_own() -> None:
+    """One place for each analysis default (marrownode/defaults.py): the node on embedded
+    defaults analyses exactly as quant/ does when called with no parameters."""
+    from marrownode.pipeline import quant_parameters
+    from marrownode.quant.analysis import QuantParameters
+
+    assert quant_parameters(Settings()) == QuantParameters()
+    changed = settings_from_mapping({"analysis": {"min_focus_volume_mm3": 80.0}})
+    assert quant_parameters(changed) != QuantParameters()

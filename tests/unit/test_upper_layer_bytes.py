@@ -229,3 +229,15 @@ def test_status_categories(code: int, expected: Category, is_kept: bool, passes:
 def test_status_names_in_reasons() -> None:
     assert Status.OUT_OF_RESOURCES.category is Category.FAILURE
     assert describe(0xA700) == "0xA700 (OUT_OF_RESOURCES)" and describe(0xA712) == "0xA712"
+
+
+def test_one_status_table_words_statuses_as_ps34_does() -> None:
+    """The console's words for a delivery's status come from net/ul/status.py, the table the
+    receiver answers from (no second table beside it)."""
+    from marrownode.net.ul.status import in_words
+
+    assert in_words(0x0000) == "0x0000 Success"
+    assert in_words(0xA7F0) == "0xA7F0 Failure: Refused: Out of Resources"
+    assert in_words(0xB000) == "0xB000 Warning: Coercion of Data Elements"
+    assert in_words(0xC00F) == "0xC00F Failure: Cannot Understand"
+    assert in_words(None) == ""

@@ -73,6 +73,54 @@ def may_pass(code: int) -> bool:
     return 0xA700 <= code <= 0xA7FF or code == Status.PROCESSING_FAILURE
 
 
+#: What each status means, in PS3.4's words (B.2.3 for storage, C for the general ones);
+#: a range stands for every code in it.
+_MEANINGS: tuple[tuple[int, int, str], ...] = (
+    (0x0105, 0x0105, "No Such Attribute"),
+    (0x0106, 0x0106, "Invalid Attribute Value"),
+    (0x0107, 0x0107, "Attribute List Error"),
+    (0x0116, 0x0116, "Attribute Value Out of Range"),
+    (0x0110, 0x0110, "Processing Failure"),
+    (0x0111, 0x0111, "Duplication SOP Instance"),
+    (0x0112, 0x0112, "No Such SOP Instance"),
+    (0x0113, 0x0113, "No Such Event Type"),
+    (0x0114, 0x0114, "No Such Argument"),
+    (0x0115, 0x0115, "Invalid Argument Value"),
+    (0x0117, 0x0117, "Invalid Object Instance"),
+    (0x0118, 0x0118, "No Such SOP Class"),
+    (0x0119, 0x0119, "Class-Instance Conflict"),
+    (0x0120, 0x0120, "Missing Attribute"),
+    (0x0121, 0x0121, "Missing Attribute Value"),
+    (0x0122, 0x0122, "Refused: SOP Class Not Supported"),
+    (0x0123, 0x0123, "No Such Action"),
+    (0x0124, 0x0124, "Refused: Not Authorised"),
+    (0x0210, 0x0210, "Duplicate Invocation"),
+    (0x0211, 0x0211, "Unrecognised Operation"),
+    (0x0212, 0x0212, "Mistyped Argument"),
+    (0x0213, 0x0213, "Resource Limitation"),
+    (0xA700, 0xA7FF, "Refused: Out of Resources"),
+    (0xA900, 0xA9FF, "Data Set Does Not Match SOP Class"),
+    (0xB000, 0xB000, "Coercion of Data Elements"),
+    (0xB006, 0xB006, "Element Discarded"),
+    (0xB007, 0xB007, "Data Set Does Not Match SOP Class"),
+    (0xC000, 0xCFFF, "Cannot Understand"),
+)
+
+
+def meaning(code: int) -> str:
+    """What a status means in PS3.4's words ("" when the standard gives none)."""
+    return next((text for low, high, text in _MEANINGS if low <= code <= high), "")
+
+
+def in_words(code: int | None) -> str:
+    """'0xA700 Failure: Refused: Out of Resources': a status as an operator reads it (the
+    console's delivery list)."""
+    if code is None:
+        return ""
+    said = meaning(code)
+    return f"0x{code:04X} {category(code).value.capitalize()}" + (f": {said}" if said else "")
+
+
 def describe(code: int) -> str:
     """'0xA700 (OUT_OF_RESOURCES)' for logs and reasons; the hex alone for unnamed codes."""
     try:
