@@ -133,40 +133,65 @@ def index_path(storage_root: Path) -> Path:
     return Path(storage_root) / INDEX_FILENAME
 
 
+def _columns(db: sqlite3.Connection, table: str) -> set[str] | None:
+    """The table's columns, or None when the table does not exist yet (_SCHEMA makes it)."""
+    columns = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+    return columns or None
+
+
+def _add_columns(db: sqlite3.Connection, table: str, *definitions: str) -> None:
+    """ALTER TABLE ADD COLUMN for each definition the table lacks (a step may meet an index
+    that an interrupted earlier run already half-migrated)."""
+    columns = _columns(db, table)
+    for definition in definitions:
+        if columns is not None and definition.split()[0] not in columns:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {definition}")
+
+
+def _to_version_2(db: sqlite3.Connection) -> None:
+    """Version 1 summarised every header at receipt; version 2 summarises later."""
+    _add_columns(db, "instances", "summarised INTEGER NOT NULL DEFAULT 1")
+
+
+def _to_version_3(db: sqlite3.Connection) -> None:
+    """Version 2 called the event count 'dirty'."""
+    columns = _columns(db, "studies")
+    if columns is not None and "dirty" in columns:
+        db.execute("ALTER TABLE studies RENAME COLUMN dirty TO pending_events")
+
+
+def _to_version_4(db: sqlite3.Connection) -> None:
+    """Version 3 neither replaced receiving processes nor retried analyses."""
+    _add_columns(db, "associations", "pid INTEGER")
+    _add_columns(db, "studies", "analysis_attempts INTEGER NOT NULL DEFAULT 0",
+                 "retry_at REAL NOT NULL DEFAULT 0", "input_digest TEXT NOT NULL DEFAULT ''")
+
+
+def _to_version_5(db: sqlite3.Connection) -> None:
+    """Version 4 read a study's descriptors from its instance headers, and had no pause."""
+    _add_columns(db, "destinations", "paused INTEGER NOT NULL DEFAULT 0")
+    columns = _columns(db, "studies")
+    if columns is None or "described" in columns:
+        return
+    _add_columns(db, "studies", *(f"{column} TEXT NOT NULL DEFAULT ''"
+                                  for column in STUDY_DESCRIPTORS),
+                 "described INTEGER NOT NULL DEFAULT 0")
+    if _columns(db, "instances") is not None:
+        _describe_existing(db)
+
+
+#: Each step brings an index from the version before to its key (in order).
+MIGRATIONS = {2: _to_version_2, 3: _to_version_3, 4: _to_version_4, 5: _to_version_5}
+
+
 def _migrate(db: sqlite3.Connection) -> None:
-    """Bring an index written by an older version up to this schema (before _SCHEMA runs, so
-    that its CREATE statements see the current table shapes)."""
-    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    if "instances" in tables:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(instances)")}
-        if "summarised" not in columns:  # version 1: every header was summarised at receipt
-            db.execute("ALTER TABLE instances ADD COLUMN summarised INTEGER NOT NULL DEFAULT 1")
-    if "studies" in tables:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
-        if "dirty" in columns:  # version 2 called the event count 'dirty'
-            db.execute("ALTER TABLE studies RENAME COLUMN dirty TO pending_events")
-    if "destinations" in tables:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(destinations)")}
-        if "paused" not in columns:
-            db.execute("ALTER TABLE destinations ADD COLUMN paused INTEGER NOT NULL DEFAULT 0")
-    if "associations" in tables:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(associations)")}
-        if "pid" not in columns:  # version 3 did not replace receiving processes
-            db.execute("ALTER TABLE associations ADD COLUMN pid INTEGER")
-    if "studies" in tables:
-        columns = {row[1] for row in db.execute("PRAGMA table_info(studies)")}
-        if "analysis_attempts" not in columns:  # version 3 did not retry analyses
-            db.execute("ALTER TABLE studies ADD COLUMN analysis_attempts INTEGER NOT NULL "
-                       "DEFAULT 0")
-            db.execute("ALTER TABLE studies ADD COLUMN retry_at REAL NOT NULL DEFAULT 0")
-            db.execute("ALTER TABLE studies ADD COLUMN input_digest TEXT NOT NULL DEFAULT ''")
-        if "described" not in columns:  # version 4 read descriptors from instance headers
-            for column in ("accession_number", "study_date", "study_description",
-                           "patient_name"):
-                db.execute(f"ALTER TABLE studies ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
-            db.execute("ALTER TABLE studies ADD COLUMN described INTEGER NOT NULL DEFAULT 0")
-            if "instances" in tables:
-                _describe_existing(db)
+    """Bring an index written by an older version up to this schema, step by step from its
+    user_version (before _SCHEMA runs, so that its CREATE statements see the current table
+    shapes). A new, empty file has version 0 and no tables: every step finds nothing to do."""
+    version = int(db.execute("PRAGMA user_version").fetchone()[0])
+    for target in sorted(MIGRATIONS):
+        if version < target:
+            MIGRATIONS[target](db)
 
 
 #: Study descriptors kept on the study's row (the console lists thousands of studies without
