@@ -90,6 +90,10 @@ class Operator:
         self._trail(study_uid, actor, "reanalyse")
         self.wake_assembler()
 
+    def downloaded(self, actor: str, study_uid: str, what: str) -> None:
+        """A user took a copy of the study's data out of the node: the trail says who."""
+        self.index.studies.add_event(study_uid, "download", f"{what} (by {actor})")
+
     def delete(self, actor: str, study_uid: str) -> int:
         """Remove the study's received images, results, deliveries and trail; how many
         instances it had. Refused while it is being analysed."""

@@ -68,7 +68,7 @@ def create_app(health: Callable[[], Health], registry: CollectorRegistry,
 
 
 def _add_console(app: Flask, context: ConsoleContext) -> None:
-    from marrownode.console.views import console_blueprint
+    from marrownode.console.views import ConsoleState, install
 
     http = context.settings.http
     app.config.update(
@@ -81,5 +81,4 @@ def _add_console(app: Flask, context: ConsoleContext) -> None:
         WTF_CSRF_CHECK_DEFAULT=False,  # checked for cookie sessions only (views.py)
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session that holds it
     )
-    csrf = CSRFProtect(app)
-    app.register_blueprint(console_blueprint(context, Users(http.users), LoginThrottle(), csrf))
+    install(app, ConsoleState(context, Users(http.users), LoginThrottle(), CSRFProtect(app)))

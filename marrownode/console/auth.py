@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import threading
@@ -167,3 +168,21 @@ class LoginThrottle:
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+
+
+def safe_target(target: str | None, default: str) -> str:
+    """A local path to go back to (never another site: no scheme, no //host)."""
+    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+        return target
+    return default
+
+
+def throttle_keys(name: str, address: str) -> tuple[str, ...]:
+    """Failed logins count against the name, and against the client's address unless it is
+    loopback (behind the reverse proxy every client is 127.0.0.1: one guesser would lock
+    everyone out)."""
+    try:
+        loopback = ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        loopback = False
+    return (f"name:{name}",) if loopback else (f"name:{name}", f"address:{address}")

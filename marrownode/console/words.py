@@ -1,0 +1,32 @@
+"""How the console words what it shows: times, durations and what a pattern means."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from marrownode.vocabulary import Pattern
+
+#: What a pattern means for the reader (the clinical rule of the node).
+PATTERN_WORDS = {
+    Pattern.NORMAL: "signal loss present: normal or benign marrow",
+    Pattern.FOCAL: "focal absent signal loss: worrying for a marrow lesion",
+    Pattern.DIFFUSE: "diffuse absent signal loss: worrying for infiltration",
+    Pattern.NOT_ASSESSED: "not assessed",
+}
+
+def local_time(epoch: float | None) -> str:
+    """A time in the operator's local time ("" when there is none)."""
+    if not epoch:
+        return ""
+    return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration_words(seconds: float | None) -> str:
+    """12 s, 4 min, 2.5 h."""
+    if seconds is None:
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
