@@ -23,16 +23,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from prometheus_client import CollectorRegistry  # noqa: E402
+from prometheus_client import CollectorRegistry
 
-from marrownode.actions import Operator  # noqa: E402
-from marrownode.config import settings_from_mapping  # noqa: E402
-from marrownode.console.app import ConsoleContext, create_app  # noqa: E402
-from marrownode.console.auth import new_token  # noqa: E402
-from marrownode.monitor import Health, HTTPService  # noqa: E402
-from marrownode.store.index import Index  # noqa: E402
-from marrownode.store.spool import Spool  # noqa: E402
-from tests.conftest import free_port  # noqa: E402
+from marrownode.actions import Operator
+from marrownode.config import settings_from_mapping
+from marrownode.console.app import ConsoleContext, create_app
+from marrownode.console.auth import new_token
+from marrownode.monitor import Health, HTTPService
+from marrownode.store.index import Index
+from marrownode.store.spool import Spool
+from tests.conftest import free_port
 
 PATTERNS = ("normal", "normal", "normal", "focal", "diffuse")
 

@@ -31,7 +31,7 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-import marrownode.net.sender as sender  # noqa: E402
+from marrownode.net import sender  # noqa: E402
 
 
 class _Stolen(logging.Handler):

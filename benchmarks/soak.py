@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from run import (  # noqa: E402
+from run import (
     ENV,
     STORESCP,
     MarrowNode,
@@ -34,8 +34,8 @@ from run import (  # noqa: E402
     wait_port,
 )
 
-from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
-from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets  # noqa: E402
+from marrownode.synthetic.phantom import spine_phantom
+from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
 
 
 def tree_rss(pid: int) -> int:

@@ -169,7 +169,7 @@ class Health:
 class _RequestHandler(WSGIRequestHandler):
     timeout = 30.0  # a client that stops sending holds its thread this long at most
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         log.debug("event=http_request line=%s", (format % args).replace(" ", "_"))
 
 

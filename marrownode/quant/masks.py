@@ -19,8 +19,8 @@ def estimate_noise_sigma(image: np.ndarray, rim_fraction: float = 0.06) -> float
     if volume.ndim == 2:
         volume = volume[None]
     rows, cols = volume.shape[-2:]
-    r = max(1, int(round(rows * rim_fraction)))
-    c = max(1, int(round(cols * rim_fraction)))
+    r = max(1, round(rows * rim_fraction))
+    c = max(1, round(cols * rim_fraction))
     rim = np.concatenate(
         [
             volume[:, :r, :].ravel(),

@@ -94,8 +94,8 @@ def spine_phantom(
     column_left, column_right = int(cols * 0.25), int(cols * 0.55)
     top, bottom = int(rows * 0.12), int(rows * 0.88)
     vertebra_mm, disc_mm = 28.0, 8.0
-    vertebra_px = max(int(round(vertebra_mm / pixel_spacing_mm)), 4)
-    disc_px = max(int(round(disc_mm / pixel_spacing_mm)), 2)
+    vertebra_px = max(round(vertebra_mm / pixel_spacing_mm), 4)
+    disc_px = max(round(disc_mm / pixel_spacing_mm), 2)
     vertebra_rows: list[tuple[int, int]] = []
     row = top
     while row + vertebra_px <= bottom:

@@ -123,7 +123,7 @@ def test_an_analysis_that_runs_out_of_space_waits_and_resumes(node_factory, smal
     """The budget can be wrong (another process takes the space meanwhile): the worker then
     meets ENOSPC writing results. The study waits for space, no attempt is counted, and it
     is analysed and delivered once space returns."""
-    import marrownode.services.assembler as assembler
+    from marrownode.services import assembler
 
     monkeypatch.setattr(assembler, "expected_result_bytes", lambda source_bytes: 0)
     pacs = StandInPACS(tmp_path / "pacs").start()

@@ -79,7 +79,7 @@ def test_mutated_associations_and_stores_never_hurt_the_node(node_factory) -> No
         cases += 1
     assert cases >= 100
     wait_until(lambda: node.receiver.active_associations() == 0
-               and node.receiver._pending == 0, timeout=15)  # noqa: SLF001
+               and node.receiver._pending == 0, timeout=15)
     time.sleep(0.5)
     assert threading.active_count() <= threads_before + 2
     assert len(os.listdir("/proc/self/fd")) <= fds_before + 5

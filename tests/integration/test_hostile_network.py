@@ -154,14 +154,14 @@ def test_a_trickling_peer_is_dropped_at_the_artim_deadline(node_factory) -> None
 def test_connections_that_do_not_associate_are_capped_and_answered(node_factory) -> None:
     node = node_factory(node={"max_pending_connections": 3})
     idle = [socket.create_connection((LOOPBACK, node.receiver.port)) for _ in range(3)]
-    wait_until(lambda: node.receiver._pending == 3, timeout=5)  # noqa: SLF001
+    wait_until(lambda: node.receiver._pending == 3, timeout=5)
     extra = RawRequestor(node.receiver.port)
     pdu_type, body = extra.read_pdu()
     assert pdu_type == A_ASSOCIATE_RJ and body[1:] == bytes([2, 3, 2])  # transient, local limit
     extra.close()
     for sock in idle:
         sock.close()
-    wait_until(lambda: node.receiver._pending == 0, timeout=5)  # noqa: SLF001
+    wait_until(lambda: node.receiver._pending == 0, timeout=5)
     assert send(node.receiver.port, build_study(StudyOptions(study_key="capped"))[:1]) == [0]
 
 

@@ -265,7 +265,7 @@ def test_concurrent_writers_of_two_index_objects_all_commit(tmp_path) -> None:
                     {"sop_instance_uid": uid, "study_uid": "1.2", "series_uid": "1.2.1",
                      "sop_class_uid": "1.2.840.10008.5.1.4.1.1.4"},
                     tmp_path / f"{uid}.dcm", 10, "1.2.840.10008.1.2.1", None)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=write, args=(indexes[w % 2], w)) for w in range(8)]

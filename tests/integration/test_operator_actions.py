@@ -78,7 +78,7 @@ def test_webhooks_are_told_of_failures_for_good_without_patient_data(node_factor
     received: list[dict] = []
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["Content-Length"]))
             received.append(json.loads(body))
             self.send_response(204)

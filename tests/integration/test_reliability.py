@@ -93,10 +93,10 @@ class _NoNewProcesses:
     def __init__(self, real: Any) -> None:
         self.real = real
 
-    def Pipe(self, duplex: bool = True) -> Any:  # noqa: N802 - multiprocessing's name
+    def Pipe(self, duplex: bool = True) -> Any:
         return self.real.Pipe(duplex)
 
-    def Process(self, *args: Any, **kwargs: Any) -> Any:  # noqa: N802
+    def Process(self, *args: Any, **kwargs: Any) -> Any:
         return _Unstartable()
 
 

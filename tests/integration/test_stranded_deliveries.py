@@ -182,7 +182,7 @@ def test_a_hung_analysis_is_seen_by_healthz_long_before_its_time_limit(node_fact
     wait_until(lambda: _healthz(port)[0] == 200, timeout=60)  # the warm-up is over
     hung = node.worker.submit(time.sleep, 4.0)  # a job that says nothing while it runs
     wait_until(lambda: _healthz(port)[0] == 503, timeout=10)
-    code, body = _healthz(port)
+    _, body = _healthz(port)
     assert body["failed"] == ["analysis_progressing"]
     assert body["analysis_silent_seconds"] >= 1.0 and body["analysis_stage"] == "started"
     hung.result(timeout=30)
@@ -237,7 +237,7 @@ def test_deliveries_stuck_on_a_hung_pacs_show_on_healthz_and_status(node_factory
         node.index.outbox.enqueue("1.2.3", _result_files(tmp_path / "results", 3), ["pacs"])
         node.deliverer.wake()
         wait_until(lambda: _healthz(node.http.port)[0] == 503, timeout=15)
-        code, body = _healthz(node.http.port)
+        _, body = _healthz(node.http.port)
         assert body["failed"] == ["deliveries_progressing"]
         assert body["stalled_destinations"] == ["pacs"]
         assert body["oldest_pending_seconds"]["pacs"] >= 1.0

@@ -70,7 +70,7 @@ def test_every_vertebral_body_is_found_numbered_and_nothing_else(orientation: st
 
 
 def test_normal_spine_has_no_focus_and_reads_normal_with_t1_standards() -> None:
-    phantom, result = analysed("normal", "sagittal")
+    _, result = analysed("normal", "sagittal")
     assert result.foci == [] and result.pattern == "normal"
     assert result.flags == ["fat_fraction_ambiguous_above_50"]
     marrow_ip = sum(ANATOMY_TISSUES["marrow"])

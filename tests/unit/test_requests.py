@@ -218,10 +218,10 @@ def test_regions_off_the_dixon_slices_are_refused_with_the_reason() -> None:
     geometry = VolumeGeometry.identity((4.0, 1.0, 1.0))  # slices 4 mm apart along x
     shape = (5, 20, 20)
     square = np.array([[0.0, 0.0, -5.0], [0.0, 0.0, -9.0], [0.0, 4.0, -9.0], [0.0, 4.0, -5.0]])
-    on_slice = place_planar(geometry, shape, "POLYLINE", square + [8.8, 0.0, 0.0])
+    on_slice = place_planar(geometry, shape, "POLYLINE", square + np.array([8.8, 0.0, 0.0]))
     assert on_slice.mask is not None and on_slice.slice_index == 2  # 0.2 slice off: placed
     assert on_slice.mask[2].sum() == 25  # centres inside or on the outline: rows 5-9, cols 0-4
-    between = place_planar(geometry, shape, "POLYLINE", square + [10.0, 0.0, 0.0])
+    between = place_planar(geometry, shape, "POLYLINE", square + np.array([10.0, 0.0, 0.0]))
     assert between.mask is None and "not a Dixon slice" in between.reason
     oblique = square + np.array([[8.0, 0, 0], [8.0, 0, 0], [12.0, 0, 0], [12.0, 0, 0]])
     assert "not a Dixon slice" in place_planar(geometry, shape, "POLYLINE", oblique).reason
@@ -260,7 +260,7 @@ def test_a_region_drawn_on_our_signal_loss_map_is_measured(measured, tmp_path: P
 def test_vertebra_segments_replace_the_image_based_localisation(tmp_path: Path) -> None:
     """An AI platform's SEG of the vertebral bodies, coded with the CID 7603 SNOMED codes:
     the per-vertebra findings use those bodies and names (marrow.method "segmentation")."""
-    phantom, spacing, thickness = _phantom()
+    phantom, _, _ = _phantom()
     datasets = build_study(StudyOptions(style="siemens", study_key="vertebra-seg"), phantom)
     in_phase = sorted((d for d in datasets if d.SeriesDescription.endswith("_in")),
                       key=lambda d: int(d.InstanceNumber))
