@@ -6,7 +6,7 @@ Pure constants: every room may use them."""
 from __future__ import annotations
 
 #: (field strength in T, signal loss threshold in %): loss above it points to normal or
-#: benign marrow (> 20 % at 1.5 T, > 25 % at 3 T; DICOM-NOTES §1).
+#: benign marrow (> 20 % at 1.5 T, > 25 % at 3 T; docs/domain.md §1).
 THRESHOLDS: tuple[tuple[float, float], ...] = ((1.5, 20.0), (3.0, 25.0))
 #: The nearest threshold entry applies within this many tesla of the set's field strength.
 FIELD_STRENGTH_TOLERANCE_T = 0.25

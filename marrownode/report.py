@@ -1,5 +1,5 @@
 """What the analysis of one Dixon set found, as typed records: results/ builds DICOM from a
-SetReport, and report.json (and the node's index) store its JSON form (DESIGN.md's contract).
+SetReport, and report.json (and the node's index) store its JSON form (docs/architecture.md's contracts).
 
 Numbers are rounded once, here, so the SR states exactly what report.json states.
 """
@@ -255,7 +255,7 @@ class SetReport:
         self.state, self.reason = SetState.FAILED, reason
 
     def to_json(self) -> SetShape:
-        """The set's report.json entry (DESIGN.md)."""
+        """The set's report.json entry (docs/architecture.md)."""
         def optional(entry: SeriesEntry | None) -> SeriesShape | None:
             return entry.to_json() if entry is not None else None
 

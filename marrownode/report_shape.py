@@ -1,4 +1,4 @@
-"""report.json's shape as TypedDicts: the contract of DESIGN.md in types.
+"""report.json's shape as TypedDicts: the contract of docs/architecture.md in types.
 
 report.py generates these from its records; the pipeline returns them, the node keeps them in
 its index and hands them to the deliverer, the console and the CLI read them. With mypy

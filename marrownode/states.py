@@ -10,7 +10,7 @@ from enum import StrEnum
 
 
 class StudyState(StrEnum):
-    """Where a study is in the flow of DESIGN.md."""
+    """Where a study is in the flow of docs/architecture.md."""
 
     RECEIVING = "receiving"
     WAITING = "waiting"

@@ -1,7 +1,7 @@
 """Echo-role classification of every image plane: in-phase, opposed-phase, water, fat,
 fat-fraction (scanner map) or none, always with the reason.
 
-Order of evidence (DICOM-NOTES §2-3): exact tokens in FrameType / ImageType (value 3 on), the
+Order of evidence (docs/domain.md §2-3): exact tokens in FrameType / ImageType (value 3 on), the
 Philips private type, vendor naming conventions, and only then echo-time physics — for original
 gradient-echo images without fat suppression that have a sibling echo on identical geometry.
 """
@@ -30,7 +30,7 @@ class Role(StrEnum):
     NONE = "none"
 
 
-# Tested in this order: fat fraction and opposed before in-phase (DICOM-NOTES §3).
+# Tested in this order: fat fraction and opposed before in-phase (docs/domain.md §3).
 _TOKENS: tuple[tuple[Role, frozenset[str]], ...] = (
     (Role.FAT_FRACTION, frozenset({"FAT_FRACTION"})),
     (Role.OPPOSED_PHASE, frozenset({"OUT_PHASE", "OPP_PHASE", "OUT_OF_PHASE", "OP"})),

@@ -1,6 +1,6 @@
 """One Dixon set: body, maps, vertebral marrow, per-vertebra findings, foci and the pattern.
 
-Every finding lives inside localised vertebral marrow (DESIGN.md, "marrow first"). When the
+Every finding lives inside localised vertebral marrow (docs/architecture.md, "marrow first"). When the
 localiser does not find a spine, the maps are still made, and nothing else is claimed.
 """
 

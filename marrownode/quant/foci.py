@@ -29,7 +29,7 @@ class FocusParameters:
     min_voxels: int = 3
     #: A region holding more than this share of its vertebra is diffuse, not a focus.
     max_vertebra_fraction: float = 0.5
-    #: In-phase-first pairs overstate the loss by about this many points (DICOM-NOTES §2).
+    #: In-phase-first pairs overstate the loss by about this many points (docs/domain.md §2).
     in_phase_first_margin_percent: float = defaults.IN_PHASE_FIRST_MARGIN_PERCENT
     #: In-phase brighter than the surrounding marrow by this factor: fat-containing.
     fat_brighter_factor: float = 1.05

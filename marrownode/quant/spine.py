@@ -1,6 +1,6 @@
 """Vertebral marrow from the images themselves: where are the vertebral bodies?
 
-What the physics gives (DICOM-NOTES §1-2), used in this order:
+What the physics gives (docs/domain.md §1-2), used in this order:
 1. Marrow is mixed water-fat tissue: clearly more signal loss than fat (mostly fat) or muscle,
    discs, CSF and organs (mostly water). That finds normal marrow.
 2. Marrow sits inside bone: framed in every plane by signal-void cortex and endplates. Regions

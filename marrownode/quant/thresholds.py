@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from marrownode import defaults
 from marrownode.vocabulary import Flag
 
-#: Seed literature (Radiopaedia, DICOM-NOTES §1): >20 % loss at 1.5 T, >25 % at 3 T is benign.
+#: Seed literature (Radiopaedia, docs/domain.md §1): >20 % loss at 1.5 T, >25 % at 3 T is benign.
 DEFAULT_THRESHOLDS = defaults.THRESHOLDS
 
 

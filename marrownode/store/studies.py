@@ -1,6 +1,6 @@
 """Studies, their instances, the associations that brought them, and their Dixon sets.
 
-Each arrow of the flow in DESIGN.md is a row update here, committed before the next step
+Each arrow of the flow in docs/architecture.md is a row update here, committed before the next step
 starts, so a restart resumes where it stopped. A study counts the events (new data, an
 association that ended) not yet assessed; a verdict clears only the events it saw.
 """

@@ -1,4 +1,4 @@
-"""Synthetic MR studies labelled the way each vendor labels Dixon outputs (DICOM-NOTES §3).
+"""Synthetic MR studies labelled the way each vendor labels Dixon outputs (docs/domain.md §3).
 
 The styles are data in styles.py, Enhanced MR in enhanced.py, the shared building blocks in
 dataset.py; this module assembles studies and the extra series of an exam.

@@ -1,4 +1,4 @@
-"""How each vendor labels its Dixon series (DICOM-NOTES §3), as data: per style, the series a
+"""How each vendor labels its Dixon series (docs/domain.md §3), as data: per style, the series a
 scanner sends and the ImageType (and private) labels of their images. Echo times follow from
 each image's role and the field strength; a description may name the orientation's protocol."""
 
