@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 from selenium.webdriver.common.by import By
-from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 
 from marrownode.console.auth import hash_password
@@ -35,13 +34,16 @@ def _shot(driver: Any, name: str) -> Path:
 
 
 def _press(driver: Any, button: Any) -> None:
-    """Click a button or link that leads to another page, and wait until that page is whole."""
-    page = driver.find_element(By.TAG_NAME, "html")
+    """Click a button or link that leads to another page, and wait until that page is whole.
+
+    The old page is marked in its window object and the wait is for a document without the
+    mark: no element reference is held across the navigation (Chromium can answer a check on
+    an old element with "Node ... does not belong to the document" instead of "stale")."""
+    driver.execute_script("window.__marrownodeOldPage = true;")
     button.click()
-    WebDriverWait(driver, 15).until(expected_conditions.staleness_of(page))
-    # the new page, images included, has loaded (not only begun to)
     WebDriverWait(driver, 15).until(
-        lambda d: d.execute_script("return document.readyState") == "complete")
+        lambda d: d.execute_script("return window.__marrownodeOldPage !== true "
+                                   "&& document.readyState === 'complete';"))
 
 
 def _log_in(driver: Any, base: str, name: str, password: str) -> None:

@@ -1,4 +1,4 @@
-"""The house rules of docs/architecture.md, checked on the imports of every module (ast, not grep)."""
+"""The house rules of docs/architecture.md, checked on every module's imports (ast, not grep)."""
 
 from __future__ import annotations
 
