@@ -1,5 +1,6 @@
 """What the analysis of one Dixon set found, as typed records: results/ builds DICOM from a
-SetReport, and report.json (and the node's index) store its JSON form (docs/architecture.md's contracts).
+SetReport, and report.json (and the node's index) store its JSON form (report_shape.py; the
+contract is in docs/architecture.md).
 
 Numbers are rounded once, here, so the SR states exactly what report.json states.
 """

@@ -1,7 +1,7 @@
 """One Dixon set: body, maps, vertebral marrow, per-vertebra findings, foci and the pattern.
 
-Every finding lives inside localised vertebral marrow (docs/architecture.md, "marrow first"). When the
-localiser does not find a spine, the maps are still made, and nothing else is claimed.
+Every finding lives inside localised vertebral marrow (docs/architecture.md, "marrow first").
+When the localiser does not find a spine, the maps are still made, and nothing else is claimed.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 A member compares equal to its text and is written as that text in JSON, the index and the
 SR lookups, so report.json keeps its words; a misspelt member is an AttributeError that mypy
-sees, where a misspelt string passed silently. The words are report.json's contract (docs/architecture.md): add, never
-rename. Pure Python: every room may use it (quant/ included).
+sees, where a misspelt string passed silently. The words are report.json's contract
+(docs/architecture.md): add, never rename. Pure Python: every room may use it (quant/ too).
 """
 
 from marrownode.vocabulary.findings import FocusCategory, Margin, Pattern
