@@ -9,7 +9,7 @@ import os
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from marrownode.report_shape import (
     OutputEntry,
     ProcessShape,
     RequestShape,
+    SetShape,
     StudyShape,
     UnreadableFile,
 )
@@ -43,6 +44,9 @@ from marrownode.requests.measure import (
     segment_localisation,
 )
 from marrownode.results.build import build_results, write_answer
+from marrownode.results.failure_note import write_failure_note
+from marrownode.states import SetState
+from marrownode.store.spool import disk_full
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import Flag
 
@@ -96,43 +100,12 @@ def analyse_study(
     pending = find_requests([(item.path, item.header) for item in instances], settings,
                             lambda text: str(derived_uid(settings.outputs.uid_root, text)),
                             results_dir=out_dir)
-    set_reports = []
-    measured_on: list[DixonSet] = []
-    for set_index, dixon_set in enumerate(assembly.sets):
-        report = SetReport.of(dixon_set)
-        try:
-            on_progress(f"set {set_index + 1}: loading")
-            volumes = load_set(dixon_set, cache)
-            cache.release_pixels()
-            on_progress(f"set {set_index + 1}: analysing")
-            given = segment_localisation(pending, volumes.geometry, volumes.in_phase.shape,
-                                         dixon_set.in_phase.first.frame_of_reference_uid)
-            result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
-                                 dixon_set.field_strength_t, volumes.water, volumes.fat,
-                                 parameters, geometry=volumes.geometry,
-                                 scanner_pdff=volumes.scanner_fat_fraction,
-                                 in_phase_first=Flag.IN_PHASE_FIRST in dixon_set.flags,
-                                 localisation=given)
-        except Exception as exc:  # one broken set must not hide the others
-            log.exception("event=set_failed study=%s set=%s", study_uid, dixon_set.key)
-            report.failed(f"{type(exc).__name__}: {exc}")
-            set_reports.append(report.to_json())
-            continue
-        report.analysed(result, volumes.geometry, settings.outputs.uid_root, study_uid,
-                        parameters.foci.sharp_margin)
-        if pending:
-            measure_on_set(pending, SetMaps(
-                dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
-                Flag.IN_PHASE_FIRST in dixon_set.flags,
-                dixon_set.in_phase.first.frame_of_reference_uid), settings)
-            measured_on.append(dixon_set)
-        if out_dir is not None:
-            on_progress(f"set {set_index + 1}: writing results")
-            report.outputs = build_results(
-                dixon_set, volumes, result, cache, settings, out_dir, report, set_index,
-                on_outputs, superseded=(superseded or {}).get(dixon_set.key, []))
-        set_reports.append(report.to_json())
-    requests = [_answer(item, index, measured_on, cache, settings, out_dir, on_outputs)
+    run = _StudyRun(study_uid, settings, parameters, cache, paths, pending, out_dir,
+                    on_outputs, on_progress, superseded or {})
+    set_reports = [_analyse_one_set(run, set_index, dixon_set)
+                   for set_index, dixon_set in enumerate(assembly.sets)]
+    measured_on = run.measured_on
+    requests = [_answer_or_fail(item, index, measured_on, cache, settings, out_dir, on_outputs)
                 for index, item in enumerate(pending)]
     log.info("event=study_analysed study=%s sets=%d requests=%d skipped_series=%d "
              "seconds=%.2f", study_uid, len(set_reports), len(requests),
@@ -143,6 +116,105 @@ def analyse_study(
         "requests": requests,
         "skipped_series": assembly.skipped_series,
     }
+
+
+@dataclass
+class _StudyRun:
+    """What every set of one study's analysis shares."""
+
+    study_uid: str
+    settings: Settings
+    parameters: QuantParameters
+    cache: PixelCache
+    paths: dict[str, Path]
+    pending: list[PendingRequest]
+    out_dir: Path | None
+    on_outputs: Callable[[list[OutputEntry]], None] | None
+    on_progress: Callable[[str], None]
+    superseded: Mapping[str, list[OutputEntry]]
+    measured_on: list[DixonSet] = field(default_factory=list)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """An exception as a set's or request's reason: class and message, one line, no
+    traceback (that goes to the log, once)."""
+    return " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def _analyse_one_set(run: _StudyRun, set_index: int, dixon_set: DixonSet) -> SetShape:
+    """One set, start to end. Whatever breaks it (a vendor's file the code does not expect,
+    a result highdicom refuses) fails this set alone with the reason; a full disk is not the
+    set's fault and goes up (the node waits for space). Results the set had already written
+    are named incomplete by a note in the study."""
+    report = SetReport.of(dixon_set)
+    written: list[OutputEntry] = []
+
+    def emit(entries: list[OutputEntry]) -> None:
+        written.extend(entries)
+        if run.on_outputs is not None:
+            run.on_outputs(entries)
+
+    try:
+        _run_set(run, set_index, dixon_set, report, emit)
+    except Exception as exc:
+        if disk_full(exc):
+            raise
+        log.exception("event=set_failed study=%s set=%s", run.study_uid, dixon_set.key)
+        report.failed(failure_reason(exc))
+        if written and run.out_dir is not None:
+            outputs = run.settings.outputs
+            report.outputs = write_failure_note(
+                str(run.paths[dixon_set.in_phase.first.sop_instance_uid]), report.reason,
+                [str(run.out_dir / entry["path"]) for entry in written], outputs.uid_root,
+                outputs.series_number_base, str(run.out_dir))
+            if run.on_outputs is not None and report.outputs:
+                run.on_outputs(report.outputs)
+    return report.to_json()
+
+
+def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetReport,
+             emit: Callable[[list[OutputEntry]], None]) -> None:
+    """Load, analyse, measure requests on, and (with an output folder) write one set."""
+    run.on_progress(f"set {set_index + 1}: loading")
+    volumes = load_set(dixon_set, run.cache)
+    run.cache.release_pixels()
+    run.on_progress(f"set {set_index + 1}: analysing")
+    given = segment_localisation(run.pending, volumes.geometry, volumes.in_phase.shape,
+                                 dixon_set.in_phase.first.frame_of_reference_uid)
+    result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
+                         dixon_set.field_strength_t, volumes.water, volumes.fat,
+                         run.parameters, geometry=volumes.geometry,
+                         scanner_pdff=volumes.scanner_fat_fraction,
+                         in_phase_first=Flag.IN_PHASE_FIRST in dixon_set.flags,
+                         localisation=given)
+    report.analysed(result, volumes.geometry, run.settings.outputs.uid_root, run.study_uid,
+                    run.parameters.foci.sharp_margin)
+    if run.pending:
+        measure_on_set(run.pending, SetMaps(
+            dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
+            Flag.IN_PHASE_FIRST in dixon_set.flags,
+            dixon_set.in_phase.first.frame_of_reference_uid), run.settings)
+        run.measured_on.append(dixon_set)
+    if run.out_dir is not None:
+        run.on_progress(f"set {set_index + 1}: writing results")
+        report.outputs = build_results(
+            dixon_set, volumes, result, run.cache, run.settings, run.out_dir, report,
+            set_index, emit, superseded=run.superseded.get(dixon_set.key, []))
+
+
+def _answer_or_fail(item: PendingRequest, index: int, measured_on: list[DixonSet],
+                    cache: PixelCache, settings: Settings, out_dir: Path | None,
+                    on_outputs: Callable[[list[OutputEntry]], None] | None) -> RequestShape:
+    """A request's answer, or its failure with the reason (the other requests go on)."""
+    try:
+        return _answer(item, index, measured_on, cache, settings, out_dir, on_outputs)
+    except Exception as exc:
+        if disk_full(exc):
+            raise
+        log.exception("event=request_failed request=%s", item.request.sop_instance_uid)
+        return {"sop_instance_uid": item.request.sop_instance_uid, "kind": item.request.kind,
+                "measurements": [], "outputs": [], "state": "failed",
+                "reason": failure_reason(exc)}
 
 
 def _answer(item: PendingRequest, index: int, measured_on: list[DixonSet], cache: PixelCache,
@@ -224,12 +296,38 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> P
     report: ProcessShape = {
         "marrownode_version": __version__,
         "algorithm_version": ALGORITHM_VERSION,
-        "studies": [analyse_study(instances, settings, out_dir)
-                    for _, instances in sorted(studies.items())],
+        "studies": [_study_or_fail(study_uid, instances, settings, out_dir)
+                    for study_uid, instances in sorted(studies.items())],
         "unreadable_files": unreadable,
     }
     write_json_atomic(out_dir / "report.json", report)
     return report
+
+
+def _study_or_fail(study_uid: str, instances: Sequence[SourceInstance], settings: Settings,
+                   out_dir: Path) -> StudyShape:
+    """One study of `process`: its report, or its failure with the reason (the other studies
+    go on; `process` exits 1 once everything is written)."""
+    try:
+        return analyse_study(instances, settings, out_dir)
+    except Exception as exc:
+        log.exception("event=study_failed study=%s", study_uid)
+        return {"study_instance_uid": study_uid, "dixon_sets": [], "requests": [],
+                "skipped_series": [], "state": "failed", "reason": failure_reason(exc)}
+
+
+def failures(report: ProcessShape) -> list[str]:
+    """Every study, set and request of a `process` report that failed, in words."""
+    found = []
+    for study in report["studies"]:
+        uid = study["study_instance_uid"]
+        if study.get("state") == "failed":
+            found.append(f"study {uid}: {study.get('reason', '')}")
+        found += [f"study {uid} set {s['key']}: {s.get('reason', '')}"
+                  for s in study["dixon_sets"] if s["state"] == SetState.FAILED]
+        found += [f"study {uid} request {r['sop_instance_uid']}: {r.get('reason', '')}"
+                  for r in study["requests"] if r.get("state") == "failed"]
+    return found
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

@@ -270,7 +270,7 @@ class SetReport:
         }
         if self.state is SetState.FAILED:
             data.update(state=str(self.state), reason=self.reason,
-                        signal_loss_threshold_percent=None, foci=[], outputs=[])
+                        signal_loss_threshold_percent=None, foci=[], outputs=self.outputs)
             return cast(SetShape, data)
         data.update(
             signal_loss_threshold_percent=self.signal_loss_threshold_percent,

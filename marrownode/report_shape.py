@@ -145,6 +145,8 @@ class RequestShape(TypedDict):
     kind: str
     measurements: list[dict[str, object]]
     outputs: list[OutputEntry]
+    state: NotRequired[str]  # "failed" when answering it raised
+    reason: NotRequired[str]
 
 
 class SkippedSeries(TypedDict):
@@ -161,6 +163,8 @@ class StudyShape(TypedDict):
     dixon_sets: list[SetShape]
     requests: list[RequestShape]
     skipped_series: list[SkippedSeries]
+    state: NotRequired[str]  # "failed" when the study could not be read at all (process)
+    reason: NotRequired[str]
 
 
 class UnreadableFile(TypedDict):

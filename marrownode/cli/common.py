@@ -42,7 +42,7 @@ def load_for(given: Path | None) -> Settings:
 
 
 def format_time(epoch: float | None) -> str:
-    """The settings of --config, $MARROWNODE_CONFIG, /etc/marrownode or the defaults."""
+    """An epoch time in the operator's local time ('-' when there is none)."""
     if not epoch:
         return "-"
     return datetime.fromtimestamp(epoch).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
@@ -67,7 +67,7 @@ def command_line_operator(settings: Settings) -> Operator:
 
 
 def command_line_actor() -> str:
-    """An epoch time in the operator's local time ('-' when there is none)."""
+    """Who acts, as the trail records it: the user on the command line."""
     try:
         return f"{getpass.getuser()} on the command line"
     except (KeyError, OSError):  # no user name in the environment or the password database
@@ -87,7 +87,7 @@ def act(action: Callable[[], str]) -> int:
 
 
 def open_index(settings: Settings, read_only: bool = False) -> Any:
-    """Who acts, as the trail records it: the user on the command line."""
+    """The configured node's index; FileNotFoundError when it has none yet."""
     from marrownode.store.database import index_path
     from marrownode.store.index import Index
 

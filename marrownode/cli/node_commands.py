@@ -27,7 +27,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """`check-config FILE`: validate, print the effective settings and warnings."""
+    """`serve`: run the node until SIGTERM or SIGINT."""
     from marrownode.node import Node
     from marrownode.store.lock import StorageLocked
 
@@ -71,7 +71,7 @@ def _echo_target(args: argparse.Namespace,
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
-    """`serve`: run the node until SIGTERM or SIGINT."""
+    """`echo`: C-ECHO this node, a configured destination, or HOST PORT."""
     from marrownode.net.echo import echo
 
     target = _echo_target(args, load_for(args.config))
@@ -89,8 +89,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_process(args: argparse.Namespace) -> int:
-    """`echo`: C-ECHO this node, a configured destination, or HOST PORT."""
-    from marrownode.pipeline import process_paths
+    """`process PATH... --out DIR`: analyse every study offline."""
+    from marrownode.pipeline import failures, process_paths
 
     settings = load_for(args.config)
     configure_logging(settings.logging)
@@ -102,11 +102,14 @@ def cmd_process(args: argparse.Namespace) -> int:
     sets = sum(len(s["dixon_sets"]) for s in report["studies"])
     studies = len(report["studies"])
     print(f"{studies} studies, {sets} Dixon sets; report: {args.out / 'report.json'}")
-    return EXIT_OK
+    failed = failures(report)
+    for line in failed:  # every other result is written; these did not come out
+        print(f"failed: {line}", file=sys.stderr)
+    return EXIT_FAILURE if failed else EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """`process PATH... --out DIR`: analyse every study offline."""
+    """`demo`: the whole loop on loopback with a synthetic study."""
     from marrownode.demo import run_demo
 
     return run_demo(args.out)

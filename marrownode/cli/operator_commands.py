@@ -49,7 +49,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(report: dict[str, Any]) -> None:
-    """`status`: what the index knows (read-only), as a table or JSON."""
     print(f"instances: {report['instances']}   studies: {len(report['studies'])}")
     for destination in report.get("destinations", []):
         age = destination.get("oldest_pending_seconds")
@@ -157,7 +156,7 @@ def cmd_hash_password(args: argparse.Namespace) -> int:
 
 
 def cmd_new_token(args: argparse.Namespace) -> int:
-    """`hash-password`: the password_hash line for a console user."""
+    """`new-token`: a random API token and its token_sha256 line."""
     from marrownode.console.auth import new_token
 
     token, digest = new_token()
@@ -167,7 +166,7 @@ def cmd_new_token(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    """`new-token`: a random API token and its token_sha256 line."""
+    """`history STUDY_UID`: the study's trail (read-only)."""
     index = open_index(load_for(args.config), read_only=True)
     events = index.studies.events(args.study)
     if not events:
@@ -179,7 +178,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_rebuild_index(args: argparse.Namespace) -> int:
-    """`history STUDY_UID`: the study's trail (read-only)."""
+    """`rebuild-index`: keep a damaged index aside and index the spool afresh."""
     from marrownode.store.lock import StorageLocked
     from marrownode.store.rebuild import rebuild_index
 

@@ -117,6 +117,11 @@ def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dic
     echo = group("MREchoSequence")
     frame_type = group("MRImageFrameTypeSequence")
     content = _first_item(per_frame, "FrameContentSequence")
+    # Legacy Converted Enhanced MR keeps each classic image's attributes unassigned.
+    converted = (_first_item(per_frame, "UnassignedPerFrameConvertedAttributesSequence")
+                 or _first_item(shared, "UnassignedSharedConvertedAttributesSequence"))
+    if converted is not None and echo is None and frame_type is None:
+        return _frame_from_converted(position, orientation, measures, converted, content)
     return {
         "position": _floats(position.get("ImagePositionPatient")) if position else None,
         "orientation": _floats(orientation.get("ImageOrientationPatient")) if orientation else None,
@@ -129,6 +134,28 @@ def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dic
             frame_type.get("ComplexImageComponent"),
             _strings(frame_type.get("FrameType"))) if frame_type else "",
         "private_type": _philips_frame_type(per_frame) if per_frame is not None else None,
+        "stack_position": _int(content.get("InStackPositionNumber")) if content else None,
+    }
+
+
+def _frame_from_converted(position: Dataset | None, orientation: Dataset | None,
+                          measures: Dataset | None, converted: Dataset,
+                          content: Dataset | None) -> dict[str, Any]:
+    """A Legacy Converted frame: geometry from the functional groups, echo time and labels
+    from the classic image's converted attributes."""
+    image_type = _strings(converted.get("ImageType"))
+    echo_numbers = _floats(converted.get("EchoNumbers"))
+    return {
+        "position": _floats(position.get("ImagePositionPatient")) if position else None,
+        "orientation": _floats(orientation.get("ImageOrientationPatient")) if orientation else None,
+        "pixel_spacing": _floats(measures.get("PixelSpacing")) if measures else None,
+        "slice_thickness": _float(measures.get("SliceThickness")) if measures else None,
+        "echo_time": _float(converted.get("EchoTime")),
+        "echo_number": int(echo_numbers[0]) if echo_numbers else None,
+        "frame_type": image_type,
+        "complex_component": _complex_component(converted.get("ComplexImageComponent"),
+                                                image_type),
+        "private_type": None,
         "stack_position": _int(content.get("InStackPositionNumber")) if content else None,
     }
 

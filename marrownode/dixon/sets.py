@@ -68,8 +68,10 @@ def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[Series
         te_key = round(te, 2) if item.role in (Role.IN_PHASE, Role.OPPOSED_PHASE) and te else None
         groups[(item.frame.series_uid, item.role, te_key, geometry_key(item.frame))].append(item)
     stacks: list[Stack] = []
-    problems: list[SeriesProblem] = []
-    for (series_uid, role, te_key, _), items in groups.items():
+    problems, dropped = _inconsistent_geometry(groups)
+    for (series_uid, role, te_key, geometry), items in groups.items():
+        if (series_uid, role, te_key, geometry) in dropped:
+            continue
         frames = [item.frame for item in items]
         orientation = np.array(frames[0].orientation, dtype=float)
         normal = np.cross(orientation[:3], orientation[3:])
@@ -83,6 +85,39 @@ def build_stacks(classified: list[Classified]) -> tuple[list[Stack], list[Series
             continue
         stacks.append(Stack(role, series_uid, te_key, frames, items[0].evidence, positions))
     return stacks, problems
+
+
+#: Two geometries of one stack whose slice normals are closer than this (degrees) are the same
+#: plane stated inconsistently, not two planes (a sagittal and an axial stack).
+SAME_PLANE_DEGREES = 10.0
+
+
+def _normal(orientation: tuple[float, ...]) -> np.ndarray:
+    values = np.array(orientation, dtype=float)
+    return np.cross(values[:3], values[3:]) if values.size == 6 else np.zeros(3)
+
+
+def _inconsistent_geometry(groups: dict[tuple[Any, ...], list[Classified]]
+                           ) -> tuple[list[SeriesProblem], set[tuple[Any, ...]]]:
+    """Frames of one series, role and echo that lie in the same plane but state different
+    pixel spacings or orientations (a functional group that varies per frame where it must
+    not) cannot make one stack: they are left out with the reason (the problems, and the
+    group keys to leave out)."""
+    dropped: set[tuple[Any, ...]] = set()
+    by_stack: dict[tuple[Any, ...], list[tuple[Any, ...]]] = defaultdict(list)
+    for key in groups:
+        by_stack[key[:3]].append(key)
+    problems = []
+    for (series_uid, role, _), keys in by_stack.items():
+        clash = {key for a in keys for b in keys if a != b and a[3][0] == b[3][0]
+                 and abs(float(np.dot(_normal(a[3][1]), _normal(b[3][1]))))
+                 > np.cos(np.radians(SAME_PLANE_DEGREES))}
+        if clash:
+            dropped.update(clash)
+            problems.append(SeriesProblem(series_uid, (
+                f"{role.value} frames of one stack differ in pixel spacing or orientation "
+                f"({len(clash)} geometries): left out")))
+    return problems, dropped
 
 
 def _same_plane_grid(a: Stack, b: Stack) -> str | None:

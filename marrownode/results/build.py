@@ -19,7 +19,7 @@ from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
 from marrownode.report_shape import OutputEntry
 from marrownode.results.answer_sr import build_answer_sr
-from marrownode.results.common import SourcePlane, SourceSeries, with_shared_orientation
+from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
 from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.overlay import OverlayRenderer, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
@@ -83,7 +83,7 @@ def _unique_datasets(stacks: list[Stack], cache: PixelCache) -> list[Dataset]:
 
 def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -> SourceSeries:
     """The in-phase series and planes the results refer to and copy from."""
-    datasets = [with_shared_orientation(d)
+    datasets = [with_shared_groups(d)
                 for d in _unique_datasets([dixon_set.in_phase], cache)]
     return SourceSeries(
         reference=datasets[0],

@@ -63,19 +63,29 @@ def creation_date_time(moment: datetime) -> tuple[str, str]:
     return moment.strftime("%Y%m%d"), moment.strftime("%H%M%S.%f")
 
 
-def with_shared_orientation(source: Dataset) -> Dataset:
-    """A multi-frame source whose frames state their orientation one by one (as Philips
-    Enhanced MR does) as highdicom needs it for derived multi-frame objects: the orientation in
-    the shared groups. A shallow copy; the source is left as received. Only for a stack, whose
-    frames share one orientation (the pairing has checked the geometry)."""
+#: Functional groups highdicom reads from the shared item of a multi-frame source when it
+#: derives an object from it; a source may carry them per frame, as the standard allows.
+SHARED_FOR_HIGHDICOM = ("PixelMeasuresSequence", "PlaneOrientationSequence")
+
+
+def with_shared_groups(source: Dataset) -> Dataset:
+    """A multi-frame source as highdicom needs it: the groups of SHARED_FOR_HIGHDICOM in the
+    shared item, taken from the first frame where the source states them per frame (as
+    Philips and Siemens XA Enhanced MR do). A shallow copy; the source is left as received.
+    Only for a stack, whose frames share one grid and orientation (the pairing has left out
+    stacks whose frames differ)."""
     shared = source.get("SharedFunctionalGroupsSequence")
     per_frame = source.get("PerFrameFunctionalGroupsSequence")
-    if not shared or not per_frame or "PlaneOrientationSequence" in shared[0] or (
-            "PlaneOrientationSequence" not in per_frame[0]):
+    if not per_frame:
+        return source
+    missing = [keyword for keyword in SHARED_FOR_HIGHDICOM
+               if (not shared or keyword not in shared[0]) and keyword in per_frame[0]]
+    if not missing:
         return source
     copied = copy.copy(source)
-    shared_item = copy.deepcopy(shared[0])
-    shared_item.PlaneOrientationSequence = copy.deepcopy(per_frame[0].PlaneOrientationSequence)
+    shared_item = copy.deepcopy(shared[0]) if shared else Dataset()
+    for keyword in missing:
+        setattr(shared_item, keyword, copy.deepcopy(per_frame[0][keyword].value))
     copied.SharedFunctionalGroupsSequence = [shared_item]
     return copied
 

@@ -284,13 +284,21 @@ class Assembler(LoopService):
                 for s in report["dixon_sets"]]
         self.studies.record_sets(study_uid, sets)
         answered = len(report.get("requests", []))
+        failed = [s for s in sets if s.state == SetState.FAILED]
         state, reason = (StudyState.ANALYSED, f"{len(sets)} set(s) analysed") if sets else (
             StudyState.NO_DIXON_SET, "no in-/opposed-phase pair")
+        if failed:
+            reason += f", {len(failed)} failed"
         if answered:
             reason += f"; {answered} measurement request(s) answered"
         self.studies.set_state(study_uid, state, reason, report=report, if_last_received=last,
                                input_digest=digest)
         self.studies.add_event(study_uid, "analysed", f"{reason} in {seconds:.1f} s")
+        for dixon_set in failed:  # a set that failed alone is a permanent failure too
+            self.studies.add_event(study_uid, "failed", f"set {dixon_set.key}: "
+                                   f"{dixon_set.reason}")
+            self.notify("analysis_failed", study_instance_uid=study_uid,
+                        set=dixon_set.key, reason=dixon_set.reason)
         self.observe_analysis_seconds(seconds)
         log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid, len(sets),
                  seconds)

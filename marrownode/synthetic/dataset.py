@@ -47,6 +47,8 @@ class StudyOptions:
     seed: int = 0
     series_number_start: int = 1
     station: int = 0  # whole-body stations: each one further along the slice normal
+    #: Enhanced MR only: where the functional groups go (synthetic/enhanced.py LAYOUTS).
+    enhanced_layout: str = "shared"
 
 
 def base_dataset(options: StudyOptions) -> Dataset:

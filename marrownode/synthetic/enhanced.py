@@ -1,14 +1,17 @@
 """Enhanced MR writers: one multi-frame object per study, as Philips writes mDIXON and a
-dual-echo FFE."""
+dual-echo FFE; its functional groups shared or per frame as each vendor writes them (the
+standard allows either for every group), or converted from a classic series (Legacy
+Converted Enhanced MR, whose echo times and labels are in the unassigned converted
+attributes)."""
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import (
-    EnhancedMRImageStorage,
-)
+from pydicom.uid import UID, EnhancedMRImageStorage
 
 from marrownode.physics import GYROMAGNETIC_MHZ_PER_T
 from marrownode.synthetic.dataset import (
@@ -22,6 +25,21 @@ from marrownode.synthetic.dataset import (
 )
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.phantom import Phantom
+
+LEGACY_CONVERTED_ENHANCED_MR = UID("1.2.840.10008.5.1.4.1.1.4.4")
+
+#: Which functional groups each layout writes per frame (the others shared): "shared" puts
+#: every group that does not vary in the shared item; Philips states pixel measures and
+#: orientation per frame; Siemens XA states everything per frame; "legacy" is a classic
+#: Siemens-labelled series converted to Legacy Converted Enhanced MR.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "shared": (),
+    "philips": ("PixelMeasuresSequence", "PlaneOrientationSequence",
+                "PixelValueTransformationSequence"),
+    "siemens_xa": ("PixelMeasuresSequence", "PlaneOrientationSequence",
+                   "PixelValueTransformationSequence", "MRModifierSequence"),
+    "legacy": (),
+}
 
 
 def _frame_groups(origin: np.ndarray, k: int, echo_time: float,
@@ -68,8 +86,55 @@ def _enhanced_header(options: StudyOptions, phantom: Phantom, key: str, descript
     return ds, shared
 
 
+def _optional_groups(layout: str) -> dict[str, Dataset]:
+    """The groups a vendor layout adds beyond the basic ones (identity rescale, no
+    modifier), each as its item."""
+    if layout == "shared":
+        return {}
+    transformation = Dataset()
+    transformation.RescaleSlope, transformation.RescaleIntercept = 1, 0
+    transformation.RescaleType = "US"
+    groups = {"PixelValueTransformationSequence": transformation}
+    if layout == "siemens_xa":
+        modifier = Dataset()
+        modifier.InversionRecovery, modifier.SpatialPresaturation = "NO", "NONE"
+        modifier.ParallelAcquisition, modifier.PartialFourier = "NO", "NO"
+        groups["MRModifierSequence"] = modifier
+    return groups
+
+
+def _place_groups(options: StudyOptions, shared: Dataset, per_frame: list[Dataset]) -> None:
+    """Move each group of the layout's per-frame list from the shared item into every frame."""
+    if options.enhanced_layout not in LAYOUTS:
+        raise ValueError(f"unknown enhanced_layout {options.enhanced_layout!r}; choose from "
+                         f"{', '.join(LAYOUTS)}")
+    for keyword, item in _optional_groups(options.enhanced_layout).items():
+        setattr(shared, keyword, Sequence([item]))
+    for keyword in LAYOUTS[options.enhanced_layout]:
+        if keyword not in shared:
+            continue
+        item = shared[keyword].value[0]
+        for frame in per_frame:
+            setattr(frame, keyword, Sequence([copy.deepcopy(item)]))
+        del shared[keyword]
+
+
+def _legacy(ds: Dataset, per_frame: list[Dataset], roles: list[tuple[str, float]]) -> None:
+    """Legacy Converted Enhanced MR: no MR-specific frame groups; each frame's echo time and
+    ImageType stay in its unassigned converted attributes, as a converter leaves them."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "NONE"]
+    for frame, (token, echo_time) in zip(per_frame, roles, strict=True):
+        del frame.MREchoSequence
+        del frame.MRImageFrameTypeSequence
+        converted = Dataset()
+        converted.EchoTime = echo_time
+        converted.ImageType = ["ORIGINAL", "PRIMARY", "M", token, "NORM", "DIS2D"]
+        frame.UnassignedPerFrameConvertedAttributesSequence = Sequence([converted])
+
+
 def enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
-    """Philips-style Enhanced MR: one multi-frame object, per-frame FrameType and echo time."""
+    """Enhanced MR as Philips writes mDIXON (all four contrasts in one multi-frame object,
+    per-frame FrameType and echo time), its groups laid out as options.enhanced_layout says."""
     op_te, ip_te = echo_times_ms(options.field_strength_t, options.in_phase_first)
     images = phantom.echoes(snr=options.snr, seed=options.seed)
     geometry = geometry_for(options.orientation)
@@ -84,6 +149,7 @@ def enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
     shared.PlaneOrientationSequence = Sequence([orientation])
     per_frame = []
     planes = []
+    labels: list[tuple[str, float]] = []
     slices = phantom.labels.shape[0]
     for role, token, echo_time in roles:
         data = stored(images[role])
@@ -92,10 +158,15 @@ def enhanced_mr(options: StudyOptions, phantom: Phantom) -> Dataset:
             per_frame.append(_frame_groups(origin, k, echo_time,
                                            ["DERIVED", "PRIMARY", "DIXON", token]))
             planes.append(data[k])
+            labels.append(({"OUT_OF_PHASE": "OUT_PHASE"}.get(token, token), echo_time))
+    _place_groups(options, shared, per_frame)
+    if options.enhanced_layout == "legacy":
+        _legacy(ds, per_frame, labels)
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
     ds.NumberOfFrames = len(planes)
     pixel_module(ds, np.stack(planes))
-    return finish(ds, EnhancedMRImageStorage)
+    return finish(ds, LEGACY_CONVERTED_ENHANCED_MR if options.enhanced_layout == "legacy"
+                  else EnhancedMRImageStorage)
 
 
 def enhanced_ffe(options: StudyOptions, phantom: Phantom) -> Dataset:
