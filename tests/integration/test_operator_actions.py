@@ -119,3 +119,57 @@ def test_webhooks_are_told_of_failures_for_good_without_patient_data(node_factor
     finally:
         pacs.stop()
         server.shutdown()
+
+
+def test_a_set_that_fails_in_the_node_is_failed_with_its_reason_everywhere(node_factory,
+                                                                           tmp_path) -> None:
+    """An RLE study whose in-phase fragments decode to garbage (structurally sound, so the
+    receiver accepts it; the pixels cannot be read): that set fails alone. Its reason is in
+    status (set state), the trail and a webhook; the study is analysed, not stuck."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    from marrownode.synthetic.studies import compress
+    from tests.conftest import free_port
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        node = node_factory(completion={"idle_seconds": 60},
+                            webhooks=[{"url": f"http://127.0.0.1:{server.server_port}/hook"}])
+        datasets = compress(build_study(StudyOptions(style="siemens", study_key="rle-broken")),
+                            RLELossless)
+        for dataset in datasets:
+            if dataset.SeriesDescription.endswith("_in"):
+                # a well-formed RLE header claiming one segment at offset 64, then nonsense
+                header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
+                dataset.PixelData = encapsulate([header + bytes([0x81]) * 40])
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        study_uid = str(datasets[0].StudyInstanceUID)
+        wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
+                   == "analysed", timeout=120)
+        assert "1 failed" in node.index.studies.study(study_uid)["reason"]
+        (row,) = node.index.status()["studies"][0]["dixon_sets"]
+        assert row["state"] == "failed" and "Error" in row["reason"]
+        trail = [e for e in node.index.studies.events(study_uid) if e["kind"] == "failed"]
+        assert trail and row["reason"] in trail[0]["detail"]
+        wait_until(lambda: any(r["event"] == "analysis_failed" for r in received), timeout=30)
+        (hook,) = [r for r in received if r["event"] == "analysis_failed"]
+        assert hook["study_instance_uid"] == study_uid and hook["reason"] == row["reason"]
+    finally:
+        server.shutdown()
