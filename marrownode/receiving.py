@@ -25,7 +25,7 @@ from marrownode.net.ul.status import Status
 from marrownode.store.database import index_path
 from marrownode.store.index import Index
 from marrownode.store.ingest import Ingestor, IngestResult
-from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
+from marrownode.store.spool import IncomingFile, OutOfSpace, Spool, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,25 @@ class IngestSink:
         #: at the next association event, so none stays 'open' and holds its studies back.
         self._unrecorded_ends: set[str] = set()
         self._ends_lock = threading.Lock()
+        self._refusing = False  # associations refused for a full disk (logged once)
 
-    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
-        """Record the association, so its studies wait until it ends."""
-        self._record_ends()
-        self.ingestor.studies.open_association(association_id, calling_ae, peer)
+    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> bool:
+        """Record the association, so its studies wait until it ends; False (refuse it) when
+        the index cannot take the row because the disk is full (one log line per change)."""
+        try:
+            self._record_ends()
+            self.ingestor.studies.open_association(association_id, calling_ae, peer)
+        except Exception as exc:
+            if not disk_full(exc):
+                raise
+            if not self._refusing:
+                log.warning("event=associations_refused reason=disk_full")
+            self._refusing = True
+            return False
+        if self._refusing:
+            log.info("event=associations_accepted_again")
+            self._refusing = False
+        return True
 
     def open_instance(self, association_id: str) -> InstanceWriter | StoreAnswer:
         """A spool temp file for the arriving instance, or 0xA700 below the watermark."""

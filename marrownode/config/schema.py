@@ -169,6 +169,11 @@ class Destination(_Section):
     #: by retention), fetch its MR images back from this destination (it must allow C-GET
     #: from node.ae_title).
     retrieve: Literal["none", "c-get"] = "none"
+    #: How long an association request and each DIMSE answer may take before this
+    #: destination's attempt ends (each destination is served on its own: a slow or hung one
+    #: delays only its own results).
+    association_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
+    dimse_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 30.0
 
 
 WebhookEvent = Literal["analysis_failed", "delivery_failed"]

@@ -276,8 +276,17 @@ class Receiver:
             part10.IMPLEMENTATION_VERSION)
         association.association_id = uuid.uuid4().hex
         association.calling_ae = request.calling_ae
-        self.sink.association_opened(association.association_id, request.calling_ae,
-                                     association.peer)
+        if not self.sink.association_opened(association.association_id, request.calling_ae,
+                                            association.peer):
+            # The node cannot record it (its disk is full): a transient refusal the
+            # sender's retry understands, not an abort without a reason.
+            with self._lock:
+                association.established = False
+                self._pending += 1
+            self.stats.add(rejected=1)
+            association.send(pdu.associate_rj(pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
+                                              pdu.REASON_LOCAL_LIMIT))
+            return None
         self.stats.add(accepted=1)  # counted before the peer can see the answer
         association.send(accept.encode())
         log.info("event=association_accepted association=%s calling_aet=%s peer=%s",

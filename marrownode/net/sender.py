@@ -78,11 +78,15 @@ def send_batch(
     called_aet: str,
     calling_aet: str,
     timeout: float = 30.0,
+    dimse_timeout: float | None = None,
 ) -> list[SendResult]:
-    """Send files over a single association; one SendResult per file, in order."""
+    """Send files over a single association; one SendResult per file, in order. timeout
+    bounds the association request and the network, dimse_timeout each C-STORE's answer
+    (timeout when not given)."""
     send_files_as_stored()
     ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.acse_timeout = ae.network_timeout = timeout
+    ae.dimse_timeout = timeout if dimse_timeout is None else dimse_timeout
     contexts = sorted({(f.sop_class_uid, f.transfer_syntax) for f in files})
     for sop_class, syntax in contexts[:MAX_CONTEXTS]:
         ae.add_requested_context(sop_class, [syntax])

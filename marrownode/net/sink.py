@@ -31,8 +31,9 @@ class InstanceWriter(Protocol):
 class InstanceSink(Protocol):
     """Where the receiver hands its work: the node wires it to ingest and the index."""
 
-    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> None:
-        """An association was accepted."""
+    def association_opened(self, association_id: str, calling_ae: str, peer: str) -> bool:
+        """An association is about to be accepted: record it; False refuses it (transient:
+        the node cannot record anything now, e.g. its disk is full)."""
 
     def open_instance(self, association_id: str) -> InstanceWriter | StoreAnswer:
         """Somewhere to write an arriving instance (its Part 10 bytes, piece by piece), or

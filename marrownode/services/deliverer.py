@@ -101,8 +101,31 @@ def destination_address(destination: Destination) -> str:
     return f"{destination.ae_title}@{destination.host}:{destination.port}"
 
 
+class _Lane(LoopService):
+    """One destination's deliveries, in a thread of their own: a hung, slow or refusing
+    peer holds only this lane, never another destination's results."""
+
+    join_seconds = 60.0
+
+    def __init__(self, deliverer: Deliverer, destination: Destination) -> None:
+        super().__init__(deliverer.poll_seconds)
+        self.deliverer = deliverer
+        self.destination = destination
+        self.name = f"deliverer-{destination.name}"
+        self.on_damage = deliverer.on_damage
+
+    def step(self, now: float) -> None:
+        """Send what is due for this destination."""
+        self.deliverer.deliver_due(self.destination)
+
+    def wait_seconds(self) -> float:
+        """Until the next row is due (at most poll_seconds)."""
+        return self.deliverer.wait_seconds()
+
+
 class Deliverer(LoopService):
-    """Sends queued results to every destination over one association per batch."""
+    """Sends queued results to every destination, each on its own lane, over one association
+    per batch; its own loop is the watchdog that queues stranded rows again."""
 
     name = "deliverer"
     join_seconds = 60.0
@@ -125,9 +148,11 @@ class Deliverer(LoopService):
         # Rows claimed by an attempt that is still running (the watchdog leaves them alone).
         self._claimed: set[int] = set()
         self._claimed_lock = threading.Lock()
+        self._lanes: list[_Lane] = []
 
     def on_start(self) -> None:
-        """Rows interrupted by the last stop go out again at once."""
+        """Rows interrupted by the last stop go out again at once; each destination's lane
+        starts."""
         requeued = self.outbox.requeue_interrupted()
         if requeued:
             log.info("event=outbox_requeued rows=%d", requeued)
@@ -138,6 +163,21 @@ class Deliverer(LoopService):
                 again = self.outbox.retry(destination.name, error_prefix=PERMANENT_REJECTION)
                 log.info("event=destination_changed destination=%s requeued=%d",
                          destination.name, again)
+        self._lanes = [_Lane(self, destination) for destination in self.settings.destinations]
+        for lane in self._lanes:
+            lane.on_damage = self.on_damage
+            lane.start()
+
+    def on_stop(self) -> None:
+        """Each lane finishes the attempt in progress (its timeouts bound it), then ends."""
+        for lane in self._lanes:
+            lane.stop()
+
+    def wake(self) -> None:
+        """Every lane looks at once (new results, an operator's retry)."""
+        super().wake()
+        for lane in self._lanes:
+            lane.wake()
 
     def enqueue(self, study_uid: str, entries: list[OutputEntry]) -> None:
         """Queue the files of a result series just written (the assembler's series callback)."""
@@ -148,7 +188,7 @@ class Deliverer(LoopService):
         if outputs and destinations:
             rows = self.outbox.enqueue(study_uid, outputs, destinations)
             log.info("event=results_queued study=%s rows=%d", study_uid, rows)
-            self._wake.set()
+            self.wake()
 
     def analysis_finished(self, study_uid: str, report: StudyShape) -> None:
         """Everything may have been delivered while it was encoded (the assembler's callback)."""
@@ -156,30 +196,33 @@ class Deliverer(LoopService):
             self._observe_if_complete(study_uid, destination.name, time.time())
 
     def step(self, now: float) -> None:
-        """Return stranded rows to the queue, then send what is due, destination by
-        destination."""
-        self.requeue_stranded()
-        for destination in self.settings.destinations:
-            known = self.outbox.destination(destination.name)
-            if known.paused or known.next_attempt_at > time.time():
-                continue  # paused by an operator, or backing off: it did not answer
+        """The watchdog: stranded rows go back to the queue (and their lane is woken)."""
+        if self.requeue_stranded():
+            for lane in self._lanes:
+                lane.wake()
+
+    def deliver_due(self, destination: Destination) -> None:
+        """Send what is due for one destination (its lane's round)."""
+        known = self.outbox.destination(destination.name)
+        if known.paused or known.next_attempt_at > time.time():
+            return  # paused by an operator, or backing off: it did not answer
+        with self._claimed_lock:  # claimed and held in one step: the watchdog sees both
             rows = self.outbox.claim_due(destination.name, time.time())
-            if rows:
-                with self._claimed_lock:
-                    self._claimed.update(r.id for r in rows)
-                try:
-                    self.deliver(destination, rows)
-                finally:
-                    with self._claimed_lock:
-                        self._claimed.difference_update(r.id for r in rows)
+            self._claimed.update(r.id for r in rows)
+        if not rows:
+            return
+        try:
+            self.deliver(destination, rows)
+        finally:
+            with self._claimed_lock:
+                self._claimed.difference_update(r.id for r in rows)
 
     def requeue_stranded(self) -> int:
         """The watchdog: rows left 'sending' by an attempt that did not finish them (an error
         while recording its outcome, a full disk) go back to the queue, due now. A row in an
         attempt still running is left alone."""
         with self._claimed_lock:
-            claimed = set(self._claimed)
-        requeued = self.outbox.requeue_stranded(claimed, time.time())
+            requeued = self.outbox.requeue_stranded(set(self._claimed), time.time())
         if requeued:
             log.warning("event=outbox_stranded_requeued rows=%d", requeued)
         return requeued
@@ -200,7 +243,9 @@ class Deliverer(LoopService):
         started = time.monotonic()
         try:
             results = send_batch(files, destination.host, destination.port,
-                                 destination.ae_title, self.settings.node.ae_title)
+                                 destination.ae_title, self.settings.node.ae_title,
+                                 timeout=destination.association_timeout_seconds,
+                                 dimse_timeout=destination.dimse_timeout_seconds)
         except Exception as exc:  # no claimed row may be left without an outcome
             log.exception("event=send_batch_error destination=%s", destination.name)
             detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:200]

@@ -92,7 +92,7 @@ def test_a_damaged_result_file_fails_alone_and_its_batch_is_delivered(tmp_path) 
         entries = _result_files(tmp_path / "results", 6)
         Path(entries[2]["path"]).write_bytes(b"not DICOM at all" * 64)
         index.outbox.enqueue("1.2.3", entries, ["pacs"])
-        deliverer.step(time.time())
+        deliverer.deliver_due(deliverer.settings.destinations[0])
         assert _states(index) == {"delivered": 5, "failed": 1}
         (reason,) = index.db.connection().execute(
             "SELECT last_error FROM outbox WHERE state = 'failed'").fetchone()
@@ -118,7 +118,9 @@ def test_rows_left_sending_by_an_unfinished_attempt_go_back_to_the_queue(tmp_pat
         assert deliverer.requeue_stranded() == 3
         assert _states(index) == {"sending": 1, "queued": 3}
         deliverer._claimed.clear()
-        deliverer.step(time.time())
+        deliverer.step(time.time())  # the watchdog's round queues the last one again
+        assert _states(index) == {"queued": 4}
+        deliverer.deliver_due(deliverer.settings.destinations[0])
         assert _states(index) == {"delivered": 4}
     finally:
         pacs.terminate()
@@ -251,3 +253,48 @@ def test_deliveries_stuck_on_a_hung_pacs_show_on_healthz_and_status(node_factory
         pacs.send_signal(signal.SIGCONT)
         pacs.terminate()
         pacs.wait(10)
+
+
+def test_a_hung_pacs_does_not_delay_the_healthy_one(node_factory, tmp_path) -> None:
+    """Two destinations, the first a storescp stopped with SIGSTOP (it accepts the TCP
+    connection and never answers): the healthy one gets every result of a new study while
+    the hung one's first attempt is still waiting out its association timeout. With one
+    delivery loop for all destinations the healthy one waited behind that timeout."""
+    hung_port, healthy_port = free_port(), free_port()
+    hung = _storescp(hung_port, tmp_path / "hung", tmp_path / "hung.log")
+    healthy = _storescp(healthy_port, tmp_path / "healthy", tmp_path / "healthy.log")
+    hung.send_signal(signal.SIGSTOP)
+    try:
+        node = node_factory(
+            completion={"idle_seconds": 60},
+            destinations=[
+                {"name": "hung", "ae_title": "PACS", "host": "127.0.0.1", "port": hung_port,
+                 "association_timeout_seconds": 60, "dimse_timeout_seconds": 60},
+                {"name": "healthy", "ae_title": "PACS", "host": "127.0.0.1",
+                 "port": healthy_port}])
+        datasets = build_study(StudyOptions(style="siemens", study_key="two-pacs"))
+        from tests.scu import send
+
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        study_uid = str(datasets[0].StudyInstanceUID)
+
+        def summary(name: str) -> Any:
+            return next((s for s in node.index.outbox.summaries(study_uid)
+                         if s.destination == name), None)
+
+        wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
+                   == "analysed" and summary("healthy") is not None
+                   and summary("healthy").pending == 0, timeout=55)
+        assert summary("healthy").delivered == 40
+        assert len(list((tmp_path / "healthy").iterdir())) == 40
+        # the hung destination is still inside its first attempt: nothing delivered, nothing
+        # failed, its rows held by the running attempt
+        hung_summary = summary("hung")
+        assert hung_summary.delivered == 0 and hung_summary.failed == 0
+        assert hung_summary.pending == 40
+        assert node.index.outbox.destination("hung").last_attempt_at is None
+    finally:
+        hung.send_signal(signal.SIGCONT)
+        for process in (hung, healthy):
+            process.terminate()
+            process.wait(10)
