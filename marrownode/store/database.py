@@ -231,11 +231,11 @@ def _refuse_empty(path: Path) -> None:
         raise IndexDamaged(path, f"cannot be read: {exc.strerror}") from None
     if size == 0:
         raise IndexDamaged(path, "the file is empty")
-    try:
-        with path.open("rb"):
-            pass
-    except OSError as exc:
-        raise IndexDamaged(path, f"cannot be read: {exc.strerror}") from None
+    # Never open the file here: closing any descriptor of it would drop every POSIX lock this
+    # process holds on it, SQLite's included (another process would then think it is alone,
+    # and remove the WAL under our feet).
+    if not os.access(path, os.R_OK):
+        raise IndexDamaged(path, "cannot be read: permission denied")
 
 
 def _damage(exc: sqlite3.Error) -> bool:

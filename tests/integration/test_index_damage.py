@@ -77,3 +77,23 @@ def test_damage_quick_check_misses_is_named_at_first_use(tmp_path, kind: str) ->
     rebuilt = run("rebuild-index")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert list(path.parent.glob("index.sqlite3.damaged-*"))
+
+
+def test_a_second_opening_in_the_same_process_keeps_sqlites_locks(tmp_path) -> None:
+    """The node opens the index twice (its own and the ingest's). Checking the file must not
+    open it: closing any descriptor drops every POSIX lock of the process, SQLite's too, and
+    a command run beside the node then removed the WAL under it ('disk I/O error')."""
+    path = index_path(tmp_path)
+    node_index = Index(path)
+    node_index.studies.add_event("1.2.3", "received", "first")
+    Index(path, synchronous="NORMAL")  # as the ingest opens it
+    wrote = subprocess.run(
+        [sys.executable, "-c", "import sys; from pathlib import Path; "
+         "from marrownode.store.index import Index; "
+         "Index(Path(sys.argv[1])).studies.add_event('1.2.3', 'action', 'cli')", str(path)],
+        capture_output=True, text=True, timeout=60)
+    assert wrote.returncode == 0, wrote.stderr
+    assert Path(f"{path}-wal").exists()
+    node_index.studies.add_event("1.2.3", "received", "after")
+    assert [e["detail"] for e in node_index.studies.events("1.2.3")] == ["first", "cli",
+                                                                         "after"]
