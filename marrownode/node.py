@@ -175,11 +175,13 @@ class Node:
                     log.info("event=healthy")
                 reported = failed
 
-    def _index_damaged(self, exc: IndexDamaged) -> None:
-        """Damage that the start-up check could not see (inside a row) is met at first use:
-        the node stops, and `serve` exits 3 naming the file and `rebuild-index`."""
+    def _index_damaged(self, exc: Exception) -> None:
+        """Damage that the start-up check could not see (inside a row, a page SQLite meets
+        later) is met at first use: the node stops, and `serve` exits 3 naming the file and
+        `rebuild-index`."""
         if self.damage is None:
-            self.damage = exc
+            self.damage = (exc if isinstance(exc, IndexDamaged)
+                           else IndexDamaged(self.index.path, str(exc)))
         self.request_stop()
 
     def request_stop(self, *_: Any) -> None:

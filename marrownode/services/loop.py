@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from marrownode.store.database import IndexDamaged
+from marrownode.store.database import corruption
 from marrownode.store.spool import disk_full
 
 log = logging.getLogger(__name__)
@@ -33,7 +33,7 @@ class LoopService:
     def __init__(self, poll_seconds: float) -> None:
         self.poll_seconds = poll_seconds
         #: Told when a round meets a damaged index (the node stops and exits 3).
-        self.on_damage: Callable[[IndexDamaged], None] = lambda exc: None
+        self.on_damage: Callable[[Exception], None] = lambda exc: None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,10 +89,9 @@ class LoopService:
         full disk fails every round until space returns: a pause, not a traceback storm)."""
         full = disk_full(exc)
         what = "disk_full" if full else type(exc).__name__
-        if isinstance(exc, IndexDamaged):
+        if corruption(exc):
             if what != failing:
-                log.error("event=%s_index_damaged detail=%s", self.name,
-                          exc.detail.replace(" ", "_"))
+                log.error("event=%s_index_damaged error=%s", self.name, type(exc).__name__)
                 self.on_damage(exc)
         elif what != failing:
             if full:

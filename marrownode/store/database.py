@@ -124,8 +124,21 @@ class IndexDamaged(Exception):
             "re-indexes the spool (study states and delivery history are lost; studies are "
             "analysed again and their results re-sent under the same UIDs)")
         self.path = path
-        self.detail = detail
-        self.args = (" ".join(str(self.args[0]).split()),)  # one line, whatever SQLite said
+        self.detail = printable(detail)
+        # one line of printable text, whatever SQLite (or a damaged row) said
+        self.args = (printable(" ".join(str(self.args[0]).split())),)
+
+
+def printable(text: str) -> str:
+    """Text safe for a terminal and a log: anything not printable shown as an escape."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+def corruption(exc: BaseException) -> bool:
+    """Whether an error met while using the index says the file is damaged."""
+    return isinstance(exc, IndexDamaged) or (
+        isinstance(exc, sqlite3.DatabaseError) and (_damage(exc) or "malformed" in str(exc)))
 
 
 def index_path(storage_root: Path) -> Path:

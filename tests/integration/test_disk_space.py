@@ -100,6 +100,13 @@ def test_results_wait_for_space_and_go_out_when_it_returns(node_factory, small_d
             (listed,) = [s for s in json.loads(status.stdout)["studies"]
                          if s["study_instance_uid"] == study_uid]
             assert listed["state"] == "waiting" and "disk space" in listed["reason"]
+            # a sender meets a transient refusal it can retry, not an abort without reason
+            from tests.scu import storage_ae
+
+            refused = storage_ae("SCANNER").associate("127.0.0.1", node.receiver.port,
+                                                      ae_title="MARROWNODE")
+            assert refused.is_rejected and not refused.is_aborted
+            assert refused.acceptor.primitive.result == 0x02  # rejected-transient
 
             ballast.unlink()
             (small_disk / "last-bytes").unlink()

@@ -259,7 +259,7 @@ def test_index_full_after_the_spool_write_answers_a700_and_leaves_no_unindexed_f
     assert len(list(node.spool.data_dir.rglob("*.dcm"))) == len(datasets)
 
 
-@pytest.mark.parametrize("damage", ["header", "page"])
+@pytest.mark.parametrize("damage", ["header", "page", "truncated"])
 def test_a_damaged_index_is_named_with_the_way_out_and_rebuilt_from_the_spool(
         node_factory, tmp_path, damage: str) -> None:
     """serve and status end with one line naming the file and `rebuild-index` (exit 3, which
@@ -281,6 +281,8 @@ def test_a_damaged_index_is_named_with_the_way_out_and_rebuilt_from_the_spool(
     with path.open("r+b") as handle:
         if damage == "header":
             handle.write(b"this is not SQLite" * 4)
+        elif damage == "truncated":  # a copy or a disk that stopped half-way
+            handle.truncate(path.stat().st_size // 2)
         else:
             handle.seek(4096 * 2)
             handle.write(bytes(range(256)) * 16)
