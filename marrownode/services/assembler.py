@@ -156,6 +156,10 @@ class Assembler(LoopService):
             return
         self.ingestor.summarise_pending(study_uid)
         rows = self.studies.instances(study_uid)
+        if study.get("report") and study.get("input_digest") == input_digest(
+                [r.header for r in rows], self.settings):
+            self._unchanged(study, open_associations)
+            return
         decision = decide([r.header for r in rows], open_associations, last, now, idle)
         self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
                                              for s in decision.sets])
@@ -179,6 +183,22 @@ class Assembler(LoopService):
                  else StudyState.WAITING)
         self.studies.set_state(study_uid, state, decision.reason, if_last_received=last,
                                seen_events=seen)
+
+    def _unchanged(self, study: dict[str, Any], open_associations: bool) -> None:
+        """A PACS forwards the study again (our results in it, which are not sources): the
+        same sources and settings as the last analysis. The study keeps everything it knew
+        (report, sets, pattern, time to result), is never shown as waiting, and the trail
+        says so once the forward has ended."""
+        study_uid = study["study_uid"]
+        reason = ("received again, unchanged (same source instances and settings): not "
+                  "analysed or sent again")
+        self.studies.set_state(study_uid, StudyState.ANALYSED, reason,
+                               if_last_received=study["last_received"],
+                               seen_events=study["pending_events"])
+        if not open_associations:
+            self.studies.add_event(study_uid, "unchanged", "received again, unchanged: not "
+                                   "analysed or sent again")
+            log.info("event=study_unchanged study=%s", study_uid)
 
     def _analyse(self, study: dict[str, Any], rows: list[Any], reason: str, sets: int) -> None:
         study_uid, last = study["study_uid"], study["last_received"]
@@ -292,7 +312,7 @@ class Assembler(LoopService):
         if answered:
             reason += f"; {answered} measurement request(s) answered"
         self.studies.set_state(study_uid, state, reason, report=report, if_last_received=last,
-                               input_digest=digest)
+                               input_digest=digest, analysed_from=last)
         self.studies.add_event(study_uid, "analysed", f"{reason} in {seconds:.1f} s")
         for dixon_set in failed:  # a set that failed alone is a permanent failure too
             self.studies.add_event(study_uid, "failed", f"set {dixon_set.key}: "

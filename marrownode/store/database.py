@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 INDEX_FILENAME = "index.sqlite3"
 
 _SCHEMA = """
@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS studies (
     accession_number TEXT NOT NULL DEFAULT '',
     study_date       TEXT NOT NULL DEFAULT '',
     study_description TEXT NOT NULL DEFAULT '',
-    patient_name     TEXT NOT NULL DEFAULT ''      -- shown to authenticated console users only
+    patient_name     TEXT NOT NULL DEFAULT '',     -- shown to authenticated console users only
+    analysed_from    REAL                          -- last_received of the analysed inputs
 );
 CREATE TABLE IF NOT EXISTS instances (
     sop_instance_uid TEXT PRIMARY KEY,
@@ -193,8 +194,15 @@ def _to_version_5(db: sqlite3.Connection) -> None:
         _describe_existing(db)
 
 
+def _to_version_6(db: sqlite3.Connection) -> None:
+    """Version 5 measured a study's time to result from its last receipt (a re-forward by a
+    PACS made it 0 s)."""
+    _add_columns(db, "studies", "analysed_from REAL")
+
+
 #: Each step brings an index from the version before to its key (in order).
-MIGRATIONS = {2: _to_version_2, 3: _to_version_3, 4: _to_version_4, 5: _to_version_5}
+MIGRATIONS = {2: _to_version_2, 3: _to_version_3, 4: _to_version_4, 5: _to_version_5,
+              6: _to_version_6}
 
 
 def _migrate(db: sqlite3.Connection) -> None:

@@ -261,6 +261,7 @@ class StudyIndex:
         if_last_received: float | None = None,
         seen_events: int | None = None,
         input_digest: str | None = None,
+        analysed_from: float | None = None,
     ) -> bool:
         """Move a study to a new state; refuse if new data arrived since if_last_received.
 
@@ -283,6 +284,9 @@ class StudyIndex:
             if input_digest is not None:
                 query += ", input_digest = ?"
                 params.append(input_digest)
+            if analysed_from is not None:  # the last instance the recorded analysis used
+                query += ", analysed_from = ?"
+                params.append(analysed_from)
             query += " WHERE study_uid = ?"
             params.append(study_uid)
             if if_last_received is not None:

@@ -54,6 +54,7 @@ class StudyListRow:
     sets: list[dict[str, str]] = field(default_factory=list)
     deliveries: dict[str, int] = field(default_factory=dict)
     time_to_result_seconds: float | None = None
+    analysed_from: float | None = None
 
     @property
     def pattern(self) -> str:
@@ -115,7 +116,8 @@ def study_page(db: Database, selection: StudyFilter, page_size: int = PAGE_SIZE)
     page = min(max(1, selection.page), pages)
     rows = [StudyListRow(**{key: row[key] for key in (
                 "study_uid", "accession_number", "study_date", "study_description",
-                "patient_name", "state", "reason", "last_received")})
+                "patient_name", "state", "reason", "last_received")},
+                         analysed_from=row["analysed_from"])
             for row in connection.execute(
                 f"""SELECT * FROM studies s WHERE {where}
                     ORDER BY last_received DESC LIMIT :limit OFFSET :offset""",
@@ -151,8 +153,10 @@ def _fill_rows(db: Database, rows: list[StudyListRow]) -> None:
             last_delivered[uid] = latest
     for row in rows:
         if row.study_uid in last_delivered and not row.deliveries.get("pending"):
-            row.time_to_result_seconds = max(0.0, last_delivered[row.study_uid]
-                                             - row.last_received)
+            # from the last instance the analysis used (a PACS re-forwarding the study later
+            # does not make its results any faster)
+            started = row.analysed_from if row.analysed_from is not None else row.last_received
+            row.time_to_result_seconds = max(0.0, last_delivered[row.study_uid] - started)
 
 
 @dataclass(frozen=True)

@@ -129,7 +129,7 @@ def test_incomplete_by_header_waits_and_late_instances_retrigger(node_factory, t
         return study.get("state") == "analysed" and study["updated_at"] > first_update
 
     wait_until(reassessed, timeout=20)
-    assert "unchanged since the last analysis" in node.index.studies.study(study_uid)["reason"]
+    assert "received again, unchanged" in node.index.studies.study(study_uid)["reason"]
     assert [e["kind"] for e in node.index.studies.events(study_uid)].count("analysed") == 1
 
 
@@ -187,3 +187,54 @@ def test_analyses_dropped_at_shutdown_run_after_the_next_start(node_factory, cap
             wait_state(again, uid, {"analysed"}, timeout=60)
     finally:
         again.stop(grace_seconds=2.0)
+
+
+def test_an_unchanged_reforward_keeps_everything_the_study_knew(node_factory, tmp_path) -> None:
+    """A PACS forwards an analysed study again, our results in it, its series promising no
+    image count (the README's Orthanc rule does exactly this): the study is never shown as
+    waiting, keeps its sets' reports (pattern, filters) and its time to result, is not
+    analysed or sent again, and the trail says 'received again, unchanged' once."""
+    from pydicom import dcmread
+
+    from marrownode.net.standin import StandInPACS
+    from marrownode.store.views import StudyFilter, study_page
+
+    pacs = StandInPACS(tmp_path / "pacs").start()
+    try:
+        node = node_factory(completion={"idle_seconds": 3},
+                            destinations=[{"name": "pacs", "ae_title": "STANDIN",
+                                           "host": "127.0.0.1", "port": pacs.port}])
+        datasets = build_study(StudyOptions(style="anonymised_dual_echo", study_key="again"))
+        study_uid = str(datasets[0].StudyInstanceUID)
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+
+        def delivered() -> bool:
+            rows = node.index.outbox.summaries(study_uid)
+            study = node.index.studies.study(study_uid) or {}
+            return study.get("state") == "analysed" and bool(rows) and rows[0].pending == 0
+
+        wait_until(delivered, timeout=90)
+        sent_before = len(pacs.received)
+        (before,) = study_page(node.index.db, StudyFilter()).rows
+        assert before.pattern and before.time_to_result_seconds is not None
+        time.sleep(1.0)
+
+        results = [dcmread(p) for p in (tmp_path / "pacs").glob("*.dcm")]
+        assert send(node.receiver.port, [*datasets, *results]) == [0] * (
+            len(datasets) + len(results))
+        states = set()
+        deadline = time.monotonic() + 6.0  # twice the idle timer: never 'waiting' meanwhile
+        while time.monotonic() < deadline:
+            states.add((node.index.studies.study(study_uid) or {}).get("state"))
+            time.sleep(0.05)
+        assert "waiting" not in states and "analysing" not in states
+        assert node.index.studies.study(study_uid)["state"] == "analysed"
+        (after,) = study_page(node.index.db, StudyFilter()).rows
+        assert after.pattern == before.pattern  # the sets' reports are still there
+        assert after.time_to_result_seconds == before.time_to_result_seconds
+        assert study_page(node.index.db, StudyFilter(pattern=before.pattern)).total == 1
+        assert len(pacs.received) == sent_before  # nothing sent again
+        kinds = [e["kind"] for e in node.index.studies.events(study_uid)]
+        assert kinds.count("analysed") == 1 and kinds.count("unchanged") == 1
+    finally:
+        pacs.stop()
