@@ -23,6 +23,11 @@ prefix=/opt/marrownode
 
 python3 -m venv "${venv_options[@]}" "$root$prefix"
 "$root$prefix/bin/python" -m pip install -q --disable-pip-version-check "$source_dir"
+if [ -n "$root" ]; then
+  # A staged tree is relocatable: its scripts name the interpreter where it will live.
+  grep -l "^#!$root$prefix/bin/" "$root$prefix"/bin/* 2>/dev/null \
+    | xargs -r sed -i "1s|^#!$root$prefix/bin/|#!$prefix/bin/|"
+fi
 
 install -d -m 0755 "$root/usr/local/bin"
 ln -sfn "$prefix/bin/marrownode" "$root/usr/local/bin/marrownode"
@@ -35,6 +40,8 @@ fi
 install -d -m 0755 "$root/usr/share/doc/marrownode/docs"
 install -m 0644 "$source_dir/README.md" "$root/usr/share/doc/marrownode/README.md"
 install -m 0644 "$source_dir"/docs/*.md "$root/usr/share/doc/marrownode/docs/"
+install -d -m 0755 "$root/usr/share/doc/marrownode/docs/images"
+install -m 0644 "$source_dir"/docs/images/* "$root/usr/share/doc/marrownode/docs/images/"
 
 install -d -m 0755 "$root/etc/systemd/system"
 install -m 0644 "$source_dir/systemd/marrownode.service" "$root/etc/systemd/system/"
@@ -55,7 +62,7 @@ else
   systemctl daemon-reload
 fi
 
-echo "installed: $prefix (marrownode $("$root$prefix/bin/marrownode" --version | cut -d' ' -f2))"
+echo "installed: $prefix (marrownode $("$root$prefix/bin/python" -m marrownode --version | cut -d' ' -f2))"
 echo "next: edit /etc/marrownode/marrownode.toml, check it with"
-echo "  marrownode check-config /etc/marrownode/marrownode.toml"
+echo "  marrownode check-config --for-service /etc/marrownode/marrownode.toml"
 echo "then: systemctl enable --now marrownode"

@@ -17,9 +17,22 @@ from marrownode.logs import configure_logging
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    """`check-config FILE`: validate, print the effective settings and warnings."""
-    settings = load_settings(args.file)
-    print(f"# {args.file}: valid. Effective settings:")
+    """`check-config FILE`: validate, print the effective settings and warnings (with
+    --for-service: credential paths resolved through the unit, as the service will)."""
+    if args.for_service:
+        from marrownode.config.service import as_the_service
+
+        with as_the_service(args.unit) as named:
+            settings = load_settings(args.file)
+        print(f"# {args.file}: valid for the service of {args.unit} (credentials: "
+              f"{', '.join(f'{n} <- {s}' for n, s in named.items()) or 'none'}). "
+              "Effective settings:")
+        if args.file.resolve() not in {source.resolve() for source in named.values()}:
+            print(f"# warning: {args.unit} does not hand {args.file} to the service "
+                  "(LoadCredential=marrownode.toml:...): the service reads another file")
+    else:
+        settings = load_settings(args.file)
+        print(f"# {args.file}: valid. Effective settings:")
     for warning in settings.warnings():
         print(f"# warning: {warning}")
     print(effective_settings_toml(settings))

@@ -135,28 +135,110 @@ def test_systemd_unit_parses() -> None:
 
 def test_install_script_gives_a_unit_that_systemd_verifies(tmp_path) -> None:
     """scripts/install.sh into a staging root: a virtualenv in /opt/marrownode (Debian's Python
-    refuses system-wide pip), the command, configuration, documentation and unit in place, and
-    `systemd-analyze verify` passes with ExecStart resolved inside the root."""
-    root = tmp_path / "root"
-    result = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--root", str(root),
-                             "--system-site-packages"], capture_output=True, text=True,
-                            timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "installed: /opt/marrownode" in result.stdout
-    command = root / "opt" / "marrownode" / "bin" / "marrownode"
-    config = root / "etc" / "marrownode" / "marrownode.toml"
-    assert (root / "usr" / "local" / "bin" / "marrownode").readlink() == Path(
-        "/opt/marrownode/bin/marrownode")
-    assert (config.stat().st_mode & 0o777) == 0o640
-    unit = (root / "etc" / "systemd" / "system" / "marrownode.service").read_text()
-    documentation = unit.split("Documentation=file://", 1)[1].split()[0]
-    assert (root / documentation.lstrip("/")).is_file()
-    assert "ExecStart=/opt/marrownode/bin/marrownode serve" in unit
-    assert "RestartPreventExitStatus=2 3" in unit
-    checked = subprocess.run([str(command), "check-config", str(config)], capture_output=True,
-                             text=True, timeout=60)
-    assert checked.returncode == 0 and "valid" in checked.stdout, checked.stderr
-    assert not (root / "usr" / "lib" / "systemd").exists()  # only borrowed for the check
+    refuses system-wide pip) whose scripts name /opt/marrownode (relocatable for packaging),
+    the command, configuration, documentation with its images and unit in place, and
+    `systemd-analyze verify` passes with ExecStart resolved inside the root. Then the service
+    as systemd runs it: a dynamic user that cannot read /etc/marrownode/marrownode.toml
+    (root:root 0640) reads the copy LoadCredential= hands it, and check-config and a short
+    serve work as that user."""
+    import os
+    import shutil
+    import tempfile
+
+    stage = Path(tempfile.mkdtemp(prefix="marrownode-stage-", dir="/tmp"))
+    os.chmod(stage, 0o755)  # the unprivileged user must reach the staged tree
+    root = stage / "root"
+    try:
+        result = subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), "--root",
+                                 str(root), "--system-site-packages"], capture_output=True,
+                                text=True, timeout=600)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "installed: /opt/marrownode" in result.stdout
+        python = root / "opt" / "marrownode" / "bin" / "python"
+        command = root / "opt" / "marrownode" / "bin" / "marrownode"
+        assert command.read_text().splitlines()[0] == "#!/opt/marrownode/bin/python"
+        config = root / "etc" / "marrownode" / "marrownode.toml"
+        assert (root / "usr" / "local" / "bin" / "marrownode").readlink() == Path(
+            "/opt/marrownode/bin/marrownode")
+        assert (config.stat().st_mode & 0o777) == 0o640
+        unit_path = root / "etc" / "systemd" / "system" / "marrownode.service"
+        unit = unit_path.read_text()
+        documentation = unit.split("Documentation=file://", 1)[1].split()[0]
+        assert (root / documentation.lstrip("/")).is_file()
+        images = root / "usr" / "share" / "doc" / "marrownode" / "docs" / "images"
+        assert sorted(p.name for p in images.iterdir()) == sorted(
+            p.name for p in (ROOT / "docs" / "images").iterdir())
+        assert "ExecStart=/opt/marrownode/bin/marrownode serve --config %d/marrownode.toml" in unit
+        assert "LoadCredential=marrownode.toml:/etc/marrownode/marrownode.toml" in unit
+        assert "RestartPreventExitStatus=2 3" in unit
+        assert not (root / "usr" / "lib" / "systemd").exists()  # only borrowed for the check
+        _run_as_the_service(python, root, config, unit_path, stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
+def _run_as_the_service(python: Path, root: Path, config: Path, unit_path: Path,
+                        stage: Path) -> None:
+    """What systemd does for the unit, by hand: StateDirectory owned by the dynamic user, the
+    credential a private 0400 copy of the configuration; then check-config and serve as that
+    user (uid 65534 here)."""
+    import os
+    import shutil
+    import signal
+
+    from tests.conftest import free_port, wait_for_port
+
+    uid = 65534
+    state = root / "var" / "lib" / "marrownode"
+    state.mkdir(parents=True)
+    os.chown(state, uid, uid)
+    port = free_port()
+    edited = config.read_text().replace('root = "/var/lib/marrownode"', f'root = "{state}"')
+    edited = edited.replace("port = 11112", f"port = {port}", 1)
+    edited = edited.replace("[http]\nenabled = true", "[http]\nenabled = false")
+    config.write_text(edited)  # as the administrator edits it (still root:root 0640)
+    unit_for_stage = stage / "marrownode.service"
+    unit_for_stage.write_text(unit_path.read_text().replace(
+        "LoadCredential=marrownode.toml:/etc/marrownode/marrownode.toml",
+        f"LoadCredential=marrownode.toml:{config}"))
+    checked = subprocess.run([str(python), "-m", "marrownode", "check-config", "--for-service",
+                              "--unit", str(unit_for_stage), str(config)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert f"marrownode.toml <- {config}" in checked.stdout
+    credentials = stage / "credentials"
+    credentials.mkdir()
+    shutil.copy(config, credentials / "marrownode.toml")
+    os.chmod(credentials / "marrownode.toml", 0o400)
+    os.chown(credentials / "marrownode.toml", uid, uid)
+    os.chown(credentials, uid, uid)
+    os.chmod(credentials, 0o500)
+    as_user = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+               str(python), "-m", "marrownode"]
+    home = Path("/root")
+    mode = home.stat().st_mode
+    os.chmod(home, mode | 0o001)  # this machine's Python lives under /root: traverse only
+    try:
+        direct = subprocess.run([*as_user, "check-config", str(config)],
+                                capture_output=True, text=True, timeout=60)
+        assert direct.returncode == 2 and "Permission denied" in direct.stderr
+        through = subprocess.run([*as_user, "check-config",
+                                  str(credentials / "marrownode.toml")],
+                                 capture_output=True, text=True, timeout=60)
+        assert through.returncode == 0, through.stderr
+        serve = subprocess.Popen([*as_user, "serve", "--config",
+                                  str(credentials / "marrownode.toml")],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                 env={**os.environ, "STATE_DIRECTORY": str(state)})
+        try:
+            wait_for_port(port, timeout=60)
+        finally:
+            serve.send_signal(signal.SIGTERM)
+            output = serve.communicate(timeout=60)[0]
+        assert serve.returncode == 0, output[-2000:]
+        assert (state / "index.sqlite3").stat().st_uid == uid
+    finally:
+        os.chmod(home, mode)
 
 
 def test_notify_ready_after_bind_watchdog_and_stopping(serve_process, tmp_path) -> None:
