@@ -126,7 +126,12 @@ class StorageSettings(_Section):
 
 
 class CompletionSettings(_Section):
+    #: Only when content cannot decide: a study is complete this long after its last instance.
     idle_seconds: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    #: Calling AE titles of PACS peers that forward a study whole, in associations that end
+    #: with it (an Orthanc OnStableStudy rule): series they sent without an image count are
+    #: complete when those associations have ended, without waiting for idle_seconds.
+    whole_study_senders: list[AETitle] = []
 
 
 class ThresholdEntry(_Section):

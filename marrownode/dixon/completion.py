@@ -75,19 +75,26 @@ def _shortfall(series_uid: str, count: _SeriesCount) -> str | None:
 
 
 def _content_verdict(
-    dixon_set: DixonSet, counts: dict[str, _SeriesCount]
+    dixon_set: DixonSet, counts: dict[str, _SeriesCount], sent_whole: frozenset[str]
 ) -> tuple[bool | None, str]:
-    """True complete, False incomplete, None undecidable — with the reason."""
-    undecided = 0
+    """True complete, False incomplete, None undecidable — with the reason. A series that
+    promises no count is complete when a whole-study sender delivered it (sent_whole)."""
+    undecided = whole = 0
     for series_uid in sorted(dixon_set.series_uids()):
         count = counts.get(series_uid, _SeriesCount(0, None, False))
         missing = _shortfall(series_uid, count)
         if missing:
             return False, missing
         if count.promised is None and not count.multi_frame:
-            undecided += 1
+            if series_uid in sent_whole:
+                whole += 1
+            else:
+                undecided += 1
     if undecided:
         return None, f"{undecided} series promise no image count"
+    if whole:
+        return True, (f"{whole} series sent whole by a PACS peer (completion."
+                      "whole_study_senders) in associations that have ended")
     return True, "counts match the headers and slice positions agree"
 
 
@@ -97,8 +104,10 @@ def decide(
     last_received: float,
     now: float,
     idle_seconds: float,
+    sent_whole: frozenset[str] = frozenset(),
 ) -> Decision:
-    """Decide a study's state from its instances' header summaries."""
+    """Decide a study's state from its instances' header summaries (sent_whole: series that
+    a whole-study sender delivered in associations that have ended)."""
     idle = now - last_received >= idle_seconds
     idle_note = f"idle {idle_seconds:g} s after the last instance"
     frames = [frame for header in headers for frame in frames_from_header(header)]
@@ -116,7 +125,7 @@ def decide(
     ready_by_content = True
     reasons: list[str] = []
     for dixon_set in assembly.sets:
-        verdict, why = _content_verdict(dixon_set, counts)
+        verdict, why = _content_verdict(dixon_set, counts, sent_whole)
         if verdict is True and not association_open:
             set_states.append(SetDecision(dixon_set.key, SetState.READY, why))
             continue
@@ -129,7 +138,8 @@ def decide(
             set_states.append(SetDecision(dixon_set.key, SetState.WAITING, why))
         reasons.append(why)
     if ready_by_content:
-        return Decision(Verdict.READY, "complete by content", set_states)
+        return Decision(Verdict.READY, "complete by content: " + "; ".join(
+            dict.fromkeys(s.reason for s in set_states)), set_states)
     if idle:
         return Decision(Verdict.READY, f"{idle_note}; content could not confirm completeness",
                         set_states)

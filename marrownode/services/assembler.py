@@ -160,7 +160,12 @@ class Assembler(LoopService):
                 [r.header for r in rows], self.settings):
             self._unchanged(study, open_associations)
             return
-        decision = decide([r.header for r in rows], open_associations, last, now, idle)
+        senders = set(self.settings.completion.whole_study_senders)
+        sent_whole = frozenset(
+            series_uid for series_uid, callers in self.studies.series_senders(study_uid).items()
+            if senders and callers <= senders) if senders else frozenset()
+        decision = decide([r.header for r in rows], open_associations, last, now, idle,
+                          sent_whole)
         self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
                                              for s in decision.sets])
         requests = sum(1 for r in rows if is_request(r.header))

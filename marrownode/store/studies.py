@@ -228,6 +228,17 @@ class StudyIndex:
             for row in rows
         ]
 
+    def series_senders(self, study_uid: str) -> dict[str, set[str]]:
+        """Per series of the study, the calling AE titles that sent its instances, with ''
+        for instances whose association is still open or unknown (recovered from the spool)."""
+        found: dict[str, set[str]] = {}
+        for series_uid, calling, closed in self.db.connection().execute(
+                """SELECT i.series_uid, a.calling_aet, a.closed_at FROM instances i
+                   LEFT JOIN associations a ON a.association_id = i.association_id
+                   WHERE i.study_uid = ?""", (study_uid,)):
+            found.setdefault(series_uid, set()).add(calling if closed is not None else "")
+        return found
+
     def instance_count(self) -> int:
         """All instances in the index."""
         count: int = self.db.connection().execute("SELECT COUNT(*) FROM instances").fetchone()[0]

@@ -226,3 +226,33 @@ def test_an_orthanc_rule_forwarding_stable_studies_makes_no_loop(tmp_path, ortha
     time.sleep(3)
     assert metrics(http_port)[("marrownode_instances_received_total", ())] == received
     assert "event=study_unchanged" in node.log.read_text()
+
+
+def test_the_recipe_gives_results_within_seconds_of_orthancs_forward(tmp_path, orthanc_factory,
+                                                                     serve_process) -> None:
+    """The README's recipe with a study whose series promise no image count (anonymised
+    dual-echo, as PACS exports often are): Orthanc forwards it once stable, the node has
+    completion.whole_study_senders = ["ORTHANC"], and the results are in Orthanc long before
+    the node's 60 s idle timer could have decided (it would have waited for it before)."""
+    probe = make_settings(tmp_path / "probe")
+    orthanc = orthanc_factory(
+        modalities={"marrownode": ["MARROWNODE", "127.0.0.1", probe.node.port]},
+        lua=FORWARD_STABLE_STUDIES_BUT_OURS, OverwriteInstances=True).start()
+    settings = node_settings(tmp_path, orthanc, node={"port": probe.node.port},
+                             completion={"idle_seconds": 60,
+                                         "whole_study_senders": [orthanc.ae_title]})
+    node = serve_process(settings).start(port=settings.node.port)
+    datasets = build_study(StudyOptions(style="anonymised_dual_echo", study_key="recipe"))
+    assert not any("ImagesInAcquisition" in d for d in datasets)
+    folder = tmp_path / "scanner-recipe"
+    write_datasets(datasets, folder)
+    for path in sorted(folder.iterdir()):
+        orthanc.upload(path)
+    uploaded = time.monotonic()
+    wait_for_results(orthanc, datasets[0].StudyInstanceUID, timeout=40)
+    seconds = time.monotonic() - uploaded
+    assert seconds < 40  # Orthanc's StableAge (1 s here) + forward + analysis, no idle wait
+    history = subprocess.run([sys.executable, "-m", "marrownode", "history",
+                              str(datasets[0].StudyInstanceUID), "--config", str(node.config)],
+                             capture_output=True, text=True, timeout=60)
+    assert "complete by content: 1 series sent whole by a PACS peer" in history.stdout

@@ -65,6 +65,23 @@ def test_decide_table(kind: str, association_open: bool, idle: bool, verdict: Ve
     assert [s.state for s in decision.sets] == ([] if set_state is None else [set_state])
 
 
+def test_a_whole_study_sender_completes_series_that_promise_no_count() -> None:
+    """Series without ImagesInAcquisition (a PACS export): undecidable from content, so the
+    idle timer would decide; delivered whole by a configured PACS peer over associations that
+    have ended, they are complete at once. Only the series that peer sent count."""
+    headers = tuple(summarise(ds) for ds in build_study(
+        StudyOptions(style="anonymised_dual_echo", study_key="forwarded")))
+    series = frozenset(h["series_uid"] for h in headers)
+    waiting = decide(headers, False, 999.0, 1000.0, IDLE)
+    assert waiting.verdict is Verdict.WAITING and "promise no image count" in waiting.reason
+    ready = decide(headers, False, 999.0, 1000.0, IDLE, sent_whole=series)
+    assert ready.verdict is Verdict.READY and "sent whole by a PACS peer" in ready.reason
+    other = decide(headers, False, 999.0, 1000.0, IDLE, sent_whole=frozenset({"1.2.3"}))
+    assert other.verdict is Verdict.WAITING
+    still_open = decide(headers, True, 999.0, 1000.0, IDLE, sent_whole=series)
+    assert still_open.verdict is Verdict.WAITING
+
+
 POLICY = RetryPolicy(initial_seconds=5, max_seconds=600, give_up_after_seconds=3600)
 NOW = 10_000.0
 RETRY_AT = NOW + 42
