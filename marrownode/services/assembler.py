@@ -5,7 +5,6 @@ index before the next step starts."""
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import uuid
@@ -17,7 +16,7 @@ from typing import Any
 from marrownode.config import Settings
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.report_shape import OutputEntry, StudyShape
-from marrownode.results.failure_note import FAILURE_NOTE_FOLDER, write_failure_note
+from marrownode.services.failure_notes import FailureNotes
 from marrownode.services.loop import LoopService
 from marrownode.services.study_inputs import (
     earlier_reports,
@@ -106,6 +105,9 @@ class Assembler(LoopService):
         self.count_failure = count_failure
         self.retrieve = retrieve
         self.notify = notify
+        self.failure_notes = FailureNotes(settings, studies, spool, worker,
+                                          lambda study_uid, entries: self.on_series(
+                                              study_uid, entries))
 
     def on_start(self) -> None:
         """Start the worker and rehearse it."""
@@ -156,16 +158,11 @@ class Assembler(LoopService):
             return
         self.ingestor.summarise_pending(study_uid)
         rows = self.studies.instances(study_uid)
-        if study.get("report") and study.get("input_digest") == input_digest(
-                [r.header for r in rows], self.settings):
+        if self._same_as_analysed(study, rows):
             self._unchanged(study, open_associations)
             return
-        senders = set(self.settings.completion.whole_study_senders)
-        sent_whole = frozenset(
-            series_uid for series_uid, callers in self.studies.series_senders(study_uid).items()
-            if senders and callers <= senders) if senders else frozenset()
         decision = decide([r.header for r in rows], open_associations, last, now, idle,
-                          sent_whole)
+                          self._sent_whole(study_uid))
         self.studies.record_sets(study_uid, [SetRow(s.key, s.state, s.reason)
                                              for s in decision.sets])
         requests = sum(1 for r in rows if is_request(r.header))
@@ -188,6 +185,21 @@ class Assembler(LoopService):
                  else StudyState.WAITING)
         self.studies.set_state(study_uid, state, decision.reason, if_last_received=last,
                                seen_events=seen)
+
+    def _same_as_analysed(self, study: dict[str, Any], rows: list[Any]) -> bool:
+        """The study's sources and settings are those of its recorded analysis."""
+        return bool(study.get("report")) and study.get("input_digest") == input_digest(
+            [r.header for r in rows], self.settings)
+
+    def _sent_whole(self, study_uid: str) -> frozenset[str]:
+        """The study's series that a whole-study sender delivered in associations that have
+        ended (completion.whole_study_senders)."""
+        senders = set(self.settings.completion.whole_study_senders)
+        if not senders:
+            return frozenset()
+        return frozenset(series_uid for series_uid, callers
+                         in self.studies.series_senders(study_uid).items()
+                         if callers <= senders)
 
     def _unchanged(self, study: dict[str, Any], open_associations: bool) -> None:
         """A PACS forwards the study again (our results in it, which are not sources): the
@@ -329,40 +341,6 @@ class Assembler(LoopService):
                  seconds)
         return report
 
-    def _partial_results(self, study_uid: str) -> list[str]:
-        """Result files queued for the study that its last good report does not list: what a
-        failed run had already written (and maybe delivered)."""
-        study = self.studies.study(study_uid) or {}
-        report = self.studies.db.json(study.get("report"), "a study report") or {}
-        good = {entry["sop_instance_uid"] for dixon_set in report.get("dixon_sets", [])
-                for entry in dixon_set.get("outputs", [])}
-        return sorted({path for sop_uid, path in self.studies.db.connection().execute(
-            "SELECT sop_instance_uid, path FROM outbox WHERE study_uid = ?", (study_uid,))
-            if sop_uid not in good and f"{os.sep}{FAILURE_NOTE_FOLDER}{os.sep}" not in path})
-
-    def _send_failure_note(self, study_uid: str, reason: str, partial: list[str]) -> None:
-        """Have the worker write the note; it is queued like any result series."""
-        rows = self.studies.instances(study_uid)
-        if not rows:
-            return
-        outputs = self.settings.outputs
-
-        def queue(future: Future[list[OutputEntry]]) -> None:
-            if future.cancelled() or future.exception() is not None:
-                log.error("event=failure_note_not_written study=%s error=%s", study_uid,
-                          "cancelled" if future.cancelled()
-                          else type(future.exception()).__name__)
-                return
-            entries = future.result()
-            if entries:
-                self.on_series(study_uid, entries)
-                self.studies.add_event(study_uid, "failure_note",
-                                       "a note naming the incomplete results was queued")
-
-        self.worker.submit(write_failure_note, rows[0].path, reason, partial, outputs.uid_root,
-                           outputs.series_number_base,
-                           str(self.spool.results_dir(study_uid))).add_done_callback(queue)
-
     def _record_failure(self, study_uid: str, last: float, error: BaseException) -> None:
         """Retry later, or fail for good with the reason (analysis_retry decides). An
         analysis that failed for want of space has not failed: it waits for space."""
@@ -381,7 +359,7 @@ class Assembler(LoopService):
             reason = (f"analysis ended the worker process {attempts} times: {what}"
                       if isinstance(error, WorkerDied)
                       else f"analysis failed {attempts} times: {what}")
-            partial = self._partial_results(study_uid)
+            partial = self.failure_notes.partial_results(study_uid)
             if partial:
                 reason += (f"; {len(partial)} result object(s) already sent are incomplete: a "
                            "note saying so is sent into the study")
@@ -389,7 +367,7 @@ class Assembler(LoopService):
             self.studies.add_event(study_uid, "failed", reason)
             self.notify("analysis_failed", study_instance_uid=study_uid, reason=reason)
             if partial:
-                self._send_failure_note(study_uid, reason, partial)
+                self.failure_notes.send(study_uid, reason, partial)
         else:
             retry = (f"analysis attempt {attempts} failed ({what}); retried in {delay:.0f} s")
             self.studies.schedule_retry(study_uid, retry, time.time() + delay)

@@ -8,7 +8,6 @@ association that ended) not yet assessed; a verdict clears only the events it sa
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -17,7 +16,9 @@ from typing import Any
 
 from marrownode.report_shape import SetShape, StudyShape
 from marrownode.states import FINISHED_STUDY_STATES, PENDING_DELIVERY_STATES, StudyState
-from marrownode.store.database import STUDY_DESCRIPTORS, Database, write_descriptors
+from marrownode.store.associations import AssociationRows
+from marrownode.store.database import Database
+from marrownode.store.descriptors import STUDY_DESCRIPTORS, write_descriptors
 
 
 @dataclass(frozen=True)
@@ -64,7 +65,7 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-class StudyIndex:
+class StudyIndex(AssociationRows):
     """Ingest rows, association lifecycle, study and set states, retention."""
 
     def __init__(self, db: Database) -> None:
@@ -147,74 +148,6 @@ class StudyIndex:
 
     # --- associations -------------------------------------------------------------------------
 
-    def open_association(
-        self, association_id: str, calling_aet: str, peer: str, now: float | None = None
-    ) -> None:
-        """Record an accepted association (its study stays waiting while it is open)."""
-        with self.db.transaction() as db:
-            db.execute(
-                "INSERT OR REPLACE INTO associations VALUES (?, ?, ?, ?, NULL, 0, ?)",
-                (association_id, calling_aet, peer, time.time() if now is None else now,
-                 os.getpid()),
-            )
-
-    def close_association(self, association_id: str, now: float | None = None) -> None:
-        """Record the end of an association: an event for every study it brought data to, and
-        a line in each study's trail (how many instances, from whom)."""
-        now = time.time() if now is None else now
-        with self.db.transaction() as db:
-            db.execute(
-                "UPDATE associations SET closed_at = ? WHERE association_id = ? "
-                "AND closed_at IS NULL", (now, association_id),
-            )
-            sender = db.execute("SELECT calling_aet, peer FROM associations "
-                                "WHERE association_id = ?", (association_id,)).fetchone()
-            db.executemany(
-                "INSERT INTO events (study_uid, at, kind, detail) VALUES (?, ?, 'received', ?)",
-                [(row[0], now, f"{row[1]} instance(s) from "
-                  f"{sender[0] if sender else '?'} ({sender[1] if sender else '?'})")
-                 for row in db.execute(
-                     "SELECT study_uid, COUNT(*) FROM instances WHERE association_id = ? "
-                     "GROUP BY study_uid", (association_id,)).fetchall()])
-            db.execute(
-                """UPDATE studies SET pending_events = pending_events + 1 WHERE study_uid IN
-                   (SELECT DISTINCT study_uid FROM instances WHERE association_id = ?)""",
-                (association_id,),
-            )
-
-    def close_associations_of(self, pid: int, now: float | None = None) -> int:
-        """A receiving process died: none of its associations is still open."""
-        with self.db.transaction() as db:
-            ids = [row[0] for row in db.execute(
-                "SELECT association_id FROM associations WHERE pid = ? AND closed_at IS NULL",
-                (pid,)).fetchall()]
-        for association_id in ids:
-            self.close_association(association_id, now)
-        return len(ids)
-
-    def close_stale_associations(self, now: float | None = None) -> int:
-        """After a restart no association from before can still be open."""
-        with self.db.transaction() as db:
-            cursor = db.execute(
-                "UPDATE associations SET closed_at = ? WHERE closed_at IS NULL",
-                (time.time() if now is None else now,),
-            )
-            db.execute("UPDATE studies SET pending_events = pending_events + 1 "
-                       f"WHERE state NOT IN ('{StudyState.ANALYSED}')")
-            return cursor.rowcount
-
-    def open_association_ids(self, study_uid: str) -> set[str]:
-        """Associations still open that brought data to this study."""
-        rows = self.db.connection().execute(
-            """SELECT DISTINCT i.association_id FROM instances i
-               JOIN associations a ON a.association_id = i.association_id
-               WHERE i.study_uid = ? AND a.closed_at IS NULL""",
-            (study_uid,),
-        ).fetchall()
-        return {row[0] for row in rows}
-
-    # --- studies ------------------------------------------------------------------------------
-
     def instances(self, study_uid: str) -> list[InstanceRow]:
         """The study's instances, ordered by series and SOP Instance UID."""
         rows = self.db.connection().execute(
@@ -227,17 +160,6 @@ class StudyIndex:
                            "summarised": bool(row["summarised"])})
             for row in rows
         ]
-
-    def series_senders(self, study_uid: str) -> dict[str, set[str]]:
-        """Per series of the study, the calling AE titles that sent its instances, with ''
-        for instances whose association is still open or unknown (recovered from the spool)."""
-        found: dict[str, set[str]] = {}
-        for series_uid, calling, closed in self.db.connection().execute(
-                """SELECT i.series_uid, a.calling_aet, a.closed_at FROM instances i
-                   LEFT JOIN associations a ON a.association_id = i.association_id
-                   WHERE i.study_uid = ?""", (study_uid,)):
-            found.setdefault(series_uid, set()).add(calling if closed is not None else "")
-        return found
 
     def instance_count(self) -> int:
         """All instances in the index."""
@@ -390,13 +312,3 @@ class StudyIndex:
             for table in ("dixon_sets", "outbox", "events", "studies"):
                 db.execute(f"DELETE FROM {table} WHERE study_uid = ?", (study_uid,))
         return count
-
-    def forget_closed_associations(self, before: float) -> int:
-        """Drop closed associations that no instance refers to any more."""
-        with self.db.transaction() as db:
-            removed: int = db.execute(
-                """DELETE FROM associations WHERE closed_at IS NOT NULL AND closed_at <= ?
-                   AND association_id NOT IN (SELECT DISTINCT association_id FROM instances
-                                              WHERE association_id IS NOT NULL)""",
-                (before,)).rowcount
-            return removed

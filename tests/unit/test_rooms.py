@@ -177,3 +177,10 @@ def test_no_import_cycle_between_modules_or_rooms() -> None:
 def test_the_cycle_finder_finds_cycles() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_module_over_400_lines() -> None:
+    """A module past 400 lines does more than one job: split it by job (docs/architecture.md)."""
+    long = {str(path.relative_to(PACKAGE)): n for path in _modules()
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}
