@@ -48,22 +48,25 @@ def load_settings(path: Path | str | None = None) -> Settings:
         return Settings()
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = tomllib.loads(text)
     except FileNotFoundError as exc:
         raise ConfigError(f"configuration file not found: {path}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read configuration file {path}: {exc}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML in {path}: {exc}") from exc
-    return settings_from_mapping(raw, source=str(path))
+    return settings_from_mapping(raw, source=str(path), text=text)
 
 
-def settings_from_mapping(raw: dict[str, Any], source: str = "<mapping>") -> Settings:
-    """Validate a parsed configuration; ConfigError names source, key and what is allowed."""
+def settings_from_mapping(raw: dict[str, Any], source: str = "<mapping>",
+                          text: str = "") -> Settings:
+    """Validate a parsed configuration; ConfigError names source, line (from text), key and
+    what is allowed."""
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(format_errors(source, exc, Settings)) from exc
+        raise ConfigError(format_errors(source, exc, Settings, raw, text)) from exc
     tls = settings.node.tls
     if tls is not None:
         for name in ("cert", "key", "ca"):

@@ -52,7 +52,7 @@ def test_shipped_example_is_valid_and_check_config_prints_it() -> None:
         ("[node]\nae_title = \"WAY_TOO_LONG_AE_TITLE\"\n", ["node.ae_title", "1-16"]),
         ("[logging]\nformat = \"xml\"\n", ["logging.format", "'kv' or 'json'"]),
         ("[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"h\"\n",
-         ["destinations[0].port", "required"]),
+         ["[[destinations]] \"pacs\" port", "required", "line 1"]),
         ("[analysis]\nthresholds = [{field_strength_t = 1.5, signal_loss_percent = 120}]\n",
          ["analysis.thresholds[0].signal_loss_percent", "less than 100"]),
         ("[bogus]\n", ["bogus", "unknown key", "allowed keys", "storage"]),
@@ -65,7 +65,7 @@ def test_shipped_example_is_valid_and_check_config_prints_it() -> None:
         ("[node]\nae_title = \"    \"\n", ["node.ae_title", "blank"]),
         ("[node]\nhost = \"10.0.0.5:4242\"\n", ["node.host", "without a port"]),
         ("[[destinations]]\nname = \"p\"\nae_title = \"P\"\nhost = \"pacs:104\"\nport = 104\n",
-         ["destinations[0].host", "without a port"]),
+         ["[[destinations]] \"p\" host", "without a port"]),
         ("[http]\nport = 11112\n", ["http.port and node.port are both 11112"]),
         ("[destinations]\nname = \"pacs\"\n", ["destinations", "[[destinations]]"]),
         ("[outbox]\nmax_attempts = 10\n", ["outbox", "give_up_after_hours"]),
@@ -143,3 +143,27 @@ def test_the_embedded_analysis_defaults_are_quants_own() -> None:
     assert quant_parameters(Settings()) == QuantParameters()
     changed = settings_from_mapping({"analysis": {"min_focus_volume_mm3": 80.0}})
     assert quant_parameters(changed) != QuantParameters()
+
+
+def test_errors_give_the_line_name_the_table_entry_and_never_echo_a_secret(tmp_path) -> None:
+    """What an administrator editing over SSH needs: the line, the destination or user by
+    its name (not its position), no validator prefixes, and a password pasted into
+    password_hash is not repeated in the message."""
+    path = tmp_path / "bad.toml"
+    path.write_text('[node]\nport = "11112"\n\n[[destinations]]\nname = "pacs"\nae_title = "P"\n'
+                    'host = "127.0.0.1"\nport = 99999\n\n[http]\nport = 8080\n'
+                    '[[http.users]]\nname = "admin"\nrole = "admin"\n'
+                    'password_hash = "correct horse battery"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    message = str(caught.value)
+    assert "line 2: node.port:" in message
+    assert 'line 8: [[destinations]] "pacs" port:' in message
+    assert 'line 15: [[http.users]] "admin" password_hash:' in message
+    assert "correct horse" not in message and "(the value is not shown)" in message
+    assert "Value error" not in message
+    same = tmp_path / "same.toml"
+    same.write_text("[node]\nport = 11112\n[http]\nport = 11112\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(same)
+    assert "(the whole file): " in str(caught.value) and "Value error" not in str(caught.value)
