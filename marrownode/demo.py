@@ -18,10 +18,11 @@ from typing import Any
 from pydicom import dcmread
 
 from marrownode.config import effective_settings_toml, settings_from_mapping
+from marrownode.findings_text import print_findings
 from marrownode.net.sender import OutgoingFile, send_batch
 from marrownode.net.standin import StandInPACS
 from marrownode.node import Node
-from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.report_shape import StudyShape
 from marrownode.states import StudyState
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series, write_datasets
 from marrownode.vocabulary import OutputKind
@@ -35,57 +36,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _number(value: float | None, width: int, digits: int) -> str:
-    return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
-
-
 def _print_report(study: StudyShape, pacs_files: int, out: Path, preview: Path | None) -> None:
-    print(f"\nStudy {study['study_instance_uid']}")
-    for dixon_set in study["dixon_sets"]:
-        threshold = dixon_set["signal_loss_threshold_percent"]
-        print(f"  Dixon set {dixon_set['key']} ({dixon_set['orientation']}):"
-              f" in-phase TE {dixon_set['in_phase']['echo_time_ms']} ms,"
-              f" opposed-phase TE {dixon_set['opposed_phase']['echo_time_ms']} ms,"
-              f" water/fat {'yes' if dixon_set['water'] else 'no'}")
-        print(f"  field strength {dixon_set['field_strength_t']} T,"
-              f" signal-loss threshold {threshold} %,"
-              f" flags: {', '.join(dixon_set['flags']) or 'none'}")
-        marrow = dixon_set.get("marrow")
-        if marrow is None or not marrow["localised"]:
-            print(f"  marrow NOT localised ({marrow['reason'] if marrow else 'not analysed'}):"
-                  " maps only, no marrow findings")
-        else:
-            print(f"  marrow: {marrow['reason']}; pattern {dixon_set.get('pattern')}")
-            print("    vertebra  median loss %  median SIR  below threshold  T1 vs muscle"
-                  "  T1 vs disc  pattern")
-            for v in dixon_set.get("vertebrae", []):
-                print(f"    {v['label']:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
-                      f"  {_number(v['sir_median'], 10, 2)}"
-                      f"  {_number(100 * (v['fraction_below_threshold'] or 0), 14, 0)} %"
-                      f"  {_number(v['in_phase_to_muscle_ratio'], 12, 2)}"
-                      f"  {_number(v['in_phase_to_disc_ratio'], 10, 2)}  {v['pattern']}")
-        print("  foci (inside localised marrow; fat fraction: "
-              f"{dixon_set.get('fat_fraction_label')}):")
-        if not dixon_set["foci"]:
-            print("    none")
-        else:
-            print("    #  vertebra  slices  volume mm3  signal loss %   SIR  fat fraction %"
-                  "  margin       category")
-        for number, focus in enumerate(dixon_set["foci"], start=1):
-            print(f"    {number}  {focus['vertebra'] or '-':>8}  {focus['slice_count']:>6}"
-                  f"  {focus['volume_mm3']:>10.0f}  {focus['signal_loss_percent']:>13.1f}"
-                  f"  {focus['sir']:>5.2f}  {focus['fat_fraction_percent']:>14.1f}"
-                  f"  {focus['margin'] or '-':<11}  {focus['category']}")
-        series: dict[str, list[OutputEntry]] = {}
-        for entry in dixon_set["outputs"]:
-            series.setdefault(entry["series_instance_uid"], []).append(entry)
-        print("  result series sent back into the study:")
-        for entries in sorted(series.values(), key=lambda e: e[0].get("series_number", 0)):
-            print(f"    {entries[0].get('series_number', 0):>5}"
-                  f"  {entries[0].get('series_description', ''):<55}"
-                  f" {len(entries):>3} instance(s)")
-    for skipped in study["skipped_series"]:
-        print(f"  not used: series {skipped['series_instance_uid']}: {skipped['reason']}")
+    print_findings(study)
     print(f"\nThe stand-in PACS received {pacs_files} result files in {out / 'pacs'}")
     print(f"Node spool, index and results: {out / 'node'}  (try: marrownode status --config "
           f"{out / 'node.toml'})")

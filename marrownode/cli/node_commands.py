@@ -103,6 +103,7 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 def cmd_process(args: argparse.Namespace) -> int:
     """`process PATH... --out DIR`: analyse every study offline."""
+    from marrownode.findings_text import print_findings
     from marrownode.pipeline import failures, process_paths
 
     settings = load_for(args.config)
@@ -112,6 +113,8 @@ def cmd_process(args: argparse.Namespace) -> int:
         print(f"no such file or folder: {', '.join(missing)}", file=sys.stderr)
         return EXIT_USAGE
     report = process_paths(args.paths, args.out, settings)
+    for study in report["studies"]:
+        print_findings(study)
     sets = sum(len(s["dixon_sets"]) for s in report["studies"])
     studies = len(report["studies"])
     print(f"{studies} studies, {sets} Dixon sets; report: {args.out / 'report.json'}")

@@ -8,10 +8,14 @@ from marrownode.vocabulary import Pattern
 
 #: What a pattern means for the reader (the clinical rule of the node).
 PATTERN_WORDS = {
-    Pattern.NORMAL: "signal loss present: normal or benign marrow",
-    Pattern.FOCAL: "focal absent signal loss: worrying for a marrow lesion",
-    Pattern.DIFFUSE: "diffuse absent signal loss: worrying for infiltration",
-    Pattern.NOT_ASSESSED: "not assessed",
+    Pattern.NORMAL: "the expected signal loss: normal or benign marrow",
+    Pattern.FOCAL: "one focus without the expected signal loss: worrying for a marrow lesion, "
+                   "not specific",
+    Pattern.MULTIFOCAL: "several foci without the expected signal loss: worrying, not specific",
+    Pattern.DIFFUSE: "no signal loss throughout the marrow: worrying for infiltration",
+    Pattern.DIFFUSE_AND_FOCAL: "diffusely abnormal marrow with foci: worrying for infiltration",
+    Pattern.VARIEGATED: "many small spots without signal loss: worrying, not specific",
+    Pattern.NOT_ASSESSED: "no threshold for the field strength, or no localised marrow",
 }
 
 def local_time(epoch: float | None) -> str:

@@ -7,6 +7,7 @@ destination answered (or that no association or presentation context was availab
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -56,9 +57,25 @@ class SendResult:
     detail: str = ""  # the A-ASSOCIATE-RJ in words, for a rejection
 
 
-def _not_associated(association: Any,
-                    rejections: list[tuple[int, int, int]]) -> tuple[SendError, str]:
-    """Why no association came of the request, and the rejection in words if there was one."""
+def _why_no_answer(host: str, port: int, timeout: float) -> str:
+    """What the peer did instead of answering, in words an administrator can act on: one
+    plain TCP connection tells a closed port from a silent peer."""
+    try:
+        with socket.create_connection((host, port), timeout=min(timeout, 5.0)):
+            return (f"{host}:{port} took the connection but did not answer the association "
+                    f"request within {timeout:g} s (not a DICOM peer, or hung)")
+    except ConnectionRefusedError:
+        return f"connection refused by {host}:{port}"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {min(timeout, 5.0):g} s"
+    except OSError as exc:
+        return f"{host}:{port}: {exc.strerror or type(exc).__name__}"
+
+
+def _not_associated(association: Any, rejections: list[tuple[int, int, int]], host: str,
+                    port: int, timeout: float) -> tuple[SendError, str]:
+    """Why no association came of the request: the rejection in words if there was one,
+    else what the peer did."""
     if rejections:
         result, source, reason = rejections[0]
         error = (SendError.REJECTED_PERMANENT if result == pdu.REJECTED_PERMANENT
@@ -68,7 +85,7 @@ def _not_associated(association: Any,
     # it does not store): a refusal to record, not a network failure to retry.
     if association.rejected_contexts and not association.accepted_contexts:
         return SendError.CONTEXT_REFUSED, ""
-    return SendError.NO_ASSOCIATION, ""
+    return SendError.NO_ASSOCIATION, _why_no_answer(host, port, timeout)
 
 
 def send_batch(
@@ -104,8 +121,8 @@ def send_batch(
         log.warning("event=associate_error error=%s", type(exc).__name__)
         return [SendResult(f.key, None, SendError.NO_ASSOCIATION, _what(exc)) for f in files]
     if not association.is_established:
-        return [SendResult(f.key, None, *_not_associated(association, rejections))
-                for f in files]
+        why = _not_associated(association, rejections, host, port, timeout)
+        return [SendResult(f.key, None, *why) for f in files]
     disable_nagle(association)
     accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0]))
                 for cx in association.accepted_contexts}

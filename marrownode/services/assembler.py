@@ -179,6 +179,8 @@ class Assembler(LoopService):
             # A measurement request in a study without a Dixon set is answered too ("no set").
             reason = decision.reason if decision.verdict is Verdict.READY else (
                 f"{decision.reason}; answering {requests} measurement request(s)")
+            if study.get("report") and not study.get("input_digest"):
+                reason = "analysed again at an operator's request"  # not an idle timer
             self._analyse(study, rows, reason, len(decision.sets))
             return
         state = (StudyState.NO_DIXON_SET if decision.verdict is Verdict.NO_DIXON_SET

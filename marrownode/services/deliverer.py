@@ -84,6 +84,8 @@ def outcome_for(result: SendResult, queued_at: float, policy: RetryPolicy, now: 
         error = f"association {result.detail}"
     elif transient(result):
         error = (f"association {result.detail}" if result.detail and result.error in REJECTIONS
+                 else f"no association: {result.detail}"
+                 if result.detail and result.error is SendError.NO_ASSOCIATION
                  else f"{result.error}: {result.detail}" if result.detail
                  else str(result.error) if result.error else f"status 0x{result.status:04X}")
         waited = now - queued_at
@@ -269,8 +271,8 @@ class Deliverer(LoopService):
                  "failed=%d seconds=%.2f%s", destination.name, len({r.study_uid for r in rows}),
                  len(rows), states[DeliveryState.DELIVERED], states[DeliveryState.QUEUED],
                  states[DeliveryState.FAILED], time.monotonic() - started,
-                 f" next_try_in={state.next_attempt_at - now:.1f} error={state.last_error}"
-                 if state.failures else "")
+                 f" next_try_in={state.next_attempt_at - now:.1f}"
+                 f" error={state.last_error.replace(' ', '_')}" if state.failures else "")
 
     def _trail(self, destination: str, rows: list[OutboxRow],
                outcomes: list[DeliveryOutcome]) -> None:
@@ -304,13 +306,14 @@ class Deliverer(LoopService):
             delay = backoff(failures - 1, self.policy, self._random.uniform(0.5, 1.0))
             first = next(r for r in results if transient(r))
             error = first.detail or str(first.error or f"status 0x{first.status or 0:04X}")
-            state = DestinationState(destination.name, failures, now + delay,
-                                     error.replace(" ", "_"), now, known.last_success_at,
-                                     address)
+            if first.error is SendError.NO_ASSOCIATION and first.detail:
+                error = f"no association: {first.detail}"
+            state = DestinationState(destination.name, failures, now + delay, error, now,
+                                     known.last_success_at, address)
         else:
             answered = next((r.detail for r in results if r.detail and r.error in REJECTIONS),
                             "")
-            state = DestinationState(destination.name, 0, 0.0, answered.replace(" ", "_"),
+            state = DestinationState(destination.name, 0, 0.0, answered,
                                      now, now if not answered else known.last_success_at,
                                      address)
         self.outbox.record_destination(state)

@@ -52,6 +52,7 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
         assert kinds[0] == "received" and f"{len(datasets)} instance(s) from " in history.stdout
         assert {"received", "analysing", "analysed", "delivery", "action"} <= set(kinds)
         assert "reanalyse (by " in history.stdout and "on the command line)" in history.stdout
+        assert "analysed again at an operator's request" in history.stdout  # not "idle 60 s"
         assert "pacs: 40 delivered, 0 to retry, 0 failed" in history.stdout
 
         refused = cli(config, "delete", study_uid)
