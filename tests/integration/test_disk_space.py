@@ -61,6 +61,16 @@ def _fill(disk: Path) -> None:
             pass
 
 
+def _node_on(node_factory, disk: Path, pacs: StandInPACS, min_free_mb: int):
+    """A node whose storage is the small disk, delivering to pacs, warmed up."""
+    node = node_factory(storage={"root": str(disk / "node"), "min_free_mb": min_free_mb},
+                        completion={"idle_seconds": 60},
+                        destinations=[{"name": "pacs", "ae_title": "STANDIN",
+                                       "host": "127.0.0.1", "port": pacs.port}])
+    wait_until(lambda: node.health().ok, timeout=60)  # the warm-up is done
+    return node
+
+
 def _study(node, key: str) -> str:
     datasets = build_study(StudyOptions(style="siemens", study_key=key))
     assert send(node.receiver.port, datasets) == [0] * len(datasets)
@@ -71,12 +81,7 @@ def test_results_wait_for_space_and_go_out_when_it_returns(node_factory, small_d
                                                            tmp_path, caplog) -> None:
     pacs = StandInPACS(tmp_path / "pacs").start()
     try:
-        node = node_factory(
-            storage={"root": str(small_disk / "node"), "min_free_mb": 4},
-            completion={"idle_seconds": 60},
-            destinations=[{"name": "pacs", "ae_title": "STANDIN", "host": "127.0.0.1",
-                           "port": pacs.port}])
-        wait_until(lambda: node.health().ok, timeout=60)  # the warm-up is done
+        node = _node_on(node_factory, small_disk, pacs, min_free_mb=4)
         ballast = _leave_free(small_disk, 14 * MB)  # the images fit, their results do not
         with caplog.at_level(logging.INFO, logger="marrownode"):
             study_uid = _study(node, "space")
@@ -135,12 +140,7 @@ def test_an_analysis_that_runs_out_of_space_waits_and_resumes(node_factory, smal
     monkeypatch.setattr(assembler, "expected_result_bytes", lambda source_bytes: 0)
     pacs = StandInPACS(tmp_path / "pacs").start()
     try:
-        node = node_factory(
-            storage={"root": str(small_disk / "node"), "min_free_mb": 1},
-            completion={"idle_seconds": 60},
-            destinations=[{"name": "pacs", "ae_title": "STANDIN", "host": "127.0.0.1",
-                           "port": pacs.port}])
-        wait_until(lambda: node.health().ok, timeout=60)
+        node = _node_on(node_factory, small_disk, pacs, min_free_mb=1)
         ballast = _leave_free(small_disk, 8 * MB)
         with caplog.at_level(logging.INFO, logger="marrownode"):
             study_uid = _study(node, "enospc")

@@ -6,6 +6,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+
+import pytest
 
 from marrownode import __version__
 from marrownode.net.standin import StandInPACS
@@ -17,6 +20,32 @@ from tests.scu import send
 def cli(config, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "marrownode", *args, "--config", str(config)],
                           capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[dict]]]:
+    """A loopback HTTP receiver for webhooks: its URL and the JSON bodies it was sent."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from tests.conftest import free_port
+
+    received: list[dict] = []
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/hook", received
+    server.shutdown()
 
 
 def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> None:
@@ -67,29 +96,13 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
         pacs.stop()
 
 
-def test_webhooks_are_told_of_failures_for_good_without_patient_data(node_factory, tmp_path,
-                                                                      monkeypatch) -> None:
+def test_webhooks_are_told_of_failures_for_good_without_patient_data(
+        node_factory, tmp_path, monkeypatch, webhook_receiver) -> None:
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     from marrownode.services import assembler
-    from tests.conftest import free_port
 
-    received: list[dict] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers["Content-Length"]))
-            received.append(json.loads(body))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url, received = webhook_receiver
     pacs = StandInPACS(tmp_path / "pacs", ae_title="STANDIN")
     pacs.ae.require_called_aet = True
     pacs.start()
@@ -99,7 +112,7 @@ def test_webhooks_are_told_of_failures_for_good_without_patient_data(node_factor
             completion={"idle_seconds": 60},
             destinations=[{"name": "pacs", "ae_title": "WRONG", "host": "127.0.0.1",
                            "port": pacs.port}],
-            webhooks=[{"url": f"http://127.0.0.1:{server.server_port}/hook"}])
+            webhooks=[{"url": url}])
         datasets = build_study(StudyOptions(style="siemens", study_key="hooked",
                                             patient_name="Secret^Patient"))
         assert send(node.receiver.port, datasets) == [0] * len(datasets)
@@ -119,58 +132,36 @@ def test_webhooks_are_told_of_failures_for_good_without_patient_data(node_factor
         assert "Secret" not in json.dumps(received)
     finally:
         pacs.stop()
-        server.shutdown()
 
 
-def test_a_set_that_fails_in_the_node_is_failed_with_its_reason_everywhere(node_factory,
-                                                                           tmp_path) -> None:
+def test_a_set_that_fails_in_the_node_is_failed_with_its_reason_everywhere(
+        node_factory, webhook_receiver) -> None:
     """An RLE study whose in-phase fragments decode to garbage (structurally sound, so the
     receiver accepts it; the pixels cannot be read): that set fails alone. Its reason is in
     status (set state), the trail and a webhook; the study is analysed, not stuck."""
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
     from pydicom.encaps import encapsulate
     from pydicom.uid import RLELossless
 
     from marrownode.synthetic.studies import compress
-    from tests.conftest import free_port
 
-    received: list[dict] = []
-
-    class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        node = node_factory(completion={"idle_seconds": 60},
-                            webhooks=[{"url": f"http://127.0.0.1:{server.server_port}/hook"}])
-        datasets = compress(build_study(StudyOptions(style="siemens", study_key="rle-broken")),
-                            RLELossless)
-        for dataset in datasets:
-            if dataset.SeriesDescription.endswith("_in"):
-                # a well-formed RLE header claiming one segment at offset 64, then nonsense
-                header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
-                dataset.PixelData = encapsulate([header + bytes([0x81]) * 40])
-        assert send(node.receiver.port, datasets) == [0] * len(datasets)
-        study_uid = str(datasets[0].StudyInstanceUID)
-        wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
-                   == "analysed", timeout=120)
-        assert "1 failed" in node.index.studies.study(study_uid)["reason"]
-        (row,) = node.index.status()["studies"][0]["dixon_sets"]
-        assert row["state"] == "failed" and "Error" in row["reason"]
-        trail = [e for e in node.index.studies.events(study_uid) if e["kind"] == "failed"]
-        assert trail and row["reason"] in trail[0]["detail"]
-        wait_until(lambda: any(r["event"] == "analysis_failed" for r in received), timeout=30)
-        (hook,) = [r for r in received if r["event"] == "analysis_failed"]
-        assert hook["study_instance_uid"] == study_uid and hook["reason"] == row["reason"]
-    finally:
-        server.shutdown()
+    url, received = webhook_receiver
+    node = node_factory(completion={"idle_seconds": 60}, webhooks=[{"url": url}])
+    datasets = compress(build_study(StudyOptions(style="siemens", study_key="rle-broken")),
+                        RLELossless)
+    for dataset in datasets:
+        if dataset.SeriesDescription.endswith("_in"):
+            # a well-formed RLE header claiming one segment at offset 64, then nonsense
+            header = (1).to_bytes(4, "little") + (64).to_bytes(4, "little") + bytes(56)
+            dataset.PixelData = encapsulate([header + bytes([0x81]) * 40])
+    assert send(node.receiver.port, datasets) == [0] * len(datasets)
+    study_uid = str(datasets[0].StudyInstanceUID)
+    wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
+               == "analysed", timeout=120)
+    assert "1 failed" in node.index.studies.study(study_uid)["reason"]
+    (row,) = node.index.status()["studies"][0]["dixon_sets"]
+    assert row["state"] == "failed" and "Error" in row["reason"]
+    trail = [e for e in node.index.studies.events(study_uid) if e["kind"] == "failed"]
+    assert trail and row["reason"] in trail[0]["detail"]
+    wait_until(lambda: any(r["event"] == "analysis_failed" for r in received), timeout=30)
+    (hook,) = [r for r in received if r["event"] == "analysis_failed"]
+    assert hook["study_instance_uid"] == study_uid and hook["reason"] == row["reason"]
