@@ -74,6 +74,7 @@ class FocusReport:
     and SIR), size, position and category."""
 
     vertebra: str | None
+    level: str | None
     slice_count: int
     slice_indices: list[int]
     area_mm2: float | None
@@ -94,6 +95,7 @@ class FocusReport:
         """From quant's focus record, floats rounded for the report."""
         return cls(
             vertebra=record["vertebra"],
+            level=record.get("level"),
             slice_count=int(record["slice_count"]),
             slice_indices=list(record["slice_indices"]),
             area_mm2=json_number(record["area_mm2"]),
@@ -120,6 +122,7 @@ class VertebraReport:
     """One localised vertebral body: medians over its marrow, pattern, T1 internal standard."""
 
     label: str
+    level: str | None
     centroid_patient_mm: list[float]
     voxel_count: int
     volume_mm3: float | None
@@ -134,10 +137,13 @@ class VertebraReport:
     tracking_uid: str
 
     @classmethod
-    def of(cls, finding: VertebraFinding, tracking_uid: str) -> VertebraReport:
-        """From quant's finding, rounded for the report."""
+    def of(cls, finding: VertebraFinding, tracking_uid: str,
+           level: str | None = None) -> VertebraReport:
+        """From quant's finding, rounded for the report; level: its anatomical name, when
+        the anatomy fixed it."""
         return cls(
             label=finding.label,
+            level=level,
             centroid_patient_mm=[round(c, 1) for c in finding.centroid_patient_mm],
             voxel_count=finding.voxel_count,
             volume_mm3=json_number(finding.volume_mm3, 1),
@@ -168,6 +174,7 @@ class MarrowStatus:
     method: str
     reason: str
     vertebra_count: int = 0
+    levels_reason: str = ""  # how the level names were fixed, or why they were not
 
 
 @dataclass
@@ -228,19 +235,23 @@ class SetReport:
                                 if result.water_fat_check else None)
         localisation = result.localisation
         self.marrow = MarrowStatus(localisation.localised, localisation.method,
-                                   localisation.reason, len(localisation.labels))
+                                   localisation.reason, len(localisation.labels),
+                                   localisation.levels_reason)
         self.pattern = result.pattern
         self.marrow_summary = ({k: json_number(v) if isinstance(v, float) else v
                                 for k, v in result.marrow_summary.items()}
                                if result.marrow_summary else None)
         self.muscle_in_phase = json_number(result.muscle_in_phase, 1)
         self.disc_in_phase = json_number(result.disc_in_phase, 1)
+        levels = localisation.levels
         self.vertebrae = [
-            VertebraReport.of(v, derived_uid(uid_root, study_uid, self.key, "vertebra", v.label))
+            VertebraReport.of(v, derived_uid(uid_root, study_uid, self.key, "vertebra", v.label),
+                              levels[v.number - 1] if 0 < v.number <= len(levels) else None)
             for v in result.vertebrae]
         threshold = result.threshold_percent
         self.foci = ([FocusReport.from_record(focus_record(f, geometry, threshold,
-                                                           localisation.labels, sharp_margin))
+                                                           localisation.labels, sharp_margin,
+                                                           localisation.levels))
                       for f in result.foci] if threshold is not None else [])
         self.flags = list(dict.fromkeys(self.flags + result.flags))
 
@@ -281,7 +292,7 @@ class SetReport:
             noise_source=self.noise_source,
             water_fat_check=self.water_fat_check,
             marrow={"localised": self.marrow.localised, "method": self.marrow.method,
-                    "reason": self.marrow.reason},
+                    "reason": self.marrow.reason, "levels_reason": self.marrow.levels_reason},
             pattern=self.pattern,
             marrow_summary=self.marrow_summary,
             t1_reference={"muscle_in_phase": self.muscle_in_phase,

@@ -54,6 +54,7 @@ class MarrowShape(TypedDict):
     localised: bool
     method: LocalisationMethod
     reason: str
+    levels_reason: NotRequired[str]
 
 
 class PosteriorElements(TypedDict):
@@ -67,6 +68,7 @@ class VertebraShape(TypedDict):
     """One localised vertebral body."""
 
     label: str
+    level: str | None  # "L3" when the anatomy fixes the count, else None (levels_uncertain)
     centroid_patient_mm: list[float]
     voxel_count: int
     volume_mm3: float | None
@@ -85,6 +87,7 @@ class FocusShape(TypedDict):
     """One focus inside localised marrow."""
 
     vertebra: str | None
+    level: str | None
     slice_count: int
     slice_indices: list[int]
     area_mm2: float | None

@@ -33,7 +33,7 @@ from marrownode.quant.maps import (
 from marrownode.quant.roi import roi_statistics
 from marrownode.quant.spine import localise
 from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
-from marrownode.vocabulary import FatFractionMethod, Flag, Margin, Pattern
+from marrownode.vocabulary import FatFractionMethod, Flag, LocalisationMethod, Margin, Pattern
 
 #: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
 WATER_FAT_TOLERANCE = 0.10
@@ -264,6 +264,10 @@ def analyse_set(
     if not localisation.localised:
         result.flags.append(Flag.MARROW_NOT_LOCALISED)
         return result
+    localisation = result.localisation
+    if localisation.method == LocalisationMethod.IMAGE and (
+            not localisation.levels or None in localisation.levels):
+        result.flags.append(Flag.LEVELS_UNCERTAIN)  # V-numbers only: never a guessed name
     _find_in_marrow(result, ip, op, geometry, parameters, in_phase_first,
                     method != FatFractionMethod.SIGNAL_FAT_FRACTION and not suspect)
     return result
@@ -313,7 +317,8 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
 
 
 def focus_record(focus: Focus, geometry: VolumeGeometry, threshold_percent: float,
-                 labels: list[str], sharp_margin: float) -> dict[str, Any]:
+                 labels: list[str], sharp_margin: float,
+                 levels: list[str | None] | None = None) -> dict[str, Any]:
     """The report entry of one focus (numbers not yet rounded)."""
     mask = focus.mask
     stats = focus.statistics
@@ -326,6 +331,8 @@ def focus_record(focus: Focus, geometry: VolumeGeometry, threshold_percent: floa
     sharpness = focus.margin_sharpness
     return {
         "vertebra": labels[focus.vertebra - 1] if 0 < focus.vertebra <= len(labels) else None,
+        "level": (levels[focus.vertebra - 1] if levels and 0 < focus.vertebra <= len(levels)
+                  else None),
         "slice_count": int(slices.size),
         "slice_indices": [int(s) for s in slices],
         "area_mm2": float(per_slice.max() * spacing[1] * spacing[2]),

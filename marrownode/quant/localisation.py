@@ -27,6 +27,9 @@ class SpineParameters:
     fat_relative_signal: float = 0.7
     #: A body taller than this is two vertebrae joined across a partial-volumed disc.
     max_vertebra_height_mm: float = 42.0
+    #: Two bodies whose cranio-caudal extents coincide for this share of the shorter one are
+    #: one vertebra (a lesion had cut it apart): one body per level.
+    same_level_overlap: float = 0.6
     #: Homogeneous tissue: in-plane gradient below this fraction of the local signal.
     max_relative_gradient: float = 0.15
     rim_radius_mm: float = 2.0
@@ -60,6 +63,10 @@ class Localisation:
     bodies: np.ndarray
     posterior: np.ndarray
     labels: list[str] = field(default_factory=list)
+    #: Per body its anatomical name ("L3") when the anatomy fixes the count, else None.
+    levels: list[str | None] = field(default_factory=list)
+    #: How the names were fixed, or why they were not.
+    levels_reason: str = ""
 
     @property
     def marrow(self) -> np.ndarray:

@@ -33,6 +33,7 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
+from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.vocabulary import LocalisationMethod
 
@@ -184,12 +185,18 @@ def localise(
     factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
                                                                1e-6)))
     if factor == 1:
-        return _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level)
-    small = _reduce(in_phase, signal_loss, tissue, body, factor)
-    reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level)
-    if not reduced.localised:
-        return not_localised(in_phase.shape, reduced.reason)
-    return _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters, level)
+        found = _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level)
+    else:
+        small = _reduce(in_phase, signal_loss, tissue, body, factor)
+        reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level)
+        if not reduced.localised:
+            return not_localised(in_phase.shape, reduced.reason)
+        found = _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters,
+                        level)
+    if not found.localised:
+        return found
+    named = name_levels(found.bodies, geometry)  # on the full grid: a remnant is 1-3 mm
+    return replace(found, levels=named.names, levels_reason=named.reason)
 
 
 def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
@@ -275,6 +282,10 @@ def _localise(
     fat = np.nan_to_num(in_phase) > parameters.fat_relative_signal * level
     bodies = _complete(bodies, tissue & ~void & ~fat)
     bodies = _split_tall(bodies, signal_loss, geometry, parameters.max_vertebra_height_mm)
+    merged = merge_same_level(bodies, geometry, parameters.same_level_overlap)
+    if merged.max() < bodies.max():  # a lesion had split a body: give it back its middle
+        bodies = _complete(merged, tissue & ~void & ~fat)
+    bodies = bridge_slices(bodies, tissue & ~void & ~fat)
     posterior = _posterior_elements(bone, bodies, geometry, parameters)
     count = int(bodies.max())
     labels = [f"V{n}" for n in range(1, count + 1)]

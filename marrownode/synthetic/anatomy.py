@@ -38,6 +38,12 @@ ANATOMY_TISSUES: dict[str, tuple[float, float]] = {
     "fat_lesion": (0.08, 1.0),  # haemangioma / focal fat: brighter than marrow, loss ~15 %
     "replaced_marrow": (0.40, 0.006),  # diffuse replacement: loss ~3 %, darker than muscle
     "yellow_marrow": (0.10, 0.90),  # fatty long-bone marrow
+    # the lumbar phantom's (lumbar.py): appended, so the codes above stay
+    "vein": (0.40, 0.0),  # basivertebral vein: slow blood, no fat
+    "annulus": (0.22, 0.0),  # the disc's fibrous ring: darker than the nucleus
+    "modic_1": (0.50, 0.12),  # oedematous band along an endplate: low loss
+    "modic_2": (0.12, 0.85),  # fatty band along an endplate: bright, fat-rich
+    "aorta": (0.45, 0.0),
 }
 ANATOMY_CODES = {name: code for code, name in enumerate(ANATOMY_TISSUES)}
 

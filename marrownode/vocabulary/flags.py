@@ -19,3 +19,4 @@ class Flag(StrEnum):
     MARROW_NOT_LOCALISED = "marrow_not_localised"
     MARROW_DARKER_THAN_MUSCLE = "marrow_darker_than_muscle"
     MARROW_DARKER_THAN_DISC = "marrow_darker_than_disc"
+    LEVELS_UNCERTAIN = "levels_uncertain"  # the anatomy does not fix the level names

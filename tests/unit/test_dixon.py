@@ -288,8 +288,13 @@ def test_process_cli_report_shape_compressed_and_utf8(tmp_path: Path) -> None:
         assert key in dixon_set
     assert "tissue" not in dixon_set  # no whole-tissue numbers anywhere
     assert dixon_set["signal_loss_threshold_percent"] == 20.0
-    assert dixon_set["marrow"] == {"localised": True, "method": "image",
-                                   "reason": "5 vertebral bodies in one column"}
+    assert dixon_set["marrow"] == {
+        "localised": True, "method": "image", "reason": "5 vertebral bodies in one column",
+        "levels_reason": "no sacrum in view (no fused segments at the caudal end): the levels "
+                         "cannot be counted from it"}
+    # the block phantom has no sacrum: V-numbers only, and the flag says why no name
+    assert "levels_uncertain" in dixon_set["flags"]
+    assert all(v["level"] is None for v in dixon_set["vertebrae"])
     assert dixon_set["pattern"] == "focal"
     assert [v["label"] for v in dixon_set["vertebrae"]] == ["V1", "V2", "V3", "V4", "V5"]
     for vertebra in dixon_set["vertebrae"]:

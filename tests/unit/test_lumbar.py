@@ -1,0 +1,115 @@
+"""The spine as it is read, on a sagittal lumbar phantom built from the anatomy (lordosis,
+tilted bodies, 1 mm cortex and endplates, biconvex discs with annulus, basivertebral veins,
+the fused tilted sacrum, neural arches; 0.75 mm pixels, 4 mm slices): one body per level,
+named from the sacrum, no normal anatomy called a focus, a metastasis one focus at its level.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+
+from marrownode.config import Settings
+from marrownode.pipeline import process_paths, quant_parameters
+from marrownode.quant.analysis import QuantResult, analyse_set
+from marrownode.quant.geometry import VolumeGeometry
+from marrownode.synthetic.geometry import geometry_for
+from marrownode.synthetic.lumbar import LumbarPhantom, column, lumbar_phantom
+from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
+
+#: A level is in view when at least this much of its marrow is (S3 is mostly outside).
+IN_VIEW_VOXELS = 2000
+
+
+@cache
+def analysed(variant: str) -> tuple[LumbarPhantom, QuantResult]:
+    phantom = lumbar_phantom(variant)
+    echoes = phantom.echoes(snr=60, seed=3)
+    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
+    g = geometry_for("sagittal")
+    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
+                              tuple(g.row_dir), spacing)
+    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
+                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
+                         geometry=geometry)
+    return phantom, result
+
+
+def _levels_of_bodies(phantom: LumbarPhantom, result: QuantResult) -> list[set[str]]:
+    """For each localised body, the truth levels whose marrow it holds (more than a rim)."""
+    found = []
+    for number in range(1, len(result.localisation.labels) + 1):
+        truth = phantom.vertebra[result.localisation.bodies == number]
+        numbers, counts = np.unique(truth[truth > 0], return_counts=True)
+        found.append({phantom.level_names[int(n)] for n, c in zip(numbers, counts, strict=True)
+                      if c > 200})
+    return found
+
+
+def _in_view(phantom: LumbarPhantom) -> list[str]:
+    numbers, counts = np.unique(phantom.vertebra[phantom.vertebra > 0], return_counts=True)
+    return [phantom.level_names[int(n)] for n, c in zip(numbers, counts, strict=True)
+            if c >= IN_VIEW_VOXELS]
+
+
+def test_the_phantom_is_built_from_the_anatomy() -> None:
+    """Lordosis (the column's apex anterior at L3-L4, L1 and L5 behind it), the sacrum tilted
+    back past L5, fused segments with thin remnants where the lumbar discs are thick."""
+    segments = {s.name: s for s in column()}
+    depth = {name: s.centre[1] for name, s in segments.items()}  # y: posterior positive
+    assert depth["L4"] < depth["L1"] and depth["L4"] < depth["L5"] < depth["S1"]
+    tilt = {name: np.degrees(np.arctan2(-s.axis[1], s.axis[2])) for name, s in segments.items()}
+    assert tilt["S1"] - tilt["L5"] > 15.0
+    assert segments["S1"].disc_below < 3.0 < segments["L4"].disc_below
+
+
+@pytest.mark.parametrize("variant", ["normal", "metastasis_centre", "multifocal",
+                                     "modic_2", "transitional"])
+def test_one_body_per_level_in_view(variant: str) -> None:
+    """Every localised body is one level, and every level in view has one body: a lesion
+    in the middle of L1 no longer splits it into a left and a right 'vertebra'."""
+    phantom, result = analysed(variant)
+    levels = _levels_of_bodies(phantom, result)
+    assert all(len(found) == 1 for found in levels), levels
+    assert [next(iter(found)) for found in levels] == _in_view(phantom)
+
+
+@pytest.mark.parametrize("variant", ["normal", "metastasis_centre", "multifocal"])
+def test_levels_are_named_from_the_sacrum(variant: str) -> None:
+    phantom, result = analysed(variant)
+    localisation = result.localisation
+    assert localisation.levels == _in_view(phantom)
+    assert "sacrum" in localisation.levels_reason
+    assert "levels_uncertain" not in result.flags
+
+
+def test_a_transitional_spine_keeps_its_v_numbers() -> None:
+    """Six lumbar-type bodies: naming upward from S1 would call L6 'L5'. Never a guess."""
+    _, result = analysed("transitional")
+    assert result.localisation.levels == [None] * len(result.localisation.labels)
+    assert "levels_uncertain" in result.flags
+
+
+@pytest.mark.parametrize("variant", ["normal", "modic_2"])
+def test_normal_anatomy_is_not_a_focus(variant: str) -> None:
+    """Basivertebral veins (a fluid notch in the middle of each posterior wall), endplates,
+    discs with their annulus, a fatty (Modic 2) endplate band: no focus."""
+    _, result = analysed(variant)
+    assert result.foci == [] and result.pattern == "normal"
+
+
+def test_a_metastasis_is_one_focus_at_its_level_through_the_pipeline(tmp_path) -> None:
+    """A 13 mm metastasis in the middle of L1, through `process`: one focus, at L1, inside
+    the one L1 body; report.json names every vertebra's level."""
+    phantom = lumbar_phantom("metastasis_centre")
+    write_datasets(build_study(StudyOptions(style="siemens", study_key="lumbar-l1", snr=60),
+                               phantom), tmp_path / "in")
+    report = process_paths([tmp_path / "in"], tmp_path / "out", Settings())
+    (dixon_set,) = report["studies"][0]["dixon_sets"]
+    assert [v["level"] for v in dixon_set["vertebrae"]] == _in_view(phantom)
+    (focus,) = dixon_set["foci"]
+    assert focus["level"] == "L1" and focus["vertebra"] == "V1"
+    assert focus["category"] == "low_signal_loss"
+    assert "sacrum" in dixon_set["marrow"]["levels_reason"]
