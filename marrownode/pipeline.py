@@ -69,6 +69,7 @@ def quant_parameters(settings: Settings) -> QuantParameters:
         field_strength_tolerance_t=analysis.field_strength_tolerance_t,
         foci=FocusParameters(
             min_volume_mm3=analysis.min_focus_volume_mm3,
+            min_diameter_mm=analysis.min_focus_diameter_mm,
             in_phase_first_margin_percent=analysis.in_phase_first_margin_percent,
         ),
         spine=SpineParameters(

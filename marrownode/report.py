@@ -135,6 +135,7 @@ class VertebraReport:
     in_phase_to_disc_ratio: float | None
     posterior_elements: PosteriorElements
     tracking_uid: str
+    micronodule_count: int = 0
 
     @classmethod
     def of(cls, finding: VertebraFinding, tracking_uid: str,
@@ -159,6 +160,7 @@ class VertebraReport:
                 "signal_loss_percent_median": json_number(
                     finding.posterior_signal_loss_percent_median)},
             tracking_uid=tracking_uid,
+            micronodule_count=finding.micronodule_count,
         )
 
     def to_json(self) -> VertebraShape:

@@ -81,6 +81,7 @@ class VertebraShape(TypedDict):
     in_phase_to_disc_ratio: float | None
     posterior_elements: PosteriorElements
     tracking_uid: str
+    micronodule_count: int  # low-loss spots narrower than a focal lesion (under 5 mm)
 
 
 class FocusShape(TypedDict):

@@ -146,6 +146,8 @@ class AnalysisSettings(_Section):
     field_strength_tolerance_t: Annotated[float, Field(gt=0, le=1.0)] = (
         defaults.FIELD_STRENGTH_TOLERANCE_T)
     min_focus_volume_mm3: Annotated[float, Field(ge=0)] = defaults.MIN_FOCUS_VOLUME_MM3
+    #: A focal lesion is at least this wide in-plane; smaller spots are micronodules.
+    min_focus_diameter_mm: Annotated[float, Field(ge=0, le=50)] = defaults.MIN_FOCUS_DIAMETER_MM
     in_phase_first_margin_percent: Annotated[float, Field(ge=0, le=30)] = (
         defaults.IN_PHASE_FIRST_MARGIN_PERCENT)
     mixed_tissue_min_loss_percent: Annotated[float, Field(gt=0, le=90)] = (

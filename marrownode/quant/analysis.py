@@ -69,6 +69,7 @@ class VertebraFinding:
     in_phase_to_disc_ratio: float | None
     posterior_voxel_count: int
     posterior_signal_loss_percent_median: float | None
+    micronodule_count: int = 0  # low-loss spots under the focal-lesion size
 
 
 @dataclass
@@ -89,6 +90,8 @@ class QuantResult:
     flags: list[Flag] = field(default_factory=list)
     vertebrae: list[VertebraFinding] = field(default_factory=list)
     foci: list[Focus] = field(default_factory=list)
+    #: Vertebra number -> low-loss spots too small to be focal lesions (micronodules).
+    micronodules: dict[int, int] = field(default_factory=dict)
     pattern: Pattern = Pattern.NOT_ASSESSED
     marrow_summary: dict[str, float | int | None] | None = None
     water_fat_check: dict[str, float] | None = None
@@ -205,15 +208,39 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
             posterior_voxel_count=int(posterior.sum()),
             posterior_signal_loss_percent_median=(_median(result.signal_loss[posterior])
                                                   if posterior.any() else None),
+            micronodule_count=result.micronodules.get(number, 0),
         ))
     return findings
 
 
-def _set_pattern(vertebrae: list[VertebraFinding], foci: list[Focus]) -> Pattern:
+#: Variegated: micronodules in at least this many vertebrae (and this many in all).
+VARIEGATED_VERTEBRAE, VARIEGATED_SPOTS = 3, 10
+
+
+def _t1_fails(vertebra: VertebraFinding) -> bool:
+    """The T1 internal standard fails: marrow darker than both muscle and disc in-phase."""
+    muscle, disc = vertebra.in_phase_to_muscle_ratio, vertebra.in_phase_to_disc_ratio
+    return muscle is not None and disc is not None and muscle < 1.0 and disc < 1.0
+
+
+def _set_pattern(vertebrae: list[VertebraFinding], foci: list[Focus],
+                 micronodules: dict[int, int]) -> Pattern:
+    """The seed's patterns, in this order (docs/marrow-localisation.md):
+    diffuse: at least half the levels lose too little, or fail the T1 internal standard
+    (darker than disc and muscle, even where T1 weighting keeps the loss up), with foci:
+    diffuse_and_focal; variegated: micronodules (low-loss spots under 5 mm) in at least 3
+    levels and 10 in all; multifocal: two foci or more; focal: one focus (or a level with
+    an unconfirmed low-loss region); normal: none of these."""
     if not vertebrae or any(v.pattern == Pattern.NOT_ASSESSED for v in vertebrae):
         return Pattern.NOT_ASSESSED
-    if sum(v.pattern == Pattern.DIFFUSE for v in vertebrae) * 2 >= len(vertebrae):
-        return Pattern.DIFFUSE
+    diffuse = sum(v.pattern == Pattern.DIFFUSE or _t1_fails(v) for v in vertebrae)
+    if diffuse * 2 >= len(vertebrae):
+        return Pattern.DIFFUSE_AND_FOCAL if foci else Pattern.DIFFUSE
+    if (sum(1 for count in micronodules.values() if count) >= VARIEGATED_VERTEBRAE
+            and sum(micronodules.values()) >= VARIEGATED_SPOTS):
+        return Pattern.VARIEGATED
+    if len(foci) >= 2:
+        return Pattern.MULTIFOCAL
     if foci or any(v.pattern != Pattern.NORMAL for v in vertebrae):
         return Pattern.FOCAL
     return Pattern.NORMAL
@@ -289,13 +316,18 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
     if threshold is not None:
         diffuse = {n for n in range(1, len(localisation.labels) + 1)
                    if _median(result.signal_loss[localisation.bodies == n]) < threshold}
-        result.foci = find_foci(result.signal_loss, maps, ip, op, numbered, threshold,
-                                voxel_volume, in_phase_first, fat_fraction_unambiguous,
-                                diffuse, parameters.foci)
+        found = find_foci(result.signal_loss, maps, ip, op, numbered, threshold,
+                          voxel_volume, in_phase_first, fat_fraction_unambiguous,
+                          diffuse, parameters.foci,
+                          pixel_spacing_mm=(geometry.spacing_mm[1], geometry.spacing_mm[2]))
+        result.foci = [f for f in found if not f.micronodular]
+        for spot in found:
+            if spot.micronodular:
+                result.micronodules[spot.vertebra] = result.micronodules.get(spot.vertebra, 0) + 1
     result.vertebrae = _vertebrae(result, ip, geometry,
                                   {f.vertebra for f in result.foci})
-    result.pattern = Pattern.NOT_ASSESSED if threshold is None else _set_pattern(result.vertebrae,
-                                                                         result.foci)
+    result.pattern = Pattern.NOT_ASSESSED if threshold is None else _set_pattern(
+        result.vertebrae, result.foci, result.micronodules)
     if any(v.in_phase_to_muscle_ratio is not None and v.in_phase_to_muscle_ratio < 1.0
            for v in result.vertebrae):
         result.flags.append(Flag.MARROW_DARKER_THAN_MUSCLE)

@@ -26,6 +26,10 @@ class FocusParameters:
     """Size limits of a focus and the T2* margin of in-phase-first pairs."""
 
     min_volume_mm3: float = defaults.MIN_FOCUS_VOLUME_MM3
+    #: In-plane equivalent diameter of its largest section a focus must reach (mm).
+    min_diameter_mm: float = defaults.MIN_FOCUS_DIAMETER_MM
+    #: A low-loss spot this wide (mm) counts as a micronodule; below it, it is noise.
+    min_micronodule_diameter_mm: float = 2.0
     min_voxels: int = 3
     #: A region holding more than this share of its vertebra is diffuse, not a focus.
     max_vertebra_fraction: float = 0.5
@@ -47,6 +51,8 @@ class Focus:
     category: FocusCategory
     margin_sharpness: float | None
     in_phase_to_marrow_ratio: float | None
+    #: Narrower than a focal lesion: counted per vertebra, not reported as a focus.
+    micronodular: bool = False
 
     @property
     def signal_loss_percent(self) -> float:
@@ -102,9 +108,12 @@ def find_foci(
     fat_fraction_unambiguous: bool,
     skip_vertebrae: set[int],
     parameters: FocusParameters = FocusParameters(),
+    pixel_spacing_mm: tuple[float, float] | None = None,
 ) -> list[Focus]:
     """Connected low-loss regions inside the numbered marrow (vertebrae: bodies and posterior
-    elements with their vertebra's number), largest first."""
+    elements with their vertebra's number), largest first. With pixel_spacing_mm, a region
+    narrower in-plane than parameters.min_diameter_mm is a micronodule (micronodular=True,
+    kept only to be counted), however many voxels it has across slices."""
     marrow = vertebrae > 0
     margin = parameters.in_phase_first_margin_percent if in_phase_first else 0.0
     # Segment on an in-plane median of the loss, measure the raw images on the result: voxels
@@ -118,9 +127,12 @@ def find_foci(
         if box is None:
             continue
         mask = labels == region_label
-        count = int(mask.sum())
-        if count < parameters.min_voxels or count * voxel_volume_mm3 < parameters.min_volume_mm3:
+        size = _size(mask, voxel_volume_mm3, pixel_spacing_mm, parameters)
+        if size == "micronodule":
+            foci.append(_micronodule(mask, vertebrae))
+        if size != "focus":
             continue
+        count = int(mask.sum())
         vertebra = int(np.bincount(vertebrae[mask]).argmax())
         if vertebra in skip_vertebrae or count > parameters.max_vertebra_fraction * int(
                 (vertebrae == vertebra).sum()):
@@ -131,18 +143,65 @@ def find_foci(
         surround_ip = float(np.median(in_phase[surround])) if surround.any() else float("nan")
         ip_ratio = (float(statistics["in_phase_mean"]) / surround_ip
                     if np.isfinite(surround_ip) and surround_ip > 0 else None)
-        fat_mean = statistics["maps"]["fat_fraction_percent"]["mean"]
-        focus_loss = float(statistics["signal_loss_ratio_of_means_percent"])
-        if (ip_ratio is not None and ip_ratio > parameters.fat_brighter_factor) or (
-                fat_fraction_unambiguous and fat_mean > 50.0):
-            category = FocusCategory.FAT_CONTAINING
-        elif in_phase_first and abs(focus_loss - threshold_percent) < margin:
-            category = FocusCategory.INDETERMINATE
-        elif focus_loss >= threshold_percent:
+        category = _category(statistics, ip_ratio, threshold_percent, margin, in_phase_first,
+                             fat_fraction_unambiguous, parameters)
+        if category is None:
             continue  # a region that only the margin let in, and not near the threshold
-        else:
-            category = FocusCategory.LOW_SIGNAL_LOSS
         foci.append(Focus(mask, vertebra, statistics, category,
                           margin_sharpness(mask, loss, marrow), ip_ratio))
-    foci.sort(key=lambda f: -int(f.mask.sum()))
+    foci.sort(key=lambda f: (f.micronodular, -int(f.mask.sum())))
     return foci
+
+
+def _size(mask: np.ndarray, voxel_volume_mm3: float,
+          pixel_spacing_mm: tuple[float, float] | None, parameters: FocusParameters) -> str:
+    """'focus', 'micronodule' (narrower than a focal lesion, still a spot) or 'none'."""
+    count = int(mask.sum())
+    if count < parameters.min_voxels:
+        return "none"
+    diameter = _diameter_mm(mask, pixel_spacing_mm)
+    if diameter is not None and diameter < parameters.min_diameter_mm:
+        return ("micronodule" if diameter >= parameters.min_micronodule_diameter_mm
+                else "none")
+    return "focus" if count * voxel_volume_mm3 >= parameters.min_volume_mm3 else "none"
+
+
+def _category(statistics: dict[str, object], ip_ratio: float | None, threshold_percent: float,
+              margin: float, in_phase_first: bool, fat_fraction_unambiguous: bool,
+              parameters: FocusParameters) -> FocusCategory | None:
+    """What a focus is: fat-containing (brighter than its marrow, or fat-rich), indeterminate
+    (an in-phase-first pair near the threshold), low signal loss; None when only the T2*
+    margin let it in and it is not near the threshold."""
+    maps: dict[str, dict[str, float]] = statistics["maps"]  # type: ignore[assignment]
+    fat_mean = maps["fat_fraction_percent"]["mean"]
+    focus_loss = float(statistics["signal_loss_ratio_of_means_percent"])  # type: ignore[arg-type]
+    if (ip_ratio is not None and ip_ratio > parameters.fat_brighter_factor) or (
+            fat_fraction_unambiguous and fat_mean > 50.0):
+        return FocusCategory.FAT_CONTAINING
+    if in_phase_first and abs(focus_loss - threshold_percent) < margin:
+        return FocusCategory.INDETERMINATE
+    if focus_loss >= threshold_percent:
+        return None
+    return FocusCategory.LOW_SIGNAL_LOSS
+
+
+def _diameter_mm(mask: np.ndarray, pixel_spacing_mm: tuple[float, float] | None
+                 ) -> float | None:
+    """How wide the region is in-plane, as calipers across it measure: the largest extent
+    along rows or columns over its sections, whole pixels counted (None: spacing unknown)."""
+    if pixel_spacing_mm is None:
+        return None
+    widest = 0.0
+    for k in np.flatnonzero(mask.any(axis=(1, 2))):
+        rows = np.flatnonzero(mask[k].any(axis=1))
+        columns = np.flatnonzero(mask[k].any(axis=0))
+        widest = max(widest, (rows[-1] - rows[0] + 1) * pixel_spacing_mm[0],
+                     (columns[-1] - columns[0] + 1) * pixel_spacing_mm[1])
+    return float(widest)
+
+
+def _micronodule(mask: np.ndarray, vertebrae: np.ndarray) -> Focus:
+    """A spot too small to be a focal lesion, kept only to be counted per vertebra."""
+    vertebra = int(np.bincount(vertebrae[mask]).argmax())
+    return Focus(mask, vertebra, {}, FocusCategory.LOW_SIGNAL_LOSS, None, None,
+                 micronodular=True)

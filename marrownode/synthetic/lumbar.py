@@ -29,7 +29,7 @@ from marrownode.synthetic.geometry import geometry_for
 
 #: Lumbar variants; each is the normal anatomy with one change.
 LUMBAR_VARIANTS = ("normal", "metastasis_centre", "metastasis_off_centre", "multifocal",
-                   "haemangioma", "modic_1", "modic_2", "diffuse", "transitional")
+                   "haemangioma", "modic_1", "modic_2", "diffuse", "transitional", "variegated")
 
 #: Cranio-caudal: name, body height (mm, endplates included), the disc below it (mm).
 _LUMBAR = (("T12", 24.0, 8.0), ("L1", 25.0, 9.0), ("L2", 26.0, 10.0), ("L3", 27.0, 10.5),
@@ -271,6 +271,18 @@ def _lesions(labels: np.ndarray, vertebra: np.ndarray, segments: list[Segment],
         mask = ((u - du) ** 2 + (v - dv) ** 2 + w ** 2 <= radius ** 2) & (vertebra == number)
         labels[mask] = code[tissue]
         masks[name], levels[name] = mask, level
+    if variant == "variegated":  # many small spots, none a focal lesion (under 5 mm)
+        rng = np.random.default_rng(24)
+        for level in ("L1", "L2", "L3", "L4", "L5"):
+            number, segment = by_name[level]
+            u, v, w = _local(segment, x, y, z)
+            for spot in range(4):
+                du, dv, dw = rng.uniform(-0.55, 0.55, 3) * (segment.height, 2 * HALF_DEPTH_MM,
+                                                             2 * HALF_WIDTH_MM)
+                mask = ((u - du) ** 2 + (v - dv) ** 2 + (w - dw) ** 2 <= 2.4 ** 2) & (
+                    vertebra == number)
+                labels[mask] = code["lesion"]
+                masks[f"spot_{level}_{spot}"], levels[f"spot_{level}_{spot}"] = mask, level
     if variant in ("modic_1", "modic_2"):
         for level, side in (("L4", -1.0), ("L5", 1.0)):  # both sides of the L4-L5 disc
             number, segment = by_name[level]

@@ -113,3 +113,20 @@ def test_a_metastasis_is_one_focus_at_its_level_through_the_pipeline(tmp_path) -
     assert focus["level"] == "L1" and focus["vertebra"] == "V1"
     assert focus["category"] == "low_signal_loss"
     assert "sacrum" in dixon_set["marrow"]["levels_reason"]
+
+
+@pytest.mark.parametrize("variant, pattern", [("normal", "normal"),
+                                              ("metastasis_centre", "focal"),
+                                              ("multifocal", "multifocal")])
+def test_the_seeds_patterns(variant: str, pattern: str) -> None:
+    """One focus is focal, foci at several levels multifocal (the rules in
+    docs/marrow-localisation.md)."""
+    _, result = analysed(variant)
+    assert result.pattern == pattern
+
+
+def test_spots_under_5_mm_are_not_focal_lesions() -> None:
+    """Twenty spots 4.8 mm across in L1-L5: none is reported as a focus (a focal lesion is at
+    least 5 mm across in-plane, as whole-body myeloma imaging defines it)."""
+    _, result = analysed("variegated")
+    assert result.foci == []

@@ -182,8 +182,9 @@ def test_in_phase_first_foci_within_the_t2star_margin_are_indeterminate(
 
 
 def test_a_focus_fading_into_the_marrow_has_an_ill_defined_margin() -> None:
-    """Fat rising linearly from the lesion's centre to normal marrow over 12 mm: a focus, but
-    no sharp border (the sharp sphere above reads 'sharp')."""
+    """Fat rising linearly from a 5 mm core to normal marrow over 12 mm: a focus, but no
+    sharp border (the sharp sphere above reads 'sharp'). The core is wide enough to be a
+    focal lesion (5 mm across); a narrower one would be a micronodule."""
     phantom = anatomical_phantom("infiltrative_focus", supersample=1)
     lesion = phantom.lesion_masks["infiltrative_focus"]
     spacing = np.array([phantom.slice_thickness_mm, *phantom.pixel_spacing_mm])
@@ -191,7 +192,7 @@ def test_a_focus_fading_into_the_marrow_has_an_ill_defined_margin() -> None:
     index = np.indices(lesion.shape).reshape(3, -1).T
     distance = np.linalg.norm((index - centre) * spacing, axis=1).reshape(lesion.shape)
     body = phantom.vertebra == 3
-    blend = np.clip((distance - 3.0) / 12.0, 0.0, 1.0)[body]
+    blend = np.clip((distance - 5.0) / 12.0, 0.0, 1.0)[body]
     (w_lesion, f_lesion), (w_marrow, f_marrow) = (ANATOMY_TISSUES["lesion"],
                                                   ANATOMY_TISSUES["marrow"])
     phantom.water[body] = w_lesion + (w_marrow - w_lesion) * blend
