@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from marrownode.vocabulary import Pattern
+from marrownode.vocabulary import PATTERN_MEANINGS
 
 #: What a pattern means for the reader (the clinical rule of the node).
-PATTERN_WORDS = {
-    Pattern.NORMAL: "the expected signal loss: normal or benign marrow",
-    Pattern.FOCAL: "one focus without the expected signal loss: worrying for a marrow lesion, "
-                   "not specific",
-    Pattern.MULTIFOCAL: "several foci without the expected signal loss: worrying, not specific",
-    Pattern.DIFFUSE: "no signal loss throughout the marrow: worrying for infiltration",
-    Pattern.DIFFUSE_AND_FOCAL: "diffusely abnormal marrow with foci: worrying for infiltration",
-    Pattern.VARIEGATED: "many small spots without signal loss: worrying, not specific",
-    Pattern.NOT_ASSESSED: "no threshold for the field strength, or no localised marrow",
-}
+PATTERN_WORDS = PATTERN_MEANINGS  # one wording, shared with the summary page
 
 def local_time(epoch: float | None) -> str:
     """A time in the operator's local time ("" when there is none)."""

@@ -25,6 +25,7 @@ from marrownode.results.overlay import OverlayRenderer, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.segmentation import build_vertebra_segmentation
 from marrownode.results.sr import build_sr
+from marrownode.results.summary import render_summary
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import FatFractionMethod, Flag, OutputKind
 
@@ -39,6 +40,7 @@ class OutputSeries:
 #: Derived MR signal-loss window suited to marrow: -20 % to 100 % (normal marrow 40-80 %).
 MARROW_SIGNAL_LOSS_WINDOW = (40.0, 120.0)
 
+SUMMARY = OutputSeries(OutputKind.SUMMARY, 0, "marrow summary")
 SIGNAL_LOSS_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 1, "signal loss % (parametric map)")
 FAT_FRACTION_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 2, "fat fraction % (parametric map)")
 SIGNAL_LOSS_MR = OutputSeries(OutputKind.DERIVED_MR, 3, "signal loss % map")
@@ -166,6 +168,15 @@ def build_results(
                          (0, 100), (sum(fat_fraction_range) / 2,
                                     fat_fraction_range[1] - fat_fraction_range[0])),
     }
+    if outputs_cfg.summary:  # the page a radiologist reads first: written and sent first
+        series_uid, number, description = identity(SUMMARY)
+        page = render_summary(volumes.in_phase, result, set_report,
+                              (volumes.spacing_mm[1], volumes.spacing_mm[2]),
+                              outputs_cfg.disclaimer)
+        emit(SUMMARY, build_overlay_series(
+            sources, [page], series_uid=series_uid,
+            sop_uids=[derived_uid(root, series_uid, "instance")], series_number=number,
+            series_description=description))
     parametric_maps: list[Dataset] = []
     if outputs_cfg.parametric_map:
         for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"), (FAT_FRACTION_PM, "fat_fraction")):

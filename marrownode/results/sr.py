@@ -61,6 +61,9 @@ PATTERN_CODES = {
     Pattern.FOCAL: codes.SCT.Focal,
     Pattern.DIFFUSE: codes.SCT.Diffuse,
     Pattern.NOT_ASSESSED: Code("MN220", SCHEME, "Not assessed"),
+    Pattern.MULTIFOCAL: Code("MN221", SCHEME, "Multifocal"),
+    Pattern.DIFFUSE_AND_FOCAL: Code("MN222", SCHEME, "Diffuse and focal"),
+    Pattern.VARIEGATED: Code("MN223", SCHEME, "Variegated (micronodular)"),
 }
 METHOD_CODES = {
     FatFractionMethod.SCANNER_PDFF: Code("MN231", SCHEME, "Scanner proton-density fat fraction"),

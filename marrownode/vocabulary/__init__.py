@@ -6,7 +6,7 @@ sees, where a misspelt string passed silently. The words are report.json's contr
 (docs/architecture.md): add, never rename. Pure Python: every room may use it (quant/ too).
 """
 
-from marrownode.vocabulary.findings import FocusCategory, Margin, Pattern
+from marrownode.vocabulary.findings import PATTERN_MEANINGS, FocusCategory, Margin, Pattern
 from marrownode.vocabulary.flags import Flag
 from marrownode.vocabulary.measures import (
     FAT_FRACTION_LABELS,
@@ -16,5 +16,15 @@ from marrownode.vocabulary.measures import (
 from marrownode.vocabulary.outputs import OutputKind
 from marrownode.vocabulary.reasons import RegionRefusal
 
-__all__ = ["FAT_FRACTION_LABELS", "FatFractionMethod", "Flag", "FocusCategory",
-           "LocalisationMethod", "Margin", "OutputKind", "Pattern", "RegionRefusal"]
+__all__ = [
+    "FAT_FRACTION_LABELS",
+    "PATTERN_MEANINGS",
+    "FatFractionMethod",
+    "Flag",
+    "FocusCategory",
+    "LocalisationMethod",
+    "Margin",
+    "OutputKind",
+    "Pattern",
+    "RegionRefusal",
+]

@@ -32,3 +32,16 @@ class Margin(StrEnum):
 
     SHARP = "sharp"
     ILL_DEFINED = "ill_defined"
+
+
+#: What each pattern means for the reader (the console and the summary page say the same).
+PATTERN_MEANINGS = {
+    Pattern.NORMAL: "the expected signal loss: normal or benign marrow",
+    Pattern.FOCAL: "one focus without the expected signal loss: worrying for a marrow lesion, "
+                   "not specific",
+    Pattern.MULTIFOCAL: "several foci without the expected signal loss: worrying, not specific",
+    Pattern.DIFFUSE: "no signal loss throughout the marrow: worrying for infiltration",
+    Pattern.DIFFUSE_AND_FOCAL: "diffusely abnormal marrow with foci: worrying for infiltration",
+    Pattern.VARIEGATED: "many small spots without signal loss: worrying, not specific",
+    Pattern.NOT_ASSESSED: "no threshold for the field strength, or no localised marrow",
+}

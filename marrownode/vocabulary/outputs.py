@@ -14,3 +14,4 @@ class OutputKind(StrEnum):
     SEGMENTATION = "segmentation"
     SR = "sr"
     FAILURE_NOTE = "failure_note"
+    SUMMARY = "summary"  # the marrow summary page (Secondary Capture), first in the study

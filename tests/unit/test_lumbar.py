@@ -130,3 +130,31 @@ def test_spots_under_5_mm_are_not_focal_lesions() -> None:
     least 5 mm across in-plane, as whole-body myeloma imaging defines it)."""
     _, result = analysed("variegated")
     assert result.foci == []
+
+
+def test_the_summary_page_comes_first_and_is_valid(tmp_path) -> None:
+    """With [outputs] summary on: one Secondary Capture per set, first in series order
+    (series number base + 0), valid per dciodvfy, showing the slice through the focus."""
+    import subprocess
+
+    from pydicom import dcmread
+
+    from marrownode.config import settings_from_mapping
+
+    phantom = lumbar_phantom("metastasis_centre")
+    write_datasets(build_study(StudyOptions(style="siemens", study_key="lumbar-page", snr=60),
+                               phantom), tmp_path / "in")
+    settings = settings_from_mapping({"outputs": {"summary": True}})
+    report = process_paths([tmp_path / "in"], tmp_path / "out", settings)
+    (dixon_set,) = report["studies"][0]["dixon_sets"]
+    first = dixon_set["outputs"][0]
+    assert first["kind"] == "summary" and first["series_number"] == 9000
+    assert sum(e["kind"] == "summary" for e in dixon_set["outputs"]) == 1
+    path = tmp_path / "out" / first["path"]
+    page = dcmread(path)
+    assert page.SeriesDescription.endswith("marrow summary") and page.pixel_array.shape == (
+        1000, 1400, 3)
+    checked = subprocess.run(["/usr/bin/dciodvfy", str(path)], capture_output=True, text=True,
+                             timeout=120)
+    assert not [line for line in (checked.stdout + checked.stderr).splitlines()
+                if line.startswith("Error")]

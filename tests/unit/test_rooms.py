@@ -184,3 +184,12 @@ def test_no_module_over_400_lines() -> None:
     long = {str(path.relative_to(PACKAGE)): n for path in _modules()
             if (n := len(path.read_text().splitlines())) > 400}
     assert long == {}
+
+
+def test_every_pattern_and_kind_has_its_sr_code_and_words() -> None:
+    """A new word in the vocabulary must reach the SR's code table and the reader's words
+    (a pattern without a code failed the whole set's results)."""
+    from marrownode.results.sr import PATTERN_CODES
+    from marrownode.vocabulary import PATTERN_MEANINGS, Pattern
+
+    assert set(PATTERN_CODES) == set(Pattern) == set(PATTERN_MEANINGS)

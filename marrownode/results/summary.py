@@ -1,0 +1,171 @@
+"""The marrow summary page: one Secondary Capture per set that a radiologist reads first, in
+any PACS viewer at 100 % zoom. Left, the representative slice (the one through most of the
+localised marrow) with each vertebral body tinted and named (L3, or V3 when the level is not
+fixed) and every focus outlined; right, what was found: the threshold and field strength,
+the pattern in words, one row per level, the foci, and the seed's worrisome features as a
+checklist saying for each whether this study could assess it and what was found."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from scipy import ndimage
+
+from marrownode.quant.analysis import QuantResult
+from marrownode.report import SetReport
+from marrownode.vocabulary import PATTERN_MEANINGS, Margin
+
+WIDTH, HEIGHT, PANEL = 1400, 1000, 660
+TINTS = ((0, 114, 178), (0, 158, 115))  # Okabe-Ito blue and bluish green, alternating
+FOCUS = (240, 228, 66)
+WHITE, GREY, ORANGE = (255, 255, 255), (190, 190, 190), (230, 159, 0)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+def representative_slice(result: QuantResult) -> int:
+    """The slice through the largest focus; without foci, the most central slice among those
+    through most of the localised marrow (the midline of a sagittal stack)."""
+    if result.focus_masks:
+        return int(np.argmax(result.focus_masks[0].sum(axis=(1, 2))))
+    counts = (result.localisation.bodies > 0).sum(axis=(1, 2))
+    middle = int(result.signal_loss.shape[0]) // 2
+    if not counts.any():
+        return middle
+    candidates = np.flatnonzero(counts >= 0.8 * counts.max())
+    return int(candidates[int(np.argmin(np.abs(candidates - middle)))])
+
+
+def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int,
+             aspect: float) -> tuple[Image.Image, list[tuple[str, tuple[float, float]]]]:
+    """The slice in grey, bodies tinted, foci outlined, scaled into the panel; and where to
+    write each body's name (panel coordinates)."""
+    plane = np.nan_to_num(in_phase[k])
+    tissue = plane[result.tissue[k]] if result.tissue[k].any() else plane.ravel()
+    low, high = np.percentile(tissue, 1), np.percentile(tissue, 99)
+    grey = np.clip((plane - low) / max(high - low, 1e-6), 0, 1) * 255
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    bodies = result.localisation.bodies[k]
+    for number in range(1, int(result.localisation.bodies.max()) + 1):
+        tint = np.array(TINTS[(number - 1) % 2], dtype=float)
+        body = bodies == number
+        rgb[body] = 0.6 * rgb[body] + 0.4 * tint
+    foci = np.zeros(plane.shape, dtype=bool)
+    for mask in result.focus_masks:
+        foci |= mask[k]
+    rgb[foci & ~ndimage.binary_erosion(foci)] = FOCUS
+    rows, columns = plane.shape
+    scale = min(PANEL / (rows * aspect), PANEL / columns)
+    size = (max(1, round(columns * scale)), max(1, round(rows * aspect * scale)))
+    image = Image.fromarray(rgb.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
+    labels = []
+    for number, name in enumerate(names, start=1):
+        where = np.argwhere(bodies == number)
+        if where.size:
+            row, column = where.mean(axis=0)
+            labels.append((name, (column * scale, row * aspect * scale)))
+    return image, labels
+
+
+def _checklist(report: SetReport) -> list[tuple[str, str]]:
+    """The seed's worrisome features: for each, what this study showed or why it could not."""
+    darker = [v.level or v.label for v in report.vertebrae
+              if v.in_phase_to_muscle_ratio is not None and v.in_phase_to_muscle_ratio < 1.0]
+    sharp = [f.level or f.vertebra or "?" for f in report.foci if f.margin == Margin.SHARP]
+    assessed = bool(report.vertebrae)
+    return [
+        ("T1 signal lower than muscle", (f"yes: {', '.join(darker)}" if darker else "no")
+         if assessed else "not assessed: no localised marrow"),
+        ("diffuse homogeneous abnormal signal",
+         ("yes" if report.pattern.startswith("diffuse") else "no") if assessed
+         else "not assessed"),
+        ("sharply marginated focal lesion", (f"yes: {', '.join(sharp)}" if sharp else "no")
+         if assessed else "not assessed"),
+        ("enhancement after contrast", "not assessed: no post-contrast series"),
+        ("high signal after fat saturation", "not assessed: no fat-suppressed series"),
+        ("growth since the prior study", "not assessed: no prior study compared"),
+    ]
+
+
+def _value(number: float | None, digits: int = 0, unit: str = "") -> str:
+    return "-" if number is None else f"{number:.{digits}f}{unit}"
+
+
+def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None:
+    """The right-hand panel: what was found, in words and numbers."""
+    title, body, small = _font(24), _font(18), _font(16)
+    x, y = PANEL + 30, 18
+    field = f"{report.field_strength_t:g} T" if report.field_strength_t else "unknown field"
+    threshold = report.signal_loss_threshold_percent
+    draw.text((x, y), f"Marrow summary: {report.orientation} set", fill=WHITE, font=title)
+    y += 36
+    rule = (f"signal loss threshold {threshold:g} % at {field}: above it, normal or benign"
+            if threshold is not None else f"no threshold for {field}: not assessed")
+    draw.text((x, y), rule, fill=GREY, font=small)
+    y += 30
+    draw.text((x, y), f"Pattern: {report.pattern.replace('_', ' ').upper()}", fill=ORANGE
+              if report.pattern not in ("normal", "not_assessed") else WHITE, font=body)
+    y += 24
+    draw.text((x, y), PATTERN_MEANINGS.get(report.pattern, ""), fill=GREY, font=small)
+    y += 34
+    columns = (0, 80, 170, 250, 370, 470)  # fixed positions: the font is proportional
+    for offset, heading in zip(columns, ("level", "loss %", "fat %", "T1/muscle", "T1/disc",
+                                         "pattern"), strict=True):
+        draw.text((x + offset, y), heading, fill=WHITE, font=body)
+    y += 26
+    for v in report.vertebrae[:9]:
+        cells = (v.level or v.label, _value(v.signal_loss_percent_median),
+                 _value(v.fat_fraction_percent_median), _value(v.in_phase_to_muscle_ratio, 2),
+                 _value(v.in_phase_to_disc_ratio, 2), v.pattern.replace("_", " "))
+        for offset, cell in zip(columns, cells, strict=True):
+            draw.text((x + offset, y), cell, fill=WHITE, font=body)
+        y += 24
+    if not report.vertebrae:
+        draw.text((x, y), f"marrow not localised: {report.marrow.reason}"[:70], fill=ORANGE,
+                  font=body)
+        y += 24
+    y += 12
+    draw.text((x, y), f"Foci ({len(report.foci)})", fill=WHITE, font=body)
+    y += 26
+    for focus in report.foci[:6]:
+        size = 2.0 * np.sqrt((focus.area_mm2 or 0.0) / np.pi)
+        draw.text((x, y), f"{focus.level or focus.vertebra or '?'}: {size:.0f} mm, "
+                  f"{focus.category.replace('_', ' ')}, loss {_value(focus.signal_loss_percent)}"
+                  f" %, margin {focus.margin or '-'}", fill=FOCUS, font=small)
+        y += 22
+    y += 12
+    draw.text((x, y), "Worrisome features", fill=WHITE, font=body)
+    y += 26
+    for feature, finding in _checklist(report):
+        colour = ORANGE if finding.startswith("yes") else GREY
+        draw.text((x, y), f"{feature}: {finding}", fill=colour, font=small)
+        y += 22
+    y += 12
+    if report.marrow.levels_reason:
+        draw.text((x, y), f"levels: {report.marrow.levels_reason}"[:80], fill=GREY, font=small)
+        y += 22
+    note = (disclaimer if "diagnosis" in disclaimer
+            else f"{disclaimer} Reading aid, not a diagnosis.")
+    draw.text((x, HEIGHT - 34), note, fill=GREY, font=small)
+
+
+def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
+                   pixel_spacing_mm: tuple[float, float], disclaimer: str) -> np.ndarray:
+    """The page as RGB pixels (HEIGHT x WIDTH)."""
+    page = Image.new("RGB", (WIDTH, HEIGHT), (0, 0, 0))
+    draw = ImageDraw.Draw(page)
+    names = [v.level or v.label for v in report.vertebrae]
+    k = representative_slice(result)
+    anatomy, labels = _anatomy(in_phase, result, names, k,
+                               pixel_spacing_mm[0] / pixel_spacing_mm[1])
+    top = (HEIGHT - anatomy.height) // 2
+    page.paste(anatomy, (10, top))
+    label_font = _font(20)
+    for name, (column, row) in labels:
+        draw.text((10 + column - 60, top + row - 10), name, fill=WHITE, font=label_font,
+                  stroke_width=2, stroke_fill=(0, 0, 0))
+    draw.text((10, 8), f"slice {k + 1}; yellow outline: focus", fill=GREY, font=_font(16))
+    _text(draw, report, disclaimer)
+    return np.asarray(page)
