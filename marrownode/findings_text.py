@@ -4,6 +4,7 @@ the same table (sets, threshold, localisation, per-vertebra numbers, foci, resul
 from __future__ import annotations
 
 from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.states import SetState
 
 
 def _number(value: float | None, width: int, digits: int) -> str:
@@ -22,7 +23,7 @@ def print_findings(study: StudyShape) -> None:
         print(f"  field strength {dixon_set['field_strength_t']} T,"
               f" signal-loss threshold {threshold} %,"
               f" flags: {', '.join(dixon_set['flags']) or 'none'}")
-        if dixon_set["state"] == "failed":
+        if dixon_set["state"] == SetState.FAILED:
             print(f"  FAILED: {dixon_set.get('reason', '')}")
             continue
         marrow = dixon_set.get("marrow")

@@ -214,7 +214,7 @@ def _answer_or_fail(item: PendingRequest, index: int, measured_on: list[DixonSet
             raise
         log.exception("event=request_failed request=%s", item.request.sop_instance_uid)
         return {"sop_instance_uid": item.request.sop_instance_uid, "kind": item.request.kind,
-                "measurements": [], "outputs": [], "state": "failed",
+                "measurements": [], "outputs": [], "state": SetState.FAILED,
                 "reason": failure_reason(exc)}
 
 
@@ -314,7 +314,8 @@ def _study_or_fail(study_uid: str, instances: Sequence[SourceInstance], settings
     except Exception as exc:
         log.exception("event=study_failed study=%s", study_uid)
         return {"study_instance_uid": study_uid, "dixon_sets": [], "requests": [],
-                "skipped_series": [], "state": "failed", "reason": failure_reason(exc)}
+                "skipped_series": [], "state": SetState.FAILED,
+                "reason": failure_reason(exc)}
 
 
 def failures(report: ProcessShape) -> list[str]:
@@ -322,12 +323,12 @@ def failures(report: ProcessShape) -> list[str]:
     found = []
     for study in report["studies"]:
         uid = study["study_instance_uid"]
-        if study.get("state") == "failed":
+        if study.get("state") == SetState.FAILED:
             found.append(f"study {uid}: {study.get('reason', '')}")
         found += [f"study {uid} set {s['key']}: {s.get('reason', '')}"
                   for s in study["dixon_sets"] if s["state"] == SetState.FAILED]
         found += [f"study {uid} request {r['sop_instance_uid']}: {r.get('reason', '')}"
-                  for r in study["requests"] if r.get("state") == "failed"]
+                  for r in study["requests"] if r.get("state") == SetState.FAILED]
     return found
 
 

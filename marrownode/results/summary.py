@@ -13,9 +13,10 @@ from scipy import ndimage
 
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
-from marrownode.vocabulary import PATTERN_MEANINGS, Margin
+from marrownode.vocabulary import PATTERN_MEANINGS, Margin, Pattern
 
 WIDTH, HEIGHT, PANEL = 1400, 1000, 660
+DIFFUSE_PATTERNS = (Pattern.DIFFUSE, Pattern.DIFFUSE_AND_FOCAL)
 TINTS = ((0, 114, 178), (0, 158, 115))  # Okabe-Ito blue and bluish green, alternating
 FOCUS = (240, 228, 66)
 WHITE, GREY, ORANGE = (255, 255, 255), (190, 190, 190), (230, 159, 0)
@@ -79,7 +80,7 @@ def _checklist(report: SetReport) -> list[tuple[str, str]]:
         ("T1 signal lower than muscle", (f"yes: {', '.join(darker)}" if darker else "no")
          if assessed else "not assessed: no localised marrow"),
         ("diffuse homogeneous abnormal signal",
-         ("yes" if report.pattern.startswith("diffuse") else "no") if assessed
+         ("yes" if report.pattern in DIFFUSE_PATTERNS else "no") if assessed
          else "not assessed"),
         ("sharply marginated focal lesion", (f"yes: {', '.join(sharp)}" if sharp else "no")
          if assessed else "not assessed"),
@@ -106,7 +107,7 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
     draw.text((x, y), rule, fill=GREY, font=small)
     y += 30
     draw.text((x, y), f"Pattern: {report.pattern.replace('_', ' ').upper()}", fill=ORANGE
-              if report.pattern not in ("normal", "not_assessed") else WHITE, font=body)
+              if report.pattern not in (Pattern.NORMAL, Pattern.NOT_ASSESSED) else WHITE, font=body)
     y += 24
     draw.text((x, y), PATTERN_MEANINGS.get(report.pattern, ""), fill=GREY, font=small)
     y += 34
