@@ -101,6 +101,9 @@ class Assembler(LoopService):
         # their studies kept in flight meanwhile, so none is left 'analysing'.
         self._unrecorded: dict[str, Callable[[], None]] = {}
         self._waiting_for_space: set[str] = set()
+        # Result series the outbox could not take yet (a full index): queued again every
+        # round, before their study's outcome is recorded, so no written result goes unsent.
+        self._unqueued: list[tuple[str, list[OutputEntry]]] = []
         self._lock = threading.Lock()
         self.count_failure = count_failure
         self.retrieve = retrieve
@@ -127,12 +130,32 @@ class Assembler(LoopService):
             return
         try:
             self.on_series(run.study_uid, message.entries)
-        except Exception:
-            log.exception("event=series_callback_error study=%s", run.study_uid)
+        except Exception as exc:
+            log.warning("event=series_unqueued study=%s files=%d error=%s", run.study_uid,
+                        len(message.entries),
+                        "disk_full" if disk_full(exc) else type(exc).__name__)
+            with self._lock:
+                self._unqueued.append((run.study_uid, message.entries))
+            self._wake.set()
+
+    def _queue_unqueued(self) -> None:
+        """Queue the result series the outbox could not take before; raises (and keeps the
+        rest) while it still cannot."""
+        with self._lock:
+            pending, self._unqueued = self._unqueued, []
+        for done, (study_uid, entries) in enumerate(pending):
+            try:
+                self.on_series(study_uid, entries)
+            except Exception:
+                with self._lock:
+                    self._unqueued[:0] = pending[done:]
+                raise
+            log.info("event=series_queued_late study=%s files=%d", study_uid, len(entries))
 
     def step(self, now: float) -> None:
-        """Record what could not be recorded yet, then assess every study with pending events
-        or an expired idle timer."""
+        """Queue and record what could not be yet, then assess every study with pending
+        events or an expired idle timer."""
+        self._queue_unqueued()
         with self._lock:
             unrecorded = list(self._unrecorded.items())
         for study_uid, record in unrecorded:
@@ -298,6 +321,13 @@ class Assembler(LoopService):
             if report is not None:
                 self.on_analysed(study_uid, report)
 
+        with self._lock:
+            results_unqueued = any(uid == study_uid for uid, _ in self._unqueued)
+        if results_unqueued:  # recorded once all its results are queued
+            with self._lock:
+                self._unrecorded[study_uid] = record
+            self._wake.set()
+            return
         try:
             record()
         except Exception as exc:  # the index cannot take it now: the next rounds try again

@@ -168,3 +168,39 @@ def test_an_analysis_that_runs_out_of_space_waits_and_resumes(node_factory, smal
         assert len(pacs.received) > 40 and len(set(pacs.received)) == 40
     finally:
         pacs.stop()
+
+
+def test_result_series_the_full_index_refused_are_queued_when_it_takes_them(
+        node_factory, tmp_path, monkeypatch, caplog) -> None:
+    """The results are written but the index is full when their series are queued: the
+    series are kept and queued once the index takes rows again, before the study's outcome
+    is recorded, so every result reaches the PACS from the one analysis."""
+    import sqlite3
+
+    pacs = StandInPACS(tmp_path / "pacs").start()
+    try:
+        node = node_factory(completion={"idle_seconds": 60},
+                            destinations=[{"name": "pacs", "ae_title": "STANDIN",
+                                           "host": "127.0.0.1", "port": pacs.port}])
+        wait_until(lambda: node.health().ok, timeout=60)
+        outbox = node.index.outbox
+        enqueue, refusals = outbox.enqueue, {"left": 3}
+
+        def full_for_a_while(*args, **kwargs):
+            if refusals["left"] > 0:
+                refusals["left"] -= 1
+                raise sqlite3.OperationalError("database or disk is full")
+            return enqueue(*args, **kwargs)
+
+        monkeypatch.setattr(outbox, "enqueue", full_for_a_while)
+        with caplog.at_level(logging.INFO, logger="marrownode"):
+            study_uid = _study(node, "fullindex")
+            wait_until(lambda: results_delivered(node, study_uid), timeout=90)
+        assert refusals["left"] == 0
+        assert len(set(pacs.received)) == 40  # before: the 3 refused series were never sent
+        assert "event=series_unqueued" in caplog.text
+        assert "event=series_queued_late" in caplog.text
+        assert node.index.studies.study(study_uid)["analysis_attempts"] == 0
+        assert not [r for r in caplog.records if r.exc_info]
+    finally:
+        pacs.stop()
