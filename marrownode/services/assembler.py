@@ -18,6 +18,7 @@ from marrownode.dixon.completion import Verdict, decide
 from marrownode.report_shape import OutputEntry, StudyShape
 from marrownode.services.failure_notes import FailureNotes
 from marrownode.services.loop import LoopService
+from marrownode.services.result_handoff import ResultHandoff, SeriesCallback
 from marrownode.services.study_inputs import (
     earlier_reports,
     input_digest,
@@ -33,8 +34,6 @@ from marrownode.store.studies import SetRow, StudyIndex
 
 log = logging.getLogger(__name__)
 
-#: Called with (study UID, report entries) for each result series once it is written.
-SeriesCallback = Callable[[str, list[OutputEntry]], None]
 #: Called with (study UID, report) once a study's analysis is recorded.
 AnalysedCallback = Callable[[str, StudyShape], None]
 
@@ -101,10 +100,10 @@ class Assembler(LoopService):
         # their studies kept in flight meanwhile, so none is left 'analysing'.
         self._unrecorded: dict[str, Callable[[], None]] = {}
         self._waiting_for_space: set[str] = set()
-        # Result series the outbox could not take yet (a full index): queued again every
-        # round, before their study's outcome is recorded, so no written result goes unsent.
-        self._unqueued: list[tuple[str, list[OutputEntry]]] = []
         self._lock = threading.Lock()
+        self.handoff = ResultHandoff(lambda study_uid, entries: self.on_series(study_uid,
+                                                                                entries),
+                                     self._wake.set)
         self.count_failure = count_failure
         self.retrieve = retrieve
         self.notify = notify
@@ -122,40 +121,17 @@ class Assembler(LoopService):
         self.worker.shutdown()
 
     def series_written(self, message: SeriesWritten) -> None:
-        """Hand each written result series on at once (the deliverer sends it while the worker
-        encodes the next). Called by the worker's supervisor, before the run's result."""
+        """Hand a written result series on at once. Called by the worker's supervisor, before
+        the run's result."""
         with self._lock:
             run = self._runs.get(message.run_id)
-        if run is None:  # the warm-up rehearsal
-            return
-        try:
-            self.on_series(run.study_uid, message.entries)
-        except Exception as exc:
-            log.warning("event=series_unqueued study=%s files=%d error=%s", run.study_uid,
-                        len(message.entries),
-                        "disk_full" if disk_full(exc) else type(exc).__name__)
-            with self._lock:
-                self._unqueued.append((run.study_uid, message.entries))
-            self._wake.set()
-
-    def _queue_unqueued(self) -> None:
-        """Queue the result series the outbox could not take before; raises (and keeps the
-        rest) while it still cannot."""
-        with self._lock:
-            pending, self._unqueued = self._unqueued, []
-        for done, (study_uid, entries) in enumerate(pending):
-            try:
-                self.on_series(study_uid, entries)
-            except Exception:
-                with self._lock:
-                    self._unqueued[:0] = pending[done:]
-                raise
-            log.info("event=series_queued_late study=%s files=%d", study_uid, len(entries))
+        if run is not None:  # None: the warm-up rehearsal
+            self.handoff.hand(run.study_uid, message.entries)
 
     def step(self, now: float) -> None:
         """Queue and record what could not be yet, then assess every study with pending
         events or an expired idle timer."""
-        self._queue_unqueued()
+        self.handoff.retry()
         with self._lock:
             unrecorded = list(self._unrecorded.items())
         for study_uid, record in unrecorded:
@@ -321,9 +297,7 @@ class Assembler(LoopService):
             if report is not None:
                 self.on_analysed(study_uid, report)
 
-        with self._lock:
-            results_unqueued = any(uid == study_uid for uid, _ in self._unqueued)
-        if results_unqueued:  # recorded once all its results are queued
+        if self.handoff.holds(study_uid):  # recorded once all its results are queued
             with self._lock:
                 self._unrecorded[study_uid] = record
             self._wake.set()
