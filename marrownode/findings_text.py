@@ -35,11 +35,17 @@ def print_findings(study: StudyShape) -> None:
             print("    vertebra  median loss %  median SIR  below threshold  T1 vs muscle"
                   "  T1 vs disc  pattern")
             for v in dixon_set.get("vertebrae", []):
-                print(f"    {v['label']:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
+                name = v["level"] or v["label"]
+                print(f"    {name:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
                       f"  {_number(v['sir_median'], 10, 2)}"
                       f"  {_number(100 * (v['fraction_below_threshold'] or 0), 14, 0)} %"
                       f"  {_number(v['in_phase_to_muscle_ratio'], 12, 2)}"
                       f"  {_number(v['in_phase_to_disc_ratio'], 10, 2)}  {v['pattern']}")
+            for v in dixon_set.get("vertebrae", []):
+                for band in v.get("endplate_findings", []):
+                    print(f"    {v['level'] or v['label']} {band['endplate']} endplate: low-loss"
+                          f" band {band['thickness_mm']} mm (Modic type 1 pattern), loss"
+                          f" {_number(band['signal_loss_percent'], 0, 1).strip()} %")
         print("  foci (inside localised marrow; fat fraction: "
               f"{dixon_set.get('fat_fraction_label')}):")
         if not dixon_set["foci"]:
@@ -48,7 +54,8 @@ def print_findings(study: StudyShape) -> None:
             print("    #  vertebra  slices  volume mm3  signal loss %   SIR  fat fraction %"
                   "  margin       category")
         for number, focus in enumerate(dixon_set["foci"], start=1):
-            print(f"    {number}  {focus['vertebra'] or '-':>8}  {focus['slice_count']:>6}"
+            where = focus["level"] or focus["vertebra"] or "-"
+            print(f"    {number}  {where:>8}  {focus['slice_count']:>6}"
                   f"  {_number(focus['volume_mm3'], 10, 0)}"
                   f"  {_number(focus['signal_loss_percent'], 13, 1)}"
                   f"  {_number(focus['sir'], 5, 2)}"

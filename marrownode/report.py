@@ -15,6 +15,7 @@ from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.quant.analysis import QuantResult, VertebraFinding, focus_record
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.report_shape import (
+    EndplateFindingShape,
     FocusShape,
     OutputEntry,
     PosteriorElements,
@@ -136,6 +137,7 @@ class VertebraReport:
     posterior_elements: PosteriorElements
     tracking_uid: str
     micronodule_count: int = 0
+    endplate_findings: list[EndplateFindingShape] = field(default_factory=list)
 
     @classmethod
     def of(cls, finding: VertebraFinding, tracking_uid: str,
@@ -161,6 +163,10 @@ class VertebraReport:
                     finding.posterior_signal_loss_percent_median)},
             tracking_uid=tracking_uid,
             micronodule_count=finding.micronodule_count,
+            endplate_findings=[
+                {"endplate": band.endplate, "thickness_mm": round(band.thickness_mm, 1),
+                 "signal_loss_percent": json_number(band.signal_loss_percent, 1)}
+                for band in finding.endplate_bands],
         )
 
     def to_json(self) -> VertebraShape:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 from marrownode.vocabulary import (
+    Endplate,
     FatFractionMethod,
     Flag,
     FocusCategory,
@@ -64,6 +65,15 @@ class PosteriorElements(TypedDict):
     signal_loss_percent_median: float | None
 
 
+class EndplateFindingShape(TypedDict):
+    """A low-loss band along one endplate (the Modic type 1 pattern): an endplate finding,
+    not a focal lesion."""
+
+    endplate: Endplate
+    thickness_mm: float
+    signal_loss_percent: float | None
+
+
 class VertebraShape(TypedDict):
     """One localised vertebral body."""
 
@@ -82,6 +92,7 @@ class VertebraShape(TypedDict):
     posterior_elements: PosteriorElements
     tracking_uid: str
     micronodule_count: int  # low-loss spots narrower than a focal lesion (under 5 mm)
+    endplate_findings: list[EndplateFindingShape]
 
 
 class FocusShape(TypedDict):

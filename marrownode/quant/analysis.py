@@ -30,6 +30,7 @@ from marrownode.quant.maps import (
     signal_loss_percent,
     water_fat_consistency,
 )
+from marrownode.quant.normal_structures import EndplateBand, without_normal_structures
 from marrownode.quant.roi import roi_statistics
 from marrownode.quant.spine import localise
 from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
@@ -70,6 +71,8 @@ class VertebraFinding:
     posterior_voxel_count: int
     posterior_signal_loss_percent_median: float | None
     micronodule_count: int = 0  # low-loss spots under the focal-lesion size
+    #: Low-loss bands along its endplates (Modic type 1 pattern): endplate findings.
+    endplate_bands: list[EndplateBand] = field(default_factory=list)
 
 
 @dataclass
@@ -92,6 +95,8 @@ class QuantResult:
     foci: list[Focus] = field(default_factory=list)
     #: Vertebra number -> low-loss spots too small to be focal lesions (micronodules).
     micronodules: dict[int, int] = field(default_factory=dict)
+    #: Low-loss bands along endplates (Modic type 1 pattern): endplate findings, not foci.
+    endplate_bands: list[EndplateBand] = field(default_factory=list)
     pattern: Pattern = Pattern.NOT_ASSESSED
     marrow_summary: dict[str, float | int | None] | None = None
     water_fat_check: dict[str, float] | None = None
@@ -209,12 +214,13 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
             posterior_signal_loss_percent_median=(_median(result.signal_loss[posterior])
                                                   if posterior.any() else None),
             micronodule_count=result.micronodules.get(number, 0),
+            endplate_bands=[b for b in result.endplate_bands if b.vertebra == number],
         ))
     return findings
 
 
 #: Variegated: micronodules in at least this many vertebrae (and this many in all).
-VARIEGATED_VERTEBRAE, VARIEGATED_SPOTS = 3, 10
+VARIEGATED_VERTEBRAE, VARIEGATED_SPOTS = 3, 6
 
 
 def _t1_fails(vertebra: VertebraFinding) -> bool:
@@ -229,7 +235,7 @@ def _set_pattern(vertebrae: list[VertebraFinding], foci: list[Focus],
     diffuse: at least half the levels lose too little, or fail the T1 internal standard
     (darker than disc and muscle, even where T1 weighting keeps the loss up), with foci:
     diffuse_and_focal; variegated: micronodules (low-loss spots under 5 mm) in at least 3
-    levels and 10 in all; multifocal: two foci or more; focal: one focus (or a level with
+    levels and 6 in all; multifocal: two foci or more; focal: one focus (or a level with
     an unconfirmed low-loss region); normal: none of these."""
     if not vertebrae or any(v.pattern == Pattern.NOT_ASSESSED for v in vertebrae):
         return Pattern.NOT_ASSESSED
@@ -320,8 +326,10 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
                           voxel_volume, in_phase_first, fat_fraction_unambiguous,
                           diffuse, parameters.foci,
                           pixel_spacing_mm=(geometry.spacing_mm[1], geometry.spacing_mm[2]))
-        result.foci = [f for f in found if not f.micronodular]
-        for spot in found:
+        lesions, result.endplate_bands = without_normal_structures(
+            found, localisation.bodies, geometry)
+        result.foci = [f for f in lesions if not f.micronodular]
+        for spot in lesions:
             if spot.micronodular:
                 result.micronodules[spot.vertebra] = result.micronodules.get(spot.vertebra, 0) + 1
     result.vertebrae = _vertebrae(result, ip, geometry,

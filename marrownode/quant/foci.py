@@ -29,7 +29,7 @@ class FocusParameters:
     #: In-plane equivalent diameter of its largest section a focus must reach (mm).
     min_diameter_mm: float = defaults.MIN_FOCUS_DIAMETER_MM
     #: A low-loss spot this wide (mm) counts as a micronodule; below it, it is noise.
-    min_micronodule_diameter_mm: float = 2.0
+    min_micronodule_diameter_mm: float = 3.0
     min_voxels: int = 3
     #: A region holding more than this share of its vertebra is diffuse, not a focus.
     max_vertebra_fraction: float = 0.5
@@ -122,35 +122,91 @@ def find_foci(
                                    size=(1, 3, 3))
     low = marrow & np.isfinite(loss) & (smooth < threshold_percent + margin)
     labels, _ = ndimage.label(low)
+    search = _Search(loss, maps, in_phase, opposed, vertebrae, low, threshold_percent,
+                     voxel_volume_mm3, margin, in_phase_first, fat_fraction_unambiguous,
+                     skip_vertebrae, parameters)
     foci: list[Focus] = []
     for region_label, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
-        mask = labels == region_label
+        # Each region is judged in its own box, padded past the widest ring read around it
+        # (5 voxels in-plane, one slice for the hole filling): the same answer as on the full
+        # grid, without a full-grid pass per region.
+        crop = _padded(box, labels.shape)
+        mask = labels[crop] == region_label
         size = _size(mask, voxel_volume_mm3, pixel_spacing_mm, parameters)
         if size == "micronodule":
-            foci.append(_micronodule(mask, vertebrae))
+            foci.append(_micronodule(_embed(mask, crop, labels.shape), vertebrae))
         if size != "focus":
             continue
-        count = int(mask.sum())
-        vertebra = int(np.bincount(vertebrae[mask]).argmax())
-        if vertebra in skip_vertebrae or count > parameters.max_vertebra_fraction * int(
-                (vertebrae == vertebra).sum()):
-            continue
-        mask = mask | (ndimage.binary_fill_holes(mask) & marrow)
-        statistics = roi_statistics(mask, maps, in_phase, opposed, voxel_volume_mm3)
-        surround = _ring(mask, 1, 4) & (vertebrae == vertebra) & ~low
-        surround_ip = float(np.median(in_phase[surround])) if surround.any() else float("nan")
-        ip_ratio = (float(statistics["in_phase_mean"]) / surround_ip
-                    if np.isfinite(surround_ip) and surround_ip > 0 else None)
-        category = _category(statistics, ip_ratio, threshold_percent, margin, in_phase_first,
-                             fat_fraction_unambiguous, parameters)
-        if category is None:
-            continue  # a region that only the margin let in, and not near the threshold
-        foci.append(Focus(mask, vertebra, statistics, category,
-                          margin_sharpness(mask, loss, marrow), ip_ratio))
+        focus = _judge(mask, crop, search)
+        if focus is not None:
+            foci.append(focus)
     foci.sort(key=lambda f: (f.micronodular, -int(f.mask.sum())))
     return foci
+
+
+#: Padding (in-plane voxels, slices) of a region's box: the outer ring reads 5 voxels out.
+BOX_PADDING = (1, 6, 6)
+
+
+def _padded(box: tuple[slice, ...], shape: tuple[int, ...]) -> tuple[slice, ...]:
+    """box grown by BOX_PADDING, clipped to the grid."""
+    return tuple(slice(max(b.start - pad, 0), min(b.stop + pad, size))
+                 for b, pad, size in zip(box, BOX_PADDING, shape, strict=True))
+
+
+def _embed(mask: np.ndarray, crop: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+    """A box's mask placed on the full grid."""
+    full = np.zeros(shape, dtype=bool)
+    full[crop] = mask
+    return full
+
+
+@dataclass(frozen=True)
+class _Search:
+    """What every candidate region is judged against (find_foci's inputs)."""
+
+    loss: np.ndarray
+    maps: dict[str, np.ndarray]
+    in_phase: np.ndarray
+    opposed: np.ndarray
+    vertebrae: np.ndarray
+    low: np.ndarray
+    threshold_percent: float
+    voxel_volume_mm3: float
+    margin: float
+    in_phase_first: bool
+    fat_fraction_unambiguous: bool
+    skip_vertebrae: set[int]
+    parameters: FocusParameters
+
+
+def _judge(mask: np.ndarray, crop: tuple[slice, ...], search: _Search) -> Focus | None:
+    """A region large enough to be a focus, measured and categorised in its box; None when
+    its vertebra is skipped (diffuse), it is most of its vertebra, or it is no focus."""
+    vertebrae, parameters = search.vertebrae, search.parameters
+    numbered = vertebrae[crop]
+    vertebra = int(np.bincount(numbered[mask]).argmax())
+    whole = int((vertebrae == vertebra).sum())
+    if (vertebra in search.skip_vertebrae
+            or int(mask.sum()) > parameters.max_vertebra_fraction * whole):
+        return None
+    marrow = numbered > 0
+    mask = mask | (ndimage.binary_fill_holes(mask) & marrow)
+    in_phase_box = search.in_phase[crop]
+    statistics = roi_statistics(mask, {name: values[crop] for name, values in search.maps.items()},
+                                in_phase_box, search.opposed[crop], search.voxel_volume_mm3)
+    surround = _ring(mask, 1, 4) & (numbered == vertebra) & ~search.low[crop]
+    surround_ip = float(np.median(in_phase_box[surround])) if surround.any() else float("nan")
+    ip_ratio = (float(statistics["in_phase_mean"]) / surround_ip
+                if np.isfinite(surround_ip) and surround_ip > 0 else None)
+    category = _category(statistics, ip_ratio, search.threshold_percent, search.margin,
+                         search.in_phase_first, search.fat_fraction_unambiguous, parameters)
+    if category is None:
+        return None  # a region that only the margin let in, and not near the threshold
+    return Focus(_embed(mask, crop, vertebrae.shape), vertebra, statistics, category,
+                 margin_sharpness(mask, search.loss[crop], marrow), ip_ratio)
 
 
 def _size(mask: np.ndarray, voxel_volume_mm3: float,

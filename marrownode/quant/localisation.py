@@ -23,6 +23,14 @@ class SpineParameters:
     water_rich_max_loss_percent: float = 15.0
     #: Void (cortex, CSF, air) is darker than this fraction of the bright end (fat).
     void_relative_signal: float = 0.2
+    #: Cortical bone, the frame of the marrow, is darker than this (CSF, a disc's annulus and
+    #: partial volume are not: a frame of them would enclose discs too).
+    cortex_relative_signal: float = 0.15
+    #: ... and a line of it may be broken by partial volume over this many mm.
+    cortex_gap_mm: float = 3.0
+    #: Gaps in the bone's frame up to this wide (mm) are closed: the basivertebral vein's
+    #: notch in the posterior wall (4-6 mm), partial volume along a thin cortex.
+    frame_gap_mm: float = 7.0
     #: Fat (a fat-rich focus too) is brighter than this fraction of the bright end: no barrier.
     fat_relative_signal: float = 0.7
     #: A body taller than this is two vertebrae joined across a partial-volumed disc.

@@ -5,7 +5,7 @@ What the physics gives (docs/domain.md §1-2), used in this order:
    discs, CSF and organs (mostly water). That finds normal marrow.
 2. Marrow sits inside bone: framed in every plane by signal-void cortex and endplates. Regions
    of tissue enclosed by void find marrow that lost its fat (diffuse replacement), which rule
-   1 cannot see.
+   1 cannot see. (Rules 1 and 2 are in quant/bone.py.)
 3. Vertebral bodies are thick (20-50 mm in every direction); posterior elements and the
    chemical-shift rims at fat-water borders are thin. An opening with a ~5 mm ball keeps the
    bodies' cores and drops the rest.
@@ -26,7 +26,8 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from marrownode.quant.body import bright_end, fill_holes_per_slice
+from marrownode.quant.body import bright_end
+from marrownode.quant.bone import bone_candidates, enclosed_by_void, fill_frames, opening
 from marrownode.quant.geometry import (
     ANTERIOR_POSTERIOR,
     LEFT_RIGHT,
@@ -36,33 +37,6 @@ from marrownode.quant.geometry import (
 from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.vocabulary import LocalisationMethod
-
-#: Balls of at most this many voxels are cheaper as structuring elements than as distances.
-_SMALL_BALL = 27
-
-
-def _opening(mask: np.ndarray, radius_mm: float,
-             spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    """Morphological opening with a Euclidean ball of radius_mm. A small ball is a small
-    structuring element; a large one is done by two distance transforms instead (linear in the
-    volume whatever the radius). Outside the volume counts as background either way."""
-    ball = _ball(radius_mm, spacing_mm)
-    if ball.sum() <= _SMALL_BALL:
-        small: np.ndarray = ndimage.binary_opening(mask, structure=ball)
-        return small
-    padded = np.pad(mask, 1)
-    eroded = ndimage.distance_transform_edt(padded, sampling=spacing_mm) > radius_mm
-    opened = ndimage.distance_transform_edt(~eroded, sampling=spacing_mm) <= radius_mm
-    result: np.ndarray = opened[1:-1, 1:-1, 1:-1] & mask
-    return result
-
-
-def _ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
-    half = [int(radius_mm // s) for s in spacing_mm]
-    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
-    distance = sum(((g * s) / radius_mm) ** 2 for g, s in zip(grids, spacing_mm, strict=True))
-    ball: np.ndarray = np.asarray(distance <= 1.0)
-    return ball
 
 
 @dataclass(frozen=True)
@@ -89,46 +63,6 @@ def _parts(labels: np.ndarray, count: int, geometry: VolumeGeometry) -> list[_Pa
         extent = np.ptp(points, axis=0) + footprint
         parts.append(_Part(label, points.mean(axis=0), extent, len(index) * voxel_volume))
     return parts
-
-
-def _relative_gradient(in_phase: np.ndarray) -> np.ndarray:
-    """In-plane gradient magnitude over local signal: small inside homogeneous tissue, large
-    at fat-water borders (where the chemical-shift rims are)."""
-    sigma = (0.0, 1.0, 1.0)
-    smooth = ndimage.gaussian_filter(in_phase, sigma=sigma)
-    rows = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 1, 0))
-    columns = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 0, 1))
-    gradient: np.ndarray = np.hypot(rows, columns) / np.maximum(smooth, 1e-6)
-    return gradient
-
-
-def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
-                    body: np.ndarray, spacing_mm: tuple[float, float, float],
-                    parameters: SpineParameters, level: float,
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """Marrow-like tissue, holes (focal lesions) filled, and the void mask.
-
-    Rule 1, mixed water-fat: regional (median) loss high, the voxel's own loss not low, and the
-    in-phase signal homogeneous (rims at fat-water borders and fatty muscle are not).
-    Rule 2, inside bone: tissue enclosed in its slice by void (cortex, endplates, CSF).
-    Neither may cross a barrier of void or water-rich voxels (canal, discs, cortex), which is
-    what keeps a body apart from its posterior elements and from the muscles beside it."""
-    volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
-    loss = np.nan_to_num(signal_loss, nan=0.0)
-    regional = ndimage.median_filter(loss, size=(1, 5, 5))
-    void = body & (volume < parameters.void_relative_signal * level)
-    enclosed = fill_holes_per_slice(void) & ~void & tissue
-    homogeneous = _relative_gradient(volume) < parameters.max_relative_gradient
-    mixed = (tissue & homogeneous & (regional >= parameters.mixed_tissue_min_loss_percent)
-             & (loss >= parameters.water_rich_max_loss_percent))
-    water_rich = tissue & (loss < parameters.water_rich_max_loss_percent) & (
-        volume < parameters.fat_relative_signal * level)
-    barrier = void | (water_rich & ~enclosed)
-    barrier = ndimage.binary_dilation(barrier, structure=np.ones((1, 3, 3), dtype=bool))
-    candidates = (mixed | enclosed) & ~barrier | (enclosed & ~void)
-    opened = _opening(candidates, parameters.rim_radius_mm, spacing_mm)
-    filled: np.ndarray = fill_holes_per_slice(opened) & ~void
-    return filled, void
 
 
 def _column(parts: list[_Part], body_centre: np.ndarray,
@@ -184,17 +118,26 @@ def localise(
         np.where(body, in_phase, np.nan))
     factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
                                                                1e-6)))
-    if factor == 1:
+    if factor == 1:  # a coarse grid: the cortex is no line, the void frames bone (rule 2)
         found = _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level)
     else:
+        # For the search on blocks, rule 2 is read on the fine grid where a 1 mm cortex is
+        # still a line, from a frame of cortex only (CSF and an annulus would frame discs).
+        enclosed = enclosed_by_void(in_phase, tissue, body, level,
+                                    parameters.cortex_relative_signal,
+                                    parameters.cortex_gap_mm, geometry.spacing_mm)
         small = _reduce(in_phase, signal_loss, tissue, body, factor)
-        reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level)
+        reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level,
+                            _block_mean(enclosed.astype(np.float32), factor) >= 0.5)
         if not reduced.localised:
             return not_localised(in_phase.shape, reduced.reason)
         found = _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters,
                         level)
     if not found.localised:
         return found
+    framed = enclosed_by_void(in_phase, tissue, body, level, parameters.void_relative_signal,
+                              parameters.frame_gap_mm, geometry.spacing_mm)
+    found = replace(found, bodies=fill_frames(found.bodies, framed & (found.posterior == 0)))
     named = name_levels(found.bodies, geometry)  # on the full grid: a remnant is 1-3 mm
     return replace(found, levels=named.names, levels_reason=named.reason)
 
@@ -263,14 +206,15 @@ def _localise(
     geometry: VolumeGeometry,
     parameters: SpineParameters,
     level: float,
+    enclosed: np.ndarray | None = None,
 ) -> Localisation:
     shape = in_phase.shape
     if not body.any():
         return not_localised(shape, "no body in the field of view")
     spacing = geometry.spacing_mm
     bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters,
-                                 level)
-    cores = _opening(bone, parameters.core_radius_mm, spacing)
+                                 level, enclosed)
+    cores = opening(bone, parameters.core_radius_mm, spacing)
     core_labels, count = ndimage.label(cores)
     body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
     column = _column(_parts(core_labels, count, geometry), body_centre, parameters)

@@ -136,6 +136,18 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
                   f"{focus.category.replace('_', ' ')}, loss {_value(focus.signal_loss_percent)}"
                   f" %, margin {focus.margin or '-'}", fill=FOCUS, font=small)
         y += 22
+    bands = [(v.level or v.label, band) for v in report.vertebrae
+             for band in v.endplate_findings]
+    if bands:
+        y += 6
+        draw.text((x, y), f"Endplate bands ({len(bands)}), not foci: the Modic type 1 pattern",
+                  fill=WHITE, font=body)
+        y += 26
+        for name, band in bands[:4]:
+            draw.text((x, y), f"{name} {band['endplate']} endplate: {band['thickness_mm']:.0f} mm"
+                      f" thick, loss {_value(band['signal_loss_percent'])} %", fill=GREY,
+                      font=small)
+            y += 22
     y += 12
     draw.text((x, y), "Worrisome features", fill=WHITE, font=body)
     y += 26

@@ -41,7 +41,7 @@ ANATOMY_TISSUES: dict[str, tuple[float, float]] = {
     # the lumbar phantom's (lumbar.py): appended, so the codes above stay
     "vein": (0.40, 0.0),  # basivertebral vein: slow blood, no fat
     "annulus": (0.22, 0.0),  # the disc's fibrous ring: darker than the nucleus
-    "modic_1": (0.50, 0.12),  # oedematous band along an endplate: low loss
+    "modic_1": (0.55, 0.05),  # oedematous band along an endplate: fat replaced, low loss
     "modic_2": (0.12, 0.85),  # fatty band along an endplate: bright, fat-rich
     "aorta": (0.45, 0.0),
 }

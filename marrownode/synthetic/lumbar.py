@@ -276,9 +276,13 @@ def _lesions(labels: np.ndarray, vertebra: np.ndarray, segments: list[Segment],
         for level in ("L1", "L2", "L3", "L4", "L5"):
             number, segment = by_name[level]
             u, v, w = _local(segment, x, y, z)
-            for spot in range(4):
-                du, dv, dw = rng.uniform(-0.55, 0.55, 3) * (segment.height, 2 * HALF_DEPTH_MM,
-                                                             2 * HALF_WIDTH_MM)
+            centres: list[np.ndarray] = []
+            while len(centres) < 8:  # apart, so that no two merge into one larger spot
+                centre = rng.uniform(-0.55, 0.55, 3) * (segment.height, 2 * HALF_DEPTH_MM,
+                                                        2 * HALF_WIDTH_MM)
+                if all(np.linalg.norm(centre - c) >= 8.0 for c in centres):
+                    centres.append(centre)
+            for spot, (du, dv, dw) in enumerate(centres):
                 mask = ((u - du) ** 2 + (v - dv) ** 2 + (w - dw) ** 2 <= 2.4 ** 2) & (
                     vertebra == number)
                 labels[mask] = code["lesion"]

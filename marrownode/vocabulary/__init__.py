@@ -6,7 +6,13 @@ sees, where a misspelt string passed silently. The words are report.json's contr
 (docs/architecture.md): add, never rename. Pure Python: every room may use it (quant/ too).
 """
 
-from marrownode.vocabulary.findings import PATTERN_MEANINGS, FocusCategory, Margin, Pattern
+from marrownode.vocabulary.findings import (
+    PATTERN_MEANINGS,
+    Endplate,
+    FocusCategory,
+    Margin,
+    Pattern,
+)
 from marrownode.vocabulary.flags import Flag
 from marrownode.vocabulary.measures import (
     FAT_FRACTION_LABELS,
@@ -19,6 +25,7 @@ from marrownode.vocabulary.reasons import RegionRefusal
 __all__ = [
     "FAT_FRACTION_LABELS",
     "PATTERN_MEANINGS",
+    "Endplate",
     "FatFractionMethod",
     "Flag",
     "FocusCategory",

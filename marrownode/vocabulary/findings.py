@@ -27,6 +27,13 @@ class FocusCategory(StrEnum):
     EXPECTED_SIGNAL_LOSS = "expected_signal_loss"  # a region with the expected loss
 
 
+class Endplate(StrEnum):
+    """Which endplate of a vertebral body a finding lies along."""
+
+    SUPERIOR = "superior"
+    INFERIOR = "inferior"
+
+
 class Margin(StrEnum):
     """A focus's margin, from the sharpness of its edge."""
 

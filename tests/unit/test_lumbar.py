@@ -65,8 +65,9 @@ def test_the_phantom_is_built_from_the_anatomy() -> None:
     assert segments["S1"].disc_below < 3.0 < segments["L4"].disc_below
 
 
-@pytest.mark.parametrize("variant", ["normal", "metastasis_centre", "multifocal",
-                                     "modic_2", "transitional"])
+@pytest.mark.parametrize("variant", ["normal", "metastasis_centre", "metastasis_off_centre",
+                                     "multifocal", "haemangioma", "modic_1", "modic_2",
+                                     "diffuse", "transitional", "variegated"])
 def test_one_body_per_level_in_view(variant: str) -> None:
     """Every localised body is one level, and every level in view has one body: a lesion
     in the middle of L1 no longer splits it into a left and a right 'vertebra'."""
@@ -76,7 +77,38 @@ def test_one_body_per_level_in_view(variant: str) -> None:
     assert [next(iter(found)) for found in levels] == _in_view(phantom)
 
 
-@pytest.mark.parametrize("variant", ["normal", "metastasis_centre", "multifocal"])
+def _dice_per_level(phantom: LumbarPhantom, result: QuantResult) -> dict[str, float]:
+    names = result.localisation.levels
+    number_of = {name: number for number, name in phantom.level_names.items()}
+    dice = {}
+    for found_number, name in enumerate(names, start=1):
+        found = result.localisation.bodies == found_number
+        truth = phantom.vertebra == number_of[name]
+        dice[name] = float(2 * (found & truth).sum() / (found.sum() + truth.sum()))
+    return dice
+
+
+@pytest.mark.parametrize("variant, least", [("normal", 0.93), ("metastasis_centre", 0.93),
+                                            ("diffuse", 0.70)])
+def test_each_body_reaches_its_cortex(variant: str, least: float) -> None:
+    """Each body is its marrow up to the cortex and endplates (blocks and hulls alone stop a
+    few millimetres short), also where the marrow is replaced and dark."""
+    phantom, result = analysed(variant)
+    assert min(_dice_per_level(phantom, result).values()) >= least
+
+
+@pytest.mark.parametrize("variant", ["metastasis_centre", "metastasis_off_centre",
+                                     "multifocal", "haemangioma"])
+def test_a_lesion_lies_inside_its_body(variant: str) -> None:
+    """A lesion, central or against the cortex, is part of its level's body (all of it)."""
+    phantom, result = analysed(variant)
+    names = result.localisation.levels
+    for name, mask in phantom.lesion_masks.items():
+        number = names.index(phantom.lesion_levels[name]) + 1
+        assert (result.localisation.bodies[mask] == number).mean() >= 0.99, name
+
+
+@pytest.mark.parametrize("variant", ["normal", "metastasis_centre", "multifocal", "diffuse"])
 def test_levels_are_named_from_the_sacrum(variant: str) -> None:
     phantom, result = analysed(variant)
     localisation = result.localisation
@@ -92,12 +124,70 @@ def test_a_transitional_spine_keeps_its_v_numbers() -> None:
     assert "levels_uncertain" in result.flags
 
 
-@pytest.mark.parametrize("variant", ["normal", "modic_2"])
+@pytest.mark.parametrize("variant", ["normal", "modic_1", "modic_2"])
 def test_normal_anatomy_is_not_a_focus(variant: str) -> None:
     """Basivertebral veins (a fluid notch in the middle of each posterior wall), endplates,
-    discs with their annulus, a fatty (Modic 2) endplate band: no focus."""
+    discs with their annulus, the arches beside subcutaneous fat, a fatty (Modic 2) or
+    oedematous (Modic 1) endplate band: no focus, and no micronodule either."""
     _, result = analysed(variant)
     assert result.foci == [] and result.pattern == "normal"
+    assert result.micronodules == {}
+
+
+def test_an_oedematous_endplate_band_is_an_endplate_finding() -> None:
+    """Modic type 1 on both sides of the L4-L5 disc: two endplate findings, L4 inferior and
+    L5 superior, about as thick as the bands (7 mm, less the endplate), low loss."""
+    _, result = analysed("modic_1")
+    names = result.localisation.levels
+    found = sorted((names[band.vertebra - 1], band.endplate) for band in result.endplate_bands)
+    assert found == [("L4", "inferior"), ("L5", "superior")]
+    for band in result.endplate_bands:
+        assert 3.0 <= band.thickness_mm <= 8.0
+        assert band.signal_loss_percent < result.threshold_percent
+    assert {v.label for v in result.vertebrae if v.endplate_bands} == {
+        result.localisation.labels[band.vertebra - 1] for band in result.endplate_bands}
+
+
+def test_endplate_findings_reach_report_json(tmp_path) -> None:
+    """Through `process`: report.json lists each band under its vertebra's
+    endplate_findings, and no focus."""
+    write_datasets(build_study(StudyOptions(style="siemens", study_key="lumbar-modic", snr=60),
+                               lumbar_phantom("modic_1")), tmp_path / "in")
+    report = process_paths([tmp_path / "in"], tmp_path / "out", Settings())
+    (dixon_set,) = report["studies"][0]["dixon_sets"]
+    findings = {v["level"]: [band["endplate"] for band in v["endplate_findings"]]
+                for v in dixon_set["vertebrae"]}
+    assert findings == {"L1": [], "L2": [], "L3": [], "L4": ["inferior"],
+                        "L5": ["superior"], "S1": [], "S2": []}
+    assert dixon_set["foci"] == [] and dixon_set["pattern"] == "normal"
+
+
+def test_the_normal_spine_has_no_endplate_band() -> None:
+    _, result = analysed("normal")
+    assert result.endplate_bands == []
+
+
+@pytest.mark.parametrize("variant, levels", [("metastasis_centre", ["L1"]),
+                                             ("metastasis_off_centre", ["L3"]),
+                                             ("multifocal", ["L1", "L3", "L5"])])
+def test_each_metastasis_is_one_focus_at_its_level(variant: str, levels: list[str]) -> None:
+    """A metastasis in the middle of its body or off-centre against the cortex: one focus
+    each, at its own level, covering the truth lesion."""
+    phantom, result = analysed(variant)
+    names = result.localisation.levels
+    assert sorted(names[f.vertebra - 1] for f in result.foci) == levels
+    for focus in result.foci:
+        lesion = next(mask for name, mask in phantom.lesion_masks.items()
+                      if phantom.lesion_levels[name] == names[focus.vertebra - 1])
+        assert (focus.mask & lesion).sum() > 0.5 * lesion.sum()
+
+
+def test_a_haemangioma_is_fat_containing() -> None:
+    """A fatty haemangioma in L2: one region, called fat-containing, not a worrying focus."""
+    _, result = analysed("haemangioma")
+    (focus,) = result.foci
+    assert result.localisation.levels[focus.vertebra - 1] == "L2"
+    assert focus.category == "fat_containing"
 
 
 def test_a_metastasis_is_one_focus_at_its_level_through_the_pipeline(tmp_path) -> None:
@@ -117,7 +207,9 @@ def test_a_metastasis_is_one_focus_at_its_level_through_the_pipeline(tmp_path) -
 
 @pytest.mark.parametrize("variant, pattern", [("normal", "normal"),
                                               ("metastasis_centre", "focal"),
-                                              ("multifocal", "multifocal")])
+                                              ("multifocal", "multifocal"),
+                                              ("diffuse", "diffuse"),
+                                              ("variegated", "variegated")])
 def test_the_seeds_patterns(variant: str, pattern: str) -> None:
     """One focus is focal, foci at several levels multifocal (the rules in
     docs/marrow-localisation.md)."""

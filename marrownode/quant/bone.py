@@ -1,0 +1,128 @@
+"""What is bone, before any body is named: the localiser's rules 1 and 2 (quant/spine.py), and
+each body's interior up to its cortex.
+
+- Rule 1, mixed water-fat: marrow loses clearly more signal than fat, muscle, discs and organs.
+- Rule 2, inside bone: tissue enclosed in its slice by signal void (cortex, endplates) is
+  marrow whatever its loss: the only way to find marrow that lost its fat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from marrownode.quant.body import fill_holes_per_slice
+from marrownode.quant.localisation import SpineParameters
+
+#: A part of a slice's bone interior is a body's when the body already holds this share of it.
+FRAME_HELD_SHARE = 0.25
+#: Balls of at most this many voxels are cheaper as structuring elements than as distances.
+_SMALL_BALL = 27
+
+
+def opening(mask: np.ndarray, radius_mm: float,
+             spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Morphological opening with a Euclidean ball of radius_mm. A small ball is a small
+    structuring element; a large one is done by two distance transforms instead (linear in the
+    volume whatever the radius). Outside the volume counts as background either way."""
+    ball = _ball(radius_mm, spacing_mm)
+    if ball.sum() <= _SMALL_BALL:
+        small: np.ndarray = ndimage.binary_opening(mask, structure=ball)
+        return small
+    padded = np.pad(mask, 1)
+    eroded = ndimage.distance_transform_edt(padded, sampling=spacing_mm) > radius_mm
+    opened = ndimage.distance_transform_edt(~eroded, sampling=spacing_mm) <= radius_mm
+    result: np.ndarray = opened[1:-1, 1:-1, 1:-1] & mask
+    return result
+
+
+def _ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    half = [int(radius_mm // s) for s in spacing_mm]
+    grids = np.ogrid[tuple(slice(-h, h + 1) for h in half)]
+    distance = sum(((g * s) / radius_mm) ** 2 for g, s in zip(grids, spacing_mm, strict=True))
+    ball: np.ndarray = np.asarray(distance <= 1.0)
+    return ball
+
+
+def _relative_gradient(in_phase: np.ndarray) -> np.ndarray:
+    """In-plane gradient magnitude over local signal: small inside homogeneous tissue, large
+    at fat-water borders (where the chemical-shift rims are)."""
+    sigma = (0.0, 1.0, 1.0)
+    smooth = ndimage.gaussian_filter(in_phase, sigma=sigma)
+    rows = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 1, 0))
+    columns = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 0, 1))
+    gradient: np.ndarray = np.hypot(rows, columns) / np.maximum(smooth, 1e-6)
+    return gradient
+
+
+def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
+                     level: float, darker_than: float, gap_mm: float,
+                     spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Tissue framed in its slice by voxels darker than darker_than x level: the inside of
+    bone, whatever its signal loss. Found on the acquisition grid, where a 1 mm cortex is
+    still a line (averaged into blocks it opens); the frame is first closed over gaps up to
+    gap_mm (partial volume along a thin cortex; the basivertebral vein's notch in the
+    posterior wall)."""
+    void = body & (np.nan_to_num(in_phase) < darker_than * level)
+    radius = [max(1, round(gap_mm / 2 / s)) for s in spacing_mm[1:]]
+    rows, columns = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
+    disk = (rows / radius[0]) ** 2 + (columns / radius[1]) ** 2 <= 1.0
+    frame = ndimage.binary_closing(void, structure=disk[None], border_value=0) | void
+    enclosed: np.ndarray = fill_holes_per_slice(frame) & ~frame & tissue
+    return enclosed
+
+
+def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
+                    body: np.ndarray, spacing_mm: tuple[float, float, float],
+                    parameters: SpineParameters, level: float,
+                    enclosed: np.ndarray | None = None,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Marrow-like tissue, holes (focal lesions) filled, and the void mask.
+
+    Rule 1, mixed water-fat: regional (median) loss high, the voxel's own loss not low, and the
+    in-phase signal homogeneous (rims at fat-water borders and fatty muscle are not).
+    Rule 2, inside bone: tissue enclosed in its slice by void (cortex, endplates, CSF).
+    Neither may cross a barrier of void or water-rich voxels (canal, discs, cortex), which is
+    what keeps a body apart from its posterior elements and from the muscles beside it."""
+    volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
+    loss = np.nan_to_num(signal_loss, nan=0.0)
+    regional = ndimage.median_filter(loss, size=(1, 5, 5))
+    void = body & (volume < parameters.void_relative_signal * level)
+    if enclosed is None:
+        enclosed = fill_holes_per_slice(void) & ~void & tissue
+    homogeneous = _relative_gradient(volume) < parameters.max_relative_gradient
+    mixed = (tissue & homogeneous & (regional >= parameters.mixed_tissue_min_loss_percent)
+             & (loss >= parameters.water_rich_max_loss_percent))
+    water_rich = tissue & (loss < parameters.water_rich_max_loss_percent) & (
+        volume < parameters.fat_relative_signal * level)
+    barrier = void | (water_rich & ~enclosed)
+    barrier = ndimage.binary_dilation(barrier, structure=np.ones((1, 3, 3), dtype=bool))
+    candidates = (mixed | enclosed) & ~barrier | (enclosed & ~void)
+    opened = opening(candidates, parameters.rim_radius_mm, spacing_mm)
+    filled: np.ndarray = fill_holes_per_slice(opened) & ~void
+    return filled, void
+
+
+def fill_frames(bodies: np.ndarray, enclosed: np.ndarray) -> np.ndarray:
+    """Each body up to its cortex: in every slice, a part of the bone interior (tissue the
+    cortex and endplates enclose) that touches one body only, and is at least
+    FRAME_HELD_SHARE that body already, is all of it. A lesion reaching the cortex, which the
+    blocks and the convex hull leave outside, is then inside its body; a disc reached through
+    a broken endplate touches two bodies and is left out. (enclosed holds no posterior
+    element: a pedicle stays its level's, apart from the body.)"""
+    filled = bodies.copy()
+    for k in np.flatnonzero(bodies.any(axis=(1, 2))):
+        parts, count = ndimage.label(enclosed[k])
+        if count == 0:
+            continue
+        sizes = np.bincount(parts.ravel(), minlength=count + 1)
+        touching = np.zeros(count + 1, dtype=np.int32)
+        held = {}
+        for number in range(1, int(bodies[k].max()) + 1):
+            held[number] = np.bincount(parts[bodies[k] == number], minlength=count + 1)
+            touching += held[number] > 0
+        for number, share in held.items():
+            chosen = (share >= FRAME_HELD_SHARE * sizes) & (touching == 1)
+            for part in np.flatnonzero(chosen[1:]) + 1:
+                filled[k][(parts == part) & (filled[k] == 0)] = number
+    return filled

@@ -1,0 +1,148 @@
+"""Normal anatomy that loses little signal inside a vertebral body, told apart from focal lesions
+by where it lies in its body (docs/marrow-localisation.md, "Not a focus").
+
+- The basivertebral vein enters every body through a notch in the middle of its posterior wall
+  and runs a few millimetres forward: slow blood, no fat. A low-loss region that opens onto the
+  posterior wall at mid-height, short cranio-caudally and shallow, is that vein.
+- An endplate band (Modic type 1: oedema along an endplate, beside a degenerate disc) lies
+  against the cranial or caudal endplate across much of the body's depth and is thin. It is an
+  endplate finding, reported per vertebra, not a focal lesion. (Modic type 2 is fatty: it loses
+  as much signal as marrow and is not found here at all.)
+
+Positions are read in the body's own frame: u along the column (the line through the
+neighbouring bodies' centres, cranial positive), v across it towards the posterior wall, so the
+rules hold on tilted lordotic bodies and on sagittal, coronal and axial grids alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+from marrownode.quant.foci import Focus
+from marrownode.quant.geometry import ANTERIOR_POSTERIOR, VolumeGeometry
+from marrownode.vocabulary import Endplate
+
+#: The vein: its centre within this share of the body's height from mid-height ...
+VEIN_MID_HEIGHT_SHARE = 0.2
+#: ... its posterior end this close (mm) to the posterior wall ...
+VEIN_WALL_MM = 3.0
+#: ... at most this tall (mm, partial volume included) and this share of the body's depth.
+VEIN_MAX_HEIGHT_MM = 9.0
+VEIN_MAX_DEPTH_SHARE = 0.45
+#: An endplate band touches an endplate (within this many mm), spans at least this share of
+#: the body's depth, and is at most this share of its height thick.
+BAND_ENDPLATE_MM = 3.0
+BAND_MIN_DEPTH_SHARE = 0.5
+BAND_MAX_HEIGHT_SHARE = 0.4
+
+
+class Structure(StrEnum):
+    """What a low-loss region inside a body is, when it is not a focal lesion."""
+
+    BASIVERTEBRAL_VEIN = "basivertebral_vein"
+    ENDPLATE_BAND = "endplate_band"
+
+
+@dataclass(frozen=True)
+class EndplateBand:
+    """A low-loss band along one endplate of a vertebra (the Modic type 1 pattern)."""
+
+    vertebra: int
+    endplate: Endplate
+    thickness_mm: float
+    signal_loss_percent: float
+    mask: np.ndarray
+
+
+class BodyFrames:
+    """Each body's frame (centre, column axis, posterior axis), from the bodies' centres."""
+
+    def __init__(self, bodies: np.ndarray, geometry: VolumeGeometry) -> None:
+        self.bodies = bodies
+        self.geometry = geometry
+        count = int(bodies.max())
+        self.centres = [geometry.to_patient(np.argwhere(bodies == n).mean(axis=0))
+                        for n in range(1, count + 1)]
+
+    def axes(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Centre, unit column axis (cranial) and unit posterior axis of body number."""
+        centres = self.centres
+        index = number - 1
+        upper = centres[max(index - 1, 0)]
+        lower = centres[min(index + 1, len(centres) - 1)]
+        column = upper - lower
+        if len(centres) < 2 or not np.linalg.norm(column):
+            column = np.array([0.0, 0.0, 1.0])
+        column = column / np.linalg.norm(column)
+        posterior = np.zeros(3)
+        posterior[ANTERIOR_POSTERIOR] = 1.0
+        posterior = posterior - posterior @ column * column
+        norm = np.linalg.norm(posterior)
+        posterior = posterior / norm if norm else np.array([0.0, 1.0, 0.0])
+        return centres[index], column, posterior
+
+    def local(self, number: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(u, v) in mm of mask's voxels in body number's frame."""
+        centre, column, posterior = self.axes(number)
+        points = self.geometry.to_patient(np.argwhere(mask)) - centre
+        return points @ column, points @ posterior
+
+
+def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure | None:
+    """The normal structure a low-loss region inside body number is, or None (a lesion)."""
+    body = frames.bodies == number
+    if not body.any() or not region.any():
+        return None
+    body_u, body_v = frames.local(number, body)
+    u, v = frames.local(number, region)
+    low, high = float(body_u.min()), float(body_u.max())
+    height = high - low
+    # depth and posterior wall where the region lies along the column
+    level = (body_u >= u.min() - 1.0) & (body_u <= u.max() + 1.0)
+    wall_front, wall_back = float(body_v[level].min()), float(body_v[level].max())
+    depth = wall_back - wall_front
+    tall, deep = float(np.ptp(u)), float(np.ptp(v))
+    if (abs(float(u.mean()) - (low + high) / 2) <= VEIN_MID_HEIGHT_SHARE * height
+            and float(v.max()) >= wall_back - VEIN_WALL_MM and tall <= VEIN_MAX_HEIGHT_MM
+            and deep <= VEIN_MAX_DEPTH_SHARE * depth):
+        return Structure.BASIVERTEBRAL_VEIN
+    at_endplate = float(u.max()) >= high - BAND_ENDPLATE_MM or float(u.min()) <= (
+        low + BAND_ENDPLATE_MM)
+    if (at_endplate and deep >= BAND_MIN_DEPTH_SHARE * depth
+            and tall <= BAND_MAX_HEIGHT_SHARE * height):
+        return Structure.ENDPLATE_BAND
+    return None
+
+
+def endplate_band(band: Focus, frames: BodyFrames) -> EndplateBand:
+    """The band's endplate, thickness along the column and loss (classify said it is one)."""
+    number = band.vertebra
+    body_u, _ = frames.local(number, frames.bodies == number)
+    u, _ = frames.local(number, band.mask)
+    superior = float(u.max()) - float(body_u.max()) > float(body_u.min()) - float(u.min())
+    return EndplateBand(number, Endplate.SUPERIOR if superior else Endplate.INFERIOR,
+                        float(np.ptp(u)) + min(frames.geometry.spacing_mm),
+                        band.signal_loss_percent, band.mask)
+
+
+def without_normal_structures(foci: list[Focus], bodies: np.ndarray, geometry: VolumeGeometry,
+                              ) -> tuple[list[Focus], list[EndplateBand]]:
+    """The foci that are lesions, and the endplate bands; basivertebral veins dropped. Only
+    regions mostly in a body are judged: its frame is known. Micronodules count in the bodies
+    only: posterior elements are a few millimetres thick, and a spot under 5 mm there is
+    mostly partial volume with the fat and muscle around them."""
+    frames = BodyFrames(bodies, geometry)
+    lesions, bands = [], []
+    for focus in foci:
+        in_body = int((bodies[focus.mask] == focus.vertebra).sum()) * 2 > int(focus.mask.sum())
+        if focus.micronodular and not in_body:
+            continue
+        structure = classify(focus.mask, focus.vertebra, frames) if in_body else None
+        if structure == Structure.ENDPLATE_BAND and not focus.micronodular:
+            bands.append(endplate_band(focus, frames))
+        elif structure is None:  # a lesion (a micronodule that is a band's end is dropped)
+            lesions.append(focus)
+    return lesions, bands
