@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 from marrownode.store.database import index_path  # noqa: E402
 from marrownode.synthetic.anatomy import anatomical_phantom  # noqa: E402
 from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
+from marrownode.synthetic.lumbar import lumbar_phantom  # noqa: E402
 from marrownode.synthetic.studies import (  # noqa: E402
     StudyOptions,
     build_study,
@@ -248,6 +249,13 @@ def _spine_study() -> list:
     return [d for d in datasets if d.SeriesDescription.endswith(("_in", "_opp"))]
 
 
+def _lumbar_study() -> list:
+    """A sagittal lumbar Dixon study as lumbar protocols acquire it: in-phase, opposed-phase,
+    water and fat, 11 slices of 320 x 320 each (synthetic/lumbar.py, a central L1 metastasis)."""
+    return build_study(StudyOptions(style="siemens", snr=60, study_key="bench-lumbar"),
+                       lumbar_phantom("metastasis_centre"))
+
+
 def _whole_body_study() -> list:
     phantom = anatomical_phantom("normal", "axial", shape=(64, 320, 260), pixel_spacing_mm=1.5,
                                  slice_thickness_mm=5.0)
@@ -448,6 +456,7 @@ def main() -> int:
             ingest_rows = ingest(work, 100 if args.quick else 500, 1 if args.quick else 3)
         if "ttr" in sections:
             print("time to result ...", flush=True)
+            ttr.append(time_to_result(work, "sagittal lumbar 2x2x11 320x320", _lumbar_study()))
             ttr.append(time_to_result(work, "spine 2x20 512x512", _spine_study()))
             if not args.quick:
                 ttr.append(time_to_result(work, "whole body 4x64 320x260 +W/F",

@@ -3,12 +3,30 @@ the same table (sets, threshold, localisation, per-vertebra numbers, foci, resul
 
 from __future__ import annotations
 
-from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.report_shape import OutputEntry, SetShape, StudyShape
 from marrownode.states import SetState
 
 
 def _number(value: float | None, width: int, digits: int) -> str:
     return f"{value:>{width}.{digits}f}" if value is not None else f"{'-':>{width}}"
+
+
+def _print_vertebrae(dixon_set: SetShape) -> None:
+    """The per-level table, then each level's endplate findings."""
+    print("    vertebra  median loss %  median SIR  below threshold  T1 vs muscle"
+          "  T1 vs disc  pattern")
+    for v in dixon_set.get("vertebrae", []):
+        name = v["level"] or v["label"]
+        print(f"    {name:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
+              f"  {_number(v['sir_median'], 10, 2)}"
+              f"  {_number(100 * (v['fraction_below_threshold'] or 0), 14, 0)} %"
+              f"  {_number(v['in_phase_to_muscle_ratio'], 12, 2)}"
+              f"  {_number(v['in_phase_to_disc_ratio'], 10, 2)}  {v['pattern']}")
+    for v in dixon_set.get("vertebrae", []):
+        for band in v.get("endplate_findings", []):
+            print(f"    {v['level'] or v['label']} {band['endplate']} endplate: low-loss"
+                  f" band {band['thickness_mm']} mm (Modic type 1 pattern), loss"
+                  f" {_number(band['signal_loss_percent'], 0, 1).strip()} %")
 
 
 def print_findings(study: StudyShape) -> None:
@@ -32,20 +50,7 @@ def print_findings(study: StudyShape) -> None:
                   " maps only, no marrow findings")
         else:
             print(f"  marrow: {marrow['reason']}; pattern {dixon_set.get('pattern')}")
-            print("    vertebra  median loss %  median SIR  below threshold  T1 vs muscle"
-                  "  T1 vs disc  pattern")
-            for v in dixon_set.get("vertebrae", []):
-                name = v["level"] or v["label"]
-                print(f"    {name:>8}  {_number(v['signal_loss_percent_median'], 13, 1)}"
-                      f"  {_number(v['sir_median'], 10, 2)}"
-                      f"  {_number(100 * (v['fraction_below_threshold'] or 0), 14, 0)} %"
-                      f"  {_number(v['in_phase_to_muscle_ratio'], 12, 2)}"
-                      f"  {_number(v['in_phase_to_disc_ratio'], 10, 2)}  {v['pattern']}")
-            for v in dixon_set.get("vertebrae", []):
-                for band in v.get("endplate_findings", []):
-                    print(f"    {v['level'] or v['label']} {band['endplate']} endplate: low-loss"
-                          f" band {band['thickness_mm']} mm (Modic type 1 pattern), loss"
-                          f" {_number(band['signal_loss_percent'], 0, 1).strip()} %")
+            _print_vertebrae(dixon_set)
         print("  foci (inside localised marrow; fat fraction: "
               f"{dixon_set.get('fat_fraction_label')}):")
         if not dixon_set["foci"]:

@@ -4,6 +4,8 @@ by where it lies in its body (docs/marrow-localisation.md, "Not a focus").
 - The basivertebral vein enters every body through a notch in the middle of its posterior wall
   and runs a few millimetres forward: slow blood, no fat. A low-loss region that opens onto the
   posterior wall at mid-height, short cranio-caudally and shallow, is that vein.
+- The disc partial-volumed into a thick slice that cuts an endplate (axial stacks): a region in
+  the body's end slice, thinner than one slice along the column.
 - An endplate band (Modic type 1: oedema along an endplate, beside a degenerate disc) lies
   against the cranial or caudal endplate across much of the body's depth and is thin. It is an
   endplate finding, reported per vertebra, not a focal lesion. (Modic type 2 is fatty: it loses
@@ -27,15 +29,17 @@ from marrownode.vocabulary import Endplate
 
 #: The vein: its centre within this share of the body's height from mid-height ...
 VEIN_MID_HEIGHT_SHARE = 0.2
-#: ... its posterior end this close (mm) to the posterior wall ...
+#: ... its posterior end this close (mm) to the posterior wall (plus the grid's step across
+#: the wall when it lies within one step: a coronal slice is 4 mm thick) ...
 VEIN_WALL_MM = 3.0
 #: ... at most this tall (mm, partial volume included) and this share of the body's depth.
 VEIN_MAX_HEIGHT_MM = 9.0
 VEIN_MAX_DEPTH_SHARE = 0.45
 #: An endplate band touches an endplate (within this many mm), spans at least this share of
-#: the body's depth, and is at most this share of its height thick.
+#: the body across the column (its depth, or its width on a coronal slice), and is at most
+#: this share of its height thick.
 BAND_ENDPLATE_MM = 3.0
-BAND_MIN_DEPTH_SHARE = 0.5
+BAND_MIN_SPAN_SHARE = 0.5
 BAND_MAX_HEIGHT_SHARE = 0.4
 
 
@@ -43,6 +47,7 @@ class Structure(StrEnum):
     """What a low-loss region inside a body is, when it is not a focal lesion."""
 
     BASIVERTEBRAL_VEIN = "basivertebral_vein"
+    DISC_PARTIAL_VOLUME = "disc_partial_volume"
     ENDPLATE_BAND = "endplate_band"
 
 
@@ -84,11 +89,24 @@ class BodyFrames:
         posterior = posterior / norm if norm else np.array([0.0, 1.0, 0.0])
         return centres[index], column, posterior
 
-    def local(self, number: int, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(u, v) in mm of mask's voxels in body number's frame."""
+    def step_along(self, axis: np.ndarray) -> float:
+        """How far apart voxel centres lie along a patient axis at most: the grid's own
+        uncertainty there (a 4 mm slice across the posterior wall on a coronal stack)."""
+        g = self.geometry
+        directions = (g.slice_direction, g.row_direction, g.column_direction)
+        return max(abs(float(np.dot(d, axis))) * s
+                   for d, s in zip(directions, g.spacing_mm, strict=True))
+
+    def local(self, number: int, mask: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(u, v, w) in mm of mask's voxels in body number's frame (w: across, to the side)."""
         centre, column, posterior = self.axes(number)
         points = self.geometry.to_patient(np.argwhere(mask)) - centre
-        return points @ column, points @ posterior
+        return points @ column, points @ posterior, points @ np.cross(column, posterior)
+
+
+def _extent(values: np.ndarray) -> float:
+    return float(np.ptp(values)) if values.size else 0.0
 
 
 def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure | None:
@@ -96,23 +114,33 @@ def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure |
     body = frames.bodies == number
     if not body.any() or not region.any():
         return None
-    body_u, body_v = frames.local(number, body)
-    u, v = frames.local(number, region)
+    body_u, body_v, body_w = frames.local(number, body)
+    u, v, w = frames.local(number, region)
     low, high = float(body_u.min()), float(body_u.max())
     height = high - low
-    # depth and posterior wall where the region lies along the column
+    # depth, posterior wall and width where the region lies along the column
     level = (body_u >= u.min() - 1.0) & (body_u <= u.max() + 1.0)
-    wall_front, wall_back = float(body_v[level].min()), float(body_v[level].max())
-    depth = wall_back - wall_front
-    tall, deep = float(np.ptp(u)), float(np.ptp(v))
+    wall_back = float(body_v[level].max())
+    depth, width = _extent(body_v[level]), _extent(body_w[level])
+    tall, deep = _extent(u), _extent(v)
+    # Seen en face (one coronal slice across the wall), the vein is a spot in the body's
+    # last slice before the canal: the grid's step across the wall is then its uncertainty.
+    step = frames.step_along(frames.axes(number)[2])
+    wall_reach = VEIN_WALL_MM + (step if deep <= step else 0.0)
     if (abs(float(u.mean()) - (low + high) / 2) <= VEIN_MID_HEIGHT_SHARE * height
-            and float(v.max()) >= wall_back - VEIN_WALL_MM and tall <= VEIN_MAX_HEIGHT_MM
+            and float(v.max()) >= wall_back - wall_reach and tall <= VEIN_MAX_HEIGHT_MM
             and deep <= VEIN_MAX_DEPTH_SHARE * depth):
         return Structure.BASIVERTEBRAL_VEIN
     at_endplate = float(u.max()) >= high - BAND_ENDPLATE_MM or float(u.min()) <= (
         low + BAND_ENDPLATE_MM)
-    if (at_endplate and deep >= BAND_MIN_DEPTH_SHARE * depth
-            and tall <= BAND_MAX_HEIGHT_SHARE * height):
+    in_end_slice = float(u.max()) >= high - 1.0 or float(u.min()) <= low + 1.0
+    if in_end_slice and tall < frames.step_along(frames.axes(number)[1]):
+        # in the body's end slice only, thinner than a slice: the disc, partial-volumed into
+        # a thick slice that cuts the endplate (axial stacks)
+        return Structure.DISC_PARTIAL_VOLUME
+    # across the body: in depth on a sagittal slice, in width on a coronal one
+    spans = max(deep / depth if depth else 0.0, _extent(w) / width if width else 0.0)
+    if at_endplate and spans >= BAND_MIN_SPAN_SHARE and tall <= BAND_MAX_HEIGHT_SHARE * height:
         return Structure.ENDPLATE_BAND
     return None
 
@@ -120,8 +148,8 @@ def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure |
 def endplate_band(band: Focus, frames: BodyFrames) -> EndplateBand:
     """The band's endplate, thickness along the column and loss (classify said it is one)."""
     number = band.vertebra
-    body_u, _ = frames.local(number, frames.bodies == number)
-    u, _ = frames.local(number, band.mask)
+    body_u = frames.local(number, frames.bodies == number)[0]
+    u = frames.local(number, band.mask)[0]
     superior = float(u.max()) - float(body_u.max()) > float(body_u.min()) - float(u.min())
     return EndplateBand(number, Endplate.SUPERIOR if superior else Endplate.INFERIOR,
                         float(np.ptp(u)) + min(frames.geometry.spacing_mm),

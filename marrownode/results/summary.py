@@ -94,6 +94,24 @@ def _value(number: float | None, digits: int = 0, unit: str = "") -> str:
     return "-" if number is None else f"{number:.{digits}f}{unit}"
 
 
+def _endplate_lines(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int) -> int:
+    """The endplate findings, when there are any; returns the next line's y."""
+    bands = [(v.level or v.label, band) for v in report.vertebrae
+             for band in v.endplate_findings]
+    if not bands:
+        return y
+    y += 6
+    draw.text((x, y), f"Endplate bands ({len(bands)}), not foci: the Modic type 1 pattern",
+              fill=WHITE, font=_font(18))
+    y += 26
+    for name, band in bands[:4]:
+        draw.text((x, y), f"{name} {band['endplate']} endplate: {band['thickness_mm']:.0f} mm"
+                  f" thick, loss {_value(band['signal_loss_percent'])} %", fill=GREY,
+                  font=_font(16))
+        y += 22
+    return y
+
+
 def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None:
     """The right-hand panel: what was found, in words and numbers."""
     title, body, small = _font(24), _font(18), _font(16)
@@ -136,18 +154,7 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
                   f"{focus.category.replace('_', ' ')}, loss {_value(focus.signal_loss_percent)}"
                   f" %, margin {focus.margin or '-'}", fill=FOCUS, font=small)
         y += 22
-    bands = [(v.level or v.label, band) for v in report.vertebrae
-             for band in v.endplate_findings]
-    if bands:
-        y += 6
-        draw.text((x, y), f"Endplate bands ({len(bands)}), not foci: the Modic type 1 pattern",
-                  fill=WHITE, font=body)
-        y += 26
-        for name, band in bands[:4]:
-            draw.text((x, y), f"{name} {band['endplate']} endplate: {band['thickness_mm']:.0f} mm"
-                      f" thick, loss {_value(band['signal_loss_percent'])} %", fill=GREY,
-                      font=small)
-            y += 22
+    y = _endplate_lines(draw, report, x, y)
     y += 12
     draw.text((x, y), "Worrisome features", fill=WHITE, font=body)
     y += 26

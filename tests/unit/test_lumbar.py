@@ -24,11 +24,11 @@ IN_VIEW_VOXELS = 2000
 
 
 @cache
-def analysed(variant: str) -> tuple[LumbarPhantom, QuantResult]:
-    phantom = lumbar_phantom(variant)
+def analysed(variant: str, orientation: str = "sagittal") -> tuple[LumbarPhantom, QuantResult]:
+    phantom = lumbar_phantom(variant, orientation)
     echoes = phantom.echoes(snr=60, seed=3)
     spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
-    g = geometry_for("sagittal")
+    g = geometry_for(orientation)
     geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
                               tuple(g.row_dir), spacing)
     result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
@@ -250,3 +250,37 @@ def test_the_summary_page_comes_first_and_is_valid(tmp_path) -> None:
                              timeout=120)
     assert not [line for line in (checked.stdout + checked.stderr).splitlines()
                 if line.startswith("Error")]
+
+
+@pytest.mark.parametrize("variant", ["normal", "multifocal", "modic_1"])
+def test_the_same_anatomy_on_a_coronal_grid(variant: str) -> None:
+    """Coronal 4 mm slices through the bodies: one body per level, named from the sacrum,
+    the basivertebral vein seen en face in the body's last slice is no focus, a Modic 1 band
+    spans the body's width and is an endplate finding, the central L1 and the L5 metastases
+    are foci at their levels."""
+    phantom, result = analysed(variant, "coronal")
+    assert [next(iter(found)) for found in _levels_of_bodies(phantom, result)] == _in_view(
+        phantom)
+    names = result.localisation.levels
+    assert names == _in_view(phantom)
+    expected = {"normal": [], "multifocal": ["L1", "L5"], "modic_1": []}[variant]
+    assert sorted(names[f.vertebra - 1] for f in result.foci) == expected
+    assert sorted((names[b.vertebra - 1], b.endplate) for b in result.endplate_bands) == (
+        [("L4", "inferior"), ("L5", "superior")] if variant == "modic_1" else [])
+
+
+@pytest.mark.parametrize("variant", ["normal", "multifocal"])
+def test_the_same_anatomy_on_an_axial_grid(variant: str) -> None:
+    """Axial 6 mm slices: every slice that cuts an endplate holds some disc; that partial
+    volume is neither a focus, a micronodule nor an endplate band. No fused sacral segment
+    is resolved at 6 mm, so the levels stay V-numbers (never a guess)."""
+    phantom, result = analysed(variant, "axial")
+    # one body per level, L1 to S1 (S2, tilted back under S1 in the same slices, is missed:
+    # docs/marrow-localisation.md, where it still fails)
+    assert [next(iter(found)) for found in _levels_of_bodies(phantom, result)] == _in_view(
+        phantom)[:6]
+    assert result.endplate_bands == [] and result.micronodules == {}
+    truth = [phantom.level_names[int(np.bincount(phantom.vertebra[f.mask]).argmax())]
+             for f in result.foci]
+    assert sorted(truth) == ({"normal": [], "multifocal": ["L1", "L3", "L5"]}[variant])
+    assert "levels_uncertain" in result.flags
