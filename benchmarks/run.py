@@ -36,8 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from marrownode.store.database import index_path  # noqa: E402
 from marrownode.synthetic.anatomy import anatomical_phantom  # noqa: E402
-from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
 from marrownode.synthetic.lumbar import lumbar_phantom  # noqa: E402
+from marrownode.synthetic.phantom import spine_phantom  # noqa: E402
 from marrownode.synthetic.studies import (  # noqa: E402
     StudyOptions,
     build_study,
