@@ -7,6 +7,8 @@ checklist saying for each whether this study could assess it and what was found.
 
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
@@ -164,8 +166,9 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
         y += 22
     y += 12
     if report.marrow.levels_reason:
-        draw.text((x, y), f"levels: {report.marrow.levels_reason}"[:80], fill=GREY, font=small)
-        y += 22
+        for line in textwrap.wrap(f"levels: {report.marrow.levels_reason}", 78)[:3]:
+            draw.text((x, y), line, fill=GREY, font=small)
+            y += 22
     note = (disclaimer if "diagnosis" in disclaimer
             else f"{disclaimer} Reading aid, not a diagnosis.")
     draw.text((x, HEIGHT - 34), note, fill=GREY, font=small)
