@@ -16,19 +16,13 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
+from marrownode.vocabulary.anatomy import VERTEBRA_CODES
+
 SR_CLASSES = frozenset({
     "1.2.840.10008.5.1.4.1.1.88.33",  # Comprehensive SR
     "1.2.840.10008.5.1.4.1.1.88.22",  # Enhanced SR
     "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive 3D SR
 })
-#: DICOM CID 7603 "Vertebra" (SNOMED CT), as an AI platform codes its vertebra segments.
-VERTEBRA_CODES = {
-    "14806007": "C1", "39976000": "C2", "113205007": "C3", "5329002": "C4", "36978003": "C5",
-    "36054005": "C6", "87391001": "C7", "64864005": "T1", "53733008": "T2", "1626008": "T3",
-    "73071006": "T4", "56401006": "T5", "45296009": "T6", "62487009": "T7", "11068009": "T8",
-    "82687006": "T9", "7610001": "T10", "12989004": "T11", "23215003": "T12",
-    "66794005": "L1", "14293000": "L2", "36470004": "L3", "11994002": "L4", "49668003": "L5",
-}
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 

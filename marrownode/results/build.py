@@ -212,7 +212,8 @@ def build_results(
         series_uid, number, description = identity(SEGMENTATION)
         emit(SEGMENTATION, [build_vertebra_segmentation(
             sources, localisation.bodies, localisation.posterior, localisation.labels,
-            [v.tracking_uid for v in set_report.vertebrae], series_uid=series_uid,
+            [v.tracking_uid for v in set_report.vertebrae], levels=localisation.levels,
+            series_uid=series_uid,
             sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
             series_description=description, uid_root=root)])
     if outputs_cfg.sr:

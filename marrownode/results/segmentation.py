@@ -22,6 +22,7 @@ from marrownode.results.common import (
     stamp,
 )
 from marrownode.uids import derived_uid
+from marrownode.vocabulary.anatomy import level_code
 
 VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
 VERTEBRA = codes.SCT.Vertebra
@@ -35,6 +36,7 @@ def build_vertebra_segmentation(
     labels: list[str],
     tracking_uids: list[str],
     *,
+    levels: list[str | None] | None = None,
     series_uid: str,
     sop_uid: str,
     series_number: int,
@@ -43,14 +45,20 @@ def build_vertebra_segmentation(
 ) -> Dataset:
     """A binary SEG on the in-phase planes; segments without voxels are left out. A body's
     segment carries the vertebra's tracking UID (as in the SR); its posterior elements one
-    derived from it."""
+    derived from it. With levels, a named body is labelled by its level ("L3 vertebral body")
+    and typed with its vertebra's code (CID 7603, the sacrum for S1...), as AI platforms code
+    their vertebra segments."""
     algorithm = hd.AlgorithmIdentificationSequence(name=MODEL_NAME, version=ALGORITHM_VERSION,
                                                    family=codes.DCM.ArtificialIntelligence)
     label_map = np.zeros(bodies.shape, dtype=np.uint16)
     descriptions: list[hd.seg.SegmentDescription] = []
-    for index, (label, tracking_uid) in enumerate(zip(labels, tracking_uids, strict=True),
-                                                  start=1):
-        for part, mask, structure in (("vertebral body", bodies == index, VERTEBRAL_BODY),
+    names = levels or [None] * len(labels)
+    for index, (label, level, tracking_uid) in enumerate(
+            zip(labels, names, tracking_uids, strict=True), start=1):
+        coded = level_code(level)
+        body_type = Code(coded[0], "SCT", coded[1]) if coded else VERTEBRAL_BODY
+        label = level or label
+        for part, mask, structure in (("vertebral body", bodies == index, body_type),
                                       ("posterior elements", posterior == index, VERTEBRA)):
             if not mask.any():
                 continue

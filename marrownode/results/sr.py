@@ -26,6 +26,7 @@ from marrownode.report import FocusReport, SetReport, VertebraReport
 from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import FatFractionMethod, Flag, FocusCategory, Margin, Pattern
+from marrownode.vocabulary.anatomy import level_code
 
 SCHEME = "99MARROWNODE"
 SCHEME_NAME = "marrownode private codes"
@@ -124,6 +125,19 @@ def _source_region(plane: SourcePlane) -> hd.sr.SourceImageForRegion:
     )
 
 
+def _name(vertebra: VertebraReport) -> str:
+    """'L3 (V3)' where the level is named, else 'V3'."""
+    return f"{vertebra.level} ({vertebra.label})" if vertebra.level else vertebra.label
+
+
+def _level_sites(level: str | None) -> list[hd.sr.FindingSite]:
+    """The finding sites of a body at a level: the vertebra's SNOMED CT code (CID 7603; the
+    sacrum for a sacral segment) when the level is named, and the vertebral body."""
+    coded = level_code(level)
+    sites = [hd.sr.FindingSite(Code(coded[0], "SCT", coded[1]))] if coded else []
+    return [*sites, hd.sr.FindingSite(VERTEBRAL_BODY)]
+
+
 def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentification,
                     ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """One vertebral body: medians over its localised marrow and the T1 internal standard."""
@@ -142,9 +156,9 @@ def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentifi
     ) if m is not None]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=vertebra.tracking_uid,
-                                                     identifier=vertebra.label),
+                                                     identifier=_name(vertebra)),
         finding_type=codes.SCT.BoneMarrow,
-        finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY)],
+        finding_sites=_level_sites(vertebra.level),
         algorithm_id=algorithm,
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(MARROW_PATTERN,
@@ -208,14 +222,13 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
                    hd.sr.QualitativeEvaluation(FOCUS_CATEGORY, CATEGORY_CODES[focus.category])]
     if focus.margin in MARGIN_CODES:
         evaluations.append(hd.sr.QualitativeEvaluation(MARGIN, MARGIN_CODES[focus.margin]))
-    where = f" in {focus.vertebra}" if focus.vertebra else ""
+    where = f" in {focus.level or focus.vertebra}" if focus.vertebra else ""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
                                                      identifier=f"Focus {number}{where}"),
         referenced_regions=regions,
         finding_type=codes.SCT.Lesion,
-        finding_sites=[hd.sr.FindingSite(VERTEBRAL_BODY), hd.sr.FindingSite(
-            codes.SCT.BoneMarrow)],
+        finding_sites=[*_level_sites(focus.level), hd.sr.FindingSite(codes.SCT.BoneMarrow)],
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )

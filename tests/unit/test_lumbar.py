@@ -203,6 +203,32 @@ def test_a_metastasis_is_one_focus_at_its_level_through_the_pipeline(tmp_path) -
     assert focus["level"] == "L1" and focus["vertebra"] == "V1"
     assert focus["category"] == "low_signal_loss"
     assert "sacrum" in dixon_set["marrow"]["levels_reason"]
+    _levels_are_coded_in_the_sr_and_seg(dixon_set, tmp_path / "out")
+
+
+def _levels_are_coded_in_the_sr_and_seg(dixon_set: dict, out) -> None:
+    """The SR's vertebra groups and the focus carry the level's SNOMED CT code (CID 7603;
+    the sacrum for S1 and S2) as finding site, and the SEG names and types each body by its
+    level, so that a reader of vertebra-coded SEGs (ours: requests/read.py) finds L1...L5."""
+    from pydicom import dcmread
+
+    from marrownode.requests.read import _vertebra
+
+    paths = {e["kind"]: out / e["path"] for e in dixon_set["outputs"]}
+    codes = set()
+    pending = list(dcmread(paths["sr"]).ContentSequence)
+    while pending:  # every Finding Site (SCT 363698007) anywhere in the tree
+        item = pending.pop()
+        pending.extend(item.get("ContentSequence", []))
+        concept = item.get("ConceptNameCodeSequence")
+        if concept and concept[0].CodeValue == "363698007":
+            code = item.ConceptCodeSequence[0]
+            codes.add((str(code.CodeValue), str(code.CodeMeaning)))
+    seg = dcmread(paths["segmentation"])
+    bodies = [d for d in seg.SegmentSequence if d.SegmentLabel.endswith("vertebral body")]
+    assert [d.SegmentLabel.split()[0] for d in bodies] == [
+        v["level"] for v in dixon_set["vertebrae"]]
+    assert [_vertebra(d) for d in bodies][:5] == ["L1", "L2", "L3", "L4", "L5"]
 
 
 @pytest.mark.parametrize("variant, pattern", [("normal", "normal"),
