@@ -123,21 +123,22 @@ def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure |
     wall_back = float(body_v[level].max())
     depth, width = _extent(body_v[level]), _extent(body_w[level])
     tall, deep = _extent(u), _extent(v)
+    _, column, posterior = frames.axes(number)
     # Seen en face (one coronal slice across the wall), the vein is a spot in the body's
     # last slice before the canal: the grid's step across the wall is then its uncertainty.
-    step = frames.step_along(frames.axes(number)[2])
+    step = frames.step_along(posterior)
     wall_reach = VEIN_WALL_MM + (step if deep <= step else 0.0)
     if (abs(float(u.mean()) - (low + high) / 2) <= VEIN_MID_HEIGHT_SHARE * height
             and float(v.max()) >= wall_back - wall_reach and tall <= VEIN_MAX_HEIGHT_MM
             and deep <= VEIN_MAX_DEPTH_SHARE * depth):
         return Structure.BASIVERTEBRAL_VEIN
-    at_endplate = float(u.max()) >= high - BAND_ENDPLATE_MM or float(u.min()) <= (
-        low + BAND_ENDPLATE_MM)
     in_end_slice = float(u.max()) >= high - 1.0 or float(u.min()) <= low + 1.0
-    if in_end_slice and tall < frames.step_along(frames.axes(number)[1]):
+    if in_end_slice and tall < frames.step_along(column):
         # in the body's end slice only, thinner than a slice: the disc, partial-volumed into
         # a thick slice that cuts the endplate (axial stacks)
         return Structure.DISC_PARTIAL_VOLUME
+    at_endplate = float(u.max()) >= high - BAND_ENDPLATE_MM or float(u.min()) <= (
+        low + BAND_ENDPLATE_MM)
     # across the body: in depth on a sagittal slice, in width on a coronal one
     spans = max(deep / depth if depth else 0.0, _extent(w) / width if width else 0.0)
     if at_endplate and spans >= BAND_MIN_SPAN_SHARE and tall <= BAND_MAX_HEIGHT_SHARE * height:

@@ -9,9 +9,11 @@ from datetime import datetime
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.coding import Code
 
 from marrownode import __version__
 from marrownode.uids import derived_uid
+from marrownode.vocabulary.anatomy import level_code
 
 MANUFACTURER = "marrownode"
 MODEL_NAME = "marrownode chemical-shift marrow analysis"
@@ -56,6 +58,16 @@ class SourceSeries:
         """Instance Creation, Series and Content Date/Time: when the results were made (a
         re-run gives the same UIDs, and says when it ran)."""
         return creation_date_time(self.created)
+
+
+VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
+
+
+def level_concept(level: str | None) -> Code | None:
+    """A named level as a coded concept (CID 7603; the sacrum for S1...), None when unnamed:
+    the SR's finding site and the SEG's segment type say the same."""
+    coded = level_code(level)
+    return Code(coded[0], "SCT", coded[1]) if coded else None
 
 
 def creation_date_time(moment: datetime) -> tuple[str, str]:

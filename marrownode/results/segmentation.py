@@ -16,15 +16,15 @@ from pydicom.sr.coding import Code
 from marrownode import ALGORITHM_VERSION
 from marrownode.results.common import (
     MODEL_NAME,
+    VERTEBRAL_BODY,
     SourceSeries,
     derive_dimension_organization,
     enhanced_identity,
+    level_concept,
     stamp,
 )
 from marrownode.uids import derived_uid
-from marrownode.vocabulary.anatomy import level_code
 
-VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
 VERTEBRA = codes.SCT.Vertebra
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 
@@ -55,8 +55,7 @@ def build_vertebra_segmentation(
     names = levels or [None] * len(labels)
     for index, (label, level, tracking_uid) in enumerate(
             zip(labels, names, tracking_uids, strict=True), start=1):
-        coded = level_code(level)
-        body_type = Code(coded[0], "SCT", coded[1]) if coded else VERTEBRAL_BODY
+        body_type = level_concept(level) or VERTEBRAL_BODY
         label = level or label
         for part, mask, structure in (("vertebral body", bodies == index, body_type),
                                       ("posterior elements", posterior == index, VERTEBRA)):

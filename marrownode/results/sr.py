@@ -23,10 +23,17 @@ from skimage import measure
 
 from marrownode import ALGORITHM_VERSION
 from marrownode.report import FocusReport, SetReport, VertebraReport
-from marrownode.results.common import MANUFACTURER, MODEL_NAME, SourcePlane, SourceSeries, stamp
+from marrownode.results.common import (
+    MANUFACTURER,
+    MODEL_NAME,
+    VERTEBRAL_BODY,
+    SourcePlane,
+    SourceSeries,
+    level_concept,
+    stamp,
+)
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import FatFractionMethod, Flag, FocusCategory, Margin, Pattern
-from marrownode.vocabulary.anatomy import level_code
 
 SCHEME = "99MARROWNODE"
 SCHEME_NAME = "marrownode private codes"
@@ -73,7 +80,6 @@ METHOD_CODES = {
     FatFractionMethod.SIGNAL_FAT_FRACTION: Code("MN233", SCHEME,
                                                 "Two-point signal fat fraction, 0-50 % scale"),
 }
-VERTEBRAL_BODY = Code("280717001", "SCT", "Vertebral body")
 FLAG_CODES = {
     Flag.IN_PHASE_FIRST: Code("MN101", SCHEME, "In-phase echo acquired first"),
     Flag.ROLES_FROM_ECHO_TIME: Code("MN102", SCHEME, "Echo roles from echo time"),
@@ -133,8 +139,8 @@ def _name(vertebra: VertebraReport) -> str:
 def _level_sites(level: str | None) -> list[hd.sr.FindingSite]:
     """The finding sites of a body at a level: the vertebra's SNOMED CT code (CID 7603; the
     sacrum for a sacral segment) when the level is named, and the vertebral body."""
-    coded = level_code(level)
-    sites = [hd.sr.FindingSite(Code(coded[0], "SCT", coded[1]))] if coded else []
+    concept = level_concept(level)
+    sites = [hd.sr.FindingSite(concept)] if concept else []
     return [*sites, hd.sr.FindingSite(VERTEBRAL_BODY)]
 
 

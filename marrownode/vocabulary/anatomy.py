@@ -12,6 +12,8 @@ VERTEBRA_CODES = {
     "82687006": "T9", "7610001": "T10", "12989004": "T11", "23215003": "T12",
     "66794005": "L1", "14293000": "L2", "36470004": "L3", "11994002": "L4", "49668003": "L5",
 }
+#: Level name -> SNOMED CT code value (the same table read the other way).
+_CODE_OF_LEVEL = {name: value for value, name in VERTEBRA_CODES.items()}
 #: SNOMED CT "Sacrum": the finding site of a sacral segment.
 SACRUM_CODE = ("54735007", "Sacrum")
 
@@ -22,7 +24,5 @@ def level_code(level: str | None) -> tuple[str, str] | None:
         return None
     if level.startswith("S"):
         return SACRUM_CODE
-    for value, name in VERTEBRA_CODES.items():
-        if name == level:
-            return value, f"{name} vertebra"
-    return None
+    value = _CODE_OF_LEVEL.get(level)
+    return (value, f"{level} vertebra") if value else None
