@@ -36,13 +36,27 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _print_report(study: StudyShape, pacs_files: int, out: Path, preview: Path | None) -> None:
+def _print_report(study: StudyShape, pacs_files: int, out: Path,
+                  previews: dict[str, Path]) -> None:
     print_findings(study)
     print(f"\nThe stand-in PACS received {pacs_files} result files in {out / 'pacs'}")
     print(f"Node spool, index and results: {out / 'node'}  (try: marrownode status --config "
           f"{out / 'node.toml'})")
-    if preview is not None:
-        print(f"Overlay preview (PNG): {preview}")
+    for what, preview in previews.items():
+        print(f"{what} preview (PNG): {preview}")
+
+
+def _summary_preview(study: StudyShape, results_dir: Path, out: Path) -> Path | None:
+    """The marrow summary page as a PNG: what the radiologist sees first in the PACS."""
+    from PIL import Image
+
+    for dixon_set in study["dixon_sets"]:
+        for entry in dixon_set["outputs"]:
+            if entry["kind"] == OutputKind.SUMMARY:
+                preview = out / "summary-preview.png"
+                Image.fromarray(dcmread(results_dir / entry["path"]).pixel_array).save(preview)
+                return preview
+    return None
 
 
 def _overlay_preview(study: StudyShape, results_dir: Path, out: Path) -> Path | None:
@@ -105,8 +119,11 @@ def run_demo(out: Path | None = None) -> int:
                   file=sys.stderr)
             return 1
         report: StudyShape = json.loads(study["report"])
-        preview = _overlay_preview(report, node.spool.results_dir(study_uid), out)
-        _print_report(report, len(pacs.received), out, preview)
+        results_dir = node.spool.results_dir(study_uid)
+        previews = {"Summary page": _summary_preview(report, results_dir, out),
+                    "Overlay": _overlay_preview(report, results_dir, out)}
+        _print_report(report, len(pacs.received), out,
+                      {what: path for what, path in previews.items() if path is not None})
         print(f"\ndone in {time.monotonic() - started:.1f} s")
         return 0
     finally:

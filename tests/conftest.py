@@ -18,6 +18,9 @@ from marrownode.node import Node
 
 DCMTK = Path("/usr/bin")
 LOOPBACK = "127.0.0.1"
+#: Result files for the default synthetic study (12 slices): the summary page, 2 parametric
+#: maps, 2 x 12 derived MR, 12 overlay images, the SEG and the SR.
+RESULTS_PER_STUDY = 1 + 2 + 24 + 12 + 1 + 1
 
 
 def free_port() -> int:

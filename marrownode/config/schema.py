@@ -195,7 +195,7 @@ class Webhook(_Section):
 
 class OutputSettings(_Section):
     #: The marrow summary page (a Secondary Capture), first of each set's result series.
-    summary: bool = False  # opt-in until every count-dependent test knows it (next round)
+    summary: bool = True
     parametric_map: bool = True
     derived_mr: bool = True
     overlay: bool = True

@@ -21,7 +21,7 @@ from marrownode.report_shape import OutputEntry
 from marrownode.results.answer_sr import build_answer_sr
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
 from marrownode.results.derived_mr import build_derived_mr_series
-from marrownode.results.overlay import OverlayRenderer, build_overlay_series
+from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.segmentation import build_vertebra_segmentation
 from marrownode.results.sr import build_sr
@@ -245,7 +245,7 @@ def overlay_status(set_report: SetReport) -> str:
     if not marrow.localised:
         status = "MARROW NOT LOCALISED: maps only, no marrow findings"
     else:
-        labels = [v.label for v in set_report.vertebrae]
+        labels = [v.level or v.label for v in set_report.vertebrae]
         span = f"{labels[0]}-{labels[-1]}" if len(labels) > 1 else "".join(labels)
         status = (f"marrow: {len(labels)} vertebral bodies ({span}) | pattern: "
                   f"{set_report.pattern} | foci: {len(set_report.foci)}")
@@ -280,10 +280,12 @@ def overlay_frames(
     renderer = OverlayRenderer(volumes.in_phase.shape[1:], window, result.threshold_percent,
                                set_report.field_strength_t, disclaimer,
                                overlay_status(set_report))
+    labels = body_labels(result.localisation.bodies,
+                         [v.level or v.label for v in set_report.vertebrae])
     for k in range(count):
         here = "" if marrow[k].any() else " | no marrow on this slice"
         yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k], marrow[k],
-                              f"slice {k + 1}/{count}{here}")
+                              f"slice {k + 1}/{count}{here}", labels[k])
 
 
 #: Answers to measurement requests: series numbers after the sets' results.

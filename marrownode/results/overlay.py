@@ -1,12 +1,13 @@
 """Colour overlay Secondary Capture: in-phase anatomy in grey, signal loss colour-coded around the
 threshold with a colour-blind-safe diverging map inside localised vertebral marrow only, foci
-outlined, and a burned-in legend stating what was localised, the pattern and the flags (the SC
-carries no geometry, so everything a reader needs is in the pixels)."""
+outlined, each body named beside it (L3, or V3 where the level is not fixed), and a burned-in
+legend stating what was localised, the pattern and the flags (the SC carries no geometry, so
+everything a reader needs is in the pixels)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import highdicom as hd
 import numpy as np
@@ -22,6 +23,12 @@ BLUE = np.array([0, 114, 178], dtype=np.float32)  # loss above threshold: fat pr
 YELLOW = (240, 228, 66)  # focus outline
 MIN_SIZE = 512
 LEGEND_HEIGHT = 136
+#: A body is named on a slice where its section is at least this share of its largest one
+#: (its edge slices would only crowd the names).
+LABEL_MIN_SECTION = 0.25
+
+#: A body's name and where to write it: (row, first column) of its section on the slice.
+BodyLabel = tuple[str, tuple[float, float]]
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -110,7 +117,7 @@ class OverlayRenderer:
 
     def render(
         self, anatomy: np.ndarray, loss: np.ndarray, focus_mask: np.ndarray,
-        marrow: np.ndarray, slice_label: str,
+        marrow: np.ndarray, slice_label: str, labels: Sequence[BodyLabel] = (),
     ) -> np.ndarray:
         """One RGB uint8 frame, at least 512 px wide, with the legend band below the image.
 
@@ -133,6 +140,8 @@ class OverlayRenderer:
             image[focus_mask & ~inner] = YELLOW
         if self.factor > 1:
             image = np.repeat(np.repeat(image, self.factor, axis=0), self.factor, axis=1)
+        if labels:
+            image = self._name_bodies(image, labels)
         frame = np.zeros((self.height + LEGEND_HEIGHT, self.canvas_width, 3), dtype=np.uint8)
         left = (self.canvas_width - self.width) // 2
         frame[:self.height, left:left + self.width] = image
@@ -147,6 +156,43 @@ class OverlayRenderer:
         ImageDraw.Draw(label).text((8, 4), title, fill=(255, 255, 255), font=font)
         frame[self.height:self.height + 24] = np.asarray(label)
         return frame
+
+
+    def _name_bodies(self, image: np.ndarray, labels: Sequence[BodyLabel]) -> np.ndarray:
+        """Each body's name just before its first column (anterior on a sagittal slice, right
+        on an axial one), outlined in black to read on any grey; inside the body where the
+        image edge leaves no room."""
+        canvas = Image.fromarray(image)
+        draw = ImageDraw.Draw(canvas)
+        font = self._title_font
+        for name, (row, column) in labels:
+            width = font.getlength(name)
+            x = column * self.factor - width - 6
+            y = row * self.factor - 8
+            if x < 2:
+                x = column * self.factor + 4
+            draw.text((x, y), name, fill=(255, 255, 255), font=font, stroke_width=2,
+                      stroke_fill=(0, 0, 0))
+        return np.asarray(canvas)
+
+
+def body_labels(bodies: np.ndarray, names: Sequence[str]) -> list[list[BodyLabel]]:
+    """Per slice, the names of the bodies (numbered 1... like `names`) with enough section on
+    it, and where they sit: the section's mean row and its first column."""
+    per_slice: list[list[BodyLabel]] = [[] for _ in range(bodies.shape[0])]
+    for number, found in enumerate(ndimage.find_objects(bodies), start=1):
+        if found is None or number > len(names):
+            continue
+        region = bodies[found] == number
+        areas = region.sum(axis=(1, 2))
+        for offset, area in enumerate(areas):
+            if area < LABEL_MIN_SECTION * areas.max():
+                continue
+            rows, columns = np.nonzero(region[offset])
+            per_slice[found[0].start + offset].append(
+                (names[number - 1], (float(rows.mean()) + found[1].start,
+                                     float(columns.min()) + found[2].start)))
+    return per_slice
 
 
 def _direction_letters(vector: np.ndarray) -> str:

@@ -14,7 +14,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 
 from marrownode.console.auth import hash_password
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import ARTEFACTS, wait_until
+from tests.conftest import ARTEFACTS, RESULTS_PER_STUDY, wait_until
 from tests.scu import send
 
 ADMIN_PASSWORD = "an admin password"
@@ -86,8 +86,8 @@ def test_the_console_in_a_browser_from_login_to_a_delivery_in_orthanc(
     assert send(node.receiver.port, datasets) == [0] * len(datasets)
     wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state") == "analysed",
                timeout=120)
-    wait_until(lambda: node.index.outbox.counts().get("orthanc", {}).get("queued", 0) == 40,
-               timeout=30)
+    wait_until(lambda: node.index.outbox.counts().get("orthanc", {}).get("queued", 0)
+               == RESULTS_PER_STUDY, timeout=30)
     assert orthanc.instance_count() == 0  # paused: nothing went out
 
     browser.get(base + "/studies")
@@ -118,20 +118,22 @@ def test_the_console_in_a_browser_from_login_to_a_delivery_in_orthanc(
     _shot(browser, "2-overview-paused")
     _press(browser, _destination_row(browser, "orthanc").find_element(
         By.XPATH, ".//button[text()='Retry now']"))
-    wait_until(lambda: orthanc.instance_count() == 40, timeout=60)
+    wait_until(lambda: orthanc.instance_count() == RESULTS_PER_STUDY, timeout=60)
     assert {s["MainDicomTags"]["SeriesDescription"] for s in orthanc.series(study_uid)} >= {
         "marrownode sagittal signal loss % map"}
-    wait_until(lambda: node.index.outbox.counts()["orthanc"] == {"delivered": 40}, timeout=30)
+    wait_until(lambda: node.index.outbox.counts()["orthanc"] == {"delivered": RESULTS_PER_STUDY},
+               timeout=30)
     browser.refresh()
     row = _destination_row(browser, "orthanc").text
-    assert "active" in row and " 40 " in f" {row} "
+    assert "active" in row and f" {RESULTS_PER_STUDY} " in f" {row} "
     _shot(browser, "5-overview-delivered")
     browser.get(f"{base}/studies/{study_uid}")
-    assert browser.find_element(By.ID, "delivery-summary").text == "orthanc 40 delivered"
+    summary = browser.find_element(By.ID, "delivery-summary").text
+    assert summary == f"orthanc {RESULTS_PER_STUDY} delivered"
     browser.find_element(By.TAG_NAME, "summary").click()  # all delivered: the list is folded
     assert "0x0000 Success" in browser.find_element(By.ID, "deliveries").text
     trail = browser.find_element(By.ID, "trail").text
-    assert "orthanc: 40 delivered" in trail
+    assert f"orthanc: {RESULTS_PER_STUDY} delivered" in trail
     _shot(browser, "6-study-delivered")
     node_trail = [e["detail"] for e in node.index.studies.events("*")]
     assert "pause orthanc (by admin in the console)" in node_trail

@@ -17,7 +17,7 @@ import pytest
 
 from marrownode.net.standin import StandInPACS
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import results_delivered, wait_until, write_config
+from tests.conftest import RESULTS_PER_STUDY, results_delivered, wait_until, write_config
 from tests.scu import send
 
 MB = 1 << 20
@@ -120,7 +120,7 @@ def test_results_wait_for_space_and_go_out_when_it_returns(node_factory, small_d
         assert study["analysis_attempts"] == 0  # waiting for space is not a failed attempt
         kinds = [event["kind"] for event in node.index.studies.events(study_uid)]
         assert "waiting" in kinds and "failed" not in kinds and "retry" not in kinds
-        assert len(pacs.received) == 40
+        assert len(pacs.received) == RESULTS_PER_STUDY
         # one line when it began waiting, however many times it looked again
         waits = [r for r in caplog.records if "event=waiting_for_disk_space" in r.getMessage()]
         assert len(waits) == 1
@@ -164,8 +164,9 @@ def test_an_analysis_that_runs_out_of_space_waits_and_resumes(node_factory, smal
         assert not [r for r in caplog.records if r.exc_info]
         assert node.index.studies.study(study_uid)["analysis_attempts"] == 0
         # The run that ran out of space had delivered part of its results; the run that
-        # succeeded wrote the same UIDs, so the PACS replaced them: 40 objects, not more.
-        assert len(pacs.received) > 40 and len(set(pacs.received)) == 40
+        # succeeded wrote the same UIDs, so the PACS replaced them: one object per UID, not more.
+        assert len(pacs.received) > RESULTS_PER_STUDY
+        assert len(set(pacs.received)) == RESULTS_PER_STUDY
     finally:
         pacs.stop()
 
@@ -197,7 +198,8 @@ def test_result_series_the_full_index_refused_are_queued_when_it_takes_them(
             study_uid = _study(node, "fullindex")
             wait_until(lambda: results_delivered(node, study_uid), timeout=90)
         assert refusals["left"] == 0
-        assert len(set(pacs.received)) == 40  # before: the 3 refused series were never sent
+        # Before: the 3 refused series were never sent.
+        assert len(set(pacs.received)) == RESULTS_PER_STUDY
         assert "event=series_unqueued" in caplog.text
         assert "event=series_queued_late" in caplog.text
         assert node.index.studies.study(study_uid)["analysis_attempts"] == 0

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series, write_datasets
-from tests.conftest import DCMTK, dcmtk_env, make_settings, require_binary
+from tests.conftest import DCMTK, RESULTS_PER_STUDY, dcmtk_env, make_settings, require_binary
 from tests.orthanc import Orthanc
 
-EXPECTED_RESULT_INSTANCES = 2 + 12 + 12 + 12 + 1 + 1  # 2 PM, 2 x 12 derived MR, 12 SC, SEG, SR
-EXPECTED_RESULT_SERIES = 7
+EXPECTED_RESULT_INSTANCES = RESULTS_PER_STUDY
+EXPECTED_RESULT_SERIES = 8  # summary, 2 PM, 2 derived MR, overlay, SEG, SR
 
 
 def node_settings(tmp_path: Path, orthanc: Orthanc, **extra):
@@ -83,7 +83,7 @@ def test_scanner_to_node_to_orthanc(tmp_path, orthanc_factory, serve_process) ->
     study_uid = datasets[0].StudyInstanceUID
     found = wait_for_results(orthanc, study_uid)
     assert len(found) == EXPECTED_RESULT_SERIES
-    assert sorted(found.values()) == [1, 1, 1, 1, 12, 12, 12]
+    assert sorted(found.values()) == [1, 1, 1, 1, 1, 12, 12, 12]
     # The source series are in the same Orthanc study: results sit beside them.
     assert orthanc.get(f"/studies/{orthanc.study_id(study_uid)}")["PatientMainDicomTags"][
         "PatientName"] == "Émile^Zoë"

@@ -13,7 +13,7 @@ import pytest
 from marrownode import __version__
 from marrownode.net.standin import StandInPACS
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import results_delivered, wait_until, write_config
+from tests.conftest import RESULTS_PER_STUDY, results_delivered, wait_until, write_config
 from tests.scu import send
 
 
@@ -70,7 +70,7 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
         assert cli(config, "resume", "pacs").returncode == 0
         wait_until(lambda: results_delivered(node, study_uid), timeout=30)
         delivered = len(pacs.received)
-        assert delivered == 40
+        assert delivered == RESULTS_PER_STUDY
 
         assert cli(config, "reanalyse", study_uid).returncode == 0
         wait_until(lambda: sum(e["kind"] == "analysed"
@@ -82,7 +82,7 @@ def test_pause_resume_reanalyse_delete_and_the_trail(node_factory, tmp_path) -> 
         assert {"received", "analysing", "analysed", "delivery", "action"} <= set(kinds)
         assert "reanalyse (by " in history.stdout and "on the command line)" in history.stdout
         assert "analysed again at an operator's request" in history.stdout  # not "idle 60 s"
-        assert "pacs: 40 delivered, 0 to retry, 0 failed" in history.stdout
+        assert f"pacs: {RESULTS_PER_STUDY} delivered, 0 to retry, 0 failed" in history.stdout
 
         refused = cli(config, "delete", study_uid)
         assert refused.returncode == 2 and "--yes" in refused.stderr

@@ -11,7 +11,7 @@ from pydicom.uid import ParametricMapStorage
 
 from marrownode.net.standin import StandInPACS
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.conftest import results_delivered, wait_until, write_config
+from tests.conftest import RESULTS_PER_STUDY, results_delivered, wait_until, write_config
 from tests.scu import send
 
 
@@ -30,9 +30,9 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
 
         wait_until(lambda: results_delivered(node, study_uid))
         (delivery,) = node.index.outbox.summaries(study_uid)
-        assert delivery.delivered == 38 and delivery.failed == 2
+        assert delivery.delivered == RESULTS_PER_STUDY - 2 and delivery.failed == 2
         assert "refused" in delivery.failed_reason
-        assert len(pacs.received) == 38
+        assert len(pacs.received) == RESULTS_PER_STUDY - 2
         time.sleep(1.5)  # well past the retry interval: refused rows are not retried
         rows = node.index.db.connection().execute(
             "SELECT attempts, state FROM outbox WHERE sop_class_uid = ?",
@@ -41,7 +41,8 @@ def test_refused_sop_class_is_recorded_and_the_rest_delivered(node_factory, tmp_
         config = write_config(tmp_path / "s.toml", node.settings)
         table = subprocess.run([sys.executable, "-m", "marrownode", "status", "--config",
                                 str(config)], capture_output=True, text=True, timeout=60)
-        assert "destination nopm: delivered 38 pending 0 failed 2" in table.stdout
+        expected = f"destination nopm: delivered {RESULTS_PER_STUDY - 2} pending 0 failed 2"
+        assert expected in table.stdout
     finally:
         pacs.stop()
 
@@ -61,13 +62,14 @@ def test_unreachable_destination_keeps_results_queued_with_next_try(node_factory
 
     def tried() -> bool:
         deliveries = node.index.outbox.summaries(study_uid)
-        return bool(deliveries) and deliveries[0].pending == 40 and (
+        return bool(deliveries) and deliveries[0].pending == RESULTS_PER_STUDY and (
             deliveries[0].next_attempt_at is not None) and (
             deliveries[0].next_attempt_at > time.time() + 5)
 
     wait_until(tried)
     (delivery,) = node.index.outbox.summaries(study_uid)
-    assert delivery.pending == 40 and delivery.delivered == 0 and delivery.failed == 0
+    assert delivery.pending == RESULTS_PER_STUDY
+    assert delivery.delivered == 0 and delivery.failed == 0
 
 
 def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
@@ -77,10 +79,12 @@ def test_demo_runs_the_whole_loop(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "threshold 20.0 %" in out and "below threshold" in out
-    assert "The stand-in PACS received 40 result files" in out
-    assert len(list((tmp_path / "demo" / "pacs").glob("*.dcm"))) == 40
-    preview = tmp_path / "demo" / "overlay-preview.png"
-    assert preview.is_file() and preview.stat().st_size > 10_000
+    assert f"The stand-in PACS received {RESULTS_PER_STUDY} result files" in out
+    assert len(list((tmp_path / "demo" / "pacs").glob("*.dcm"))) == RESULTS_PER_STUDY
+    for name in ("overlay-preview.png", "summary-preview.png"):
+        preview = tmp_path / "demo" / name
+        assert preview.is_file() and preview.stat().st_size > 10_000, name
+        assert f"{preview}" in out
     assert "Demo^Marrow" not in out + result.stderr
 
 
@@ -110,7 +114,7 @@ def test_series_go_out_while_later_ones_are_encoded_each_file_once(node_factory,
         time.sleep(1.0)  # a second copy of anything would arrive now
         report = json.loads(node.index.studies.study(study_uid)["report"])
         outputs = [e for s in report["dixon_sets"] for e in s["outputs"]]
-        assert len(outputs) == 2 + 2 * 24 + 24 + 1
+        assert len(outputs) == 1 + 2 + 2 * 24 + 24 + 1  # the summary page first
         assert sorted(pacs.received) == sorted(e["sop_instance_uid"] for e in outputs)
         # The parametric maps are written first and the SR last: the PACS had the maps before
         # the report was even written.

@@ -18,6 +18,7 @@ from marrownode.services.worker import WorkerDied
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import (
     DCMTK,
+    RESULTS_PER_STUDY,
     dcmtk_env,
     free_port,
     require_binary,
@@ -169,7 +170,7 @@ def test_a_destination_down_then_up_gets_few_attempts_and_its_backlog_at_once(
                 pacs.terminate()
                 pacs.wait(10)
     files = list(out.iterdir())
-    assert len(files) == 80  # 40 results per study, each once
+    assert len(files) == 2 * RESULTS_PER_STUDY  # each result of both studies, once
     assert associations_received(log) <= 3 and attempts_up <= 3
     assert node.index.outbox.destination("pacs").failures == 0
 
@@ -191,7 +192,8 @@ def test_a_permanent_rejection_fails_at_once_and_a_corrected_address_delivers(
                            "port": pacs.port}])
         study_uid = study_uid_after_sending(node, "wrong-ae")
         wait_until(lambda: state_of(node, study_uid) == "analysed", timeout=90)
-        wait_until(lambda: node.index.outbox.summaries(study_uid)[0].failed == 40, timeout=30)
+        wait_until(lambda: node.index.outbox.summaries(study_uid)[0].failed == RESULTS_PER_STUDY,
+                   timeout=30)
         (summary,) = node.index.outbox.summaries(study_uid)
         assert "rejected permanently" in summary.failed_reason
         assert "called AE title not recognised" in summary.failed_reason
@@ -209,7 +211,7 @@ def test_a_permanent_rejection_fails_at_once_and_a_corrected_address_delivers(
             wait_until(lambda: results_delivered(again, study_uid), timeout=30)
         finally:
             again.stop(grace_seconds=1.0)
-        assert len(pacs.received) == 40
+        assert len(pacs.received) == RESULTS_PER_STUDY
     finally:
         pacs.stop()
 

@@ -25,6 +25,7 @@ from marrownode.store.index import Index
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import (
     DCMTK,
+    RESULTS_PER_STUDY,
     dcmtk_env,
     free_port,
     make_settings,
@@ -285,13 +286,13 @@ def test_a_hung_pacs_does_not_delay_the_healthy_one(node_factory, tmp_path) -> N
         wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
                    == "analysed" and summary("healthy") is not None
                    and summary("healthy").pending == 0, timeout=55)
-        assert summary("healthy").delivered == 40
-        assert len(list((tmp_path / "healthy").iterdir())) == 40
+        assert summary("healthy").delivered == RESULTS_PER_STUDY
+        assert len(list((tmp_path / "healthy").iterdir())) == RESULTS_PER_STUDY
         # the hung destination is still inside its first attempt: nothing delivered, nothing
         # failed, its rows held by the running attempt
         hung_summary = summary("hung")
         assert hung_summary.delivered == 0 and hung_summary.failed == 0
-        assert hung_summary.pending == 40
+        assert hung_summary.pending == RESULTS_PER_STUDY
         assert node.index.outbox.destination("hung").last_attempt_at is None
     finally:
         hung.send_signal(signal.SIGCONT)

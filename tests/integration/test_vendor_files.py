@@ -17,7 +17,7 @@ from marrownode.config import Settings
 from marrownode.pipeline import failures, process_paths
 from marrownode.synthetic.enhanced import LAYOUTS
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
-from tests.conftest import require_binary
+from tests.conftest import RESULTS_PER_STUDY, require_binary
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:
@@ -48,7 +48,8 @@ def test_enhanced_mr_in_every_vendor_layout_is_analysed_and_its_results_valid(
     kinds: dict[str, str] = {}
     for entry in dixon_set["outputs"]:
         kinds.setdefault(entry["kind"], entry["path"])
-    assert set(kinds) == {"parametric_map", "derived_mr", "overlay", "segmentation", "sr"}
+    assert set(kinds) == {"summary", "parametric_map", "derived_mr", "overlay", "segmentation",
+                          "sr"}
     for kind, path in kinds.items():
         assert _dciodvfy_errors(tmp_path / "out" / path) == [], kind
     assert failures(report) == []
@@ -99,7 +100,7 @@ def test_process_writes_everything_else_when_one_study_is_broken(tmp_path) -> No
     for study in report["studies"]:
         dixon_set = study["dixon_sets"][0]
         if dixon_set["state"] == "analysed":
-            assert len(dixon_set["outputs"]) == 40
+            assert len(dixon_set["outputs"]) == RESULTS_PER_STUDY
             assert all((tmp_path / "out" / e["path"]).is_file() for e in dixon_set["outputs"])
     failed_lines = [line for line in result.stderr.splitlines() if line.startswith("failed:")]
     assert len(failed_lines) == 1 and failed["key"] in failed_lines[0]

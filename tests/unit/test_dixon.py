@@ -118,8 +118,9 @@ def test_enhanced_mr_with_orientation_per_frame_gets_valid_results(tmp_path: Pat
     report = process_paths([tmp_path / "in"], tmp_path / "out", Settings())
     (dixon_set,) = report["studies"][0]["dixon_sets"]
     kinds = {entry["kind"]: entry for entry in dixon_set["outputs"]}
-    assert set(kinds) == {"parametric_map", "derived_mr", "overlay", "sr", "segmentation"}
-    for kind in ("parametric_map", "segmentation", "sr"):
+    assert set(kinds) == {"summary", "parametric_map", "derived_mr", "overlay", "sr",
+                         "segmentation"}
+    for kind in ("summary", "parametric_map", "segmentation", "sr"):
         checked = subprocess.run(["/usr/bin/dciodvfy", str(tmp_path / "out" / kinds[kind]["path"])],
                                  capture_output=True, text=True, timeout=120)
         errors = [line for line in (checked.stdout + checked.stderr).splitlines()

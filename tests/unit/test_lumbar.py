@@ -310,3 +310,32 @@ def test_the_same_anatomy_on_an_axial_grid(variant: str) -> None:
              for f in result.foci]
     assert sorted(truth) == ({"normal": [], "multifocal": ["L1", "L3", "L5"]}[variant])
     assert "levels_uncertain" in result.flags
+
+
+def test_the_overlay_names_each_body_beside_it() -> None:
+    """Every overlay frame names the bodies it cuts (L1...S2 from the sacrum), each name
+    written just in front of its body at the body's height, nowhere else."""
+    from marrownode.results.overlay import OverlayRenderer, body_labels
+
+    phantom, result = analysed("normal")
+    names = [name or label for name, label in zip(result.localisation.levels,
+                                                  result.localisation.labels, strict=True)]
+    labels = body_labels(result.localisation.bodies, names)
+    middle = len(labels) // 2
+    assert [name for name, _ in labels[middle]] == _in_view(phantom)
+    renderer = OverlayRenderer(result.signal_loss.shape[1:], (0.0, 1.0), 20.0, 1.5, "")
+    args = (phantom.water[middle], result.signal_loss[middle],
+            np.zeros(result.signal_loss.shape[1:], dtype=bool),
+            result.localisation.marrow[middle], "slice")
+    named = renderer.render(*args, labels[middle]).astype(int)
+    plain = renderer.render(*args).astype(int)
+    changed = np.abs(named - plain).sum(axis=2) > 0
+    left = (renderer.canvas_width - renderer.width) // 2
+    for _, (row, first) in labels[middle]:
+        y, x = int(row * renderer.factor), int(first * renderer.factor) + left
+        assert changed[y - 10:y + 10, max(0, x - 40):x].any(), "name before the body"
+    rows = np.array([row for _, (row, _) in labels[middle]]) * renderer.factor
+    far = np.ones(changed.shape[0], dtype=bool)
+    for row in rows:
+        far[max(0, int(row) - 20):int(row) + 20] = False
+    assert not changed[far].any(), "nothing written away from the bodies"

@@ -77,7 +77,8 @@ def test_real_outputs_are_valid_and_colour_only_the_spine(processed) -> None:
     kinds: dict[str, Path] = {}
     for entry in dixon_set["outputs"]:
         kinds.setdefault(entry["kind"], out / entry["path"])
-    assert set(kinds) == {"parametric_map", "derived_mr", "overlay", "sr", "segmentation"}
+    assert set(kinds) == {"summary", "parametric_map", "derived_mr", "overlay", "sr",
+                         "segmentation"}
     for kind, path in kinds.items():
         result = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True)
         errors = [line for line in (result.stdout + result.stderr).splitlines()

@@ -27,7 +27,7 @@ from marrownode.synthetic.studies import StudyOptions, build_study, write_datase
 from tests.conftest import require_binary
 
 NAME = "Müller^Jörg=ミュラー^ヨルグ"
-EXPECTED_COUNTS = {"parametric_map": 2, "derived_mr": 24, "overlay": 12, "sr": 1,
+EXPECTED_COUNTS = {"summary": 1, "parametric_map": 2, "derived_mr": 24, "overlay": 12, "sr": 1,
                    "segmentation": 1}
 
 
@@ -112,8 +112,9 @@ def test_patient_study_copied_exactly_new_distinct_series(processed, key: str) -
             assert ds.BodyPartExamined == source.BodyPartExamined
         assert ds.SeriesInstanceUID not in {d.SeriesInstanceUID for d in processed["studies"][key]}
         numbers.setdefault(ds.SeriesInstanceUID, ds.SeriesNumber)
-        assert "%" in ds.SeriesDescription or entry["kind"] in ("overlay", "sr", "segmentation")
-    assert len(set(numbers.values())) == len(numbers) == 7
+        assert "%" in ds.SeriesDescription or entry["kind"] in ("summary", "overlay", "sr",
+                                                                   "segmentation")
+    assert len(set(numbers.values())) == len(numbers) == 8
 
 
 def test_parametric_map_round_trips_truth(processed) -> None:
@@ -314,7 +315,7 @@ def test_settings_that_change_content_change_every_uid(processed, tmp_path: Path
 def test_uid_root_and_output_selection_are_configurable(processed, tmp_path: Path) -> None:
     settings = settings_from_mapping({"outputs": {"uid_root": "1.2.826.0.1.3680043.10.999",
                                                   "overlay": False, "derived_mr": False,
-                                                  "segmentation": False}})
+                                                  "segmentation": False, "summary": False}})
     report = process_paths([processed["base"] / "in" / "siemens"], tmp_path / "o", settings)
     outputs = report["studies"][0]["dixon_sets"][0]["outputs"]
     assert {e["kind"] for e in outputs} == {"parametric_map", "sr"}
@@ -372,7 +373,8 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
     report = analyse_study(instances, settings_from_mapping({}), out, on_outputs=on_outputs)
     (dixon_set,) = report["dixon_sets"]
     assert [e for entries, _ in calls for e in entries] == dixon_set["outputs"]
-    assert len(calls) == 7  # one call per series: 2 PM, 2 derived MR, overlay, SEG, SR
+    assert len(calls) == 8  # one call per series: summary, 2 PM, 2 derived MR, overlay, SEG, SR
+    assert calls[0][0][0]["kind"] == "summary", "the page read first is sent first"
     handed_on = 0
     for entries, written in calls:
         assert len({e["series_instance_uid"] for e in entries}) == 1
