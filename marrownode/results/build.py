@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 
 from marrownode.config import Settings, content_digest
 from marrownode.dixon.sets import DixonSet, Stack
@@ -218,14 +219,30 @@ def build_results(
             series_description=description, uid_root=root)])
     if outputs_cfg.sr:
         series_uid, number, description = identity(REPORT)
-        evidence = _unique_datasets([dixon_set.in_phase, dixon_set.opposed], cache)
+        evidence = [_header(d) for d in _unique_datasets([dixon_set.in_phase, dixon_set.opposed],
+                                                          cache)]
         emit(REPORT, [build_sr(
-            sources, evidence, set_report, result.focus_masks, parametric_maps,
+            sources, evidence, set_report, result.focus_masks,
+            [_header(pm) for pm in parametric_maps],
             series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
             series_number=number, series_description=description, uid_root=root,
             settings_digest=digest, predecessors=[
                 _reference(study_uid, entry) for entry in superseded])])
     return entries
+
+
+#: Bulk data an SR's evidence never needs: highdicom copies its evidence, pixels and all.
+_BULK = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData"),
+         Tag("PerFrameFunctionalGroupsSequence")}
+
+
+def _header(dataset: Dataset) -> Dataset:
+    """The dataset without its bulk data: what the SR's evidence lists and inherits."""
+    header = Dataset()
+    for element in dataset:
+        if element.tag not in _BULK:
+            header.add(element)
+    return header
 
 
 def _reference(study_uid: str, entry: OutputEntry) -> Dataset:
