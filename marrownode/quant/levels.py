@@ -20,7 +20,12 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
-from marrownode.quant.geometry import SUPERIOR_INFERIOR, VolumeGeometry
+from marrownode.quant.geometry import (
+    ANTERIOR_POSTERIOR,
+    LEFT_RIGHT,
+    SUPERIOR_INFERIOR,
+    VolumeGeometry,
+)
 
 #: A gap between localised marrow (surface to surface: the disc, both endplates and the rim
 #: the localiser leaves) shorter than this share of the column's median gap is a fused
@@ -30,6 +35,14 @@ FUSED_GAP_SHARE = 0.7
 #: At most this many mobile bodies above the sacrum can be named from it in one field of view.
 MAX_LUMBAR = 5
 LUMBAR_NAMES = ("L1", "L2", "L3", "L4", "L5")
+#: C2 to L5: the mobile bodies counted down from the dens.
+MOBILE_NAMES = (*(f"C{n}" for n in range(2, 8)), *(f"T{n}" for n in range(1, 13)),
+                *LUMBAR_NAMES)
+#: A gap between bodies over this share of the typical one has lost a body (or two).
+MISSING_BODY_GAP_SHARE = 2.0
+#: The dens: marrow rising at least this far (mm) above C2's body, narrower than this share
+#: of the body's depth and width; measured in slabs of DENS_BIN_MM along the column.
+DENS_MIN_HEIGHT_MM, DENS_MAX_WIDTH_SHARE, DENS_BIN_MM = 8.0, 0.7, 2.0
 
 
 @dataclass(frozen=True)
@@ -51,8 +64,11 @@ def _gap_mm(upper: np.ndarray, lower: np.ndarray, spacing: tuple[float, float, f
     return float(distance[lower[box]].min())
 
 
-def name_levels(bodies: np.ndarray, geometry: VolumeGeometry) -> LevelNames:
-    """Names for bodies numbered cranio-caudally (1 = V1), anchored on the sacrum."""
+def name_levels(bodies: np.ndarray, geometry: VolumeGeometry,
+                marrow_like: np.ndarray | None = None) -> LevelNames:
+    """Names for bodies numbered cranio-caudally (1 = V1), anchored on C2 (its dens) where
+    the stack shows it, else on the sacrum; marrow_like: fatty marrow, where the dens is
+    looked for above the top body."""
     count = int(bodies.max())
     unnamed: list[str | None] = [None] * count
     if count < 2:
@@ -61,12 +77,14 @@ def name_levels(bodies: np.ndarray, geometry: VolumeGeometry) -> LevelNames:
     gaps = [_gap_mm(masks[i], masks[i + 1], geometry.spacing_mm) for i in range(count - 1)]
     typical = float(np.median(gaps))
     fused = [gap < FUSED_GAP_SHARE * typical for gap in gaps]
-    if not fused[-1]:
+    s1 = count - 1 if fused[-1] else None
+    while s1 is not None and s1 > 0 and fused[s1 - 1]:
+        s1 -= 1
+    if marrow_like is not None and has_dens(masks[0], bodies, marrow_like, geometry):
+        return _from_c2(count, gaps, typical, s1)
+    if s1 is None:
         return LevelNames(unnamed, True, "no sacrum in view (no fused segments at the caudal "
                                          "end): the levels cannot be counted from it")
-    s1 = count - 1
-    while s1 > 0 and fused[s1 - 1]:
-        s1 -= 1
     if s1 == 0:
         return LevelNames(unnamed, True, "no mobile disc above the fused segments: which "
                                          "segment is S1 is not known")
@@ -79,6 +97,64 @@ def name_levels(bodies: np.ndarray, geometry: VolumeGeometry) -> LevelNames:
                                *(f"S{n}" for n in range(1, count - s1 + 1))]
     return LevelNames(names, False, f"counted from the sacrum (S1: the top fused segment, "
                                     f"below a {gaps[s1 - 1]:.0f} mm disc)")
+
+
+def _from_c2(count: int, gaps: list[float], typical: float, s1: int | None) -> LevelNames:
+    """Names counted down from C2. Only a column without a missing body can be counted (no
+    gap over MISSING_BODY_GAP_SHARE of the typical one), and where the sacrum is in view too,
+    both anchors must agree: 23 mobile bodies from C2 to L5 (else a transitional segment, or
+    13 thoracic or 6 lumbar vertebrae, which the image alone does not tell)."""
+    unnamed: list[str | None] = [None] * count
+    mobile = count if s1 is None else s1
+    if any(gap > MISSING_BODY_GAP_SHARE * typical for gap in gaps[:max(mobile - 1, 0)]):
+        return LevelNames(unnamed, True, "C2 in view, but a body is missing from the column "
+                                         "below it: the levels cannot be counted")
+    if mobile > len(MOBILE_NAMES):
+        return LevelNames(unnamed, True, f"{mobile} mobile bodies from C2 down: more than the "
+                                         "23 of C2 to L5; the levels are not fixed")
+    if s1 is not None and mobile != len(MOBILE_NAMES):
+        return LevelNames(unnamed, True, f"{mobile} mobile bodies from C2 to the sacrum, not "
+                                         "23: a transitional segment, or 13 thoracic or 6 "
+                                         "lumbar vertebrae; the levels are not fixed")
+    sacral = [] if s1 is None else [f"S{n}" for n in range(1, count - s1 + 1)]
+    names: list[str | None] = [*MOBILE_NAMES[:mobile], *sacral]
+    anchors = "C2 (the dens) and the sacrum agree" if s1 is not None else "C2 (the dens)"
+    return LevelNames(names, False, f"counted from {anchors}")
+
+
+def has_dens(top: np.ndarray, bodies: np.ndarray, marrow_like: np.ndarray,
+             geometry: VolumeGeometry) -> bool:
+    """Whether the top body is C2: marrow rises from it as a peg (the dens), at least
+    DENS_MIN_HEIGHT_MM above the body's full width and under DENS_MAX_WIDTH_SHARE of its
+    depth and width; inside the stack (a body cut by the field's edge proves nothing)."""
+    peg_source = marrow_like & (bodies == 0)
+    near = ndimage.binary_dilation(top, iterations=2)
+    candidates, _ = ndimage.label(peg_source | top)
+    reached = np.unique(candidates[near & (candidates > 0)])
+    shape = top | (np.isin(candidates, reached) & peg_source)
+    shape_labels, _ = ndimage.label(shape)
+    top_label = np.unique(shape_labels[top])
+    shape = np.isin(shape_labels, top_label[top_label > 0])
+    index = np.argwhere(shape)
+    if index.size == 0 or (index.min(axis=0) == 0).any() or (
+            index.max(axis=0) == np.array(shape.shape) - 1).any():
+        return False
+    points = geometry.to_patient(index)
+    height = points[:, SUPERIOR_INFERIOR]
+    bins = np.floor((height - height.min()) / DENS_BIN_MM).astype(int)
+    widths = np.zeros((int(bins.max()) + 1, 2))
+    for b in range(widths.shape[0]):
+        here = points[bins == b]
+        if here.size:
+            widths[b] = np.ptp(here[:, [ANTERIOR_POSTERIOR, LEFT_RIGHT]], axis=0)
+    full = np.median(widths[: max(1, widths.shape[0] // 2)], axis=0) + 1e-6
+    narrow: np.ndarray = np.all(widths / full < DENS_MAX_WIDTH_SHARE, axis=1)
+    peg_bins = 0
+    for is_narrow in narrow[::-1]:  # from the top down
+        if not is_narrow:
+            break
+        peg_bins += 1
+    return peg_bins * DENS_BIN_MM >= DENS_MIN_HEIGHT_MM
 
 
 def bridge_slices(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:

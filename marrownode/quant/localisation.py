@@ -43,6 +43,15 @@ class SpineParameters:
     rim_radius_mm: float = 2.0
     core_radius_mm: float = 6.0
     min_core_volume_mm3: float = 1500.0
+    #: Cervical and upper thoracic bodies (14-18 mm tall) hold no core of core_radius_mm on
+    #: 4 mm slices: bone apart from every core is searched again with this radius, and its
+    #: cores need only min_small_core_volume_mm3.
+    small_core_radius_mm: float = 3.0
+    min_small_core_volume_mm3: float = 400.0
+    min_small_depth_mm: float = 8.0
+    #: A small core fills at least this share of its bounding box: a body's block does
+    #: (0.5-0.7), an oblique slab of flat bone (the clivus, about 0.25) does not.
+    min_small_fill: float = 0.35
     #: Grids finer than this in-plane are searched on blocks about this size.
     localisation_pixel_mm: float = 2.0
     #: Posterior-element marrow smaller than this is noise (a few voxels in the canal).

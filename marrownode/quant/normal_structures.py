@@ -116,11 +116,13 @@ def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure |
         return None
     body_u, body_v, body_w = frames.local(number, body)
     u, v, w = frames.local(number, region)
-    low, high = float(body_u.min()), float(body_u.max())
+    # The body's ends and back wall as percentiles: a few voxels of disc or soft tissue
+    # that a small body's mask took in would move its extremes by millimetres.
+    low, high = (float(q) for q in np.percentile(body_u, [1, 99]))
     height = high - low
     # depth, posterior wall and width where the region lies along the column
     level = (body_u >= u.min() - 1.0) & (body_u <= u.max() + 1.0)
-    wall_back = float(body_v[level].max())
+    wall_back = float(np.percentile(body_v[level], 99)) if level.any() else float(body_v.max())
     depth, width = _extent(body_v[level]), _extent(body_w[level])
     tall, deep = _extent(u), _extent(v)
     _, column, posterior = frames.axes(number)

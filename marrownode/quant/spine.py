@@ -20,14 +20,15 @@ does not have (yet), so none are given.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
 from marrownode.quant.body import bright_end
-from marrownode.quant.bone import bone_candidates, enclosed_by_void, fill_frames, opening
+from marrownode.quant.bone import bone_candidates, enclosed_by_void, fill_frames
+from marrownode.quant.column import Part, find_column, find_cores, parts
 from marrownode.quant.geometry import (
     ANTERIOR_POSTERIOR,
     LEFT_RIGHT,
@@ -37,65 +38,6 @@ from marrownode.quant.geometry import (
 from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.vocabulary import LocalisationMethod
-
-
-@dataclass(frozen=True)
-class _Part:
-    """A candidate region: its mask label, centroid and extents in patient mm."""
-
-    label: int
-    centroid: np.ndarray  # patient LPS
-    extent: np.ndarray  # mm along L-R, A-P, S-I
-    volume_mm3: float
-
-
-def _parts(labels: np.ndarray, count: int, geometry: VolumeGeometry) -> list[_Part]:
-    voxel_volume = float(np.prod(geometry.spacing_mm))
-    directions = np.array([geometry.slice_direction, geometry.row_direction,
-                           geometry.column_direction])
-    footprint = np.abs(directions).T @ np.array(geometry.spacing_mm)  # one voxel, in mm
-    parts = []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        index = np.argwhere(labels[box] == label) + [b.start for b in box]
-        points = geometry.to_patient(index)
-        extent = np.ptp(points, axis=0) + footprint
-        parts.append(_Part(label, points.mean(axis=0), extent, len(index) * voxel_volume))
-    return parts
-
-
-def _column(parts: list[_Part], body_centre: np.ndarray,
-            parameters: SpineParameters) -> list[_Part]:
-    """The bodies that form one cranio-caudal column near the midline."""
-    plausible = [
-        p for p in parts
-        if p.volume_mm3 >= parameters.min_core_volume_mm3
-        and parameters.min_depth_mm <= p.extent[ANTERIOR_POSTERIOR] <= parameters.max_depth_mm
-        and p.extent[LEFT_RIGHT] <= parameters.max_width_mm
-        and p.extent[SUPERIOR_INFERIOR] <= parameters.max_height_mm
-        and abs(p.centroid[LEFT_RIGHT] - body_centre[LEFT_RIGHT])
-        <= parameters.max_midline_offset_mm
-    ]
-    if not plausible:
-        return []
-    weights = np.array([p.volume_mm3 for p in plausible])
-    centre = np.array([p.centroid for p in plausible])
-    axis_lr = float(np.average(centre[:, LEFT_RIGHT], weights=weights))
-    axis_ap = float(np.average(centre[:, ANTERIOR_POSTERIOR], weights=weights))
-    aligned = [p for p in plausible
-               if abs(p.centroid[LEFT_RIGHT] - axis_lr) <= parameters.column_tolerance_mm
-               and abs(p.centroid[ANTERIOR_POSTERIOR] - axis_ap)
-               <= parameters.column_tolerance_mm]
-    aligned.sort(key=lambda p: -p.centroid[SUPERIOR_INFERIOR])  # cranial first
-    runs: list[list[_Part]] = []
-    for part in aligned:
-        if runs and (runs[-1][-1].centroid[SUPERIOR_INFERIOR] - part.centroid[SUPERIOR_INFERIOR]
-                     <= parameters.max_gap_mm):
-            runs[-1].append(part)
-        else:
-            runs.append([part])
-    return max(runs, key=len) if runs else []
 
 
 def localise(
@@ -138,7 +80,9 @@ def localise(
     framed = enclosed_by_void(in_phase, tissue, body, level, parameters.void_relative_signal,
                               parameters.frame_gap_mm, geometry.spacing_mm)
     found = replace(found, bodies=fill_frames(found.bodies, framed & (found.posterior == 0)))
-    named = name_levels(found.bodies, geometry)  # on the full grid: a remnant is 1-3 mm
+    fatty_marrow = tissue & (np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent)
+    # On the full grid: a fused segment's remnant is 1-3 mm, the dens 8-10 mm wide.
+    named = name_levels(found.bodies, geometry, fatty_marrow)
     return replace(found, levels=named.names, levels_reason=named.reason)
 
 
@@ -214,10 +158,10 @@ def _localise(
     spacing = geometry.spacing_mm
     bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters,
                                  level, enclosed)
-    cores = opening(bone, parameters.core_radius_mm, spacing)
+    cores, small = find_cores(bone, geometry, parameters)
     core_labels, count = ndimage.label(cores)
     body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
-    column = _column(_parts(core_labels, count, geometry), body_centre, parameters)
+    column = find_column(parts(core_labels, count, geometry, small), body_centre, parameters)
     if len(column) < parameters.min_vertebrae:
         found = "one vertebral body" if len(column) == 1 else "no vertebral body"
         return not_localised(shape, f"{found} in a column near the midline: no spine "
@@ -237,17 +181,21 @@ def _localise(
                         bodies, posterior, labels)
 
 
-def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[_Part],
+def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[Part],
                  spacing: tuple[float, float, float],
                  parameters: SpineParameters) -> np.ndarray:
-    """Each body: the marrow within reach of its core, every voxel to its nearest core."""
+    """Each body: the marrow within reach of its core (a small body's reach is its small
+    core's, or it would grow across its thin discs), every voxel to its nearest core."""
     numbered = np.zeros(core_labels.shape, dtype=np.int16)
+    radius = np.zeros(len(column) + 1, dtype=np.float32)
     for number, part in enumerate(column, start=1):
         numbered[core_labels == part.label] = number
+        radius[number] = (parameters.small_core_radius_mm if part.small
+                          else parameters.core_radius_mm) + 1.0
     distance, nearest = ndimage.distance_transform_edt(numbered == 0, sampling=spacing,
                                                        return_indices=True)
-    reach = distance <= parameters.core_radius_mm + 1.0
     nearest_label = numbered[tuple(nearest)]
+    reach = distance <= radius[nearest_label]
     bodies: np.ndarray = np.where(bone & reach, nearest_label, 0).astype(np.int16)
     return bodies
 
@@ -310,7 +258,7 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
         return posterior
     centres = {n: geometry.to_patient(np.argwhere(bodies == n).mean(axis=0))
                for n in range(1, int(bodies.max()) + 1)}
-    for part in _parts(labels, count, geometry):
+    for part in parts(labels, count, geometry):
         nearest = min(centres, key=lambda n: abs(centres[n][SUPERIOR_INFERIOR]
                                                  - part.centroid[SUPERIOR_INFERIOR]))
         centre = centres[nearest]

@@ -44,6 +44,9 @@ ANATOMY_TISSUES: dict[str, tuple[float, float]] = {
     "modic_1": (0.55, 0.05),  # oedematous band along an endplate: fat replaced, low loss
     "modic_2": (0.12, 0.85),  # fatty band along an endplate: bright, fat-rich
     "aorta": (0.45, 0.0),
+    # the whole-spine phantom's (whole_spine.py)
+    "cord": (0.40, 0.0),  # spinal cord and brain: T1 grey, no fat
+    "lung": (0.02, 0.0),  # aerated lung: almost no signal
 }
 ANATOMY_CODES = {name: code for code, name in enumerate(ANATOMY_TISSUES)}
 

@@ -58,6 +58,9 @@ class Segment:
     back: np.ndarray
     height: float
     disc_below: float
+    #: Half depth and half width of a mobile body (cervical and thoracic ones are smaller).
+    half_depth: float = HALF_DEPTH_MM
+    half_width: float = HALF_WIDTH_MM
 
     @property
     def sacral(self) -> bool:
@@ -121,9 +124,14 @@ def _section(v: np.ndarray, w: np.ndarray, half_depth: float, half_width: float)
 def _size(segment: Segment) -> tuple[float, float]:
     """Half depth and half width: sacral segments narrow caudally."""
     if not segment.sacral:
-        return HALF_DEPTH_MM, HALF_WIDTH_MM
+        return segment.half_depth, segment.half_width
     shrink = {"S1": 1.0, "S2": 0.78, "S3": 0.6}[segment.name]
     return HALF_DEPTH_MM * shrink, (HALF_WIDTH_MM + 6.0) * shrink
+
+
+def _concavity(segment: Segment) -> float:
+    """How far the endplates dip (mm): 1.5 mm in a lumbar body, less in smaller ones."""
+    return ENDPLATE_CONCAVITY_MM * min(1.0, segment.half_depth / HALF_DEPTH_MM)
 
 
 @dataclass
@@ -182,7 +190,7 @@ def _discs(labels: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray,
         u, v, w = _local(middle, x, y, z)
         half_depth, half_width = _size(lower)
         radius = _section(v, w, half_depth * 1.04, half_width * 1.04)
-        half_height = upper.disc_below / 2 + ENDPLATE_CONCAVITY_MM * np.clip(1 - radius, 0, 1)
+        half_height = upper.disc_below / 2 + _concavity(lower) * np.clip(1 - radius, 0, 1)
         disc = (radius <= 1.0) & (np.abs(u) <= half_height)
         nucleus = disc & (_section(v, w, half_depth * 0.62, half_width * 0.62) <= 1.0)
         labels[disc] = code["annulus"]  # sacral remnants: annulus alone, thin and dark
@@ -198,7 +206,7 @@ def _body(labels: np.ndarray, vertebra: np.ndarray, number: int, segment: Segmen
     u, v, w = _local(segment, x, y, z)
     half_depth, half_width = _size(segment)
     radius = _section(v, w, half_depth, half_width)
-    surface = segment.height / 2 - ENDPLATE_CONCAVITY_MM * np.clip(1 - radius, 0, 1)
+    surface = segment.height / 2 - _concavity(segment) * np.clip(1 - radius, 0, 1)
     outline = (radius <= 1.0) & (np.abs(u) <= surface)
     inner = (_section(v, w, half_depth - CORTEX_MM, half_width - CORTEX_MM) <= 1.0) & (
         np.abs(u) <= surface - CORTEX_MM)
@@ -207,7 +215,8 @@ def _body(labels: np.ndarray, vertebra: np.ndarray, number: int, segment: Segmen
     vertebra[inner] = number
     if not segment.sacral or segment.name == "S1":
         vein = ((np.abs(u) <= VEIN_HALF_HEIGHT_MM) & (np.abs(w) <= VEIN_HALF_WIDTH_MM)
-                & (v >= half_depth - VEIN_DEPTH_MM) & (v <= half_depth + 0.2))
+                & (v >= half_depth - min(VEIN_DEPTH_MM, half_depth / 2))
+                & (v <= half_depth + 0.2))
         labels[vein] = code["vein"]
         vertebra[vein] = 0
 
