@@ -26,4 +26,6 @@ python3 -m mypy  # strict on marrownode/ (pyproject.toml)
 # No function above complexity C (radon ranks D, E, F fail the build).
 complex=$(python3 -m radon cc --min D --no-assert marrownode)
 if [ -n "$complex" ]; then echo "functions above complexity C:"; echo "$complex"; exit 1; fi
-python3 -m pytest -q -p no:cacheprovider --durations=15 "$@"
+# Two workers, whole files each (module fixtures run once): most tests wait on sockets,
+# Orthanc and subprocesses, so two run side by side in about the time of one.
+python3 -m pytest -q -p no:cacheprovider -n 2 --dist loadfile --durations=15 "$@"

@@ -114,6 +114,36 @@ def _endplate_lines(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int
     return y
 
 
+#: Rows of the level table in full-size type; a longer column (a whole spine: 26 levels) is
+#: set smaller, and rows beyond MAX_ROWS are counted, not listed (the SR has them all).
+ROOMY_ROWS, MAX_ROWS = 9, 28
+
+
+def _level_table(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int) -> int:
+    """One row per level (every level, smaller type for a long column); the next y."""
+    rows = report.vertebrae
+    roomy = len(rows) <= ROOMY_ROWS
+    font, step = (_font(18), 24) if roomy else (_font(14), 17)
+    columns = (0, 80, 170, 250, 370, 470)  # fixed positions: the font is proportional
+    for offset, heading in zip(columns, ("level", "loss %", "fat %", "T1/muscle", "T1/disc",
+                                         "pattern"), strict=True):
+        draw.text((x + offset, y), heading, fill=WHITE, font=_font(18))
+    y += 26
+    for v in rows[:MAX_ROWS]:
+        cells = (v.level or v.label, _value(v.signal_loss_percent_median),
+                 _value(v.fat_fraction_percent_median), _value(v.in_phase_to_muscle_ratio, 2),
+                 _value(v.in_phase_to_disc_ratio, 2), v.pattern.replace("_", " "))
+        colour = WHITE if v.pattern in (Pattern.NORMAL, Pattern.NOT_ASSESSED) else ORANGE
+        for offset, cell in zip(columns, cells, strict=True):
+            draw.text((x + offset, y), cell, fill=colour, font=font)
+        y += step
+    if len(rows) > MAX_ROWS:
+        draw.text((x, y), f"... and {len(rows) - MAX_ROWS} more levels (in the SR)", fill=GREY,
+                  font=font)
+        y += step
+    return y
+
+
 def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None:
     """The right-hand panel: what was found, in words and numbers."""
     title, body, small = _font(24), _font(18), _font(16)
@@ -131,18 +161,7 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
     y += 24
     draw.text((x, y), PATTERN_MEANINGS.get(report.pattern, ""), fill=GREY, font=small)
     y += 34
-    columns = (0, 80, 170, 250, 370, 470)  # fixed positions: the font is proportional
-    for offset, heading in zip(columns, ("level", "loss %", "fat %", "T1/muscle", "T1/disc",
-                                         "pattern"), strict=True):
-        draw.text((x + offset, y), heading, fill=WHITE, font=body)
-    y += 26
-    for v in report.vertebrae[:9]:
-        cells = (v.level or v.label, _value(v.signal_loss_percent_median),
-                 _value(v.fat_fraction_percent_median), _value(v.in_phase_to_muscle_ratio, 2),
-                 _value(v.in_phase_to_disc_ratio, 2), v.pattern.replace("_", " "))
-        for offset, cell in zip(columns, cells, strict=True):
-            draw.text((x + offset, y), cell, fill=WHITE, font=body)
-        y += 24
+    y = _level_table(draw, report, x, y)
     if not report.vertebrae:
         draw.text((x, y), f"marrow not localised: {report.marrow.reason}"[:70], fill=ORANGE,
                   font=body)
@@ -185,10 +204,11 @@ def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
                                pixel_spacing_mm[0] / pixel_spacing_mm[1])
     top = (HEIGHT - anatomy.height) // 2
     page.paste(anatomy, (10, top))
-    label_font = _font(20)
+    size = 20 if len(labels) <= ROOMY_ROWS + 3 else 12  # a whole spine: 26 names, close
+    label_font = _font(size)
     for name, (column, row) in labels:
-        draw.text((10 + column - 60, top + row - 10), name, fill=WHITE, font=label_font,
-                  stroke_width=2, stroke_fill=(0, 0, 0))
+        draw.text((10 + column - 3 * size, top + row - size // 2), name, fill=WHITE,
+                  font=label_font, stroke_width=2 if size > 12 else 1, stroke_fill=(0, 0, 0))
     draw.text((10, 8), f"slice {k + 1}; yellow outline: focus", fill=GREY, font=_font(16))
     _text(draw, report, disclaimer)
     return np.asarray(page)
