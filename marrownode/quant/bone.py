@@ -103,14 +103,22 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     return filled, void
 
 
-def fill_frames(bodies: np.ndarray, enclosed: np.ndarray) -> np.ndarray:
+def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = None,
+                step_mm: float = 1.0) -> np.ndarray:
     """Each body up to its cortex: in every slice, a part of the bone interior (tissue the
     cortex and endplates enclose) that touches one body only, and is at least
     FRAME_HELD_SHARE that body already, is all of it. A lesion reaching the cortex, which the
     blocks and the convex hull leave outside, is then inside its body; a disc reached through
     a broken endplate touches two bodies and is left out. (enclosed holds no posterior
-    element: a pedicle stays its level's, apart from the body.)"""
+    element: a pedicle stays its level's, apart from the body.)
+
+    along: the in-slice voxel axis (1 or 2) that runs along the column, step_mm its spacing.
+    A part is taken only within the body's own extent along the column (plus a quarter of it,
+    at least FRAME_MARGIN_MM): on a lateral slice of a small cervical body, where its
+    neighbour is not cut, the frame closed over a 4-5 mm disc runs on into the disc and the
+    next body, which are no part of it."""
     filled = bodies.copy()
+    extents = _extents(bodies, along, step_mm) if along in (1, 2) and along is not None else None
     for k in np.flatnonzero(bodies.any(axis=(1, 2))):
         parts, count = ndimage.label(enclosed[k])
         if count == 0:
@@ -121,8 +129,31 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray) -> np.ndarray:
         for number in range(1, int(bodies[k].max()) + 1):
             held[number] = np.bincount(parts[bodies[k] == number], minlength=count + 1)
             touching += held[number] > 0
+        spans = ndimage.find_objects(parts) if extents is not None else None
         for number, share in held.items():
             chosen = (share >= FRAME_HELD_SHARE * sizes) & (touching == 1)
             for part in np.flatnonzero(chosen[1:]) + 1:
+                if spans is not None and extents is not None and along is not None:
+                    span = spans[part - 1][along - 1]
+                    low, high = extents[number]
+                    if span.start < low or span.stop - 1 > high:
+                        continue
                 filled[k][(parts == part) & (filled[k] == 0)] = number
     return filled
+
+
+#: The least margin (mm) a framed part may run beyond its body's extent along the column.
+FRAME_MARGIN_MM = 3.0
+
+
+def _extents(bodies: np.ndarray, along: int,
+             step_mm: float) -> dict[int, tuple[float, float]]:
+    """Per body, the voxel range along the column a framed part may span."""
+    extents = {}
+    for number, box in enumerate(ndimage.find_objects(bodies), start=1):
+        if box is None:
+            continue
+        low, high = box[along].start, box[along].stop - 1
+        margin = max(FRAME_MARGIN_MM, 0.25 * (high - low + 1) * step_mm) / step_mm
+        extents[number] = (low - margin, high + margin)
+    return extents

@@ -39,6 +39,9 @@ from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.vocabulary import LocalisationMethod
 
+#: In-plane pixels finer than this (mm) show a 1 mm cortex as a line.
+FINE_PIXEL_MM = 1.5
+
 
 def localise(
     in_phase: np.ndarray,
@@ -60,8 +63,16 @@ def localise(
         np.where(body, in_phase, np.nan))
     factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
                                                                1e-6)))
-    if factor == 1:  # a coarse grid: the cortex is no line, the void frames bone (rule 2)
-        found = _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level)
+    if factor == 1:
+        # A coarse grid: the cortex is no line, the void frames bone (rule 2). Between 1 and
+        # 1.5 mm (a whole spine's composed stack) a 1 mm cortex is still about a line, and a
+        # void frame of noisy annulus and CSF would enclose thin thoracic discs: cortex only.
+        enclosed = (enclosed_by_void(in_phase, tissue, body, level,
+                                     parameters.cortex_relative_signal, parameters.cortex_gap_mm,
+                                     geometry.spacing_mm)
+                    if min(geometry.spacing_mm[1:]) < FINE_PIXEL_MM else None)
+        found = _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level,
+                          enclosed)
     else:
         # For the search on blocks, rule 2 is read on the fine grid where a 1 mm cortex is
         # still a line, from a frame of cortex only (CSF and an annulus would frame discs).
@@ -79,7 +90,9 @@ def localise(
         return found
     framed = enclosed_by_void(in_phase, tissue, body, level, parameters.void_relative_signal,
                               parameters.frame_gap_mm, geometry.spacing_mm)
-    found = replace(found, bodies=fill_frames(found.bodies, framed & (found.posterior == 0)))
+    along, _ = geometry.voxel_axis(SUPERIOR_INFERIOR)
+    found = replace(found, bodies=fill_frames(found.bodies, framed & (found.posterior == 0),
+                                              along, geometry.spacing_mm[along]))
     fatty_marrow = tissue & (np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent)
     # On the full grid: a fused segment's remnant is 1-3 mm, the dens 8-10 mm wide.
     named = name_levels(found.bodies, geometry, fatty_marrow)

@@ -161,11 +161,11 @@ def _trunk(x: np.ndarray, y: np.ndarray, z: np.ndarray, segments: list[Segment])
     neck = z > segments[6].centre[2]  # above C7: a narrower neck
     half = np.where(neck, 60.0, 150.0)
     labels[(np.abs(x) <= half) & (y > spine_y - np.where(neck, 60.0, 110.0))
-           & (y < spine_y + np.where(neck, 70.0, 100.0))] = code["subcutaneous_fat"]
+           & (y < spine_y + np.where(neck, 95.0, 100.0))] = code["subcutaneous_fat"]
     inner = (np.abs(x) <= half - 10.0) & (y > spine_y - np.where(neck, 50.0, 100.0)) & (
-        y < spine_y + np.where(neck, 60.0, 90.0))
+        y < spine_y + np.where(neck, 85.0, 90.0))  # the nuchal muscles 25 mm past the tips
     labels[inner] = code["viscera"]
-    labels[inner & (y > spine_y + 40.0)] = code["muscle"]
+    labels[inner & (y > spine_y + 10.0)] = code["muscle"]  # paraspinal and nuchal muscle
     thorax = (z < segments[6].centre[2]) & (z > segments[17].centre[2])
     for side in (-1.0, 1.0):
         lung = _ellipse(x, y, side * 60.0, spine_y - 20.0, 45.0, 60.0) & thorax

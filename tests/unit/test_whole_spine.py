@@ -78,6 +78,7 @@ def test_every_level_is_one_body_named_from_c2_and_no_focus_on_a_normal_spine() 
     assert "C2" in result.localisation.levels_reason
     assert "sacrum agree" in result.localisation.levels_reason
     assert result.foci == []
+    assert result.endplate_bands == [], "no disc inside a body read as an endplate band"
 
 
 def test_a_thoracic_metastasis_is_one_focus_at_its_level() -> None:
