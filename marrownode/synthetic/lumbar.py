@@ -20,12 +20,17 @@ belongs to, the level names, and each lesion's mask and level.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
 from marrownode.synthetic.anatomy import ANATOMY_CODES, ANATOMY_TISSUES, AnatomicalPhantom
-from marrownode.synthetic.geometry import geometry_for
+from marrownode.synthetic.geometry import Geometry, geometry_for
+
+#: What a grid's sampler returns: tissue codes first, then its truth.
+SampledT = TypeVar("SampledT", bound=tuple[Any, ...])
 
 #: Lumbar variants; each is the normal anatomy with one change.
 LUMBAR_VARIANTS = ("normal", "metastasis_centre", "metastasis_off_centre", "multifocal",
@@ -336,6 +341,34 @@ LUMBAR_GRIDS: dict[str, tuple[tuple[int, int, int], float, float]] = {
 }
 
 
+def sample_grid(sample: Callable[[np.ndarray, np.ndarray, np.ndarray], SampledT],
+                geometry: Geometry, grid: tuple[tuple[int, int, int], float, float],
+                centre: np.ndarray, supersample: int) -> tuple[np.ndarray, np.ndarray, SampledT]:
+    """Water and fat on an acquisition grid centred on `centre` (patient mm), averaged over
+    `supersample` points across each slice (partial volume); and the sample (tissue codes
+    first, then the truth) at the slices' centres."""
+    shape, pixel, thickness = grid
+    grid_centre = (geometry.origin + geometry.normal * thickness * (shape[0] - 1) / 2
+                   + geometry.col_dir * pixel * (shape[1] - 1) / 2
+                   + geometry.row_dir * pixel * (shape[2] - 1) / 2)
+    table_w = np.array([w for w, _ in ANATOMY_TISSUES.values()])
+    table_f = np.array([f for _, f in ANATOMY_TISSUES.values()])
+
+    def points(offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        x, y, z = geometry.patient_grid(shape, (pixel, pixel), thickness)
+        x, y, z = (a - grid_centre[i] + centre[i] + geometry.normal[i] * offset
+                   for i, a in enumerate((x, y, z)))
+        return x, y, z
+
+    water = np.zeros(shape)
+    fat = np.zeros(shape)
+    for offset in (np.arange(supersample) - (supersample - 1) / 2) * thickness / supersample:
+        labels = sample(*points(float(offset)))[0]
+        water += table_w[labels] / supersample
+        fat += table_f[labels] / supersample
+    return water, fat, sample(*points(0.0))
+
+
 def lumbar_phantom(variant: str = "normal", orientation: str = "sagittal",
                    grid: tuple[tuple[int, int, int], float, float] | None = None,
                    supersample: int = 3) -> LumbarPhantom:
@@ -352,25 +385,9 @@ def lumbar_phantom(variant: str = "normal", orientation: str = "sagittal",
     centre = FIELD_CENTRE_MM.copy()
     if orientation == "coronal":
         centre[1] = 8.0
-    grid_centre = (geometry.origin + geometry.normal * thickness * (shape[0] - 1) / 2
-                   + geometry.col_dir * pixel * (shape[1] - 1) / 2
-                   + geometry.row_dir * pixel * (shape[2] - 1) / 2)
-    table_w = np.array([w for w, _ in ANATOMY_TISSUES.values()])
-    table_f = np.array([f for _, f in ANATOMY_TISSUES.values()])
-
-    def points(offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x, y, z = geometry.patient_grid(shape, (pixel, pixel), thickness)
-        x, y, z = (a - grid_centre[i] + centre[i] + geometry.normal[i] * offset
-                   for i, a in enumerate((x, y, z)))
-        return x, y, z
-
-    water = np.zeros(shape)
-    fat = np.zeros(shape)
-    for offset in (np.arange(supersample) - (supersample - 1) / 2) * thickness / supersample:
-        labels = _sample(*points(float(offset)), variant, segments)[0]
-        water += table_w[labels] / supersample
-        fat += table_f[labels] / supersample
-    labels, vertebra, posterior, masks, levels = _sample(*points(0.0), variant, segments)
+    water, fat, (labels, vertebra, posterior, masks, levels) = sample_grid(
+        lambda x, y, z: _sample(x, y, z, variant, segments), geometry, (shape, pixel, thickness),
+        centre, supersample)
     return LumbarPhantom(
         labels=labels, pixel_spacing_mm=(pixel, pixel), slice_thickness_mm=thickness,
         water=water, fat=fat, vertebra=vertebra, posterior=posterior, lesion_masks=masks,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from marrownode.synthetic.anatomy import ANATOMY_CODES, ANATOMY_TISSUES
+from marrownode.synthetic.anatomy import ANATOMY_CODES
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import (
     _SACRUM,
@@ -34,6 +34,7 @@ from marrownode.synthetic.lumbar import (
     _ellipse,
     _local,
     _unit,
+    sample_grid,
 )
 
 #: normal; a metastasis in T8; a transitional lumbosacral segment (a sixth lumbar-type body,
@@ -226,32 +227,16 @@ def whole_spine_phantom(variant: str = "normal", supersample: int = 3) -> Lumbar
     if variant not in WHOLE_SPINE_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(WHOLE_SPINE_VARIANTS)}, "
                          f"got {variant!r}")
-    shape, pixel, thickness = WHOLE_SPINE_GRID
+    _, pixel, thickness = WHOLE_SPINE_GRID
     geometry = geometry_for("sagittal")
     segments = whole_column(variant)
     ys = [s.centre[1] for s in segments]
     zs = [s.centre[2] for s in segments]
     # The field: from above the clivus to below the sacrum, the column in the middle.
     centre = np.array([0.0, (min(ys) + max(ys)) / 2 + 15.0, (zs[0] + 60.0 + zs[-1] - 30.0) / 2])
-    grid_centre = (geometry.origin + geometry.normal * thickness * (shape[0] - 1) / 2
-                   + geometry.col_dir * pixel * (shape[1] - 1) / 2
-                   + geometry.row_dir * pixel * (shape[2] - 1) / 2)
-    table_w = np.array([w for w, _ in ANATOMY_TISSUES.values()])
-    table_f = np.array([f for _, f in ANATOMY_TISSUES.values()])
-
-    def points(offset: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        x, y, z = geometry.patient_grid(shape, (pixel, pixel), thickness)
-        x, y, z = (a - grid_centre[i] + centre[i] + geometry.normal[i] * offset
-                   for i, a in enumerate((x, y, z)))
-        return x, y, z
-
-    water = np.zeros(shape)
-    fat = np.zeros(shape)
-    for offset in (np.arange(supersample) - (supersample - 1) / 2) * thickness / supersample:
-        labels = _sample(*points(float(offset)), variant, segments)[0]
-        water += table_w[labels] / supersample
-        fat += table_f[labels] / supersample
-    labels, vertebra, posterior, masks = _sample(*points(0.0), variant, segments)
+    water, fat, (labels, vertebra, posterior, masks) = sample_grid(
+        lambda x, y, z: _sample(x, y, z, variant, segments), geometry, WHOLE_SPINE_GRID,
+        centre, supersample)
     return LumbarPhantom(
         labels=labels, pixel_spacing_mm=(pixel, pixel), slice_thickness_mm=thickness,
         water=water, fat=fat, vertebra=vertebra, posterior=posterior, lesion_masks=masks,
