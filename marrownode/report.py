@@ -91,6 +91,11 @@ class FocusReport:
     margin: Margin | None
     in_phase_to_marrow_ratio: float | None
 
+    @property
+    def site(self) -> str | None:
+        """Where it lies, as a reader names it: its level (L3), else its body (V3)."""
+        return self.level or self.vertebra
+
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> FocusReport:
         """From quant's focus record, floats rounded for the report."""
@@ -138,6 +143,11 @@ class VertebraReport:
     tracking_uid: str
     micronodule_count: int = 0
     endplate_findings: list[EndplateFindingShape] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The body as a reader names it: its level (L3), else its number (V3)."""
+        return self.level or self.label
 
     @classmethod
     def of(cls, finding: VertebraFinding, tracking_uid: str,

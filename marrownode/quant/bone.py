@@ -118,7 +118,9 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = No
     neighbour is not cut, the frame closed over a 4-5 mm disc runs on into the disc and the
     next body, which are no part of it."""
     filled = bodies.copy()
-    extents = _extents(bodies, along, step_mm) if along in (1, 2) and along is not None else None
+    in_plane = along - 1 if along is not None and along in (1, 2) else None  # axial: none
+    extents = _extents(bodies, along, step_mm) if along is not None and in_plane is not None \
+        else {}
     for k in np.flatnonzero(bodies.any(axis=(1, 2))):
         parts, count = ndimage.label(enclosed[k])
         if count == 0:
@@ -129,21 +131,24 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = No
         for number in range(1, int(bodies[k].max()) + 1):
             held[number] = np.bincount(parts[bodies[k] == number], minlength=count + 1)
             touching += held[number] > 0
-        spans = ndimage.find_objects(parts) if extents is not None else None
+        spans = ndimage.find_objects(parts) if in_plane is not None else []
         for number, share in held.items():
             chosen = (share >= FRAME_HELD_SHARE * sizes) & (touching == 1)
             for part in np.flatnonzero(chosen[1:]) + 1:
-                if spans is not None and extents is not None and along is not None:
-                    span = spans[part - 1][along - 1]
-                    low, high = extents[number]
-                    if span.start < low or span.stop - 1 > high:
-                        continue
+                if in_plane is not None and not _within(spans[part - 1][in_plane],
+                                                        extents[number]):
+                    continue
                 filled[k][(parts == part) & (filled[k] == 0)] = number
     return filled
 
 
 #: The least margin (mm) a framed part may run beyond its body's extent along the column.
 FRAME_MARGIN_MM = 3.0
+
+
+def _within(span: slice, extent: tuple[float, float]) -> bool:
+    """Whether a part's index span along the column lies inside a body's allowed extent."""
+    return bool(extent[0] <= span.start and span.stop - 1 <= extent[1])
 
 
 def _extents(bodies: np.ndarray, along: int,

@@ -38,8 +38,8 @@ class Part:
     small: bool = False  # found with the small core radius (a cervical or thoracic body)
 
 
-def parts(labels: np.ndarray, count: int, geometry: VolumeGeometry,
-           small_cores: np.ndarray | None = None) -> list[Part]:
+def parts(labels: np.ndarray, geometry: VolumeGeometry,
+          small_cores: np.ndarray | None = None) -> list[Part]:
     """Each labelled region as a candidate part, in patient mm; small_cores marks the parts
     found with the small core radius."""
     voxel_volume = float(np.prod(geometry.spacing_mm))
@@ -60,7 +60,7 @@ def parts(labels: np.ndarray, count: int, geometry: VolumeGeometry,
 
 
 def find_cores(bone: np.ndarray, geometry: VolumeGeometry,
-           parameters: SpineParameters) -> tuple[np.ndarray, np.ndarray]:
+               parameters: SpineParameters) -> tuple[np.ndarray, np.ndarray]:
     """Where a vertebral body's core can be: bone that holds a ball of core_radius_mm, and
     bone apart from all of those that holds a ball of small_core_radius_mm (small bodies);
     the second mask marks the small ones."""
@@ -89,20 +89,20 @@ def _follows(upper: Part, lower: Part, parameters: SpineParameters) -> bool:
     drop = float(upper.centroid[SUPERIOR_INFERIOR] - lower.centroid[SUPERIOR_INFERIOR])
     # a level lower: not beside it (a pedicle, an arch at the same height)
     return bool(upper.extent[SUPERIOR_INFERIOR] / 2 <= drop <= parameters.max_gap_mm
-            and abs(upper.centroid[LEFT_RIGHT] - lower.centroid[LEFT_RIGHT])
-            <= parameters.column_tolerance_mm
-            and abs(upper.centroid[ANTERIOR_POSTERIOR] - lower.centroid[ANTERIOR_POSTERIOR])
-            <= parameters.column_tolerance_mm)
+                and abs(upper.centroid[LEFT_RIGHT] - lower.centroid[LEFT_RIGHT])
+                <= parameters.column_tolerance_mm
+                and abs(upper.centroid[ANTERIOR_POSTERIOR]
+                        - lower.centroid[ANTERIOR_POSTERIOR]) <= parameters.column_tolerance_mm)
 
 
-def find_column(parts: list[Part], body_centre: np.ndarray,
-            parameters: SpineParameters) -> list[Part]:
+def find_column(candidates: list[Part], body_centre: np.ndarray,
+                parameters: SpineParameters) -> list[Part]:
     """The bodies that form one cranio-caudal column near the midline: along one straight
     axis, as a lumbar (or thoracic, or cervical) field of view shows it, unless following
     the column body to body finds CURVED_COLUMN_EXTRA more of them (a whole spine, through
     its lordoses and kyphosis; or a cervical stack, whose bodies hold small cores only)."""
     plausible = [
-        p for p in parts
+        p for p in candidates
         if p.volume_mm3 >= (parameters.min_small_core_volume_mm3 if p.small
                             else parameters.min_core_volume_mm3)
         and (not p.small or p.volume_mm3 >= parameters.min_small_fill * np.prod(p.extent))

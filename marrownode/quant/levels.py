@@ -127,17 +127,11 @@ def has_dens(top: np.ndarray, bodies: np.ndarray, marrow_like: np.ndarray,
     """Whether the top body is C2: marrow rises from it as a peg (the dens), at least
     DENS_MIN_HEIGHT_MM above the body's full width and under DENS_MAX_WIDTH_SHARE of its
     depth and width; inside the stack (a body cut by the field's edge proves nothing)."""
-    peg_source = marrow_like & (bodies == 0)
-    near = ndimage.binary_dilation(top, iterations=2)
-    candidates, _ = ndimage.label(peg_source | top)
-    reached = np.unique(candidates[near & (candidates > 0)])
-    shape = top | (np.isin(candidates, reached) & peg_source)
-    shape_labels, _ = ndimage.label(shape)
-    top_label = np.unique(shape_labels[top])
-    shape = np.isin(shape_labels, top_label[top_label > 0])
-    index = np.argwhere(shape)
+    # the top body and the fatty marrow outside any body that is connected to it
+    connected, _ = ndimage.label((marrow_like & (bodies == 0)) | top)
+    index = np.argwhere(np.isin(connected, np.unique(connected[top])))
     if index.size == 0 or (index.min(axis=0) == 0).any() or (
-            index.max(axis=0) == np.array(shape.shape) - 1).any():
+            index.max(axis=0) == np.array(top.shape) - 1).any():
         return False
     points = geometry.to_patient(index)
     height = points[:, SUPERIOR_INFERIOR]
@@ -148,12 +142,8 @@ def has_dens(top: np.ndarray, bodies: np.ndarray, marrow_like: np.ndarray,
         if here.size:
             widths[b] = np.ptp(here[:, [ANTERIOR_POSTERIOR, LEFT_RIGHT]], axis=0)
     full = np.median(widths[: max(1, widths.shape[0] // 2)], axis=0) + 1e-6
-    narrow: np.ndarray = np.all(widths / full < DENS_MAX_WIDTH_SHARE, axis=1)
-    peg_bins = 0
-    for is_narrow in narrow[::-1]:  # from the top down
-        if not is_narrow:
-            break
-        peg_bins += 1
+    wide = ~np.all(widths / full < DENS_MAX_WIDTH_SHARE, axis=1)[::-1]  # from the top down
+    peg_bins = int(np.argmax(wide)) if wide.any() else len(wide)  # narrow slabs on top
     return peg_bins * DENS_BIN_MM >= DENS_MIN_HEIGHT_MM
 
 

@@ -63,25 +63,21 @@ def localise(
         np.where(body, in_phase, np.nan))
     factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
                                                                1e-6)))
-    if factor == 1:
-        # A coarse grid: the cortex is no line, the void frames bone (rule 2). Between 1 and
-        # 1.5 mm (a whole spine's composed stack) a 1 mm cortex is still about a line, and a
-        # void frame of noisy annulus and CSF would enclose thin thoracic discs: cortex only.
-        enclosed = (enclosed_by_void(in_phase, tissue, body, level,
+    # Rule 2 on fine grids (searched on blocks, or pixels under FINE_PIXEL_MM) is read on
+    # the acquisition grid, where a 1 mm cortex is still a line, from a frame of cortex only:
+    # CSF, a disc's annulus and their noise would frame discs, thin thoracic ones most. On
+    # coarser grids the cortex is no line and the void frames bone.
+    cortex_frame = (enclosed_by_void(in_phase, tissue, body, level,
                                      parameters.cortex_relative_signal, parameters.cortex_gap_mm,
                                      geometry.spacing_mm)
-                    if min(geometry.spacing_mm[1:]) < FINE_PIXEL_MM else None)
+                    if factor > 1 or min(geometry.spacing_mm[1:]) < FINE_PIXEL_MM else None)
+    if factor == 1 or cortex_frame is None:  # (None only when factor is 1)
         found = _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level,
-                          enclosed)
-    else:
-        # For the search on blocks, rule 2 is read on the fine grid where a 1 mm cortex is
-        # still a line, from a frame of cortex only (CSF and an annulus would frame discs).
-        enclosed = enclosed_by_void(in_phase, tissue, body, level,
-                                    parameters.cortex_relative_signal,
-                                    parameters.cortex_gap_mm, geometry.spacing_mm)
+                          cortex_frame)
+    else:  # the search on blocks, rule 2 where half a block's pixels are inside
         small = _reduce(in_phase, signal_loss, tissue, body, factor)
         reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level,
-                            _block_mean(enclosed.astype(np.float32), factor) >= 0.5)
+                            _block_mean(cortex_frame.astype(np.float32), factor) >= 0.5)
         if not reduced.localised:
             return not_localised(in_phase.shape, reduced.reason)
         found = _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters,
@@ -172,9 +168,9 @@ def _localise(
     bone, void = bone_candidates(in_phase, signal_loss, tissue, body, spacing, parameters,
                                  level, enclosed)
     cores, small = find_cores(bone, geometry, parameters)
-    core_labels, count = ndimage.label(cores)
+    core_labels, _ = ndimage.label(cores)
     body_centre = geometry.to_patient(np.argwhere(body).mean(axis=0))
-    column = find_column(parts(core_labels, count, geometry, small), body_centre, parameters)
+    column = find_column(parts(core_labels, geometry, small), body_centre, parameters)
     if len(column) < parameters.min_vertebrae:
         found = "one vertebral body" if len(column) == 1 else "no vertebral body"
         return not_localised(shape, f"{found} in a column near the midline: no spine "
@@ -271,7 +267,7 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
         return posterior
     centres = {n: geometry.to_patient(np.argwhere(bodies == n).mean(axis=0))
                for n in range(1, int(bodies.max()) + 1)}
-    for part in parts(labels, count, geometry):
+    for part in parts(labels, geometry):
         nearest = min(centres, key=lambda n: abs(centres[n][SUPERIOR_INFERIOR]
                                                  - part.centroid[SUPERIOR_INFERIOR]))
         centre = centres[nearest]

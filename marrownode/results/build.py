@@ -262,7 +262,7 @@ def overlay_status(set_report: SetReport) -> str:
     if not marrow.localised:
         status = "MARROW NOT LOCALISED: maps only, no marrow findings"
     else:
-        labels = [v.level or v.label for v in set_report.vertebrae]
+        labels = [v.name for v in set_report.vertebrae]
         span = f"{labels[0]}-{labels[-1]}" if len(labels) > 1 else "".join(labels)
         status = (f"marrow: {len(labels)} vertebral bodies ({span}) | pattern: "
                   f"{set_report.pattern} | foci: {len(set_report.foci)}")
@@ -298,7 +298,7 @@ def overlay_frames(
                                set_report.field_strength_t, disclaimer,
                                overlay_status(set_report))
     labels = body_labels(result.localisation.bodies,
-                         [v.level or v.label for v in set_report.vertebrae])
+                         [v.name for v in set_report.vertebrae])
     for k in range(count):
         here = "" if marrow[k].any() else " | no marrow on this slice"
         yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k], marrow[k],

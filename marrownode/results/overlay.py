@@ -157,7 +157,6 @@ class OverlayRenderer:
         frame[self.height:self.height + 24] = np.asarray(label)
         return frame
 
-
     def _name_bodies(self, image: np.ndarray, labels: Sequence[BodyLabel]) -> np.ndarray:
         """Each body's name just before its first column (anterior on a sagittal slice, right
         on an axial one), outlined in black to read on any grey; inside the body where the

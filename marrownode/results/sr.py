@@ -228,7 +228,7 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
                    hd.sr.QualitativeEvaluation(FOCUS_CATEGORY, CATEGORY_CODES[focus.category])]
     if focus.margin in MARGIN_CODES:
         evaluations.append(hd.sr.QualitativeEvaluation(MARGIN, MARGIN_CODES[focus.margin]))
-    where = f" in {focus.level or focus.vertebra}" if focus.vertebra else ""
+    where = f" in {focus.site}" if focus.vertebra else ""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
                                                      identifier=f"Focus {number}{where}"),

@@ -74,9 +74,9 @@ def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int
 
 def _checklist(report: SetReport) -> list[tuple[str, str]]:
     """The seed's worrisome features: for each, what this study showed or why it could not."""
-    darker = [v.level or v.label for v in report.vertebrae
+    darker = [v.name for v in report.vertebrae
               if v.in_phase_to_muscle_ratio is not None and v.in_phase_to_muscle_ratio < 1.0]
-    sharp = [f.level or f.vertebra or "?" for f in report.foci if f.margin == Margin.SHARP]
+    sharp = [f.site or "?" for f in report.foci if f.margin == Margin.SHARP]
     assessed = bool(report.vertebrae)
     return [
         ("T1 signal lower than muscle", (f"yes: {', '.join(darker)}" if darker else "no")
@@ -98,7 +98,7 @@ def _value(number: float | None, digits: int = 0, unit: str = "") -> str:
 
 def _endplate_lines(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int) -> int:
     """The endplate findings, when there are any; returns the next line's y."""
-    bands = [(v.level or v.label, band) for v in report.vertebrae
+    bands = [(v.name, band) for v in report.vertebrae
              for band in v.endplate_findings]
     if not bands:
         return y
@@ -130,7 +130,7 @@ def _level_table(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int) -
         draw.text((x + offset, y), heading, fill=WHITE, font=_font(18))
     y += 26
     for v in rows[:MAX_ROWS]:
-        cells = (v.level or v.label, _value(v.signal_loss_percent_median),
+        cells = (v.name, _value(v.signal_loss_percent_median),
                  _value(v.fat_fraction_percent_median), _value(v.in_phase_to_muscle_ratio, 2),
                  _value(v.in_phase_to_disc_ratio, 2), v.pattern.replace("_", " "))
         colour = WHITE if v.pattern in (Pattern.NORMAL, Pattern.NOT_ASSESSED) else ORANGE
@@ -171,7 +171,7 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
     y += 26
     for focus in report.foci[:6]:
         size = 2.0 * np.sqrt((focus.area_mm2 or 0.0) / np.pi)
-        draw.text((x, y), f"{focus.level or focus.vertebra or '?'}: {size:.0f} mm, "
+        draw.text((x, y), f"{focus.site or '?'}: {size:.0f} mm, "
                   f"{focus.category.replace('_', ' ')}, loss {_value(focus.signal_loss_percent)}"
                   f" %, margin {focus.margin or '-'}", fill=FOCUS, font=small)
         y += 22
@@ -198,7 +198,7 @@ def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
     """The page as RGB pixels (HEIGHT x WIDTH)."""
     page = Image.new("RGB", (WIDTH, HEIGHT), (0, 0, 0))
     draw = ImageDraw.Draw(page)
-    names = [v.level or v.label for v in report.vertebrae]
+    names = [v.name for v in report.vertebrae]
     k = representative_slice(result)
     anatomy, labels = _anatomy(in_phase, result, names, k,
                                pixel_spacing_mm[0] / pixel_spacing_mm[1])
