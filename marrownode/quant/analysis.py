@@ -180,9 +180,13 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
     threshold = result.threshold_percent
     voxel_volume = float(np.prod(geometry.spacing_mm))
     findings = []
+    body_boxes = ndimage.find_objects(localisation.bodies)
+    posterior_boxes = ndimage.find_objects(localisation.posterior)
     for number, label in enumerate(localisation.labels, start=1):
-        mask = localisation.bodies == number
-        loss = result.signal_loss[mask]
+        box = body_boxes[number - 1] if number <= len(body_boxes) else None
+        box = box or (slice(0, 0),) * 3  # (a body with no voxel left: empty statistics)
+        mask = localisation.bodies[box] == number
+        loss = result.signal_loss[box][mask]
         finite = loss[np.isfinite(loss)]
         below = float(np.mean(finite < threshold)) if threshold is not None and finite.size \
             else None
@@ -195,23 +199,26 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
             pattern = Pattern.FOCAL
         else:
             pattern = Pattern.NORMAL
-        ip_median = _median(ip[mask])
-        posterior = localisation.posterior == number
-        centroid = geometry.to_patient(np.argwhere(mask).mean(axis=0))
+        ip_median = _median(ip[box][mask])
+        back = (posterior_boxes[number - 1] if number <= len(posterior_boxes) else None) or (
+            slice(0, 0),) * 3
+        posterior = localisation.posterior[back] == number
+        offset = np.array([s.start for s in box], dtype=np.float64)
+        centroid = geometry.to_patient(np.argwhere(mask).mean(axis=0) + offset)
         findings.append(VertebraFinding(
             number=number, label=label,
             centroid_patient_mm=(float(centroid[0]), float(centroid[1]), float(centroid[2])),
             voxel_count=int(mask.sum()), volume_mm3=float(mask.sum() * voxel_volume),
             signal_loss_percent_median=median_loss,
-            sir_median=_median(result.sir[mask]),
-            fat_fraction_percent_median=_median(result.fat_fraction[mask]),
+            sir_median=_median(result.sir[box][mask]),
+            fat_fraction_percent_median=_median(result.fat_fraction[box][mask]),
             in_phase_median=ip_median, fraction_below_threshold=below, pattern=pattern,
             in_phase_to_muscle_ratio=(ip_median / result.muscle_in_phase
                                       if result.muscle_in_phase else None),
             in_phase_to_disc_ratio=(ip_median / result.disc_in_phase
                                     if result.disc_in_phase else None),
             posterior_voxel_count=int(posterior.sum()),
-            posterior_signal_loss_percent_median=(_median(result.signal_loss[posterior])
+            posterior_signal_loss_percent_median=(_median(result.signal_loss[back][posterior])
                                                   if posterior.any() else None),
             micronodule_count=result.micronodules.get(number, 0),
             endplate_bands=[b for b in result.endplate_bands if b.vertebra == number],

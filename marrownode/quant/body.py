@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode.quant.maps import subsample
+from marrownode.quant.masks import in_plane_box
 
 #: A voxel is tissue when its in-phase signal exceeds this many noise sigmas.
 NOISE_MULTIPLE = 4.0
@@ -46,11 +47,24 @@ def bright_end(volume: np.ndarray) -> float:
     return float(np.percentile(values, 99)) if values.size else 0.0
 
 
+#: In-plane 4-connectivity, no link across slices: how ndimage.binary_fill_holes reaches
+#: the background of one slice from its border.
+_IN_PLANE_CROSS = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE_CROSS[1] = ndimage.generate_binary_structure(2, 1)
+
+
 def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Holes filled in each slice's plane (a 3-D fill would leave the end slices open)."""
-    filled = np.empty_like(mask)
-    for k in range(mask.shape[0]):
-        filled[k] = ndimage.binary_fill_holes(mask[k])
+    """Holes filled in each slice's plane (a 3-D fill would leave the end slices open): the
+    same as ndimage.binary_fill_holes slice by slice, in one labelling of the background
+    (a hole is a background part that does not reach its slice's edge), several times faster
+    than the fill's propagation on large slices."""
+    background, _ = ndimage.label(~mask, structure=_IN_PLANE_CROSS)
+    edge = np.concatenate([background[:, 0, :], background[:, -1, :],
+                           background[:, :, 0], background[:, :, -1]], axis=None)
+    outside = np.zeros(int(background.max()) + 1, dtype=bool)
+    outside[edge] = True
+    outside[0] = False  # label 0 is the mask itself
+    filled: np.ndarray = ~outside[background]
     return filled
 
 
@@ -94,10 +108,11 @@ def _rayleigh_sigma(values: np.ndarray) -> float:
 
 def _residual_sigma(volume: np.ndarray, interior: np.ndarray) -> float:
     """Noise from the tissue: robust spread of the residual of an in-plane 3x3 median."""
-    if not interior.any():
+    box = in_plane_box(interior, 1)  # the residual is read inside only
+    if box is None:
         return 0.0
-    residual = volume - ndimage.median_filter(volume, size=(1, 3, 3))
-    values = subsample(residual[interior].astype(np.float64))
+    residual = volume[box] - ndimage.median_filter(volume[box], size=(1, 3, 3))
+    values = subsample(residual[interior[box]].astype(np.float64))
     mad = float(np.median(np.abs(values - np.median(values))))
     return _MAD_TO_SIGMA * mad / float(np.sqrt(_MEDIAN_RESIDUAL_INFLATION))
 

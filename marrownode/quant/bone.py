@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.localisation import SpineParameters
+from marrownode.quant.masks import median_reaches
 
 #: A part of a slice's bone interior is a body's when the body already holds this share of it.
 FRAME_HELD_SHARE = 0.25
@@ -86,12 +87,12 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     what keeps a body apart from its posterior elements and from the muscles beside it."""
     volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
     loss = np.nan_to_num(signal_loss, nan=0.0)
-    regional = ndimage.median_filter(loss, size=(1, 5, 5))
     void = body & (volume < parameters.void_relative_signal * level)
     if enclosed is None:
         enclosed = fill_holes_per_slice(void) & ~void & tissue
     homogeneous = _relative_gradient(volume) < parameters.max_relative_gradient
-    mixed = (tissue & homogeneous & (regional >= parameters.mixed_tissue_min_loss_percent)
+    regional_fat = median_reaches(loss, parameters.mixed_tissue_min_loss_percent, 5)
+    mixed = (tissue & homogeneous & regional_fat
              & (loss >= parameters.water_rich_max_loss_percent))
     water_rich = tissue & (loss < parameters.water_rich_max_loss_percent) & (
         volume < parameters.fat_relative_signal * level)

@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode import defaults
+from marrownode.quant.masks import in_plane_box, median_reaches
 from marrownode.quant.roi import roi_statistics
 from marrownode.vocabulary import FocusCategory
 
@@ -118,9 +119,13 @@ def find_foci(
     margin = parameters.in_phase_first_margin_percent if in_phase_first else 0.0
     # Segment on an in-plane median of the loss, measure the raw images on the result: voxels
     # picked by their own noisy loss would bias every focus low.
-    smooth = ndimage.median_filter(np.where(marrow, np.nan_to_num(loss, nan=100.0), 100.0),
-                                   size=(1, 3, 3))
-    low = marrow & np.isfinite(loss) & (smooth < threshold_percent + margin)
+    low_median = np.zeros(loss.shape, dtype=bool)
+    box = in_plane_box(marrow, 1)  # the median is read on the marrow only
+    if box is not None:
+        low_median[box] = ~median_reaches(
+            np.where(marrow[box], np.nan_to_num(loss[box], nan=100.0), 100.0),
+            threshold_percent + margin, 3)
+    low = marrow & np.isfinite(loss) & low_median
     labels, _ = ndimage.label(low)
     search = _Search(loss, maps, in_phase, opposed, vertebrae, low, threshold_percent,
                      voxel_volume_mm3, margin, in_phase_first, fat_fraction_unambiguous,

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
+from scipy import ndimage
 
 from marrownode.quant.foci import Focus
 from marrownode.quant.geometry import ANTERIOR_POSTERIOR, VolumeGeometry
@@ -68,9 +69,10 @@ class BodyFrames:
     def __init__(self, bodies: np.ndarray, geometry: VolumeGeometry) -> None:
         self.bodies = bodies
         self.geometry = geometry
-        count = int(bodies.max())
-        self.centres = [geometry.to_patient(np.argwhere(bodies == n).mean(axis=0))
-                        for n in range(1, count + 1)]
+        self.centres = [geometry.to_patient(np.argwhere(bodies[box] == n).mean(axis=0)
+                                            + [s.start for s in box])
+                        if box is not None else np.full(3, np.nan)
+                        for n, box in enumerate(ndimage.find_objects(bodies), start=1)]
 
     def axes(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centre, unit column axis (cranial) and unit posterior axis of body number."""

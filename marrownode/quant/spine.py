@@ -37,6 +37,7 @@ from marrownode.quant.geometry import (
 )
 from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
+from marrownode.quant.masks import in_plane_box
 from marrownode.vocabulary import LocalisationMethod
 
 #: In-plane pixels finer than this (mm) show a 1 mm cortex as a line.
@@ -145,10 +146,23 @@ def _expand(reduced: Localisation, factor: int, in_phase: np.ndarray, signal_los
     bodies, posterior = full(reduced.bodies), full(reduced.posterior)
     labelled = (bodies > 0) | (posterior > 0)
     width = factor * max(geometry.spacing_mm[1:])
-    inside = ndimage.distance_transform_edt(labelled, sampling=(1e6, *geometry.spacing_mm[1:]))
-    keep = allowed & ((inside > width) | mixed)
+    keep = allowed & (_inside_beyond(labelled, width, geometry.spacing_mm[1:]) | mixed)
     return replace(reduced, bodies=np.where(keep, bodies, 0).astype(np.int16),
                    posterior=np.where(keep, posterior, 0).astype(np.int16))
+
+
+def _inside_beyond(mask: np.ndarray, width_mm: float,
+                   pixel_mm: tuple[float, float]) -> np.ndarray:
+    """Voxels of mask farther than width_mm in their slice from its outside. Worked in the
+    mask's in-plane box with one background voxel around it (where the grid has one): the
+    nearest outside voxel is never beyond that ring, so the answer is the whole grid's."""
+    inside = np.zeros(mask.shape, dtype=bool)
+    box = in_plane_box(mask, 1)
+    if box is None:
+        return inside
+    distance = ndimage.distance_transform_edt(mask[box], sampling=(1e6, *pixel_mm))
+    inside[box] = distance > width_mm
+    return inside
 
 
 def _localise(
@@ -216,13 +230,21 @@ def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat), and one
     voxel in from the hull's rim."""
     completed = bodies.copy()
-    for number in range(1, int(bodies.max()) + 1):
-        mask = bodies == number
-        for k in np.flatnonzero(mask.any(axis=(1, 2))):
-            hull = convex_hull_image(mask[k])  # type: ignore[no-untyped-call]
+    for number, box in enumerate(ndimage.find_objects(bodies), start=1):
+        if box is None:
+            continue
+        # The hull lies within the body's box: work there, one background voxel around it.
+        rows = slice(max(box[1].start - 1, 0), box[1].stop + 1)
+        columns = slice(max(box[2].start - 1, 0), box[2].stop + 1)
+        for k in range(box[0].start, box[0].stop):
+            mask = bodies[k, rows, columns] == number
+            if not mask.any():
+                continue
+            hull = convex_hull_image(mask)  # type: ignore[no-untyped-call]
             # Only the hull's interior: its rim is where cortex and canal partial volume lie.
-            add = ndimage.binary_erosion(hull) & allowed[k] & (completed[k] == 0)
-            completed[k][add] = number
+            here = completed[k, rows, columns]
+            add = ndimage.binary_erosion(hull) & allowed[k, rows, columns] & (here == 0)
+            here[add] = number
     return completed
 
 

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
+from pydicom.uid import ParametricMapStorage
 
 from marrownode.config import Settings, content_digest
 from marrownode.dixon.sets import DixonSet, Stack
@@ -20,6 +21,7 @@ from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
 from marrownode.report_shape import OutputEntry
 from marrownode.results.answer_sr import build_answer_sr
+from marrownode.results.beside import overlapped
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
 from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
@@ -96,6 +98,22 @@ def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -
     )
 
 
+def _write_entry(dataset: Dataset, folder: Path, out_dir: Path) -> OutputEntry:
+    """Write one result under its series folder; its report entry."""
+    path = folder / f"{dataset.SOPInstanceUID}.dcm"
+    write_dataset(dataset, path)
+    return {
+        "kind": OutputKind(folder.name.split("-", 1)[1]),
+        "sop_class_uid": str(dataset.SOPClassUID),
+        "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
+        "sop_instance_uid": str(dataset.SOPInstanceUID),
+        "series_instance_uid": str(dataset.SeriesInstanceUID),
+        "series_number": int(dataset.SeriesNumber),
+        "series_description": str(dataset.SeriesDescription),
+        "path": str(path.relative_to(out_dir)),
+    }
+
+
 def write_dataset(dataset: Dataset, path: Path) -> None:
     """Atomic write: a reader (the sender, a PACS admin) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -142,33 +160,71 @@ def build_results(
         number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
         return series_uid, number, f"marrownode {label} {spec.description}"
 
-    def emit(spec: OutputSeries, datasets: Iterable[Dataset]) -> None:
-        first = len(entries)
-        for dataset in datasets:
-            path = set_dir / f"{spec.offset:02d}-{spec.kind}" / f"{dataset.SOPInstanceUID}.dcm"
-            write_dataset(dataset, path)
-            entries.append({
-                "kind": spec.kind,
-                "sop_class_uid": str(dataset.SOPClassUID),
-                "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
-                "sop_instance_uid": str(dataset.SOPInstanceUID),
-                "series_instance_uid": str(dataset.SeriesInstanceUID),
-                "series_number": int(dataset.SeriesNumber),
-                "series_description": str(dataset.SeriesDescription),
-                "path": str(path.relative_to(out_dir)),
-            })
-        if on_series is not None and len(entries) > first:
-            on_series(entries[first:])
+    def write(spec: OutputSeries, datasets: Iterable[Dataset]) -> list[OutputEntry]:
+        return [_write_entry(dataset, set_dir / f"{spec.offset:02d}-{spec.kind}", out_dir)
+                for dataset in datasets]
 
+    def publish(written: list[OutputEntry]) -> None:
+        entries.extend(written)
+        if on_series is not None and written:
+            on_series(written)
+
+    def emit(spec: OutputSeries, datasets: Iterable[Dataset]) -> list[OutputEntry]:
+        written = write(spec, datasets)
+        publish(written)
+        return written
+
+    # The SR names the maps by UID: it needs neither their pixels nor to wait for them.
+    pm_series = [identity(spec)[0] for spec in (SIGNAL_LOSS_PM, FAT_FRACTION_PM)
+                 if outputs_cfg.parametric_map]
+    pm_references = [_image_reference(sources.reference, uid, ParametricMapStorage,
+                                      derived_uid(root, uid, "instance")) for uid in pm_series]
+
+    def report() -> list[list[OutputEntry]]:
+        """The SR, built on another core while this one makes the images (it is sent last)."""
+        series: list[list[OutputEntry]] = []
+        if not outputs_cfg.sr:
+            return series
+        series_uid, number, description = identity(REPORT)
+        evidence = [_header(d) for d in _unique_datasets(
+            [dixon_set.in_phase, dixon_set.opposed], cache)]
+        series.append(write(REPORT, [build_sr(
+            sources, evidence, set_report, result.focus_masks, pm_references,
+            series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
+            series_number=number, series_description=description, uid_root=root,
+            settings_digest=digest, predecessors=[
+                _reference(study_uid, entry["series_instance_uid"], entry["sop_class_uid"],
+                           entry["sop_instance_uid"]) for entry in superseded])]))
+        return series
+
+    for written in overlapped(report, lambda: _image_series(
+            emit, identity, sources, volumes, result, set_report, settings)):
+        publish(written)
+    return entries
+
+
+def _maps(result: QuantResult, set_report: SetReport) -> dict[str, Any]:
+    """Per map: values, LUT label, explanation, value range, display window."""
     fat_fraction_range = ((0, 50) if result.fat_fraction_method
                           == FatFractionMethod.SIGNAL_FAT_FRACTION else (0, 100))
-    maps = {
+    return {
         "signal_loss": (result.signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
                         (-100, 100), MARROW_SIGNAL_LOSS_WINDOW),
         "fat_fraction": (result.fat_fraction, "FAT_FRACTION", set_report.fat_fraction_label,
                          (0, 100), (sum(fat_fraction_range) / 2,
                                     fat_fraction_range[1] - fat_fraction_range[0])),
     }
+
+
+def _image_series(emit: Callable[[OutputSeries, Iterable[Dataset]], list[OutputEntry]],
+                  identity: Callable[[OutputSeries], tuple[str, int, str]],
+                  sources: SourceSeries, volumes: SetVolumes, result: QuantResult,
+                  set_report: SetReport, settings: Settings) -> None:
+    """Every result but the SR, in the order they are sent: the summary page, the parametric
+    maps, the derived MR maps, the overlay, the segmentation."""
+    outputs_cfg = settings.outputs
+    root = outputs_cfg.uid_root
+    maps = _maps(result, set_report)
     if outputs_cfg.summary:  # the page a radiologist reads first: written and sent first
         series_uid, number, description = identity(SUMMARY)
         page = render_summary(volumes.in_phase, result, set_report,
@@ -178,9 +234,9 @@ def build_results(
             sources, [page], series_uid=series_uid,
             sop_uids=[derived_uid(root, series_uid, "instance")], series_number=number,
             series_description=description))
-    parametric_maps: list[Dataset] = []
     if outputs_cfg.parametric_map:
-        for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"), (FAT_FRACTION_PM, "fat_fraction")):
+        for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"),
+                          (FAT_FRACTION_PM, "fat_fraction")):
             values, lut_label, explanation, value_range, _ = maps[key]
             series_uid, number, description = identity(spec)
             pm = build_parametric_map(
@@ -188,7 +244,6 @@ def build_results(
                 value_range=value_range, series_uid=series_uid,
                 sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
                 series_description=description, uid_root=root)
-            parametric_maps.append(pm)
             emit(spec, [pm])
     if outputs_cfg.derived_mr:
         for spec, key in ((SIGNAL_LOSS_MR, "signal_loss"), (FAT_FRACTION_MR, "fat_fraction")):
@@ -201,13 +256,12 @@ def build_results(
                 series_number=number, series_description=description, window=window))
     if outputs_cfg.overlay:
         series_uid, number, description = identity(OVERLAY)
-        first_overlay = len(entries)
-        emit(OVERLAY, build_overlay_series(
+        written = emit(OVERLAY, build_overlay_series(
             sources, overlay_frames(volumes, result, set_report, settings.outputs.disclaimer),
             series_uid=series_uid,
             sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
             series_number=number, series_description=description))
-        _describe_overlay_slices(entries[first_overlay:], result)
+        _describe_overlay_slices(written, result)
     localisation = result.localisation
     if outputs_cfg.segmentation and localisation.localised:
         series_uid, number, description = identity(SEGMENTATION)
@@ -217,23 +271,22 @@ def build_results(
             series_uid=series_uid,
             sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
             series_description=description, uid_root=root)])
-    if outputs_cfg.sr:
-        series_uid, number, description = identity(REPORT)
-        evidence = [_header(d) for d in _unique_datasets([dixon_set.in_phase, dixon_set.opposed],
-                                                          cache)]
-        emit(REPORT, [build_sr(
-            sources, evidence, set_report, result.focus_masks,
-            [_header(pm) for pm in parametric_maps],
-            series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
-            series_number=number, series_description=description, uid_root=root,
-            settings_digest=digest, predecessors=[
-                _reference(study_uid, entry) for entry in superseded])])
-    return entries
 
 
 #: Bulk data an SR's evidence never needs: highdicom copies its evidence, pixels and all.
 _BULK = {Tag("PixelData"), Tag("FloatPixelData"), Tag("DoubleFloatPixelData"),
          Tag("PerFrameFunctionalGroupsSequence")}
+
+
+def _image_reference(source: Dataset, series_uid: str, sop_class_uid: str,
+                     sop_uid: str) -> Dataset:
+    """A result image of the source's grid by its UIDs and size: all an SR's source-of-
+    measurement reference and evidence list read (it may not be built yet)."""
+    reference = _reference(str(source.StudyInstanceUID), series_uid, sop_class_uid, sop_uid)
+    reference.Modality = source.Modality
+    reference.Rows = source.Rows
+    reference.Columns = source.Columns
+    return reference
 
 
 def _header(dataset: Dataset) -> Dataset:
@@ -245,13 +298,13 @@ def _header(dataset: Dataset) -> Dataset:
     return header
 
 
-def _reference(study_uid: str, entry: OutputEntry) -> Dataset:
-    """An earlier result, as its report entry names it (for the SR's predecessor list)."""
+def _reference(study_uid: str, series_uid: str, sop_class_uid: str, sop_uid: str) -> Dataset:
+    """Another object by its UIDs alone: what the SR's evidence and predecessor lists need."""
     reference = Dataset()
     reference.StudyInstanceUID = study_uid
-    reference.SeriesInstanceUID = entry["series_instance_uid"]
-    reference.SOPClassUID = entry["sop_class_uid"]
-    reference.SOPInstanceUID = entry["sop_instance_uid"]
+    reference.SeriesInstanceUID = series_uid
+    reference.SOPClassUID = sop_class_uid
+    reference.SOPInstanceUID = sop_uid
     return reference
 
 

@@ -29,6 +29,11 @@ class SeriesWritten:
 _connection: Connection | None = None
 
 
+#: How much lower the analysis runs than the node's receiving and delivering threads (a nice
+#: value: 10 gives it about a tenth of a contended core's share).
+ANALYSIS_NICENESS = 10
+
+
 def worker_main(connection: Connection, settings: Settings, node_pid: int) -> None:
     """The worker process: run jobs from the pipe until told to stop or the node is gone."""
     from marrownode.logs import configure_logging
@@ -37,6 +42,9 @@ def worker_main(connection: Connection, settings: Settings, node_pid: int) -> No
     global _connection
     _connection = connection
     configure_logging(settings.logging)
+    # Receiving and delivering come first: a scanner's C-STORE and a result on its way to the
+    # PACS never wait behind a running analysis (the kernel gives this process the rest).
+    os.nice(ANALYSIS_NICENESS)
     # An analysis cut short is re-run at the next start (the study is still 'analysing').
     on_parent_death(lambda: os._exit(1), node_pid)
     while True:

@@ -116,13 +116,14 @@ def test_series_go_out_while_later_ones_are_encoded_each_file_once(node_factory,
         outputs = [e for s in report["dixon_sets"] for e in s["outputs"]]
         assert len(outputs) == 1 + 2 + 2 * 24 + 24 + 1  # the summary page first
         assert sorted(pacs.received) == sorted(e["sop_instance_uid"] for e in outputs)
-        # The parametric maps are written first and the SR last: the PACS had the maps before
-        # the report was even written.
-        sr = next(e for e in outputs if e["kind"] == "sr")
-        sr_written = (node.spool.results_dir(study_uid) / sr["path"]).stat().st_mtime
+        # The parametric maps are written first and the overlay after them (the SR is built
+        # beside the images, on the second core): the PACS had the maps before the last
+        # overlay frame was even written.
+        last_overlay = max((node.spool.results_dir(study_uid) / e["path"]).stat().st_mtime
+                           for e in outputs if e["kind"] == "overlay")
         first_map = min(received_at[e["sop_instance_uid"]] for e in outputs
                         if e["kind"] == "parametric_map")
-        assert first_map < sr_written
+        assert first_map < last_overlay
     finally:
         pacs.stop()
 

@@ -64,6 +64,16 @@ def test_a_killed_worker_is_replaced_and_the_queue_goes_on(node_factory) -> None
     assert node.health().ok
 
 
+def test_the_worker_analyses_at_lower_priority_than_the_node_receives(node_factory) -> None:
+    """Receiving and delivering come first: the analysis process runs at a higher nice value
+    than the node's own (receiver, deliverer), so a burst of analysis never starves ingest."""
+    node = node_factory()
+    node.worker.submit(int).result(timeout=120)
+    worker = node.worker.pid()
+    assert worker is not None
+    assert os.getpriority(os.PRIO_PROCESS, worker) >= os.getpriority(os.PRIO_PROCESS, 0) + 10
+
+
 def test_a_study_that_ends_the_worker_twice_is_failed_and_the_node_goes_on(
         node_factory, monkeypatch) -> None:
     """An analysis over its time limit is stopped like a killed worker: retried once, then

@@ -216,12 +216,15 @@ def test_sr_measurements_round_trip(processed) -> None:
             vertebra["signal_loss_percent_median"], abs=1e-3)
         assert medians["Chemical shift signal loss"] == pytest.approx(
             tissue_truth("marrow")["signal_loss_percent"], abs=1.0)
-    classes = {ref.ReferencedSOPClassUID
-               for study in sr.CurrentRequestedProcedureEvidenceSequence
-               for series in study.ReferencedSeriesSequence
-               for ref in series.ReferencedSOPSequence}
-    assert "1.2.840.10008.5.1.4.1.1.30" in classes  # the Parametric Maps, as images
-    assert "1.2.840.10008.5.1.4.1.1.4" in classes  # the source MR images
+    evidence = {(ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID)
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence
+                for ref in series.ReferencedSOPSequence}
+    assert "1.2.840.10008.5.1.4.1.1.4" in {c for c, _ in evidence}  # the source MR images
+    # The Parametric Maps, as images: the very objects written (the SR is built beside them).
+    maps = {(o["sop_class_uid"], o["sop_instance_uid"]) for o in dixon_set["outputs"]
+            if o["kind"] == "parametric_map"}
+    assert len(maps) == 2 and maps <= evidence
 
 
 def test_segmentation_holds_the_localised_vertebrae_as_reported(processed) -> None:
@@ -357,7 +360,9 @@ def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
 
 def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> None:
     """The node sends a result series while the next is encoded: the hook sees a series only
-    when all its files are on disk, before any later series exists, and sees each file once."""
+    when all its files are on disk, before any later image series exists, and sees each file
+    once. The SR is built on the second core meanwhile: it may be on disk early, and is handed
+    on last."""
     from marrownode.pipeline import analyse_study, discover
 
     write_datasets(build_study(StudyOptions(style="siemens", study_key="hook")), tmp_path / "in")
@@ -367,7 +372,7 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
 
     def on_outputs(entries: list[dict]) -> None:
         assert all((out / e["path"]).is_file() for e in entries)
-        written = sum(1 for p in out.rglob("*.dcm"))
+        written = sum(1 for p in out.rglob("*.dcm") if not p.parent.name.endswith("-sr"))
         calls.append((entries, written))
 
     report = analyse_study(instances, settings_from_mapping({}), out, on_outputs=on_outputs)
@@ -375,8 +380,9 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
     assert [e for entries, _ in calls for e in entries] == dixon_set["outputs"]
     assert len(calls) == 8  # one call per series: summary, 2 PM, 2 derived MR, overlay, SEG, SR
     assert calls[0][0][0]["kind"] == "summary", "the page read first is sent first"
+    assert calls[-1][0][0]["kind"] == "sr"
     handed_on = 0
     for entries, written in calls:
         assert len({e["series_instance_uid"] for e in entries}) == 1
-        handed_on += len(entries)
+        handed_on += sum(e["kind"] != "sr" for e in entries)
         assert written == handed_on, "a later series was written before this one was handed on"
