@@ -18,7 +18,10 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from marrownode import ALGORITHM_VERSION, __version__
+from marrownode.companion_series import join_companions
 from marrownode.config import Settings
+from marrownode.dixon.companions import Companions
+from marrownode.dixon.companions import plan as plan_companions
 from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import DixonSet, assemble
@@ -95,6 +98,9 @@ def analyse_study(
     study_uid = instances[0].header.get("study_uid", "") if instances else ""
     frames = [frame for item in instances for frame in frames_from_header(item.header)]
     assembly = assemble(classify(frames))
+    joining = plan_companions(assembly.sets, frames)  # post-contrast twins join their sets
+    joined = {uid for companions in joining.companions.values()
+              for uid in companions.series_uids()}
     paths = {item.header["sop_instance_uid"]: item.path for item in instances}
     cache = PixelCache(paths)
     parameters = quant_parameters(settings)
@@ -102,20 +108,21 @@ def analyse_study(
                             lambda text: str(derived_uid(settings.outputs.uid_root, text)),
                             results_dir=out_dir)
     run = _StudyRun(study_uid, settings, parameters, cache, paths, pending, out_dir,
-                    on_outputs, on_progress, superseded or {})
+                    on_outputs, on_progress, superseded or {}, joining.companions)
     set_reports = [_analyse_one_set(run, set_index, dixon_set)
-                   for set_index, dixon_set in enumerate(assembly.sets)]
+                   for set_index, dixon_set in enumerate(joining.sets)]
     measured_on = run.measured_on
     requests = [_answer_or_fail(item, index, measured_on, cache, settings, out_dir, on_outputs)
                 for index, item in enumerate(pending)]
     log.info("event=study_analysed study=%s sets=%d requests=%d skipped_series=%d "
              "seconds=%.2f", study_uid, len(set_reports), len(requests),
-             len(assembly.skipped_series), time.perf_counter() - started)
+             len(assembly.skipped_series) - len(joined), time.perf_counter() - started)
     return {
         "study_instance_uid": study_uid,
         "dixon_sets": set_reports,
         "requests": requests,
-        "skipped_series": assembly.skipped_series,
+        "skipped_series": [s for s in assembly.skipped_series
+                           if s["series_instance_uid"] not in joined],
     }
 
 
@@ -133,6 +140,7 @@ class _StudyRun:
     on_outputs: Callable[[list[OutputEntry]], None] | None
     on_progress: Callable[[str], None]
     superseded: Mapping[str, list[OutputEntry]]
+    companions: Mapping[str, Companions] = field(default_factory=dict)
     measured_on: list[DixonSet] = field(default_factory=list)
 
 
@@ -190,6 +198,10 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
                          localisation=given)
     report.analysed(result, volumes.geometry, run.settings.outputs.uid_root, run.study_uid,
                     run.parameters.foci.sharp_margin)
+    companion_stacks = []
+    if (companions := run.companions.get(dixon_set.key)) is not None:
+        run.on_progress(f"set {set_index + 1}: companion series")
+        companion_stacks = join_companions(companions, volumes, result, report, run.cache)
     if run.pending:
         measure_on_set(run.pending, SetMaps(
             dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
@@ -200,7 +212,8 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
         run.on_progress(f"set {set_index + 1}: writing results")
         report.outputs = build_results(
             dixon_set, volumes, result, run.cache, run.settings, run.out_dir, report,
-            set_index, emit, superseded=run.superseded.get(dixon_set.key, []))
+            set_index, emit, superseded=run.superseded.get(dixon_set.key, []),
+            evidence_stacks=companion_stacks)
 
 
 def _answer_or_fail(item: PendingRequest, index: int, measured_on: list[DixonSet],

@@ -8,13 +8,15 @@ Numbers are rounded once, here, so the SR states exactly what report.json states
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, cast
 
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.quant.analysis import QuantResult, VertebraFinding, focus_record
+from marrownode.quant.companions import CompanionMeasures, enhancing, high_signal
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.report_shape import (
+    CompanionsShape,
     EndplateFindingShape,
     FocusShape,
     OutputEntry,
@@ -28,6 +30,7 @@ from marrownode.uids import derived_uid
 from marrownode.vocabulary import (
     FAT_FRACTION_LABELS,
     FatFractionMethod,
+    FatSuppression,
     Flag,
     FocusCategory,
     LocalisationMethod,
@@ -90,6 +93,12 @@ class FocusReport:
     margin_sharpness: float | None
     margin: Margin | None
     in_phase_to_marrow_ratio: float | None
+    enhancement_percent: float | None = None
+    enhancement_ratio_to_normal: float | None = None
+    enhancing: bool | None = None
+    fat_suppressed_ratio: float | None = None
+    high_signal_after_fat_saturation: bool | None = None
+    fat_suppression: FatSuppression | None = None
 
     @property
     def site(self) -> str | None:
@@ -143,6 +152,9 @@ class VertebraReport:
     tracking_uid: str
     micronodule_count: int = 0
     endplate_findings: list[EndplateFindingShape] = field(default_factory=list)
+    enhancement_percent: float | None = None
+    enhancement_ratio_to_normal: float | None = None
+    fat_suppressed_ratio: float | None = None
 
     @property
     def name(self) -> str:
@@ -225,6 +237,7 @@ class SetReport:
     vertebrae: list[VertebraReport] = field(default_factory=list)
     foci: list[FocusReport] = field(default_factory=list)
     outputs: list[OutputEntry] = field(default_factory=list)
+    companions: CompanionsShape | None = None
 
     @classmethod
     def of(cls, dixon_set: DixonSet) -> SetReport:
@@ -273,6 +286,30 @@ class SetReport:
                       for f in result.foci] if threshold is not None else [])
         self.flags = list(dict.fromkeys(self.flags + result.flags))
 
+    def joined(self, companions: CompanionsShape, measures: CompanionMeasures | None) -> None:
+        """Add what the companion series measured (docs/companions.md), rounded here."""
+        self.companions = companions
+        if measures is None:
+            return
+        normal = measures.normal_enhancement_percent
+        self.vertebrae = [replace(
+            v, enhancement_percent=json_number(m.enhancement_percent, 1),
+            enhancement_ratio_to_normal=json_number(m.enhancement_ratio_to_normal, 2),
+            fat_suppressed_ratio=json_number(m.fat_suppressed_ratio, 2))
+            for v, m in zip(self.vertebrae, measures.vertebrae, strict=True)]
+        self.foci = [replace(
+            f, enhancement_percent=json_number(m.enhancement_percent, 1),
+            enhancement_ratio_to_normal=json_number(m.enhancement_ratio_to_normal, 2),
+            enhancing=(enhancing(m.enhancement_percent, normal)
+                       if companions["post_contrast"] else None),
+            fat_suppressed_ratio=json_number(m.fat_suppressed_ratio, 2),
+            high_signal_after_fat_saturation=(high_signal(m.fat_suppressed_ratio)
+                                              if companions["fat_suppressed"] else None),
+            fat_suppression=suppression)
+            for f, m, suppression in zip(self.foci, measures.foci, measures.fat_suppression,
+                                         strict=True)]
+        self.flags = list(dict.fromkeys(self.flags + measures.flags))
+
     @property
     def fat_fraction_label(self) -> str:
         """What the fat fraction shown is, in words."""
@@ -317,6 +354,7 @@ class SetReport:
                           "disc_in_phase": self.disc_in_phase},
             vertebrae=[v.to_json() for v in self.vertebrae],
             foci=[f.to_json() for f in self.foci],
+            companions=self.companions,
             state=str(self.state),
             outputs=self.outputs,
         )

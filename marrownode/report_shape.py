@@ -12,8 +12,11 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 from marrownode.vocabulary import (
+    CompanionKind,
     Endplate,
+    EnhancementImage,
     FatFractionMethod,
+    FatSuppression,
     Flag,
     FocusCategory,
     LocalisationMethod,
@@ -93,6 +96,9 @@ class VertebraShape(TypedDict):
     tracking_uid: str
     micronodule_count: int  # low-loss spots narrower than a focal lesion (under 5 mm)
     endplate_findings: list[EndplateFindingShape]
+    enhancement_percent: float | None  # (post - pre) / pre, post-contrast twin (companions)
+    enhancement_ratio_to_normal: float | None
+    fat_suppressed_ratio: float | None  # over the study's normal marrow, same series
 
 
 class FocusShape(TypedDict):
@@ -114,6 +120,49 @@ class FocusShape(TypedDict):
     margin_sharpness: float | None
     margin: Margin | None
     in_phase_to_marrow_ratio: float | None
+    enhancement_percent: float | None
+    enhancement_ratio_to_normal: float | None
+    enhancing: bool | None  # None: no post-contrast twin
+    fat_suppressed_ratio: float | None
+    high_signal_after_fat_saturation: bool | None  # None: no fat-suppressed series
+    fat_suppression: FatSuppression | None  # fat-containing foci only
+
+
+class CompanionSeriesShape(TypedDict):
+    """A series that joined the set, why it was recognised, and how much marrow it covers."""
+
+    series_instance_uid: str
+    series_description: str
+    images: int
+    evidence: list[str]
+    coverage_percent: float | None  # of the localised marrow, after resampling
+    image: NotRequired[EnhancementImage]  # post-contrast: which image pair was compared
+
+
+class LeftOutShape(TypedDict):
+    """A series that could have joined the set, and why it did not."""
+
+    series_instance_uid: str
+    series_description: str
+    kind: CompanionKind
+    reason: str
+
+
+class NormalMarrowShape(TypedDict):
+    """The patient's own normal marrow, the reference of every companion rule."""
+
+    reference: str
+    enhancement_percent: float | None
+    fat_suppressed_signal: float | None
+
+
+class CompanionsShape(TypedDict):
+    """The set's post-contrast twin and fat-suppressed series (docs/companions.md)."""
+
+    post_contrast: CompanionSeriesShape | None
+    fat_suppressed: CompanionSeriesShape | None
+    left_out: list[LeftOutShape]
+    normal_marrow: NormalMarrowShape | None
 
 
 class T1Reference(TypedDict):
@@ -151,6 +200,7 @@ class SetShape(TypedDict):
     marrow_summary: NotRequired[dict[str, float | int | None] | None]
     t1_reference: NotRequired[T1Reference]
     vertebrae: NotRequired[list[VertebraShape]]
+    companions: NotRequired[CompanionsShape]
 
 
 class RequestShape(TypedDict):

@@ -160,6 +160,16 @@ def _frame_from_converted(position: Dataset | None, orientation: Dataset | None,
     }
 
 
+def _contrast_agent(dataset: Dataset) -> str:
+    """Contrast/Bolus Agent, or the agent's code meaning (Enhanced MR's Contrast/Bolus Agent
+    Sequence); '' when the header names none."""
+    text = _text(dataset.get("ContrastBolusAgent"))
+    if text:
+        return text
+    item = _first_item(dataset, "ContrastBolusAgentSequence")
+    return _text(item.get("CodeMeaning")) if item is not None else ""
+
+
 def summarise(dataset: Dataset) -> dict[str, Any]:
     """Header facts of one instance, one entry in 'frames' per frame."""
     number_of_frames = _int(dataset.get("NumberOfFrames")) or 1
@@ -189,6 +199,13 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         "frame_of_reference_uid": _text(dataset.get("FrameOfReferenceUID")),
         "rows": _int(dataset.get("Rows")),
         "columns": _int(dataset.get("Columns")),
+        # What tells a post-contrast or a fat-suppressed fluid-sensitive series (companions.py)
+        "contrast_agent": _contrast_agent(dataset),
+        "inversion_time": _float(dataset.get("InversionTime")),
+        "repetition_time": _float(dataset.get("RepetitionTime")),
+        "series_time": _text(dataset.get("SeriesTime")),
+        "acquisition_time": _text(dataset.get("AcquisitionTime")),
+        "sequence_name": _text(dataset.get("SequenceName")),
     }
     if "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset:
         shared = _first_item(dataset, "SharedFunctionalGroupsSequence")

@@ -79,6 +79,13 @@ class Frame:
     number_of_frames: int
     slice_thickness: float | None = None
     complex_component: str = ""  # MAGNITUDE, PHASE, ... ('' when the header does not say)
+    protocol_name: str = ""
+    contrast_agent: str = ""  # Contrast/Bolus Agent ('' when the header names none)
+    inversion_time: float | None = None
+    repetition_time: float | None = None
+    series_time: str = ""
+    acquisition_time: str = ""
+    sequence_name: str = ""
 
     @property
     def field_strength_t(self) -> float | None:
@@ -129,6 +136,13 @@ def frames_from_header(header: dict[str, Any]) -> list[Frame]:
             images_in_acquisition=header.get("images_in_acquisition"),
             number_of_frames=header.get("number_of_frames") or 1,
             slice_thickness=frame.get("slice_thickness"),
+            protocol_name=header.get("protocol_name", ""),
+            contrast_agent=header.get("contrast_agent", ""),
+            inversion_time=header.get("inversion_time"),
+            repetition_time=header.get("repetition_time"),
+            series_time=header.get("series_time", ""),
+            acquisition_time=header.get("acquisition_time", ""),
+            sequence_name=header.get("sequence_name", ""),
         )
         for i, frame in enumerate(frames)
     ]

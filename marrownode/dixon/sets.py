@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from marrownode.dixon.contrast import after_contrast
 from marrownode.dixon.roles import Classified, Frame, Role, geometry_key
 from marrownode.report_shape import SkippedSeries
 from marrownode.vocabulary import Flag
@@ -200,9 +201,9 @@ def _pair_echoes(by_role: dict[Role, list[Stack]], used: set[int]) -> list[Dixon
             if _same_plane_grid(op, ip) is None:
                 te_gap = abs((ip.echo_time or 0) - (op.echo_time or 0))
                 ip_first = (ip.echo_time or 0) < (op.echo_time or 0)
-                candidates.append((te_gap, ip_first, op, ip))
+                candidates.append((te_gap, ip_first, _apart(ip, op), op, ip))
     sets: list[DixonSet] = []
-    for _, _, op, ip in sorted(candidates, key=lambda c: c[:2]):
+    for *_, op, ip in sorted(candidates, key=lambda c: c[:3]):
         if id(op) in used or id(ip) in used:
             continue
         used.update((id(op), id(ip)))
@@ -215,6 +216,14 @@ def _pair_echoes(by_role: dict[Role, list[Stack]], used: set[int]) -> list[Dixon
     return sets
 
 
+def _apart(a: Stack, b: Stack) -> tuple[bool, int]:
+    """How far apart two stacks' acquisitions lie: one before and one after contrast first
+    (a pre-contrast in-phase never pairs with its post-contrast twin's opposed-phase), then
+    the distance of their series numbers (a vendor's Dixon outputs are numbered together)."""
+    return (after_contrast(a.first) != after_contrast(b.first),
+            abs((a.first.series_number or 0) - (b.first.series_number or 0)))
+
+
 def _attach_water_fat(dixon_set: DixonSet, by_role: dict[Role, list[Stack]],
                       used: set[int]) -> None:
     """Water, fat and a scanner fat-fraction map on the set's grid, from its own series first."""
@@ -223,7 +232,8 @@ def _attach_water_fat(dixon_set: DixonSet, by_role: dict[Role, list[Stack]],
                             (Role.FAT_FRACTION, "scanner_fat_fraction")):
         matches = [s for s in by_role[role]
                    if id(s) not in used and _same_plane_grid(ip, s) is None]
-        matches.sort(key=lambda s: (s.series_uid not in (ip.series_uid, op.series_uid)))
+        matches.sort(key=lambda s: (s.series_uid not in (ip.series_uid, op.series_uid),
+                                    _apart(ip, s)))
         if matches:
             setattr(dixon_set, attribute, matches[0])
             used.add(id(matches[0]))

@@ -135,12 +135,15 @@ def build_results(
     set_index: int,
     on_series: Callable[[list[OutputEntry]], None] | None = None,
     superseded: Sequence[OutputEntry] = (),
+    evidence_stacks: Sequence[Stack] = (),
 ) -> list[OutputEntry]:
     """Build the configured result objects, write them under out_dir, return report entries.
 
     on_series is called with a series' entries as soon as all its files are written, so the
     node can send them while the next series is still being built. superseded: the report
-    entries of this set's earlier reports (SR), which the new one names as predecessors."""
+    entries of this set's earlier reports (SR), which the new one names as predecessors.
+    evidence_stacks: the companion series measured (post-contrast, fat-suppressed), which the
+    SR lists as evidence."""
     outputs_cfg = settings.outputs
     sources = source_series(dixon_set, cache, volumes)
     study_uid = str(sources.reference.StudyInstanceUID)
@@ -148,8 +151,8 @@ def build_results(
     # Other settings or other source images, other content: other UIDs.
     digest = content_digest(settings)
     sources_digest = hashlib.sha256("|".join(sorted(
-        frame.sop_instance_uid for stack in dixon_set.stacks() for frame in stack.frames
-    )).encode("utf-8")).hexdigest()[:16]
+        frame.sop_instance_uid for stack in [*dixon_set.stacks(), *evidence_stacks]
+        for frame in stack.frames)).encode("utf-8")).hexdigest()[:16]
     set_dir = out_dir / dixon_set.key
     label = dixon_set.in_phase.label
     entries: list[OutputEntry] = []
@@ -187,7 +190,7 @@ def build_results(
             return series
         series_uid, number, description = identity(REPORT)
         evidence = [_header(d) for d in _unique_datasets(
-            [dixon_set.in_phase, dixon_set.opposed], cache)]
+            [dixon_set.in_phase, dixon_set.opposed, *evidence_stacks], cache)]
         series.append(write(REPORT, [build_sr(
             sources, evidence, set_report, result.focus_masks, pm_references,
             series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),

@@ -33,7 +33,14 @@ from marrownode.results.common import (
     stamp,
 )
 from marrownode.uids import derived_uid
-from marrownode.vocabulary import FatFractionMethod, Flag, FocusCategory, Margin, Pattern
+from marrownode.vocabulary import (
+    FatFractionMethod,
+    FatSuppression,
+    Flag,
+    FocusCategory,
+    Margin,
+    Pattern,
+)
 
 SCHEME = "99MARROWNODE"
 SCHEME_NAME = "marrownode private codes"
@@ -91,7 +98,21 @@ FLAG_CODES = {
     Flag.MARROW_NOT_LOCALISED: Code("MN108", SCHEME, "Marrow not localised"),
     Flag.MARROW_DARKER_THAN_MUSCLE: Code("MN109", SCHEME, "Marrow darker than muscle on T1"),
     Flag.MARROW_DARKER_THAN_DISC: Code("MN110", SCHEME, "Marrow darker than disc on T1"),
+    Flag.LEVELS_UNCERTAIN: Code("MN111", SCHEME, "Vertebral levels not fixed by an anchor"),
+    Flag.ENHANCING_FOCUS: Code("MN112", SCHEME, "Focus enhancing beyond normal marrow"),
+    Flag.HIGH_SIGNAL_AFTER_FAT_SATURATION: Code("MN113", SCHEME,
+                                                "High signal after fat saturation"),
 }
+#: Companion series (docs/companions.md): each measured against the patient's normal marrow.
+ENHANCEMENT = Code("MN301", SCHEME, "Enhancement after contrast")
+ENHANCEMENT_TO_NORMAL = Code("MN302", SCHEME, "Enhancement relative to normal marrow")
+FAT_SUPPRESSED_RATIO = Code("MN303", SCHEME, "Fat-suppressed signal relative to normal marrow")
+FAT_SUPPRESSION = Code("MN310", SCHEME, "Fat suppression of a fat-containing focus")
+FAT_SUPPRESSION_CODES = {
+    FatSuppression.COMPLETE: Code("MN311", SCHEME, "Complete fat suppression (benign pattern)"),
+    FatSuppression.INCOMPLETE: Code("MN312", SCHEME, "Incomplete fat suppression"),
+}
+
 PERCENT = codes.UCUM.Percent
 TESLA = Code("T", "UCUM", "Tesla")
 RATIO = Code("1", "UCUM", "no units")
@@ -145,8 +166,9 @@ def _level_sites(level: str | None) -> list[hd.sr.FindingSite]:
 
 
 def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentification,
-                    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """One vertebral body: medians over its localised marrow and the T1 internal standard."""
+                    companions: CompanionImages) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """One vertebral body: medians over its localised marrow and the T1 internal standard
+    (and, with companion series, its enhancement and fat-suppressed signal)."""
     median = codes.DCM.Median
     measurements = [m for m in (
         measurement_item(SIGNAL_LOSS, vertebra.signal_loss_percent_median, PERCENT, median,
@@ -159,6 +181,7 @@ def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentifi
         measurement_item(IP_TO_MUSCLE, vertebra.in_phase_to_muscle_ratio, RATIO, median, algorithm),
         measurement_item(IP_TO_DISC, vertebra.in_phase_to_disc_ratio, RATIO, median, algorithm),
         measurement_item(codes.SCT.Volume, vertebra.volume_mm3, CUBIC_MM),
+        *companions.measurements(vertebra, vertebra.centroid_patient_mm, algorithm),
     ) if m is not None]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=vertebra.tracking_uid,
@@ -205,6 +228,7 @@ def _set_group(set_report: SetReport, sources: list[hd.sr.SourceImageForMeasurem
 
 def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: SourceSeries,
                  algorithm: hd.sr.AlgorithmIdentification, tracking_uid: str,
+                 companions: CompanionImages,
                  ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """One focus: its outline on every slice, ratio-of-means numbers, category and margin."""
     regions = []
@@ -222,12 +246,16 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
                      codes.SCT.Mean, algorithm),
         measurement_item(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
         measurement_item(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
+        *companions.measurements(focus, focus.centroid_patient_mm, algorithm),
     ) if m is not None]
     verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
     evaluations = [hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, verdict),
                    hd.sr.QualitativeEvaluation(FOCUS_CATEGORY, CATEGORY_CODES[focus.category])]
     if focus.margin in MARGIN_CODES:
         evaluations.append(hd.sr.QualitativeEvaluation(MARGIN, MARGIN_CODES[focus.margin]))
+    if focus.fat_suppression is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(
+            FAT_SUPPRESSION, FAT_SUPPRESSION_CODES[focus.fat_suppression]))
     where = f" in {focus.site}" if focus.vertebra else ""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
@@ -238,6 +266,56 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
+
+
+class CompanionImages:
+    """The companion series' images among the evidence: each companion measurement names the
+    image of its series nearest the region measured, so a viewer can open it there."""
+
+    def __init__(self, set_report: SetReport, evidence: Sequence[Dataset]) -> None:
+        joined = set_report.companions
+        series = {"post_contrast": joined["post_contrast"] if joined else None,
+                  "fat_suppressed": joined["fat_suppressed"] if joined else None}
+        self.images = {kind: [d for d in evidence
+                              if d.SeriesInstanceUID == entry["series_instance_uid"]]
+                       for kind, entry in series.items() if entry}
+
+    def _nearest(self, kind: str, centroid: Sequence[float]
+                 ) -> list[hd.sr.SourceImageForMeasurement] | None:
+        images = self.images.get(kind)
+        if not images:
+            return None
+        point = np.asarray(centroid, dtype=float)
+        nearest = min(images, key=lambda d: float(np.linalg.norm(
+            _projection(d, point) - point)))
+        return [hd.sr.SourceImageForMeasurement(
+            referenced_sop_class_uid=nearest.SOPClassUID,
+            referenced_sop_instance_uid=nearest.SOPInstanceUID)]
+
+    def measurements(self, region: VertebraReport | FocusReport, centroid: Sequence[float],
+                     algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement | None]:
+        """Enhancement (and its ratio to normal marrow) and the fat-suppressed ratio."""
+        post, fat = self._nearest("post_contrast", centroid), self._nearest(
+            "fat_suppressed", centroid)
+        items: list[hd.sr.Measurement | None] = []
+        for name, value, unit, images in (
+                (ENHANCEMENT, region.enhancement_percent, PERCENT, post),
+                (ENHANCEMENT_TO_NORMAL, region.enhancement_ratio_to_normal, RATIO, post),
+                (FAT_SUPPRESSED_RATIO, region.fat_suppressed_ratio, RATIO, fat)):
+            if value is not None and images:
+                items.append(hd.sr.Measurement(
+                    name=name, value=float(value), unit=unit, derivation=codes.DCM.Median,
+                    algorithm_id=algorithm, referenced_images=images))
+        return items
+
+
+def _projection(image: Dataset, point: np.ndarray) -> np.ndarray:
+    """The point dropped onto the image's plane (patient mm)."""
+    origin = np.asarray(image.ImagePositionPatient, dtype=float)
+    orientation = np.asarray(image.ImageOrientationPatient, dtype=float)
+    normal = np.cross(orientation[:3], orientation[3:])
+    projected: np.ndarray = point - np.dot(point - origin, normal) * normal
+    return projected
 
 
 def build_sr(
@@ -277,9 +355,11 @@ def build_sr(
                      for ds in list(evidence) + list(parametric_maps)]
     groups: list[Any] = [_set_group(set_report, group_sources,
                                     derived_uid(uid_root, tracking_root, "set"))]
-    groups += [_vertebra_group(vertebra, algorithm) for vertebra in set_report.vertebrae]
+    companions = CompanionImages(set_report, evidence)
+    groups += [_vertebra_group(vertebra, algorithm, companions)
+               for vertebra in set_report.vertebrae]
     groups += [_focus_group(number, focus, mask, sources, algorithm,
-                            derived_uid(uid_root, tracking_root, "focus", number))
+                            derived_uid(uid_root, tracking_root, "focus", number), companions)
                for number, (focus, mask) in enumerate(
                    zip(set_report.foci, focus_masks, strict=True), start=1)]
     report = hd.sr.MeasurementReport(

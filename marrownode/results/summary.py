@@ -15,7 +15,7 @@ from scipy import ndimage
 
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
-from marrownode.vocabulary import PATTERN_MEANINGS, Margin, Pattern
+from marrownode.vocabulary import PATTERN_MEANINGS, FatSuppression, Margin, Pattern
 
 WIDTH, HEIGHT, PANEL = 1400, 1000, 660
 DIFFUSE_PATTERNS = (Pattern.DIFFUSE, Pattern.DIFFUSE_AND_FOCAL)
@@ -86,10 +86,59 @@ def _checklist(report: SetReport) -> list[tuple[str, str]]:
          else "not assessed"),
         ("sharply marginated focal lesion", (f"yes: {', '.join(sharp)}" if sharp else "no")
          if assessed else "not assessed"),
-        ("enhancement after contrast", "not assessed: no post-contrast series"),
-        ("high signal after fat saturation", "not assessed: no fat-suppressed series"),
+        ("enhancement after contrast", enhancement_finding(report)),
+        ("high signal after fat saturation", fat_saturation_finding(report)),
         ("growth since the prior study", "not assessed: no prior study compared"),
     ]
+
+
+def _not_assessed(report: SetReport, kind: str, missing: str) -> str:
+    """Why a companion feature was not assessed: the first reason given, else missing."""
+    companions = report.companions
+    if not report.vertebrae:
+        return "not assessed: no localised marrow"
+    reasons = [item["reason"] for item in (companions["left_out"] if companions else [])
+               if item["kind"] == kind]
+    return f"not assessed: {reasons[0] if reasons else missing}"
+
+
+def enhancement_finding(report: SetReport) -> str:
+    """'yes: L1 focus +95 %, normal marrow +20 %', 'no: ...', or why not assessed."""
+    companions = report.companions
+    normal = companions["normal_marrow"] if companions else None
+    if not companions or not companions["post_contrast"] or not normal:
+        return _not_assessed(report, "post_contrast", "no post-contrast series")
+    baseline = f"normal marrow {_signed(normal['enhancement_percent'])}"
+    enhancing = [f"{f.site or 'focus'} focus {_signed(f.enhancement_percent)}"
+                 for f in report.foci if f.enhancing]
+    if enhancing:
+        return f"yes: {', '.join(enhancing)}, {baseline}"
+    others = [f"{f.site or 'focus'} focus {_signed(f.enhancement_percent)}"
+              for f in report.foci if f.enhancement_percent is not None]
+    return f"no: {', '.join([*others, baseline])}"
+
+
+def fat_saturation_finding(report: SetReport) -> str:
+    """'yes: L1 focus 4.1x normal marrow', suppressed fatty foci, 'no', or why not."""
+    companions = report.companions
+    if not companions or not companions["fat_suppressed"] or not companions["normal_marrow"]:
+        return _not_assessed(report, "fat_suppressed", "no fat-suppressed series")
+    high = [f"{f.site or 'focus'} focus {f.fat_suppressed_ratio:.1f}x"
+            for f in report.foci if f.high_signal_after_fat_saturation
+            and f.fat_suppressed_ratio is not None]
+    high += [f"{v.name} {v.fat_suppressed_ratio:.1f}x" for v in report.vertebrae
+             if v.fat_suppressed_ratio is not None and v.fat_suppressed_ratio >= 1.5]
+    suppressed = [f"{f.site or 'focus'} fatty focus suppressed completely (benign pattern)"
+                  for f in report.foci if f.fat_suppression == FatSuppression.COMPLETE]
+    if high:
+        return f"yes: {', '.join(high)} normal marrow" + (
+            f"; {', '.join(suppressed)}" if suppressed else "")
+    return "no" + (f": {', '.join(suppressed)}" if suppressed else ": nothing above 1.5x "
+                   "normal marrow")
+
+
+def _signed(value: float | None) -> str:
+    return "?" if value is None else f"{value:+.0f} %"
 
 
 def _value(number: float | None, digits: int = 0, unit: str = "") -> str:
@@ -171,9 +220,13 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
     y += 26
     for focus in report.foci[:6]:
         size = 2.0 * np.sqrt((focus.area_mm2 or 0.0) / np.pi)
+        extra = (f", enh {_signed(focus.enhancement_percent)}"
+                 if focus.enhancement_percent is not None else "") + (
+            f", fat-sat {focus.fat_suppressed_ratio:.1f}x"
+            if focus.fat_suppressed_ratio is not None else "")
         draw.text((x, y), f"{focus.site or '?'}: {size:.0f} mm, "
                   f"{focus.category.replace('_', ' ')}, loss {_value(focus.signal_loss_percent)}"
-                  f" %, margin {focus.margin or '-'}", fill=FOCUS, font=small)
+                  f" %, margin {focus.margin or '-'}{extra}", fill=FOCUS, font=small)
         y += 22
     y = _endplate_lines(draw, report, x, y)
     y += 12
@@ -181,8 +234,9 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
     y += 26
     for feature, finding in _checklist(report):
         colour = ORANGE if finding.startswith("yes") else GREY
-        draw.text((x, y), f"{feature}: {finding}", fill=colour, font=small)
-        y += 22
+        for line in textwrap.wrap(f"{feature}: {finding}", 78, subsequent_indent="    ")[:3]:
+            draw.text((x, y), line, fill=colour, font=small)
+            y += 22
     y += 12
     if report.marrow.levels_reason:
         for line in textwrap.wrap(f"levels: {report.marrow.levels_reason}", 78)[:3]:

@@ -49,6 +49,12 @@ class StudyOptions:
     station: int = 0  # whole-body stations: each one further along the slice normal
     #: Enhanced MR only: where the functional groups go (synthetic/enhanced.py LAYOUTS).
     enhanced_layout: str = "shared"
+    #: A second acquisition of the same series plan (the post-contrast twin): other series
+    #: UIDs, words added to the descriptions, Contrast/Bolus Agent ('' leaves it out).
+    series_tag: str = ""
+    description_suffix: str = ""
+    contrast_agent: str = ""
+    series_time: str = ""
 
 
 def base_dataset(options: StudyOptions) -> Dataset:

@@ -58,7 +58,7 @@ def build_study(options: StudyOptions | None = None,
     datasets: list[Dataset] = []
     for number, plan in enumerate(series_plans(options), start=options.series_number_start):
         series_uid = synthetic_uid(options.study_key, options.orientation, plan.key, "series",
-                                   options.station)
+                                   options.station, *filter(None, [options.series_tag]))
         instance = 0
         for role, echo_time, image_type, private in plan.images:
             data = stored(images[role]) if role != "fat_fraction" else stored(
@@ -69,8 +69,7 @@ def build_study(options: StudyOptions | None = None,
                 ds = copy.deepcopy(base)
                 ds.SeriesInstanceUID = series_uid
                 ds.SeriesNumber = number
-                ds.SeriesDescription = plan.description
-                ds.ProtocolName = plan.description
+                _label_series(ds, plan.description, options)
                 ds.Manufacturer = plan.manufacturer
                 ds.SOPInstanceUID = synthetic_uid(series_uid, role, k)
                 ds.InstanceNumber = instance
@@ -101,6 +100,16 @@ def build_study(options: StudyOptions | None = None,
                 pixel_module(ds, data[k])
                 datasets.append(finish(ds, MRImageStorage))
     return datasets
+
+
+def _label_series(ds: Dataset, description: str, options: StudyOptions) -> None:
+    """Description and protocol (with the options' suffix), contrast agent, series time."""
+    ds.SeriesDescription = description + options.description_suffix
+    ds.ProtocolName = description + options.description_suffix
+    if options.contrast_agent:
+        ds.ContrastBolusAgent = options.contrast_agent
+    if options.series_time:
+        ds.SeriesTime = options.series_time
 
 
 def extra_series(options: StudyOptions, kind: str, phantom: Phantom | None = None) -> list[Dataset]:

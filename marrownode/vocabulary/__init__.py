@@ -16,7 +16,10 @@ from marrownode.vocabulary.findings import (
 from marrownode.vocabulary.flags import Flag
 from marrownode.vocabulary.measures import (
     FAT_FRACTION_LABELS,
+    CompanionKind,
+    EnhancementImage,
     FatFractionMethod,
+    FatSuppression,
     LocalisationMethod,
 )
 from marrownode.vocabulary.outputs import OutputKind
@@ -25,8 +28,11 @@ from marrownode.vocabulary.reasons import RegionRefusal
 __all__ = [
     "FAT_FRACTION_LABELS",
     "PATTERN_MEANINGS",
+    "CompanionKind",
     "Endplate",
+    "EnhancementImage",
     "FatFractionMethod",
+    "FatSuppression",
     "Flag",
     "FocusCategory",
     "LocalisationMethod",

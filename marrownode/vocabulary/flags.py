@@ -20,3 +20,6 @@ class Flag(StrEnum):
     MARROW_DARKER_THAN_MUSCLE = "marrow_darker_than_muscle"
     MARROW_DARKER_THAN_DISC = "marrow_darker_than_disc"
     LEVELS_UNCERTAIN = "levels_uncertain"  # the anatomy does not fix the level names
+    ENHANCING_FOCUS = "enhancing_focus"  # a focus enhances well beyond normal marrow
+    #: a focus or a vertebra bright on the fat-suppressed series against normal marrow
+    HIGH_SIGNAL_AFTER_FAT_SATURATION = "high_signal_after_fat_saturation"

@@ -29,3 +29,25 @@ class LocalisationMethod(StrEnum):
     IMAGE = "image"
     SEGMENTATION = "segmentation"
     NONE = "none"
+
+
+class CompanionKind(StrEnum):
+    """A series that joins a Dixon set as evidence (report.json's companions)."""
+
+    POST_CONTRAST = "post_contrast"  # the set's post-contrast twin: same grid and sequence
+    FAT_SUPPRESSED = "fat_suppressed"  # STIR / TIRM, T2 with fat saturation, T2 Dixon water
+
+
+class EnhancementImage(StrEnum):
+    """Which image pair an enhancement is measured on."""
+
+    WATER = "water"  # water images: fat cannot dilute the enhancement
+    IN_PHASE = "in_phase"  # no water image on both sides: in-phase, diluted by the fat
+
+
+class FatSuppression(StrEnum):
+    """A fat-containing focus on the fat-suppressed series (the seed: complete suppression
+    points to a benign lesion)."""
+
+    COMPLETE = "complete"  # no brighter than suppressed normal marrow
+    INCOMPLETE = "incomplete"
