@@ -41,6 +41,9 @@ def test_dcmtk_reads_each_rejection_with_its_reason(node_factory) -> None:
     assert "rejected permanent" in out and "called ae title not recogni" in out, out
     out = echoscu(port, "SCANNER1")
     assert "received echo response (success)" in out, out
+    # echoscu has released; the node frees the slot as its thread ends (not before echoscu
+    # exits): wait for it, or the holder below meets the limit meant for the next echoscu.
+    wait_until(lambda: node.receiver.active_associations() == 0, timeout=10)
     holder = RawRequestor(port)
     holder.send(RawRequestor.associate_rq(MRImageStorage, ExplicitVRLittleEndian,
                                           calling="SCANNER1"))

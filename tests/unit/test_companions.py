@@ -277,3 +277,58 @@ def test_the_checklist_names_the_enhancing_focus_and_normal_marrow(metastasis) -
     text = enhancement_finding(report)
     assert text.startswith("yes: L1 focus +") and "normal marrow +25 %" in text
     assert fat_saturation_finding(report).startswith("yes: L1 focus")
+
+
+def test_every_output_of_a_study_with_companions_is_valid(metastasis) -> None:
+    """dciodvfy: 0 errors on one object of every kind written for the set."""
+    study, out = metastasis
+    (dixon_set,) = study["dixon_sets"]
+    firsts = {}
+    for entry in dixon_set["outputs"]:
+        firsts.setdefault(entry["kind"], entry["path"])
+    assert set(firsts) >= {"summary", "parametric_map", "derived_mr", "overlay",
+                           "segmentation", "sr"}
+    for kind, path in firsts.items():
+        checked = subprocess.run(["/usr/bin/dciodvfy", str(out / path)], capture_output=True,
+                                 text=True, timeout=120)
+        errors = [line for line in (checked.stdout + checked.stderr).splitlines()
+                  if line.startswith("Error")]
+        assert not errors, (kind, errors)
+
+
+def test_a_series_that_misses_the_marrow_is_left_out_with_its_coverage(tmp_path) -> None:
+    """A STIR slab 60 mm to the side of the Dixon slab (same frame of reference) covers none of
+    the localised marrow: left out with its coverage, nothing measured on it."""
+    study, _ = _process(tmp_path, "metastasis_centre", shift_mm=60.0)
+    (dixon_set,) = study["dixon_sets"]
+    companions = dixon_set["companions"]
+    assert companions["fat_suppressed"] is None
+    (refused,) = [item for item in companions["left_out"] if item["kind"] == "fat_suppressed"]
+    assert "covers 0 % of the localised marrow" in refused["reason"]
+    assert companions["post_contrast"] is not None  # the twin still measured
+
+
+def test_an_axial_series_lands_on_a_sagittal_grid_by_patient_coordinates() -> None:
+    """Resampling reads every Dixon voxel where it lies in the patient: a field that is the
+    patient's own coordinates comes back as the Dixon voxels' coordinates, across orientations,
+    spacings and an offset; outside the other slab it is NaN, never extrapolated."""
+    import numpy as np
+
+    from marrownode.quant.geometry import SUPERIOR_INFERIOR, VolumeGeometry
+    from marrownode.quant.resample import resample_onto
+
+    axial = VolumeGeometry((-60.0, -60.0, -30.0), (0.0, 0.0, 1.0), (0.0, 1.0, 0.0),
+                           (1.0, 0.0, 0.0), (5.0, 1.2, 1.2))
+    sagittal = VolumeGeometry((-8.0, -40.0, 25.0), (1.0, 0.0, 0.0), (0.0, 0.0, -1.0),
+                              (0.0, 1.0, 0.0), (4.0, 0.75, 0.75))
+    axial_shape, sagittal_shape = (13, 100, 100), (5, 120, 100)
+    for axis in range(3):
+        field = axial.patient_coordinate(axis, axial_shape)
+        on_sagittal = resample_onto(field, axial, sagittal, sagittal_shape)
+        truth = sagittal.patient_coordinate(axis, sagittal_shape)
+        inside = np.isfinite(on_sagittal)
+        assert 0.3 < inside.mean() < 1.0  # the axial slab covers part of the sagittal one
+        assert np.abs(on_sagittal[inside] - truth[inside]).max() < 1e-3
+    z = sagittal.patient_coordinate(SUPERIOR_INFERIOR, sagittal_shape)
+    assert not np.isfinite(resample_onto(axial.patient_coordinate(0, axial_shape), axial,
+                                         sagittal, sagittal_shape)[z > 30.0 + 1e-3]).any()
