@@ -48,7 +48,8 @@ class Node:
         except BaseException:
             self.lock.release()
             raise
-        self.ingestor = open_ingestor(self.spool, self.index.path)
+        self.ingestor = open_ingestor(self.spool, self.index.path,
+                                      settings.storage.max_instance_mb)
         self.metrics = Metrics()
         extra = settings.node.receiver_processes - 1
         counters = shared_counters()  # one set for all receiving processes: exact metrics

@@ -1,9 +1,11 @@
 """The identity of a received Part 10 file (its UIDs and transfer syntax) read straight from the
 bytes, for the acknowledgement path.
 
-One walk over the element headers (never the values, except the UIDs wanted) of the plain
-little-endian encodings gives the identity and whether the data set parses to its end; big
-endian and deflate are left to pydicom. Why not pydicom for everything: docs/performance.md.
+One walk over the element headers (never the values, except the UIDs wanted) gives the
+identity and whether the data set parses to its end, in little and big endian alike, with
+sequences nested at most MAX_NESTING deep. A deflated data set is inflated (bounded, in
+chunks) by the ingest first and walked as explicit little endian. Why not pydicom for
+everything: docs/performance.md.
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from dataclasses import dataclass
 Encoded = bytes | bytearray | mmap.mmap
 
 _IMPLICIT_LE = "1.2.840.10008.1.2"
-_NOT_WALKED = frozenset({"1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"})  # BE, deflated
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+#: Sequences nested deeper than this are refused: real objects nest a handful of levels
+#: (Enhanced MR's functional groups: 3; an SR's content tree: tens at most), and a
+#: hostile one nested thousands deep would exhaust the stack of any recursive reader.
+MAX_NESTING = 64
 _UNDEFINED = 0xFFFFFFFF
 _LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
                        b"UR", b"UT", b"UV"})
@@ -26,6 +34,14 @@ _META_WANTED = {0x00020002: "media_sop_class_uid", 0x00020003: "media_sop_instan
                 0x00020010: "transfer_syntax"}
 _DATA_WANTED = {0x00080016: "sop_class_uid", 0x00080018: "sop_instance_uid",
                 0x0020000D: "study_uid", 0x0020000E: "series_uid"}
+
+
+#: What a walk that broke off says (RecursionError cannot happen below MAX_NESTING).
+_WALK_ERRORS: dict[type[Exception], str] = {
+    struct.error: "data set ends inside an element header",
+    UnicodeDecodeError: "a UID is not ASCII",
+    RecursionError: "sequences nested too deep",
+}
 
 
 class _NotWalkable(Exception):
@@ -46,11 +62,12 @@ class Identity:
 @dataclass(frozen=True)
 class Examination:
     """What one walk over a received file found: its identity (None when pydicom has to read
-    it: big endian, deflate, UIDs missing) and why it is unsound (None when it parses to its
-    end, or was not walked)."""
+    it: UIDs missing) and why it is unsound (None when it parses to its end); deflated: the
+    data set is deflated and must be inflated before it can be walked."""
 
     identity: Identity | None
     problem: str | None
+    deflated: bool = False
 
 
 def examine(encoded: Encoded) -> Examination:
@@ -68,16 +85,16 @@ def examine(encoded: Encoded) -> Examination:
         position = _walk_strict(encoded, 132, True, len(encoded), wanted=_META_WANTED,
                                 found=meta, last=0x0002FFFF)
         syntax = meta.get("transfer_syntax", "")
-        if not syntax or syntax in _NOT_WALKED:
+        if not syntax:
             return Examination(None, None)
+        if syntax == DEFLATED:
+            return Examination(None, None, deflated=True)
         end = _walk_strict(encoded, position, syntax != _IMPLICIT_LE, len(encoded),
-                           wanted=_DATA_WANTED, found=found)
+                           wanted=_DATA_WANTED, found=found, big=syntax == _BIG_ENDIAN)
     except _NotWalkable as exc:
         return Examination(None, str(exc) or "data set does not parse")
-    except struct.error:
-        return Examination(None, "data set ends inside an element header")
-    except UnicodeDecodeError:
-        return Examination(None, "a UID is not ASCII")
+    except (struct.error, UnicodeDecodeError, RecursionError) as exc:
+        return Examination(None, _WALK_ERRORS[type(exc)])
     if end != len(encoded):
         return Examination(None, f"{len(encoded) - end} bytes after the data set")
     if not {"study_uid", "series_uid", "sop_instance_uid"} <= found.keys():
@@ -101,34 +118,38 @@ _VRS = frozenset(v.encode() for v in (
     "UR", "US", "UT", "UV"))
 
 
-def _header(data: Encoded, position: int, explicit: bool) -> tuple[int, bytes, int, int]:
+def _header(data: Encoded, position: int, explicit: bool,
+            big: bool = False) -> tuple[int, bytes, int, int]:
     """(tag, VR, value length, value start) of the element at position."""
-    group, element = struct.unpack_from("<HH", data, position)
+    order = ">" if big else "<"
+    group, element = struct.unpack_from(order + "HH", data, position)
     tag = (group << 16) | element
     vr = bytes(data[position + 4:position + 6])
     if not explicit or group == 0xFFFE:
-        (length,) = struct.unpack_from("<I", data, position + 4)
+        (length,) = struct.unpack_from(order + "I", data, position + 4)
         return tag, b"", length, position + 8
     if vr not in _VRS:
         raise _NotWalkable(f"element ({group:04X},{element:04X}) has no valid VR")
     if vr in _LONG_VRS:
-        (length,) = struct.unpack_from("<I", data, position + 8)
+        (length,) = struct.unpack_from(order + "I", data, position + 8)
         return tag, vr, length, position + 12
-    (length,) = struct.unpack_from("<H", data, position + 6)
+    (length,) = struct.unpack_from(order + "H", data, position + 6)
     return tag, vr, length, position + 8
 
 
 def _walk_strict(data: Encoded, position: int, explicit: bool, end: int,
                  in_item: bool = False, wanted: dict[int, str] | None = None,
-                 found: dict[str, str] | None = None, last: int | None = None) -> int:
+                 found: dict[str, str] | None = None, last: int | None = None,
+                 big: bool = False, depth: int = 0) -> int:
     """Walk elements to end (or to the item's delimiter, or to the first tag beyond last);
     return where the walk stopped. Values of wanted tags go into found."""
+    order = ">HH" if big else "<HH"
     previous = -1
     while position < end:
-        group, element = struct.unpack_from("<HH", data, position)
+        group, element = struct.unpack_from(order, data, position)
         if last is not None and (group << 16 | element) > last:
             return position  # the next group is in another encoding: the caller goes on
-        tag, vr, length, start = _header(data, position, explicit)
+        tag, vr, length, start = _header(data, position, explicit, big)
         if in_item and tag == _ITEM_END:
             return start
         if tag <= previous:
@@ -136,13 +157,15 @@ def _walk_strict(data: Encoded, position: int, explicit: bool, end: int,
         previous = tag
         if length == _UNDEFINED:
             if tag == 0x7FE00010:
-                position = _skip_fragments(data, start)
+                position = _skip_fragments(data, start, big)
             else:  # a sequence (SQ, or UN / implicit VR of undefined length)
-                position = _skip_items(data, start, explicit and vr != b"UN")
+                position = _skip_items(data, start, explicit and vr != b"UN", big, depth + 1)
             continue
         if start + length > end:
             raise _NotWalkable(f"element {tag:08X} runs {start + length - end} bytes past "
                                "the end")
+        if vr == b"SQ":  # a sequence of defined length: its items are walked too
+            _skip_items(data, start, explicit, big, depth + 1, start + length)
         if wanted is not None and found is not None and tag in wanted:
             found[wanted[tag]] = bytes(data[start:start + length]).rstrip(b"\0 ").decode(
                 "ascii")
@@ -152,26 +175,34 @@ def _walk_strict(data: Encoded, position: int, explicit: bool, end: int,
     return position
 
 
-def _skip_items(data: Encoded, position: int, explicit: bool) -> int:
-    while True:
-        tag, _, length, start = _header(data, position, False)
-        if tag == _SEQUENCE_END:
+def _skip_items(data: Encoded, position: int, explicit: bool, big: bool, depth: int,
+                end: int | None = None) -> int:
+    """A sequence's items, to its delimiter (undefined length) or to end (defined length)."""
+    if depth > MAX_NESTING:
+        raise _NotWalkable(f"sequences nested deeper than {MAX_NESTING}")
+    while end is None or position < end:
+        tag, _, length, start = _header(data, position, False, big)
+        if tag == _SEQUENCE_END and end is None:
             return start
         if tag != _ITEM:
             raise _NotWalkable(f"tag {tag:08X} inside a sequence")
         if length == _UNDEFINED:
-            position = _walk_strict(data, start, explicit, len(data), in_item=True)
-        elif start + length > len(data):
+            position = _walk_strict(data, start, explicit, len(data) if end is None else end,
+                                    in_item=True, big=big, depth=depth)
+        elif start + length > (len(data) if end is None else end):
             raise _NotWalkable("a sequence item runs past the end")
         else:
-            _walk_strict(data, start, explicit, start + length)
+            _walk_strict(data, start, explicit, start + length, big=big, depth=depth)
             position = start + length
+    if position != end:
+        raise _NotWalkable("a sequence's items run past its length")
+    return position
 
 
-def _skip_fragments(data: Encoded, position: int) -> int:
+def _skip_fragments(data: Encoded, position: int, big: bool = False) -> int:
     """Encapsulated Pixel Data: items of defined length up to the sequence delimiter."""
     while True:
-        tag, _, length, start = _header(data, position, False)
+        tag, _, length, start = _header(data, position, False, big)
         if tag == _SEQUENCE_END:
             return start
         if tag != _ITEM or length == _UNDEFINED or start + length > len(data):

@@ -36,6 +36,7 @@ STATUS_FOR_RESULT: dict[IngestResult, Status] = {
     IngestResult.MISMATCH: Status.DATA_SET_DOES_NOT_MATCH_SOP_CLASS,
     IngestResult.UNREADABLE: Status.CANNOT_UNDERSTAND,
     IngestResult.WRITE_FAILED: Status.PROCESSING_FAILURE,
+    IngestResult.TOO_LARGE: Status.OUT_OF_RESOURCES,
 }
 
 
@@ -45,11 +46,12 @@ def open_spool(settings: Settings) -> Spool:
     return Spool(settings.storage.root, settings.storage.min_free_mb * 1024 * 1024)
 
 
-def open_ingestor(spool: Spool, path: Path) -> Ingestor:
+def open_ingestor(spool: Spool, path: Path, max_instance_mb: int = 4096) -> Ingestor:
     """The ingest side of the store. Its index connection commits without waiting for the disk
     (synchronous NORMAL): the acknowledged spool file is fsynced, and start-up recovery indexes
     any file whose row a power loss took. Everything else commits with FULL durability."""
-    return Ingestor(spool, Index(path, synchronous="NORMAL").studies)
+    return Ingestor(spool, Index(path, synchronous="NORMAL").studies,
+                    max_instance_mb * 1024 * 1024)
 
 
 class IngestSink:
@@ -177,7 +179,8 @@ def _receiver_process(settings: Settings, port: int, counters: Any, notices: Any
         signal.signal(signum, lambda *_: interrupted.set())
     on_parent_death(interrupted.set, node_pid)
     node_settings = settings.node.model_copy(update={"port": port})
-    ingestor = open_ingestor(open_spool(settings), index_path(settings.storage.root))
+    ingestor = open_ingestor(open_spool(settings), index_path(settings.storage.root),
+                             settings.storage.max_instance_mb)
     sink = IngestSink(ingestor, lambda ended: notices.put(AssociationEnded(ended)))
     receiver = Receiver(node_settings, sink, stats=ReceiverStats(counters), shared_port=True)
     receiver.start()

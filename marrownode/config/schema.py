@@ -123,6 +123,8 @@ class StorageSettings(_Section):
     root: StrictPath = Field(default_factory=_default_storage_root)
     min_free_mb: Annotated[int, Field(ge=0)] = 1024
     retention_hours: Annotated[float, Field(gt=0)] = 72.0
+    #: The largest data set a deflated instance may inflate to (refused with 0xA700 beyond).
+    max_instance_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 4096
 
 
 class CompletionSettings(_Section):

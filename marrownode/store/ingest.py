@@ -10,17 +10,23 @@ import errno
 import logging
 import mmap
 import sqlite3
+import struct
+import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_file_meta_info
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian
 
 from marrownode.dixon.header import summarise
-from marrownode.part10 import Identity, examine
+from marrownode.part10 import Examination, Identity, examine
 from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
 from marrownode.store.studies import StudyIndex
 
@@ -36,6 +42,10 @@ class IngestResult(StrEnum):
     MISMATCH = "mismatch"  # the data set's SOP Instance UID is not the request's
     UNREADABLE = "unreadable"  # no identity could be read from the data set
     WRITE_FAILED = "write_failed"  # the spool could not be written for another reason
+    TOO_LARGE = "too_large"  # inflated beyond [storage] max_instance_mb
+
+#: The largest data set a deflated one may inflate to, unless [storage] max_instance_mb says.
+DEFAULT_MAX_INSTANCE_BYTES = 4096 * 1024 * 1024
 
 _IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 
@@ -53,9 +63,11 @@ class IngestOutcome:
 class Ingestor:
     """Writes received instances into the spool and the index."""
 
-    def __init__(self, spool: Spool, studies: StudyIndex) -> None:
+    def __init__(self, spool: Spool, studies: StudyIndex,
+                 max_instance_bytes: int = DEFAULT_MAX_INSTANCE_BYTES) -> None:
         self.spool = spool
         self.studies = studies
+        self.max_instance_bytes = max_instance_bytes
 
     def _identify(self, encoded: bytes | mmap.mmap,
                   path: Path | None = None) -> tuple[dict[str, Any], str] | IngestOutcome:
@@ -64,7 +76,11 @@ class Ingestor:
         Only what the acknowledgement needs: the header summary the assembler reads is made
         later, off the receiving path (summarise_pending). encoded may be a memory map of the
         received file: the walks touch element headers only, never the whole file."""
-        examination = examine(encoded)
+        return self._judge(examine(encoded), encoded, path)
+
+    def _judge(self, examination: Examination, encoded: bytes | mmap.mmap,
+               path: Path | None) -> tuple[dict[str, Any], str] | IngestOutcome:
+        """_identify's verdict on what the walk found."""
         if examination.problem is not None:
             log.warning("event=store_rejected reason=unsound_dataset detail=%s",
                         examination.problem.replace(" ", "_"))
@@ -109,8 +125,12 @@ class Ingestor:
         """Store one received instance already written to a spool temp file: identify and check
         it through a memory map, then move it into place and index it. The temp file is
         committed or removed, whatever happens."""
+        if incoming.refused is not None:  # the disk filled while it streamed in
+            incoming.discard()
+            log.warning("event=store_refused reason=disk_watermark_while_receiving")
+            return IngestOutcome(IngestResult.OUT_OF_SPACE, "spool below free-space watermark")
         try:
-            parsed = self._identify_file(incoming)
+            incoming, parsed = self._identify_file(incoming)
         except BaseException:
             incoming.discard()
             raise
@@ -157,13 +177,39 @@ class Ingestor:
             return IngestOutcome(IngestResult.OUT_OF_SPACE, "index disk full")
         return IngestOutcome(IngestResult.WRITE_FAILED, "cannot write to index")
 
-    def _identify_file(self, incoming: IncomingFile) -> tuple[dict[str, Any], str] | IngestOutcome:
+    def _identify_file(self, incoming: IncomingFile
+                       ) -> tuple[IncomingFile, tuple[dict[str, Any], str] | IngestOutcome]:
+        """The file to commit (a deflated data set is replaced by its inflation) and its
+        identity, or the failure to answer with. One walk per file."""
         incoming.finish()
         if incoming.size == 0:
-            return IngestOutcome(IngestResult.UNREADABLE, "empty data set")
+            return incoming, IngestOutcome(IngestResult.UNREADABLE, "empty data set")
         with open(incoming.path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
                                                            access=mmap.ACCESS_READ) as view:
-            return self._identify(view, incoming.path)
+            examination = examine(view)
+            if not examination.deflated:
+                return incoming, self._judge(examination, view, incoming.path)
+        try:
+            inflated = self.spool.incoming()
+        except OutOfSpace:
+            return incoming, IngestOutcome(IngestResult.OUT_OF_SPACE,
+                                           "spool below free-space watermark")
+        problem = inflate(incoming.path, inflated, self.max_instance_bytes)
+        incoming.discard()
+        if inflated.refused is not None:
+            return inflated, IngestOutcome(IngestResult.OUT_OF_SPACE,
+                                           "spool below free-space watermark")
+        if problem is not None:
+            too_large = problem.startswith("larger than")
+            log.warning("event=store_rejected reason=%s detail=%s",
+                        "too_large" if too_large else "deflate_unsound",
+                        problem.replace(" ", "_"))
+            return inflated, IngestOutcome(
+                IngestResult.TOO_LARGE if too_large else IngestResult.UNREADABLE,
+                f"deflated data set: {problem}"[:64])
+        with open(inflated.path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
+                                                           access=mmap.ACCESS_READ) as view:
+            return inflated, self._identify(view, inflated.path)
 
     def recover(self) -> tuple[int, int]:
         """After a crash: drop temp files; index, where they are, spool files that lost their
@@ -184,6 +230,55 @@ class Ingestor:
                                        summarised=False)
             reindexed += 1
         return removed, reindexed
+
+
+#: Inflation reads and writes this much at a time: memory stays bounded whatever the ratio.
+_INFLATE_CHUNK = 1024 * 1024
+
+
+def inflate(source: Path, target: IncomingFile, max_bytes: int) -> str | None:
+    """Write source (deflated) to target as Explicit VR Little Endian: the meta with its
+    transfer syntax changed, then the data set inflated a chunk at a time, never more than
+    max_bytes; the problem (cut or corrupt stream, too large), or None."""
+    meta = read_file_meta_info(source)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    header = DicomBytesIO()
+    header.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(header, meta, enforce_standard=True)
+    target.write(header.getvalue())
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    written = 0
+    with open(source, "rb") as handle:
+        handle.seek(_meta_end(handle))
+        while chunk := handle.read(_INFLATE_CHUNK):
+            try:
+                while chunk:
+                    out = inflater.decompress(chunk, _INFLATE_CHUNK)
+                    chunk = inflater.unconsumed_tail
+                    written += len(out)
+                    if written > max_bytes:
+                        return f"larger than {max_bytes // (1024 * 1024)} MB inflated"
+                    target.write(out)
+                    if inflater.eof:
+                        break
+            except zlib.error as exc:
+                return f"deflate stream corrupt ({exc})"
+            if inflater.eof:
+                break
+    if not inflater.eof:
+        return "deflate stream cut short"
+    target.finish()
+    return None
+
+
+def _meta_end(handle: BinaryIO) -> int:
+    """Where the data set starts: after the preamble and the meta group (its group length)."""
+    handle.seek(132)
+    group, element, vr = struct.unpack("<HH2s", handle.read(6))
+    if (group, element, vr) != (0x0002, 0x0000, b"UL"):
+        raise ValueError("file meta without its group length")
+    (length,) = struct.unpack("<HI", handle.read(6))[1:]
+    return 132 + 12 + int(length)
 
 
 def _read_identity_with_pydicom(source: Path | BytesIO) -> Identity | IngestOutcome:

@@ -70,24 +70,41 @@ def _disk_free(path: Path) -> int:
     return shutil.disk_usage(path).free
 
 
+#: While an instance streams in, free space is checked each time this much more was written.
+ROOM_CHECK_BYTES = 16 * 1024 * 1024
+
+
 class IncomingFile:
     """A received instance being written, piece by piece, to the spool's temp folder (on the
     same filesystem as the spool, so committing it is a rename)."""
 
-    def __init__(self, temp_dir: Path) -> None:
+    def __init__(self, temp_dir: Path, room: Callable[[], bool] | None = None) -> None:
         fd, name = tempfile.mkstemp(dir=temp_dir, suffix=_TEMP_SUFFIX)
         self.path = Path(name)
         self.size = 0
         self._file = os.fdopen(fd, "wb")
+        self._room = room
+        self._checked_at = 0
+        #: Why the rest of this instance is not written (free space fell below the
+        #: watermark while it streamed in); the partial file is already gone.
+        self.refused: str | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append data."""
-        self._file.write(data)
+        """Append data; every ROOM_CHECK_BYTES, check that the disk still has room above the
+        watermark, and if not, drop what was written and stop writing (refused says why)."""
         self.size += len(data)
+        if self.refused is not None:
+            return
+        self._file.write(data)
+        if self._room is not None and self.size - self._checked_at >= ROOM_CHECK_BYTES:
+            self._checked_at = self.size
+            if not self._room():
+                self.refused = "spool fell below the free-space watermark while receiving"
+                self.discard()
 
     def finish(self) -> None:
         """Make the bytes durable (data and size; the rename is synced when committed)."""
-        if not self._file.closed:
+        if self.refused is None and not self._file.closed:
             self._file.flush()
             os.fdatasync(self._file.fileno())
             self._file.close()
@@ -148,7 +165,12 @@ class Spool:
         """A temp file for an instance about to arrive; OutOfSpace below the watermark."""
         if not self.has_room_for(0):
             raise OutOfSpace(f"free space below watermark ({self.min_free_bytes} bytes)")
-        return IncomingFile(self.temp_dir)
+        return IncomingFile(self.temp_dir, room=self.room_while_writing)
+
+    def room_while_writing(self) -> bool:
+        """Whether the disk is still above the watermark (what is being written is already
+        counted as used)."""
+        return self.free_bytes() - INDEX_RESERVE_BYTES >= self.min_free_bytes
 
     def commit(self, incoming: IncomingFile, path: Path) -> None:
         """Durably move a received file into place (fsync, rename, fsync directory); the temp

@@ -12,10 +12,16 @@ import threading
 import time
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    MRImageStorage,
+)
 
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import LOOPBACK, wait_until
+from tests.integration.test_hostile_encodings import deflate_raw, encode_explicit
 from tests.integration.test_hostile_network import c_store, encoded
 from tests.scu import RawRequestor, send
 
@@ -61,8 +67,16 @@ def test_mutated_associations_and_stores_never_hurt_the_node(node_factory) -> No
     node = node_factory(node={"artim_timeout_seconds": 2.0, "network_timeout_seconds": 2.0})
     port = node.receiver.port
     datasets = build_study(StudyOptions(study_key="fuzz"))[:3]
-    associate = RawRequestor.associate_rq(MRImageStorage, ExplicitVRLittleEndian)
-    stores = [c_store(str(d.SOPClassUID), str(d.SOPInstanceUID), encoded(d)) for d in datasets]
+    # Every encoding: little endian, big endian (walked the same way) and deflated (inflated
+    # in bounded chunks before the walk).
+    encodings = {
+        ExplicitVRLittleEndian: encoded,
+        ExplicitVRBigEndian: lambda d: encode_explicit(d, little=False),
+        DeflatedExplicitVRLittleEndian: lambda d: deflate_raw(encoded(d)),
+    }
+    variants = [(RawRequestor.associate_rq(MRImageStorage, syntax),
+                 [c_store(str(d.SOPClassUID), str(d.SOPInstanceUID), encode(d))
+                  for d in datasets]) for syntax, encode in encodings.items()]
     release = bytes.fromhex("05 00 00000004 00000000")
     assert send(port, datasets[:1]) == [0]  # warm: the node's own connections exist
     threads_before = threading.active_count()
@@ -71,6 +85,7 @@ def test_mutated_associations_and_stores_never_hurt_the_node(node_factory) -> No
     deadline = time.monotonic() + SECONDS
     cases = 0
     while cases < CASES and time.monotonic() < deadline:
+        associate, stores = rng.choice(variants)
         if rng.random() < 0.4:
             payload = _mutate(associate, rng)  # the request itself
         else:  # a sound request, then mutated messages

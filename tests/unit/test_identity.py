@@ -18,7 +18,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from marrownode.part10 import Identity, read_identity
+from marrownode.part10 import Identity, examine, read_identity
 from marrownode.synthetic.phantom import spine_phantom
 from marrownode.synthetic.studies import STYLES, StudyOptions, build_study, compress
 
@@ -69,15 +69,25 @@ def test_every_style_and_plain_encoding_reads_as_pydicom_reads_it(style: str) ->
                 part10(compress([first], JPEG2000Lossless)[0])]
     for undefined in (True, False):
         variants += [part10(with_sequences(first, undefined)),
-                     part10(with_sequences(first, undefined), ImplicitVRLittleEndian)]
+                     part10(with_sequences(first, undefined), ImplicitVRLittleEndian),
+                     part10(with_sequences(first, undefined), ExplicitVRBigEndian)]
     for encoded in variants:
         assert read_identity(encoded) == pydicom_identity(encoded)
 
 
+def test_big_endian_is_walked_and_deflate_is_named_for_inflation() -> None:
+    """Big endian gets little endian's walk (issue 29): the same identity as pydicom reads;
+    a deflated data set cannot be walked as it is: the walk says it must be inflated."""
+    first = build_study(StudyOptions(study_key="id-other"), SMALL)[0]
+    big = part10(first, ExplicitVRBigEndian)
+    assert read_identity(big) == pydicom_identity(big)
+    assert examine(big[:-10]).problem is not None  # cut inside Pixel Data
+    deflated = examine(part10(first, DeflatedExplicitVRLittleEndian))
+    assert deflated.deflated and deflated.identity is None and deflated.problem is None
+
+
 def test_what_it_does_not_walk_is_left_to_pydicom() -> None:
     first = build_study(StudyOptions(study_key="id-other"), SMALL)[0]
-    assert read_identity(part10(first, ExplicitVRBigEndian)) is None
-    assert read_identity(part10(first, DeflatedExplicitVRLittleEndian)) is None
     encoded = part10(first)
     assert read_identity(encoded[:400]) is None  # cut before the UIDs
     assert read_identity(b"\0" * 128 + b"NOPE" + encoded[132:]) is None
