@@ -23,6 +23,7 @@ from marrownode.cli.common import (
     load_for,
     open_index,
 )
+from marrownode.logs import escape_controls
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -48,7 +49,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _terminal_safe(value: Any) -> Any:
+    """value with every string's control characters escaped: a study description or an error
+    from a peer cannot clear the operator's screen or forge a line."""
+    if isinstance(value, str):
+        return escape_controls(value)
+    if isinstance(value, dict):
+        return {key: _terminal_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_terminal_safe(item) for item in value]
+    return value
+
+
 def _print_status(report: dict[str, Any]) -> None:
+    report = _terminal_safe(report)
     print(f"instances: {report['instances']}   studies: {len(report['studies'])}")
     for destination in report.get("destinations", []):
         age = destination.get("oldest_pending_seconds")
@@ -172,7 +186,7 @@ def cmd_history(args: argparse.Namespace) -> int:
     if not events:
         print(f"no history for {args.study}", file=sys.stderr)
         return EXIT_FAILURE
-    for event in events:
+    for event in _terminal_safe(events):
         print(f"{format_time(event['at'])}\t{event['kind']}\t{event['detail']}")
     return EXIT_OK
 

@@ -47,6 +47,10 @@ class IngestResult(StrEnum):
 #: The largest data set a deflated one may inflate to, unless [storage] max_instance_mb says.
 DEFAULT_MAX_INSTANCE_BYTES = 4096 * 1024 * 1024
 
+#: Header reads keep values up to this size in memory; larger ones (a hostile 2 GB private
+#: element before the pixels) are left on disk unless asked for: a bounded read.
+HEADER_VALUE_BYTES = 1024 * 1024
+
 _IDENTITY_TAGS = ["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"]
 
 
@@ -109,7 +113,8 @@ class Ingestor:
         headers = {}
         for sop_uid, path, identity in self.studies.unsummarised(study_uid):
             try:
-                header = summarise(dcmread(path, stop_before_pixels=True))
+                header = summarise(dcmread(path, stop_before_pixels=True,
+                                           defer_size=HEADER_VALUE_BYTES))
             except Exception as exc:  # a header we cannot summarise is still kept, never refused
                 log.warning("event=header_unreadable sop=%s error=%s", sop_uid,
                             type(exc).__name__)
@@ -284,7 +289,8 @@ def _meta_end(handle: BinaryIO) -> int:
 def _read_identity_with_pydicom(source: Path | BytesIO) -> Identity | IngestOutcome:
     """What read_identity leaves to pydicom: other encodings, and files it cannot walk."""
     try:
-        dataset = dcmread(source, stop_before_pixels=True, specific_tags=_IDENTITY_TAGS)
+        dataset = dcmread(source, stop_before_pixels=True, specific_tags=_IDENTITY_TAGS,
+                          defer_size=HEADER_VALUE_BYTES)
         meta = dataset.file_meta
         sop_uid = str(dataset.SOPInstanceUID)
         return Identity(

@@ -165,3 +165,43 @@ def test_a_set_that_fails_in_the_node_is_failed_with_its_reason_everywhere(
     wait_until(lambda: any(r["event"] == "analysis_failed" for r in received), timeout=30)
     (hook,) = [r for r in received if r["event"] == "analysis_failed"]
     assert hook["study_instance_uid"] == study_uid and hook["reason"] == row["reason"]
+
+
+def test_peer_strings_reach_logs_and_terminals_escaped(node_factory, tmp_path, caplog) -> None:
+    """A study whose UID-like and text fields carry a newline, a fake key and a terminal
+    escape: every log line stays one line with its keys its own, and `marrownode status` and
+    `history` print the escapes as text, never to the terminal (issue 29, point 5)."""
+    import json
+    import logging
+
+    from marrownode.logs import JSONFormatter, KeyValueFormatter
+
+    node = node_factory(completion={"idle_seconds": 60})
+    config = write_config(tmp_path / "node.toml", node.settings)
+    datasets = build_study(StudyOptions(style="siemens", study_key="hostile-strings"))
+    for ds in datasets:
+        ds.StudyDescription = "LSPINE\x1b[2J\x1b[31mFAKE\nstudy 1.2.3 analysed"
+        ds.AccessionNumber = "A1\x1b]0;owned\x07"
+    study_uid = datasets[0].StudyInstanceUID
+    with caplog.at_level(logging.INFO):
+        assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        wait_until(lambda: (node.index.studies.study(study_uid) or {}).get("state")
+                   == "analysed", timeout=90)
+    status = cli(config, "status")
+    assert status.returncode == 0
+    assert "\x1b" not in status.stdout and "\x07" not in status.stdout
+    assert "\\x1b[2J" in status.stdout and "FAKE\\nstudy" in status.stdout
+    history = cli(config, "history", study_uid)
+    assert "\x1b" not in history.stdout
+
+    forged = logging.LogRecord("marrownode.test", logging.INFO, __file__, 1,
+                               "event=set_ready study=%s sets=%d",
+                               ("1.2.3\nts=0 level=error event=forged", 1), None)
+    line = KeyValueFormatter(False).format(forged)
+    assert "\n" not in line and line.count(" event=") == 1 and line.count(" level=") == 0
+    body = json.loads(JSONFormatter(False).format(forged))
+    assert body["level"] == "info" and body["event"] == "set_ready"
+    assert body["study"].startswith("1.2.3\\nts=0")
+    for record in caplog.records:  # the node's own lines about this study
+        text = KeyValueFormatter(False).format(record)
+        assert "\n" not in text.split(" exc=")[0]
