@@ -6,14 +6,12 @@ scrape time by a collector; the two histograms are observed where the work happe
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import (
     CollectorRegistry,
@@ -33,6 +31,8 @@ from marrownode.store.spool import Spool
 from marrownode.store.studies import StudyIndex
 
 log = logging.getLogger(__name__)
+#: The largest request body the listener reads (console forms are a few hundred bytes).
+MAX_REQUEST_BODY = 64 * 1024
 
 DURATION_BUCKETS = (0.25, 0.5, 1, 2, 3, 5, 10, 15, 30, 60, 120, 300, 600)
 
@@ -166,49 +166,58 @@ class Health:
                 and self.analysis_worker)
 
 
-class _RequestHandler(WSGIRequestHandler):
-    timeout = 30.0  # a client that stops sending holds its thread this long at most
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("event=http_request line=%s", (format % args).replace(" ", "_"))
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    """One thread per connection, stoppable (shutdown), as prometheus_client serves WSGI."""
-
-    daemon_threads = True
-    block_on_close = False
+#: The HTTP listener's bounds: worker threads, connections served at once (more wait in
+#: the listen backlog, not in memory), the backlog itself, and how long an idle or
+#: trickling connection is kept.
+HTTP_THREADS = 8
+HTTP_CONNECTION_LIMIT = 64
+HTTP_BACKLOG = 256
+HTTP_IDLE_SECONDS = 30
 
 
 class HTTPService:
-    """The [http] listener: serves the WSGI application (console/app.py) on its own threads;
-    started and stopped with the node."""
+    """The [http] listener: serves the WSGI application (console/app.py) with waitress, a
+    production WSGI server: a fixed pool of threads whatever the number of connections, a
+    cap on open connections and a real listen backlog; started and stopped with the node."""
 
     def __init__(self, settings: HTTPSettings, app: Callable[..., Any]) -> None:
         self.settings = settings
         self.app = app
-        self.server: WSGIServer | None = None
+        self.server: Any = None
         self._thread: threading.Thread | None = None
 
     @property
     def port(self) -> int:
         """The bound port (useful when configured as 0)."""
         assert self.server is not None
-        return int(self.server.server_address[1])
+        return int(self.server.effective_port)
 
     def start(self) -> None:
         """Listen on [http] host and port."""
-        server_class = type("Server", (_ThreadingWSGIServer,), {
-            "address_family": socket.AF_INET6 if ":" in self.settings.host else socket.AF_INET})
-        self.server = make_server(self.settings.host, self.settings.port, self.app,
-                                  server_class=server_class, handler_class=_RequestHandler)
-        self._thread = threading.Thread(target=self.server.serve_forever, name="http",
-                                        daemon=True)
+        from waitress import create_server
+
+        self.server = create_server(
+            self.app, host=self.settings.host, port=self.settings.port, threads=HTTP_THREADS,
+            connection_limit=HTTP_CONNECTION_LIMIT, backlog=HTTP_BACKLOG,
+            channel_timeout=HTTP_IDLE_SECONDS, cleanup_interval=5, ident="marrownode",
+            asyncore_loop_timeout=0.25,  # how soon stop() is noticed
+            max_request_body_size=MAX_REQUEST_BODY, clear_untrusted_proxy_headers=True)
+        self._thread = threading.Thread(target=self._serve, name="http", daemon=True)
         self._thread.start()
         log.info("event=http_listening host=%s port=%d", self.settings.host, self.port)
 
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the map closed under it at stop
+            self.server.run()
+
     def stop(self) -> None:
-        """Stop serving and close the socket."""
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        """Stop accepting, close the open connections, end the threads."""
+        server = self.server
+        if server is None:
+            return
+        server.close()
+        for channel in list(server._map.values()):
+            channel.close()
+        server.task_dispatcher.shutdown(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -84,7 +84,7 @@ class Node:
                                  wake_deliverer=self.deliverer.wake,
                                  wake_assembler=self.assembler.wake)
         self.http = HTTPService(settings.http, create_app(
-            self.health, self.metrics.registry, self.index.status,
+            self.health, self.metrics.registry, self.index.status_summary,
             ConsoleContext(settings, self.index, self.operator, self.health, self.facts)
             if settings.http.console else None)) if settings.http.enabled else None
         #: Started in this order, stopped in reverse.

@@ -1,5 +1,6 @@
-"""The WSGI application of the [http] listener: /healthz, /metrics and /status as before
-(unauthenticated: no patient data), and the operator console at / (login required).
+"""The WSGI application of the [http] listener: /healthz, /metrics and /status (health and
+counts: unauthenticated, no study named), and the operator console at / (login required),
+with the studies as JSON, paged, at /status/studies.
 
 Flask for routing, sessions and templates; Flask-WTF for CSRF tokens; security headers on
 every response. The console reads the index through store.views and acts through
@@ -10,13 +11,20 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response
 from flask_wtf.csrf import CSRFProtect
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from marrownode.console.auth import LoginThrottle, Users, load_secret_key
+from marrownode.console.auth import (
+    SESSIONS_FILENAME,
+    LoginThrottle,
+    SessionRegistry,
+    Users,
+    load_secret_key,
+)
 from marrownode.console.context import ConsoleContext, health_body
 from marrownode.monitor import Health
 
@@ -53,7 +61,11 @@ def create_app(health: Callable[[], Health], registry: CollectorRegistry,
 
     @app.get("/status")
     def status_json() -> Response:
-        return Response(json.dumps(status()), 200, mimetype="application/json")
+        """Health and counts only: no study is named without a login (the studies, paged,
+        are at /status/studies for a console user or token)."""
+        result = health()
+        return Response(json.dumps({**health_body(result), **status()}), 200,
+                        mimetype="application/json")
 
     @app.after_request
     def secure(response: Response) -> Response:
@@ -81,4 +93,7 @@ def _add_console(app: Flask, context: ConsoleContext) -> None:
         WTF_CSRF_CHECK_DEFAULT=False,  # checked for cookie sessions only (views.py)
         WTF_CSRF_TIME_LIMIT=None,  # valid as long as the session that holds it
     )
-    install(app, ConsoleState(context, Users(http.users), LoginThrottle(), CSRFProtect(app)))
+    sessions = SessionRegistry(Path(context.settings.storage.root) / SESSIONS_FILENAME,
+                               http.session_minutes * 60.0)
+    install(app, ConsoleState(context, Users(http.users), LoginThrottle(), CSRFProtect(app),
+                              sessions))

@@ -12,12 +12,14 @@ import functools
 import hashlib
 import hmac
 import ipaddress
+import json
 import os
 import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from werkzeug.security import check_password_hash, generate_password_hash
 
@@ -25,9 +27,14 @@ from marrownode.config import ConsoleUser
 
 MIN_PASSWORD_LENGTH = 10
 SECRET_KEY_FILENAME = "console-secret.key"
-#: Failed logins per name (and per client address) before it is refused for a while.
+#: Failed logins for one name from one address before that pair is refused for a while ...
 MAX_FAILURES = 5
+#: ... and from one address whatever the names (spraying names).
+MAX_ADDRESS_FAILURES = 20
 LOCKOUT_SECONDS = 300.0
+#: Each lock-out in a row doubles the last one, up to this.
+MAX_LOCKOUT_SECONDS = 3600.0
+SESSIONS_FILENAME = "console-sessions.json"
 
 
 @functools.cache
@@ -132,11 +139,17 @@ class Users:
 
 
 class LoginThrottle:
-    """Refuses a name, or a client address, for LOCKOUT_SECONDS after MAX_FAILURES failed
-    logins in that time (password guessing at scrypt speed is slow; this makes it slower)."""
+    """Locks a key out after its allowance of failed logins within LOCKOUT_SECONDS, for
+    LOCKOUT_SECONDS doubled at each lock-out in a row (backoff, at most MAX_LOCKOUT_SECONDS).
+
+    The keys (throttle_keys): a name *from an address* (MAX_FAILURES: guessing one account
+    from one place; the real admin elsewhere is not locked out with it), and the address
+    alone (MAX_ADDRESS_FAILURES: spraying many names from one place)."""
 
     def __init__(self) -> None:
         self._failures: dict[str, list[float]] = {}
+        self._locked_until: dict[str, float] = {}
+        self._lockouts: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def _recent(self, key: str, now: float) -> list[float]:
@@ -148,41 +161,105 @@ class LoginThrottle:
         return kept
 
     def refused(self, *keys: str) -> bool:
-        """Whether any of the keys (name, address) is locked out now."""
+        """Whether any of the keys is locked out now."""
         now = time.monotonic()
         with self._lock:
-            return any(len(self._recent(key, now)) >= MAX_FAILURES for key in keys)
+            return any(self._locked_until.get(key, 0.0) > now for key in keys)
 
     def failed(self, *keys: str) -> None:
-        """Count a failed login against each key."""
+        """Count a failed login against each key; lock the keys that used up their allowance."""
         now = time.monotonic()
         with self._lock:
             for key in keys:
                 self._failures.setdefault(key, []).append(now)
+                allowance = MAX_ADDRESS_FAILURES if key.startswith("address:") else MAX_FAILURES
+                if len(self._recent(key, now)) >= allowance:
+                    count = self._lockouts[key] = self._lockouts.get(key, 0) + 1
+                    self._locked_until[key] = now + min(
+                        LOCKOUT_SECONDS * 2 ** (count - 1), MAX_LOCKOUT_SECONDS)
+                    self._failures.pop(key, None)
             if len(self._failures) > 10_000:  # a flood of names: forget the oldest half
                 for key in sorted(self._failures, key=lambda k: self._failures[k][-1])[:5_000]:
                     del self._failures[key]
 
     def succeeded(self, *keys: str) -> None:
-        """Forget the failures of these keys."""
+        """Forget the failures and lock-outs of these keys."""
         with self._lock:
             for key in keys:
                 self._failures.pop(key, None)
+                self._lockouts.pop(key, None)
+                self._locked_until.pop(key, None)
+
+
+class SessionRegistry:
+    """The sessions the server has opened and not closed: a session cookie names one, and is
+    honoured only while it is here, so logging out ends it on the server (a copy of the
+    cookie saved before is worthless). Kept in a file beside the secret key (mode 0600):
+    sessions survive a restart, ended ones stay ended."""
+
+    def __init__(self, path: Path, lifetime_seconds: float) -> None:
+        self.path = path
+        self.lifetime = lifetime_seconds
+        self._lock = threading.Lock()
+        try:
+            loaded = json.loads(path.read_text())
+            self._open: dict[str, float] = {str(k): float(v) for k, v in loaded.items()}
+        except (FileNotFoundError, ValueError, AttributeError):
+            self._open = {}
+
+    def open(self) -> str:
+        """A new session's id."""
+        session_id = secrets.token_urlsafe(24)
+        with self._lock:
+            now = time.time()
+            self._open = {k: v for k, v in self._open.items() if v > now}
+            self._open[session_id] = now + self.lifetime
+            self._save()
+        return session_id
+
+    def is_open(self, session_id: object) -> bool:
+        """Whether a cookie's session id is one the server opened and has not closed."""
+        if not isinstance(session_id, str):
+            return False
+        with self._lock:
+            return self._open.get(session_id, 0.0) > time.time()
+
+    def close(self, session_id: object) -> None:
+        """End a session (logout)."""
+        with self._lock:
+            if isinstance(session_id, str) and self._open.pop(session_id, None) is not None:
+                self._save()
+
+    def _save(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(self._open, handle)
+        os.replace(temporary, self.path)
 
 
 def safe_target(target: str | None, default: str) -> str:
-    """A local path to go back to (never another site: no scheme, no //host)."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
-        return target
-    return default
+    """A same-site path to go back to, else default. Browsers drop tabs and newlines from a
+    URL and read a backslash as a slash, so '/\t/evil.example' is '//evil.example': any
+    control character, whitespace or backslash refuses the target, and what is left must be
+    a path with neither scheme nor host."""
+    if not target or not target.startswith("/") or len(target) > 2000:
+        return default
+    if any(ord(c) < 0x21 or c in "\\\x7f" for c in target):
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith("//"):
+        return default
+    return target
 
 
 def throttle_keys(name: str, address: str) -> tuple[str, ...]:
-    """Failed logins count against the name, and against the client's address unless it is
-    loopback (behind the reverse proxy every client is 127.0.0.1: one guesser would lock
-    everyone out)."""
+    """Failed logins count against the name from this address, and against the address
+    unless it is loopback (behind the reverse proxy every client is 127.0.0.1: one sprayer
+    would lock everyone out; there the name from loopback is the only key)."""
     try:
         loopback = ipaddress.ip_address(address).is_loopback
     except ValueError:
         loopback = False
-    return (f"name:{name}",) if loopback else (f"name:{name}", f"address:{address}")
+    pair = f"name:{name}|{address}"
+    return (pair,) if loopback else (pair, f"address:{address}")

@@ -34,6 +34,7 @@ from marrownode.actions import ActionRefused, Operator
 from marrownode.console.auth import (
     Identity,
     LoginThrottle,
+    SessionRegistry,
     Users,
     fingerprint,
     safe_target,
@@ -86,6 +87,7 @@ class ConsoleState:
     users: Users
     throttle: LoginThrottle
     csrf: CSRFProtect
+    sessions: SessionRegistry
 
 
 def _state() -> ConsoleState:
@@ -127,10 +129,12 @@ def common() -> dict[str, Any]:
             "pattern_words": PATTERN_WORDS}
 
 
-def _identify(users: Users) -> Identity | None:
+def _identify(users: Users, sessions: SessionRegistry) -> Identity | None:
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer "):
         return users.from_token(header.removeprefix("Bearer ").strip())
+    if not sessions.is_open(session.get("sid")):  # ended by a logout, or never opened
+        return None
     return users.from_session(session.get("user"), session.get("fingerprint"))
 
 
@@ -138,7 +142,7 @@ def _identify(users: Users) -> Identity | None:
 def require_login() -> ResponseReturnValue | None:
     """Every page needs a user; POSTs need a CSRF token (cookie sessions) and an admin."""
     state = _state()
-    g.identity = _identify(state.users)
+    g.identity = _identify(state.users, state.sessions)
     if request.endpoint in OPEN_ENDPOINTS:
         if request.method == "POST":
             state.csrf.protect()
@@ -203,7 +207,7 @@ def login() -> ResponseReturnValue:
     if throttle.refused(*keys):
         log.warning("event=console_login_refused user=%s reason=too_many_failures", name)
         return render_template("login.html", next=target, configured=bool(users),
-                               error="Too many failed attempts; wait five minutes."), 429
+                               error="Too many failed attempts; wait and try again later."), 429
     user = users.check_password(name, request.form.get("password", ""))
     if user is None:
         throttle.failed(*keys)
@@ -211,21 +215,39 @@ def login() -> ResponseReturnValue:
         return render_template("login.html", next=target, configured=bool(users),
                                error="Unknown user name or wrong password."), 401
     throttle.succeeded(*keys)
+    state.sessions.close(session.get("sid"))
     session.clear()
     session.permanent = True
     session["user"], session["fingerprint"] = user.name, fingerprint(user)
+    session["sid"] = state.sessions.open()
     log.info("event=console_login user=%s role=%s", user.name, user.role)
     return redirect(target, code=303)
 
 
 @console.post("/logout")
 def logout() -> ResponseReturnValue:
-    """End the session."""
+    """End the session, on the server too: its cookie is no use afterwards."""
+    _state().sessions.close(session.get("sid"))
     session.clear()
     return redirect(url_for("console.login"), code=303)
 
 
 # --- pages ---------------------------------------------------------------------------------
+
+
+#: /status/studies pages: at most this many studies per request.
+MAX_STATUS_PAGE = 200
+
+
+@console.get("/status/studies")
+def status_studies() -> ResponseReturnValue:
+    """What `marrownode status --json` shows, paged (limit, offset): for a console user or a
+    token only, since it names studies (accession numbers, dates, descriptions)."""
+    limit = min(max(request.args.get("limit", 50, type=int) or 50, 1), MAX_STATUS_PAGE)
+    offset = max(request.args.get("offset", 0, type=int) or 0, 0)
+    page = _state().context.index.status(limit=limit, offset=offset)
+    return Response(json.dumps({**page, "limit": limit, "offset": offset}), 200,
+                    mimetype="application/json")
 
 
 @console.get("/")

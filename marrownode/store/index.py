@@ -8,7 +8,7 @@ from typing import Any
 
 from marrownode.store.database import Database
 from marrownode.store.outbox import Outbox
-from marrownode.store.status import status_view
+from marrownode.store.status import status_summary, status_view
 from marrownode.store.studies import StudyIndex
 
 
@@ -33,6 +33,10 @@ class Index:
         """Close the calling thread's connection."""
         self.db.close()
 
-    def status(self) -> dict[str, Any]:
-        """Everything `marrownode status` shows."""
-        return status_view(self.db, self.outbox)
+    def status(self, limit: int | None = None, offset: int = 0) -> dict[str, Any]:
+        """Everything `marrownode status` shows (limit and offset page the studies)."""
+        return status_view(self.db, self.outbox, limit, offset)
+
+    def status_summary(self) -> dict[str, Any]:
+        """Counts only, no study named (/status without a login)."""
+        return status_summary(self.db, self.outbox)

@@ -11,15 +11,36 @@ from marrownode.store.outbox import Outbox
 _STUDY_FIELDS = ("accession_number", "study_date", "study_description")
 
 
-def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
-    """Instances in total, and per study: accession number, date and description, instances,
-    state, sets and deliveries; and each destination's backoff state."""
+def status_summary(db: Database, outbox: Outbox) -> dict[str, Any]:
+    """Counts only, no study named (what /status serves without a login): instances,
+    studies, studies per state, and each destination's backoff state. Cheap at any size: a
+    few aggregate queries."""
     connection = db.connection()
+    (instances,) = connection.execute("SELECT COUNT(*) FROM instances").fetchone()
+    by_state = dict(connection.execute(
+        "SELECT state, COUNT(*) FROM studies GROUP BY state").fetchall())
+    return {"instances": instances, "studies": sum(by_state.values()),
+            "studies_by_state": by_state, "destinations": _destinations(connection, outbox)}
+
+
+def status_view(db: Database, outbox: Outbox, limit: int | None = None,
+                offset: int = 0) -> dict[str, Any]:
+    """Instances in total, and per study: accession number, date and description, instances,
+    state, sets and deliveries; and each destination's backoff state. limit and offset page
+    the studies (oldest first); `instances` stays the whole index's count."""
+    connection = db.connection()
+    page = "" if limit is None else f" LIMIT {int(limit)} OFFSET {int(offset)}"
+    rows = connection.execute(f"SELECT * FROM studies ORDER BY first_received{page}").fetchall()
+    wanted = [row["study_uid"] for row in rows]
+    marks = ",".join("?" * len(wanted))
     counts = dict(connection.execute(
-        "SELECT study_uid, COUNT(*) FROM instances GROUP BY study_uid").fetchall())
+        f"SELECT study_uid, COUNT(*) FROM instances WHERE study_uid IN ({marks}) "
+        "GROUP BY study_uid", wanted).fetchall()) if wanted else {}
+    (instances,) = connection.execute("SELECT COUNT(*) FROM instances").fetchone()
     sets: dict[str, list[dict[str, str]]] = {}
     for row in connection.execute(
-            "SELECT study_uid, set_key, state, reason FROM dixon_sets ORDER BY set_key"):
+            "SELECT study_uid, set_key, state, reason FROM dixon_sets "
+            f"WHERE study_uid IN ({marks}) ORDER BY set_key", wanted) if wanted else []:
         sets.setdefault(row[0], []).append(
             {"key": row["set_key"], "state": row["state"], "reason": row["reason"]})
     studies = [
@@ -33,8 +54,14 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
             "last_received": row["last_received"],
             "dixon_sets": sets.get(row["study_uid"], []),
         }
-        for row in connection.execute("SELECT * FROM studies ORDER BY first_received")
+        for row in rows
     ]
+    return {"instances": instances, "studies": studies,
+            "destinations": _destinations(connection, outbox)}
+
+
+def _destinations(connection: Any, outbox: Outbox) -> list[dict[str, Any]]:
+    """Each destination's backoff state and its oldest undelivered result."""
     oldest = outbox.oldest_pending()
     known = {row["name"]: row for row in connection.execute("SELECT * FROM destinations")}
     destinations = [
@@ -46,5 +73,4 @@ def status_view(db: Database, outbox: Outbox) -> dict[str, Any]:
          # grows while nothing moves: the first number to look at when results do not arrive
          "oldest_pending_seconds": round(oldest[name], 1) if name in oldest else None}
         for name in sorted(set(known) | set(oldest)) for row in [known.get(name)]]
-    return {"instances": sum(counts.values()), "studies": studies,
-            "destinations": destinations}
+    return destinations

@@ -5,6 +5,7 @@ list is searched, filtered and paged by the index."""
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from pathlib import Path
@@ -57,7 +58,7 @@ def _app(root: Path, users: list[dict[str, str]]) -> Any:
     facts = {"receivers": {"port": 11112, "processes": 1, "instances": 0, "accepted": 0,
                            "rejected": 0, "failures": {}},
              "worker": {"alive": True, "pid": 1, "deaths": 0}}
-    app = create_app(health, CollectorRegistry(), index.status,
+    app = create_app(health, CollectorRegistry(), index.status_summary,
                      ConsoleContext(settings, index, operator, health, lambda: facts))
     app.testing = False
     return app, index
@@ -138,9 +139,13 @@ def test_login_shows_patient_names_and_sets_a_hardened_cookie(console) -> None:
 
 
 def test_login_never_redirects_off_site(console) -> None:
+    """Browsers drop tabs and newlines and read a backslash as a slash: '/<TAB>/evil.example'
+    would go to //evil.example (the open redirect of issue 29)."""
     app, _ = console
     client = app.test_client()
-    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example"):
+    for target in ("//evil.example/", "https://evil.example/", "/\\evil.example",
+                   "/\t/evil.example/phish", "/\n/evil.example", "/ /evil.example",
+                   "/\x7f/evil.example", "javascript:alert(1)"):
         token = _csrf(client.get("/login").get_data(as_text=True))
         answer = client.post("/login", data={"name": "admin", "password": ADMIN_PASSWORD,
                                              "csrf_token": token, "next": target})
@@ -319,17 +324,100 @@ def test_hash_password_and_new_token_make_working_config_lines(tmp_path: Path) -
     assert refused.returncode == 2 and "at least 10" in refused.stderr
 
 
-def test_an_address_is_locked_out_unless_it_is_the_proxys_loopback(console) -> None:
+def test_spraying_names_locks_the_address_unless_it_is_the_proxys_loopback(console) -> None:
+    from marrownode.console.auth import MAX_ADDRESS_FAILURES
+
     app, _ = console
     remote = app.test_client()
     remote.environ_base["REMOTE_ADDR"] = "10.1.2.3"
-    for number in range(5):
+    for number in range(MAX_ADDRESS_FAILURES):  # a few guesses per name, many names
         assert _login(remote, f"guess{number}", "guess").status_code == 401
     assert _login(remote, "admin", ADMIN_PASSWORD).status_code == 429  # the address is out
     proxied = app.test_client()  # 127.0.0.1: every client behind a reverse proxy
-    for number in range(5):
+    for number in range(MAX_ADDRESS_FAILURES):
         assert _login(proxied, f"guess{number}", "guess").status_code == 401
     assert _login(proxied, "admin", ADMIN_PASSWORD).status_code == 303
+
+
+def test_guessing_a_name_from_one_address_does_not_lock_the_admin_out_elsewhere(
+        console) -> None:
+    """Five failures for 'admin' from one address lock that address out of 'admin', not the
+    real admin at another address (before, the name was locked for everyone)."""
+    app, _ = console
+    attacker, admin = app.test_client(), app.test_client()
+    attacker.environ_base["REMOTE_ADDR"] = "10.9.9.9"
+    admin.environ_base["REMOTE_ADDR"] = "10.1.1.1"
+    for _ in range(5):
+        assert _login(attacker, "admin", "guess").status_code == 401
+    assert _login(attacker, "admin", ADMIN_PASSWORD).status_code == 429
+    assert _login(admin, "admin", ADMIN_PASSWORD).status_code == 303
+
+
+def test_lockouts_back_off(monkeypatch) -> None:
+    """Each lock-out in a row lasts twice the one before (5, 10, 20 ... minutes, at most an
+    hour); a success forgets them."""
+    from marrownode.console import auth
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(auth.time, "monotonic", lambda: clock["now"])
+    throttle = auth.LoginThrottle()
+    key = auth.throttle_keys("admin", "10.0.0.7")
+    lengths = []
+    for _ in range(3):
+        for _ in range(auth.MAX_FAILURES):
+            throttle.failed(*key)
+        assert throttle.refused(*key)
+        started = clock["now"]
+        while throttle.refused(*key):
+            clock["now"] += 30.0
+        lengths.append(clock["now"] - started)
+    assert lengths == [300.0, 600.0, 1200.0]
+    throttle.succeeded(*key)
+    for _ in range(auth.MAX_FAILURES):
+        throttle.failed(*key)
+    started = clock["now"]
+    while throttle.refused(*key):
+        clock["now"] += 30.0
+    assert clock["now"] - started == 300.0
+
+
+def test_logout_ends_the_session_on_the_server(console) -> None:
+    """A session cookie copied before logout is refused after it (the cookie is signed, so
+    only the server's list of open sessions can end it)."""
+    app, _ = console
+    client = app.test_client()
+    assert _login(client, "admin", ADMIN_PASSWORD).status_code == 303
+    saved = client.get_cookie("marrownode_session")
+    assert saved is not None
+    assert client.get("/studies").status_code == 200
+    page = client.get("/").get_data(as_text=True)
+    assert client.post("/logout", data={"csrf_token": _csrf(page)}).status_code == 303
+    replay = app.test_client()
+    replay.set_cookie("marrownode_session", saved.value)
+    answer = replay.get("/studies")
+    assert answer.status_code == 302 and answer.headers["Location"].startswith("/login")
+
+
+def test_status_without_login_is_health_and_counts_only(console) -> None:
+    """/status names no study (no UID, accession number, date or description): health and
+    counts; the studies, paged, need a login or a token at /status/studies."""
+    app, _ = console
+    client = app.test_client()
+    body = client.get("/status").get_json()
+    text = json.dumps(body)
+    assert body["studies"] == 120 and body["instances"] == 120
+    assert body["studies_by_state"]["analysed"] == 1 and body["healthy"] is True
+    assert "1.2.3." not in text and "ACC" not in text and "Sensitive" not in text
+    assert client.get("/status/studies").status_code == 302  # to the login
+    assert client.get("/status/studies",
+                      headers={"Authorization": "Bearer wrong"}).status_code == 401
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    page = client.get("/status/studies?limit=10&offset=5", headers=bearer).get_json()
+    assert len(page["studies"]) == 10 and page["offset"] == 5 and page["instances"] == 120
+    assert page["studies"][0]["study_instance_uid"] == "1.2.3.6"
+    assert len(client.get("/status/studies?limit=100000", headers=bearer).get_json()[
+        "studies"]) == 120  # at most 200 a page
+
 
 
 def test_thumbnails_show_the_focus_and_slices_with_marrow() -> None:
