@@ -103,7 +103,11 @@ class NodeSettings(_Section):
     network_timeout_seconds: Annotated[float, Field(gt=0, le=3600)] = 60.0
     #: The whole A-ASSOCIATE-RQ must arrive within this of the connection (PS3.8 ARTIM).
     artim_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 30.0
-    #: Connections that have not associated yet, at most (beyond: A-ASSOCIATE-RJ, local limit).
+    #: ... and within this, if shorter: a scanner sends its request at once, a trickle is cut.
+    request_timeout_seconds: Annotated[float, Field(gt=0, le=600)] = 10.0
+    #: Connections that have not associated yet, at most. When all are taken, the one that
+    #: has waited longest (over a second) gives its slot to the new connection; only when
+    #: every one is younger is the new one refused (A-ASSOCIATE-RJ, local limit).
     max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 32
     #: Largest P-DATA-TF PDU the node accepts, announced in the A-ASSOCIATE-AC.
     maximum_pdu_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536

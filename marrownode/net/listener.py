@@ -1,6 +1,6 @@
 """The receiver's listening socket and TLS: a threading TCP server whose accepted sockets
-have Nagle off, that may share its port with the node's other receiving processes, and the
-server TLS context of [node.tls]."""
+have Nagle off, that may share its port with the node's other receiving processes, the
+server TLS context of [node.tls], and the rate-limited log of refused connections."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import logging
 import socket
 import socketserver
 import ssl
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from marrownode.config import NodeSettings
+from marrownode.logs import peer_text
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,38 @@ class ListeningServer(socketserver.ThreadingTCPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         log.exception("event=connection_error")
+
+
+class RefusalLog:
+    """Refused and evicted connections as rate-limited summaries: the first one at once,
+    then one line per reason at most every interval with the count and the busiest peers
+    (a flood of connections must not become a flood of log lines)."""
+
+    def __init__(self, interval_seconds: float = 10.0) -> None:
+        self.interval = interval_seconds
+        self._counts: dict[tuple[str, str], int] = {}
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def note(self, host: str, reason: str) -> None:
+        """Count one; log what was counted when the interval has passed."""
+        with self._lock:
+            key = (reason, host)
+            self._counts[key] = self._counts.get(key, 0) + 1
+            now = time.monotonic()
+            if now < self._next:
+                return
+            counted, self._counts = self._counts, {}
+            self._next = now + self.interval
+        by_reason: dict[str, dict[str, int]] = {}
+        for (why, peer), count in counted.items():
+            by_reason.setdefault(why, {})[peer] = count
+        for why, peers in by_reason.items():
+            busiest = sorted(peers.items(), key=lambda item: -item[1])[:3]
+            log.warning("event=connections_refused reason=%s count=%d peers=%s "
+                        "summary_seconds=%.0f", why, sum(peers.values()),
+                        ",".join(f"{peer_text(peer)}:{count}" for peer, count in busiest),
+                        self.interval)
 
 
 def build_ssl_context(settings: NodeSettings) -> ssl.SSLContext | None:

@@ -14,55 +14,18 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
 
 from marrownode.config import NodeSettings
 from marrownode.logs import peer_text
-from marrownode.net.listener import ListeningServer, build_ssl_context
-from marrownode.net.sink import InstanceSink, InstanceWriter, StoreAnswer
+from marrownode.net.connection import EVICTION_GRACE_SECONDS, Association, Incoming
+from marrownode.net.listener import ListeningServer, RefusalLog, build_ssl_context
+from marrownode.net.sink import InstanceSink, StoreAnswer
 from marrownode.net.stats import ReceiverStats
 from marrownode.net.ul import dimse, part10, pdu
 from marrownode.net.ul.negotiation import negotiate
 from marrownode.net.ul.status import Status
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Incoming:
-    """The C-STORE whose data set is arriving: where it goes, or why it is refused."""
-
-    context_id: int
-    command: dimse.Command
-    writer: InstanceWriter | None
-    refusal: tuple[int, str] | None
-    received: int = 0
-
-
-class _Association:
-    """One connection from a requestor, as the receiver follows it."""
-
-    def __init__(self, sock: socket.socket, host: str, port: int) -> None:
-        self.sock = sock
-        self.host = host
-        self.peer = f"{host}:{port}"  # as the index records it
-        self.association_id = ""
-        self.calling_ae = ""
-        self.established = False
-        self.stopping = False  # the node aborts it at shutdown
-        self.incoming: _Incoming | None = None  # a data set under way
-        self._send_lock = threading.Lock()
-
-    def send(self, data: bytes) -> None:
-        with self._send_lock:
-            self.sock.sendall(data)
-
-    def abort(self, source: int, reason: int) -> None:
-        """Send A-ABORT and close; a blocked read in the association's thread then ends."""
-        with contextlib.suppress(OSError):
-            self.send(pdu.abort(source, reason))
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
 
 
 class Receiver:
@@ -82,8 +45,9 @@ class Receiver:
         self.shared_port = shared_port
         self._ssl_context = build_ssl_context(settings)
         self._server: ListeningServer | None = None
-        self._associations: set[_Association] = set()
+        self._associations: set[Association] = set()
         self._pending = 0  # connections that have not associated (yet)
+        self.refusals = RefusalLog()
         self._lock = threading.Lock()
 
     @property
@@ -113,7 +77,7 @@ class Receiver:
     def active_associations(self) -> int:
         return len(self._in_flight())
 
-    def _in_flight(self) -> list[_Association]:
+    def _in_flight(self) -> list[Association]:
         """Associations accepted and not yet released or aborted."""
         with self._lock:
             return [a for a in self._associations if a.established]
@@ -142,41 +106,63 @@ class Receiver:
 
     def _serve_connection(self, sock: socket.socket, address: tuple[str, int]) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        artim = time.monotonic() + self.settings.artim_timeout_seconds
-        sock.settimeout(self.settings.artim_timeout_seconds)
+        # The A-ASSOCIATE-RQ must be whole by this deadline from the connection (not per
+        # read): a scanner sends it at once; a trickle is cut off.
+        wait = min(self.settings.artim_timeout_seconds, self.settings.request_timeout_seconds)
+        artim = time.monotonic() + wait
+        sock.settimeout(wait)
+        association = Association(sock, address[0], address[1])
         with self._lock:
+            victim = self._make_room()
             full = self._pending >= self.settings.max_pending_connections
             if not full:
                 self._pending += 1
+                self._associations.add(association)
+        if victim is not None:
+            victim.abort(pdu.ABORT_SERVICE_PROVIDER, pdu.ABORT_NOT_SPECIFIED)
+            self.refusals.note(victim.host, "evicted_unassociated_connection")
         if full:  # answered at once, without reading anything the peer sent
             self._refuse_unassociated(sock, address[0])
             return
-        association = _Association(sock, address[0], address[1])
         try:
             if self._ssl_context is not None:
                 association.sock = self._ssl_context.wrap_socket(sock, server_side=True)
-            with self._lock:
-                self._associations.add(association)
             self._serve(association, artim)
         except (OSError, ValueError) as exc:  # TLS handshake refused or failed
             log.warning("event=tls_handshake_failed peer=%s error=%s", address[0],
                         type(exc).__name__)
         finally:
             with self._lock:
-                if not association.established:
+                if not association.established and not association.evicted:
                     self._pending -= 1
                 self._associations.discard(association)
             association.sock.close()  # the TLS wrapper too; the server closes the rest
+
+    def _make_room(self) -> Association | None:
+        """With every unassociated slot taken, the connection that has waited longest without
+        associating (at least EVICTION_GRACE_SECONDS) gives its slot to the new one: a
+        scanner's request arrives within milliseconds, so slow or silent peers cannot hold
+        the slots against it. Called under the lock; the victim is aborted by the caller."""
+        if self._pending < self.settings.max_pending_connections:
+            return None
+        now = time.monotonic()
+        waiting = [a for a in self._associations if not a.established and not a.evicted
+                   and now - a.connected_at >= EVICTION_GRACE_SECONDS]
+        if not waiting:
+            return None
+        victim = min(waiting, key=lambda a: a.connected_at)
+        victim.evicted = True
+        self._pending -= 1
+        return victim
 
     def _refuse_unassociated(self, sock: socket.socket, host: str) -> None:
         self.stats.add(rejected=1)  # counted before the peer can see the answer
         with contextlib.suppress(OSError):
             sock.sendall(pdu.associate_rj(pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
                                           pdu.REASON_LOCAL_LIMIT))
-        log.warning("event=connection_refused peer=%s reason=too_many_unassociated_connections "
-                    "limit=%d", host, self.settings.max_pending_connections)
+        self.refusals.note(host, "too_many_unassociated_connections")
 
-    def _serve(self, association: _Association, artim: float) -> None:
+    def _serve(self, association: Association, artim: float) -> None:
         """Run one association to its end, whatever the peer does: every way out is logged in
         one line, and an established association's end is recorded."""
         ending = "connection_lost"
@@ -207,7 +193,7 @@ class Receiver:
                 self._ended(association, "aborted_at_shutdown" if association.stopping
                             else ending)
 
-    def _run(self, association: _Association, artim: float) -> str:
+    def _run(self, association: Association, artim: float) -> str:
         """Negotiate, then serve messages until release or abort; returns how it ended. The
         request must be complete by the ARTIM deadline; after that each PDU must arrive whole
         within the network timeout of the previous one, so a trickle cannot hold a thread."""
@@ -249,10 +235,12 @@ class Receiver:
             return pdu.REJECTED_PERMANENT, pdu.SOURCE_SERVICE_USER, pdu.REASON_CALLING_AE
         return None
 
-    def _accept_or_reject(self, association: _Association,
+    def _accept_or_reject(self, association: Association,
                           request: pdu.AssociateRequest) -> pdu.AssociateAccept | None:
         rejection = self._rejection(request)
         with self._lock:
+            if association.evicted:  # its slot went to a newer connection meanwhile
+                raise pdu.PeerClosed("evicted before it associated")
             if rejection is None and (sum(a.established for a in self._associations)
                                       >= self.settings.max_associations):
                 rejection = (pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
@@ -294,12 +282,12 @@ class Receiver:
                  association.host)
         return accept
 
-    def _ended(self, association: _Association, ending: str) -> None:
+    def _ended(self, association: Association, ending: str) -> None:
         log.info("event=association_ended association=%s how=%s",
                  association.association_id, ending)
         self.sink.association_closed(association.association_id)
 
-    def _handle(self, association: _Association, accept: pdu.AssociateAccept,
+    def _handle(self, association: Association, accept: pdu.AssociateAccept,
                 event: dimse.Event) -> None:
         if isinstance(event, dimse.CommandReceived):
             if event.command.has_data_set:
@@ -326,7 +314,7 @@ class Receiver:
             return Status.SUCCESS, ""
         return Status.UNRECOGNIZED_OPERATION, ""
 
-    def _answer(self, association: _Association, accept: pdu.AssociateAccept, context_id: int,
+    def _answer(self, association: Association, accept: pdu.AssociateAccept, context_id: int,
                 command: dimse.Command, status: int, comment: str) -> None:
         if command.field == dimse.C_CANCEL_RQ or command.field & 0x8000:
             return  # nothing to answer
@@ -334,27 +322,27 @@ class Receiver:
         association.send(pdu.p_data(context_id, response, command=True,
                                     max_pdu_length=accept.request.max_pdu_length))
 
-    def _begin(self, association: _Association, accept: pdu.AssociateAccept,
-               event: dimse.CommandReceived) -> _Incoming:
+    def _begin(self, association: Association, accept: pdu.AssociateAccept,
+               event: dimse.CommandReceived) -> Incoming:
         """Open somewhere for the data set, or decide now why it will be refused (its bytes
         are then read and dropped, and the refusal answered when the last one arrives)."""
         command = event.command
         abstract_syntax, transfer_syntax = accept.accepted[event.context_id]
         if command.field != dimse.C_STORE_RQ:
-            return _Incoming(event.context_id, command, None,
+            return Incoming(event.context_id, command, None,
                              (Status.UNRECOGNIZED_OPERATION, "only C-STORE carries a data set"))
         refusal = self._refusal(command, abstract_syntax)
         if refusal is not None:
-            return _Incoming(event.context_id, command, None, refusal)
+            return Incoming(event.context_id, command, None, refusal)
         target = self.sink.open_instance(association.association_id)
         if isinstance(target, StoreAnswer):
-            return _Incoming(event.context_id, command, None, (target.status, target.comment))
+            return Incoming(event.context_id, command, None, (target.status, target.comment))
         target.write(part10.file_meta(command.uid(dimse.AFFECTED_SOP_CLASS),
                                       command.uid(dimse.AFFECTED_SOP_INSTANCE),
                                       transfer_syntax, association.calling_ae))
-        return _Incoming(event.context_id, command, target, None)
+        return Incoming(event.context_id, command, target, None)
 
-    def _finish(self, association: _Association, incoming: _Incoming) -> tuple[int, str]:
+    def _finish(self, association: Association, incoming: Incoming) -> tuple[int, str]:
         """The status for a completely received data set."""
         refusal = incoming.refusal
         if refusal is None and incoming.received == 0:
