@@ -109,6 +109,8 @@ class NodeSettings(_Section):
     #: has waited longest (over a second) gives its slot to the new connection; only when
     #: every one is younger is the new one refused (A-ASSOCIATE-RJ, local limit).
     max_pending_connections: Annotated[int, Field(ge=1, le=1000)] = 32
+    #: ... and from one address at most (the same eviction within the address's share).
+    max_pending_per_address: Annotated[int, Field(ge=1, le=1000)] = 16
     #: Largest P-DATA-TF PDU the node accepts, announced in the A-ASSOCIATE-AC.
     maximum_pdu_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
     #: Processes listening on the port (SO_REUSEPORT); the kernel spreads associations over

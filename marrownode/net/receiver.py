@@ -113,8 +113,7 @@ class Receiver:
         sock.settimeout(wait)
         association = Association(sock, address[0], address[1])
         with self._lock:
-            victim = self._make_room()
-            full = self._pending >= self.settings.max_pending_connections
+            victim, full = self._make_room(address[0])
             if not full:
                 self._pending += 1
                 self._associations.add(association)
@@ -138,22 +137,30 @@ class Receiver:
                 self._associations.discard(association)
             association.sock.close()  # the TLS wrapper too; the server closes the rest
 
-    def _make_room(self) -> Association | None:
-        """With every unassociated slot taken, the connection that has waited longest without
-        associating (at least EVICTION_GRACE_SECONDS) gives its slot to the new one: a
-        scanner's request arrives within milliseconds, so slow or silent peers cannot hold
-        the slots against it. Called under the lock; the victim is aborted by the caller."""
-        if self._pending < self.settings.max_pending_connections:
-            return None
+    def _make_room(self, host: str) -> tuple[Association | None, bool]:
+        """(a connection to evict, whether the new one must be refused). The new connection
+        needs a slot within its address's share (max_pending_per_address) and within the
+        whole (max_pending_connections); where either is full, the connection that has
+        waited longest there without associating (at least EVICTION_GRACE_SECONDS) gives
+        its slot: a scanner's request arrives within milliseconds, so slow or silent peers
+        cannot hold the slots against it. Called under the lock; the caller aborts the
+        victim."""
         now = time.monotonic()
-        waiting = [a for a in self._associations if not a.established and not a.evicted
-                   and now - a.connected_at >= EVICTION_GRACE_SECONDS]
-        if not waiting:
-            return None
-        victim = min(waiting, key=lambda a: a.connected_at)
+        waiting = [a for a in self._associations if not a.established and not a.evicted]
+        same_host = [a for a in waiting if a.host == host]
+        if len(same_host) >= self.settings.max_pending_per_address:
+            pool = same_host
+        elif self._pending >= self.settings.max_pending_connections:
+            pool = waiting
+        else:
+            return None, False
+        stale = [a for a in pool if now - a.connected_at >= EVICTION_GRACE_SECONDS]
+        if not stale:
+            return None, True
+        victim = min(stale, key=lambda a: a.connected_at)
         victim.evicted = True
         self._pending -= 1
-        return victim
+        return victim, False
 
     def _refuse_unassociated(self, sock: socket.socket, host: str) -> None:
         self.stats.add(rejected=1)  # counted before the peer can see the answer

@@ -18,16 +18,20 @@ from marrownode.synthetic.studies import StudyOptions, build_study, write_datase
 from tests.conftest import DCMTK, LOOPBACK, dcmtk_env, require_binary
 from tests.scu import RawRequestor
 
+#: The attacker's address: another host on the loopback network (Linux routes 127/8 locally).
+ATTACKER = "127.0.0.2"
+
 
 def _trickle(port: int, stop: threading.Event, count: int) -> None:
-    """count sockets that send their A-ASSOCIATE-RQ a byte at a time, reopened when the node
-    closes them: the attack of the issue, from the scanner's own address."""
+    """count sockets that send their A-ASSOCIATE-RQ a byte at a time, reopened as soon as the
+    node closes them: the attack of the issue, from a host of its own."""
     request = RawRequestor.associate_rq(MRImageStorage, ExplicitVRLittleEndian)
     open_sockets: list[tuple[socket.socket, int]] = []
     while not stop.is_set():
         while len(open_sockets) < count:
             with contextlib.suppress(OSError):
-                open_sockets.append((socket.create_connection((LOOPBACK, port), timeout=2), 0))
+                open_sockets.append((socket.create_connection(
+                    (LOOPBACK, port), timeout=2, source_address=(ATTACKER, 0)), 0))
         kept = []
         for sock, sent in open_sockets:
             try:
@@ -43,9 +47,10 @@ def _trickle(port: int, stop: threading.Event, count: int) -> None:
 
 def test_a_scanner_gets_in_during_a_trickle_attack(node_factory, tmp_path: Path,
                                                    caplog) -> None:
-    """40 trickling sockets (more than the 32 unassociated slots), reopened as soon as they
-    are closed, for the whole test: three storescu runs all succeed, and the refusals make a
-    handful of summary lines, not one per connection."""
+    """40 trickling sockets from one host (more than the 32 unassociated slots), reopened as
+    soon as they are closed, for the whole test: that host holds at most its share of the
+    slots, so three storescu runs from the scanner all succeed, and the refusals and
+    evictions make a handful of summary lines, not one per connection."""
     node = node_factory()
     port = node.receiver.port
     folder = tmp_path / "study"
@@ -87,3 +92,29 @@ def test_the_association_request_must_arrive_whole_within_its_deadline(node_fact
         with contextlib.suppress(OSError):
             sock.recv(6)
     assert time.monotonic() - started < 6.0  # (ARTIM alone would have allowed 30 s)
+
+
+def test_unassociated_connections_are_capped_per_address(node_factory) -> None:
+    """One address may hold node.max_pending_per_address waiting connections: a third one
+    arriving at once is refused (A-ASSOCIATE-RJ, local limit); once the first has waited over
+    a second, a newcomer takes its slot and the old one is closed."""
+    from tests.conftest import wait_until
+
+    node = node_factory(node={"max_pending_per_address": 2, "max_pending_connections": 32})
+    port = node.receiver.port
+    first = socket.create_connection((LOOPBACK, port), timeout=5)
+    second = socket.create_connection((LOOPBACK, port), timeout=5)
+    wait_until(lambda: node.receiver._pending == 2, timeout=5)
+    refused = RawRequestor(port)
+    assert refused.read_pdu()[0] == 0x03  # A-ASSOCIATE-RJ: both are younger than a second
+    refused.close()
+    time.sleep(1.2)
+    newcomer = RawRequestor(port)
+    newcomer.send(RawRequestor.associate_rq(MRImageStorage, ExplicitVRLittleEndian))
+    assert newcomer.read_pdu()[0] == 0x02  # A-ASSOCIATE-AC: the oldest gave up its slot
+    newcomer.close()
+    first.settimeout(5)
+    with contextlib.suppress(OSError):
+        assert first.recv(64)[:1] in (b"", b"\x07")  # aborted or closed by the node
+    second.close()
+    first.close()
