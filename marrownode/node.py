@@ -24,7 +24,7 @@ from marrownode.services.deliverer import Deliverer
 from marrownode.services.loop import Service
 from marrownode.services.retention import RetentionSweeper
 from marrownode.services.retriever import Retriever
-from marrownode.services.worker import AnalysisWorker
+from marrownode.services.worker import WorkerPool
 from marrownode.store.database import IndexDamaged, index_path
 from marrownode.store.index import Index
 from marrownode.store.lock import StorageLock
@@ -66,7 +66,7 @@ class Node:
         self.webhooks = Webhooks(settings.webhooks, settings.node.ae_title)
         self.deliverer = Deliverer(settings, self.index.outbox, self.index.studies, self.spool,
                                    self.metrics, notify=self.webhooks.notify)
-        self.worker = AnalysisWorker(
+        self.worker = WorkerPool(  # [analysis] workers processes, one study each at a time
             settings, on_series=lambda message: self.assembler.series_written(message),
             on_death=self.metrics.worker_deaths.inc)
         self.assembler = Assembler(
@@ -159,7 +159,7 @@ class Node:
                           "instances": stats.instances, "accepted": stats.accepted,
                           "rejected": stats.rejected, "failures": stats.failures},
             "worker": {"alive": self.worker.alive(), "pid": self.worker.pid(),
-                       "deaths": self.worker.deaths},
+                       "pids": self.worker.pids(), "deaths": self.worker.deaths},
         }
 
     def _watchdog(self, interval: float) -> None:

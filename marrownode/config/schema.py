@@ -165,6 +165,10 @@ class AnalysisSettings(_Section):
     #: /healthz degrades when the running analysis reports no progress for this long (far
     #: below the time limit: a hung worker is seen long before it is stopped).
     stall_seconds: Annotated[float, Field(ge=1, le=86400)] = 120.0
+    #: Analysis processes, each one study at a time (default: one fewer than the cores this
+    #: process may use, at least one: receiving keeps a core).
+    workers: int = Field(default_factory=lambda: max(1, len(os.sched_getaffinity(0)) - 1),
+                         ge=1, le=256)
 
     @field_validator("thresholds")
     @classmethod
@@ -219,7 +223,7 @@ class OutputSettings(_Section):
 
 
 #: [analysis] keys that change no result (when an analysis is stopped is not what it finds).
-_NOT_CONTENT = {"time_limit_seconds", "stall_seconds"}
+_NOT_CONTENT = {"time_limit_seconds", "stall_seconds", "workers"}
 
 
 def content_digest(settings: Settings) -> str:

@@ -25,7 +25,12 @@ from marrownode.services.study_inputs import (
     is_request,
     patient_fields,
 )
-from marrownode.services.worker import AnalysisWorker, WorkerDied, WorkerStopped
+from marrownode.services.worker import (
+    AnalysisWorker,
+    WorkerDied,
+    WorkerPool,
+    WorkerStopped,
+)
 from marrownode.services.worker_process import SeriesWritten
 from marrownode.states import SetState, StudyState
 from marrownode.store.ingest import Ingestor
@@ -76,7 +81,7 @@ class Assembler(LoopService):
         studies: StudyIndex,
         ingestor: Ingestor,
         spool: Spool,
-        worker: AnalysisWorker,
+        worker: AnalysisWorker | WorkerPool,
         observe_analysis_seconds: Callable[[float], None],
         on_series: SeriesCallback,
         on_analysed: AnalysedCallback,

@@ -12,7 +12,7 @@ from concurrent.futures import Future
 from marrownode.config import Settings
 from marrownode.report_shape import OutputEntry
 from marrownode.results.failure_note import FAILURE_NOTE_FOLDER, write_failure_note
-from marrownode.services.worker import AnalysisWorker
+from marrownode.services.worker import AnalysisWorker, WorkerPool
 from marrownode.store.spool import Spool
 from marrownode.store.studies import StudyIndex
 
@@ -23,7 +23,7 @@ class FailureNotes:
     """The assembler's helper for studies failed for good after part of their results."""
 
     def __init__(self, settings: Settings, studies: StudyIndex, spool: Spool,
-                 worker: AnalysisWorker,
+                 worker: AnalysisWorker | WorkerPool,
                  on_series: Callable[[str, list[OutputEntry]], None]) -> None:
         self.settings = settings
         self.studies = studies

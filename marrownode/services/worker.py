@@ -79,14 +79,18 @@ class AnalysisWorker:
 
     def __init__(self, settings: Settings, on_series: Callable[[SeriesWritten], None],
                  on_death: Callable[[], None] = lambda: None,
-                 time_limit_seconds: float | None = None) -> None:
+                 time_limit_seconds: float | None = None,
+                 jobs: queue.Queue[_Job | None] | None = None, name: str = "worker") -> None:
+        """jobs: a queue shared with the pool's other workers (each takes the next job when it
+        is free: one study per process at a time)."""
         self._settings = settings
         self._on_series = on_series
         self._on_death = on_death
+        self.name = name
         self.time_limit_seconds = (time_limit_seconds if time_limit_seconds is not None
                                    else settings.analysis.time_limit_seconds)
         self._context = multiprocessing.get_context("spawn")
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs: queue.Queue[_Job | None] = jobs if jobs is not None else queue.Queue()
         self._process: Any = None
         self._connection: Connection | None = None
         self._supervisor: threading.Thread | None = None
@@ -103,8 +107,8 @@ class AnalysisWorker:
     def start(self) -> None:
         """Start the process and its supervisor."""
         self._spawn()
-        self._supervisor = threading.Thread(target=self._supervise, name="worker-supervisor",
-                                            daemon=True)
+        self._supervisor = threading.Thread(target=self._supervise,
+                                            name=f"{self.name}-supervisor", daemon=True)
         self._supervisor.start()
 
     def warm_up(self) -> None:
@@ -150,6 +154,12 @@ class AnalysisWorker:
         (WorkerStopped: the study stays 'analysing' and is re-run after the next start, as are
         the waiting jobs, which are cancelled). Bounded, so that a stop by systemd ends before
         its TimeoutStopSec."""
+        self.stop_taking_jobs()
+        self._jobs.put(None)
+        self.finish(grace_seconds)
+
+    def stop_taking_jobs(self) -> None:
+        """Take no new job; cancel the waiting ones (they run again after the next start)."""
         self._stopping.set()
         while True:
             try:
@@ -158,7 +168,9 @@ class AnalysisWorker:
                 break
             if job is not None:
                 job.future.cancel()
-        self._jobs.put(None)
+
+    def finish(self, grace_seconds: float) -> None:
+        """Let the running job end within grace_seconds (else stop it), then the process."""
         if self._supervisor is not None:
             self._supervisor.join(grace_seconds)
             if self._supervisor.is_alive() and self._process is not None:
@@ -309,3 +321,74 @@ class AnalysisWorker:
             process.join(5.0)
         if connection is not None:
             connection.close()
+
+
+class WorkerPool:
+    """[analysis] workers supervised analysis processes sharing one queue of jobs: each takes
+    the next study when it is free, so N studies are analysed at once; a killed process costs
+    only its own job (its supervisor replaces it, the others go on). The same interface as
+    one AnalysisWorker."""
+
+    def __init__(self, settings: Settings, on_series: Callable[[SeriesWritten], None],
+                 on_death: Callable[[], None] = lambda: None,
+                 time_limit_seconds: float | None = None, count: int | None = None) -> None:
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self.workers = [AnalysisWorker(settings, on_series, on_death, time_limit_seconds,
+                                       jobs=self._jobs, name=f"worker{n + 1}")
+                        for n in range(count or settings.analysis.workers)]
+
+    @property
+    def deaths(self) -> int:
+        """Processes that ended unasked, all workers together (metrics)."""
+        return sum(worker.deaths for worker in self.workers)
+
+    @property
+    def time_limit_seconds(self) -> float:
+        """The limit of one analysis, the same in every worker."""
+        return self.workers[0].time_limit_seconds
+
+    @time_limit_seconds.setter
+    def time_limit_seconds(self, seconds: float) -> None:
+        for worker in self.workers:
+            worker.time_limit_seconds = seconds
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def warm_up(self) -> None:
+        """Each process rehearses once (the jobs are taken by whichever is free)."""
+        for worker in self.workers:
+            worker.warm_up()
+
+    def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
+                run_id: str, superseded: dict[str, list[OutputEntry]] | None = None,
+                ) -> Future[StudyShape]:
+        return self.workers[0].analyse(instances, out_dir, run_id, superseded)
+
+    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
+        return self.workers[0].submit(function, *args)
+
+    def alive(self) -> bool:
+        return all(worker.alive() for worker in self.workers)
+
+    def job_silence(self) -> tuple[float, str] | None:
+        """The longest silence among the running jobs."""
+        silences = [s for worker in self.workers if (s := worker.job_silence()) is not None]
+        return max(silences, key=lambda s: s[0]) if silences else None
+
+    def pid(self) -> int | None:
+        """The first worker's process (tests and logs; pids() has them all)."""
+        return self.workers[0].pid()
+
+    def pids(self) -> list[int | None]:
+        return [worker.pid() for worker in self.workers]
+
+    def shutdown(self, grace_seconds: float = 30.0) -> None:
+        """Every worker stops taking jobs, the running ones get grace_seconds together."""
+        for worker in self.workers:
+            worker.stop_taking_jobs()
+        for _ in self.workers:
+            self._jobs.put(None)
+        for worker in self.workers:
+            worker.finish(grace_seconds)

@@ -122,14 +122,14 @@ def test_health_reports_a_worker_that_cannot_be_started(node_factory) -> None:
     http_port = free_port()
     node = node_factory(http={"enabled": True, "port": http_port})
     node.worker.submit(int).result(timeout=120)
-    real = node.worker._context
-    node.worker._context = _NoNewProcesses(real)
+    real = node.worker.workers[0]._context
+    node.worker.workers[0]._context = _NoNewProcesses(real)
     os.kill(node.worker.pid(), signal.SIGKILL)
     wait_until(lambda: not node.health().ok, timeout=10)
     status, body = http_get(http_port, "/healthz")
     assert status == 503 and b'"failed": ["analysis_worker"]' in body
 
-    node.worker._context = real  # the cause goes away: the supervisor starts one again
+    node.worker.workers[0]._context = real  # the cause goes away: the supervisor starts one
     wait_until(lambda: node.health().ok, timeout=40)
     assert node.worker.submit(int).result(timeout=120) == 0
     assert http_get(http_port, "/healthz")[0] == 200
