@@ -44,6 +44,7 @@ class IngestResult(StrEnum):
     WRITE_FAILED = "write_failed"  # the spool could not be written for another reason
     TOO_LARGE = "too_large"  # inflated beyond [storage] max_instance_mb
 
+
 #: The largest data set a deflated one may inflate to, unless [storage] max_instance_mb says.
 DEFAULT_MAX_INSTANCE_BYTES = 4096 * 1024 * 1024
 
@@ -199,7 +200,10 @@ class Ingestor:
         except OutOfSpace:
             return incoming, IngestOutcome(IngestResult.OUT_OF_SPACE,
                                            "spool below free-space watermark")
-        problem = inflate(incoming.path, inflated, self.max_instance_bytes)
+        try:
+            problem = inflate(incoming.path, inflated, self.max_instance_bytes)
+        except (InvalidDicomError, OSError, ValueError, struct.error, EOFError) as exc:
+            problem = f"meta unreadable ({type(exc).__name__})"
         incoming.discard()
         if inflated.refused is not None:
             return inflated, IngestOutcome(IngestResult.OUT_OF_SPACE,
