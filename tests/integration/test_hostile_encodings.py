@@ -25,7 +25,7 @@ from pydicom.uid import (
 
 from marrownode.part10 import MAX_NESTING
 from marrownode.synthetic.studies import StudyOptions, build_study
-from tests.integration.test_hostile_network import _element, _rss_mb, _uid
+from tests.integration.test_hostile_network import _element, _rss_mb, _uid, store_status
 from tests.scu import RawRequestor
 
 A_ASSOCIATE_AC = 0x02
@@ -55,17 +55,7 @@ def _store(port: int, transfer_syntax: str, sop_instance: str, data_set: bytes) 
     try:
         raw.send(RawRequestor.associate_rq(MRImageStorage, transfer_syntax))
         assert raw.read_pdu()[0] == A_ASSOCIATE_AC
-        for pdu in _c_store(MRImageStorage, sop_instance, data_set):
-            raw.send(pdu)
-        pdu_type, body = raw.read_pdu()
-        assert pdu_type == 0x04
-        command, position = body[6:], 0
-        while position < len(command):
-            group, element, length = struct.unpack_from("<HHI", command, position)
-            if (group, element) == (0x0000, 0x0900):
-                return int(struct.unpack_from("<H", command, position + 8)[0])
-            position += 8 + length
-        raise AssertionError("no Status in the response")
+        return store_status(raw, b"".join(_c_store(MRImageStorage, sop_instance, data_set)))
     finally:
         raw.close()
 
