@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from marrownode.dixon.contrast import contrast_words, words
+from marrownode.dixon.header import MARROWNODE_MANUFACTURER
 from marrownode.dixon.roles import Frame, Role, fat_suppressed, geometry_key
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.vocabulary import CompanionKind
@@ -125,7 +126,9 @@ def _twins(a: DixonSet, b: DixonSet) -> bool:
 
 def plan(sets: list[DixonSet], frames: list[Frame]) -> Plan:
     """Pair each post-contrast Dixon set with its pre-contrast twin, and give every set a
-    fat-suppressed series on its frame of reference (series of no set only)."""
+    fat-suppressed series on its frame of reference (series of no set only). The node's own
+    results, forwarded back by a PACS, are never companions."""
+    frames = [f for f in frames if f.manufacturer != MARROWNODE_MANUFACTURER]
     first_frames: dict[str, Frame] = {}
     for frame in frames:
         first_frames.setdefault(frame.series_uid, frame)

@@ -90,7 +90,11 @@ def test_a_pre_contrast_word_vetoes_and_order_decides_without_words() -> None:
         ds.SeriesDescription, ds.SeriesTime = "Sag T1 FS +C", "101000"
     post = build_study(StudyOptions(style="siemens", study_key="order", series_tag="post",
                                     series_time="102000", series_number_start=21), SMALL)
-    joined = _plan(pre + marker + post)
+    ours = extra_series(StudyOptions(study_key="order-results"), "t2", SMALL)
+    for ds in ours:  # the node's own results, forwarded back by the PACS: never companions
+        ds.Manufacturer, ds.SeriesTime, ds.StudyInstanceUID = (
+            "marrownode", "110000", pre[0].StudyInstanceUID)
+    joined = _plan(pre + marker + post + ours)
     (dixon_set,) = joined.sets
     companions = joined.companions[dixon_set.key]
     assert companions.post_contrast is not None
