@@ -222,6 +222,12 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         summary["scanning_sequence"] = summary["scanning_sequence"] or [
             term for value in _strings(dataset.get("EchoPulseSequence"))
             for term in _ECHO_PULSE_AS_SCANNING.get(value.upper(), [value])]
+        # ... and inversion recovery with its inversion time (a STIR) in the MR Modifier group.
+        if _text(modifier.get("InversionRecovery")).upper() == "YES":
+            if "IR" not in summary["scanning_sequence"]:
+                summary["scanning_sequence"] = [*summary["scanning_sequence"], "IR"]
+            summary["inversion_time"] = summary["inversion_time"] or _float(
+                modifier.get("InversionTimes"))
     else:
         echo_numbers = _floats(dataset.get("EchoNumbers"))
         frames = [

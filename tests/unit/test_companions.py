@@ -336,3 +336,24 @@ def test_an_axial_series_lands_on_a_sagittal_grid_by_patient_coordinates() -> No
     z = sagittal.patient_coordinate(SUPERIOR_INFERIOR, sagittal_shape)
     assert not np.isfinite(resample_onto(axial.patient_coordinate(0, axial_shape), axial,
                                          sagittal, sagittal_shape)[z > 30.0 + 1e-3]).any()
+
+
+def test_an_enhanced_mr_stir_is_recognised_from_its_mr_modifier_group() -> None:
+    """Enhanced MR states inversion recovery and its inversion time in the MR Modifier
+    functional group (not in the classic attributes): a STIR is a STIR there too, without a
+    word in its description."""
+    from marrownode.synthetic.enhanced import enhanced_mr
+
+    def modified(recovery: str) -> Any:
+        dataset = enhanced_mr(StudyOptions(style="philips_enhanced", study_key="enh-stir"),
+                              SMALL)
+        dataset.SeriesDescription = dataset.ProtocolName = "Sag T2 enhanced"
+        modifier = Dataset()
+        modifier.InversionRecovery = recovery
+        if recovery == "YES":
+            modifier.InversionTimes = [170.0]
+        dataset.SharedFunctionalGroupsSequence[0].MRModifierSequence = [modifier]
+        return frames_from_header(summarise(dataset))[0]
+
+    assert "TI 170 ms (STIR" in (fat_suppressed_fluid(modified("YES")) or "")
+    assert fat_suppressed_fluid(modified("NO")) is None
