@@ -30,10 +30,19 @@ def opening(mask: np.ndarray, radius_mm: float,
     if ball.sum() <= _SMALL_BALL:
         small: np.ndarray = ndimage.binary_opening(mask, structure=ball)
         return small
-    padded = np.pad(mask, 1)
+    # Within the mask's box and one background voxel around it: every distance that matters
+    # (from a mask voxel to the background, from any voxel to an eroded one) is the same as
+    # on the whole grid, for a fraction of the work on a field larger than the bone.
+    boxes = ndimage.find_objects(mask.astype(np.int8))
+    result: np.ndarray = np.zeros(mask.shape, dtype=bool)
+    if not boxes or boxes[0] is None:
+        return result
+    box = boxes[0]
+    inside = mask[box]
+    padded = np.pad(inside, 1)
     eroded = ndimage.distance_transform_edt(padded, sampling=spacing_mm) > radius_mm
     opened = ndimage.distance_transform_edt(~eroded, sampling=spacing_mm) <= radius_mm
-    result: np.ndarray = opened[1:-1, 1:-1, 1:-1] & mask
+    result[box] = opened[1:-1, 1:-1, 1:-1] & inside
     return result
 
 

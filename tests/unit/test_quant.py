@@ -213,3 +213,33 @@ def test_the_fast_mask_operations_are_the_slow_ones_exactly() -> None:
     assert (fill_holes_per_slice(framed)
             == np.stack([ndimage.binary_fill_holes(s) for s in framed])).all()
     assert fill_holes_per_slice(framed)[0, 30, 40] and not fill_holes_per_slice(framed)[1, 30, 40]
+
+
+def test_the_opening_in_the_masks_box_is_the_opening_on_the_whole_grid() -> None:
+    """The ball opening works inside the mask's box (issue 28's localiser time): the same
+    voxels as the two distance transforms on the whole grid, anisotropic spacing included."""
+    from scipy import ndimage
+
+    from marrownode.quant.bone import opening
+
+    def whole_grid(mask: np.ndarray, radius: float, spacing: tuple[float, float, float]
+                   ) -> np.ndarray:
+        padded = np.pad(mask, 1)
+        eroded = ndimage.distance_transform_edt(padded, sampling=spacing) > radius
+        opened = ndimage.distance_transform_edt(~eroded, sampling=spacing) <= radius
+        return opened[1:-1, 1:-1, 1:-1] & mask
+
+    rng = np.random.default_rng(11)
+    for trial in range(12):
+        mask = np.zeros((20, 60, 70), dtype=bool)
+        for _ in range(4):  # blobs of bone, some at the grid's edge
+            centre = rng.integers(0, (20, 60, 70))
+            radius = rng.uniform(3, 12, 3)
+            z, y, x = np.ogrid[:20, :60, :70]
+            mask |= (((z - centre[0]) / radius[0]) ** 2 + ((y - centre[1]) / radius[1]) ** 2
+                     + ((x - centre[2]) / radius[2]) ** 2) <= 1
+        mask &= rng.random(mask.shape) > 0.05
+        spacing = (4.0, 0.9, 0.9) if trial % 2 else (1.5, 1.5, 1.5)
+        for radius_mm in (4.0, 6.0):
+            assert (opening(mask, radius_mm, spacing) == whole_grid(mask, radius_mm, spacing)
+                    ).all(), (trial, radius_mm)
