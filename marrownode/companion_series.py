@@ -65,17 +65,18 @@ def join_companions(companions: Companions, volumes: SetVolumes, result: QuantRe
     return used
 
 
-def _enough(values: np.ndarray, marrow: np.ndarray | None, stack: Stack, kind: CompanionKind,
-            why: str, rules: CompanionRules, joined: CompanionsShape) -> float | None:
-    """The share of the marrow the resampled series covers; NaN (and a left-out entry) when
-    it covers too little to stand for the marrow."""
+def _covered(values: np.ndarray, marrow: np.ndarray | None, stack: Stack, kind: CompanionKind,
+             why: str, rules: CompanionRules, joined: CompanionsShape
+             ) -> tuple[bool, float | None]:
+    """(usable, the share of the marrow it covers): a series covering too little to stand
+    for the marrow is left out with its coverage."""
     covered = coverage(values, marrow) if marrow is not None else None
     if covered is not None and covered < rules.min_coverage:
         joined["left_out"].append(_left_out(stack, kind, (
             f"{why}covers {100 * covered:.0f} % of the localised marrow (at least "
             f"{100 * rules.min_coverage:.0f} % needed)")))
-        return float("nan")
-    return covered
+        return False, covered
+    return True, covered
 
 
 def _post_contrast(companions: Companions, volumes: SetVolumes, marrow: np.ndarray | None,
@@ -90,8 +91,9 @@ def _post_contrast(companions: Companions, volumes: SetVolumes, marrow: np.ndarr
     stack = twin_set.water if on_water and twin_set.water else twin_set.in_phase
     native = twin.water if on_water and twin.water is not None else twin.in_phase
     post = resample_onto(native, twin.geometry, volumes.geometry, volumes.in_phase.shape)
-    covered = _enough(post, marrow, stack, CompanionKind.POST_CONTRAST, "", rules, joined)
-    if covered is not None and not np.isfinite(covered):
+    usable, covered = _covered(post, marrow, stack, CompanionKind.POST_CONTRAST, "", rules,
+                               joined)
+    if not usable:
         return None, None, []
     joined["post_contrast"] = {
         **_series(stack, companions.post_contrast_evidence, covered),
@@ -117,9 +119,9 @@ def _fat_suppressed(companions: Companions, volumes: SetVolumes, marrow: np.ndar
                                       float(pixel[1])))
     values = resample_onto(load_stack(stack, cache), geometry, volumes.geometry,
                            volumes.in_phase.shape)
-    covered = _enough(values, marrow, stack, CompanionKind.FAT_SUPPRESSED, f"{why}, but it ",
-                      rules, joined)
-    if covered is not None and not np.isfinite(covered):
+    usable, covered = _covered(values, marrow, stack, CompanionKind.FAT_SUPPRESSED,
+                               f"{why}, but it ", rules, joined)
+    if not usable:
         return None, None
     joined["fat_suppressed"] = _series(stack, [why], covered)
     return values, stack

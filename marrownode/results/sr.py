@@ -286,8 +286,7 @@ class CompanionImages:
         if not images:
             return None
         point = np.asarray(centroid, dtype=float)
-        nearest = min(images, key=lambda d: float(np.linalg.norm(
-            _projection(d, point) - point)))
+        nearest = min(images, key=lambda d: _distance_to_plane(d, point))
         return [hd.sr.SourceImageForMeasurement(
             referenced_sop_class_uid=nearest.SOPClassUID,
             referenced_sop_instance_uid=nearest.SOPInstanceUID)]
@@ -309,13 +308,12 @@ class CompanionImages:
         return items
 
 
-def _projection(image: Dataset, point: np.ndarray) -> np.ndarray:
-    """The point dropped onto the image's plane (patient mm)."""
-    origin = np.asarray(image.ImagePositionPatient, dtype=float)
+def _distance_to_plane(image: Dataset, point: np.ndarray) -> float:
+    """How far (mm) the point lies from the image's plane."""
     orientation = np.asarray(image.ImageOrientationPatient, dtype=float)
     normal = np.cross(orientation[:3], orientation[3:])
-    projected: np.ndarray = point - np.dot(point - origin, normal) * normal
-    return projected
+    return abs(float(np.dot(point - np.asarray(image.ImagePositionPatient, dtype=float),
+                            normal)))
 
 
 def build_sr(

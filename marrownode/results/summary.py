@@ -15,7 +15,13 @@ from scipy import ndimage
 
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
-from marrownode.vocabulary import PATTERN_MEANINGS, FatSuppression, Margin, Pattern
+from marrownode.vocabulary import (
+    PATTERN_MEANINGS,
+    CompanionKind,
+    FatSuppression,
+    Margin,
+    Pattern,
+)
 
 WIDTH, HEIGHT, PANEL = 1400, 1000, 660
 DIFFUSE_PATTERNS = (Pattern.DIFFUSE, Pattern.DIFFUSE_AND_FOCAL)
@@ -92,7 +98,7 @@ def _checklist(report: SetReport) -> list[tuple[str, str]]:
     ]
 
 
-def _not_assessed(report: SetReport, kind: str, missing: str) -> str:
+def _not_assessed(report: SetReport, kind: CompanionKind, missing: str) -> str:
     """Why a companion feature was not assessed: the first reason given, else missing."""
     companions = report.companions
     if not report.vertebrae:
@@ -107,7 +113,7 @@ def enhancement_finding(report: SetReport) -> str:
     companions = report.companions
     normal = companions["normal_marrow"] if companions else None
     if not companions or not companions["post_contrast"] or not normal:
-        return _not_assessed(report, "post_contrast", "no post-contrast series")
+        return _not_assessed(report, CompanionKind.POST_CONTRAST, "no post-contrast series")
     baseline = f"normal marrow {_signed(normal['enhancement_percent'])}"
     enhancing = [f"{f.site or 'focus'} focus {_signed(f.enhancement_percent)}"
                  for f in report.foci if f.enhancing]
@@ -122,7 +128,7 @@ def fat_saturation_finding(report: SetReport) -> str:
     """'yes: L1 focus 4.1x normal marrow', suppressed fatty foci, 'no', or why not."""
     companions = report.companions
     if not companions or not companions["fat_suppressed"] or not companions["normal_marrow"]:
-        return _not_assessed(report, "fat_suppressed", "no fat-suppressed series")
+        return _not_assessed(report, CompanionKind.FAT_SUPPRESSED, "no fat-suppressed series")
     high = [f"{f.site or 'focus'} focus {f.fat_suppressed_ratio:.1f}x"
             for f in report.foci if f.high_signal_after_fat_saturation
             and f.fat_suppressed_ratio is not None]
