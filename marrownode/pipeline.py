@@ -26,12 +26,16 @@ from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import DixonSet, assemble
 from marrownode.dixon.volume import PixelCache, load_set
+from marrownode.priors.compare import compare
+from marrownode.priors.record import moment_of, prior_among
 from marrownode.quant.analysis import QuantParameters, analyse_set
+from marrownode.quant.comparison import ComparisonRules
 from marrownode.quant.foci import FocusParameters
 from marrownode.quant.localisation import SpineParameters
 from marrownode.report import SetReport
 from marrownode.report_shape import (
     OutputEntry,
+    PriorShape,
     ProcessShape,
     RequestShape,
     SetShape,
@@ -46,7 +50,8 @@ from marrownode.requests.measure import (
     request_records,
     segment_localisation,
 )
-from marrownode.results.build import build_results, write_answer
+from marrownode.results.answer import write_answer
+from marrownode.results.build import build_results
 from marrownode.results.failure_note import write_failure_note
 from marrownode.states import SetState
 from marrownode.store.spool import disk_full
@@ -80,6 +85,14 @@ def quant_parameters(settings: Settings) -> QuantParameters:
     )
 
 
+def comparison_rules(settings: Settings) -> ComparisonRules:
+    """The follow-up rule of [priors]."""
+    priors = settings.priors
+    return ComparisonRules(grown_percent=priors.grown_percent,
+                           grown_min_mm=priors.grown_min_mm,
+                           match_distance_mm=priors.match_distance_mm)
+
+
 def analyse_study(
     instances: Sequence[SourceInstance],
     settings: Settings,
@@ -87,13 +100,15 @@ def analyse_study(
     on_outputs: Callable[[list[OutputEntry]], None] | None = None,
     superseded: Mapping[str, list[OutputEntry]] | None = None,
     on_progress: Callable[[str], None] = lambda stage: None,
+    prior: PriorShape | None = None,
 ) -> StudyShape:
     """Classify, pair, quantify (and, where out_dir is given, write results) for one study.
 
     on_outputs receives each result series' report entries as soon as its files are written
     (the node delivers them while the rest is encoded); the report lists them all as well.
     superseded: per set key, the earlier reports (SR entries) the new ones supersede.
-    on_progress hears each stage as it begins (the node's heartbeat of a running analysis)."""
+    on_progress hears each stage as it begins (the node's heartbeat of a running analysis).
+    prior: the patient's earlier study, which every set is compared with (docs/follow-up.md)."""
     started = time.perf_counter()
     study_uid = instances[0].header.get("study_uid", "") if instances else ""
     frames = [frame for item in instances for frame in frames_from_header(item.header)]
@@ -108,7 +123,7 @@ def analyse_study(
                             lambda text: str(derived_uid(settings.outputs.uid_root, text)),
                             results_dir=out_dir)
     run = _StudyRun(study_uid, settings, parameters, cache, paths, pending, out_dir,
-                    on_outputs, on_progress, superseded or {}, joining.companions)
+                    on_outputs, on_progress, superseded or {}, joining.companions, prior)
     set_reports = [_analyse_one_set(run, set_index, dixon_set)
                    for set_index, dixon_set in enumerate(joining.sets)]
     measured_on = run.measured_on
@@ -141,6 +156,7 @@ class _StudyRun:
     on_progress: Callable[[str], None]
     superseded: Mapping[str, list[OutputEntry]]
     companions: Mapping[str, Companions] = field(default_factory=dict)
+    prior: PriorShape | None = None
     measured_on: list[DixonSet] = field(default_factory=list)
 
 
@@ -202,6 +218,8 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
     if (companions := run.companions.get(dixon_set.key)) is not None:
         run.on_progress(f"set {set_index + 1}: companion series")
         companion_stacks = join_companions(companions, volumes, result, report, run.cache)
+    if run.prior is not None and report.marrow.localised:
+        compare(report, run.prior, comparison_rules(run.settings))
     if run.pending:
         measure_on_set(run.pending, SetMaps(
             dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
@@ -307,11 +325,18 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> P
     """`marrownode process`: analyse every study under paths, write results and report.json."""
     out_dir.mkdir(parents=True, exist_ok=True)
     studies, unreadable = discover(paths)
+    analysed: dict[str, StudyShape] = {}
+    # Oldest first: a study's prior among the inputs is analysed before it is needed.
+    for study_uid, instances in sorted(studies.items(),
+                                       key=lambda item: moment_of(item[1][0].header).key):
+        prior = prior_among(instances[0].header, [
+            (studies[uid][0].header, done) for uid, done in analysed.items()],
+            settings.priors.look_back_years) if settings.priors.enabled else None
+        analysed[study_uid] = _study_or_fail(study_uid, instances, settings, out_dir, prior)
     report: ProcessShape = {
         "marrownode_version": __version__,
         "algorithm_version": ALGORITHM_VERSION,
-        "studies": [_study_or_fail(study_uid, instances, settings, out_dir)
-                    for study_uid, instances in sorted(studies.items())],
+        "studies": [analysed[study_uid] for study_uid in sorted(analysed)],
         "unreadable_files": unreadable,
     }
     write_json_atomic(out_dir / "report.json", report)
@@ -319,11 +344,11 @@ def process_paths(paths: Sequence[Path], out_dir: Path, settings: Settings) -> P
 
 
 def _study_or_fail(study_uid: str, instances: Sequence[SourceInstance], settings: Settings,
-                   out_dir: Path) -> StudyShape:
+                   out_dir: Path, prior: PriorShape | None = None) -> StudyShape:
     """One study of `process`: its report, or its failure with the reason (the other studies
     go on; `process` exits 1 once everything is written)."""
     try:
-        return analyse_study(instances, settings, out_dir)
+        return analyse_study(instances, settings, out_dir, prior=prior)
     except Exception as exc:
         log.exception("event=study_failed study=%s", study_uid)
         return {"study_instance_uid": study_uid, "dixon_sets": [], "requests": [],

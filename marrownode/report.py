@@ -17,6 +17,7 @@ from marrownode.quant.companions import CompanionMeasures, enhancing, high_signa
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.report_shape import (
     CompanionsShape,
+    ComparisonShape,
     EndplateFindingShape,
     FocusShape,
     OutputEntry,
@@ -99,6 +100,7 @@ class FocusReport:
     fat_suppressed_ratio: float | None = None
     high_signal_after_fat_saturation: bool | None = None
     fat_suppression: FatSuppression | None = None
+    tracking_uid: str = ""
 
     @property
     def site(self) -> str | None:
@@ -238,6 +240,7 @@ class SetReport:
     foci: list[FocusReport] = field(default_factory=list)
     outputs: list[OutputEntry] = field(default_factory=list)
     companions: CompanionsShape | None = None
+    comparison: ComparisonShape | None = None
 
     @classmethod
     def of(cls, dixon_set: DixonSet) -> SetReport:
@@ -280,10 +283,10 @@ class SetReport:
                               levels[v.number - 1] if 0 < v.number <= len(levels) else None)
             for v in result.vertebrae]
         threshold = result.threshold_percent
-        self.foci = ([FocusReport.from_record(focus_record(f, geometry, threshold,
-                                                           localisation.labels, sharp_margin,
-                                                           localisation.levels))
-                      for f in result.foci] if threshold is not None else [])
+        self.foci = ([replace(FocusReport.from_record(focus_record(
+            f, geometry, threshold, localisation.labels, sharp_margin, localisation.levels)),
+            tracking_uid=derived_uid(uid_root, study_uid, self.key, "focus", number))
+            for number, f in enumerate(result.foci, start=1)] if threshold is not None else [])
         self.flags = list(dict.fromkeys(self.flags + result.flags))
 
     def joined(self, companions: CompanionsShape, measures: CompanionMeasures | None) -> None:
@@ -355,6 +358,7 @@ class SetReport:
             vertebrae=[v.to_json() for v in self.vertebrae],
             foci=[f.to_json() for f in self.foci],
             companions=self.companions,
+            comparison=self.comparison,
             state=str(self.state),
             outputs=self.outputs,
         )

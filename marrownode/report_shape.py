@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import NotRequired, TypedDict
 
 from marrownode.vocabulary import (
+    ChangeStatus,
     CompanionKind,
     Endplate,
     EnhancementImage,
@@ -23,6 +24,7 @@ from marrownode.vocabulary import (
     Margin,
     OutputKind,
     Pattern,
+    PriorSource,
 )
 
 
@@ -126,6 +128,7 @@ class FocusShape(TypedDict):
     fat_suppressed_ratio: float | None
     high_signal_after_fat_saturation: bool | None  # None: no fat-suppressed series
     fat_suppression: FatSuppression | None  # fat-containing foci only
+    tracking_uid: str  # kept from the prior's focus it matches on follow-up
 
 
 class CompanionSeriesShape(TypedDict):
@@ -201,6 +204,123 @@ class SetShape(TypedDict):
     t1_reference: NotRequired[T1Reference]
     vertebrae: NotRequired[list[VertebraShape]]
     companions: NotRequired[CompanionsShape]
+    comparison: NotRequired[ComparisonShape | None]
+
+
+class PriorBodyShape(TypedDict):
+    """A vertebral body of the prior, as the prior's report or SR gave it."""
+
+    name: str  # its level (L3) or, unnamed, its number (V3)
+    centroid_patient_mm: list[float]  # in the prior's own patient coordinates
+    signal_loss_percent_median: float | None
+    fat_fraction_percent_median: float | None
+
+
+class PriorFocusShape(TypedDict):
+    """A focus of the prior."""
+
+    site: str | None  # its level or body name
+    centroid_patient_mm: list[float]
+    volume_mm3: float
+    tracking_uid: str
+
+
+class PriorSetShape(TypedDict):
+    """One analysed set of the prior."""
+
+    orientation: str
+    pattern: Pattern
+    vertebrae: list[PriorBodyShape]
+    foci: list[PriorFocusShape]
+
+
+class ObjectReference(TypedDict):
+    """A DICOM object by its UIDs (the prior's SR)."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    sop_instance_uid: str
+
+
+class PriorShape(TypedDict):
+    """The patient's earlier study, as far as a comparison needs it (the node's memory: from
+    a report in its index or the inputs, or from its own SR in the PACS)."""
+
+    study_instance_uid: str
+    study_date: str
+    study_time: str
+    source: PriorSource
+    sets: list[PriorSetShape]
+    report: NotRequired[ObjectReference]  # the prior's marrownode SR, when known
+
+
+class ComparedPrior(TypedDict):
+    """Which study the comparison is against, and where it was found."""
+
+    study_instance_uid: str
+    study_date: str
+    source: PriorSource
+    report: NotRequired[ObjectReference]  # the prior's SR, which this set's SR names
+
+
+class AlignmentShape(TypedDict):
+    """How the prior's positions were carried into this study."""
+
+    method: str  # rigid | translation | none
+    levels: list[str]
+    residual_mm: float | None
+
+
+class ComparedFocus(TypedDict):
+    """One focus against the prior: new, grown, stable, smaller or resolved."""
+
+    status: ChangeStatus
+    level: str | None
+    centroid_patient_mm: list[float]  # current; a resolved focus: the prior's, aligned
+    volume_mm3: float | None  # None: resolved
+    prior_volume_mm3: float | None  # None: new
+    diameter_mm: float | None
+    prior_diameter_mm: float | None
+    tracking_uid: str
+    focus_index: int | None  # into the set's foci; None: resolved
+
+
+class ComparedVertebra(TypedDict):
+    """A level in both studies: its medians now and then."""
+
+    level: str
+    signal_loss_percent_median: float | None
+    prior_signal_loss_percent_median: float | None
+    fat_fraction_percent_median: float | None
+    prior_fat_fraction_percent_median: float | None
+
+
+class PatternChange(TypedDict):
+    """The set's pattern now and in the prior."""
+
+    prior: Pattern
+    current: Pattern
+    changed: bool
+
+
+class ComparisonRule(TypedDict):
+    """The rule the statuses follow (docs/follow-up.md)."""
+
+    grown_percent: float
+    grown_min_mm: float
+    match_distance_mm: float
+
+
+class ComparisonShape(TypedDict):
+    """A set against the patient's prior (shared/DESIGN.md names the first keys)."""
+
+    prior: ComparedPrior
+    foci: list[ComparedFocus]
+    vertebrae: list[ComparedVertebra]
+    alignment: AlignmentShape
+    pattern: PatternChange
+    rule: ComparisonRule
 
 
 class RequestShape(TypedDict):

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from marrownode import defaults
+from marrownode.config.priors import PriorSettings
 
 AE_TITLE_PATTERN = r"^[\x20-\x5b\x5d-\x7e]{1,16}$"  # printable ASCII without backslash
 
@@ -330,6 +331,7 @@ class Settings(_Section):
     logging: LoggingSettings = LoggingSettings()
     outbox: OutboxSettings = OutboxSettings()
     webhooks: list[Webhook] = []
+    priors: PriorSettings = PriorSettings()
 
     @field_validator("destinations")
     @classmethod
@@ -344,6 +346,10 @@ class Settings(_Section):
         if self.http.enabled and self.http.port == self.node.port:
             raise ValueError(f"http.port and node.port are both {self.node.port}: the DICOM "
                              "and HTTP listeners need ports of their own")
+        names = [d.name for d in self.destinations]
+        if self.priors.query and self.priors.query not in names:
+            raise ValueError(f"priors.query names destination {self.priors.query!r}, which is "
+                             f"not among [[destinations]] ({', '.join(names) or 'none'})")
         return self
 
     def warnings(self) -> list[str]:

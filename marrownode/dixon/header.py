@@ -179,6 +179,10 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         "study_date": _text(dataset.get("StudyDate")),
         "study_description": _text(dataset.get("StudyDescription")),
         "patient_name": _text(dataset.get("PatientName")),
+        # Who the study belongs to, for finding the patient's earlier study (never logged)
+        "patient_id": _text(dataset.get("PatientID")),
+        "issuer_of_patient_id": _text(dataset.get("IssuerOfPatientID")),
+        "study_time": _text(dataset.get("StudyTime")),
         "series_uid": _text(dataset.get("SeriesInstanceUID")),
         "sop_instance_uid": _text(dataset.get("SOPInstanceUID")),
         "sop_class_uid": _text(dataset.get("SOPClassUID")),

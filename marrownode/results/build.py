@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,14 +21,14 @@ from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
 from marrownode.report_shape import OutputEntry
-from marrownode.results.answer_sr import build_answer_sr
 from marrownode.results.beside import overlapped
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
 from marrownode.results.derived_mr import build_derived_mr_series
+from marrownode.results.follow_up_text import focus_labels
 from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.segmentation import build_vertebra_segmentation
-from marrownode.results.sr import build_sr
+from marrownode.results.sr import RelatedReports, build_sr
 from marrownode.results.summary import render_summary
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import FatFractionMethod, Flag, OutputKind
@@ -157,9 +158,15 @@ def build_results(
     label = dixon_set.in_phase.label
     entries: list[OutputEntry] = []
 
+    # What the comparison with a prior changes (the page, the overlay, the SR) is other
+    # content than the same study alone: other UIDs, so it follows as a new version.
+    compared = _comparison_key(set_report)
+
     def identity(spec: OutputSeries) -> tuple[str, int, str]:
+        seeds = [digest, sources_digest] + (
+            [compared] if compared and spec in (SUMMARY, OVERLAY, REPORT) else [])
         series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset,
-                                 digest, sources_digest)
+                                 *seeds)
         number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
         return series_uid, number, f"marrownode {label} {spec.description}"
 
@@ -192,18 +199,41 @@ def build_results(
         evidence = [_header(d) for d in _unique_datasets(
             [dixon_set.in_phase, dixon_set.opposed, *evidence_stacks], cache)]
         series.append(write(REPORT, [build_sr(
-            sources, evidence, set_report, result.focus_masks, pm_references,
+            sources, evidence, set_report, result.focus_masks,
+            pm_references,
             series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
             series_number=number, series_description=description, uid_root=root,
-            settings_digest=digest, predecessors=[
+            settings_digest=digest, related=RelatedReports(predecessors=[
                 _reference(study_uid, entry["series_instance_uid"], entry["sop_class_uid"],
-                           entry["sop_instance_uid"]) for entry in superseded])]))
+                           entry["sop_instance_uid"]) for entry in superseded],
+                priors=_prior_reports(set_report)))]))
         return series
 
     for written in overlapped(report, lambda: _image_series(
             emit, identity, sources, volumes, result, set_report, settings)):
         publish(written)
     return entries
+
+
+def _comparison_key(set_report: SetReport) -> str:
+    """The prior and the rule a set was compared with, or '' (no comparison)."""
+    comparison = set_report.comparison
+    if comparison is None:
+        return ""
+    return hashlib.sha256(json.dumps([comparison["prior"]["study_instance_uid"],
+                                      comparison["rule"]], sort_keys=True).encode()
+                          ).hexdigest()[:16]
+
+
+def _prior_reports(set_report: SetReport) -> list[Dataset]:
+    """The prior's SR, listed among the evidence: it is of another study, so the SR names it
+    in the Pertinent Other Evidence Sequence."""
+    comparison = set_report.comparison
+    reference = comparison["prior"].get("report") if comparison else None
+    if reference is None:
+        return []
+    return [_reference(reference["study_instance_uid"], reference["series_instance_uid"],
+                       reference["sop_class_uid"], reference["sop_instance_uid"])]
 
 
 def _maps(result: QuantResult, set_report: SetReport) -> dict[str, Any]:
@@ -355,40 +385,9 @@ def overlay_frames(
                                overlay_status(set_report))
     labels = body_labels(result.localisation.bodies,
                          [v.name for v in set_report.vertebrae])
+    notes = (focus_labels(result.focus_masks, set_report) if result.focus_masks
+             else [[] for _ in range(count)])
     for k in range(count):
         here = "" if marrow[k].any() else " | no marrow on this slice"
         yield renderer.render(volumes.in_phase[k], result.signal_loss[k], foci[k], marrow[k],
-                              f"slice {k + 1}/{count}{here}", labels[k])
-
-
-#: Answers to measurement requests: series numbers after the sets' results.
-ANSWER_SERIES_OFFSET = 900
-
-
-def write_answer(request: Dataset, measurements: list[dict[str, Any]], evidence: list[Dataset],
-                 settings: Settings, out_dir: Path, index: int,
-                 on_series: Callable[[list[OutputEntry]], None] | None = None,
-                 ) -> list[OutputEntry]:
-    """Build and write the SR answering one request; its report entries (kind 'sr').
-    Its UIDs derive from the request and the content settings: the same request measured
-    with the same settings gives the same answer UIDs."""
-    root = settings.outputs.uid_root
-    digest = content_digest(settings)
-    series_uid = derived_uid(root, str(request.SOPInstanceUID), "answer", digest)
-    number = settings.outputs.series_number_base + ANSWER_SERIES_OFFSET + index
-    sr = build_answer_sr(request, measurements, evidence, series_uid=series_uid,
-                         sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
-                         uid_root=root, settings_digest=digest)
-    path = out_dir / "requests" / f"{sr.SOPInstanceUID}.dcm"
-    write_dataset(sr, path)
-    entries: list[OutputEntry] = [{
-        "kind": OutputKind.SR, "sop_class_uid": str(sr.SOPClassUID),
-        "transfer_syntax_uid": str(sr.file_meta.TransferSyntaxUID),
-        "sop_instance_uid": str(sr.SOPInstanceUID),
-        "series_instance_uid": str(sr.SeriesInstanceUID), "series_number": number,
-        "series_description": str(sr.SeriesDescription),
-        "path": str(path.relative_to(out_dir)),
-    }]
-    if on_series is not None:
-        on_series(entries)
-    return entries
+                              f"slice {k + 1}/{count}{here}", labels[k], notes[k])

@@ -118,11 +118,13 @@ class OverlayRenderer:
     def render(
         self, anatomy: np.ndarray, loss: np.ndarray, focus_mask: np.ndarray,
         marrow: np.ndarray, slice_label: str, labels: Sequence[BodyLabel] = (),
+        notes: Sequence[BodyLabel] = (),
     ) -> np.ndarray:
         """One RGB uint8 frame, at least 512 px wide, with the legend band below the image.
 
         Colour only inside localised marrow: elsewhere the anatomy stays plain grey. Colours
-        use a smoothed copy of the map (display only; numbers come from the maps).
+        use a smoothed copy of the map (display only; numbers come from the maps). notes:
+        words beside a focus ('NEW'), written from their position on, in the focus colour.
         """
         threshold = self.threshold
         grey = _grey(anatomy, *self.window)
@@ -142,6 +144,13 @@ class OverlayRenderer:
             image = np.repeat(np.repeat(image, self.factor, axis=0), self.factor, axis=1)
         if labels:
             image = self._name_bodies(image, labels)
+        if notes:
+            canvas = Image.fromarray(image)
+            draw = ImageDraw.Draw(canvas)
+            for words, (row, column) in notes:
+                draw.text((column * self.factor, row * self.factor - 8), words, fill=YELLOW,
+                          font=self._title_font, stroke_width=2, stroke_fill=(0, 0, 0))
+            image = np.asarray(canvas)
         frame = np.zeros((self.height + LEGEND_HEIGHT, self.canvas_width, 3), dtype=np.uint8)
         left = (self.canvas_width - self.width) // 2
         frame[:self.height, left:left + self.width] = image

@@ -11,6 +11,7 @@ marrow, vertebral body, focal, diffuse); a declared private scheme for the rest.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import highdicom as hd
@@ -32,6 +33,8 @@ from marrownode.results.common import (
     level_concept,
     stamp,
 )
+from marrownode.results.sr_companions import CompanionImages
+from marrownode.results.sr_follow_up import FollowUp, centroid_items
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import (
     FatFractionMethod,
@@ -56,6 +59,7 @@ MARROW_LOCALISATION = Code("MN009", SCHEME, "Vertebral marrow localisation")
 MARROW_LOCALISED = Code("MN010", SCHEME, "Vertebral marrow localised from the images")
 MARROW_NOT_LOCALISED = Code("MN011", SCHEME, "Marrow not localised: maps only")
 MARROW_PATTERN = Code("MN012", SCHEME, "Marrow signal loss pattern")
+PRIOR_PATTERN = Code("MN409", SCHEME, "Marrow signal loss pattern in prior study")
 FRACTION_BELOW = Code("MN013", SCHEME, "Fraction of marrow below threshold")
 IP_TO_MUSCLE = Code("MN014", SCHEME, "In-phase marrow to paraspinal muscle ratio")
 IP_TO_DISC = Code("MN015", SCHEME, "In-phase marrow to intervertebral disc ratio")
@@ -103,10 +107,6 @@ FLAG_CODES = {
     Flag.HIGH_SIGNAL_AFTER_FAT_SATURATION: Code("MN113", SCHEME,
                                                 "High signal after fat saturation"),
 }
-#: Companion series (docs/companions.md): each measured against the patient's normal marrow.
-ENHANCEMENT = Code("MN301", SCHEME, "Enhancement after contrast")
-ENHANCEMENT_TO_NORMAL = Code("MN302", SCHEME, "Enhancement relative to normal marrow")
-FAT_SUPPRESSED_RATIO = Code("MN303", SCHEME, "Fat-suppressed signal relative to normal marrow")
 FAT_SUPPRESSION = Code("MN310", SCHEME, "Fat suppression of a fat-containing focus")
 FAT_SUPPRESSION_CODES = {
     FatSuppression.COMPLETE: Code("MN311", SCHEME, "Complete fat suppression (benign pattern)"),
@@ -166,7 +166,8 @@ def _level_sites(level: str | None) -> list[hd.sr.FindingSite]:
 
 
 def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentification,
-                    companions: CompanionImages) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+                    companions: CompanionImages, follow_up: FollowUp,
+                    ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """One vertebral body: medians over its localised marrow and the T1 internal standard
     (and, with companion series, its enhancement and fat-suppressed signal)."""
     median = codes.DCM.Median
@@ -182,12 +183,14 @@ def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentifi
         measurement_item(IP_TO_DISC, vertebra.in_phase_to_disc_ratio, RATIO, median, algorithm),
         measurement_item(codes.SCT.Volume, vertebra.volume_mm3, CUBIC_MM),
         *companions.measurements(vertebra, vertebra.centroid_patient_mm, algorithm),
+        *centroid_items(vertebra.centroid_patient_mm), *follow_up.level_items(vertebra.name),
     ) if m is not None]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=vertebra.tracking_uid,
                                                      identifier=_name(vertebra)),
         finding_type=codes.SCT.BoneMarrow,
         finding_sites=_level_sites(vertebra.level),
+        time_point_context=follow_up.time_point,
         algorithm_id=algorithm,
         measurements=measurements,
         qualitative_evaluations=[hd.sr.QualitativeEvaluation(MARROW_PATTERN,
@@ -196,7 +199,8 @@ def _vertebra_group(vertebra: VertebraReport, algorithm: hd.sr.AlgorithmIdentifi
 
 
 def _set_group(set_report: SetReport, sources: list[hd.sr.SourceImageForMeasurementGroup],
-               tracking_uid: str) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+               tracking_uid: str, follow_up: FollowUp,
+               ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """The set as a whole: field strength, threshold, localisation, pattern, method, flags.
     No number over tissue: those live in the vertebra groups."""
     threshold = set_report.signal_loss_threshold_percent
@@ -216,10 +220,14 @@ def _set_group(set_report: SetReport, sources: list[hd.sr.SourceImageForMeasurem
                     for f in set_report.flags if f in FLAG_CODES]
     if threshold is None:
         evaluations.append(hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, NO_THRESHOLD))
+    if follow_up.comparison is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(PRIOR_PATTERN, PATTERN_CODES[
+            follow_up.comparison["pattern"]["prior"]]))
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=tracking_uid, identifier=f"Dixon set {set_report.key}"[:64]),
         finding_type=codes.SCT.BoneMarrow,
+        time_point_context=follow_up.time_point,
         measurements=measurements,
         qualitative_evaluations=evaluations,
         source_images=sources,
@@ -228,7 +236,7 @@ def _set_group(set_report: SetReport, sources: list[hd.sr.SourceImageForMeasurem
 
 def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: SourceSeries,
                  algorithm: hd.sr.AlgorithmIdentification, tracking_uid: str,
-                 companions: CompanionImages,
+                 companions: CompanionImages, follow_up: FollowUp,
                  ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
     """One focus: its outline on every slice, ratio-of-means numbers, category and margin."""
     regions = []
@@ -247,7 +255,10 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
         measurement_item(codes.SCT.Volume, focus.volume_mm3, CUBIC_MM),
         measurement_item(codes.SCT.Area, focus.area_mm2, SQUARE_MM),
         *companions.measurements(focus, focus.centroid_patient_mm, algorithm),
+        *centroid_items(focus.centroid_patient_mm),
     ) if m is not None]
+    before, change = follow_up.focus_items(number - 1)
+    measurements += before
     verdict = BELOW if focus.below_threshold else AT_OR_ABOVE
     evaluations = [hd.sr.QualitativeEvaluation(THRESHOLD_EVALUATION, verdict),
                    hd.sr.QualitativeEvaluation(FOCUS_CATEGORY, CATEGORY_CODES[focus.category])]
@@ -256,6 +267,7 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
     if focus.fat_suppression is not None:
         evaluations.append(hd.sr.QualitativeEvaluation(
             FAT_SUPPRESSION, FAT_SUPPRESSION_CODES[focus.fat_suppression]))
+    evaluations += change
     where = f" in {focus.site}" if focus.vertebra else ""
     return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking_uid,
@@ -263,57 +275,20 @@ def _focus_group(number: int, focus: FocusReport, mask: np.ndarray, sources: Sou
         referenced_regions=regions,
         finding_type=codes.SCT.Lesion,
         finding_sites=[*_level_sites(focus.level), hd.sr.FindingSite(codes.SCT.BoneMarrow)],
+        time_point_context=follow_up.time_point,
         measurements=measurements,
         qualitative_evaluations=evaluations,
     )
 
 
-class CompanionImages:
-    """The companion series' images among the evidence: each companion measurement names the
-    image of its series nearest the region measured, so a viewer can open it there."""
+@dataclass(frozen=True)
+class RelatedReports:
+    """Other reports an SR names: predecessors, the set's earlier reports (other settings,
+    fewer images, no comparison yet) which it supersedes (Predecessor Documents Sequence);
+    priors, the patient's earlier report it is compared with (Pertinent Other Evidence)."""
 
-    def __init__(self, set_report: SetReport, evidence: Sequence[Dataset]) -> None:
-        joined = set_report.companions
-        series = {"post_contrast": joined["post_contrast"] if joined else None,
-                  "fat_suppressed": joined["fat_suppressed"] if joined else None}
-        self.images = {kind: [d for d in evidence
-                              if d.SeriesInstanceUID == entry["series_instance_uid"]]
-                       for kind, entry in series.items() if entry}
-
-    def _nearest(self, kind: str, centroid: Sequence[float]
-                 ) -> list[hd.sr.SourceImageForMeasurement] | None:
-        images = self.images.get(kind)
-        if not images:
-            return None
-        point = np.asarray(centroid, dtype=float)
-        nearest = min(images, key=lambda d: _distance_to_plane(d, point))
-        return [hd.sr.SourceImageForMeasurement(
-            referenced_sop_class_uid=nearest.SOPClassUID,
-            referenced_sop_instance_uid=nearest.SOPInstanceUID)]
-
-    def measurements(self, region: VertebraReport | FocusReport, centroid: Sequence[float],
-                     algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.Measurement | None]:
-        """Enhancement (and its ratio to normal marrow) and the fat-suppressed ratio."""
-        post, fat = self._nearest("post_contrast", centroid), self._nearest(
-            "fat_suppressed", centroid)
-        items: list[hd.sr.Measurement | None] = []
-        for name, value, unit, images in (
-                (ENHANCEMENT, region.enhancement_percent, PERCENT, post),
-                (ENHANCEMENT_TO_NORMAL, region.enhancement_ratio_to_normal, RATIO, post),
-                (FAT_SUPPRESSED_RATIO, region.fat_suppressed_ratio, RATIO, fat)):
-            if value is not None and images:
-                items.append(hd.sr.Measurement(
-                    name=name, value=float(value), unit=unit, derivation=codes.DCM.Median,
-                    algorithm_id=algorithm, referenced_images=images))
-        return items
-
-
-def _distance_to_plane(image: Dataset, point: np.ndarray) -> float:
-    """How far (mm) the point lies from the image's plane."""
-    orientation = np.asarray(image.ImageOrientationPatient, dtype=float)
-    normal = np.cross(orientation[:3], orientation[3:])
-    return abs(float(np.dot(point - np.asarray(image.ImagePositionPatient, dtype=float),
-                            normal)))
+    predecessors: Sequence[Dataset] = ()
+    priors: Sequence[Dataset] = ()
 
 
 def build_sr(
@@ -329,13 +304,15 @@ def build_sr(
     series_description: str,
     uid_root: str,
     settings_digest: str = "",
-    predecessors: Sequence[Dataset] = (),
+    related: RelatedReports | None = None,
 ) -> Dataset:
     """The set's TID 1500 report: a group for the set, one per vertebra, one per focus.
 
     The run is named in every measurement's algorithm identification (version, and the digest
-    of the settings that shaped it); predecessors are the set's earlier reports made with other
-    settings, which this one supersedes (Predecessor Documents Sequence)."""
+    of the settings that shaped it); related: the reports this one supersedes and the
+    patient's earlier one it is compared with."""
+    related = related or RelatedReports()
+    predecessors, prior_reports = related.predecessors, related.priors
     tracking_root = derived_uid(uid_root, sop_uid, "tracking")
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
@@ -351,22 +328,26 @@ def build_sr(
         parameters=[f"settings digest {settings_digest}"] if settings_digest else None)
     group_sources = [hd.sr.SourceImageForMeasurementGroup.from_source_image(ds)
                      for ds in list(evidence) + list(parametric_maps)]
+    follow_up = FollowUp(set_report)
     groups: list[Any] = [_set_group(set_report, group_sources,
-                                    derived_uid(uid_root, tracking_root, "set"))]
+                                    derived_uid(uid_root, tracking_root, "set"), follow_up)]
     companions = CompanionImages(set_report, evidence)
-    groups += [_vertebra_group(vertebra, algorithm, companions)
+    groups += [_vertebra_group(vertebra, algorithm, companions, follow_up)
                for vertebra in set_report.vertebrae]
     groups += [_focus_group(number, focus, mask, sources, algorithm,
-                            derived_uid(uid_root, tracking_root, "focus", number), companions)
+                            focus.tracking_uid or derived_uid(uid_root, tracking_root, "focus",
+                                                              number), companions, follow_up)
                for number, (focus, mask) in enumerate(
                    zip(set_report.foci, focus_masks, strict=True), start=1)]
+    groups += follow_up.resolved_groups(algorithm, lambda level: [
+        *_level_sites(level), hd.sr.FindingSite(codes.SCT.BoneMarrow)])
     report = hd.sr.MeasurementReport(
         observation_context=observation,
         procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
         imaging_measurements=groups,
     )
     sr = hd.sr.Comprehensive3DSR(
-        evidence=list(evidence) + list(parametric_maps),
+        evidence=list(evidence) + list(parametric_maps) + list(prior_reports),
         content=report[0],
         series_instance_uid=series_uid,
         series_number=series_number,

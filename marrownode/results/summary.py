@@ -15,6 +15,12 @@ from scipy import ndimage
 
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import SetReport
+from marrownode.results.follow_up_text import (
+    change_words,
+    focus_labels,
+    growth_finding,
+    resolved_lines,
+)
 from marrownode.vocabulary import (
     PATTERN_MEANINGS,
     CompanionKind,
@@ -94,7 +100,7 @@ def _checklist(report: SetReport) -> list[tuple[str, str]]:
          if assessed else "not assessed"),
         ("enhancement after contrast", enhancement_finding(report)),
         ("high signal after fat saturation", fat_saturation_finding(report)),
-        ("growth since the prior study", "not assessed: no prior study compared"),
+        ("growth since the prior study", growth_finding(report)),
     ]
 
 
@@ -224,15 +230,20 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
     y += 12
     draw.text((x, y), f"Foci ({len(report.foci)})", fill=WHITE, font=body)
     y += 26
-    for focus in report.foci[:6]:
+    changes = change_words(report)
+    for index, focus in enumerate(report.foci[:6]):
         size = 2.0 * np.sqrt((focus.area_mm2 or 0.0) / np.pi)
+        shown = f"{changes[index]}, " if index in changes else f"{size:.0f} mm, "
         extra = (f", enh {_signed(focus.enhancement_percent)}"
                  if focus.enhancement_percent is not None else "") + (
             f", fat-sat {focus.fat_suppressed_ratio:.1f}x"
             if focus.fat_suppressed_ratio is not None else "")
-        draw.text((x, y), f"{focus.site or '?'}: {size:.0f} mm, "
+        draw.text((x, y), f"{focus.site or '?'}: {shown}"
                   f"{focus.category.replace('_', ' ')}, loss {_value(focus.signal_loss_percent)}"
                   f" %, margin {focus.margin or '-'}{extra}", fill=FOCUS, font=small)
+        y += 22
+    for line in resolved_lines(report)[:3]:
+        draw.text((x, y), line, fill=GREY, font=small)
         y += 22
     y = _endplate_lines(draw, report, x, y)
     y += 12
@@ -269,6 +280,12 @@ def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
     for name, (column, row) in labels:
         draw.text((10 + column - 3 * size, top + row - size // 2), name, fill=WHITE,
                   font=label_font, stroke_width=2 if size > 12 else 1, stroke_fill=(0, 0, 0))
+    scale = anatomy.width / in_phase.shape[2]
+    for words, (row, column) in (focus_labels(result.focus_masks, report)[k]
+                                 if result.focus_masks else []):
+        draw.text((10 + column * scale, top + row * scale * pixel_spacing_mm[0]
+                   / pixel_spacing_mm[1] - 8), words, fill=FOCUS, font=_font(16),
+                  stroke_width=2, stroke_fill=(0, 0, 0))
     draw.text((10, 8), f"slice {k + 1}; yellow outline: focus", fill=GREY, font=_font(16))
     _text(draw, report, disclaimer)
     return np.asarray(page)

@@ -21,7 +21,7 @@ from typing import Any
 
 from marrownode.store.migrations import migrate
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 INDEX_FILENAME = "index.sqlite3"
 
 _SCHEMA = """
@@ -42,6 +42,10 @@ CREATE TABLE IF NOT EXISTS studies (
     study_date       TEXT NOT NULL DEFAULT '',
     study_description TEXT NOT NULL DEFAULT '',
     patient_name     TEXT NOT NULL DEFAULT '',     -- shown to authenticated console users only
+    patient_id       TEXT NOT NULL DEFAULT '',     -- with its issuer: finds the patient's prior
+    issuer_of_patient_id TEXT NOT NULL DEFAULT '',
+    study_time       TEXT NOT NULL DEFAULT '',
+    prior            TEXT,                         -- the prior found in the PACS (JSON), if any
     analysed_from    REAL                          -- last_received of the analysed inputs
 );
 CREATE TABLE IF NOT EXISTS instances (

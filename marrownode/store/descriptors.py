@@ -1,4 +1,4 @@
-"""A study's descriptors on its row (accession, date, description, patient name): the console
+"""A study's descriptors on its row (accession, date, description, patient name and ID): the console
 lists thousands of studies without reading instance headers."""
 
 from __future__ import annotations
@@ -8,7 +8,8 @@ from typing import Any
 
 #: Study descriptors kept on the study's row (the console lists thousands of studies without
 #: reading instance headers); the first summarised instance of a study provides them.
-STUDY_DESCRIPTORS = ("accession_number", "study_date", "study_description", "patient_name")
+STUDY_DESCRIPTORS = ("accession_number", "study_date", "study_description", "patient_name",
+                     "patient_id", "issuer_of_patient_id", "study_time")
 
 
 def write_descriptors(db: sqlite3.Connection, study_uid: str, header: dict[str, Any]) -> None:

@@ -62,9 +62,22 @@ def _to_version_6(db: sqlite3.Connection) -> None:
     _add_columns(db, "studies", "analysed_from REAL")
 
 
+def _to_version_7(db: sqlite3.Connection) -> None:
+    """Version 6 kept no patient ID on a study's row, so could not find a patient's prior."""
+    columns = _columns(db, "studies")
+    if columns is None or "patient_id" in columns:
+        return
+    _add_columns(db, "studies", "patient_id TEXT NOT NULL DEFAULT ''",
+                 "issuer_of_patient_id TEXT NOT NULL DEFAULT ''",
+                 "study_time TEXT NOT NULL DEFAULT ''", "prior TEXT")
+    if _columns(db, "instances") is not None:
+        db.execute("UPDATE studies SET described = 0")
+        _describe_existing(db)
+
+
 #: Each step brings an index from the version before to its key (in order).
 MIGRATIONS = {2: _to_version_2, 3: _to_version_3, 4: _to_version_4, 5: _to_version_5,
-              6: _to_version_6}
+              6: _to_version_6, 7: _to_version_7}
 
 
 def migrate(db: sqlite3.Connection) -> None:

@@ -8,10 +8,12 @@ sees, where a misspelt string passed silently. The words are report.json's contr
 
 from marrownode.vocabulary.findings import (
     PATTERN_MEANINGS,
+    ChangeStatus,
     Endplate,
     FocusCategory,
     Margin,
     Pattern,
+    PriorSource,
 )
 from marrownode.vocabulary.flags import Flag
 from marrownode.vocabulary.measures import (
@@ -28,6 +30,7 @@ from marrownode.vocabulary.reasons import RegionRefusal
 __all__ = [
     "FAT_FRACTION_LABELS",
     "PATTERN_MEANINGS",
+    "ChangeStatus",
     "CompanionKind",
     "Endplate",
     "EnhancementImage",
@@ -39,5 +42,6 @@ __all__ = [
     "Margin",
     "OutputKind",
     "Pattern",
+    "PriorSource",
     "RegionRefusal",
 ]

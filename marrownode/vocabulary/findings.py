@@ -41,6 +41,24 @@ class Margin(StrEnum):
     ILL_DEFINED = "ill_defined"
 
 
+class ChangeStatus(StrEnum):
+    """A focus on follow-up against the patient's prior (docs/follow-up.md gives the rule)."""
+
+    NEW = "new"
+    GROWN = "grown"
+    STABLE = "stable"
+    SMALLER = "smaller"
+    RESOLVED = "resolved"
+
+
+class PriorSource(StrEnum):
+    """Where the prior came from: the same `process` run, the node's index, or the PACS."""
+
+    INPUTS = "inputs"
+    INDEX = "index"
+    PACS = "pacs"
+
+
 #: What each pattern means for the reader (the console and the summary page say the same).
 PATTERN_MEANINGS = {
     Pattern.NORMAL: "the expected signal loss: normal or benign marrow",

@@ -23,3 +23,6 @@ class Flag(StrEnum):
     ENHANCING_FOCUS = "enhancing_focus"  # a focus enhances well beyond normal marrow
     #: a focus or a vertebra bright on the fat-suppressed series against normal marrow
     HIGH_SIGNAL_AFTER_FAT_SATURATION = "high_signal_after_fat_saturation"
+    NEW_FOCUS = "new_focus"  # a focus the patient's prior did not have
+    FOCUS_GROWN = "focus_grown"  # a focus larger than in the prior, by the rule
+    PATTERN_CHANGED = "pattern_changed"  # the set's pattern differs from the prior's
