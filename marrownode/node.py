@@ -18,10 +18,12 @@ from marrownode.monitor import Health, HTTPService, Metrics, NodeCollector
 from marrownode.net.receiver import Receiver
 from marrownode.net.stats import ReceiverStats, shared_counters
 from marrownode.receiving import IngestSink, ReceiverProcesses, open_ingestor, open_spool
+from marrownode.report_shape import StudyShape
 from marrownode.sdnotify import notify, watchdog_interval_seconds
-from marrownode.services.assembler import Assembler
+from marrownode.services.assembler import Assembler, Lookups
 from marrownode.services.deliverer import Deliverer
 from marrownode.services.loop import Service
+from marrownode.services.prior_finder import PriorFinder
 from marrownode.services.retention import RetentionSweeper
 from marrownode.services.retriever import Retriever
 from marrownode.services.worker import WorkerPool
@@ -69,12 +71,15 @@ class Node:
         self.worker = WorkerPool(  # [analysis] workers processes, one study each at a time
             settings, on_series=lambda message: self.assembler.series_written(message),
             on_death=self.metrics.worker_deaths.inc)
+        self.priors = PriorFinder(settings, self.index.studies, self.ingestor,
+                                  wake=lambda: self.assembler.wake())
         self.assembler = Assembler(
             settings, self.index.studies, self.ingestor, self.spool, self.worker,
             self.metrics.analysis_seconds.observe, on_series=self.deliverer.enqueue,
-            on_analysed=self.deliverer.analysis_finished,
+            on_analysed=self._analysed,
             count_failure=self.metrics.analysis_failures.inc,
-            retrieve=lambda study_uid: self.retriever.start(study_uid),
+            lookups=Lookups(retrieve=lambda study_uid: self.retriever.start(study_uid),
+                            prior_for=self.priors.prior_for),
             notify=self.webhooks.notify)
         self.retriever = Retriever(settings, self.ingestor, self.index.studies,
                                    wake=self.assembler.wake)
@@ -88,7 +93,8 @@ class Node:
             ConsoleContext(settings, self.index, self.operator, self.health, self.facts)
             if settings.http.console else None)) if settings.http.enabled else None
         #: Started in this order, stopped in reverse.
-        self.services: list[Service] = [self.assembler, self.deliverer, self.retention]
+        self.services: list[Service] = [self.assembler, self.deliverer, self.retention,
+                                        self.priors]
         #: Damage met inside the index while serving: the node stops and `serve` exits 3.
         self.damage: IndexDamaged | None = None
         for loop in (self.assembler, self.deliverer, self.retention):
@@ -97,6 +103,12 @@ class Node:
             self.services.append(self.http)
         self._stop = threading.Event()
         self._started = False
+
+    def _analysed(self, study_uid: str, report: StudyShape) -> None:
+        """A study's analysis is recorded: its delivery can finish, and its follow-up
+        (later studies it is the prior of; the PACS, when no prior was found) begins."""
+        self.deliverer.analysis_finished(study_uid, report)
+        self.priors.analysed(study_uid, report)
 
     def _association_ended(self, association_id: str) -> None:
         self.assembler.wake()  # a study may now be complete

@@ -34,6 +34,7 @@ CHANGE_CODES = {
 }
 PRIOR_VOLUME = Code("MN407", SCHEME, "Volume in prior study")
 PRIOR_LOSS = Code("MN408", SCHEME, "Median signal loss in prior study")
+PRIOR_FAT_FRACTION = Code("MN410", SCHEME, "Median fat fraction in prior study")
 #: Codes a reader of our SR needs by their values (sr_reader.py).
 CODE_VALUES = {"centroid": tuple(c.value for c in CENTROID)}
 
@@ -78,13 +79,16 @@ class FollowUp:
                                                           CHANGE_CODES[line["status"]])]
 
     def level_items(self, name: str) -> list[hd.sr.Measurement]:
-        """The level's median signal loss in the prior."""
+        """The level's median signal loss and fat fraction in the prior."""
         line = self.by_level.get(name)
-        if line is None or line["prior_signal_loss_percent_median"] is None:
+        if line is None:
             return []
-        return [hd.sr.Measurement(name=PRIOR_LOSS,
-                                  value=float(line["prior_signal_loss_percent_median"]),
-                                  unit=codes.UCUM.Percent, derivation=codes.DCM.Median)]
+        return [hd.sr.Measurement(name=concept, value=float(value), unit=codes.UCUM.Percent,
+                                  derivation=codes.DCM.Median)
+                for concept, value in ((PRIOR_LOSS, line["prior_signal_loss_percent_median"]),
+                                       (PRIOR_FAT_FRACTION,
+                                        line["prior_fat_fraction_percent_median"]))
+                if value is not None]
 
     def resolved_groups(self, algorithm: hd.sr.AlgorithmIdentification,
                         sites: Callable[[str | None], list[hd.sr.FindingSite]],

@@ -15,7 +15,7 @@ from typing import Any
 
 from marrownode.config import Settings
 from marrownode.dixon.completion import Verdict, decide
-from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.report_shape import OutputEntry, PriorShape, StudyShape
 from marrownode.services.failure_notes import FailureNotes
 from marrownode.services.loop import LoopService
 from marrownode.services.result_handoff import ResultHandoff, SeriesCallback
@@ -70,6 +70,15 @@ def analysis_retry(error: BaseException, attempts: int) -> float | None:
     return RETRY_BASE_SECONDS * 4.0 ** (attempts - 1)
 
 
+@dataclass(frozen=True)
+class Lookups:
+    """What the assembler asks beyond the index: fetch a study's images back for a request
+    (True: a retrieval started), and the patient's prior a study is compared with."""
+
+    retrieve: Callable[[str], bool] = lambda study_uid: False
+    prior_for: Callable[[str], PriorShape | None] = lambda study_uid: None
+
+
 class Assembler(LoopService):
     """Completion decisions and analysis jobs, driven by the index."""
 
@@ -86,7 +95,7 @@ class Assembler(LoopService):
         on_series: SeriesCallback,
         on_analysed: AnalysedCallback,
         count_failure: Callable[[], None] = lambda: None,
-        retrieve: Callable[[str], bool] = lambda study_uid: False,
+        lookups: Lookups | None = None,
         notify: Callable[..., None] = lambda event, **fields: None,
         poll_seconds: float = 0.5,
     ) -> None:
@@ -110,7 +119,7 @@ class Assembler(LoopService):
                                                                                 entries),
                                      self._wake.set)
         self.count_failure = count_failure
-        self.retrieve = retrieve
+        self.lookups = lookups or Lookups()
         self.notify = notify
         self.failure_notes = FailureNotes(settings, studies, spool, worker,
                                           lambda study_uid, entries: self.on_series(
@@ -171,7 +180,7 @@ class Assembler(LoopService):
                                              for s in decision.sets])
         requests = sum(1 for r in rows if is_request(r.header))
         if (decision.verdict is not Verdict.READY and requests and not open_associations
-                and self.retrieve(study_uid)):
+                and self.lookups.retrieve(study_uid)):
             # A request, and no complete set: retention removed the images it is about, or
             # they were never sent here. Fetch them back first (once per study).
             self.studies.set_state(study_uid, StudyState.WAITING, "retrieving images for a "
@@ -184,7 +193,8 @@ class Assembler(LoopService):
             reason = decision.reason if decision.verdict is Verdict.READY else (
                 f"{decision.reason}; answering {requests} measurement request(s)")
             if study.get("report") and not study.get("input_digest"):
-                reason = "analysed again at an operator's request"  # not an idle timer
+                # not an idle timer: an operator's request, or a prior found (reanalyse's)
+                reason = study.get("reason") or "analysed again at an operator's request"
             self._analyse(study, rows, reason, len(decision.sets))
             return
         state = (StudyState.NO_DIXON_SET if decision.verdict is Verdict.NO_DIXON_SET
@@ -248,7 +258,8 @@ class Assembler(LoopService):
                  reason.replace(" ", "_"),
                  patient_fields(rows[0].path) if self.settings.logging.include_phi else "")
         self._submit(study_uid, last, [(r.path, r.header) for r in rows], digest,
-                     earlier_reports(self.studies.db.json(study.get("report"), "a study report")))
+                     earlier_reports(self.studies.db.json(study.get("report"), "a study report")),
+                     self.lookups.prior_for(study_uid))
 
     def _space_for_results(self, study_uid: str, source_bytes: int) -> bool:
         """Whether the results fit above the watermark; if not, the study waits for space
@@ -277,12 +288,12 @@ class Assembler(LoopService):
 
     def _submit(self, study_uid: str, last: float,
                 instances: list[tuple[str, dict[str, Any]]], digest: str,
-                superseded: dict[str, list[OutputEntry]]) -> None:
+                superseded: dict[str, list[OutputEntry]], prior: PriorShape | None) -> None:
         run_id = uuid.uuid4().hex
         with self._lock:
             self._runs[run_id] = _Run(study_uid)
             future = self.worker.analyse(instances, self.spool.results_dir(study_uid), run_id,
-                                         superseded)
+                                         superseded, prior)
             self._in_flight[study_uid] = future
         started = time.monotonic()
         future.add_done_callback(

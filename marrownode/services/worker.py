@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from marrownode.config import Settings
-from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.report_shape import OutputEntry, PriorShape, StudyShape
 from marrownode.services.worker_process import SeriesWritten, run_analysis, warm_up, worker_main
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,11 @@ class AnalysisWorker:
 
     def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
                 run_id: str, superseded: dict[str, list[OutputEntry]] | None = None,
-                ) -> Future[StudyShape]:
-        """Queue one study's analysis (superseded: per set, earlier reports it replaces)."""
+                prior: PriorShape | None = None) -> Future[StudyShape]:
+        """Queue one study's analysis (superseded: per set, earlier reports it replaces;
+        prior: the patient's earlier study it is compared with)."""
         return self.submit(run_analysis, instances, self._settings, str(out_dir), run_id,
-                           superseded)
+                           superseded, prior)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run any picklable call in the worker (it queues behind analyses)."""
@@ -363,8 +364,8 @@ class WorkerPool:
 
     def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
                 run_id: str, superseded: dict[str, list[OutputEntry]] | None = None,
-                ) -> Future[StudyShape]:
-        return self.workers[0].analyse(instances, out_dir, run_id, superseded)
+                prior: PriorShape | None = None) -> Future[StudyShape]:
+        return self.workers[0].analyse(instances, out_dir, run_id, superseded, prior)
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         return self.workers[0].submit(function, *args)

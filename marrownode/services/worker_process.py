@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from marrownode.config import Settings
-from marrownode.report_shape import OutputEntry, StudyShape
+from marrownode.report_shape import OutputEntry, PriorShape, StudyShape
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,7 @@ def _portable(exc: Exception) -> Exception:
 
 def run_analysis(
     instances: list[tuple[str, dict[str, Any]]], settings: Settings, out_dir: str, run_id: str,
-    superseded: dict[str, list[OutputEntry]] | None = None,
+    superseded: dict[str, list[OutputEntry]] | None = None, prior: PriorShape | None = None,
 ) -> StudyShape:
     """Worker entry point: analyse one study, sending each series as it is written."""
     from marrownode.pipeline import SourceInstance, analyse_study
@@ -88,7 +88,7 @@ def run_analysis(
 
     sources = [SourceInstance(Path(path), header) for path, header in instances]
     return analyse_study(sources, settings, Path(out_dir), on_outputs=written,
-                         superseded=superseded, on_progress=report_progress)
+                         superseded=superseded, on_progress=report_progress, prior=prior)
 
 
 def report_progress(stage: str) -> None:

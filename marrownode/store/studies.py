@@ -19,6 +19,7 @@ from marrownode.states import FINISHED_STUDY_STATES, PENDING_DELIVERY_STATES, St
 from marrownode.store.associations import AssociationRows
 from marrownode.store.database import Database
 from marrownode.store.descriptors import STUDY_DESCRIPTORS, write_descriptors
+from marrownode.store.patients import PatientRows
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _in(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{value}'" for value in values)
 
 
-class StudyIndex(AssociationRows):
+class StudyIndex(AssociationRows, PatientRows):
     """Ingest rows, association lifecycle, study and set states, retention."""
 
     def __init__(self, db: Database) -> None:
@@ -228,14 +229,16 @@ class StudyIndex(AssociationRows):
             updated: bool = db.execute(query, params).rowcount == 1
             return updated
 
-    def reanalyse(self, study_uid: str) -> bool:
-        """An operator asks for the study to be analysed again: its last-analysis digest is
-        forgotten and it gets an event; False when there is no such study."""
+    def reanalyse(self, study_uid: str,
+                  reason: str = "analysed again at an operator's request") -> bool:
+        """Analyse the study again (an operator asks, or a prior was found): its last-analysis
+        digest is forgotten and it gets an event; the reason is what its next analysis says
+        it is for. False when there is no such study."""
         with self.db.transaction() as db:
             changed: bool = db.execute(
                 """UPDATE studies SET input_digest = '', pending_events = pending_events + 1,
-                       retry_at = 0, analysis_attempts = 0 WHERE study_uid = ?""",
-                (study_uid,)).rowcount == 1
+                       retry_at = 0, analysis_attempts = 0, reason = ? WHERE study_uid = ?""",
+                (reason, study_uid)).rowcount == 1
         return changed
 
     def add_event(self, study_uid: str, kind: str, detail: str = "",
