@@ -140,3 +140,25 @@ def test_a_baseline_arriving_after_its_follow_up_has_the_follow_up_compared_agai
     assert _comparison(node, follow_uid)["prior"]["study_instance_uid"] == base_uid
     wait_until(lambda: len(_compared(_reports_in_orthanc(orthanc, follow_uid, tmp_path))) == 1,
                timeout=60)
+
+
+def test_a_baseline_in_orthanc_without_a_report_is_fetched_and_analysed_then_compared(
+        node_factory: Any, orthanc_factory: Any, pair: tuple[list[Dataset], list[Dataset]],
+        tmp_path: Path) -> None:
+    """The baseline reached the PACS but never the node (no marrownode report in it): the
+    node retrieves its images, analyses them, and compares the follow-up with it."""
+    from marrownode.synthetic.studies import write_datasets
+
+    node, orthanc = _node_with_orthanc(node_factory, orthanc_factory)
+    baseline, follow_up = pair
+    base_uid, follow_uid = str(baseline[0].StudyInstanceUID), str(follow_up[0].StudyInstanceUID)
+    write_datasets(baseline, tmp_path / "baseline")
+    for path in sorted((tmp_path / "baseline").rglob("*.dcm")):
+        orthanc.upload(path)
+    assert set(send(node.receiver.port, follow_up)) == {0}
+    wait_until(lambda: _analysed_and_delivered(node, base_uid), timeout=180)
+    assert len(node.index.studies.instances(base_uid)) == len(baseline)
+    wait_until(lambda: _comparison(node, follow_uid) is not None
+               and _analysed_and_delivered(node, follow_uid), timeout=180)
+    assert _comparison(node, follow_uid)["prior"]["study_instance_uid"] == base_uid
+    _assert_statuses(_comparison(node, follow_uid), PriorSource.INDEX)
