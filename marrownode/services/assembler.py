@@ -16,6 +16,7 @@ from typing import Any
 from marrownode.config import Settings
 from marrownode.dixon.completion import Verdict, decide
 from marrownode.report_shape import OutputEntry, PriorShape, StudyShape
+from marrownode.services.analysis_record import AnalysisRecording
 from marrownode.services.failure_notes import FailureNotes
 from marrownode.services.loop import LoopService
 from marrownode.services.result_handoff import ResultHandoff, SeriesCallback
@@ -27,12 +28,11 @@ from marrownode.services.study_inputs import (
 )
 from marrownode.services.worker import (
     AnalysisWorker,
-    WorkerDied,
     WorkerPool,
     WorkerStopped,
 )
 from marrownode.services.worker_process import SeriesWritten
-from marrownode.states import SetState, StudyState
+from marrownode.states import StudyState
 from marrownode.store.ingest import Ingestor
 from marrownode.store.spool import Spool, disk_full, expected_result_bytes
 from marrownode.store.studies import SetRow, StudyIndex
@@ -50,24 +50,8 @@ class _Run:
     study_uid: str
 
 
-#: A study whose analysis ends the worker process this many times is failed, not retried.
-WORKER_DEATHS_TO_FAIL = 2
-#: Any other failed analysis is tried this many times in all.
-MAX_ANALYSIS_ATTEMPTS = 3
-#: The first retry waits this long; each further one four times as long.
-RETRY_BASE_SECONDS = 15.0
 #: A study waiting for disk space looks again this often.
 SPACE_RECHECK_SECONDS = 10.0
-
-
-def analysis_retry(error: BaseException, attempts: int) -> float | None:
-    """Seconds before a study whose attempts-th analysis ended in error is analysed again, or
-    None when it has failed for good. A study that took the worker process down with it twice
-    is not given a third chance to do it again."""
-    limit = WORKER_DEATHS_TO_FAIL if isinstance(error, WorkerDied) else MAX_ANALYSIS_ATTEMPTS
-    if attempts >= limit:
-        return None
-    return RETRY_BASE_SECONDS * 4.0 ** (attempts - 1)
 
 
 @dataclass(frozen=True)
@@ -79,7 +63,7 @@ class Lookups:
     prior_for: Callable[[str], PriorShape | None] = lambda study_uid: None
 
 
-class Assembler(LoopService):
+class Assembler(AnalysisRecording, LoopService):
     """Completion decisions and analysis jobs, driven by the index."""
 
     name = "assembler"
@@ -330,67 +314,3 @@ class Assembler(LoopService):
         with self._lock:
             self._in_flight.pop(study_uid, None)
         self._wake.set()
-
-    def _record(self, study_uid: str, last: float, future: Future[StudyShape],
-                seconds: float, digest: str) -> StudyShape | None:
-        """Write the analysis outcome to the index; the report, or None if it failed."""
-        error = future.exception()
-        if error is not None:
-            self._record_failure(study_uid, last, error)
-            return None
-        report = future.result()
-        sets = [SetRow(s["key"], s.get("state", SetState.ANALYSED), s.get("reason", ""), s)
-                for s in report["dixon_sets"]]
-        self.studies.record_sets(study_uid, sets)
-        answered = len(report.get("requests", []))
-        failed = [s for s in sets if s.state == SetState.FAILED]
-        state, reason = (StudyState.ANALYSED, f"{len(sets)} set(s) analysed") if sets else (
-            StudyState.NO_DIXON_SET, "no in-/opposed-phase pair")
-        if failed:
-            reason += f", {len(failed)} failed"
-        if answered:
-            reason += f"; {answered} measurement request(s) answered"
-        self.studies.set_state(study_uid, state, reason, report=report, if_last_received=last,
-                               input_digest=digest, analysed_from=last)
-        self.studies.add_event(study_uid, "analysed", f"{reason} in {seconds:.1f} s")
-        for dixon_set in failed:  # a set that failed alone is a permanent failure too
-            self.studies.add_event(study_uid, "failed", f"set {dixon_set.key}: "
-                                   f"{dixon_set.reason}")
-            self.notify("analysis_failed", study_instance_uid=study_uid,
-                        set=dixon_set.key, reason=dixon_set.reason)
-        self.observe_analysis_seconds(seconds)
-        log.info("event=analysis_done study=%s sets=%d seconds=%.2f", study_uid, len(sets),
-                 seconds)
-        return report
-
-    def _record_failure(self, study_uid: str, last: float, error: BaseException) -> None:
-        """Retry later, or fail for good with the reason (analysis_retry decides). An
-        analysis that failed for want of space has not failed: it waits for space."""
-        if disk_full(error):
-            self.wait_for_space(study_uid, "waiting for disk space: the analysis ran out of "
-                                f"space writing its results ({type(error).__name__})")
-            return
-        self.count_failure()
-        attempts = self.studies.count_failed_analysis(study_uid)
-        delay = analysis_retry(error, attempts)
-        what = f"{type(error).__name__}: {error}"[:400]
-        log.error("event=analysis_failed study=%s attempt=%d retry_in=%s error=%s", study_uid,
-                  attempts, "never" if delay is None else f"{delay:.0f}",
-                  type(error).__name__)
-        if delay is None:
-            reason = (f"analysis ended the worker process {attempts} times: {what}"
-                      if isinstance(error, WorkerDied)
-                      else f"analysis failed {attempts} times: {what}")
-            partial = self.failure_notes.partial_results(study_uid)
-            if partial:
-                reason += (f"; {len(partial)} result object(s) already sent are incomplete: a "
-                           "note saying so is sent into the study")
-            self.studies.set_state(study_uid, StudyState.FAILED, reason, if_last_received=last)
-            self.studies.add_event(study_uid, "failed", reason)
-            self.notify("analysis_failed", study_instance_uid=study_uid, reason=reason)
-            if partial:
-                self.failure_notes.send(study_uid, reason, partial)
-        else:
-            retry = (f"analysis attempt {attempts} failed ({what}); retried in {delay:.0f} s")
-            self.studies.schedule_retry(study_uid, retry, time.time() + delay)
-            self.studies.add_event(study_uid, "retry", retry)

@@ -238,3 +238,31 @@ def test_an_unchanged_reforward_keeps_everything_the_study_knew(node_factory, tm
         assert kinds.count("analysed") == 1 and kinds.count("unchanged") == 1
     finally:
         pacs.stop()
+
+
+def test_our_results_forwarded_back_during_the_analysis_do_not_cost_a_second_one(
+        node_factory) -> None:
+    """A PACS rule forwards the study again as soon as our first result reaches it, while the
+    node is still analysing: what arrived is no source, so the analysis is recorded and the
+    study is found unchanged, not analysed and sent a second time."""
+    from pydicom.uid import generate_uid
+
+    from marrownode.synthetic.lumbar import lumbar_phantom
+
+    node = node_factory(completion={"idle_seconds": 600})
+    datasets = build_study(StudyOptions(style="siemens", study_key="reforward-early"),
+                           lumbar_phantom("metastasis_centre", supersample=1))
+    study_uid = datasets[0].StudyInstanceUID
+    assert set(send(node.receiver.port, datasets)) == {0}
+    wait_state(node, study_uid, {"analysing"})
+    ours = datasets[0].copy()  # stands for a result of ours as the PACS sends it back
+    ours.SOPInstanceUID = ours.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ours.SeriesInstanceUID = generate_uid()
+    ours.Manufacturer = "marrownode"
+    assert send(node.receiver.port, [ours]) == [0]
+    wait_until(lambda: node.index.studies.study(study_uid)["state"] == "analysed"
+               and node.index.studies.study(study_uid)["pending_events"] == 0, timeout=60)
+    time.sleep(1.0)
+    kinds = [event["kind"] for event in node.index.studies.events(study_uid)]
+    assert kinds.count("analysing") == 1, kinds
+    assert node.index.studies.study(study_uid)["state"] == "analysed"

@@ -100,13 +100,13 @@ def test_webhooks_are_told_of_failures_for_good_without_patient_data(
         node_factory, tmp_path, monkeypatch, webhook_receiver) -> None:
     import json
 
-    from marrownode.services import assembler
+    from marrownode.services import analysis_record
 
     url, received = webhook_receiver
     pacs = StandInPACS(tmp_path / "pacs", ae_title="STANDIN")
     pacs.ae.require_called_aet = True
     pacs.start()
-    monkeypatch.setattr(assembler, "RETRY_BASE_SECONDS", 0.2)
+    monkeypatch.setattr(analysis_record, "RETRY_BASE_SECONDS", 0.2)
     try:
         node = node_factory(
             completion={"idle_seconds": 60},

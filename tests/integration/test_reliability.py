@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from marrownode.net.standin import StandInPACS
-from marrownode.services import assembler
+from marrownode.services import analysis_record
 from marrownode.services.worker import WorkerDied
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import (
@@ -78,7 +78,7 @@ def test_a_study_that_ends_the_worker_twice_is_failed_and_the_node_goes_on(
         node_factory, monkeypatch) -> None:
     """An analysis over its time limit is stopped like a killed worker: retried once, then
     failed with the reason; the next study is analysed by the replacement worker."""
-    monkeypatch.setattr(assembler, "RETRY_BASE_SECONDS", 0.2)
+    monkeypatch.setattr(analysis_record, "RETRY_BASE_SECONDS", 0.2)
     node = node_factory(completion={"idle_seconds": 60})
     node.worker.submit(int).result(timeout=120)
     node.worker.time_limit_seconds = 0.01
@@ -391,7 +391,7 @@ def test_partial_results_of_a_failed_analysis_are_named_in_the_study(node_factor
     analysis failed, why, and which delivered series are incomplete (valid per dciodvfy)."""
     from pydicom import dcmread
 
-    monkeypatch.setattr(assembler, "RETRY_BASE_SECONDS", 0.2)
+    monkeypatch.setattr(analysis_record, "RETRY_BASE_SECONDS", 0.2)
     pacs = StandInPACS(tmp_path / "pacs").start()
     try:
         node = node_factory(completion={"idle_seconds": 60},

@@ -16,7 +16,7 @@ from marrownode.dixon.completion import Verdict, decide
 from marrownode.dixon.header import summarise
 from marrownode.net.sender import SendError, SendResult
 from marrownode.net.ul.pdu import describe_rejection
-from marrownode.services.assembler import analysis_retry
+from marrownode.services.analysis_record import analysis_retry
 from marrownode.services.deliverer import (
     RetryPolicy,
     backoff,
