@@ -114,9 +114,29 @@ def find_column(candidates: list[Part], body_centre: np.ndarray,
         <= parameters.max_midline_offset_mm
     ]
     plausible.sort(key=lambda p: -p.centroid[SUPERIOR_INFERIOR])  # cranial first
-    straight = _straight_column([p for p in plausible if not p.small], parameters)
+    straight = _extended(_straight_column([p for p in plausible if not p.small], parameters),
+                         [p for p in plausible if not p.small], parameters)
     curved = _curved_column(plausible, parameters)
     return curved if len(curved) >= len(straight) + CURVED_COLUMN_EXTRA else straight
+
+
+def _extended(run: list[Part], plausible: list[Part], parameters: SpineParameters,
+              ) -> list[Part]:
+    """The straight run continued body to body at both ends (_follows): the lordosis, or a
+    patient lying tilted, carries the top and bottom bodies of a lumbar view off any
+    straight axis through the others."""
+    if not run:
+        return run
+    chain = list(run)
+    while True:
+        above = [p for p in plausible if p not in chain and _follows(p, chain[0], parameters)]
+        below = [p for p in plausible if p not in chain and _follows(chain[-1], p, parameters)]
+        if not above and not below:
+            return chain
+        if above:
+            chain.insert(0, max(above, key=lambda p: p.volume_mm3))
+        if below:
+            chain.append(max(below, key=lambda p: p.volume_mm3))
 
 
 def _straight_column(plausible: list[Part], parameters: SpineParameters) -> list[Part]:

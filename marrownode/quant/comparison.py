@@ -77,6 +77,8 @@ class Alignment:
         return np.asarray(self.rotation @ np.asarray(point, dtype=float) + self.translation)
 
 
+#: What pairing two foci across sites costs, in mm of distance.
+SITE_CHANGE_MM = 5.0
 #: Order alignment: at least this many bodies paired, and a fit this close (mm, RMS).
 MIN_ORDER_PAIRS, MAX_ORDER_RESIDUAL_MM = 3, 8.0
 #: Bodies this close to a straight line (second singular value of the cross-covariance under
@@ -173,23 +175,24 @@ def change(prior: Lesion, current: Lesion, rules: ComparisonRules) -> ChangeStat
 
 def match_foci(prior: Sequence[Lesion], current: Sequence[Lesion], alignment: Alignment,
                rules: ComparisonRules) -> list[Match]:
-    """Pair foci one to one at the same site within match_distance_mm of each other once
-    the prior is aligned (the nearest pairs first: an optimal assignment); the rest are new
-    (current only) or resolved (prior only). Without a shared name, foci pair by site alone
-    when each site holds one focus in both studies."""
+    """Pair foci one to one within match_distance_mm of each other once the prior is
+    aligned, the same site preferred (a pair across sites costs SITE_CHANGE_MM more: a
+    focus near an endplate, or a body the localiser named differently, still pairs by
+    position); an optimal assignment, the nearest pairs first. The rest are new (current
+    only) or resolved (prior only). Without an alignment, foci pair by site alone where each
+    site holds one focus in both studies."""
     cost = np.full((len(prior), len(current)), np.inf)
     for i, before in enumerate(prior):
         for j, after in enumerate(current):
-            if before.site != alignment.prior_name(after.site):
-                continue
+            same_site = before.site == alignment.prior_name(after.site)
             if alignment.method == "none":
-                cost[i, j] = 0.0
+                cost[i, j] = 0.0 if same_site else np.inf
                 continue
             distance = float(np.linalg.norm(alignment.carry(before.centroid_mm)
                                             - np.asarray(after.centroid_mm)))
             reach = max(rules.match_distance_mm, (before.diameter_mm + after.diameter_mm) / 2)
             if distance <= reach:
-                cost[i, j] = distance
+                cost[i, j] = distance + (0.0 if same_site else SITE_CHANGE_MM)
     if alignment.method == "none":  # by site alone: only where the site is unambiguous
         for i, j in zip(*np.nonzero(np.isfinite(cost)), strict=True):
             if np.isfinite(cost[i]).sum() > 1 or np.isfinite(cost[:, j]).sum() > 1:
@@ -205,7 +208,9 @@ def match_foci(prior: Sequence[Lesion], current: Sequence[Lesion], alignment: Al
             paired_prior.add(i)
             paired_current.add(j)
             matches.append(Match(change(prior[i], current[j], rules), j, i,
-                                 None if alignment.method == "none" else float(cost[i, j])))
+                                 None if alignment.method == "none" else float(
+                                     np.linalg.norm(alignment.carry(prior[i].centroid_mm)
+                                                    - np.asarray(current[j].centroid_mm)))))
     matches += [Match(ChangeStatus.NEW, j, None) for j in range(len(current))
                 if j not in paired_current]
     matches += [Match(ChangeStatus.RESOLVED, None, i) for i in range(len(prior))

@@ -98,14 +98,14 @@ def tracked_phantom(time_point: str, shift_mm: tuple[float, float, float] = (0.0
 
 def follow_up_pair(patient_id: str = "MN-FU-1", issuer: str = "HOSPITAL-A",
                    shift_mm: tuple[float, float, float] = (4.0, 12.0, -18.0),
-                   tilt_degrees: float = -5.0, key: str = "fu",
+                   tilt_degrees: float = -5.0, key: str = "fu", supersample: int = 2,
                    ) -> tuple[list[Dataset], list[Dataset]]:
     """The baseline (2026-01-05) and the follow-up (2026-07-06, shifted and tilted) studies
     of one patient, each with its own study and frame of reference UIDs."""
     studies = []
     for time_point, date, motion in (("baseline", "20260105", ((0.0, 0.0, 0.0), 0.0)),
                                      ("follow_up", "20260706", (shift_mm, tilt_degrees))):
-        phantom = tracked_phantom(time_point, motion[0], motion[1])
+        phantom = tracked_phantom(time_point, motion[0], motion[1], supersample=supersample)
         datasets = build_study(StudyOptions(style="siemens", patient_id=patient_id,
                                             study_key=f"{key}-{patient_id}-{time_point}"),
                                phantom)

@@ -23,7 +23,7 @@ REPORT = "marrownode sagittal chemical-shift report (SR)"
 
 @pytest.fixture(scope="module")
 def pair() -> tuple[list[Dataset], list[Dataset]]:
-    return follow_up_pair(patient_id="MN-FU-E2E", key="e2e")
+    return follow_up_pair(patient_id="MN-FU-E2E", key="e2e", supersample=1)
 
 
 def _node_with_orthanc(node_factory: Any, orthanc_factory: Any) -> tuple[Any, Any]:

@@ -278,3 +278,39 @@ def test_priors_query_must_name_a_destination() -> None:
         settings_from_mapping({"priors": {"query": "archive"}, "destinations": [
             {"name": "pacs", "ae_title": "PACS", "host": "127.0.0.1", "port": 11112}]})
     assert "priors.query" in str(raised.value) and "pacs" in str(raised.value)
+
+
+def test_a_tilted_patient_keeps_every_body_and_each_lesion_its_level() -> None:
+    """The follow-up as acquired (tilted 5 degrees, shifted): L1, carried by the lordosis and
+    the tilt more than 20 mm off the straight axis through the other bodies and holding a
+    15 mm metastasis, is still found, so the levels (from the sacrum) and each lesion's level
+    are right."""
+    from marrownode.config import Settings as Defaults
+    from marrownode.pipeline import quant_parameters
+    from marrownode.quant.analysis import analyse_set
+    from marrownode.synthetic.follow_up import tracked_phantom
+
+    phantom = tracked_phantom("follow_up", (4.0, 12.0, -18.0), -5.0, supersample=1)
+    echoes = phantom.echoes(snr=None, seed=0)
+    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"],
+                         (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm), 1.5,
+                         echoes["water"], echoes["fat"], quant_parameters(Defaults()))
+    assert result.localisation.levels == ["L1", "L2", "L3", "L4", "L5", "S1", "S2"]
+    found = {result.localisation.levels[int(np.bincount(
+        result.localisation.bodies[f.mask]).argmax()) - 1] for f in result.foci}
+    assert found == {lesion.level for lesion in LESIONS if lesion.follow_up_radius_mm}
+
+
+def test_a_focus_pairs_by_position_when_its_body_is_named_otherwise() -> None:
+    """Aligned, the same place is the same focus even when the two studies name its body
+    differently (a focus against an endplate, a body the localiser merged): the site is
+    preferred, not required."""
+    bodies = [Body(n, tuple(p)) for n, p in _column(["L1", "L2", "L3", "L4"])]  # type: ignore[arg-type]
+    alignment = align(bodies, bodies)
+    at = tuple(_column(["L1"])[0][1] + np.array([0.0, 2.0, -12.0]))
+    before = [Lesion("L1", at, 500.0)]  # type: ignore[arg-type]
+    (match,) = match_foci(before, [Lesion("L2", at, 520.0)], alignment, RULES)  # type: ignore[arg-type]
+    assert match.status is ChangeStatus.STABLE
+    far = tuple(np.asarray(at) + np.array([0.0, 0.0, -30.0]))
+    matches = match_foci(before, [Lesion("L1", far, 520.0)], alignment, RULES)  # type: ignore[arg-type]
+    assert {m.status for m in matches} == {ChangeStatus.NEW, ChangeStatus.RESOLVED}
