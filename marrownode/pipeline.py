@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -219,7 +220,7 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
         run.on_progress(f"set {set_index + 1}: companion series")
         companion_stacks = join_companions(companions, volumes, result, report, run.cache)
     if run.prior is not None and report.marrow.localised:
-        compare(report, run.prior, comparison_rules(run.settings))
+        _compare(report, run.prior, run.settings)
     if run.pending:
         measure_on_set(run.pending, SetMaps(
             dixon_set.key, volumes.geometry, volumes.in_phase, volumes.opposed, result,
@@ -232,6 +233,17 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
             dixon_set, volumes, result, run.cache, run.settings, run.out_dir, report,
             set_index, emit, superseded=run.superseded.get(dixon_set.key, []),
             evidence_stacks=companion_stacks)
+
+
+def _compare(report: SetReport, prior: PriorShape, settings: Settings) -> None:
+    """Compare with the prior; a prior that cannot be compared (a damaged report read back
+    from a PACS) costs the comparison, never the set."""
+    try:
+        compare(report, prior, comparison_rules(settings))
+    except (ValueError, KeyError, TypeError, IndexError, np.linalg.LinAlgError) as exc:
+        report.comparison = None
+        log.warning("event=comparison_skipped set=%s error=%s", report.key,
+                    type(exc).__name__)
 
 
 def _answer_or_fail(item: PendingRequest, index: int, measured_on: list[DixonSet],

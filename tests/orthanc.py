@@ -108,3 +108,16 @@ class Orthanc:
 
     def instance_count(self) -> int:
         return self.get("/statistics")["CountInstances"]
+
+
+def node_with_orthanc(node_factory: Any, orthanc_factory: Any) -> tuple[Any, Orthanc]:
+    """Orthanc as the node's PACS, each knowing the other: results go to Orthanc, Orthanc may
+    forward to the node, and the node may C-FIND and C-GET from it."""
+    port = free_port()
+    orthanc = orthanc_factory(modalities={"marrownode": ["MARROWNODE", "127.0.0.1", port]})
+    orthanc.start()
+    node = node_factory(node={"port": port}, completion={"idle_seconds": 60},
+                        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title,
+                                       "host": "127.0.0.1", "port": orthanc.dicom_port,
+                                       "retrieve": "c-get"}])
+    return node, orthanc

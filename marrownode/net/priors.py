@@ -24,6 +24,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+from marrownode.net.retrieve import series_query
+
 log = logging.getLogger(__name__)
 
 SR_CLASSES = (Comprehensive3DSRStorage, ComprehensiveSRStorage, EnhancedSRStorage)
@@ -152,12 +154,7 @@ def _studies(association: Any, patient_id: str, issuer: str,
 
 def _report_series(association: Any, study_uid: str) -> list[str]:
     """The study's marrownode SR series."""
-    query = Dataset()
-    query.QueryRetrieveLevel = "SERIES"
-    query.StudyInstanceUID = study_uid
-    query.SeriesInstanceUID = ""
-    query.Modality = "SR"
-    query.SeriesDescription = REPORT_DESCRIPTION
+    query = series_query(study_uid, Modality="SR", SeriesDescription=REPORT_DESCRIPTION)
     return [str(found.SeriesInstanceUID) for found in _answers(association, query)
             if str(found.get("SeriesDescription", "")).startswith("marrownode")]
 

@@ -99,13 +99,20 @@ def retrieve_study(study_uid: str, host: str, port: int, called_aet: str, callin
     return Retrieved(stored[0], final)
 
 
-def _mr_series(association: Any, study_uid: str) -> list[str]:
-    """The study's MR series, by C-FIND at series level."""
+def series_query(study_uid: str, **keys: str) -> Dataset:
+    """A series-level identifier of the study, matching on keys, returning the series UID."""
     query = Dataset()
     query.QueryRetrieveLevel = "SERIES"
     query.StudyInstanceUID = study_uid
     query.SeriesInstanceUID = ""
-    query.Modality = "MR"
+    for keyword, value in keys.items():
+        setattr(query, keyword, value)
+    return query
+
+
+def _mr_series(association: Any, study_uid: str) -> list[str]:
+    """The study's MR series, by C-FIND at series level."""
+    query = series_query(study_uid, Modality="MR")
     found = []
     for status, identifier in association.send_c_find(
             query, StudyRootQueryRetrieveInformationModelFind):

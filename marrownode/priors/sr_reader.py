@@ -6,6 +6,7 @@ pattern. Groups of foci a follow-up found resolved are not foci of that study.""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -51,9 +52,19 @@ def _code(item: Dataset) -> tuple[str, str]:
     return (str(codes[0].CodeValue), str(codes[0].CodeMeaning)) if codes else ("", "")
 
 
+#: A number read from a peer's object is taken only when finite and within this (mm, mm3, %):
+#: a damaged or hostile SR must not carry NaN or absurd positions into an alignment.
+MAX_MAGNITUDE = 1e7
+
+
 def _number(item: Dataset) -> float | None:
     values = item.get("MeasuredValueSequence")
-    return float(values[0].NumericValue) if values else None
+    try:
+        value = float(values[0].NumericValue) if values else None
+    except (TypeError, ValueError, AttributeError, IndexError):
+        return None
+    return value if value is not None and math.isfinite(value) and abs(
+        value) <= MAX_MAGNITUDE else None
 
 
 def _groups(sr: Dataset) -> Iterator[Dataset]:
@@ -103,7 +114,8 @@ def set_from_sr(sr: Dataset) -> PriorSetShape:
             continue  # written before centroids were: nothing to align or match with
         point = [float(c) for c in centroid if c is not None]
         if values.get(FINDING, ("", ""))[0] == LESION:
-            if values.get(CHANGE, ("", ""))[0] == RESOLVED or values.get(VOLUME) is None:
+            if (values.get(CHANGE, ("", ""))[0] == RESOLVED or values.get(VOLUME) is None
+                    or values[VOLUME] < 0):
                 continue
             foci.append({"site": _site(identifier), "centroid_patient_mm": point,
                          "volume_mm3": float(values[VOLUME]),

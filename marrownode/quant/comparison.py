@@ -64,6 +64,11 @@ class Alignment:
     residual_mm: float | None = None
     pairs: tuple[tuple[str, str], ...] = ()  # (prior body, current body)
 
+    def distance(self, before: Lesion, after: Lesion) -> float:
+        """How far apart (mm) a prior focus, carried over, and a current one lie."""
+        return float(np.linalg.norm(self.carry(before.centroid_mm)
+                                    - np.asarray(after.centroid_mm)))
+
     def prior_name(self, current_name: str | None) -> str | None:
         """The prior's name of the body a current site names (by level, or paired by
         order)."""
@@ -173,6 +178,32 @@ def change(prior: Lesion, current: Lesion, rules: ComparisonRules) -> ChangeStat
     return ChangeStatus.STABLE
 
 
+def _pair_cost(before: Lesion, after: Lesion, alignment: Alignment,
+               rules: ComparisonRules) -> float:
+    """What pairing two foci costs (mm), or inf when they cannot be one focus."""
+    same_site = before.site == alignment.prior_name(after.site)
+    if alignment.method == "none":
+        return 0.0 if same_site else math.inf
+    distance = alignment.distance(before, after)
+    reach = max(rules.match_distance_mm, (before.diameter_mm + after.diameter_mm) / 2)
+    if distance > reach:
+        return math.inf
+    return distance + (0.0 if same_site else SITE_CHANGE_MM)
+
+
+def _costs(prior: Sequence[Lesion], current: Sequence[Lesion], alignment: Alignment,
+           rules: ComparisonRules) -> np.ndarray:
+    """The cost of every pair; without an alignment, only sites that hold one focus in both
+    studies keep theirs (by site alone, an ambiguous site pairs nothing)."""
+    cost = np.array([[_pair_cost(before, after, alignment, rules) for after in current]
+                     for before in prior], dtype=float).reshape(len(prior), len(current))
+    if alignment.method == "none":
+        finite = np.isfinite(cost)
+        ambiguous = (finite.sum(axis=1, keepdims=True) > 1) | (finite.sum(axis=0) > 1)
+        cost[finite & ambiguous] = np.inf
+    return cost
+
+
 def match_foci(prior: Sequence[Lesion], current: Sequence[Lesion], alignment: Alignment,
                rules: ComparisonRules) -> list[Match]:
     """Pair foci one to one within match_distance_mm of each other once the prior is
@@ -181,38 +212,17 @@ def match_foci(prior: Sequence[Lesion], current: Sequence[Lesion], alignment: Al
     position); an optimal assignment, the nearest pairs first. The rest are new (current
     only) or resolved (prior only). Without an alignment, foci pair by site alone where each
     site holds one focus in both studies."""
-    cost = np.full((len(prior), len(current)), np.inf)
-    for i, before in enumerate(prior):
-        for j, after in enumerate(current):
-            same_site = before.site == alignment.prior_name(after.site)
-            if alignment.method == "none":
-                cost[i, j] = 0.0 if same_site else np.inf
-                continue
-            distance = float(np.linalg.norm(alignment.carry(before.centroid_mm)
-                                            - np.asarray(after.centroid_mm)))
-            reach = max(rules.match_distance_mm, (before.diameter_mm + after.diameter_mm) / 2)
-            if distance <= reach:
-                cost[i, j] = distance + (0.0 if same_site else SITE_CHANGE_MM)
-    if alignment.method == "none":  # by site alone: only where the site is unambiguous
-        for i, j in zip(*np.nonzero(np.isfinite(cost)), strict=True):
-            if np.isfinite(cost[i]).sum() > 1 or np.isfinite(cost[:, j]).sum() > 1:
-                cost[i, j] = np.inf
-    matches: list[Match] = []
-    paired_prior: set[int] = set()
-    paired_current: set[int] = set()
+    cost = _costs(prior, current, alignment, rules)
+    pairs: list[tuple[int, int]] = []
     if np.isfinite(cost).any():
         rows, cols = linear_sum_assignment(np.where(np.isfinite(cost), cost, 1e9))
-        for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
-            if not np.isfinite(cost[i, j]):
-                continue
-            paired_prior.add(i)
-            paired_current.add(j)
-            matches.append(Match(change(prior[i], current[j], rules), j, i,
-                                 None if alignment.method == "none" else float(
-                                     np.linalg.norm(alignment.carry(prior[i].centroid_mm)
-                                                    - np.asarray(current[j].centroid_mm)))))
+        pairs = [(i, j) for i, j in zip(rows.tolist(), cols.tolist(), strict=True)
+                 if np.isfinite(cost[i, j])]
+    matches = [Match(change(prior[i], current[j], rules), j, i,
+                     None if alignment.method == "none"
+                     else alignment.distance(prior[i], current[j])) for i, j in pairs]
     matches += [Match(ChangeStatus.NEW, j, None) for j in range(len(current))
-                if j not in paired_current]
+                if j not in {j for _, j in pairs}]
     matches += [Match(ChangeStatus.RESOLVED, None, i) for i in range(len(prior))
-                if i not in paired_prior]
+                if i not in {i for i, _ in pairs}]
     return sorted(matches, key=lambda m: (m.current is None, m.current or 0, m.prior or 0))

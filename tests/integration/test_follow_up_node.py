@@ -15,7 +15,8 @@ from pydicom.dataset import Dataset
 
 from marrownode.synthetic.follow_up import LESIONS, follow_up_pair
 from marrownode.vocabulary import PriorSource
-from tests.conftest import free_port, results_delivered, wait_until
+from tests.conftest import results_delivered, wait_until
+from tests.orthanc import node_with_orthanc
 from tests.scu import send
 
 REPORT = "marrownode sagittal chemical-shift report (SR)"
@@ -24,17 +25,6 @@ REPORT = "marrownode sagittal chemical-shift report (SR)"
 @pytest.fixture(scope="module")
 def pair() -> tuple[list[Dataset], list[Dataset]]:
     return follow_up_pair(patient_id="MN-FU-E2E", key="e2e", supersample=1)
-
-
-def _node_with_orthanc(node_factory: Any, orthanc_factory: Any) -> tuple[Any, Any]:
-    port = free_port()
-    orthanc = orthanc_factory(modalities={"marrownode": ["MARROWNODE", "127.0.0.1", port]})
-    orthanc.start()
-    node = node_factory(node={"port": port}, completion={"idle_seconds": 60},
-                        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title,
-                                       "host": "127.0.0.1", "port": orthanc.dicom_port,
-                                       "retrieve": "c-get"}])
-    return node, orthanc
 
 
 def _reports_in_orthanc(orthanc: Any, study_uid: str, folder: Path) -> list[Dataset]:
@@ -64,6 +54,17 @@ def _analysed_and_delivered(node: Any, study_uid: str) -> bool:
     return bool(study and study["state"] == "analysed" and results_delivered(node, study_uid))
 
 
+def _uids(pair: tuple[list[Dataset], list[Dataset]]) -> tuple[str, str]:
+    return str(pair[0][0].StudyInstanceUID), str(pair[1][0].StudyInstanceUID)
+
+
+def _send_and_wait(node: Any, datasets: list[Dataset]) -> None:
+    """Send a study to the node; wait until it is analysed and its results delivered."""
+    assert set(send(node.receiver.port, datasets)) == {0}
+    uid = str(datasets[0].StudyInstanceUID)
+    wait_until(lambda: _analysed_and_delivered(node, uid), timeout=120)
+
+
 def _assert_statuses(comparison: dict[str, Any] | None, source: PriorSource) -> None:
     assert comparison is not None
     assert comparison["prior"]["source"] == source
@@ -74,13 +75,11 @@ def _assert_statuses(comparison: dict[str, Any] | None, source: PriorSource) -> 
 def test_the_node_holding_the_baseline_compares_the_follow_up_in_its_first_report(
         node_factory: Any, orthanc_factory: Any, pair: tuple[list[Dataset], list[Dataset]],
         tmp_path: Path) -> None:
-    node, orthanc = _node_with_orthanc(node_factory, orthanc_factory)
+    node, orthanc = node_with_orthanc(node_factory, orthanc_factory)
     baseline, follow_up = pair
-    base_uid, follow_uid = str(baseline[0].StudyInstanceUID), str(follow_up[0].StudyInstanceUID)
-    assert set(send(node.receiver.port, baseline)) == {0}
-    wait_until(lambda: _analysed_and_delivered(node, base_uid), timeout=120)
-    assert set(send(node.receiver.port, follow_up)) == {0}
-    wait_until(lambda: _analysed_and_delivered(node, follow_uid), timeout=120)
+    base_uid, follow_uid = _uids(pair)
+    _send_and_wait(node, baseline)
+    _send_and_wait(node, follow_up)
     _assert_statuses(_comparison(node, follow_uid), PriorSource.INDEX)
     (report,) = _reports_in_orthanc(orthanc, follow_uid, tmp_path)  # compared at once
     (baseline_report,) = _reports_in_orthanc(orthanc, base_uid, tmp_path)
@@ -94,11 +93,10 @@ def test_the_node_holding_the_baseline_compares_the_follow_up_in_its_first_repor
 def test_a_node_that_deleted_the_baseline_finds_it_in_orthanc_and_the_comparison_follows(
         node_factory: Any, orthanc_factory: Any, pair: tuple[list[Dataset], list[Dataset]],
         tmp_path: Path) -> None:
-    node, orthanc = _node_with_orthanc(node_factory, orthanc_factory)
+    node, orthanc = node_with_orthanc(node_factory, orthanc_factory)
     baseline, follow_up = pair
-    base_uid, follow_uid = str(baseline[0].StudyInstanceUID), str(follow_up[0].StudyInstanceUID)
-    assert set(send(node.receiver.port, baseline)) == {0}
-    wait_until(lambda: _analysed_and_delivered(node, base_uid), timeout=120)
+    base_uid, follow_uid = _uids(pair)
+    _send_and_wait(node, baseline)
     wait_until(lambda: len(_reports_in_orthanc(orthanc, base_uid, tmp_path)) == 1, timeout=60)
     node.operator.delete("test", base_uid)  # as `marrownode delete` does
     assert node.index.studies.study(base_uid) is None
@@ -127,11 +125,10 @@ def test_a_node_that_deleted_the_baseline_finds_it_in_orthanc_and_the_comparison
 def test_a_baseline_arriving_after_its_follow_up_has_the_follow_up_compared_again(
         node_factory: Any, orthanc_factory: Any, pair: tuple[list[Dataset], list[Dataset]],
         tmp_path: Path) -> None:
-    node, orthanc = _node_with_orthanc(node_factory, orthanc_factory)
+    node, orthanc = node_with_orthanc(node_factory, orthanc_factory)
     baseline, follow_up = pair
-    base_uid, follow_uid = str(baseline[0].StudyInstanceUID), str(follow_up[0].StudyInstanceUID)
-    assert set(send(node.receiver.port, follow_up)) == {0}
-    wait_until(lambda: _analysed_and_delivered(node, follow_uid), timeout=120)
+    base_uid, follow_uid = _uids(pair)
+    _send_and_wait(node, follow_up)
     assert _comparison(node, follow_uid) is None
     assert set(send(node.receiver.port, baseline)) == {0}
     wait_until(lambda: _comparison(node, follow_uid) is not None
@@ -149,9 +146,9 @@ def test_a_baseline_in_orthanc_without_a_report_is_fetched_and_analysed_then_com
     node retrieves its images, analyses them, and compares the follow-up with it."""
     from marrownode.synthetic.studies import write_datasets
 
-    node, orthanc = _node_with_orthanc(node_factory, orthanc_factory)
+    node, orthanc = node_with_orthanc(node_factory, orthanc_factory)
     baseline, follow_up = pair
-    base_uid, follow_uid = str(baseline[0].StudyInstanceUID), str(follow_up[0].StudyInstanceUID)
+    base_uid, follow_uid = _uids(pair)
     write_datasets(baseline, tmp_path / "baseline")
     for path in sorted((tmp_path / "baseline").rglob("*.dcm")):
         orthanc.upload(path)

@@ -107,16 +107,10 @@ def test_a_request_after_retention_fetches_the_images_back_from_orthanc(
     from pydicom import dcmread as read
 
     from marrownode.synthetic.studies import write_datasets
-    from tests.conftest import free_port
     from tests.integration.test_end_to_end import wait_for_results
+    from tests.orthanc import node_with_orthanc
 
-    port = free_port()
-    orthanc = orthanc_factory(modalities={"marrownode": ["MARROWNODE", "127.0.0.1", port]})
-    orthanc.start()
-    node = node_factory(node={"port": port}, completion={"idle_seconds": 60},
-                        destinations=[{"name": "pacs", "ae_title": orthanc.ae_title,
-                                       "host": "127.0.0.1", "port": orthanc.dicom_port,
-                                       "retrieve": "c-get"}])
+    node, orthanc = node_with_orthanc(node_factory, orthanc_factory)
     datasets = build_study(StudyOptions(style="siemens", study_key="roi-retrieve"))
     study_uid = datasets[0].StudyInstanceUID
     write_datasets(datasets, tmp_path / "scanner")

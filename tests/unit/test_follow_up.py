@@ -314,3 +314,26 @@ def test_a_focus_pairs_by_position_when_its_body_is_named_otherwise() -> None:
     far = tuple(np.asarray(at) + np.array([0.0, 0.0, -30.0]))
     matches = match_foci(before, [Lesion("L1", far, 520.0)], alignment, RULES)  # type: ignore[arg-type]
     assert {m.status for m in matches} == {ChangeStatus.NEW, ChangeStatus.RESOLVED}
+
+
+@pytest.mark.parametrize("damage", ["nan", "missing"])
+def test_a_damaged_prior_costs_the_comparison_never_the_set(
+        pair: tuple[list[Dataset], list[Dataset]], tmp_path: Path, damage: str) -> None:
+    """A prior read back from a PACS may be damaged: the set is analysed all the same."""
+    from marrownode.pipeline import analyse_study, discover
+
+    write_datasets(pair[1], tmp_path / "in")
+    (instances,) = discover([tmp_path / "in"])[0].values()
+    body = {"name": "L1", "centroid_patient_mm": [math.nan, 0.0, 0.0],
+            "signal_loss_percent_median": 70.0, "fat_fraction_percent_median": 60.0}
+    if damage == "missing":
+        del body["centroid_patient_mm"]
+    prior: Any = {"study_instance_uid": "1.2.3", "study_date": "20260101", "study_time": "",
+                  "source": PriorSource.PACS, "sets": [{
+                      "orientation": "sagittal", "pattern": "normal",
+                      "vertebrae": [body, {**body, "name": "L2"}, {**body, "name": "L3"}],
+                      "foci": []}]}
+    study = analyse_study(instances, Settings(), None, prior=prior)
+    (dixon_set,) = study["dixon_sets"]
+    assert dixon_set["state"] == "analysed" and dixon_set["comparison"] is None
+    assert len(dixon_set["foci"]) == 4
