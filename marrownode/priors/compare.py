@@ -74,7 +74,7 @@ def compare(report: SetReport, prior: PriorShape, rules: ComparisonRules) -> Non
         compared["report"] = prior["report"]
     report.comparison = ComparisonShape(
         prior=compared,
-        foci=[_line(m, report.foci, before, prior_foci, alignment) for m in matches],
+        foci=[_line(m, report.foci, lesions, before, prior_foci, alignment) for m in matches],
         vertebrae=_levels(report, prior_set, alignment),
         alignment={"method": alignment.method, "levels": list(alignment.levels),
                    "residual_mm": json_number(alignment.residual_mm, 1)},
@@ -92,7 +92,7 @@ def compare(report: SetReport, prior: PriorShape, rules: ComparisonRules) -> Non
     report.flags = list(dict.fromkeys(report.flags + flags))
 
 
-def _line(match: Match, foci: list[FocusReport], before: list[Lesion],
+def _line(match: Match, foci: list[FocusReport], current: list[Lesion], before: list[Lesion],
           prior_foci: list[PriorFocusShape], alignment: Alignment) -> ComparedFocus:
     """One focus's line: sizes then and now, where it is, its tracking UID."""
     focus = foci[match.current] if match.current is not None else None
@@ -104,8 +104,7 @@ def _line(match: Match, foci: list[FocusReport], before: list[Lesion],
         assert was is not None and match.prior is not None
         centroid = [round(float(c), 1) for c in alignment.carry(was.centroid_mm)]
         level, tracking = was.site, prior_foci[match.prior]["tracking_uid"]
-    now = (Lesion(None, (0, 0, 0), focus.volume_mm3 or 0.0).diameter_mm
-           if focus is not None else None)
+    now = current[match.current].diameter_mm if match.current is not None else None
     return {"status": match.status, "level": level, "centroid_patient_mm": centroid,
             "volume_mm3": focus.volume_mm3 if focus is not None else None,
             "prior_volume_mm3": json_number(was.volume_mm3, 1) if was is not None else None,

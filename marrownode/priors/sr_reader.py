@@ -12,6 +12,7 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from marrownode.dixon.header import MARROWNODE_MANUFACTURER
 from marrownode.report_shape import (
     ObjectReference,
     PriorBodyShape,
@@ -29,12 +30,11 @@ LESION = "52988006"
 RESOLVED = "MN406"
 #: The pattern codes of results/sr.py, read back (a standard code or ours).
 PATTERN_BY_MEANING = {p.value.replace("_", " "): p for p in Pattern}
-MANUFACTURER = "marrownode"
 
 
 def is_marrownode_report(dataset: Dataset) -> bool:
     """An SR written by marrownode (not a measurement request or another system's SR)."""
-    return (str(dataset.get("Manufacturer", "")) == MANUFACTURER
+    return (str(dataset.get("Manufacturer", "")).strip().lower() == MARROWNODE_MANUFACTURER
             and str(dataset.get("Modality", "")) == "SR")
 
 

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
-from typing import Any
 
 from marrownode.config import Destination, Settings
 from marrownode.net.priors import StudyFound, search_prior
@@ -119,17 +118,18 @@ class PriorFinder:
 
     def _reassess_later(self, study_uid: str, moment: StudyMoment, patient: Patient) -> None:
         years = self.settings.priors.look_back_years
-        for other in self.studies.patient_studies(patient.patient_id, patient.issuer):
-            later = moment_of(other)
+        studies = self.studies.patient_studies(patient.patient_id, patient.issuer)
+        moments = {other["study_uid"]: moment_of(other) for other in studies}
+        for other in studies:
+            later = moments[other["study_uid"]]
             if (other["state"] != StudyState.ANALYSED or not moment.is_before(later)
                     or not moment.within(later, years)):
                 continue
             current = compared_with(json.loads(other["report"]) if other["report"] else None)
             if current == study_uid:
                 continue
-            known = next((o for o in self.studies.patient_studies(
-                patient.patient_id, patient.issuer) if o["study_uid"] == current), None)
-            if known is not None and not moment_of(known).is_before(moment):
+            known = moments.get(current) if current is not None else None
+            if known is not None and not known.is_before(moment):
                 continue  # it is compared with a study closer to it than this one
             reason = ("compared again: an earlier study of this patient "
                       f"({_day(moment)}) arrived after it")
@@ -206,6 +206,6 @@ class PriorFinder:
             self.wake()
 
 
-def _day(moment: StudyMoment | Any) -> str:
-    date = moment.study_date if isinstance(moment, StudyMoment) else ""
+def _day(moment: StudyMoment) -> str:
+    date = moment.study_date
     return f"{date[:4]}-{date[4:6]}-{date[6:8]}" if len(date) >= 8 else "undated"
