@@ -55,8 +55,7 @@ class AnalysisRecording:
 
     def _sources_unchanged(self, study_uid: str, digest: str) -> bool:
         """The study's source instances and settings are still those analysed."""
-        self.ingestor.summarise_pending(study_uid)
-        return input_digest([r.header for r in self.studies.instances(study_uid)],
+        return input_digest([r.header for r in self.ingestor.summarised_instances(study_uid)],
                             self.settings) == digest
 
     def _record(self, study_uid: str, last: float, future: Future[StudyShape],

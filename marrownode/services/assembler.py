@@ -153,8 +153,7 @@ class Assembler(AnalysisRecording, LoopService):
             self.studies.set_state(study_uid, StudyState.WAITING, "sending association still open",
                                    if_last_received=last, seen_events=seen)
             return
-        self.ingestor.summarise_pending(study_uid)
-        rows = self.studies.instances(study_uid)
+        rows = self.ingestor.summarised_instances(study_uid)
         if self._same_as_analysed(study, rows):
             self._unchanged(study, open_associations)
             return

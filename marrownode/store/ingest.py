@@ -12,7 +12,7 @@ import mmap
 import sqlite3
 import struct
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from io import BytesIO
 from pathlib import Path
@@ -28,7 +28,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from marrownode.dixon.header import summarise
 from marrownode.part10 import Examination, Identity, examine
 from marrownode.store.spool import IncomingFile, OutOfSpace, Spool
-from marrownode.store.studies import StudyIndex
+from marrownode.store.studies import InstanceRow, StudyIndex
 
 log = logging.getLogger(__name__)
 
@@ -109,10 +109,25 @@ class Ingestor:
         return header, identity.transfer_syntax
 
     def summarise_pending(self, study_uid: str) -> int:
-        """Complete the header summaries of a study's instances stored since the last call
-        (the assembler calls it before deciding); returns how many it summarised."""
+        """Complete the header summaries of a study's instances stored since the last call;
+        returns how many it summarised."""
+        return len(self._summarise(self.studies.unsummarised(study_uid)))
+
+    def summarised_instances(self, study_uid: str) -> list[InstanceRow]:
+        """The study's instances, every header complete (the assembler decides on these).
+        One read: an instance stored while the study is looked at is either in the list
+        summarised, or not in it; never in it with only its identity, which would make one of
+        our own results, forwarded back by a PACS, look like a new source."""
+        rows = self.studies.instances(study_uid)
+        pending = [(r.sop_instance_uid, r.path, r.header) for r in rows if not r.summarised]
+        headers = self._summarise(pending)
+        return [replace(r, header=headers[r.sop_instance_uid], summarised=True)
+                if r.sop_instance_uid in headers else r for r in rows]
+
+    def _summarise(self, pending: list[tuple[str, str, dict[str, Any]]],
+                   ) -> dict[str, dict[str, Any]]:
         headers = {}
-        for sop_uid, path, identity in self.studies.unsummarised(study_uid):
+        for sop_uid, path, identity in pending:
             try:
                 header = summarise(dcmread(path, stop_before_pixels=True,
                                            defer_size=HEADER_VALUE_BYTES))
@@ -124,7 +139,7 @@ class Ingestor:
             headers[sop_uid] = header
         if headers:
             self.studies.set_headers(headers)
-        return len(headers)
+        return headers
 
     def store_file(self, incoming: IncomingFile, association_id: str | None = None,
                    ) -> IngestOutcome:

@@ -266,3 +266,55 @@ def test_our_results_forwarded_back_during_the_analysis_do_not_cost_a_second_one
     kinds = [event["kind"] for event in node.index.studies.events(study_uid)]
     assert kinds.count("analysing") == 1, kinds
     assert node.index.studies.study(study_uid)["state"] == "analysed"
+
+
+def test_a_result_stored_while_the_study_is_looked_at_is_never_taken_for_a_source(
+        tmp_path, monkeypatch) -> None:
+    """The race the Orthanc loop test met under load: one of our results, forwarded back,
+    lands between 'summarise the study' and 'read its instances'. Its row then carries only
+    its identity (no Manufacturer): read that way it looks like a new source, the digest
+    changes and the study is analysed and sent a second time. The assembler reads the study
+    once, every header complete."""
+    import copy
+
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.uid import generate_uid
+
+    from marrownode.node import Node
+    from marrownode.receiving import store_encoded
+    from marrownode.services.study_inputs import input_digest
+    from tests.conftest import make_settings
+
+    node = Node(make_settings(tmp_path / "node"))  # not started: nothing summarises meanwhile
+    node.ingestor.recover()  # what start does first: the spool made ready
+    datasets = build_study(StudyOptions(style="siemens", study_key="race"))
+    ours = copy.deepcopy(datasets[0])
+    ours.SOPInstanceUID = ours.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ours.SeriesInstanceUID = generate_uid()
+    ours.Manufacturer = "marrownode"
+
+    def store(dataset) -> None:
+        buffer = DicomBytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        assert store_encoded(node.ingestor, buffer.getvalue()) == 0
+
+    for dataset in datasets:
+        store(dataset)
+    study_uid = str(datasets[0].StudyInstanceUID)
+    studies = node.ingestor.studies
+    set_headers = studies.set_headers
+
+    def then_ours_arrives(headers) -> None:
+        set_headers(headers)
+        monkeypatch.setattr(studies, "set_headers", set_headers)
+        store(ours)  # stored just after the summarising pass, before anything else
+
+    monkeypatch.setattr(studies, "set_headers", then_ours_arrives)
+    first = node.ingestor.summarised_instances(study_uid)
+    second = node.ingestor.summarised_instances(study_uid)
+    assert len(second) == len(datasets) + 1 and all(r.summarised for r in second)
+    assert all(r.summarised for r in first)
+    assert (input_digest([r.header for r in first], node.settings)
+            == input_digest([r.header for r in second], node.settings))
+    assert all(r.summarised for r in node.index.studies.instances(study_uid))  # kept
+    node.index.db.close()
