@@ -178,29 +178,29 @@ def _soft_tissue(x: np.ndarray, y: np.ndarray, z: np.ndarray,
     return labels
 
 
-def _discs(labels: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray,
-           segments: list[Segment]) -> None:
-    """Biconvex discs between consecutive segments: a nucleus inside a darker annulus; the
-    sacral remnants thin and dark."""
+def _disc_frame(upper: Segment, lower: Segment) -> Segment:
+    """The disc between two segments as a frame: its middle, and the mean of their axes."""
+    axis = upper.axis + lower.axis
+    axis = axis / np.linalg.norm(axis)
+    back = np.array([0.0, axis[2], -axis[1]])
+    top = upper.centre - upper.axis * upper.height / 2
+    bottom = lower.centre + lower.axis * lower.height / 2
+    return Segment("disc", (top + bottom) / 2, axis, back, 0.0, 0.0)
+
+
+def _disc(labels: np.ndarray, x: np.ndarray, y: np.ndarray, z: np.ndarray,
+          upper: Segment, lower: Segment) -> None:
+    """A biconvex disc: a nucleus inside a darker annulus; a sacral remnant thin and dark."""
     code = ANATOMY_CODES
-    for upper, lower in itertools.pairwise(segments):
-        if upper.disc_below <= 0:
-            continue
-        axis = upper.axis + lower.axis
-        axis = axis / np.linalg.norm(axis)
-        back = np.array([0.0, axis[2], -axis[1]])
-        top = upper.centre - upper.axis * upper.height / 2
-        bottom = lower.centre + lower.axis * lower.height / 2
-        middle = Segment("disc", (top + bottom) / 2, axis, back, 0.0, 0.0)
-        u, v, w = _local(middle, x, y, z)
-        half_depth, half_width = _size(lower)
-        radius = _section(v, w, half_depth * 1.04, half_width * 1.04)
-        half_height = upper.disc_below / 2 + _concavity(lower) * np.clip(1 - radius, 0, 1)
-        disc = (radius <= 1.0) & (np.abs(u) <= half_height)
-        nucleus = disc & (_section(v, w, half_depth * 0.62, half_width * 0.62) <= 1.0)
-        labels[disc] = code["annulus"]  # sacral remnants: annulus alone, thin and dark
-        if not upper.sacral:
-            labels[nucleus] = code["disc"]
+    u, v, w = _local(_disc_frame(upper, lower), x, y, z)
+    half_depth, half_width = _size(lower)
+    radius = _section(v, w, half_depth * 1.04, half_width * 1.04)
+    half_height = upper.disc_below / 2 + _concavity(lower) * np.clip(1 - radius, 0, 1)
+    disc = (radius <= 1.0) & (np.abs(u) <= half_height)
+    nucleus = disc & (_section(v, w, half_depth * 0.62, half_width * 0.62) <= 1.0)
+    labels[disc] = code["annulus"]  # sacral remnants: annulus alone, thin and dark
+    if not upper.sacral:
+        labels[nucleus] = code["disc"]
 
 
 def _body(labels: np.ndarray, vertebra: np.ndarray, number: int, segment: Segment,
@@ -257,6 +257,76 @@ def _canal_and_arch(labels: np.ndarray, posterior: np.ndarray, number: int,
     labels[solid] = code["cortex"]
     labels[core] = marrow
     posterior[core] = number
+
+
+#: A drawing's reach is widened by this much (mm): it only saves work, never clips a shape.
+_REACH_MARGIN_MM = 1.0
+
+
+class _Points:
+    """Sample points, flat and ordered by height, so that the points near a segment are
+    found by looking at its band of heights only."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> None:
+        self.flat = tuple(np.asarray(a).reshape(-1) for a in (x, y, z))
+        self.order = np.argsort(self.flat[2], kind="stable")
+        self.heights = self.flat[2][self.order]
+
+    def near(self, centre: np.ndarray, reach_mm: float, half_x_mm: float) -> np.ndarray:
+        """Indices of the points within reach_mm of centre in the sagittal plane and within
+        half_x_mm of the midline."""
+        first = int(np.searchsorted(self.heights, centre[2] - reach_mm, side="left"))
+        last = int(np.searchsorted(self.heights, centre[2] + reach_mm, side="right"))
+        band = self.order[first:last]
+        x, y, z = (a[band] for a in self.flat)
+        inside = (((y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= reach_mm ** 2)
+                  & (np.abs(x) <= half_x_mm))
+        return band[inside]
+
+
+def _draw_near(points: _Points, centre: np.ndarray, reach_mm: float, half_x_mm: float,
+               targets: tuple[np.ndarray, ...], draw: Callable[..., None]) -> None:
+    """Run a pointwise drawing on the points near centre only: the same result as on every
+    point (the drawing sets nothing farther away), at a small part of the cost.
+    `draw(*targets, x, y, z)` gets and changes the targets' values at those points."""
+    near = points.near(centre, reach_mm, half_x_mm)
+    flats = [target.reshape(-1) for target in targets]
+    local = [flat[near] for flat in flats]
+    draw(*local, *(a[near] for a in points.flat))
+    for flat, values in zip(flats, local, strict=True):
+        flat[near] = values
+
+
+def draw_column(labels: np.ndarray, vertebra: np.ndarray, posterior: np.ndarray,
+                x: np.ndarray, y: np.ndarray, z: np.ndarray, segments: list[Segment],
+                marrow: int) -> None:
+    """Discs, then canals and arches, then bodies (each later one drawn over the earlier),
+    every segment on the points near it only (its reach follows from its own sizes)."""
+    margin = _REACH_MARGIN_MM
+    points = _Points(x, y, z)
+    for upper, lower in itertools.pairwise(segments):
+        if upper.disc_below <= 0:
+            continue
+        half_depth, half_width = _size(lower)
+        reach = float(np.hypot(upper.disc_below / 2 + _concavity(lower), half_depth * 1.04))
+        _draw_near(points, _disc_frame(upper, lower).centre, reach + margin,
+                   half_width * 1.04 + margin, (labels,),
+                   lambda lab, px, py, pz, a=upper, b=lower: _disc(lab, px, py, pz, a, b))
+    for number, segment in enumerate(segments, start=1):
+        half_depth, _ = _size(segment)
+        along = segment.height / 2 + max(segment.disc_below, 1.0) + 2.0
+        across = half_depth + CANAL_GAP_MM + CANAL_DEPTH_MM + 32.0
+        _draw_near(points, segment.centre, float(np.hypot(along, across)) + margin,
+                   CANAL_HALF_WIDTH_MM + 5.0 + margin, (labels, posterior),
+                   lambda lab, post, px, py, pz, n=number, s=segment: _canal_and_arch(
+                       lab, post, n, s, px, py, pz, marrow))
+    for number, segment in enumerate(segments, start=1):
+        half_depth, half_width = _size(segment)
+        reach = float(np.hypot(segment.height / 2, half_depth + 0.2))
+        _draw_near(points, segment.centre, reach + margin,
+                   max(half_width, VEIN_HALF_WIDTH_MM) + margin, (labels, vertebra),
+                   lambda lab, vert, px, py, pz, n=number, s=segment: _body(
+                       lab, vert, n, s, px, py, pz, marrow))
 
 
 #: Lesions per variant: (name, level, tissue, radius mm, offset u and v from the body centre).
@@ -320,11 +390,7 @@ def _sample(x: np.ndarray, y: np.ndarray, z: np.ndarray, variant: str, segments:
     vertebra = np.zeros(x.shape, dtype=np.int16)
     posterior = np.zeros(x.shape, dtype=np.int16)
     marrow = code["replaced_marrow"] if variant == "diffuse" else code["marrow"]
-    _discs(labels, x, y, z, segments)
-    for number, segment in enumerate(segments, start=1):
-        _canal_and_arch(labels, posterior, number, segment, x, y, z, marrow)
-    for number, segment in enumerate(segments, start=1):
-        _body(labels, vertebra, number, segment, x, y, z, marrow)
+    draw_column(labels, vertebra, posterior, x, y, z, segments, marrow)
     masks, levels = _lesions(labels, vertebra, segments, x, y, z, variant)
     outside = ~_ellipse(x, y, 0.0, 10.0, 150.0, 125.0)
     labels[outside] = code["background"]

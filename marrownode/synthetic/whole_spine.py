@@ -28,21 +28,16 @@ from marrownode.synthetic.lumbar import (
     SACRAL_KINK_DEGREES,
     LumbarPhantom,
     Segment,
-    _body,
-    _canal_and_arch,
-    _discs,
     _ellipse,
     _local,
     _unit,
+    draw_column,
     sample_grid,
 )
 
 #: normal; a metastasis in T8; a transitional lumbosacral segment (a sixth lumbar-type body,
 #: L6, above the sacrum).
 WHOLE_SPINE_VARIANTS = ("normal", "metastasis_t8", "transitional")
-#: A segment's body, disc and arch lie within this distance of its centre (mm).
-REACH_MM = 80.0
-
 
 @dataclass(frozen=True)
 class _Level:
@@ -180,32 +175,7 @@ def _sample(x: np.ndarray, y: np.ndarray, z: np.ndarray, variant: str, segments:
     labels = _trunk(x, y, z, segments)
     vertebra = np.zeros(x.shape, dtype=np.int16)
     posterior = np.zeros(x.shape, dtype=np.int16)
-    # Each segment is drawn on the points near it only: 26 segments over a whole-spine grid
-    # would take half a minute otherwise.
-    close = [((y - s.centre[1]) ** 2 + (z - s.centre[2]) ** 2 <= REACH_MM ** 2).reshape(-1)
-             for s in segments]
-    near = [np.flatnonzero(mask) for mask in close]
-    flat = (labels.reshape(-1), vertebra.reshape(-1), posterior.reshape(-1))
-    points = (x.reshape(-1), y.reshape(-1), z.reshape(-1))
-    for upper in range(len(segments) - 1):
-        here = np.flatnonzero(close[upper] | close[upper + 1])
-        local = flat[0][here]
-        px, py, pz = (a[here] for a in points)
-        _discs(local, px, py, pz, segments[upper:upper + 2])
-        flat[0][here] = local
-    for draw in ("arch", "body"):
-        for number, segment in enumerate(segments, start=1):
-            here = near[number - 1]
-            local_labels, local_vertebra, local_posterior = (a[here] for a in flat)
-            px, py, pz = (a[here] for a in points)
-            if draw == "arch":
-                _canal_and_arch(local_labels, local_posterior, number, segment, px, py, pz,
-                                code["marrow"])
-            else:
-                _body(local_labels, local_vertebra, number, segment, px, py, pz,
-                      code["marrow"])
-            flat[0][here], flat[1][here], flat[2][here] = (local_labels, local_vertebra,
-                                                           local_posterior)
+    draw_column(labels, vertebra, posterior, x, y, z, segments, code["marrow"])
     _craniocervical(labels, vertebra, segments[0], x, y, z)
     masks: dict[str, np.ndarray] = {}
     if variant == "metastasis_t8":
