@@ -281,7 +281,8 @@ class _Points:
         x, y, z = (a[band] for a in self.flat)
         inside = (((y - centre[1]) ** 2 + (z - centre[2]) ** 2 <= reach_mm ** 2)
                   & (np.abs(x) <= half_x_mm))
-        return band[inside]
+        near: np.ndarray = band[inside]
+        return near
 
 
 def _draw_near(points: _Points, centre: np.ndarray, reach_mm: float, half_x_mm: float,
