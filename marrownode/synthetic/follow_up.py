@@ -18,11 +18,11 @@ from marrownode.synthetic.lumbar import (
     FIELD_CENTRE_MM,
     LUMBAR_GRIDS,
     LumbarPhantom,
-    _local,
     _sample,
     column,
     sample_grid,
 )
+from marrownode.synthetic.segments import _local
 from marrownode.synthetic.studies import build_study
 
 

@@ -24,16 +24,12 @@ from marrownode.synthetic.anatomy import ANATOMY_CODES
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import (
     _SACRUM,
-    CORTEX_MM,
     SACRAL_KINK_DEGREES,
     LumbarPhantom,
-    Segment,
     _ellipse,
-    _local,
-    _unit,
-    draw_column,
     sample_grid,
 )
+from marrownode.synthetic.segments import CORTEX_MM, Segment, _local, _unit, draw_column
 
 #: normal; a metastasis in T8; a transitional lumbosacral segment (a sixth lumbar-type body,
 #: L6, above the sacrum).
