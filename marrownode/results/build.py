@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ from marrownode.report_shape import OutputEntry
 from marrownode.results.beside import overlapped
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
 from marrownode.results.derived_mr import build_derived_mr_series
+from marrownode.results.encoding import SeriesEncoder
 from marrownode.results.follow_up_text import focus_labels
 from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
 from marrownode.results.parametric_map import build_parametric_map
@@ -99,10 +99,11 @@ def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -
     )
 
 
-def _write_entry(dataset: Dataset, folder: Path, out_dir: Path) -> OutputEntry:
+def _write_entry(dataset: Dataset, folder: Path, out_dir: Path,
+                 encoder: SeriesEncoder) -> OutputEntry:
     """Write one result under its series folder; its report entry."""
     path = folder / f"{dataset.SOPInstanceUID}.dcm"
-    write_dataset(dataset, path)
+    encoder.write(dataset, path)
     return {
         "kind": OutputKind(folder.name.split("-", 1)[1]),
         "sop_class_uid": str(dataset.SOPClassUID),
@@ -116,13 +117,9 @@ def _write_entry(dataset: Dataset, folder: Path, out_dir: Path) -> OutputEntry:
 
 
 def write_dataset(dataset: Dataset, path: Path) -> None:
-    """Atomic write: a reader (the sender, a PACS admin) never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_suffix(".part")
-    dataset.save_as(temp, enforce_file_format=True)
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    """Atomic write of one instance: a reader (the sender, a PACS admin) never sees half a
+    file."""
+    SeriesEncoder().write(dataset, path)
 
 
 def build_results(
@@ -171,8 +168,9 @@ def build_results(
         return series_uid, number, f"marrownode {label} {spec.description}"
 
     def write(spec: OutputSeries, datasets: Iterable[Dataset]) -> list[OutputEntry]:
-        return [_write_entry(dataset, set_dir / f"{spec.offset:02d}-{spec.kind}", out_dir)
-                for dataset in datasets]
+        encoder = SeriesEncoder()  # the series' instances share most elements
+        return [_write_entry(dataset, set_dir / f"{spec.offset:02d}-{spec.kind}", out_dir,
+                             encoder) for dataset in datasets]
 
     def publish(written: list[OutputEntry]) -> None:
         entries.extend(written)

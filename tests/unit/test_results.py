@@ -386,3 +386,35 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
         assert len({e["series_instance_uid"] for e in entries}) == 1
         handed_on += sum(e["kind"] != "sr" for e in entries)
         assert written == handed_on, "a later series was written before this one was handed on"
+
+
+def test_result_files_are_byte_for_byte_what_pydicom_writes(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """The series encoder writes what a series' instances share once (results/encoding.py);
+    every file it writes, of every kind, is exactly the file pydicom's own writer makes of
+    the same data set (a patient name in three character sets included)."""
+    from pydicom.filebase import DicomBytesIO
+
+    from marrownode.results.encoding import SeriesEncoder
+
+    expected = tmp_path / "pydicom"
+    expected.mkdir()
+    write = SeriesEncoder.write
+
+    def and_pydicom_too(self: SeriesEncoder, dataset: Dataset, path: Path) -> None:
+        write(self, dataset, path)
+        buffer = DicomBytesIO()
+        dataset.save_as(buffer, enforce_file_format=True)
+        (expected / path.name).write_bytes(buffer.getvalue())
+
+    monkeypatch.setattr(SeriesEncoder, "write", and_pydicom_too)
+    datasets = build_study(StudyOptions(style="siemens", patient_name=NAME,
+                                        study_key="res-bytes"))
+    write_datasets(datasets, tmp_path / "in")
+    report = process_paths([tmp_path / "in"], tmp_path / "out", settings_from_mapping({}))
+    (study,) = report["studies"]
+    outputs = [entry for dixon_set in study["dixon_sets"] for entry in dixon_set["outputs"]]
+    assert {entry["kind"] for entry in outputs} == set(EXPECTED_COUNTS)
+    for entry in outputs:
+        written = (tmp_path / "out" / entry["path"]).read_bytes()
+        assert written == (expected / Path(entry["path"]).name).read_bytes(), entry["kind"]
