@@ -143,10 +143,26 @@ def on_parent_death(action: Callable[[], None], parent_pid: int,
                     interval_seconds: float = 0.5) -> None:
     """Run action (once) when the node process parent_pid is gone, so a node killed with
     SIGKILL leaves no receiving or analysing process behind. The pid comes from the node at
-    spawn time: a child that starts after the node died is already re-parented."""
+    spawn time: a child that starts after the node died is already re-parented. A child
+    forked by the node's fork server (the analysis workers) has that server as its parent,
+    which ends with the node: the child is re-parented then, and the node's pid is gone."""
+    started_under = os.getppid()
+
+    def node_alive() -> bool:
+        if os.getppid() != started_under:
+            return False  # whoever started this process is gone
+        if started_under == parent_pid:
+            return True
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while node_alive():
             time.sleep(interval_seconds)
         action()
 

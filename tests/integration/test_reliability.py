@@ -440,3 +440,46 @@ def test_partial_results_of_a_failed_analysis_are_named_in_the_study(node_factor
         assert any(e["kind"] == "failure_note" for e in node.index.studies.events(study_uid))
     finally:
         pacs.stop()
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every process below pid (from /proc), its children's children included."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found |= frontier
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_node_killed_with_sigkill_leaves_no_worker_behind(tmp_path, serve_process) -> None:
+    """The analysis workers are forked by a fork server, not by the node: when the node is
+    killed (-9, the OOM killer), the server ends and every worker sees it and exits, so a
+    restarted node never shares the machine with orphans still analysing."""
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path / "node", analysis={"workers": 2})
+    node = serve_process(settings).start(port=settings.node.port)
+    wait_until(lambda: "worker_warmed_up" in node.log.read_text(), timeout=90)
+    assert node.process is not None
+    below = _descendants(node.process.pid)
+    assert len(below) >= 3  # the fork server and the two workers (and their helpers)
+    node.signal(signal.SIGKILL)
+    node.wait()
+    wait_until(lambda: not any(_running(pid) for pid in below), timeout=10)
