@@ -26,7 +26,7 @@ from marrownode.services.loop import Service
 from marrownode.services.prior_finder import PriorFinder
 from marrownode.services.retention import RetentionSweeper
 from marrownode.services.retriever import Retriever
-from marrownode.services.worker import WorkerPool
+from marrownode.services.worker_pool import WorkerPool
 from marrownode.store.database import IndexDamaged, index_path
 from marrownode.store.index import Index
 from marrownode.store.lock import StorageLock

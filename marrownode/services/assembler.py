@@ -26,11 +26,8 @@ from marrownode.services.study_inputs import (
     is_request,
     patient_fields,
 )
-from marrownode.services.worker import (
-    AnalysisWorker,
-    WorkerPool,
-    WorkerStopped,
-)
+from marrownode.services.worker import AnalysisWorker, WorkerStopped
+from marrownode.services.worker_pool import WorkerPool
 from marrownode.services.worker_process import SeriesWritten
 from marrownode.states import StudyState
 from marrownode.store.ingest import Ingestor

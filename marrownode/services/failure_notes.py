@@ -12,7 +12,8 @@ from concurrent.futures import Future
 from marrownode.config import Settings
 from marrownode.report_shape import OutputEntry
 from marrownode.results.failure_note import FAILURE_NOTE_FOLDER, write_failure_note
-from marrownode.services.worker import AnalysisWorker, WorkerPool
+from marrownode.services.worker import AnalysisWorker
+from marrownode.services.worker_pool import WorkerPool
 from marrownode.store.spool import Spool
 from marrownode.store.studies import StudyIndex
 

@@ -1,4 +1,4 @@
-"""The analysis worker: one spawned process, supervised.
+"""The analysis worker: one forked process, supervised (services/worker_pool.py runs several).
 
 Analysis runs off the receiving path in a process of its own, the same pipeline function that
 `process` uses. The node talks to it over one pipe: a job goes in, the job's written result
@@ -44,7 +44,9 @@ class WorkerStopped(RuntimeError):
 
 
 @dataclass
-class _Job:
+class Job:
+    """A function to run in a worker process, and the future its answer goes to."""
+
     function: Callable[..., Any]
     args: tuple[Any, ...]
     future: Future[Any] = field(default_factory=Future)
@@ -96,7 +98,7 @@ class AnalysisWorker:
     def __init__(self, settings: Settings, on_series: Callable[[SeriesWritten], None],
                  on_death: Callable[[], None] = lambda: None,
                  time_limit_seconds: float | None = None,
-                 jobs: queue.Queue[_Job | None] | None = None, name: str = "worker") -> None:
+                 jobs: queue.Queue[Job | None] | None = None, name: str = "worker") -> None:
         """jobs: a queue shared with the pool's other workers (each takes the next job when it
         is free: one study per process at a time)."""
         self._settings = settings
@@ -106,7 +108,7 @@ class AnalysisWorker:
         self.time_limit_seconds = (time_limit_seconds if time_limit_seconds is not None
                                    else settings.analysis.time_limit_seconds)
         self._context = worker_context()
-        self._jobs: queue.Queue[_Job | None] = jobs if jobs is not None else queue.Queue()
+        self._jobs: queue.Queue[Job | None] = jobs if jobs is not None else queue.Queue()
         self._process: Any = None
         self._connection: Connection | None = None
         self._supervisor: threading.Thread | None = None
@@ -141,7 +143,7 @@ class AnalysisWorker:
 
     def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
         """Run any picklable call in the worker (it queues behind analyses)."""
-        job = _Job(function, args)
+        job = Job(function, args)
         if self._stopping.is_set():
             job.future.cancel()
         else:
@@ -218,7 +220,7 @@ class AnalysisWorker:
                 self._died(_death_reason(process.exitcode, False, 0.0), idle=True)
             self._spawn()
 
-    def _run(self, job: _Job) -> None:
+    def _run(self, job: Job) -> None:
         if self._process is None or not self._process.is_alive():
             self._spawn()
         if self._process is None or self._connection is None:
@@ -234,7 +236,7 @@ class AnalysisWorker:
             return
         self._await(job, connection, process)
 
-    def _await(self, job: _Job, connection: Connection, process: Any) -> None:
+    def _await(self, job: Job, connection: Connection, process: Any) -> None:
         """Relay series messages until the job's answer, the process's end or the limit."""
         deadline = time.monotonic() + self.time_limit_seconds
         self._progress_at, self._progress_stage = time.monotonic(), "started"
@@ -243,7 +245,7 @@ class AnalysisWorker:
         finally:
             self._progress_at = None
 
-    def _relay_until_answer(self, job: _Job, connection: Connection, process: Any,
+    def _relay_until_answer(self, job: Job, connection: Connection, process: Any,
                             deadline: float) -> None:
         while True:
             ready = wait([connection, process.sentinel],
@@ -338,74 +340,3 @@ class AnalysisWorker:
             process.join(5.0)
         if connection is not None:
             connection.close()
-
-
-class WorkerPool:
-    """[analysis] workers supervised analysis processes sharing one queue of jobs: each takes
-    the next study when it is free, so N studies are analysed at once; a killed process costs
-    only its own job (its supervisor replaces it, the others go on). The same interface as
-    one AnalysisWorker."""
-
-    def __init__(self, settings: Settings, on_series: Callable[[SeriesWritten], None],
-                 on_death: Callable[[], None] = lambda: None,
-                 time_limit_seconds: float | None = None, count: int | None = None) -> None:
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
-        self.workers = [AnalysisWorker(settings, on_series, on_death, time_limit_seconds,
-                                       jobs=self._jobs, name=f"worker{n + 1}")
-                        for n in range(count or settings.analysis.workers)]
-
-    @property
-    def deaths(self) -> int:
-        """Processes that ended unasked, all workers together (metrics)."""
-        return sum(worker.deaths for worker in self.workers)
-
-    @property
-    def time_limit_seconds(self) -> float:
-        """The limit of one analysis, the same in every worker."""
-        return self.workers[0].time_limit_seconds
-
-    @time_limit_seconds.setter
-    def time_limit_seconds(self, seconds: float) -> None:
-        for worker in self.workers:
-            worker.time_limit_seconds = seconds
-
-    def start(self) -> None:
-        for worker in self.workers:
-            worker.start()
-
-    def warm_up(self) -> None:
-        """Each process rehearses once (the jobs are taken by whichever is free)."""
-        for worker in self.workers:
-            worker.warm_up()
-
-    def analyse(self, instances: list[tuple[str, dict[str, Any]]], out_dir: Path,
-                run_id: str, superseded: dict[str, list[OutputEntry]] | None = None,
-                prior: PriorShape | None = None) -> Future[StudyShape]:
-        return self.workers[0].analyse(instances, out_dir, run_id, superseded, prior)
-
-    def submit(self, function: Callable[..., Any], *args: Any) -> Future[Any]:
-        return self.workers[0].submit(function, *args)
-
-    def alive(self) -> bool:
-        return all(worker.alive() for worker in self.workers)
-
-    def job_silence(self) -> tuple[float, str] | None:
-        """The longest silence among the running jobs."""
-        silences = [s for worker in self.workers if (s := worker.job_silence()) is not None]
-        return max(silences, key=lambda s: s[0]) if silences else None
-
-    def pid(self) -> int | None:
-        """The first worker's process (tests and logs; pids() has them all)."""
-        return self.workers[0].pid()
-
-    def pids(self) -> list[int | None]:
-        return [worker.pid() for worker in self.workers]
-
-    def shutdown(self, grace_seconds: float = 30.0) -> None:
-        """Every worker stops taking jobs, the running ones get grace_seconds together."""
-        for worker in self.workers:
-            worker.stop_taking_jobs()
-        for _ in self.workers:
-            self._jobs.put(None)
-        for worker in self.workers:
-            worker.finish(grace_seconds)

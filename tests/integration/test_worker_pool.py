@@ -9,7 +9,8 @@ import signal
 import time
 
 from marrownode.config import settings_from_mapping
-from marrownode.services.worker import WorkerDied, WorkerPool
+from marrownode.services.worker import WorkerDied
+from marrownode.services.worker_pool import WorkerPool
 from marrownode.synthetic.studies import StudyOptions, build_study
 from tests.conftest import wait_until
 from tests.scu import send
