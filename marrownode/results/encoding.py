@@ -86,13 +86,23 @@ class SeriesEncoder:
                 out.write(kept[1])
                 continue
             _correct_ambiguous(element, dataset)
+            element = dataset.get_item(tag)  # the pass may have replaced a raw element
+            if _is_bulk(element):  # pixel data: straight to the file, no copy in between
+                write_data_element(out, element, encoding)
+                continue
             part = DicomBytesIO()
             part.is_implicit_VR, part.is_little_endian = implicit, True
-            write_data_element(part, dataset.get_item(tag), encoding)
+            write_data_element(part, element, encoding)
             encoded = part.getvalue()
             if len(encoded) <= LARGEST_KEPT_BYTES:
                 self._kept[tag] = (element, encoded)
             out.write(encoded)
+
+def _is_bulk(element: Element) -> bool:
+    """A byte value too large to keep (pixel data): encoding it to a buffer first would copy
+    the pixels once more per file."""
+    value = element.value
+    return isinstance(value, bytes | bytearray) and len(value) > LARGEST_KEPT_BYTES
 
 
 def _correct_ambiguous(element: Element, dataset: Dataset) -> None:
