@@ -17,11 +17,9 @@ from marrownode import defaults
 from marrownode.quant.body import find_body
 from marrownode.quant.foci import Focus, FocusParameters, find_foci
 from marrownode.quant.geometry import (
-    ANTERIOR_POSTERIOR,
-    LEFT_RIGHT,
-    SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
+from marrownode.quant.internal_standards import t1_internal_standards
 from marrownode.quant.localisation import Localisation, SpineParameters
 from marrownode.quant.maps import (
     fat_fraction_two_point,
@@ -134,44 +132,6 @@ def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
                 suspect)
     return (fat_fraction_two_point(ip, op, tissue), FatFractionMethod.SIGNAL_FAT_FRACTION, None,
             False)
-
-
-def _reference_in_phase(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
-                        localisation: Localisation, geometry: VolumeGeometry,
-                        parameters: SpineParameters,
-                        signal_level: float) -> tuple[float | None, float | None]:
-    """Median in-phase signal of paraspinal muscle (behind the column) and of the discs
-    (between the bodies): the T1 internal standards."""
-    bodies = localisation.bodies
-    marrow = ndimage.binary_dilation(localisation.marrow, structure=np.ones((1, 5, 5), dtype=bool))
-    fat_level = parameters.fat_relative_signal * signal_level
-    void_level = parameters.void_relative_signal * signal_level
-    water_rich = (tissue & ~marrow & np.isfinite(loss)
-                  & (loss < parameters.water_rich_max_loss_percent)
-                  & (ip < fat_level) & (ip > void_level))
-    column = geometry.to_patient(np.argwhere(bodies > 0))
-    back = float(column[:, ANTERIOR_POSTERIOR].max())
-    lr = float(np.median(column[:, LEFT_RIGHT]))
-    top, bottom = (float(column[:, SUPERIOR_INFERIOR].max()),
-                   float(column[:, SUPERIOR_INFERIOR].min()))
-    behind = geometry.patient_coordinate(ANTERIOR_POSTERIOR, ip.shape) - back
-    muscle = water_rich & (behind > 15.0) & (behind < 90.0)
-    del behind
-    muscle &= np.abs(geometry.patient_coordinate(LEFT_RIGHT, ip.shape) - lr) < 70.0
-    height = geometry.patient_coordinate(SUPERIOR_INFERIOR, ip.shape)
-    muscle &= (height <= top) & (height >= bottom)
-    axis, _ = geometry.voxel_axis(SUPERIOR_INFERIOR)
-    footprint = np.expand_dims((bodies > 0).any(axis=axis), axis)
-    between = np.zeros(ip.shape, dtype=bool)
-    present = np.flatnonzero((bodies > 0).any(axis=tuple(a for a in range(3) if a != axis)))
-    occupied = set(present.tolist())
-    gap = [i for i in range(int(present.min()), int(present.max()) + 1) if i not in occupied]
-    if gap:
-        between.swapaxes(0, axis)[gap] = True
-    disc = water_rich & footprint & between
-    muscle_ip = float(np.median(ip[muscle])) if muscle.sum() >= 20 else None
-    disc_ip = float(np.median(ip[disc])) if disc.sum() >= 10 else None
-    return muscle_ip, disc_ip
 
 
 def _vertebrae(result: QuantResult, ip: np.ndarray,
@@ -319,7 +279,7 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
     """Per-vertebra findings, foci, pattern, T1 standards and the marrow summary."""
     localisation = result.localisation
     voxel_volume = float(np.prod(geometry.spacing_mm))
-    result.muscle_in_phase, result.disc_in_phase = _reference_in_phase(
+    result.muscle_in_phase, result.disc_in_phase = t1_internal_standards(
         ip, result.signal_loss, result.tissue, localisation, geometry, parameters.spine,
         result.signal_level)
     maps = {"signal_loss_percent": result.signal_loss, "sir": result.sir,

@@ -58,13 +58,20 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
     same as ndimage.binary_fill_holes slice by slice, in one labelling of the background
     (a hole is a background part that does not reach its slice's edge), several times faster
     than the fill's propagation on large slices."""
-    background, _ = ndimage.label(~mask, structure=_IN_PLANE_CROSS)
+    filled: np.ndarray = np.zeros(mask.shape, dtype=bool)
+    # In the mask's in-plane box and one voxel around it: that ring is background joined to
+    # everything outside the box, so a part reaches the box's edge exactly when it reaches the
+    # slice's (or the box is the slice).
+    box = in_plane_box(mask, 1)
+    if box is None:
+        return filled
+    background, _ = ndimage.label(~mask[box], structure=_IN_PLANE_CROSS)
     edge = np.concatenate([background[:, 0, :], background[:, -1, :],
                            background[:, :, 0], background[:, :, -1]], axis=None)
     outside = np.zeros(int(background.max()) + 1, dtype=bool)
     outside[edge] = True
     outside[0] = False  # label 0 is the mask itself
-    filled: np.ndarray = ~outside[background]
+    filled[box] = ~outside[background]
     return filled
 
 

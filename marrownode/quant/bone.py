@@ -13,10 +13,13 @@ from scipy import ndimage
 
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.localisation import SpineParameters
-from marrownode.quant.masks import median_reaches
+from marrownode.quant.masks import closed_in_plane, in_plane_box, median_reaches
 
 #: A part of a slice's bone interior is a body's when the body already holds this share of it.
 FRAME_HELD_SHARE = 0.25
+#: The gradient's smoothing (pixels) and how far its filters reach (scipy's 4 sigma).
+GRADIENT_SIGMA = 1.0
+GRADIENT_REACH = int(4.0 * GRADIENT_SIGMA + 0.5)
 #: Balls of at most this many voxels are cheaper as structuring elements than as distances.
 _SMALL_BALL = 27
 
@@ -54,14 +57,21 @@ def _ball(radius_mm: float, spacing_mm: tuple[float, float, float]) -> np.ndarra
     return ball
 
 
-def _relative_gradient(in_phase: np.ndarray) -> np.ndarray:
-    """In-plane gradient magnitude over local signal: small inside homogeneous tissue, large
-    at fat-water borders (where the chemical-shift rims are)."""
-    sigma = (0.0, 1.0, 1.0)
-    smooth = ndimage.gaussian_filter(in_phase, sigma=sigma)
-    rows = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 1, 0))
-    columns = ndimage.gaussian_filter(in_phase, sigma=sigma, order=(0, 0, 1))
-    gradient: np.ndarray = np.hypot(rows, columns) / np.maximum(smooth, 1e-6)
+def relative_gradient(in_phase: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """In-plane gradient magnitude over local signal on where (inf elsewhere): small inside
+    homogeneous tissue, large at fat-water borders (where the chemical-shift rims are). The
+    filters run in where's box widened by their reach (4 sigma), where they give the whole
+    grid's values."""
+    gradient: np.ndarray = np.full(in_phase.shape, np.inf, dtype=np.float32)
+    box = in_plane_box(where, GRADIENT_REACH)
+    if box is None:
+        return gradient
+    volume = in_phase[box]
+    sigma = (0.0, GRADIENT_SIGMA, GRADIENT_SIGMA)
+    smooth = ndimage.gaussian_filter(volume, sigma=sigma)
+    rows = ndimage.gaussian_filter(volume, sigma=sigma, order=(0, 1, 0))
+    columns = ndimage.gaussian_filter(volume, sigma=sigma, order=(0, 0, 1))
+    gradient[box] = np.hypot(rows, columns) / np.maximum(smooth, 1e-6)
     return gradient
 
 
@@ -77,7 +87,7 @@ def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
     radius = [max(1, round(gap_mm / 2 / s)) for s in spacing_mm[1:]]
     rows, columns = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
     disk = (rows / radius[0]) ** 2 + (columns / radius[1]) ** 2 <= 1.0
-    frame = ndimage.binary_closing(void, structure=disk[None], border_value=0) | void
+    frame = closed_in_plane(void, disk)
     enclosed: np.ndarray = fill_holes_per_slice(frame) & ~frame & tissue
     return enclosed
 
@@ -99,7 +109,7 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     void = body & (volume < parameters.void_relative_signal * level)
     if enclosed is None:
         enclosed = fill_holes_per_slice(void) & ~void & tissue
-    homogeneous = _relative_gradient(volume) < parameters.max_relative_gradient
+    homogeneous = relative_gradient(volume, tissue) < parameters.max_relative_gradient
     regional_fat = median_reaches(loss, parameters.mixed_tissue_min_loss_percent, 5)
     mixed = (tissue & homogeneous & regional_fat
              & (loss >= parameters.water_rich_max_loss_percent))

@@ -22,6 +22,7 @@ from marrownode.quant.geometry import (
     VolumeGeometry,
 )
 from marrownode.quant.localisation import SpineParameters
+from marrownode.quant.masks import near
 
 #: Bodies the curved column must find beyond the straight one to be taken instead.
 CURVED_COLUMN_EXTRA = 3
@@ -75,10 +76,7 @@ def find_cores(bone: np.ndarray, geometry: VolumeGeometry,
     # Apart from the big cores (farther than a core radius: a lumbar-size body holds no
     # second, small core), and not cut by the field's edge across the column or in-plane
     # (a cut body is small because it is cut, not because it is cervical).
-    near_core = ndimage.binary_dilation(cores)  # touching, whatever the slice spacing
-    if cores.any():
-        near_core |= ndimage.distance_transform_edt(~cores, sampling=spacing) <= (
-            parameters.core_radius_mm)
+    near_core = near(cores, parameters.core_radius_mm, spacing)
     beside = np.unique(labels[(near_core | edge) & small])
     small &= ~np.isin(labels, beside[beside > 0])
     return cores | small, small

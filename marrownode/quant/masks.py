@@ -18,6 +18,70 @@ def in_plane_box(mask: np.ndarray, margin: int) -> tuple[slice, slice, slice] | 
             slice(max(int(columns[0]) - margin, 0), int(columns[-1]) + margin + 1))
 
 
+def box_around(mask: np.ndarray, margins: tuple[int, int, int],
+               ) -> tuple[slice, slice, slice] | None:
+    """mask's bounding box widened by margins voxels along each axis (within the grid): where
+    an operation reaching that far from mask must run for its values to be the whole grid's.
+    None when mask is empty."""
+    box = []
+    for axis, margin in enumerate(margins):
+        present = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        if present.size == 0:
+            return None
+        box.append(slice(max(int(present[0]) - margin, 0), int(present[-1]) + margin + 1))
+    return box[0], box[1], box[2]
+
+
+def reach_in_voxels(distance_mm: float, spacing_mm: tuple[float, float, float],
+                    ) -> tuple[int, int, int]:
+    """Voxels along each axis that distance_mm can span, one more for safety."""
+    reach = [int(np.ceil(distance_mm / max(s, 1e-6))) + 1 for s in spacing_mm]
+    return reach[0], reach[1], reach[2]
+
+
+def near(mask: np.ndarray, distance_mm: float,
+         spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Voxels sharing a face with mask (whatever the spacing) or within distance_mm of it.
+    Run in mask's box widened by that reach: every mask voxel is inside, so the distances
+    there are the whole grid's, and beyond it nothing is near."""
+    result = np.zeros(mask.shape, dtype=bool)
+    box = box_around(mask, reach_in_voxels(distance_mm, spacing_mm))
+    if box is None:
+        return result
+    around = mask[box]
+    result[box] = ndimage.binary_dilation(around) | (
+        ndimage.distance_transform_edt(~around, sampling=spacing_mm) <= distance_mm)
+    return result
+
+
+def closed_in_plane(mask: np.ndarray, disk: np.ndarray) -> np.ndarray:
+    """mask | its closing by the in-plane disk (outside the grid counts as background), in
+    mask's box widened by the disk's diameter: a closing reaches no farther."""
+    result = mask.copy()
+    reach = (0, disk.shape[0], disk.shape[1])
+    box = box_around(mask, (reach[0], reach[1], reach[2]))
+    if box is not None:
+        result[box] |= ndimage.binary_closing(mask[box], structure=disk[None], border_value=0)
+    return result
+
+
+def nearest_within(seeds: np.ndarray, reach_mm: np.ndarray,
+                   spacing_mm: tuple[float, float, float]) -> np.ndarray:
+    """Each voxel labelled with its nearest seed's label (seeds: int labels, 0 none) when it
+    lies within that label's reach_mm[label]; else 0. Run in the seeds' box widened by the
+    largest reach: every seed is inside, so the nearest one there is the whole grid's."""
+    grown = np.zeros(seeds.shape, dtype=seeds.dtype)
+    box = box_around(seeds > 0, reach_in_voxels(float(reach_mm.max()), spacing_mm))
+    if box is None:
+        return grown
+    local = seeds[box]
+    distance, nearest = ndimage.distance_transform_edt(local == 0, sampling=spacing_mm,
+                                                       return_indices=True)
+    label = local[tuple(nearest)]
+    grown[box] = np.where(distance <= reach_mm[label], label, 0)
+    return grown
+
+
 def median_reaches(values: np.ndarray, threshold: float, size: int) -> np.ndarray:
     """Where the median over the in-plane size x size window (size odd, borders reflected,
     as ndimage.median_filter) is at least threshold. The median of n values reaches it when

@@ -37,7 +37,7 @@ from marrownode.quant.geometry import (
 )
 from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
-from marrownode.quant.masks import in_plane_box
+from marrownode.quant.masks import in_plane_box, nearest_within
 from marrownode.vocabulary import LocalisationMethod
 
 #: In-plane pixels finer than this (mm) show a 1 mm cortex as a line.
@@ -209,17 +209,15 @@ def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[Part],
                  parameters: SpineParameters) -> np.ndarray:
     """Each body: the marrow within reach of its core (a small body's reach is its small
     core's, or it would grow across its thin discs), every voxel to its nearest core."""
-    numbered = np.zeros(core_labels.shape, dtype=np.int16)
+    number_of = np.zeros(int(core_labels.max()) + 1, dtype=np.int16)
     radius = np.zeros(len(column) + 1, dtype=np.float32)
     for number, part in enumerate(column, start=1):
-        numbered[core_labels == part.label] = number
+        number_of[part.label] = number
         radius[number] = (parameters.small_core_radius_mm if part.small
                           else parameters.core_radius_mm) + 1.0
-    distance, nearest = ndimage.distance_transform_edt(numbered == 0, sampling=spacing,
-                                                       return_indices=True)
-    nearest_label = numbered[tuple(nearest)]
-    reach = distance <= radius[nearest_label]
-    bodies: np.ndarray = np.where(bone & reach, nearest_label, 0).astype(np.int16)
+    numbered = number_of[core_labels]
+    bodies: np.ndarray = np.where(bone, nearest_within(numbered, radius, spacing), 0).astype(
+        np.int16)
     return bodies
 
 
@@ -272,11 +270,25 @@ def _split_tall(bodies: np.ndarray, signal_loss: np.ndarray, geometry: VolumeGeo
         index = np.arange(piece.shape[axis]).reshape([-1 if a == axis else 1 for a in range(3)])
         below, above = piece & (index < cut), piece & (index > cut)
         pieces.extend(part for part in (below, above) if part.any())
-    order = sorted(done, key=lambda m: -sign * float(np.argwhere(m)[:, axis].mean()))
+    other = tuple(a for a in range(3) if a != axis)
+    positions = np.arange(bodies.shape[axis])
+
+    def mean_position(mask: np.ndarray) -> float:
+        """np.argwhere(mask)[:, axis].mean(), from the count in each slab."""
+        counts = mask.sum(axis=other)
+        return int((counts * positions).sum()) / int(counts.sum())
+
+    order = sorted(done, key=lambda m: -sign * mean_position(m))
     numbered = np.zeros(bodies.shape, dtype=np.int16)
     for number, mask in enumerate(order, start=1):
         numbered[mask] = number
     return numbered
+
+
+def _points(labels: np.ndarray, number: int, box: tuple[slice, ...]) -> np.ndarray:
+    """np.argwhere(labels == number), read in the label's box (find_objects) only."""
+    points: np.ndarray = np.argwhere(labels[box] == number) + [b.start for b in box]
+    return points
 
 
 def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGeometry,
@@ -287,8 +299,9 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
     posterior = np.zeros(bodies.shape, dtype=np.int16)
     if count == 0:
         return posterior
-    centres = {n: geometry.to_patient(np.argwhere(bodies == n).mean(axis=0))
-               for n in range(1, int(bodies.max()) + 1)}
+    centres = {n: geometry.to_patient(_points(bodies, n, box).mean(axis=0))
+               for n, box in enumerate(ndimage.find_objects(bodies), start=1)
+               if box is not None}
     for part in parts(labels, geometry):
         nearest = min(centres, key=lambda n: abs(centres[n][SUPERIOR_INFERIOR]
                                                  - part.centroid[SUPERIOR_INFERIOR]))

@@ -1,0 +1,142 @@
+"""The localiser works in boxes around what it looks at (issue 28's whole-body time): the
+cores' neighbourhood and growth, the cortex frame's closing, the hole fill, the in-phase
+gradient and the internal standards' marrow margin each run in their mask's box widened by
+their reach. Every one must give the voxels the whole grid gives: each is checked against its
+whole-grid form on scattered masks, in boxes cut by the grid's edges and boxes well inside,
+and the whole analysis with every box widened to the whole grid."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import marrownode.quant.body as body_module
+import marrownode.quant.bone as bone_module
+import marrownode.quant.masks as masks_module
+from marrownode.config import Settings
+from marrownode.pipeline import quant_parameters
+from marrownode.quant.analysis import analyse_set
+from marrownode.quant.body import fill_holes_per_slice
+from marrownode.quant.bone import relative_gradient
+from marrownode.quant.geometry import VolumeGeometry
+from marrownode.quant.masks import closed_in_plane, near, nearest_within
+from marrownode.synthetic.geometry import geometry_for
+from marrownode.synthetic.lumbar import lumbar_phantom
+
+SPACINGS = ((4.0, 0.9, 0.9), (1.5, 1.5, 1.5), (0.8, 2.0, 1.2))
+
+
+def scattered(rng: np.random.Generator, trials: int) -> Iterator[np.ndarray]:
+    """Masks of scattered voxels filling a random box: some boxes reach the grid's edges,
+    some lie well inside it, some are one voxel."""
+    for trial in range(trials):
+        shape = (int(rng.integers(3, 12)), int(rng.integers(20, 50)), int(rng.integers(20, 50)))
+        low = [0 if trial % 3 == 0 else int(rng.integers(0, s // 2)) for s in shape]
+        high = [s if trial % 3 == 1 else int(rng.integers(lo + 1, s + 1))
+                for lo, s in zip(low, shape, strict=True)]
+        mask = np.zeros(shape, dtype=bool)
+        box = tuple(slice(lo, hi) for lo, hi in zip(low, high, strict=True))
+        mask[box] = rng.random(mask[box].shape) < rng.uniform(0.05, 0.6)
+        yield mask
+
+
+def test_the_hole_fill_is_scipys_slice_by_slice() -> None:
+    for number, mask in enumerate(scattered(np.random.default_rng(1), 40)):
+        expected = np.stack([ndimage.binary_fill_holes(s) for s in mask])
+        assert (fill_holes_per_slice(mask) == expected).all(), number
+
+
+def test_near_is_the_whole_grids_dilation_and_distance() -> None:
+    for number, mask in enumerate(scattered(np.random.default_rng(2), 30)):
+        spacing = SPACINGS[number % 3]
+        for distance in (1.0, 4.5, 9.0):
+            expected = ndimage.binary_dilation(mask) | (
+                ndimage.distance_transform_edt(~mask, sampling=spacing) <= distance)
+            assert (near(mask, distance, spacing) == expected).all(), (number, distance)
+
+
+def test_the_in_plane_closing_is_the_whole_grids() -> None:
+    for number, mask in enumerate(scattered(np.random.default_rng(3), 30)):
+        for radius in ((1, 1), (2, 3), (4, 2)):
+            rows, columns = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
+            disk = (rows / radius[0]) ** 2 + (columns / radius[1]) ** 2 <= 1.0
+            expected = ndimage.binary_closing(mask, structure=disk[None], border_value=0) | mask
+            assert (closed_in_plane(mask, disk) == expected).all(), (number, radius)
+
+
+def test_growth_to_the_nearest_seed_is_the_whole_grids() -> None:
+    rng = np.random.default_rng(4)
+    for number, mask in enumerate(scattered(rng, 30)):
+        spacing = SPACINGS[number % 3]
+        seeds, count = ndimage.label(mask & (rng.random(mask.shape) < 0.1))
+        reach = rng.uniform(1.0, 8.0, count + 1).astype(np.float32)
+        distance, nearest = ndimage.distance_transform_edt(seeds == 0, sampling=spacing,
+                                                           return_indices=True)
+        label = seeds[tuple(nearest)]
+        expected = np.where(distance <= reach[label], label, 0) if count else 0 * seeds
+        assert (nearest_within(seeds, reach, spacing) == expected).all(), number
+
+
+def test_the_gradient_is_the_whole_grids_where_it_is_read() -> None:
+    rng = np.random.default_rng(5)
+    for number, where in enumerate(scattered(rng, 20)):
+        volume = rng.uniform(10, 400, where.shape).astype(np.float32)
+        sigma = (0.0, 1.0, 1.0)
+        smooth = ndimage.gaussian_filter(volume, sigma=sigma)
+        rows = ndimage.gaussian_filter(volume, sigma=sigma, order=(0, 1, 0))
+        columns = ndimage.gaussian_filter(volume, sigma=sigma, order=(0, 0, 1))
+        expected = np.hypot(rows, columns) / np.maximum(smooth, 1e-6)
+        assert (relative_gradient(volume, where)[where] == expected[where]).all(), number
+
+
+def _whole_grid(mask: np.ndarray, *_: Any) -> tuple[slice, slice, slice] | None:
+    return (slice(None), slice(None), slice(None)) if mask.any() else None
+
+
+def test_the_lumbar_analysis_is_the_whole_grids(monkeypatch) -> None:
+    """The whole analysis on the sagittal lumbar metastasis phantom: the same bodies, arches,
+    foci, internal standards and medians with the boxes as with every box the whole grid."""
+    phantom = lumbar_phantom("metastasis_centre")
+    echoes = phantom.echoes(snr=40, seed=5)
+    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
+    g = geometry_for("sagittal")
+    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
+                              tuple(g.row_dir), spacing)
+
+    def analyse() -> Any:
+        return analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
+                           echoes["water"], echoes["fat"], quant_parameters(Settings()),
+                           geometry=geometry)
+
+    boxed = analyse()
+    with monkeypatch.context() as patch:
+        for module in (masks_module, body_module, bone_module):
+            for name in ("box_around", "in_plane_box"):
+                if hasattr(module, name):
+                    patch.setattr(module, name, _whole_grid)
+        whole = analyse()
+    assert boxed.localisation.bodies.max() >= 5 and boxed.foci
+    assert (boxed.localisation.bodies == whole.localisation.bodies).all()
+    assert (boxed.localisation.posterior == whole.localisation.posterior).all()
+    assert (boxed.muscle_in_phase, boxed.disc_in_phase) == (whole.muscle_in_phase,
+                                                            whole.disc_in_phase)
+    assert len(boxed.foci) == len(whole.foci)
+    for mine, theirs in zip(boxed.foci, whole.foci, strict=True):
+        assert (mine.mask == theirs.mask).all() and mine.statistics == theirs.statistics
+    assert boxed.vertebrae == whole.vertebrae
+
+
+@pytest.mark.parametrize("name", ["near", "closed_in_plane", "nearest_within"])
+def test_an_empty_mask_gives_an_empty_answer(name: str) -> None:
+    empty = np.zeros((3, 8, 8), dtype=bool)
+    if name == "near":
+        assert not near(empty, 5.0, (1.0, 1.0, 1.0)).any()
+    elif name == "closed_in_plane":
+        assert not closed_in_plane(empty, np.ones((3, 3), dtype=bool)).any()
+    else:
+        assert not nearest_within(empty.astype(np.int16), np.zeros(1, np.float32),
+                                  (1.0, 1.0, 1.0)).any()
