@@ -357,13 +357,16 @@ def overlay_status(set_report: SetReport) -> str:
 def _describe_overlay_slices(entries: list[OutputEntry], result: QuantResult) -> None:
     """What each overlay slice shows, in its report entry: the console picks its thumbnails
     from the slices with marrow and foci (added fields; the contract's keys are unchanged)."""
-    foci = np.zeros(result.localisation.marrow.shape, dtype=bool)
+    marrow = result.localisation.marrow  # computed on each read: once here
+    foci = np.zeros(marrow.shape, dtype=bool)
     for mask in result.focus_masks:
         foci |= mask
+    marrow_voxels = np.count_nonzero(marrow, axis=(1, 2))
+    focus_voxels = np.count_nonzero(foci, axis=(1, 2))
     for k, entry in enumerate(entries):
         entry["slice_index"] = k
-        entry["marrow_voxels"] = int(np.count_nonzero(result.localisation.marrow[k]))
-        entry["focus_voxels"] = int(np.count_nonzero(foci[k]))
+        entry["marrow_voxels"] = int(marrow_voxels[k])
+        entry["focus_voxels"] = int(focus_voxels[k])
 
 
 def overlay_frames(
