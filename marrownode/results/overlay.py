@@ -126,20 +126,19 @@ class OverlayRenderer:
         use a smoothed copy of the map (display only; numbers come from the maps). notes:
         words beside a focus ('NEW'), written from their position on, in the focus colour.
         """
-        threshold = self.threshold
         grey = _grey(anatomy, *self.window)
-        defined = np.isfinite(loss)
-        # Normalised 3x3 mean over defined voxels (display only): calmer colours at SNR ~30.
-        weight = ndimage.uniform_filter(defined.astype(np.float32), size=3)
-        total = ndimage.uniform_filter(np.where(defined, loss, 0).astype(np.float32), size=3)
-        smooth = np.where(defined, total / np.maximum(weight, 1e-6), np.nan)
-        colour, alpha = colour_for_loss(smooth, threshold)
-        alpha = np.where(marrow, alpha, 0.0)
-        rgb = grey[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
-        image = np.clip(rgb, 0, 255).astype(np.uint8)
-        if focus_mask.any():
-            inner = ndimage.binary_erosion(focus_mask, iterations=self._outline_iterations)
-            image[focus_mask & ~inner] = YELLOW
+        image = np.repeat(grey.astype(np.uint8)[..., None], 3, axis=2)
+        if marrow.any():  # colour is blended inside the marrow's box only: grey elsewhere
+            rows, columns = np.nonzero(marrow)
+            box = (slice(max(int(rows.min()) - 1, 0), int(rows.max()) + 2),
+                   slice(max(int(columns.min()) - 1, 0), int(columns.max()) + 2))
+            image[box] = self._blend(grey[box], loss[box], marrow[box])
+        if focus_mask.any():  # outside the foci's box the mask is empty, as erosion's border
+            rows, columns = np.nonzero(focus_mask)
+            box = (slice(int(rows.min()), int(rows.max()) + 1),
+                   slice(int(columns.min()), int(columns.max()) + 1))
+            inner = ndimage.binary_erosion(focus_mask[box], iterations=self._outline_iterations)
+            image[box][focus_mask[box] & ~inner] = YELLOW
         if self.factor > 1:
             image = np.repeat(np.repeat(image, self.factor, axis=0), self.factor, axis=1)
         if labels:
@@ -165,6 +164,20 @@ class OverlayRenderer:
         ImageDraw.Draw(label).text((8, 4), title, fill=(255, 255, 255), font=font)
         frame[self.height:self.height + 24] = np.asarray(label)
         return frame
+
+    def _blend(self, grey: np.ndarray, loss: np.ndarray, marrow: np.ndarray) -> np.ndarray:
+        """The signal-loss colour over the grey anatomy, where there is marrow (the box given
+        reaches one pixel beyond it, what the 3 x 3 smoothing reads)."""
+        defined = np.isfinite(loss)
+        # Normalised 3x3 mean over defined voxels (display only): calmer colours at SNR ~30.
+        weight = ndimage.uniform_filter(defined.astype(np.float32), size=3)
+        total = ndimage.uniform_filter(np.where(defined, loss, 0).astype(np.float32), size=3)
+        smooth = np.where(defined, total / np.maximum(weight, 1e-6), np.nan)
+        colour, alpha = colour_for_loss(smooth, self.threshold)
+        alpha = np.where(marrow, alpha, 0.0)
+        rgb = grey[..., None] * (1 - alpha[..., None]) + colour * alpha[..., None]
+        blended: np.ndarray = np.clip(rgb, 0, 255).astype(np.uint8)
+        return blended
 
     def _name_bodies(self, image: np.ndarray, labels: Sequence[BodyLabel]) -> np.ndarray:
         """Each body's name just before its first column (anterior on a sagittal slice, right

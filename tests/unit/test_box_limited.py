@@ -3,7 +3,8 @@ cores' neighbourhood and growth, the cortex frame's closing, the hole fill, the 
 gradient and the internal standards' marrow margin each run in their mask's box widened by
 their reach. Every one must give the voxels the whole grid gives: each is checked against its
 whole-grid form on scattered masks, in boxes cut by the grid's edges and boxes well inside,
-and the whole analysis with every box widened to the whole grid."""
+and the whole analysis with every box widened to the whole grid. The overlay blends colour
+and outlines foci in boxes too (issue 28's spine time to result)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.bone import relative_gradient
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.masks import closed_in_plane, near, nearest_within
+from marrownode.results.overlay import YELLOW, OverlayRenderer, _grey
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import lumbar_phantom
 
@@ -140,3 +142,34 @@ def test_an_empty_mask_gives_an_empty_answer(name: str) -> None:
     else:
         assert not nearest_within(empty.astype(np.int16), np.zeros(1, np.float32),
                                   (1.0, 1.0, 1.0)).any()
+
+
+def _whole_slice_render(renderer: OverlayRenderer, anatomy: np.ndarray, loss: np.ndarray,
+                        focus: np.ndarray, marrow: np.ndarray) -> np.ndarray:
+    """The overlay's image part as it was drawn before the boxes: blend and outline over the
+    whole slice."""
+    grey = _grey(anatomy, *renderer.window)
+    image = renderer._blend(grey, loss, marrow)
+    inner = ndimage.binary_erosion(focus, iterations=renderer._outline_iterations)
+    image[focus & ~inner] = YELLOW
+    return image
+
+
+def test_the_overlay_colours_and_outlines_as_over_the_whole_slice() -> None:
+    """Colour is blended in the marrow's box and foci outlined in theirs: each frame must be
+    the whole slice's, with marrow and foci against the image's edges and well inside."""
+    rng = np.random.default_rng(5)
+    for number, mask in enumerate(scattered(rng, 30)):
+        shape = mask.shape[1:]
+        anatomy = rng.uniform(0, 900, shape).astype(np.float32)
+        loss = rng.uniform(-20, 90, shape).astype(np.float32)
+        loss[rng.random(shape) < 0.1] = np.nan
+        focus = mask[0] & (rng.random(shape) < 0.7)
+        focus = ndimage.binary_dilation(focus) & mask[0]
+        renderer = OverlayRenderer(shape, (50.0, 800.0), 20.0, 1.5, "test")
+        frame = renderer.render(anatomy, loss, focus, mask[0], "slice")
+        left = (renderer.canvas_width - renderer.width) // 2
+        drawn = frame[:renderer.height, left:left + renderer.width]
+        expected = _whole_slice_render(renderer, anatomy, loss, focus, mask[0])
+        expected = np.repeat(np.repeat(expected, renderer.factor, 0), renderer.factor, 1)
+        assert (drawn == expected).all(), number
