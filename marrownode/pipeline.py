@@ -26,10 +26,10 @@ from marrownode.dixon.companions import plan as plan_companions
 from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import DixonSet, assemble
-from marrownode.dixon.volume import PixelCache, load_set
+from marrownode.dixon.volume import PixelCache, SetVolumes, load_set
 from marrownode.priors.compare import compare
 from marrownode.priors.record import moment_of, prior_among
-from marrownode.quant.analysis import QuantParameters, analyse_set
+from marrownode.quant.analysis import QuantParameters, QuantResult, analyse_set
 from marrownode.quant.comparison import ComparisonRules
 from marrownode.quant.foci import FocusParameters
 from marrownode.quant.localisation import SpineParameters
@@ -52,8 +52,9 @@ from marrownode.requests.measure import (
     segment_localisation,
 )
 from marrownode.results.answer import write_answer
-from marrownode.results.build import build_results
+from marrownode.results.build import build_results, early_maps
 from marrownode.results.failure_note import write_failure_note
+from marrownode.results.set_series import EarlyMaps
 from marrownode.states import SetState
 from marrownode.store.spool import disk_full
 from marrownode.uids import derived_uid
@@ -207,12 +208,21 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
     run.on_progress(f"set {set_index + 1}: analysing")
     given = segment_localisation(run.pending, volumes.geometry, volumes.in_phase.shape,
                                  dixon_set.in_phase.first.frame_of_reference_uid)
-    result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
-                         dixon_set.field_strength_t, volumes.water, volumes.fat,
-                         run.parameters, geometry=volumes.geometry,
-                         scanner_pdff=volumes.scanner_fat_fraction,
-                         in_phase_first=Flag.IN_PHASE_FIRST in dixon_set.flags,
-                         localisation=given)
+    with early_maps(dixon_set, volumes, run.cache, run.settings, run.out_dir,
+                    set_index) as maps:  # built on another core while the marrow is found
+        result = analyse_set(volumes.in_phase, volumes.opposed, volumes.spacing_mm,
+                             dixon_set.field_strength_t, volumes.water, volumes.fat,
+                             run.parameters, geometry=volumes.geometry,
+                             scanner_pdff=volumes.scanner_fat_fraction,
+                             in_phase_first=Flag.IN_PHASE_FIRST in dixon_set.flags,
+                             localisation=given, on_maps=maps.start)
+        _after_analysis(run, set_index, dixon_set, report, emit, volumes, result, maps)
+
+
+def _after_analysis(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetReport,
+                    emit: Callable[[list[OutputEntry]], None], volumes: SetVolumes,
+                    result: QuantResult, maps: EarlyMaps) -> None:
+    """Report, companions, comparison, requests, then (with an output folder) the results."""
     report.analysed(result, volumes.geometry, run.settings.outputs.uid_root, run.study_uid,
                     run.parameters.foci.sharp_margin)
     companion_stacks = []
@@ -232,7 +242,7 @@ def _run_set(run: _StudyRun, set_index: int, dixon_set: DixonSet, report: SetRep
         report.outputs = build_results(
             dixon_set, volumes, result, run.cache, run.settings, run.out_dir, report,
             set_index, emit, superseded=run.superseded.get(dixon_set.key, []),
-            evidence_stacks=companion_stacks)
+            evidence_stacks=companion_stacks, early=maps)
 
 
 def _compare(report: SetReport, prior: PriorShape, settings: Settings) -> None:

@@ -6,7 +6,7 @@ When the localiser does not find a spine, the maps are still made, and nothing e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,9 @@ from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
 from marrownode.vocabulary import FatFractionMethod, Flag, LocalisationMethod, Margin, Pattern
 
 #: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
+#: Hears the final signal-loss map, fat-fraction map and how the fat fraction was measured.
+MapsHook = Callable[[np.ndarray, np.ndarray, FatFractionMethod], None]
+
 WATER_FAT_TOLERANCE = 0.10
 #: Fat-fraction methods, most trustworthy first.
 
@@ -231,9 +234,12 @@ def analyse_set(
     scanner_pdff: np.ndarray | None = None,
     in_phase_first: bool = False,
     localisation: Localisation | None = None,
+    on_maps: MapsHook | None = None,
 ) -> QuantResult:
     """Maps, marrow and findings for aligned (slice, row, column) volumes; localisation:
-    vertebrae given by a segmentation, instead of finding them in the images."""
+    vertebrae given by a segmentation, instead of finding them in the images. on_maps hears
+    the signal-loss and fat-fraction maps as soon as they exist (final: nothing changes them
+    later), so what depends on them alone can begin while the marrow is localised."""
     ip = np.asarray(in_phase, dtype=np.float32)
     op = np.asarray(opposed, dtype=np.float32)
     if ip.shape != op.shape:
@@ -244,6 +250,8 @@ def analyse_set(
     loss = signal_loss_percent(ip, op, tissue)
     fat_fraction, method, check, suspect = _fat_fraction(ip, op, water, fat, scanner_pdff,
                                                          tissue)
+    if on_maps is not None:
+        on_maps(loss, fat_fraction, method)
     flags = [Flag.WATER_FAT_SWAP_SUSPECTED] if suspect else []
     if method == FatFractionMethod.SIGNAL_FAT_FRACTION:
         flags.append(Flag.FAT_FRACTION_AMBIGUOUS_ABOVE_50)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pydicom.uid import ParametricMapStorage
 
-from marrownode.config import Settings, content_digest
+from marrownode.config import Settings
 from marrownode.dixon.sets import DixonSet, Stack
 from marrownode.dixon.volume import PixelCache, SetVolumes
 from marrownode.quant.analysis import QuantResult
@@ -22,36 +21,26 @@ from marrownode.report import SetReport
 from marrownode.report_shape import OutputEntry
 from marrownode.results.beside import overlapped
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
-from marrownode.results.derived_mr import build_derived_mr_series
 from marrownode.results.encoding import SeriesEncoder
 from marrownode.results.follow_up_text import focus_labels
 from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
-from marrownode.results.parametric_map import build_parametric_map
 from marrownode.results.segmentation import build_vertebra_segmentation
+from marrownode.results.set_series import (
+    FAT_FRACTION_PM,
+    OVERLAY,
+    REPORT,
+    SEGMENTATION,
+    SIGNAL_LOSS_PM,
+    SUMMARY,
+    EarlyMaps,
+    OutputSeries,
+    SetSeries,
+    map_series,
+)
 from marrownode.results.sr import RelatedReports, build_sr
 from marrownode.results.summary import render_summary
 from marrownode.uids import derived_uid
-from marrownode.vocabulary import FatFractionMethod, Flag, OutputKind
-
-
-@dataclass(frozen=True)
-class OutputSeries:
-    kind: OutputKind
-    offset: int  # series number = base + 10 * set index + offset
-    description: str
-
-
-#: Derived MR signal-loss window suited to marrow: -20 % to 100 % (normal marrow 40-80 %).
-MARROW_SIGNAL_LOSS_WINDOW = (40.0, 120.0)
-
-SUMMARY = OutputSeries(OutputKind.SUMMARY, 0, "marrow summary")
-SIGNAL_LOSS_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 1, "signal loss % (parametric map)")
-FAT_FRACTION_PM = OutputSeries(OutputKind.PARAMETRIC_MAP, 2, "fat fraction % (parametric map)")
-SIGNAL_LOSS_MR = OutputSeries(OutputKind.DERIVED_MR, 3, "signal loss % map")
-FAT_FRACTION_MR = OutputSeries(OutputKind.DERIVED_MR, 4, "fat fraction % map")
-OVERLAY = OutputSeries(OutputKind.OVERLAY, 5, "signal loss overlay")
-REPORT = OutputSeries(OutputKind.SR, 6, "chemical-shift report (SR)")
-SEGMENTATION = OutputSeries(OutputKind.SEGMENTATION, 7, "vertebral marrow (segmentation)")
+from marrownode.vocabulary import Flag
 
 
 def _floats(values: tuple[float, ...] | None, count: int) -> Any:
@@ -99,27 +88,20 @@ def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -
     )
 
 
-def _write_entry(dataset: Dataset, folder: Path, out_dir: Path,
-                 encoder: SeriesEncoder) -> OutputEntry:
-    """Write one result under its series folder; its report entry."""
-    path = folder / f"{dataset.SOPInstanceUID}.dcm"
-    encoder.write(dataset, path)
-    return {
-        "kind": OutputKind(folder.name.split("-", 1)[1]),
-        "sop_class_uid": str(dataset.SOPClassUID),
-        "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
-        "sop_instance_uid": str(dataset.SOPInstanceUID),
-        "series_instance_uid": str(dataset.SeriesInstanceUID),
-        "series_number": int(dataset.SeriesNumber),
-        "series_description": str(dataset.SeriesDescription),
-        "path": str(path.relative_to(out_dir)),
-    }
-
-
 def write_dataset(dataset: Dataset, path: Path) -> None:
     """Atomic write of one instance: a reader (the sender, a PACS admin) never sees half a
     file."""
     SeriesEncoder().write(dataset, path)
+
+
+def early_maps(dixon_set: DixonSet, volumes: SetVolumes, cache: PixelCache,
+               settings: Settings, out_dir: Path | None, set_index: int) -> EarlyMaps:
+    """The map series of a set, ready to start when its maps exist (see EarlyMaps)."""
+    if out_dir is None:
+        return EarlyMaps(None, None)
+    sources = source_series(dixon_set, cache, volumes)
+    return EarlyMaps(SetSeries(dixon_set, settings, str(sources.reference.StudyInstanceUID),
+                               out_dir, set_index), sources)
 
 
 def build_results(
@@ -134,6 +116,7 @@ def build_results(
     on_series: Callable[[list[OutputEntry]], None] | None = None,
     superseded: Sequence[OutputEntry] = (),
     evidence_stacks: Sequence[Stack] = (),
+    early: EarlyMaps | None = None,
 ) -> list[OutputEntry]:
     """Build the configured result objects, write them under out_dir, return report entries.
 
@@ -141,36 +124,15 @@ def build_results(
     node can send them while the next series is still being built. superseded: the report
     entries of this set's earlier reports (SR), which the new one names as predecessors.
     evidence_stacks: the companion series measured (post-contrast, fat-suppressed), which the
-    SR lists as evidence."""
+    SR lists as evidence. early: the map series, when they were started during the analysis."""
     outputs_cfg = settings.outputs
     sources = source_series(dixon_set, cache, volumes)
     study_uid = str(sources.reference.StudyInstanceUID)
     root = outputs_cfg.uid_root
-    # Other settings or other source images, other content: other UIDs.
-    digest = content_digest(settings)
-    sources_digest = hashlib.sha256("|".join(sorted(
-        frame.sop_instance_uid for stack in [*dixon_set.stacks(), *evidence_stacks]
-        for frame in stack.frames)).encode("utf-8")).hexdigest()[:16]
-    set_dir = out_dir / dixon_set.key
-    label = dixon_set.in_phase.label
+    series = SetSeries(dixon_set, settings, study_uid, out_dir, set_index, evidence_stacks,
+                       _comparison_key(set_report))
+    identity, write = series.identity, series.write
     entries: list[OutputEntry] = []
-
-    # What the comparison with a prior changes (the page, the overlay, the SR) is other
-    # content than the same study alone: other UIDs, so it follows as a new version.
-    compared = _comparison_key(set_report)
-
-    def identity(spec: OutputSeries) -> tuple[str, int, str]:
-        seeds = [digest, sources_digest] + (
-            [compared] if compared and spec in (SUMMARY, OVERLAY, REPORT) else [])
-        series_uid = derived_uid(root, study_uid, dixon_set.key, spec.kind, spec.offset,
-                                 *seeds)
-        number = outputs_cfg.series_number_base + 10 * set_index + spec.offset
-        return series_uid, number, f"marrownode {label} {spec.description}"
-
-    def write(spec: OutputSeries, datasets: Iterable[Dataset]) -> list[OutputEntry]:
-        encoder = SeriesEncoder()  # the series' instances share most elements
-        return [_write_entry(dataset, set_dir / f"{spec.offset:02d}-{spec.kind}", out_dir,
-                             encoder) for dataset in datasets]
 
     def publish(written: list[OutputEntry]) -> None:
         entries.extend(written)
@@ -190,25 +152,33 @@ def build_results(
 
     def report() -> list[list[OutputEntry]]:
         """The SR, built on another core while this one makes the images (it is sent last)."""
-        series: list[list[OutputEntry]] = []
+        written: list[list[OutputEntry]] = []
         if not outputs_cfg.sr:
-            return series
+            return written
         series_uid, number, description = identity(REPORT)
         evidence = [_header(d) for d in _unique_datasets(
             [dixon_set.in_phase, dixon_set.opposed, *evidence_stacks], cache)]
-        series.append(write(REPORT, [build_sr(
+        written.append(write(REPORT, [build_sr(
             sources, evidence, set_report, result.focus_masks,
             pm_references,
             series_uid=series_uid, sop_uid=derived_uid(root, series_uid, "instance"),
             series_number=number, series_description=description, uid_root=root,
-            settings_digest=digest, related=RelatedReports(predecessors=[
+            settings_digest=series.settings_digest, related=RelatedReports(predecessors=[
                 _reference(study_uid, entry["series_instance_uid"], entry["sop_class_uid"],
                            entry["sop_instance_uid"]) for entry in superseded],
                 priors=_prior_reports(set_report)))]))
-        return series
+        return written
 
-    for written in overlapped(report, lambda: _image_series(
-            emit, identity, sources, volumes, result, set_report, settings)):
+    def images() -> None:
+        _summary_page(emit, identity, sources, volumes, result, set_report, settings)
+        maps = early.take() if early is not None else None
+        for written in maps if maps is not None else map_series(
+                series, sources, result.signal_loss, result.fat_fraction,
+                result.fat_fraction_method):
+            publish(written)
+        _later_images(emit, identity, sources, volumes, result, set_report, settings)
+
+    for written in overlapped(report, images):
         publish(written)
     return entries
 
@@ -234,57 +204,30 @@ def _prior_reports(set_report: SetReport) -> list[Dataset]:
                        reference["sop_class_uid"], reference["sop_instance_uid"])]
 
 
-def _maps(result: QuantResult, set_report: SetReport) -> dict[str, Any]:
-    """Per map: values, LUT label, explanation, value range, display window."""
-    fat_fraction_range = ((0, 50) if result.fat_fraction_method
-                          == FatFractionMethod.SIGNAL_FAT_FRACTION else (0, 100))
-    return {
-        "signal_loss": (result.signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
-                        (-100, 100), MARROW_SIGNAL_LOSS_WINDOW),
-        "fat_fraction": (result.fat_fraction, "FAT_FRACTION", set_report.fat_fraction_label,
-                         (0, 100), (sum(fat_fraction_range) / 2,
-                                    fat_fraction_range[1] - fat_fraction_range[0])),
-    }
-
-
-def _image_series(emit: Callable[[OutputSeries, Iterable[Dataset]], list[OutputEntry]],
+def _summary_page(emit: Callable[[OutputSeries, Iterable[Dataset]], list[OutputEntry]],
                   identity: Callable[[OutputSeries], tuple[str, int, str]],
                   sources: SourceSeries, volumes: SetVolumes, result: QuantResult,
                   set_report: SetReport, settings: Settings) -> None:
-    """Every result but the SR, in the order they are sent: the summary page, the parametric
-    maps, the derived MR maps, the overlay, the segmentation."""
+    """The summary page: the page a radiologist reads first, written and sent first."""
     outputs_cfg = settings.outputs
-    root = outputs_cfg.uid_root
-    maps = _maps(result, set_report)
-    if outputs_cfg.summary:  # the page a radiologist reads first: written and sent first
+    if outputs_cfg.summary:
         series_uid, number, description = identity(SUMMARY)
         page = render_summary(volumes.in_phase, result, set_report,
                               (volumes.spacing_mm[1], volumes.spacing_mm[2]),
                               outputs_cfg.disclaimer)
         emit(SUMMARY, build_overlay_series(
             sources, [page], series_uid=series_uid,
-            sop_uids=[derived_uid(root, series_uid, "instance")], series_number=number,
-            series_description=description))
-    if outputs_cfg.parametric_map:
-        for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"),
-                          (FAT_FRACTION_PM, "fat_fraction")):
-            values, lut_label, explanation, value_range, _ = maps[key]
-            series_uid, number, description = identity(spec)
-            pm = build_parametric_map(
-                sources, values, label=lut_label, explanation=explanation,
-                value_range=value_range, series_uid=series_uid,
-                sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
-                series_description=description, uid_root=root)
-            emit(spec, [pm])
-    if outputs_cfg.derived_mr:
-        for spec, key in ((SIGNAL_LOSS_MR, "signal_loss"), (FAT_FRACTION_MR, "fat_fraction")):
-            values, lut_label, explanation, value_range, window = maps[key]
-            series_uid, number, description = identity(spec)
-            emit(spec, build_derived_mr_series(
-                sources, values, label=lut_label, explanation=explanation,
-                value_range=value_range, series_uid=series_uid,
-                sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
-                series_number=number, series_description=description, window=window))
+            sop_uids=[derived_uid(outputs_cfg.uid_root, series_uid, "instance")],
+            series_number=number, series_description=description))
+
+
+def _later_images(emit: Callable[[OutputSeries, Iterable[Dataset]], list[OutputEntry]],
+                  identity: Callable[[OutputSeries], tuple[str, int, str]],
+                  sources: SourceSeries, volumes: SetVolumes, result: QuantResult,
+                  set_report: SetReport, settings: Settings) -> None:
+    """After the page and the maps: the overlay, the segmentation."""
+    outputs_cfg = settings.outputs
+    root = outputs_cfg.uid_root
     if outputs_cfg.overlay:
         series_uid, number, description = identity(OVERLAY)
         written = emit(OVERLAY, build_overlay_series(

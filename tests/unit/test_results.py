@@ -358,11 +358,15 @@ def test_overlay_burns_in_legend_and_marks_the_focus(processed) -> None:
     assert coloured.sum() > 50 and (coloured & ~near).sum() <= 0.02 * coloured.sum()
 
 
+#: The series built on another core (folder and kind names end so).
+BESIDE = ("sr", "parametric_map", "derived_mr")
+
+
 def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> None:
     """The node sends a result series while the next is encoded: the hook sees a series only
     when all its files are on disk, before any later image series exists, and sees each file
-    once. The SR is built on the second core meanwhile: it may be on disk early, and is handed
-    on last."""
+    once. The SR and the map series are built on the second core meanwhile (the maps from
+    the moment they exist): they may be on disk early, and are handed on in their place."""
     from marrownode.pipeline import analyse_study, discover
 
     write_datasets(build_study(StudyOptions(style="siemens", study_key="hook")), tmp_path / "in")
@@ -372,7 +376,7 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
 
     def on_outputs(entries: list[dict]) -> None:
         assert all((out / e["path"]).is_file() for e in entries)
-        written = sum(1 for p in out.rglob("*.dcm") if not p.parent.name.endswith("-sr"))
+        written = sum(1 for p in out.rglob("*.dcm") if not p.parent.name.endswith(BESIDE))
         calls.append((entries, written))
 
     report = analyse_study(instances, settings_from_mapping({}), out, on_outputs=on_outputs)
@@ -381,10 +385,12 @@ def test_each_series_is_handed_on_as_soon_as_it_is_written(tmp_path: Path) -> No
     assert len(calls) == 8  # one call per series: summary, 2 PM, 2 derived MR, overlay, SEG, SR
     assert calls[0][0][0]["kind"] == "summary", "the page read first is sent first"
     assert calls[-1][0][0]["kind"] == "sr"
+    assert [entries[0]["kind"] for entries, _ in calls[1:5]] == [
+        "parametric_map", "parametric_map", "derived_mr", "derived_mr"]
     handed_on = 0
     for entries, written in calls:
         assert len({e["series_instance_uid"] for e in entries}) == 1
-        handed_on += sum(e["kind"] != "sr" for e in entries)
+        handed_on += sum(not e["kind"].endswith(BESIDE) for e in entries)
         assert written == handed_on, "a later series was written before this one was handed on"
 
 
