@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode.quant.maps import subsample
-from marrownode.quant.masks import in_plane_box
+from marrownode.quant.masks import in_plane_box, square_dilated, square_eroded
 
 #: A voxel is tissue when its in-phase signal exceeds this many noise sigmas.
 NOISE_MULTIPLE = 4.0
@@ -91,7 +91,7 @@ def body_mask(in_phase: np.ndarray) -> np.ndarray:
     level = BODY_RELATIVE_SIGNAL * bright_end(volume)
     if level <= 0:
         return np.zeros(volume.shape, dtype=bool)
-    rough = ndimage.binary_opening(volume > level, structure=np.ones((1, 3, 3), dtype=bool))
+    rough = square_dilated(square_eroded(volume > level, 1), 1)  # an in-plane 3 x 3 opening
     return fill_holes_per_slice(_largest_component(rough))
 
 
@@ -128,13 +128,13 @@ def find_body(in_phase: np.ndarray) -> BodyMasks:
     """Body, tissue and the noise level of an in-phase volume (slice, row, column)."""
     volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
     body = body_mask(volume)
-    ring = ndimage.binary_dilation(body, structure=np.ones((1, 5, 5), dtype=bool))
+    ring = square_dilated(body, 2)  # in-plane 5 x 5
     background = volume[~ring]
     zero_fraction = float(np.mean(background == 0)) if background.size else 1.0
     if background.size >= 1000 and zero_fraction < 0.5:
         sigma, source = _rayleigh_sigma(subsample(background[background > 0])), "background"
     else:
-        interior = ndimage.binary_erosion(body, structure=np.ones((1, 5, 5), dtype=bool))
+        interior = square_eroded(body, 2)
         sigma, source = _residual_sigma(volume, interior), "tissue_residual"
     floor = max(NOISE_MULTIPLE * sigma, MIN_RELATIVE_SIGNAL * bright_end(volume),
                 float(np.finfo(np.float32).tiny))

@@ -13,7 +13,12 @@ from scipy import ndimage
 
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.localisation import SpineParameters
-from marrownode.quant.masks import closed_in_plane, in_plane_box, median_reaches
+from marrownode.quant.masks import (
+    closed_in_plane,
+    in_plane_box,
+    median_reaches,
+    square_dilated,
+)
 
 #: A part of a slice's bone interior is a body's when the body already holds this share of it.
 FRAME_HELD_SHARE = 0.25
@@ -116,7 +121,7 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     water_rich = tissue & (loss < parameters.water_rich_max_loss_percent) & (
         volume < parameters.fat_relative_signal * level)
     barrier = void | (water_rich & ~enclosed)
-    barrier = ndimage.binary_dilation(barrier, structure=np.ones((1, 3, 3), dtype=bool))
+    barrier = square_dilated(barrier, 1)  # in-plane 3 x 3
     candidates = (mixed | enclosed) & ~barrier | (enclosed & ~void)
     opened = opening(candidates, parameters.rim_radius_mm, spacing_mm)
     filled: np.ndarray = fill_holes_per_slice(opened) & ~void

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import numpy as np
-from scipy import ndimage
 
 from marrownode.quant.geometry import (
     ANTERIOR_POSTERIOR,
@@ -13,7 +12,7 @@ from marrownode.quant.geometry import (
     VolumeGeometry,
 )
 from marrownode.quant.localisation import Localisation, SpineParameters
-from marrownode.quant.masks import box_around
+from marrownode.quant.masks import box_around, square_dilated
 
 
 def t1_internal_standards(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
@@ -26,7 +25,7 @@ def t1_internal_standards(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
     marrow = localisation.marrow.copy()
     box = box_around(marrow, (0, 2, 2))  # the 1 x 5 x 5 dilation's reach
     if box is not None:
-        marrow[box] = ndimage.binary_dilation(marrow[box], structure=np.ones((1, 5, 5), dtype=bool))
+        marrow[box] = square_dilated(marrow[box], 2)
     fat_level = parameters.fat_relative_signal * signal_level
     void_level = parameters.void_relative_signal * signal_level
     water_rich = (tissue & ~marrow & np.isfinite(loss)

@@ -78,7 +78,7 @@ def localise(
     else:  # the search on blocks, rule 2 where half a block's pixels are inside
         small = _reduce(in_phase, signal_loss, tissue, body, factor)
         reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level,
-                            _block_mean(cortex_frame.astype(np.float32), factor) >= 0.5)
+                            _block_fraction(cortex_frame, factor) >= 0.5)
         if not reduced.localised:
             return not_localised(in_phase.shape, reduced.reason)
         found = _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters,
@@ -106,16 +106,30 @@ def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     return mean
 
 
+def _block_fraction(mask: np.ndarray, factor: int) -> np.ndarray:
+    """_block_mean of a mask, exactly (its block sums are small integers: one count per
+    block position instead of a float reduction, about ten times faster)."""
+    k, rows, columns = mask.shape
+    padded = np.pad(mask, ((0, 0), (0, -rows % factor), (0, -columns % factor)),
+                    mode="edge").view(np.uint8)
+    counts = np.zeros((k, padded.shape[1] // factor, padded.shape[2] // factor),
+                      dtype=np.uint16)
+    for row in range(factor):
+        for column in range(factor):
+            counts += padded[:, row::factor, column::factor]
+    fraction: np.ndarray = counts.astype(np.float32) / np.float32(factor * factor)
+    return fraction
+
+
 def _reduce(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
             body: np.ndarray, factor: int,
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     finite = np.isfinite(signal_loss)
-    weight = _block_mean(finite.astype(np.float32), factor)
+    weight = _block_fraction(finite, factor)
     loss = _block_mean(np.where(finite, signal_loss, 0.0).astype(np.float32), factor)
     loss = np.where(weight > 0, loss / np.maximum(weight, 1e-6), np.nan).astype(np.float32)
     return (_block_mean(np.nan_to_num(in_phase).astype(np.float32), factor), loss,
-            _block_mean(tissue.astype(np.float32), factor) >= 0.5,
-            _block_mean(body.astype(np.float32), factor) >= 0.5)
+            _block_fraction(tissue, factor) >= 0.5, _block_fraction(body, factor) >= 0.5)
 
 
 def _reduced_geometry(geometry: VolumeGeometry, factor: int) -> VolumeGeometry:

@@ -18,13 +18,20 @@ from scipy import ndimage
 import marrownode.quant.body as body_module
 import marrownode.quant.bone as bone_module
 import marrownode.quant.masks as masks_module
+import marrownode.quant.spine as spine_module
 from marrownode.config import Settings
 from marrownode.pipeline import quant_parameters
 from marrownode.quant.analysis import analyse_set
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.bone import relative_gradient
 from marrownode.quant.geometry import VolumeGeometry
-from marrownode.quant.masks import closed_in_plane, near, nearest_within
+from marrownode.quant.masks import (
+    closed_in_plane,
+    near,
+    nearest_within,
+    square_dilated,
+    square_eroded,
+)
 from marrownode.results.overlay import YELLOW, OverlayRenderer, _grey
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import lumbar_phantom
@@ -173,3 +180,28 @@ def test_the_overlay_colours_and_outlines_as_over_the_whole_slice() -> None:
         expected = _whole_slice_render(renderer, anatomy, loss, focus, mask[0])
         expected = np.repeat(np.repeat(expected, renderer.factor, 0), renderer.factor, 1)
         assert (drawn == expected).all(), number
+
+
+def test_a_masks_block_fraction_is_its_block_mean() -> None:
+    """The localiser's coarse grid counts a mask's voxels per block instead of averaging them
+    as floats: the same numbers, on any grid and block size (edges padded alike)."""
+    for number, mask in enumerate(scattered(np.random.default_rng(9), 30)):
+        for factor in (2, 3, 4, 7):
+            expected = spine_module._block_mean(mask.astype(np.float32), factor)
+            found = spine_module._block_fraction(mask, factor)
+            assert found.dtype == expected.dtype and (found == expected).all(), (number, factor)
+
+
+@pytest.mark.parametrize("radius", [1, 2, 3])
+def test_the_in_plane_squares_are_scipys(radius: int) -> None:
+    """Erosion and dilation by an in-plane square done as a row pass and a column pass of
+    shifted ANDs / ORs: scipy's, at the grid's edges too (outside is background)."""
+    square = np.ones((1, 2 * radius + 1, 2 * radius + 1), dtype=bool)
+    rng = np.random.default_rng(radius)
+    for number, mask in enumerate(scattered(rng, 40)):
+        dense = mask | (rng.random(mask.shape) < 0.5)  # erosion needs full neighbourhoods
+        for shape in (mask, dense, dense[:, :radius + 1, :]):
+            assert (square_eroded(shape, radius)
+                    == ndimage.binary_erosion(shape, structure=square)).all(), number
+            assert (square_dilated(shape, radius)
+                    == ndimage.binary_dilation(shape, structure=square)).all(), number
