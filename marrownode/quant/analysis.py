@@ -295,8 +295,11 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
     threshold = result.threshold_percent
     numbered = np.where(localisation.bodies > 0, localisation.bodies, localisation.posterior)
     if threshold is not None:
-        diffuse = {n for n in range(1, len(localisation.labels) + 1)
-                   if _median(result.signal_loss[localisation.bodies == n]) < threshold}
+        boxes = ndimage.find_objects(localisation.bodies)
+        diffuse = {n for n, box in enumerate(boxes, start=1) if box is not None
+                   and n <= len(localisation.labels)
+                   and _median(result.signal_loss[box][localisation.bodies[box] == n])
+                   < threshold}
         found = find_foci(result.signal_loss, maps, ip, op, numbered, threshold,
                           voxel_volume, in_phase_first, fat_fraction_unambiguous,
                           diffuse, parameters.foci,

@@ -55,13 +55,17 @@ class LevelNames:
     reason: str
 
 
-def _gap_mm(upper: np.ndarray, lower: np.ndarray, spacing: tuple[float, float, float]) -> float:
-    """Surface-to-surface distance between two bodies, on their common bounding box."""
-    both = np.argwhere(upper | lower)
-    low, high = both.min(axis=0), both.max(axis=0) + 1
-    box = tuple(slice(a, b) for a, b in zip(low, high, strict=True))
-    distance = ndimage.distance_transform_edt(~upper[box], sampling=spacing)
-    return float(distance[lower[box]].min())
+def _gap_mm(bodies: np.ndarray, upper: int, boxes: list[tuple[slice, ...] | None],
+            spacing: tuple[float, float, float]) -> float:
+    """Surface-to-surface distance between bodies upper and upper + 1, on their common
+    bounding box (boxes: ndimage.find_objects of the bodies)."""
+    present = [box for box in boxes[upper - 1:upper + 1] if box is not None]
+    if not present:
+        raise ValueError(f"bodies {upper} and {upper + 1} are empty")
+    box = tuple(slice(min(b[axis].start for b in present), max(b[axis].stop for b in present))
+                for axis in range(bodies.ndim))
+    distance = ndimage.distance_transform_edt(bodies[box] != upper, sampling=spacing)
+    return float(distance[bodies[box] == upper + 1].min())
 
 
 def name_levels(bodies: np.ndarray, geometry: VolumeGeometry,
@@ -73,14 +77,15 @@ def name_levels(bodies: np.ndarray, geometry: VolumeGeometry,
     unnamed: list[str | None] = [None] * count
     if count < 2:
         return LevelNames(unnamed, True, "too few bodies to find the sacrum")
-    masks = [bodies == number for number in range(1, count + 1)]
-    gaps = [_gap_mm(masks[i], masks[i + 1], geometry.spacing_mm) for i in range(count - 1)]
+    boxes = ndimage.find_objects(bodies)
+    gaps = [_gap_mm(bodies, number, boxes, geometry.spacing_mm)
+            for number in range(1, count)]
     typical = float(np.median(gaps))
     fused = [gap < FUSED_GAP_SHARE * typical for gap in gaps]
     s1 = count - 1 if fused[-1] else None
     while s1 is not None and s1 > 0 and fused[s1 - 1]:
         s1 -= 1
-    if marrow_like is not None and has_dens(masks[0], bodies, marrow_like, geometry):
+    if marrow_like is not None and has_dens(bodies == 1, bodies, marrow_like, geometry):
         return _from_c2(count, gaps, typical, s1)
     if s1 is None:
         return LevelNames(unnamed, True, "no sacrum in view (no fused segments at the caudal "

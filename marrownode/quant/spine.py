@@ -154,13 +154,17 @@ def _expand(reduced: Localisation, factor: int, in_phase: np.ndarray, signal_los
         grown = np.repeat(np.repeat(labels, factor, axis=1), factor, axis=2)
         return grown[:, :rows, :columns]
 
-    volume = np.nan_to_num(in_phase)
-    allowed = tissue & (volume >= parameters.void_relative_signal * level)
-    mixed = np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent
     bodies, posterior = full(reduced.bodies), full(reduced.posterior)
     labelled = (bodies > 0) | (posterior > 0)
     width = factor * max(geometry.spacing_mm[1:])
-    keep = allowed & (_inside_beyond(labelled, width, geometry.spacing_mm[1:]) | mixed)
+    keep = np.zeros(labelled.shape, dtype=bool)
+    box = in_plane_box(labelled, 0)  # nothing is kept where nothing is labelled
+    if box is not None:
+        allowed = tissue[box] & (np.nan_to_num(in_phase[box])
+                                 >= parameters.void_relative_signal * level)
+        mixed = np.nan_to_num(signal_loss[box]) >= parameters.mixed_tissue_min_loss_percent
+        inside = _inside_beyond(labelled, width, geometry.spacing_mm[1:])[box]
+        keep[box] = allowed & (inside | mixed)
     return replace(reduced, bodies=np.where(keep, bodies, 0).astype(np.int16),
                    posterior=np.where(keep, posterior, 0).astype(np.int16))
 

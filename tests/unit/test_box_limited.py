@@ -17,6 +17,7 @@ from scipy import ndimage
 
 import marrownode.quant.body as body_module
 import marrownode.quant.bone as bone_module
+import marrownode.quant.internal_standards as standards_module
 import marrownode.quant.masks as masks_module
 import marrownode.quant.spine as spine_module
 from marrownode.config import Settings
@@ -25,6 +26,7 @@ from marrownode.quant.analysis import analyse_set
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.bone import relative_gradient
 from marrownode.quant.geometry import VolumeGeometry
+from marrownode.quant.levels import _gap_mm
 from marrownode.quant.masks import (
     closed_in_plane,
     near,
@@ -123,7 +125,8 @@ def test_the_lumbar_analysis_is_the_whole_grids(monkeypatch) -> None:
 
     boxed = analyse()
     with monkeypatch.context() as patch:
-        for module in (masks_module, body_module, bone_module):
+        for module in (masks_module, body_module, bone_module, spine_module,
+                       standards_module):
             for name in ("box_around", "in_plane_box"):
                 if hasattr(module, name):
                     patch.setattr(module, name, _whole_grid)
@@ -205,3 +208,24 @@ def test_the_in_plane_squares_are_scipys(radius: int) -> None:
                     == ndimage.binary_erosion(shape, structure=square)).all(), number
             assert (square_dilated(shape, radius)
                     == ndimage.binary_dilation(shape, structure=square)).all(), number
+
+
+def test_the_gap_between_bodies_is_read_in_their_boxes() -> None:
+    """Level naming measures each disc between two bodies in the pair's box from find_objects
+    (not by comparing the whole grid per body): the same gap, empty neighbours included."""
+    rng = np.random.default_rng(11)
+    for trial in range(200):
+        bodies = (rng.integers(0, 5, (4, 14, 12)) * (rng.random((4, 14, 12)) < 0.3)
+                  ).astype(np.int16)
+        if trial % 4 == 0:
+            bodies[bodies == 2] = 0
+        boxes = ndimage.find_objects(bodies)
+        for upper in range(1, int(bodies.max())):
+            first, second = bodies == upper, bodies == upper + 1
+            if not first.any() or not second.any():
+                continue
+            box = tuple(slice(int(i.min()), int(i.max()) + 1)
+                        for i in np.nonzero(first | second))
+            expected = ndimage.distance_transform_edt(~first[box], sampling=(2.0, 0.7, 0.9))
+            assert _gap_mm(bodies, upper, boxes, (2.0, 0.7, 0.9)) == float(
+                expected[second[box]].min()), (trial, upper)
