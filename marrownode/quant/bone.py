@@ -35,17 +35,19 @@ def opening(mask: np.ndarray, radius_mm: float,
     structuring element; a large one is done by two distance transforms instead (linear in the
     volume whatever the radius). Outside the volume counts as background either way."""
     ball = _ball(radius_mm, spacing_mm)
-    if ball.sum() <= _SMALL_BALL:
-        small: np.ndarray = ndimage.binary_opening(mask, structure=ball)
-        return small
-    # Within the mask's box and one background voxel around it: every distance that matters
-    # (from a mask voxel to the background, from any voxel to an eroded one) is the same as
-    # on the whole grid, for a fraction of the work on a field larger than the bone.
     boxes = ndimage.find_objects(mask.astype(np.int8))
     result: np.ndarray = np.zeros(mask.shape, dtype=bool)
     if not boxes or boxes[0] is None:
         return result
     box = boxes[0]
+    if ball.sum() <= _SMALL_BALL:
+        # In the mask's box: outside it there is only background, as the border counts, and
+        # an opening stays inside the mask.
+        result[box] = ndimage.binary_opening(mask[box], structure=ball)
+        return result
+    # Within the mask's box and one background voxel around it: every distance that matters
+    # (from a mask voxel to the background, from any voxel to an eroded one) is the same as
+    # on the whole grid, for a fraction of the work on a field larger than the bone.
     inside = mask[box]
     padded = np.pad(inside, 1)
     eroded = ndimage.distance_transform_edt(padded, sampling=spacing_mm) > radius_mm

@@ -37,7 +37,7 @@ from marrownode.quant.geometry import (
 )
 from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
-from marrownode.quant.masks import in_plane_box, nearest_within
+from marrownode.quant.masks import box_around, in_plane_box, nearest_within
 from marrownode.vocabulary import LocalisationMethod
 
 #: In-plane pixels finer than this (mm) show a 1 mm cortex as a line.
@@ -312,11 +312,14 @@ def _points(labels: np.ndarray, number: int, box: tuple[slice, ...]) -> np.ndarr
 def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGeometry,
                         parameters: SpineParameters) -> np.ndarray:
     """Marrow behind each body (and not part of it), numbered like the body at its level."""
-    rest = bone & (bodies == 0) & ~ndimage.binary_dilation(bodies > 0)
-    labels, count = ndimage.label(rest)
+    touching = np.zeros(bodies.shape, dtype=bool)  # a body and its face neighbours
+    if (box := box_around(bodies > 0, (1, 1, 1))) is not None:
+        touching[box] = ndimage.binary_dilation(bodies[box] > 0)
+    labels, count = ndimage.label(bone & ~touching)
     posterior = np.zeros(bodies.shape, dtype=np.int16)
     if count == 0:
         return posterior
+    boxes = ndimage.find_objects(labels)
     centres = {n: geometry.to_patient(_points(bodies, n, box).mean(axis=0))
                for n, box in enumerate(ndimage.find_objects(bodies), start=1)
                if box is not None}
@@ -333,5 +336,6 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
                 <= parameters.max_midline_offset_mm
                 and abs(part.centroid[SUPERIOR_INFERIOR] - centre[SUPERIOR_INFERIOR])
                 <= parameters.max_height_mm / 2):
-            posterior[labels == part.label] = nearest
+            here = boxes[part.label - 1]
+            posterior[here][labels[here] == part.label] = nearest
     return posterior

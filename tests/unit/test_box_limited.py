@@ -229,3 +229,16 @@ def test_the_gap_between_bodies_is_read_in_their_boxes() -> None:
             expected = ndimage.distance_transform_edt(~first[box], sampling=(2.0, 0.7, 0.9))
             assert _gap_mm(bodies, upper, boxes, (2.0, 0.7, 0.9)) == float(
                 expected[second[box]].min()), (trial, upper)
+
+
+def test_the_small_ball_opening_is_scipys_in_the_masks_box() -> None:
+    """An opening by a small ball runs in the mask's box (outside it only background, as the
+    border counts): scipy's opening of the whole grid."""
+    for spacing in SPACINGS:
+        ball = bone_module._ball(2.0, spacing)
+        assert ball.sum() <= bone_module._SMALL_BALL
+        for number, mask in enumerate(scattered(np.random.default_rng(13), 30)):
+            dense = ndimage.binary_dilation(mask, iterations=2) & (
+                np.random.default_rng(number).random(mask.shape) < 0.9)
+            expected = ndimage.binary_opening(dense, structure=ball)
+            assert (bone_module.opening(dense, 2.0, spacing) == expected).all(), number
