@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from marrownode.quant.maps import subsample
+from marrownode.quant.maps import finite_or_zero, subsample
 from marrownode.quant.masks import in_plane_box, square_dilated, square_eroded
 
 #: A voxel is tissue when its in-phase signal exceeds this many noise sigmas.
@@ -87,7 +87,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def body_mask(in_phase: np.ndarray) -> np.ndarray:
     """The patient: bright enough, holes filled slice by slice, the largest connected part."""
-    volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
+    volume = finite_or_zero(np.asarray(in_phase, dtype=np.float32))
     level = BODY_RELATIVE_SIGNAL * bright_end(volume)
     if level <= 0:
         return np.zeros(volume.shape, dtype=bool)
@@ -126,7 +126,7 @@ def _residual_sigma(volume: np.ndarray, interior: np.ndarray) -> float:
 
 def find_body(in_phase: np.ndarray) -> BodyMasks:
     """Body, tissue and the noise level of an in-phase volume (slice, row, column)."""
-    volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
+    volume = finite_or_zero(np.asarray(in_phase, dtype=np.float32))
     body = body_mask(volume)
     ring = square_dilated(body, 2)  # in-plane 5 x 5
     background = volume[~ring]

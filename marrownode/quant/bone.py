@@ -13,6 +13,7 @@ from scipy import ndimage
 
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.localisation import SpineParameters
+from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import (
     closed_in_plane,
     in_plane_box,
@@ -90,7 +91,7 @@ def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
     still a line (averaged into blocks it opens); the frame is first closed over gaps up to
     gap_mm (partial volume along a thin cortex; the basivertebral vein's notch in the
     posterior wall)."""
-    void = body & (np.nan_to_num(in_phase) < darker_than * level)
+    void = body & (finite_or_zero(in_phase) < darker_than * level)
     radius = [max(1, round(gap_mm / 2 / s)) for s in spacing_mm[1:]]
     rows, columns = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
     disk = (rows / radius[0]) ** 2 + (columns / radius[1]) ** 2 <= 1.0
@@ -111,7 +112,7 @@ def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.nd
     Rule 2, inside bone: tissue enclosed in its slice by void (cortex, endplates, CSF).
     Neither may cross a barrier of void or water-rich voxels (canal, discs, cortex), which is
     what keeps a body apart from its posterior elements and from the muscles beside it."""
-    volume = np.nan_to_num(np.asarray(in_phase, dtype=np.float32))
+    volume = finite_or_zero(np.asarray(in_phase, dtype=np.float32))
     loss = np.nan_to_num(signal_loss, nan=0.0)
     void = body & (volume < parameters.void_relative_signal * level)
     if enclosed is None:

@@ -37,6 +37,7 @@ from marrownode.quant.geometry import (
 )
 from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
+from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import box_around, in_plane_box, nearest_within
 from marrownode.vocabulary import LocalisationMethod
 
@@ -128,7 +129,7 @@ def _reduce(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
     weight = _block_fraction(finite, factor)
     loss = _block_mean(np.where(finite, signal_loss, 0.0).astype(np.float32), factor)
     loss = np.where(weight > 0, loss / np.maximum(weight, 1e-6), np.nan).astype(np.float32)
-    return (_block_mean(np.nan_to_num(in_phase).astype(np.float32), factor), loss,
+    return (_block_mean(finite_or_zero(in_phase).astype(np.float32), factor), loss,
             _block_fraction(tissue, factor) >= 0.5, _block_fraction(body, factor) >= 0.5)
 
 
@@ -208,7 +209,7 @@ def _localise(
         return not_localised(shape, f"{found} in a column near the midline: no spine "
                                     "localised in this field of view")
     bodies = _grow_bodies(bone, core_labels, column, spacing, parameters)
-    fat = np.nan_to_num(in_phase) > parameters.fat_relative_signal * level
+    fat = finite_or_zero(in_phase) > parameters.fat_relative_signal * level
     bodies = _complete(bodies, tissue & ~void & ~fat)
     bodies = _split_tall(bodies, signal_loss, geometry, parameters.max_vertebra_height_mm)
     merged = merge_same_level(bodies, geometry, parameters.same_level_overlap)

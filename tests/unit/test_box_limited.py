@@ -4,7 +4,9 @@ gradient and the internal standards' marrow margin each run in their mask's box 
 their reach. Every one must give the voxels the whole grid gives: each is checked against its
 whole-grid form on scattered masks, in boxes cut by the grid's edges and boxes well inside,
 and the whole analysis with every box widened to the whole grid. The overlay blends colour
-and outlines foci in boxes too (issue 28's spine time to result)."""
+and outlines foci in boxes too (issue 28's spine time to result). The other exact fast forms
+of issue 28 are checked here as well: block counts, in-plane squares, per-body boxes, a
+finite volume read without a copy."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.bone import relative_gradient
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.levels import _gap_mm
+from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import (
     closed_in_plane,
     near,
@@ -242,3 +245,12 @@ def test_the_small_ball_opening_is_scipys_in_the_masks_box() -> None:
                 np.random.default_rng(number).random(mask.shape) < 0.9)
             expected = ndimage.binary_opening(dense, structure=ball)
             assert (bone_module.opening(dense, 2.0, spacing) == expected).all(), number
+
+
+def test_a_finite_volume_is_read_as_it_is_and_others_as_nan_to_num_makes_them() -> None:
+    rng = np.random.default_rng(3)
+    volume = rng.uniform(0, 900, (3, 9, 9)).astype(np.float32)
+    assert finite_or_zero(volume) is volume  # no copy of a decoded image
+    volume[0, 1, 2], volume[1, 2, 3], volume[2, 3, 4] = np.nan, np.inf, -np.inf
+    found = finite_or_zero(volume)
+    assert found is not volume and (found == np.nan_to_num(volume)).all()
