@@ -171,11 +171,14 @@ def build_results(
 
     def images() -> None:
         _summary_page(emit, identity, sources, volumes, result, set_report, settings)
-        maps = early.take() if early is not None else None
-        for written in maps if maps is not None else map_series(
-                series, sources, result.signal_loss, result.fat_fraction,
-                result.fat_fraction_method):
+        taken = early.take() if early is not None else None
+        maps, failure = taken if taken is not None else map_series(
+            series, sources, result.signal_loss, result.fat_fraction,
+            result.fat_fraction_method)
+        for written in maps:  # sent, and named by a failure note if the set fails
             publish(written)
+        if failure is not None:
+            raise failure
         _later_images(emit, identity, sources, volumes, result, set_report, settings)
 
     for written in overlapped(report, images):

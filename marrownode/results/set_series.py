@@ -118,11 +118,25 @@ def fat_fraction_window(method: FatFractionMethod | None) -> tuple[float, float]
     return (low + high) / 2, high - low
 
 
+#: The map series written (per series its entries, in the order they are sent) and, when
+#: building them stopped part way, why (the series written before still count).
+MapsWritten = tuple[list[list[OutputEntry]], Exception | None]
+
+
 def map_series(series: SetSeries, sources: SourceSeries, signal_loss: np.ndarray,
-               fat_fraction: np.ndarray, method: FatFractionMethod | None,
-               ) -> list[list[OutputEntry]]:
-    """The parametric maps and the derived MR maps the settings ask for, written; per series
-    its entries, in the order they are sent."""
+               fat_fraction: np.ndarray, method: FatFractionMethod | None) -> MapsWritten:
+    """The parametric maps and the derived MR maps the settings ask for, written."""
+    written: list[list[OutputEntry]] = []
+    try:
+        _write_maps(series, sources, signal_loss, fat_fraction, method, written)
+    except Exception as exc:  # a full disk, a value highdicom refuses: the caller decides
+        return written, exc
+    return written, None
+
+
+def _write_maps(series: SetSeries, sources: SourceSeries, signal_loss: np.ndarray,
+                fat_fraction: np.ndarray, method: FatFractionMethod | None,
+                written: list[list[OutputEntry]]) -> None:
     outputs = series.settings.outputs
     root = outputs.uid_root
     label = "" if method is None else FAT_FRACTION_LABELS[method]
@@ -130,7 +144,6 @@ def map_series(series: SetSeries, sources: SourceSeries, signal_loss: np.ndarray
                             MARROW_SIGNAL_LOSS_WINDOW),
             "fat_fraction": (fat_fraction, "FAT_FRACTION", label, fat_fraction_window(method))}
     value_ranges = {"signal_loss": (-100, 100), "fat_fraction": (0, 100)}
-    written: list[list[OutputEntry]] = []
     if outputs.parametric_map:
         for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"), (FAT_FRACTION_PM, "fat_fraction")):
             values, lut_label, explanation, _ = maps[key]
@@ -149,7 +162,6 @@ def map_series(series: SetSeries, sources: SourceSeries, signal_loss: np.ndarray
                 value_range=value_ranges[key], series_uid=series_uid,
                 sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
                 series_number=number, series_description=description, window=window)))
-    return written
 
 
 class EarlyMaps:
@@ -161,7 +173,7 @@ class EarlyMaps:
     def __init__(self, series: SetSeries | None, sources: SourceSeries | None) -> None:
         self._series = series
         self._sources = sources
-        self._helper: Beside[list[list[OutputEntry]]] | None = None
+        self._helper: Beside[MapsWritten] | None = None
 
     def start(self, signal_loss: np.ndarray, fat_fraction: np.ndarray,
               method: FatFractionMethod | None) -> None:
@@ -175,8 +187,8 @@ class EarlyMaps:
         self._helper = Beside(lambda: map_series(series, sources, signal_loss, fat_fraction,
                                                  method))
 
-    def take(self) -> list[list[OutputEntry]] | None:
-        """The written map series, or None when they were not started early."""
+    def take(self) -> MapsWritten | None:
+        """The map series written beside, or None when they were not started early."""
         helper, self._helper = self._helper, None
         return None if helper is None else helper.result()
 
@@ -189,7 +201,7 @@ class EarlyMaps:
         if helper is None or self._series is None:
             return
         try:
-            written = helper.result()
+            written, _ = helper.result()
         except Exception:  # the set already failed for its own reason
             return
         for entries in written:

@@ -163,9 +163,11 @@ def test_an_analysis_that_runs_out_of_space_waits_and_resumes(node_factory, smal
         assert caplog.text.count("event=assembler_paused") <= 1
         assert not [r for r in caplog.records if r.exc_info]
         assert node.index.studies.study(study_uid)["analysis_attempts"] == 0
-        # The run that ran out of space had delivered part of its results; the run that
-        # succeeded wrote the same UIDs, so the PACS replaced them: one object per UID, not more.
-        assert len(pacs.received) > RESULTS_PER_STUDY
+        # The run that ran out of space may have delivered part of its results (which part,
+        # or none, depends on whether the maps built beside the analysis or the page met the
+        # full disk first); the run that succeeded wrote the same UIDs, so the PACS replaced
+        # them: one object per UID, not more.
+        assert len(pacs.received) >= RESULTS_PER_STUDY
         assert len(set(pacs.received)) == RESULTS_PER_STUDY
     finally:
         pacs.stop()

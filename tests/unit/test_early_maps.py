@@ -89,3 +89,34 @@ def test_a_set_failing_after_its_maps_began_leaves_none_of_them(
     assert dixon_set["state"] == "failed"
     assert "a report that cannot be made" in dixon_set["reason"]
     assert _map_files(out) == {}, "maps of a failed set were left on disk"
+
+
+@pytest.mark.parametrize("early", [True, False], ids=["beside", "inline"])
+def test_maps_written_before_a_failure_are_handed_on_and_the_set_fails_with_its_reason(
+        instances: list[Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        early: bool) -> None:
+    """Built beside or here, the map series written before one fails are handed on (the node
+    sends them, the failure note names them) and the set fails with that failure's reason."""
+    import marrownode.results.set_series as set_series_module
+
+    real, calls = set_series_module.build_derived_mr_series, [0]
+
+    def second_refused(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1  # in the helper, the helper's own count
+        if calls[0] == 2:
+            raise ValueError("a fat-fraction map the encoder refuses")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(set_series_module, "build_derived_mr_series", second_refused)
+    if not early:
+        monkeypatch.setattr(EarlyMaps, "start", lambda self, *args: None)
+    out, handed = tmp_path / "out", []
+    report = analyse_study(instances, settings_from_mapping({}), out,
+                           on_outputs=handed.extend)
+    (dixon_set,) = report["dixon_sets"]
+    assert dixon_set["state"] == "failed"
+    assert "a fat-fraction map the encoder refuses" in dixon_set["reason"]
+    kinds = [entry["kind"] for entry in handed]
+    assert kinds[0] == "summary" and kinds.count("parametric_map") == 2
+    assert 1 < kinds.count("derived_mr") == len(set(_map_files(out))) - 2  # the first series
+    assert all((out / entry["path"]).is_file() for entry in handed)
