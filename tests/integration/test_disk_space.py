@@ -146,10 +146,13 @@ def test_an_analysis_that_runs_out_of_space_waits_and_resumes(node_factory, smal
             study_uid = _study(node, "enospc")
 
             def out_of_space() -> bool:
-                # the index may be full too: then the outcome waits in memory until it fits
+                # the index may be full too: then the outcome waits in memory until it fits,
+                # or until the result series written before the disk filled are queued
                 study = node.index.studies.study(study_uid) or {}
                 return (study.get("state") == "waiting" and "ran out of space" in
-                        study["reason"]) or "event=analysis_unrecorded" in caplog.text
+                        study["reason"]) or "event=analysis_unrecorded" in caplog.text or (
+                    "event=series_unqueued" in caplog.text
+                    and "event=assembler_paused reason=disk_full" in caplog.text)
 
             wait_until(out_of_space, timeout=60)
             assert node.index.studies.study(study_uid)["analysis_attempts"] == 0
