@@ -34,10 +34,10 @@ from marrownode.quant.spine import localise
 from marrownode.quant.thresholds import DEFAULT_THRESHOLDS, select_threshold
 from marrownode.vocabulary import FatFractionMethod, Flag, LocalisationMethod, Margin, Pattern
 
-#: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
 #: Hears the final signal-loss map, fat-fraction map and how the fat fraction was measured.
 MapsHook = Callable[[np.ndarray, np.ndarray, FatFractionMethod], None]
 
+#: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
 WATER_FAT_TOLERANCE = 0.10
 #: Fat-fraction methods, most trustworthy first.
 
