@@ -4,7 +4,8 @@
     python benchmarks/run.py --quick    # smaller: a smoke run of every section
 
 Sections: ingest (one and four parallel associations, DCMTK storescu as the sender; receivers
-DCMTK storescp, Orthanc, marrownode with one and with one-per-core receiving processes, and
+DCMTK storescp, Orthanc, marrownode as configured by default (one receiving process per core,
+at most 4) and with one, and
 pynetdicom storing nothing: the ceiling of the pynetdicom receive path marrownode replaced with its
 own upper layer, kept for reference), time to result (spine
 and whole-body), analysis stages with the worker's peak RSS and the send to a PACS. Every
@@ -125,17 +126,23 @@ class MarrowNode(Receiver):
     ae_title = "MARROWNODE"
 
     def __init__(self, work: Path, destination: tuple[str, int] | None = None,
-                 receiver_processes: int = 1) -> None:
+                 receiver_processes: int | None = None) -> None:
+        """receiver_processes: None for the node's default (one per core, at most 4)."""
         super().__init__(work)
         self.destination = destination
         self.receiver_processes = receiver_processes
-        if receiver_processes > 1:
-            self.name = f"marrownode, {receiver_processes} receiving processes"
+        if receiver_processes is None:
+            default = min(4, len(os.sched_getaffinity(0)))
+            self.name = f"marrownode (default: {default} receiving processes)"
+        else:
+            self.name = (f"marrownode, {receiver_processes} receiving process"
+                         f"{'es' if receiver_processes > 1 else ''}")
 
     def command(self) -> list[str]:
         lines = [
             "[node]", 'host = "127.0.0.1"', f"port = {self.port}", "max_associations = 16",
-            f"receiver_processes = {self.receiver_processes}",
+            *([f"receiver_processes = {self.receiver_processes}"]
+              if self.receiver_processes is not None else []),
             "[storage]", f'root = "{self.work / "data"}"', "min_free_mb = 64",
             "[completion]", "idle_seconds = 600",
             "[http]", "enabled = false",
@@ -204,11 +211,10 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
             os.link(file, sub / file.name)
         quarters.append(sub)
 
-    processes = os.cpu_count() or 2
     receivers: list[Callable[[], Receiver]] = [
         lambda: StoreSCP(work / "scp"), lambda: OrthancReceiver(work / "orthanc"),
         lambda: MarrowNode(work / "node"),
-        lambda: MarrowNode(work / "node", receiver_processes=processes),
+        lambda: MarrowNode(work / "node", receiver_processes=1),
         lambda: PynetdicomCeiling(work / "pynetdicom")]
     timings: dict[tuple[str, int], list[float]] = {}
     for repetition in range(repetitions):

@@ -183,8 +183,8 @@ class AssociationEnded:
     association_id: str
 
 
-def _receiver_process(settings: Settings, port: int, counters: Any, notices: Any,
-                      stop: Any, grace_seconds: Any, node_pid: int) -> None:
+def _receiver_process(settings: Settings, port: int, number: int, counters: Any,
+                      notices: Any, stop: Any, grace_seconds: Any, node_pid: int) -> None:
     """Entry point of an extra receiving process: a listener on the node's port, writing into
     the same spool and index, until the node (or its death, or a signal) says stop."""
     from marrownode.logs import configure_logging
@@ -198,7 +198,8 @@ def _receiver_process(settings: Settings, port: int, counters: Any, notices: Any
     ingestor = open_ingestor(open_spool(settings), index_path(settings.storage.root),
                              settings.storage.max_instance_mb)
     sink = IngestSink(ingestor, lambda ended: notices.put(AssociationEnded(ended)))
-    receiver = Receiver(node_settings, sink, stats=ReceiverStats(counters), shared_port=True)
+    receiver = Receiver(node_settings, sink, stats=ReceiverStats(counters, number),
+                        shared_port=True)
     receiver.start()
     notices.put(Listening(os.getpid()))
     while not (stop.value or interrupted.wait(0.2)):
@@ -242,7 +243,7 @@ class ReceiverProcesses:
     def _process(self, number: int) -> Any:
         return self._context.Process(
             target=_receiver_process, name=f"marrownode-receiver-{number}", daemon=False,
-            args=(self.settings, self._port, self.counters, self._notices, self._stop,
+            args=(self.settings, self._port, number, self.counters, self._notices, self._stop,
                   self._grace_seconds, os.getpid()))
 
     def start(self, port: int) -> None:
@@ -290,6 +291,7 @@ class ReceiverProcesses:
     def _replace(self, number: int, dead: Any) -> None:
         self.deaths += 1
         self.on_death()
+        ReceiverStats(self.counters, number).start_counting_associations()  # its slots free
         try:
             closed = self.close_associations_of(dead.pid)
         except Exception:  # the index is the node's problem to report; replace the process

@@ -72,7 +72,9 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
 
 def make_settings(root: Path, **sections: dict[str, Any]) -> Settings:
     raw: dict[str, Any] = {
-        "node": {"host": LOOPBACK, "port": free_port()},
+        # One receiving process unless a test asks for more (the default is one per core,
+        # at most 4; each extra one is a spawned interpreter, a second's start per node).
+        "node": {"host": LOOPBACK, "port": free_port(), "receiver_processes": 1},
         "storage": {"root": str(root), "min_free_mb": 1},
         "http": {"enabled": False, "port": free_port()},
     }

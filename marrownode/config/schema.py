@@ -94,6 +94,10 @@ class TLSSettings(_Section):
         return self
 
 
+#: Receiving processes of one node at most.
+MAX_RECEIVING_PROCESSES = 16
+
+
 class NodeSettings(_Section):
     ae_title: AETitle = "MARROWNODE"
     host: Host = "127.0.0.1"
@@ -115,9 +119,11 @@ class NodeSettings(_Section):
     #: Largest P-DATA-TF PDU the node accepts, announced in the A-ASSOCIATE-AC.
     maximum_pdu_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
     #: Processes listening on the port (SO_REUSEPORT); the kernel spreads associations over
-    #: them, so parallel senders are not limited by one Python interpreter. max_associations
-    #: applies to each.
-    receiver_processes: Annotated[int, Field(ge=1, le=16)] = 1
+    #: them, so parallel senders are not limited by one Python interpreter (default: the
+    #: cores this process may use, at most 4). max_associations holds for all together.
+    receiver_processes: int = Field(  # each has a slot in net/stats.py's shared counters
+        default_factory=lambda: min(4, len(os.sched_getaffinity(0))), ge=1,
+        le=MAX_RECEIVING_PROCESSES)
 
 
 def _default_storage_root() -> Path:

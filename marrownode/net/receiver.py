@@ -59,6 +59,7 @@ class Receiver:
     def start(self) -> None:
         if not self.settings.allowed_calling_aets:
             log.warning("event=allow_list_empty detail=any calling AE title is accepted")
+        self.stats.start_counting_associations()
         server = ListeningServer((self.settings.host, self.settings.port), self._serve_connection,
                          self.shared_port)
         threading.Thread(target=server.serve_forever, args=(0.2,), name="listener",
@@ -248,8 +249,9 @@ class Receiver:
         with self._lock:
             if association.evicted:  # its slot went to a newer connection meanwhile
                 raise pdu.PeerClosed("evicted before it associated")
-            if rejection is None and (sum(a.established for a in self._associations)
-                                      >= self.settings.max_associations):
+            # max_associations is the node's, over all its receiving processes.
+            if rejection is None and not self.stats.open_association(
+                    self.settings.max_associations):
                 rejection = (pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
                              pdu.REASON_LOCAL_LIMIT)
             association.established = rejection is None
@@ -278,6 +280,7 @@ class Receiver:
             with self._lock:
                 association.established = False
                 self._pending += 1
+            self.stats.close_association()
             self.stats.add(rejected=1)
             association.send(pdu.associate_rj(pdu.REJECTED_TRANSIENT, pdu.SOURCE_PRESENTATION,
                                               pdu.REASON_LOCAL_LIMIT))
@@ -290,6 +293,7 @@ class Receiver:
         return accept
 
     def _ended(self, association: Association, ending: str) -> None:
+        self.stats.close_association()
         log.info("event=association_ended association=%s how=%s",
                  association.association_id, ending)
         self.sink.association_closed(association.association_id)

@@ -26,7 +26,7 @@ from tests.conftest import (
     wait_for_port,
     wait_until,
 )
-from tests.scu import send
+from tests.scu import can_associate, send
 
 
 def study_uid_after_sending(node: Any, key: str) -> str:
@@ -330,16 +330,21 @@ def test_a_damaged_index_is_named_with_the_way_out_and_rebuilt_from_the_spool(
 def test_a_dead_receiving_process_is_replaced_and_its_associations_closed(node_factory) -> None:
     """receiver_processes = 2: kill -9 of the extra process while it holds associations;
     a new one listens within seconds, its associations are closed in the index (so their
-    studies are not held back as 'still sending'), and the node goes on receiving."""
+    studies are not held back as 'still sending'), their slots of the node's
+    max_associations are free again, and the node goes on receiving."""
     from tests.scu import storage_ae
 
-    node = node_factory(node={"receiver_processes": 2})
+    node = node_factory(node={"receiver_processes": 2, "max_associations": 12})
     extra = node.receiver_processes
     dead_pid = extra._processes[0].pid
     ae = storage_ae("SCANNER")
     held = [ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
             for _ in range(12)]
     assert all(a.is_established for a in held)
+    # The limit is the node's, not each process's (12 more would fit in two processes'
+    # own counts); one more is refused, whichever process the kernel hands it to.
+    assert node.receiver.stats.open_associations == 12
+    assert not any(can_associate(node.receiver.port) for _ in range(4))
     rows = node.index.db.connection().execute
     wait_until(lambda: rows("SELECT COUNT(*) FROM associations WHERE closed_at IS NULL")
                .fetchone()[0] == 12, timeout=10)
@@ -356,6 +361,13 @@ def test_a_dead_receiving_process_is_replaced_and_its_associations_closed(node_f
     for association in held:
         if association.is_established:
             association.release()
+    # The dead process's slots went with it: all twelve can be held again.
+    wait_until(lambda: node.receiver.stats.open_associations == 0, timeout=10)
+    again = [ae.associate("127.0.0.1", node.receiver.port, ae_title="MARROWNODE")
+             for _ in range(12)]
+    assert all(a.is_established for a in again)
+    for association in again:
+        association.release()
     for i in range(4):  # whichever process takes them, they are stored
         datasets = build_study(StudyOptions(style="siemens", study_key=f"after{i}"))[:2]
         assert send(node.receiver.port, datasets) == [0, 0]
