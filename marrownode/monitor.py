@@ -96,6 +96,10 @@ class NodeCollector(Collector):
         associations.add_metric(["accepted"], stats.accepted)
         associations.add_metric(["rejected"], stats.rejected)
         yield associations
+        yield GaugeMetricFamily("marrownode_associations_open",
+                                "Incoming associations open now, in every receiving process "
+                                "(node.max_associations is the limit)",
+                                value=stats.open_associations)
         failures = CounterMetricFamily("marrownode_cstore_failures",
                                        "C-STORE requests answered with a failure status",
                                        labels=["status"])

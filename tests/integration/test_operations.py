@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from marrownode.net.standin import StandInPACS
 from marrownode.synthetic.studies import StudyOptions, build_study, extra_series
 from tests.conftest import free_port, make_settings, results_delivered, wait_until
-from tests.scu import can_associate, send
+from tests.scu import can_associate, send, storage_ae
 
 
 def http_get(port: int, path: str) -> tuple[int, bytes]:
@@ -46,6 +46,12 @@ def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
         )
         before = metrics(http_port)
         assert before[("marrownode_instances_received_total", ())] == 0
+        assert before[("marrownode_associations_open", ())] == 0
+        held = storage_ae("SCANNER").associate("127.0.0.1", node.receiver.port,
+                                               ae_title="MARROWNODE")
+        assert held.is_established
+        assert metrics(http_port)[("marrownode_associations_open", ())] == 1
+        held.release()
         options = StudyOptions(style="siemens", study_key="metrics")
         datasets = build_study(options) + extra_series(options, "t2")
         assert send(node.receiver.port, datasets, calling="SCANNER") == [0] * len(datasets)
@@ -59,7 +65,8 @@ def test_metrics_move_by_the_right_amounts(node_factory, tmp_path) -> None:
         sizes = sum(row.size_bytes for row in node.index.studies.instances(study_uid))
         assert after[("marrownode_instances_received_total", ())] == len(datasets) == 60
         assert after[("marrownode_bytes_received_total", ())] == sizes
-        assert after[("marrownode_associations_total", (("result", "accepted"),))] == 1
+        assert after[("marrownode_associations_total", (("result", "accepted"),))] == 2
+        assert after[("marrownode_associations_open", ())] == 0
         assert after[("marrownode_associations_total", (("result", "rejected"),))] == 1
         assert after[("marrownode_dixon_sets", (("state", "analysed"),))] == 1
         assert after[("marrownode_studies", (("state", "analysed"),))] == 1
