@@ -13,11 +13,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydicom import config as pydicom_config
+from pydicom import hooks as pydicom_hooks
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
+from pydicom.values import convert_value
 
 PHILIPS_CREATOR = "Philips MR Imaging DD 001"
 MARROWNODE_MANUFACTURER = "marrownode"
+
+
+#: VRs whose value pydicom converts from the bytes alone: not with the data set's character
+#: set (text and names), nor corrected afterwards (ambiguous VRs), nor as a sequence.
+_PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "US", "SS", "UL",
+                        "SL", "FL", "FD"})
+
+
+def _value(dataset: Dataset, keyword: str) -> Any:
+    """dataset.get(keyword): the same value, converted by pydicom's own convert_value, but
+    without the DataElement pydicom builds and keeps for each element first read (two thirds
+    of reading a header's summary, which every received instance pays). Elements of other
+    VRs, implicit-VR ones (no VR in the file), deferred ones, and any that pydicom would
+    treat otherwise (customised hooks, a conversion that fails) take pydicom's own path."""
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return dataset.get(keyword)
+    element = dataset.get_item(tag, keep_deferred=True)
+    if element is None:
+        return None
+    if (not isinstance(element, RawDataElement) or element.VR not in _PLAIN_VRS
+            or element.value is None or pydicom_config.data_element_callback is not None
+            or pydicom_hooks.hooks.raw_element_value is not pydicom_hooks.raw_element_value):
+        return dataset.get(keyword)
+    try:
+        return convert_value(element.VR, element)
+    except Exception:  # pydicom's path decides: a warning and UN, or its error
+        return dataset.get(keyword)
 
 
 def _floats(value: Any) -> list[float] | None:
@@ -123,18 +156,19 @@ def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dic
     if converted is not None and echo is None and frame_type is None:
         return _frame_from_converted(position, orientation, measures, converted, content)
     return {
-        "position": _floats(position.get("ImagePositionPatient")) if position else None,
-        "orientation": _floats(orientation.get("ImageOrientationPatient")) if orientation else None,
-        "pixel_spacing": _floats(measures.get("PixelSpacing")) if measures else None,
-        "slice_thickness": _float(measures.get("SliceThickness")) if measures else None,
-        "echo_time": _float(echo.get("EffectiveEchoTime")) if echo else None,
+        "position": _floats(_value(position, "ImagePositionPatient")) if position else None,
+        "orientation": (_floats(_value(orientation, "ImageOrientationPatient"))
+                        if orientation else None),
+        "pixel_spacing": _floats(_value(measures, "PixelSpacing")) if measures else None,
+        "slice_thickness": _float(_value(measures, "SliceThickness")) if measures else None,
+        "echo_time": _float(_value(echo, "EffectiveEchoTime")) if echo else None,
         "echo_number": None,
-        "frame_type": _strings(frame_type.get("FrameType")) if frame_type else [],
+        "frame_type": _strings(_value(frame_type, "FrameType")) if frame_type else [],
         "complex_component": _complex_component(
-            frame_type.get("ComplexImageComponent"),
-            _strings(frame_type.get("FrameType"))) if frame_type else "",
+            _value(frame_type, "ComplexImageComponent"),
+            _strings(_value(frame_type, "FrameType"))) if frame_type else "",
         "private_type": _philips_frame_type(per_frame) if per_frame is not None else None,
-        "stack_position": _int(content.get("InStackPositionNumber")) if content else None,
+        "stack_position": _int(_value(content, "InStackPositionNumber")) if content else None,
     }
 
 
@@ -143,77 +177,78 @@ def _frame_from_converted(position: Dataset | None, orientation: Dataset | None,
                           content: Dataset | None) -> dict[str, Any]:
     """A Legacy Converted frame: geometry from the functional groups, echo time and labels
     from the classic image's converted attributes."""
-    image_type = _strings(converted.get("ImageType"))
-    echo_numbers = _floats(converted.get("EchoNumbers"))
+    image_type = _strings(_value(converted, "ImageType"))
+    echo_numbers = _floats(_value(converted, "EchoNumbers"))
     return {
-        "position": _floats(position.get("ImagePositionPatient")) if position else None,
-        "orientation": _floats(orientation.get("ImageOrientationPatient")) if orientation else None,
-        "pixel_spacing": _floats(measures.get("PixelSpacing")) if measures else None,
-        "slice_thickness": _float(measures.get("SliceThickness")) if measures else None,
-        "echo_time": _float(converted.get("EchoTime")),
+        "position": _floats(_value(position, "ImagePositionPatient")) if position else None,
+        "orientation": (_floats(_value(orientation, "ImageOrientationPatient"))
+                        if orientation else None),
+        "pixel_spacing": _floats(_value(measures, "PixelSpacing")) if measures else None,
+        "slice_thickness": _float(_value(measures, "SliceThickness")) if measures else None,
+        "echo_time": _float(_value(converted, "EchoTime")),
         "echo_number": int(echo_numbers[0]) if echo_numbers else None,
         "frame_type": image_type,
-        "complex_component": _complex_component(converted.get("ComplexImageComponent"),
+        "complex_component": _complex_component(_value(converted, "ComplexImageComponent"),
                                                 image_type),
         "private_type": None,
-        "stack_position": _int(content.get("InStackPositionNumber")) if content else None,
+        "stack_position": _int(_value(content, "InStackPositionNumber")) if content else None,
     }
 
 
 def _contrast_agent(dataset: Dataset) -> str:
     """Contrast/Bolus Agent, or the agent's code meaning (Enhanced MR's Contrast/Bolus Agent
     Sequence); '' when the header names none."""
-    text = _text(dataset.get("ContrastBolusAgent"))
+    text = _text(_value(dataset, "ContrastBolusAgent"))
     if text:
         return text
     item = _first_item(dataset, "ContrastBolusAgentSequence")
-    return _text(item.get("CodeMeaning")) if item is not None else ""
+    return _text(_value(item, "CodeMeaning")) if item is not None else ""
 
 
 def summarise(dataset: Dataset) -> dict[str, Any]:
     """Header facts of one instance, one entry in 'frames' per frame."""
-    number_of_frames = _int(dataset.get("NumberOfFrames")) or 1
+    number_of_frames = _int(_value(dataset, "NumberOfFrames")) or 1
     summary: dict[str, Any] = {
-        "study_uid": _text(dataset.get("StudyInstanceUID")),
-        "accession_number": _text(dataset.get("AccessionNumber")),
-        "study_date": _text(dataset.get("StudyDate")),
-        "study_description": _text(dataset.get("StudyDescription")),
-        "patient_name": _text(dataset.get("PatientName")),
+        "study_uid": _text(_value(dataset, "StudyInstanceUID")),
+        "accession_number": _text(_value(dataset, "AccessionNumber")),
+        "study_date": _text(_value(dataset, "StudyDate")),
+        "study_description": _text(_value(dataset, "StudyDescription")),
+        "patient_name": _text(_value(dataset, "PatientName")),
         # Who the study belongs to, for finding the patient's earlier study (never logged)
-        "patient_id": _text(dataset.get("PatientID")),
-        "issuer_of_patient_id": _text(dataset.get("IssuerOfPatientID")),
-        "study_time": _text(dataset.get("StudyTime")),
-        "series_uid": _text(dataset.get("SeriesInstanceUID")),
-        "sop_instance_uid": _text(dataset.get("SOPInstanceUID")),
-        "sop_class_uid": _text(dataset.get("SOPClassUID")),
-        "modality": _text(dataset.get("Modality")),
-        "series_number": _int(dataset.get("SeriesNumber")),
-        "instance_number": _int(dataset.get("InstanceNumber")),
-        "series_description": _text(dataset.get("SeriesDescription")),
-        "protocol_name": _text(dataset.get("ProtocolName")),
-        "manufacturer": _text(dataset.get("Manufacturer")),
-        "image_type": _strings(dataset.get("ImageType")),
-        "scan_options": _strings(dataset.get("ScanOptions")),
-        "scanning_sequence": _strings(dataset.get("ScanningSequence")),
-        "imaging_frequency": _float(dataset.get("ImagingFrequency")),
-        "magnetic_field_strength": _float(dataset.get("MagneticFieldStrength")),
-        "images_in_acquisition": _int(dataset.get("ImagesInAcquisition")),
-        "acquisition_number": _int(dataset.get("AcquisitionNumber")),
+        "patient_id": _text(_value(dataset, "PatientID")),
+        "issuer_of_patient_id": _text(_value(dataset, "IssuerOfPatientID")),
+        "study_time": _text(_value(dataset, "StudyTime")),
+        "series_uid": _text(_value(dataset, "SeriesInstanceUID")),
+        "sop_instance_uid": _text(_value(dataset, "SOPInstanceUID")),
+        "sop_class_uid": _text(_value(dataset, "SOPClassUID")),
+        "modality": _text(_value(dataset, "Modality")),
+        "series_number": _int(_value(dataset, "SeriesNumber")),
+        "instance_number": _int(_value(dataset, "InstanceNumber")),
+        "series_description": _text(_value(dataset, "SeriesDescription")),
+        "protocol_name": _text(_value(dataset, "ProtocolName")),
+        "manufacturer": _text(_value(dataset, "Manufacturer")),
+        "image_type": _strings(_value(dataset, "ImageType")),
+        "scan_options": _strings(_value(dataset, "ScanOptions")),
+        "scanning_sequence": _strings(_value(dataset, "ScanningSequence")),
+        "imaging_frequency": _float(_value(dataset, "ImagingFrequency")),
+        "magnetic_field_strength": _float(_value(dataset, "MagneticFieldStrength")),
+        "images_in_acquisition": _int(_value(dataset, "ImagesInAcquisition")),
+        "acquisition_number": _int(_value(dataset, "AcquisitionNumber")),
         "number_of_frames": number_of_frames,
-        "frame_of_reference_uid": _text(dataset.get("FrameOfReferenceUID")),
-        "rows": _int(dataset.get("Rows")),
-        "columns": _int(dataset.get("Columns")),
+        "frame_of_reference_uid": _text(_value(dataset, "FrameOfReferenceUID")),
+        "rows": _int(_value(dataset, "Rows")),
+        "columns": _int(_value(dataset, "Columns")),
         # What tells a post-contrast or a fat-suppressed fluid-sensitive series (companions.py)
         "contrast_agent": _contrast_agent(dataset),
-        "inversion_time": _float(dataset.get("InversionTime")),
-        "repetition_time": _float(dataset.get("RepetitionTime")),
-        "series_time": _text(dataset.get("SeriesTime")),
-        "acquisition_time": _text(dataset.get("AcquisitionTime")),
-        "sequence_name": _text(dataset.get("SequenceName")),
+        "inversion_time": _float(_value(dataset, "InversionTime")),
+        "repetition_time": _float(_value(dataset, "RepetitionTime")),
+        "series_time": _text(_value(dataset, "SeriesTime")),
+        "acquisition_time": _text(_value(dataset, "AcquisitionTime")),
+        "sequence_name": _text(_value(dataset, "SequenceName")),
     }
     if "PerFrameFunctionalGroupsSequence" in dataset or "SharedFunctionalGroupsSequence" in dataset:
         shared = _first_item(dataset, "SharedFunctionalGroupsSequence")
-        per_frame = dataset.get("PerFrameFunctionalGroupsSequence") or []
+        per_frame = _value(dataset, "PerFrameFunctionalGroupsSequence") or []
         frames = [
             _frame_from_groups(shared, per_frame[i] if i < len(per_frame) else None)
             for i in range(number_of_frames)
@@ -221,30 +256,31 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
         # Enhanced MR states fat suppression in SpectrallySelectedSuppression (FAT, ...).
         modifier = _first_item(shared, "MRModifierSequence") or Dataset()
         summary["spectral_suppression"] = _text(
-            dataset.get("SpectrallySelectedSuppression")
-        ) or _text(modifier.get("SpectrallySelectedSuppression"))
+            _value(dataset, "SpectrallySelectedSuppression")
+        ) or _text(_value(modifier, "SpectrallySelectedSuppression"))
         summary["scanning_sequence"] = summary["scanning_sequence"] or [
-            term for value in _strings(dataset.get("EchoPulseSequence"))
+            term for value in _strings(_value(dataset, "EchoPulseSequence"))
             for term in _ECHO_PULSE_AS_SCANNING.get(value.upper(), [value])]
         # ... and inversion recovery with its inversion time (a STIR) in the MR Modifier group.
-        if _text(modifier.get("InversionRecovery")).upper() == "YES":
+        if _text(_value(modifier, "InversionRecovery")).upper() == "YES":
             if "IR" not in summary["scanning_sequence"]:
                 summary["scanning_sequence"] = [*summary["scanning_sequence"], "IR"]
             summary["inversion_time"] = summary["inversion_time"] or _float(
-                modifier.get("InversionTimes"))
+                _value(modifier, "InversionTimes"))
     else:
-        echo_numbers = _floats(dataset.get("EchoNumbers"))
+        echo_numbers = _floats(_value(dataset, "EchoNumbers"))
         frames = [
             {
-                "position": _floats(dataset.get("ImagePositionPatient")),
-                "orientation": _floats(dataset.get("ImageOrientationPatient")),
-                "pixel_spacing": _floats(dataset.get("PixelSpacing")),
-                "slice_thickness": _float(dataset.get("SliceThickness")),
-                "echo_time": _float(dataset.get("EchoTime")),
+                "position": _floats(_value(dataset, "ImagePositionPatient")),
+                "orientation": _floats(_value(dataset, "ImageOrientationPatient")),
+                "pixel_spacing": _floats(_value(dataset, "PixelSpacing")),
+                "slice_thickness": _float(_value(dataset, "SliceThickness")),
+                "echo_time": _float(_value(dataset, "EchoTime")),
                 "echo_number": int(echo_numbers[0]) if echo_numbers else None,
                 "frame_type": [],
                 "complex_component": _complex_component(
-                    dataset.get("ComplexImageComponent"), _strings(dataset.get("ImageType"))),
+                    _value(dataset, "ComplexImageComponent"),
+                    _strings(_value(dataset, "ImageType"))),
                 "private_type": _philips_type(dataset),
                 "stack_position": None,
             }
