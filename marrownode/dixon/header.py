@@ -25,30 +25,43 @@ PHILIPS_CREATOR = "Philips MR Imaging DD 001"
 MARROWNODE_MANUFACTURER = "marrownode"
 
 
-#: VRs whose value pydicom converts from the bytes alone: not with the data set's character
-#: set (text and names), nor corrected afterwards (ambiguous VRs), nor as a sequence.
+#: VRs whose value pydicom converts from the bytes alone: not corrected afterwards (ambiguous
+#: VRs), nor read as a sequence.
 _PLAIN_VRS = frozenset({"AE", "AS", "CS", "DA", "DS", "DT", "IS", "TM", "UI", "US", "SS", "UL",
                         "SL", "FL", "FD"})
+#: ... and those it decodes with the data set's character set (names and text).
+_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+#: Decoded with the default character set whatever the data set says (pydicom does so).
+_SPECIFIC_CHARACTER_SET = 0x00080005
 
 
 def _value(dataset: Dataset, keyword: str) -> Any:
-    """dataset.get(keyword): the same value, converted by pydicom's own convert_value, but
-    without the DataElement pydicom builds and keeps for each element first read (two thirds
-    of reading a header's summary, which every received instance pays). Elements of other
-    VRs, implicit-VR ones (no VR in the file), deferred ones, and any that pydicom would
-    treat otherwise (customised hooks, a conversion that fails) take pydicom's own path."""
+    """dataset.get(keyword): the same value, converted by pydicom's own convert_value with
+    the encodings pydicom would use, but without the DataElement pydicom builds and keeps for
+    each element first read (most of reading a header's summary, which every received
+    instance pays). Sequences and elements of other VRs, implicit-VR ones (no VR in the
+    file), deferred ones, text of a data set without its character set known, and any that
+    pydicom would treat otherwise (customised hooks, a conversion that fails) take pydicom's
+    own path."""
     tag = tag_for_keyword(keyword)
     if tag is None:
         return dataset.get(keyword)
     element = dataset.get_item(tag, keep_deferred=True)
     if element is None:
         return None
-    if (not isinstance(element, RawDataElement) or element.VR not in _PLAIN_VRS
-            or element.value is None or pydicom_config.data_element_callback is not None
+    if (not isinstance(element, RawDataElement) or element.value is None
+            or pydicom_config.data_element_callback is not None
             or pydicom_hooks.hooks.raw_element_value is not pydicom_hooks.raw_element_value):
         return dataset.get(keyword)
+    encodings = None
+    if element.VR in _TEXT_VRS and tag != _SPECIFIC_CHARACTER_SET:
+        encodings = dataset.original_character_set  # what pydicom decodes it with, when set
+        if not encodings:
+            return dataset.get(keyword)
+    elif element.VR not in _PLAIN_VRS:
+        return dataset.get(keyword)
     try:
-        return convert_value(element.VR, element)
+        return convert_value(element.VR, element, encodings)
     except Exception:  # pydicom's path decides: a warning and UN, or its error
         return dataset.get(keyword)
 
