@@ -61,7 +61,10 @@ def _remembering(original: Callable[..., bool]) -> Callable[..., bool]:
     return is_attribute_in_iod
 
 
-if not verified_version():  # pragma: no cover - depends on the installed version
-    log.warning("event=highdicom_unverified version=%s detail=result building may be slower",
+# Only on a verified highdicom: another may have changed what the function takes or means,
+# and an unknown highdicom is better slower than wrong.
+if verified_version():
+    remember_iod_attributes()
+else:  # pragma: no cover - depends on the installed version
+    log.warning("event=highdicom_unverified version=%s detail=iod_answers_not_kept",
                 highdicom.__version__)
-remember_iod_attributes()
