@@ -35,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from marrownode.config import NodeSettings  # noqa: E402
 from marrownode.store.database import index_path  # noqa: E402
 from marrownode.synthetic.anatomy import anatomical_phantom  # noqa: E402
 from marrownode.synthetic.lumbar import lumbar_phantom  # noqa: E402
@@ -132,7 +133,7 @@ class MarrowNode(Receiver):
         self.destination = destination
         self.receiver_processes = receiver_processes
         if receiver_processes is None:
-            default = min(4, len(os.sched_getaffinity(0)))
+            default = NodeSettings().receiver_processes
             self.name = f"marrownode (default: {default} receiving processes)"
         else:
             self.name = (f"marrownode, {receiver_processes} receiving process"

@@ -161,7 +161,7 @@ def _expand(reduced: Localisation, factor: int, in_phase: np.ndarray, signal_los
     keep = np.zeros(labelled.shape, dtype=bool)
     box = in_plane_box(labelled, 0)  # nothing is kept where nothing is labelled
     if box is not None:
-        allowed = tissue[box] & (np.nan_to_num(in_phase[box])
+        allowed = tissue[box] & (finite_or_zero(in_phase[box])
                                  >= parameters.void_relative_signal * level)
         mixed = np.nan_to_num(signal_loss[box]) >= parameters.mixed_tissue_min_loss_percent
         inside = _inside_beyond(labelled, width, geometry.spacing_mm[1:])[box]

@@ -92,16 +92,17 @@ class SetSeries:
         """Write a series' instances (atomically, each); their report entries."""
         folder = self.out_dir / self.dixon_set.key / f"{spec.offset:02d}-{spec.kind}"
         encoder = SeriesEncoder()  # the series' instances share most elements
-        return [write_entry(dataset, folder, self.out_dir, encoder) for dataset in datasets]
+        return [write_entry(dataset, spec.kind, folder, self.out_dir, encoder)
+                for dataset in datasets]
 
 
-def write_entry(dataset: Dataset, folder: Path, out_dir: Path,
+def write_entry(dataset: Dataset, kind: OutputKind, folder: Path, out_dir: Path,
                 encoder: SeriesEncoder) -> OutputEntry:
     """Write one result under its series folder; its report entry."""
     path = folder / f"{dataset.SOPInstanceUID}.dcm"
     encoder.write(dataset, path)
     return {
-        "kind": OutputKind(folder.name.split("-", 1)[1]),
+        "kind": kind,
         "sop_class_uid": str(dataset.SOPClassUID),
         "transfer_syntax_uid": str(dataset.file_meta.TransferSyntaxUID),
         "sop_instance_uid": str(dataset.SOPInstanceUID),
@@ -134,34 +135,45 @@ def map_series(series: SetSeries, sources: SourceSeries, signal_loss: np.ndarray
     return written, None
 
 
+@dataclass(frozen=True)
+class _Map:
+    """One map as its parametric map and its derived MR series show it."""
+
+    parametric: OutputSeries
+    derived: OutputSeries
+    values: np.ndarray
+    lut_label: str
+    explanation: str
+    value_range: tuple[int, int]
+    window: tuple[float, float]
+
+
 def _write_maps(series: SetSeries, sources: SourceSeries, signal_loss: np.ndarray,
                 fat_fraction: np.ndarray, method: FatFractionMethod | None,
                 written: list[list[OutputEntry]]) -> None:
     outputs = series.settings.outputs
     root = outputs.uid_root
-    label = "" if method is None else FAT_FRACTION_LABELS[method]
-    maps = {"signal_loss": (signal_loss, "SIGNAL_LOSS", "Signal loss 100*(IP-OP)/IP",
-                            MARROW_SIGNAL_LOSS_WINDOW),
-            "fat_fraction": (fat_fraction, "FAT_FRACTION", label, fat_fraction_window(method))}
-    value_ranges = {"signal_loss": (-100, 100), "fat_fraction": (0, 100)}
+    maps = (_Map(SIGNAL_LOSS_PM, SIGNAL_LOSS_MR, signal_loss, "SIGNAL_LOSS",
+                 "Signal loss 100*(IP-OP)/IP", (-100, 100), MARROW_SIGNAL_LOSS_WINDOW),
+            _Map(FAT_FRACTION_PM, FAT_FRACTION_MR, fat_fraction, "FAT_FRACTION",
+                 "" if method is None else FAT_FRACTION_LABELS[method], (0, 100),
+                 fat_fraction_window(method)))
     if outputs.parametric_map:
-        for spec, key in ((SIGNAL_LOSS_PM, "signal_loss"), (FAT_FRACTION_PM, "fat_fraction")):
-            values, lut_label, explanation, _ = maps[key]
-            series_uid, number, description = series.identity(spec)
-            written.append(series.write(spec, [build_parametric_map(
-                sources, values, label=lut_label, explanation=explanation,
-                value_range=value_ranges[key], series_uid=series_uid,
+        for a_map in maps:
+            series_uid, number, description = series.identity(a_map.parametric)
+            written.append(series.write(a_map.parametric, [build_parametric_map(
+                sources, a_map.values, label=a_map.lut_label, explanation=a_map.explanation,
+                value_range=a_map.value_range, series_uid=series_uid,
                 sop_uid=derived_uid(root, series_uid, "instance"), series_number=number,
                 series_description=description, uid_root=root)]))
     if outputs.derived_mr:
-        for spec, key in ((SIGNAL_LOSS_MR, "signal_loss"), (FAT_FRACTION_MR, "fat_fraction")):
-            values, lut_label, explanation, window = maps[key]
-            series_uid, number, description = series.identity(spec)
-            written.append(series.write(spec, build_derived_mr_series(
-                sources, values, label=lut_label, explanation=explanation,
-                value_range=value_ranges[key], series_uid=series_uid,
+        for a_map in maps:
+            series_uid, number, description = series.identity(a_map.derived)
+            written.append(series.write(a_map.derived, build_derived_mr_series(
+                sources, a_map.values, label=a_map.lut_label, explanation=a_map.explanation,
+                value_range=a_map.value_range, series_uid=series_uid,
                 sop_uids=[derived_uid(root, series_uid, i) for i in range(len(sources.planes))],
-                series_number=number, series_description=description, window=window)))
+                series_number=number, series_description=description, window=a_map.window)))
 
 
 class EarlyMaps:
