@@ -52,6 +52,33 @@ ENV = {**os.environ, "TCP_NODELAY": "1"}
 WARM_UP_SECONDS = 4.0
 
 
+class MachineCPU:
+    """The whole machine's CPU over a stretch of time, from /proc/stat: what every process
+    used (senders, receiver, PACS, kernel work such as fsync) and what the hypervisor took
+    (steal). Throughput on two shared cores is CPU: these say where a figure's time went and
+    how contended the VM was while it was taken."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self) -> None:
+        self._start = self._read()
+
+    @staticmethod
+    def _read() -> list[int]:
+        with open("/proc/stat") as stat:
+            return [int(v) for v in stat.readline().split()[1:9]]
+
+    def since(self) -> dict[str, float]:
+        """CPU-seconds busy (user, nice, system, irq, softirq) and stolen, and the steal share."""
+        now = self._read()
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            (b - a) / self.TICK for a, b in zip(self._start, now, strict=True))
+        busy = user + nice + system + irq + softirq
+        total = busy + idle + iowait + steal
+        return {"busy_s": busy, "steal_s": steal,
+                "steal_share": steal / total if total else 0.0}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -218,13 +245,14 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
         lambda: MarrowNode(work / "node", receiver_processes=1),
         lambda: PynetdicomCeiling(work / "pynetdicom")]
     timings: dict[tuple[str, int], list[float]] = {}
+    machine: dict[tuple[str, int], list[dict[str, float]]] = {}
     for repetition in range(repetitions):
         for make in receivers:  # alternating within each repetition
             for parallel in (1, 4):
                 receiver = make()
                 receiver.start()
                 try:
-                    started = time.perf_counter()
+                    started, cpu = time.perf_counter(), MachineCPU()
                     if parallel == 1:
                         storescu(receiver.port, receiver.ae_title, folder)
                     else:
@@ -234,18 +262,22 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
                             stderr=subprocess.DEVNULL) for q in quarters]
                         if any(p.wait(1800) != 0 for p in procs):
                             raise RuntimeError(f"storescu failed against {receiver.name}")
-                    elapsed = time.perf_counter() - started
+                    elapsed, used = time.perf_counter() - started, cpu.since()
                 finally:
                     receiver.stop()
                 timings.setdefault((receiver.name, parallel), []).append(elapsed)
+                machine.setdefault((receiver.name, parallel), []).append(used)
                 print(f"  ingest rep {repetition + 1} {receiver.name:<36} x{parallel}: "
                       f"{len(files) / elapsed:7.1f} img/s", flush=True)
     rows = []
     for (name, parallel), values in timings.items():
         seconds = statistics.median(values)
+        used = machine[(name, parallel)]
         rows.append({"receiver": name, "associations": parallel, "img_s": len(files) / seconds,
                      "mb_s": megabytes / seconds, "instances": len(files),
-                     "mb_per_instance": megabytes / len(files)})
+                     "mb_per_instance": megabytes / len(files),
+                     "cpu_ms": statistics.median(u["busy_s"] for u in used) * 1000 / len(files),
+                     "steal": statistics.median(u["steal_share"] for u in used)})
     return rows
 
 
@@ -284,7 +316,7 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
     node.start()
     try:
         storescu(node.port, node.ae_title, folder)
-        sent = time.time()
+        sent, cpu = time.time(), MachineCPU()
         index = index_path(node.work / "data")
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -293,8 +325,10 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
                 rows = db.execute("SELECT COUNT(*), SUM(state = 'delivered'), MAX(updated_at) "
                                   "FROM outbox").fetchone()
             if state and state[0] == "analysed" and rows[0] and rows[0] == rows[1]:
+                used = cpu.since()  # (up to 50 ms of polling after the last result)
                 return {"study": name, "instances": len(datasets), "results": rows[0],
-                        "seconds": rows[2] - sent}
+                        "seconds": rows[2] - sent, "cpu_s": used["busy_s"],
+                        "steal": used["steal_share"]}
             time.sleep(0.05)
         raise TimeoutError(f"no results for {name}")
     finally:
@@ -406,24 +440,33 @@ def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str)
     lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"`{command}`", "", "### Ingest (DCMTK storescu as the sender, TCP_NODELAY=1)", "",
-             "| receiver | associations | img/s | MB/s | vs Orthanc | vs storescp |",
-             "|---|---|---|---|---|---|"]
+             "| receiver | associations | img/s | MB/s | vs Orthanc | vs storescp "
+             "| machine CPU ms per instance | steal |",
+             "|---|---|---|---|---|---|---|---|"]
     by = {(r["receiver"], r["associations"]): r for r in ingest_rows}
     for row in ingest_rows:
         orthanc = by.get(("Orthanc", row["associations"]))
         scp = by.get(("DCMTK storescp", row["associations"]))
         lines.append(f"| {row['receiver']} | {row['associations']} | {row['img_s']:.1f} | "
                      f"{row['mb_s']:.1f} | {row['img_s'] / orthanc['img_s']:.2f}x | "
-                     f"{row['img_s'] / scp['img_s']:.2f}x |")
+                     f"{row['img_s'] / scp['img_s']:.2f}x | {row['cpu_ms']:.2f} | "
+                     f"{row['steal']:.0%} |")
     if ingest_rows:
         lines.append(f"\n{ingest_rows[0]['instances']} instances of "
                      f"{ingest_rows[0]['mb_per_instance'] * 1000:.0f} KB; medians of the "
-                     "repetitions.")
+                     "repetitions. Machine CPU: every process on the machine (the storescu "
+                     "senders included) and the kernel's work for them, per instance; steal: "
+                     "the share of the time the hypervisor gave to others.")
     lines += ["", "### Time to result (last C-STORE response to last result accepted)", "",
-              "| study | instances | result files | seconds |", "|---|---|---|---|"]
+              "| study | instances | result files | seconds | machine CPU-seconds meanwhile "
+              "| steal |", "|---|---|---|---|---|---|"]
     for row in ttr:
         lines.append(f"| {row['study']} | {row['instances']} | {row['results']} | "
-                     f"{row['seconds']:.2f} |")
+                     f"{row['seconds']:.2f} | {row['cpu_s']:.2f} | {row['steal']:.0%} |")
+    if ttr:
+        lines.append(f"\nOn {os.cpu_count()} cores a time to result can be no shorter than "
+                     "the CPU-seconds it needs divided by the cores (the node's analysis, "
+                     "result encoding and sending, and the destination's receiving).")
     if stages:
         lines += ["", "### Whole-body analysis by stage (one process, one core)", "",
                   "| stage | seconds | ms per slice |", "|---|---|---|"]
