@@ -33,6 +33,7 @@ from marrownode.results.common import (
     level_concept,
     stamp,
 )
+from marrownode.results.highdicom_adapter import sr_content_taken_as_built
 from marrownode.results.sr_companions import CompanionImages
 from marrownode.results.sr_follow_up import FollowUp, centroid_items
 from marrownode.uids import derived_uid
@@ -346,19 +347,21 @@ def build_sr(
         procedure_reported=codes.LN.MRIUnspecifiedBodyRegion,
         imaging_measurements=groups,
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=list(evidence) + list(parametric_maps) + list(prior_reports),
-        content=report[0],
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,
-        previous_versions=[p for p in predecessors if p.SOPInstanceUID != sop_uid] or None,
-    )
+    content = report[0]
+    with sr_content_taken_as_built(content):  # built for this report alone: no copy
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=list(evidence) + list(parametric_maps) + list(prior_reports),
+            content=content,
+            series_instance_uid=series_uid,
+            series_number=series_number,
+            sop_instance_uid=sop_uid,
+            instance_number=1,
+            manufacturer=MANUFACTURER,
+            is_complete=True,
+            is_final=False,
+            is_verified=False,
+            previous_versions=[p for p in predecessors if p.SOPInstanceUID != sop_uid] or None,
+        )
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = SCHEME_NAME
