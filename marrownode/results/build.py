@@ -267,11 +267,13 @@ def _image_reference(source: Dataset, series_uid: str, sop_class_uid: str,
 
 
 def _header(dataset: Dataset) -> Dataset:
-    """The dataset without its bulk data: what the SR's evidence lists and inherits."""
+    """The dataset without its bulk data: what the SR's evidence lists and inherits. Its
+    elements are taken as read (pydicom converts an element's value when it is first asked
+    for, and highdicom asks for a handful: iterating would convert every one of them)."""
     header = Dataset()
-    for element in dataset:
+    for element in dataset.elements():
         if element.tag not in _BULK:
-            header.add(element)
+            header[element.tag] = element
     return header
 
 

@@ -424,3 +424,28 @@ def test_result_files_are_byte_for_byte_what_pydicom_writes(tmp_path: Path,
     for entry in outputs:
         written = (tmp_path / "out" / entry["path"]).read_bytes()
         assert written == (expected / Path(entry["path"]).name).read_bytes(), entry["kind"]
+
+
+def test_an_sr_evidence_header_keeps_the_elements_as_read(tmp_path: Path) -> None:
+    """The SR's evidence (results/build.py _header): every element but the bulk data, its
+    value the source's, and left as read (unconverted) until highdicom asks for it: a
+    whole-body station lists 256 images, and converting every element of each cost more
+    than the rest of the list."""
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from marrownode.results.build import _header
+
+    (path,) = write_datasets(build_study(StudyOptions(style="siemens", patient_name=NAME,
+                                                      study_key="res-evidence"))[:1], tmp_path)
+    source = dcmread(path)
+    header = _header(source)
+    bulk = {Tag("PixelData")}
+    assert bulk <= set(source.keys()) and not bulk & set(header.keys())
+    assert set(header.keys()) == set(source.keys()) - bulk
+    tags = sorted(header.keys())  # (iterating a Dataset would convert its elements)
+    raw = [tag for tag in tags if isinstance(header.get_item(tag), RawDataElement)]
+    assert len(raw) > 20  # nothing was converted to build the header
+    for tag in tags:
+        assert header[tag].value == source[tag].value, tag
+    assert str(header.PatientName) == NAME
