@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset
 from marrownode.config import Settings, content_digest
 from marrownode.report_shape import OutputEntry
 from marrownode.results.answer_sr import build_answer_sr
-from marrownode.results.build import write_dataset
+from marrownode.results.encoding import write_dataset
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import OutputKind
 

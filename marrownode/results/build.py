@@ -21,7 +21,6 @@ from marrownode.report import SetReport
 from marrownode.report_shape import OutputEntry
 from marrownode.results.beside import overlapped
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
-from marrownode.results.encoding import SeriesEncoder
 from marrownode.results.follow_up_text import focus_labels
 from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
 from marrownode.results.segmentation import build_vertebra_segmentation
@@ -86,12 +85,6 @@ def source_series(dixon_set: DixonSet, cache: PixelCache, volumes: SetVolumes) -
         planes=_planes(dixon_set.in_phase, cache, volumes.spacing_mm[0]),
         opposed_planes=_planes(dixon_set.opposed, cache, volumes.spacing_mm[0]),
     )
-
-
-def write_dataset(dataset: Dataset, path: Path) -> None:
-    """Atomic write of one instance: a reader (the sender, a PACS admin) never sees half a
-    file."""
-    SeriesEncoder().write(dataset, path)
 
 
 def early_maps(dixon_set: DixonSet, volumes: SetVolumes, cache: PixelCache,

@@ -23,6 +23,7 @@ from marrownode.results.common import (
     copy_patient_study,
     creation_date_time,
 )
+from marrownode.results.encoding import write_dataset
 from marrownode.results.sr import SCHEME, SCHEME_NAME
 from marrownode.uids import derived_uid
 from marrownode.vocabulary import OutputKind
@@ -111,10 +112,8 @@ def write_failure_note(source_path: str, reason: str, partial_paths: Sequence[st
     sop_uid = str(derived_uid(uid_root, series_uid, "failure-note-sr"))
     note = build_failure_note(reference, reason, partial, series_uid=series_uid, sop_uid=sop_uid,
                               series_number=series_number_base + NOTE_SERIES_OFFSET)
-    folder = Path(out_dir) / FAILURE_NOTE_FOLDER
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{sop_uid}.dcm"
-    note.save_as(path, enforce_file_format=True)
+    path = Path(out_dir) / FAILURE_NOTE_FOLDER / f"{sop_uid}.dcm"
+    write_dataset(note, path)
     return [{"kind": OutputKind.FAILURE_NOTE, "sop_class_uid": str(note.SOPClassUID),
              "sop_instance_uid": sop_uid, "series_instance_uid": series_uid,
              "transfer_syntax_uid": str(note.file_meta.TransferSyntaxUID),

@@ -92,8 +92,10 @@ class SetSeries:
         """Write a series' instances (atomically, each); their report entries."""
         folder = self.out_dir / self.dixon_set.key / f"{spec.offset:02d}-{spec.kind}"
         encoder = SeriesEncoder()  # the series' instances share most elements
-        return [write_entry(dataset, spec.kind, folder, self.out_dir, encoder)
-                for dataset in datasets]
+        entries = [write_entry(dataset, spec.kind, folder, self.out_dir, encoder)
+                   for dataset in datasets]
+        encoder.make_durable()  # before the entries go to the outbox
+        return entries
 
 
 def write_entry(dataset: Dataset, kind: OutputKind, folder: Path, out_dir: Path,

@@ -449,3 +449,43 @@ def test_an_sr_evidence_header_keeps_the_elements_as_read(tmp_path: Path) -> Non
     for tag in tags:
         assert header[tag].value == source[tag].value, tag
     assert str(header.PatientName) == NAME
+
+
+def test_result_folders_are_synced_once_a_series_is_written(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Every result file is fsynced before its rename; the rename (and a new folder) is only
+    durable once its folder is fsynced too. The series encoder does that once per series,
+    deepest folder first, before the series' entries are handed on to the outbox (whose rows
+    survive a power loss: the files they name must too)."""
+    import os
+
+    import marrownode.results.encoding as encoding_module
+    from marrownode.results.encoding import SeriesEncoder
+
+    synced: list[Path] = []
+    monkeypatch.setattr(encoding_module, "fsync_directory", synced.append)
+    study_datasets = build_study(StudyOptions(style="siemens", study_key="res-durable"))
+    datasets = study_datasets[:3]
+    out = tmp_path / "results" / "study"
+    encoder = SeriesEncoder()
+    for dataset in datasets[:2]:
+        encoder.write(dataset, out / "set" / "01-a" / f"{dataset.SOPInstanceUID}.dcm")
+    assert synced == []  # not once per file
+    encoder.make_durable()
+    assert synced == [out / "set" / "01-a", out / "set", out, tmp_path / "results", tmp_path]
+    synced.clear()
+    encoder.write(datasets[2], out / "set" / "02-b" / f"{datasets[2].SOPInstanceUID}.dcm")
+    encoder.make_durable()  # a new series beside: its folder and the set's folder
+    assert synced == [out / "set" / "02-b", out / "set"]
+
+    # The pipeline: every result series' folder is synced (on one core, so the map series
+    # are written in this process and the spy sees them).
+    synced.clear()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    write_datasets(study_datasets, tmp_path / "in")
+    report = process_paths([tmp_path / "in"], tmp_path / "out", settings_from_mapping({}))
+    (study,) = report["studies"]
+    folders = {(tmp_path / "out" / entry["path"]).parent
+               for dixon_set in study["dixon_sets"] for entry in dixon_set["outputs"]}
+    assert len(folders) >= len(EXPECTED_COUNTS)  # (each map has its own series)
+    assert folders <= set(synced)
