@@ -27,7 +27,7 @@ from pydicom.filewriter import (
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pydicom.valuerep import AMBIGUOUS_VR, VR
 
-from marrownode.store.spool import fsync_directory
+from marrownode.store.spool import fsync_directory, missing_directories
 
 #: Elements encoded to more bytes than this (pixel data) are written, never kept.
 LARGEST_KEPT_BYTES = 64 * 1024
@@ -78,12 +78,7 @@ class SeriesEncoder:
         self._created.clear()
 
     def _make_folder(self, folder: Path) -> None:
-        missing: list[Path] = []
-        current = folder
-        while not current.exists():
-            missing.append(current)
-            current = current.parent
-        if missing:
+        if missing := missing_directories(folder):
             folder.mkdir(parents=True, exist_ok=True)
             self._created.update(missing)
 

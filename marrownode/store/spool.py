@@ -31,6 +31,16 @@ def fsync_directory(path: Path) -> None:
         os.close(fd)
 
 
+def missing_directories(directory: Path) -> list[Path]:
+    """directory and those of its parents that do not exist yet, deepest first."""
+    missing: list[Path] = []
+    current = directory
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    return missing
+
+
 #: Kept free beyond the watermark for the index (its WAL and the row of the instance being
 #: stored), which lives on the same storage root: the watermark covers both.
 INDEX_RESERVE_BYTES = 4 << 20
@@ -220,12 +230,7 @@ class Spool:
 
     def _make_directories(self, directory: Path) -> None:
         """Create missing directories and fsync each parent, so new entries survive a crash."""
-        missing: list[Path] = []
-        current = directory
-        while not current.exists():
-            missing.append(current)
-            current = current.parent
-        for new_dir in reversed(missing):
+        for new_dir in reversed(missing_directories(directory)):
             new_dir.mkdir(exist_ok=True)
             fsync_directory(new_dir.parent)
 
