@@ -153,6 +153,18 @@ def _complex_component(stated: Any, image_type: list[str]) -> str:
     return ""
 
 
+def _frame_geometry(position: Dataset | None, orientation: Dataset | None,
+                    measures: Dataset | None) -> dict[str, Any]:
+    """A functional-groups frame's position, orientation, pixel spacing and thickness."""
+    return {
+        "position": _floats(_value(position, "ImagePositionPatient")) if position else None,
+        "orientation": (_floats(_value(orientation, "ImageOrientationPatient"))
+                        if orientation else None),
+        "pixel_spacing": _floats(_value(measures, "PixelSpacing")) if measures else None,
+        "slice_thickness": _float(_value(measures, "SliceThickness")) if measures else None,
+    }
+
+
 def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dict[str, Any]:
     def group(keyword: str) -> Dataset | None:
         return _first_item(per_frame, keyword) or _first_item(shared, keyword)
@@ -168,18 +180,14 @@ def _frame_from_groups(shared: Dataset | None, per_frame: Dataset | None) -> dic
                  or _first_item(shared, "UnassignedSharedConvertedAttributesSequence"))
     if converted is not None and echo is None and frame_type is None:
         return _frame_from_converted(position, orientation, measures, converted, content)
+    frame_types = _strings(_value(frame_type, "FrameType")) if frame_type else []
     return {
-        "position": _floats(_value(position, "ImagePositionPatient")) if position else None,
-        "orientation": (_floats(_value(orientation, "ImageOrientationPatient"))
-                        if orientation else None),
-        "pixel_spacing": _floats(_value(measures, "PixelSpacing")) if measures else None,
-        "slice_thickness": _float(_value(measures, "SliceThickness")) if measures else None,
+        **_frame_geometry(position, orientation, measures),
         "echo_time": _float(_value(echo, "EffectiveEchoTime")) if echo else None,
         "echo_number": None,
-        "frame_type": _strings(_value(frame_type, "FrameType")) if frame_type else [],
+        "frame_type": frame_types,
         "complex_component": _complex_component(
-            _value(frame_type, "ComplexImageComponent"),
-            _strings(_value(frame_type, "FrameType"))) if frame_type else "",
+            _value(frame_type, "ComplexImageComponent"), frame_types) if frame_type else "",
         "private_type": _philips_frame_type(per_frame) if per_frame is not None else None,
         "stack_position": _int(_value(content, "InStackPositionNumber")) if content else None,
     }
@@ -193,11 +201,7 @@ def _frame_from_converted(position: Dataset | None, orientation: Dataset | None,
     image_type = _strings(_value(converted, "ImageType"))
     echo_numbers = _floats(_value(converted, "EchoNumbers"))
     return {
-        "position": _floats(_value(position, "ImagePositionPatient")) if position else None,
-        "orientation": (_floats(_value(orientation, "ImageOrientationPatient"))
-                        if orientation else None),
-        "pixel_spacing": _floats(_value(measures, "PixelSpacing")) if measures else None,
-        "slice_thickness": _float(_value(measures, "SliceThickness")) if measures else None,
+        **_frame_geometry(position, orientation, measures),
         "echo_time": _float(_value(converted, "EchoTime")),
         "echo_number": int(echo_numbers[0]) if echo_numbers else None,
         "frame_type": image_type,
@@ -292,8 +296,7 @@ def summarise(dataset: Dataset) -> dict[str, Any]:
                 "echo_number": int(echo_numbers[0]) if echo_numbers else None,
                 "frame_type": [],
                 "complex_component": _complex_component(
-                    _value(dataset, "ComplexImageComponent"),
-                    _strings(_value(dataset, "ImageType"))),
+                    _value(dataset, "ComplexImageComponent"), summary["image_type"]),
                 "private_type": _philips_type(dataset),
                 "stack_position": None,
             }
