@@ -79,6 +79,54 @@ class MachineCPU:
                 "steal_share": steal / total if total else 0.0}
 
 
+class TreeCPU:
+    """CPU-seconds of a process and its descendants over a stretch of time, from /proc: user and
+    system time of each process alive at either end, with what its waited-for children used
+    (a forked helper that ended, a DCMTK storescp child per association). Split by part: a
+    process whose command line names one of `parts` counts for that part, any other for
+    "main". Descendants that ended without being waited for are not counted."""
+
+    TICK = os.sysconf("SC_CLK_TCK")
+
+    def __init__(self, root: int, parts: dict[str, str] | None = None) -> None:
+        self.root = root
+        self.parts = parts or {}
+        self._start = self._read()
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        table: dict[int, tuple[int, str, float]] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as stat_file:
+                    stat = stat_file.read()
+                with open(f"/proc/{entry}/cmdline", "rb") as cmdline:
+                    command = cmdline.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # ended meanwhile
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            seconds = sum(int(v) for v in fields[11:15]) / self.TICK  # utime stime cutime cstime
+            table[int(entry)] = (int(fields[1]), command, seconds)
+        tree, frontier = {self.root}, [self.root]
+        while frontier:
+            parent = frontier.pop()
+            children = [pid for pid, (ppid, _, _) in table.items() if ppid == parent]
+            tree.update(children)
+            frontier.extend(children)
+        return {pid: (self._part(table[pid][1]), table[pid][2]) for pid in tree if pid in table}
+
+    def _part(self, command: str) -> str:
+        return next((part for part, word in self.parts.items() if word in command), "main")
+
+    def since(self) -> dict[str, float]:
+        """CPU-seconds per part since this was made (alive processes and reaped children)."""
+        used: dict[str, float] = {part: 0.0 for part in ("main", *self.parts)}
+        for pid, (part, seconds) in self._read().items():
+            used[part] += seconds - self._start.get(pid, (part, 0.0))[1]
+        return used
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -252,7 +300,9 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
                 receiver = make()
                 receiver.start()
                 try:
+                    assert receiver.process is not None
                     started, cpu = time.perf_counter(), MachineCPU()
+                    own = TreeCPU(receiver.process.pid)
                     if parallel == 1:
                         storescu(receiver.port, receiver.ae_title, folder)
                     else:
@@ -263,6 +313,7 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
                         if any(p.wait(1800) != 0 for p in procs):
                             raise RuntimeError(f"storescu failed against {receiver.name}")
                     elapsed, used = time.perf_counter() - started, cpu.since()
+                    used["receiver_s"] = own.since()["main"]
                 finally:
                     receiver.stop()
                 timings.setdefault((receiver.name, parallel), []).append(elapsed)
@@ -277,6 +328,8 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
                      "mb_s": megabytes / seconds, "instances": len(files),
                      "mb_per_instance": megabytes / len(files),
                      "cpu_ms": statistics.median(u["busy_s"] for u in used) * 1000 / len(files),
+                     "receiver_ms": statistics.median(u["receiver_s"] for u in used) * 1000
+                     / len(files),
                      "steal": statistics.median(u["steal_share"] for u in used)})
     return rows
 
@@ -317,6 +370,9 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
     try:
         storescu(node.port, node.ae_title, folder)
         sent, cpu = time.time(), MachineCPU()
+        assert node.process is not None and destination.process is not None
+        node_cpu = TreeCPU(node.process.pid, {"analysis": "multiprocessing.forkserver"})
+        destination_cpu = TreeCPU(destination.process.pid)
         index = index_path(node.work / "data")
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
@@ -326,9 +382,12 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
                                   "FROM outbox").fetchone()
             if state and state[0] == "analysed" and rows[0] and rows[0] == rows[1]:
                 used = cpu.since()  # (up to 50 ms of polling after the last result)
+                by_part = node_cpu.since()
                 return {"study": name, "instances": len(datasets), "results": rows[0],
                         "seconds": rows[2] - sent, "cpu_s": used["busy_s"],
-                        "steal": used["steal_share"]}
+                        "steal": used["steal_share"], "node_main_s": by_part["main"],
+                        "analysis_s": by_part["analysis"],
+                        "destination_s": destination_cpu.since()["main"]}
             time.sleep(0.05)
         raise TimeoutError(f"no results for {name}")
     finally:
@@ -441,8 +500,8 @@ def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str)
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
              f"`{command}`", "", "### Ingest (DCMTK storescu as the sender, TCP_NODELAY=1)", "",
              "| receiver | associations | img/s | MB/s | vs Orthanc | vs storescp "
-             "| machine CPU ms per instance | steal |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| machine CPU ms per instance | receiver's own | steal |",
+             "|---|---|---|---|---|---|---|---|---|"]
     by = {(r["receiver"], r["associations"]): r for r in ingest_rows}
     for row in ingest_rows:
         orthanc = by.get(("Orthanc", row["associations"]))
@@ -450,23 +509,33 @@ def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str)
         lines.append(f"| {row['receiver']} | {row['associations']} | {row['img_s']:.1f} | "
                      f"{row['mb_s']:.1f} | {row['img_s'] / orthanc['img_s']:.2f}x | "
                      f"{row['img_s'] / scp['img_s']:.2f}x | {row['cpu_ms']:.2f} | "
-                     f"{row['steal']:.0%} |")
+                     f"{row['receiver_ms']:.2f} | {row['steal']:.0%} |")
     if ingest_rows:
         lines.append(f"\n{ingest_rows[0]['instances']} instances of "
                      f"{ingest_rows[0]['mb_per_instance'] * 1000:.0f} KB; medians of the "
                      "repetitions. Machine CPU: every process on the machine (the storescu "
-                     "senders included) and the kernel's work for them, per instance; steal: "
-                     "the share of the time the hypervisor gave to others.")
+                     "senders included) and the kernel's work for them, per instance; the "
+                     "receiver's own: its processes' user and system time (fsync's included), "
+                     "per instance; steal: the share of the time the hypervisor gave to "
+                     "others.")
     lines += ["", "### Time to result (last C-STORE response to last result accepted)", "",
               "| study | instances | result files | seconds | machine CPU-seconds meanwhile "
-              "| steal |", "|---|---|---|---|---|---|"]
+              "| analysis worker | node's other processes | destination | steal |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for row in ttr:
         lines.append(f"| {row['study']} | {row['instances']} | {row['results']} | "
-                     f"{row['seconds']:.2f} | {row['cpu_s']:.2f} | {row['steal']:.0%} |")
+                     f"{row['seconds']:.2f} | {row['cpu_s']:.2f} | {row['analysis_s']:.2f} | "
+                     f"{row['node_main_s']:.2f} | {row['destination_s']:.2f} | "
+                     f"{row['steal']:.0%} |")
     if ttr:
         lines.append(f"\nOn {os.cpu_count()} cores a time to result can be no shorter than "
                      "the CPU-seconds it needs divided by the cores (the node's analysis, "
-                     "result encoding and sending, and the destination's receiving).")
+                     "result encoding and sending, and the destination's receiving). By "
+                     "process, in CPU-seconds: the analysis worker (with the helpers it forks "
+                     "for the map series and the SR), the node's other processes (receiving, "
+                     "header summaries, delivery with pynetdicom), the destination (DCMTK "
+                     "storescp); the rest of the machine's is the kernel's own threads and "
+                     "everything else running.")
     if stages:
         lines += ["", "### Whole-body analysis by stage (one process, one core)", "",
                   "| stage | seconds | ms per slice |", "|---|---|---|"]
