@@ -121,13 +121,19 @@ class _Lane(LoopService):
         self.deliverer.deliver_due(self.destination)
 
     def wait_seconds(self) -> float:
-        """Until the next row is due (at most poll_seconds)."""
-        return self.deliverer.wait_seconds()
+        """Until this destination's next row is due (at most poll_seconds). Another
+        destination's due rows do not shorten it: this lane could not send them."""
+        next_due = self.deliverer.outbox.next_due(self.destination.name)
+        if next_due is None:
+            return self.poll_seconds
+        return min(self.poll_seconds, max(0.0, next_due - time.time()))
 
 
 class Deliverer(LoopService):
     """Sends queued results to every destination, each on its own lane, over one association
-    per batch; its own loop is the watchdog that queues stranded rows again."""
+    per batch; its own loop is the watchdog that queues stranded rows again, every
+    poll_seconds (rows due while a lane is busy are that lane's: the watchdog does not wait
+    on them, or it would go round without pause for as long as the lane sends)."""
 
     name = "deliverer"
     join_seconds = 60.0
@@ -228,13 +234,6 @@ class Deliverer(LoopService):
         if requeued:
             log.warning("event=outbox_stranded_requeued rows=%d", requeued)
         return requeued
-
-    def wait_seconds(self) -> float:
-        """Sleep until the next row is due (at most poll_seconds)."""
-        next_due = self.outbox.next_due()
-        if next_due is None:
-            return self.poll_seconds
-        return min(self.poll_seconds, max(0.0, next_due - time.time()))
 
     def deliver(self, destination: Destination, rows: list[OutboxRow]) -> None:
         """Send claimed rows over one association, record each outcome and the destination's

@@ -193,16 +193,21 @@ class Outbox:
                ORDER BY o.destination""", {"before": now - bound_seconds}).fetchall()
         return [row[0] for row in rows]
 
-    def next_due(self) -> float | None:
-        """When the earliest queued row may go (its own time, and its destination's; paused
-        destinations wait for an operator), or None when nothing is queued."""
-        row = self.db.connection().execute(
-            f"""SELECT MIN(MAX(o.next_attempt_at, COALESCE(d.next_attempt_at, 0)))
-               FROM outbox o LEFT JOIN destinations d ON d.name = o.destination
-               WHERE o.state = '{DeliveryState.QUEUED}' AND COALESCE(d.paused, 0) = 0"""
-        ).fetchone()
-        due: float | None = row[0]
-        return due
+    def next_due(self, destination: str) -> float | None:
+        """When a destination's earliest queued row may go (its own time, and the
+        destination's backoff), or None when nothing is queued for it or an operator paused
+        it. One destination's: another's due rows are its own lane's to send."""
+        connection = self.db.connection()
+        row = connection.execute(  # the outbox_due index: no scan of the whole outbox
+            f"""SELECT MIN(next_attempt_at) FROM outbox
+               WHERE destination = ? AND state = '{DeliveryState.QUEUED}'""",
+            (destination,)).fetchone()
+        if row[0] is None:
+            return None
+        known = self.destination(destination)
+        if known.paused:
+            return None
+        return max(float(row[0]), known.next_attempt_at)
 
     # --- destinations -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -299,3 +300,84 @@ def test_a_hung_pacs_does_not_delay_the_healthy_one(node_factory, tmp_path) -> N
         for process in (hung, healthy):
             process.terminate()
             process.wait(10)
+
+
+def test_rows_due_on_a_busy_lane_keep_no_other_loop_turning(tmp_path) -> None:
+    """While one destination's lane is inside an attempt (its PACS hung: SIGSTOP), rows queued
+    for it meanwhile are due but not its lane's to take yet. The watchdog and the other
+    destination's lane used to wait "until the next row is due" across all destinations,
+    that is not at all: both went round without pause for as long as the attempt lasted
+    (a core's worth of index queries during every delivery). Now each waits for what it
+    can act on: the watchdog its poll interval, a lane its own destination's rows."""
+    hung_port = free_port()
+    hung = _storescp(hung_port, tmp_path / "hung", tmp_path / "hung.log")
+    hung.send_signal(signal.SIGSTOP)
+    try:
+        settings = make_settings(
+            tmp_path / "node", destinations=[
+                {"name": "hung", "ae_title": "PACS", "host": "127.0.0.1", "port": hung_port,
+                 "association_timeout_seconds": 4},
+                {"name": "idle", "ae_title": "PACS", "host": "127.0.0.1",
+                 "port": free_port()}])
+        index = Index(index_path(settings.storage.root))
+        deliverer = Deliverer(settings, index.outbox, index.studies, open_spool(settings),
+                              Metrics(), poll_seconds=0.1, seed=1)
+        rounds = {"watchdog": 0, "hung": 0, "idle": 0}
+        requeue, deliver_due = deliverer.requeue_stranded, deliverer.deliver_due
+
+        def counted_requeue() -> int:
+            rounds["watchdog"] += 1
+            return requeue()
+
+        def counted_deliver_due(destination: Any) -> None:
+            rounds[destination.name] += 1
+            deliver_due(destination)
+
+        deliverer.requeue_stranded = counted_requeue  # type: ignore[method-assign]
+        deliverer.deliver_due = counted_deliver_due  # type: ignore[method-assign]
+        entries = _result_files(tmp_path / "results", 4)
+        index.outbox.enqueue("1.2.3", entries[:2], ["hung"])
+        deliverer.start()
+        try:
+            wait_until(lambda: _states(index) == {"sending": 2}, timeout=10)
+            index.outbox.enqueue("1.2.3", entries[2:], ["hung"])  # due, and not claimable
+            for name in rounds:
+                rounds[name] = 0
+            time.sleep(1.0)
+            seen = dict(rounds)
+            assert _states(index) == {"sending": 2, "queued": 2}  # still inside the attempt
+        finally:
+            hung.send_signal(signal.SIGCONT)
+            deliverer.stop()
+        # 1 s at a 0.1 s poll: about 10 rounds each (a loop without pause makes thousands)
+        assert seen["watchdog"] <= 20, seen
+        assert seen["idle"] <= 20, seen
+        assert seen["hung"] == 0, seen  # its lane is still in the attempt it began
+    finally:
+        hung.terminate()
+        hung.wait(10)
+
+
+def test_a_lane_waits_for_its_own_destinations_rows(tmp_path) -> None:
+    """next_due is a destination's: its earliest queued row, held back by the destination's
+    backoff, none while an operator paused it; another destination's rows do not count."""
+    _, index = _deliverer(tmp_path / "node", free_port())
+    outbox = index.outbox
+    entries = _result_files(tmp_path / "results", 2, rows=16)
+    assert outbox.next_due("pacs") is None
+    outbox.enqueue("1.2.3", entries[:1], ["elsewhere"])
+    assert outbox.next_due("pacs") is None  # another destination's row
+    outbox.enqueue("1.2.3", entries[1:], ["pacs"])
+    (queued_at,) = index.db.connection().execute(
+        "SELECT next_attempt_at FROM outbox WHERE destination = 'pacs'").fetchone()
+    assert outbox.next_due("pacs") == queued_at
+    backoff = queued_at + 30.0
+    outbox.record_destination(replace(outbox.destination("pacs"), failures=1,
+                                      next_attempt_at=backoff))
+    assert outbox.next_due("pacs") == backoff  # the destination answers again no sooner
+    outbox.pause("pacs", True)
+    assert outbox.next_due("pacs") is None  # until an operator resumes it
+    resumed = time.time()
+    outbox.pause("pacs", False)  # resumed: everything queued for it is due at once
+    due = outbox.next_due("pacs")
+    assert due is not None and resumed <= due < backoff
