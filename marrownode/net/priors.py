@@ -15,7 +15,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
     ComprehensiveSRStorage,
@@ -24,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelGet,
 )
 
+from marrownode.net.pynetdicom_adapter import scu_ae
 from marrownode.net.retrieve import series_query
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def search_prior(host: str, port: int, called_aet: str, calling_aet: str, patien
     """Find the patient's studies within date_range ('YYYYMMDD-YYYYMMDD'), choose the most
     recent one is_earlier(StudyFound) accepts that has MR, and fetch its marrownode SRs."""
     deadline = Deadline(timeout)
-    ae = AE(ae_title=calling_aet)
+    ae = scu_ae(calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = min(timeout, 30.0)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)

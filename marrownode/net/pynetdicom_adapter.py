@@ -31,6 +31,23 @@ if not verified_version():  # pragma: no cover - depends on the installed versio
                 pynetdicom.__version__)
 
 
+def log_pdus_only_when_debugging() -> None:
+    """Bind pynetdicom's "standard" handlers (a log line formatted for every PDU and DIMSE
+    message) to the associations made from now on only when pynetdicom's logger would keep
+    them: the node's logging drops them below DEBUG (logs.py), and formatting them is about
+    a tenth of the CPU of sending results (measured: 2.03-2.11 s against 1.65-1.93 s for 210
+    MB to storescp). A process-wide pynetdicom setting, read when an association starts."""
+    debugging = logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG)
+    _config.LOG_HANDLER_LEVEL = "standard" if debugging else "none"
+
+
+def scu_ae(calling_aet: str) -> pynetdicom.AE:
+    """The application entity of one of the node's SCUs (sending, echo, prior queries,
+    retrieval), with the process-wide settings they all want."""
+    log_pdus_only_when_debugging()
+    return pynetdicom.AE(ae_title=calling_aet)
+
+
 def send_files_as_stored() -> None:
     """Make send_c_store(path) stream a file as it is on disk instead of decoding and
     re-encoding it. A process-wide pynetdicom setting: only the sender calls this, and it

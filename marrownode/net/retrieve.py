@@ -24,7 +24,7 @@ from pydicom.uid import (
     JPEGLosslessSV1,
     RLELossless,
 )
-from pynetdicom import AE, build_role, evt
+from pynetdicom import build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     EnhancedMRColorImageStorage,
     EnhancedMRImageStorage,
@@ -33,6 +33,8 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
+
+from marrownode.net.pynetdicom_adapter import scu_ae
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class Retrieved:
 def retrieve_study(study_uid: str, host: str, port: int, called_aet: str, calling_aet: str,
                    on_instance: InstanceHandler, timeout: float = 60.0) -> Retrieved:
     """C-GET the study's MR instances from the peer."""
-    ae = AE(ae_title=calling_aet)
+    ae = scu_ae(calling_aet)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)

@@ -15,9 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from pydicom.errors import InvalidDicomError
-from pynetdicom import AE, evt
+from pynetdicom import evt
 
-from marrownode.net.pynetdicom_adapter import disable_nagle, park_reactor, send_files_as_stored
+from marrownode.net.pynetdicom_adapter import (
+    disable_nagle,
+    park_reactor,
+    scu_ae,
+    send_files_as_stored,
+)
 from marrownode.net.ul import pdu
 
 log = logging.getLogger(__name__)
@@ -101,7 +106,7 @@ def send_batch(
     bounds the association request and the network, dimse_timeout each C-STORE's answer
     (timeout when not given)."""
     send_files_as_stored()
-    ae = AE(ae_title=calling_aet)
+    ae = scu_ae(calling_aet)
     ae.acse_timeout = ae.network_timeout = timeout
     ae.dimse_timeout = timeout if dimse_timeout is None else dimse_timeout
     contexts = sorted({(f.sop_class_uid, f.transfer_syntax) for f in files})

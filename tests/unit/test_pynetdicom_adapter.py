@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+from typing import Any
 
 import pynetdicom
 import pytest
@@ -51,3 +53,37 @@ def test_disable_nagle_reaches_the_socket_or_says_it_cannot() -> None:
     finally:
         association.dul.socket.socket.close()
     assert not adapter.disable_nagle(object())
+
+
+@pytest.mark.parametrize("level, bound", [(logging.WARNING, False), (logging.DEBUG, True)])
+def test_pdus_are_logged_only_when_debugging(tmp_path, monkeypatch, level: int,
+                                             bound: bool) -> None:
+    """pynetdicom formats a log line for every PDU and DIMSE message its 'standard' handlers
+    see; the node's logging drops them below DEBUG. Sending results binds them only when
+    pynetdicom's logger keeps DEBUG (a real association to a stand-in PACS)."""
+    import pynetdicom.association
+    from pynetdicom import _config
+
+    from marrownode.net.echo import echo
+    from marrownode.net.standin import StandInPACS
+
+    seen: list[str] = []
+    standard = pynetdicom.association.standard_pdu_sent_handler
+
+    def counted(event: Any) -> Any:
+        seen.append(type(event.pdu).__name__)
+        return standard(event)
+
+    monkeypatch.setattr(pynetdicom.association, "standard_pdu_sent_handler", counted)
+    monkeypatch.setattr(_config, "LOG_HANDLER_LEVEL", _config.LOG_HANDLER_LEVEL)
+    pynetdicom_log = logging.getLogger("pynetdicom")
+    previous = pynetdicom_log.level
+    pynetdicom_log.setLevel(level)  # (setLevel: the logger caches what it is enabled for)
+    pacs = StandInPACS(tmp_path / "pacs").start()
+    try:
+        assert echo("127.0.0.1", pacs.port, pacs.ae_title, "MARROWNODE") == 0
+    finally:
+        pacs.stop()
+        pynetdicom_log.setLevel(previous)
+    # the echo's own association (A-ASSOCIATE-RQ, its P-DATA, A-RELEASE-RQ) when bound
+    assert ("A_ASSOCIATE_RQ" in seen) is bound, seen
