@@ -25,6 +25,7 @@ from marrownode.vocabulary import (
     PATTERN_MEANINGS,
     CompanionKind,
     FatSuppression,
+    FocusCategory,
     Margin,
     Pattern,
 )
@@ -84,11 +85,41 @@ def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int
     return image, labels
 
 
+def only_fat_containing_foci(report: SetReport) -> bool:
+    """A focal or multifocal set whose every focus contains fat: the little signal loss is the
+    fat's own (90 % fat loses about 20 %), the benign pattern of a haemangioma or focal fat."""
+    return (report.pattern in (Pattern.FOCAL, Pattern.MULTIFOCAL) and bool(report.foci)
+            and all(f.category == FocusCategory.FAT_CONTAINING for f in report.foci))
+
+
+def pattern_meaning(report: SetReport) -> str:
+    """The set's pattern in words; a focal or multifocal set of fat-containing foci only is
+    not called worrying (its foci are listed with their category)."""
+    if only_fat_containing_foci(report):
+        foci = "focus" if len(report.foci) == 1 else "foci"
+        return (f"fat-containing {foci} (haemangioma, focal fat): fat explains the little "
+                "signal loss, not worrying")
+    return PATTERN_MEANINGS.get(report.pattern, "")
+
+
+def sharp_margin_finding(report: SetReport) -> str:
+    """'yes: L1, L3' for sharply marginated foci that are not fat-containing; a sharp
+    fat-containing focus is the typical haemangioma, named apart and not counted."""
+    if not report.vertebrae:
+        return "not assessed"
+    sharp = [f for f in report.foci if f.margin == Margin.SHARP]
+    worrying = [f.site or "?" for f in sharp if f.category != FocusCategory.FAT_CONTAINING]
+    fatty = [f.site or "?" for f in sharp if f.category == FocusCategory.FAT_CONTAINING]
+    found = f"yes: {', '.join(worrying)}" if worrying else "no"
+    if fatty:
+        found += f" (fat-containing, not counted: {', '.join(fatty)})"
+    return found
+
+
 def _checklist(report: SetReport) -> list[tuple[str, str]]:
     """The seed's worrisome features: for each, what this study showed or why it could not."""
     darker = [v.name for v in report.vertebrae
               if v.in_phase_to_muscle_ratio is not None and v.in_phase_to_muscle_ratio < 1.0]
-    sharp = [f.site or "?" for f in report.foci if f.margin == Margin.SHARP]
     assessed = bool(report.vertebrae)
     return [
         ("T1 signal lower than muscle", (f"yes: {', '.join(darker)}" if darker else "no")
@@ -96,8 +127,7 @@ def _checklist(report: SetReport) -> list[tuple[str, str]]:
         ("diffuse homogeneous abnormal signal",
          ("yes" if report.pattern in DIFFUSE_PATTERNS else "no") if assessed
          else "not assessed"),
-        ("sharply marginated focal lesion", (f"yes: {', '.join(sharp)}" if sharp else "no")
-         if assessed else "not assessed"),
+        ("sharply marginated focal lesion", sharp_margin_finding(report)),
         ("enhancement after contrast", enhancement_finding(report)),
         ("high signal after fat saturation", fat_saturation_finding(report)),
         ("growth since the prior study", growth_finding(report)),
@@ -190,11 +220,15 @@ def _level_table(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int) -
                                          "pattern"), strict=True):
         draw.text((x + offset, y), heading, fill=WHITE, font=_font(18))
     y += 26
+    # a level is focal for its foci: not worrying when each of them contains fat
+    worrying_sites = {f.site for f in report.foci if f.category != FocusCategory.FAT_CONTAINING}
     for v in rows[:MAX_ROWS]:
         cells = (v.name, _value(v.signal_loss_percent_median),
                  _value(v.fat_fraction_percent_median), _value(v.in_phase_to_muscle_ratio, 2),
                  _value(v.in_phase_to_disc_ratio, 2), v.pattern.replace("_", " "))
-        colour = WHITE if v.pattern in (Pattern.NORMAL, Pattern.NOT_ASSESSED) else ORANGE
+        calm = v.pattern in (Pattern.NORMAL, Pattern.NOT_ASSESSED) or (
+            v.pattern == Pattern.FOCAL and v.name not in worrying_sites)
+        colour = WHITE if calm else ORANGE
         for offset, cell in zip(columns, cells, strict=True):
             draw.text((x + offset, y), cell, fill=colour, font=font)
         y += step
@@ -217,10 +251,12 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
             if threshold is not None else f"no threshold for {field}: not assessed")
     draw.text((x, y), rule, fill=GREY, font=small)
     y += 30
-    draw.text((x, y), f"Pattern: {report.pattern.replace('_', ' ').upper()}", fill=ORANGE
-              if report.pattern not in (Pattern.NORMAL, Pattern.NOT_ASSESSED) else WHITE, font=body)
+    worrying = (report.pattern not in (Pattern.NORMAL, Pattern.NOT_ASSESSED)
+                and not only_fat_containing_foci(report))
+    draw.text((x, y), f"Pattern: {report.pattern.replace('_', ' ').upper()}",
+              fill=ORANGE if worrying else WHITE, font=body)
     y += 24
-    draw.text((x, y), PATTERN_MEANINGS.get(report.pattern, ""), fill=GREY, font=small)
+    draw.text((x, y), pattern_meaning(report), fill=GREY, font=small)
     y += 34
     y = _level_table(draw, report, x, y)
     if not report.vertebrae:

@@ -20,7 +20,12 @@ from marrownode.dixon.header import summarise
 from marrownode.dixon.roles import classify, frames_from_header
 from marrownode.dixon.sets import assemble
 from marrownode.pipeline import process_paths
-from marrownode.results.summary import enhancement_finding, fat_saturation_finding
+from marrownode.results.summary import (
+    enhancement_finding,
+    fat_saturation_finding,
+    pattern_meaning,
+    sharp_margin_finding,
+)
 from marrownode.synthetic.companions import (
     enhancement_truth,
     post_contrast_twin,
@@ -31,6 +36,7 @@ from marrownode.synthetic.dataset import StudyOptions
 from marrownode.synthetic.lumbar import lumbar_phantom
 from marrownode.synthetic.phantom import spine_phantom
 from marrownode.synthetic.studies import build_study, extra_series, write_datasets
+from marrownode.vocabulary import PATTERN_MEANINGS, Pattern
 
 SMALL = spine_phantom(slices=4, rows=32, cols=24)
 
@@ -146,6 +152,7 @@ def _report(dixon_set: dict[str, Any]) -> Any:
     from marrownode.report import FocusReport, SetReport, VertebraReport
 
     report = SetReport.__new__(SetReport)
+    report.pattern = Pattern(dixon_set["pattern"])
     report.companions = dixon_set["companions"]
     report.foci = [FocusReport(**f) for f in dixon_set["foci"]]
     report.vertebrae = [VertebraReport(**v) for v in dixon_set["vertebrae"]]
@@ -216,6 +223,28 @@ def test_a_haemangioma_suppresses_completely_and_does_not_count_as_enhancing(
     assert focus["fat_suppression"] == "complete"
     assert not {"enhancing_focus", "high_signal_after_fat_saturation"} & set(dixon_set["flags"])
     assert dixon_set["opposed_phase"]["series_description"] == "t1_vibe_dixon_sag_opp"
+
+
+def test_a_haemangioma_is_not_called_worrying_on_the_summary_page(haemangioma,
+                                                                   metastasis) -> None:
+    """Its little signal loss is its fat's own: the page's words for a set whose only focus
+    contains fat say so instead of "worrying for a marrow lesion", and its sharp margin (the
+    typical haemangioma's) is named apart from the worrisome feature. A metastasis keeps both."""
+    study, _ = haemangioma
+    (dixon_set,) = study["dixon_sets"]
+    (focus,) = dixon_set["foci"]
+    assert focus["margin"] == "sharp" and focus["category"] == "fat_containing"
+    report = _report(dixon_set)
+    assert report.pattern == Pattern.FOCAL  # the pattern itself (report.json, SR) is kept
+    meaning = pattern_meaning(report)
+    assert "fat-containing focus" in meaning and "worrying for" not in meaning
+    assert sharp_margin_finding(report) == "no (fat-containing, not counted: L2)"
+
+    study, _ = metastasis
+    (dixon_set,) = study["dixon_sets"]
+    report = _report(dixon_set)
+    assert pattern_meaning(report) == PATTERN_MEANINGS[Pattern.FOCAL]
+    assert sharp_margin_finding(report) == "yes: L1"
 
 
 def test_the_sr_reports_each_number_with_its_source_series(metastasis) -> None:
