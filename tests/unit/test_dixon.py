@@ -336,3 +336,63 @@ def test_volumes_decode_every_transfer_syntax_identically(tmp_path: Path) -> Non
     second = rle["studies"][0]["dixon_sets"][0]
     assert first["foci"] == second["foci"] and first["vertebrae"] == second["vertebrae"]
     assert np.isclose(first["foci"][0]["sir"], tissue_truth("lesion")["sir"], atol=0.02)
+
+
+def _read_back(dataset, tmp_path: Path, name: str):
+    """The dataset as the pipeline meets it: written as a file and read with dcmread."""
+    from pydicom import dcmread
+
+    path = tmp_path / f"{name}.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    return dcmread(path)
+
+
+def test_stored_values_are_pydicoms_for_every_style_and_bit_layout(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """The pixel read that skips pydicom's decoder framework for uncompressed monochrome data
+    gives exactly pydicom's pixel_array: every vendor style (Enhanced multi-frame included),
+    12 of 16 bits stored with garbage in the unused high bits (unsigned and signed), 8-bit
+    data with its pad byte, MONOCHROME1; a compressed file still goes through pydicom."""
+    from marrownode.dixon.volume import stored_values
+    from marrownode.synthetic.phantom import spine_phantom
+
+    phantom = spine_phantom(slices=4, rows=32, cols=24)
+    cases = []
+    for style in STYLES:
+        cases += [(f"{style}-{i}", d) for i, d in enumerate(
+            build_study(StudyOptions(style=style, study_key=f"values-{style}"), phantom)[:2])]
+    base = cases[0][1]
+    rng = np.random.default_rng(5)
+    for name, signed in (("garbage-unsigned", 0), ("garbage-signed", 1)):
+        crafted = copy.deepcopy(base)
+        raw = rng.integers(0, 1 << 16, size=(crafted.Rows, crafted.Columns), dtype=np.uint16)
+        crafted.BitsStored, crafted.HighBit, crafted.PixelRepresentation = 12, 11, signed
+        crafted.PixelData = raw.tobytes()
+        cases.append((name, crafted))
+    for name, photometric in (("eight-bit", "MONOCHROME2"), ("eight-bit-inverted", "MONOCHROME1")):
+        crafted = copy.deepcopy(base)
+        crafted.Rows, crafted.Columns = 5, 7  # 35 bytes: written with a pad byte
+        crafted.BitsAllocated = crafted.BitsStored = 8
+        crafted.HighBit, crafted.PixelRepresentation = 7, 0
+        crafted.PhotometricInterpretation = photometric
+        crafted.PixelData = rng.integers(0, 256, size=35, dtype=np.uint8).tobytes()
+        cases.append((name, crafted))
+    cases.append(("rle", compress([copy.deepcopy(base)], RLELossless)[0]))
+    from pydicom.dataset import Dataset
+
+    decoded = Dataset.pixel_array
+
+    def refused(self):  # the read of uncompressed data must not need pydicom's decoders
+        raise AssertionError("pixel_array used")
+
+    for name, dataset in cases:
+        read = _read_back(dataset, tmp_path, name)
+        expected = _read_back(dataset, tmp_path, f"{name}-again").pixel_array
+        monkeypatch.setattr(Dataset, "pixel_array", decoded if name == "rle"
+                            else property(refused))
+        got = stored_values(read)
+        monkeypatch.setattr(Dataset, "pixel_array", decoded)
+        assert got.shape == expected.shape, name
+        assert got.dtype == expected.dtype, name
+        assert np.array_equal(got, expected), name
+    assert any(name.startswith("philips_enhanced") for name, _ in cases)
