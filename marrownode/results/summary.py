@@ -322,6 +322,7 @@ def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
         draw.text((10 + column * scale, top + row * scale * pixel_spacing_mm[0]
                    / pixel_spacing_mm[1] - 8), words, fill=FOCUS, font=_font(16),
                   stroke_width=2, stroke_fill=(0, 0, 0))
-    draw.text((10, 8), f"slice {k + 1}; yellow outline: focus", fill=GREY, font=_font(16))
+    legend = "; yellow outline: focus" if result.focus_masks else ""  # none drawn: no key
+    draw.text((10, 8), f"slice {k + 1}{legend}", fill=GREY, font=_font(16))
     _text(draw, report, disclaimer)
     return np.asarray(page)
