@@ -47,7 +47,7 @@ from marrownode.console.thumbnails import (
     overlay_outputs,
     thumbnail_png,
 )
-from marrownode.console.words import PATTERN_WORDS, duration_words, local_time
+from marrownode.console.words import PATTERN_WORDS, duration_words, local_time, set_words
 from marrownode.net.ul.status import in_words
 from marrownode.states import StudyState
 from marrownode.store.database import Database
@@ -124,9 +124,10 @@ def store_status(status: int | None) -> str:
 
 @console.app_context_processor
 def common() -> dict[str, Any]:
-    """What every page shows: who is logged in, the node's AE title, the pattern words."""
+    """What every page shows: who is logged in, the node's AE title, the pattern words (and a
+    set's own, which know its foci: the summary page's words)."""
     return {"identity": g.get("identity"), "node_ae": _state().context.settings.node.ae_title,
-            "pattern_words": PATTERN_WORDS}
+            "pattern_words": PATTERN_WORDS, "set_words": set_words}
 
 
 def _identify(users: Users, sessions: SessionRegistry) -> Identity | None:

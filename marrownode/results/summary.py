@@ -22,12 +22,13 @@ from marrownode.results.follow_up_text import (
     resolved_lines,
 )
 from marrownode.vocabulary import (
-    PATTERN_MEANINGS,
     CompanionKind,
     FatSuppression,
     FocusCategory,
     Margin,
     Pattern,
+    only_fat_containing,
+    set_meaning,
 )
 
 WIDTH, HEIGHT, PANEL = 1400, 1000, 660
@@ -86,20 +87,13 @@ def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int
 
 
 def only_fat_containing_foci(report: SetReport) -> bool:
-    """A focal or multifocal set whose every focus contains fat: the little signal loss is the
-    fat's own (90 % fat loses about 20 %), the benign pattern of a haemangioma or focal fat."""
-    return (report.pattern in (Pattern.FOCAL, Pattern.MULTIFOCAL) and bool(report.foci)
-            and all(f.category == FocusCategory.FAT_CONTAINING for f in report.foci))
+    """Every focus of a focal or multifocal set contains fat (vocabulary.only_fat_containing)."""
+    return only_fat_containing(report.pattern, [f.category for f in report.foci])
 
 
 def pattern_meaning(report: SetReport) -> str:
-    """The set's pattern in words; a focal or multifocal set of fat-containing foci only is
-    not called worrying (its foci are listed with their category)."""
-    if only_fat_containing_foci(report):
-        foci = "focus" if len(report.foci) == 1 else "foci"
-        return (f"fat-containing {foci} (haemangioma, focal fat): fat explains the little "
-                "signal loss, not worrying")
-    return PATTERN_MEANINGS.get(report.pattern, "")
+    """The set's pattern in words, as the console says them (vocabulary.set_meaning)."""
+    return set_meaning(report.pattern, [f.category for f in report.foci])
 
 
 def sharp_margin_finding(report: SetReport) -> str:

@@ -14,6 +14,8 @@ from marrownode.vocabulary.findings import (
     Margin,
     Pattern,
     PriorSource,
+    only_fat_containing,
+    set_meaning,
 )
 from marrownode.vocabulary.flags import Flag
 from marrownode.vocabulary.measures import (
@@ -44,4 +46,6 @@ __all__ = [
     "Pattern",
     "PriorSource",
     "RegionRefusal",
+    "only_fat_containing",
+    "set_meaning",
 ]

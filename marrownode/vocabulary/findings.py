@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from enum import StrEnum
 
 
@@ -70,3 +71,25 @@ PATTERN_MEANINGS = {
     Pattern.VARIEGATED: "many small spots without signal loss: worrying, not specific",
     Pattern.NOT_ASSESSED: "no threshold for the field strength, or no localised marrow",
 }
+
+
+def only_fat_containing(pattern: str | None, categories: Iterable[str]) -> bool:
+    """A focal or multifocal set whose every focus contains fat: its little signal loss is the
+    fat's own (90 % fat loses about 20 %), the benign pattern of a haemangioma or focal fat."""
+    found = list(categories)
+    return (pattern in (Pattern.FOCAL, Pattern.MULTIFOCAL) and bool(found)
+            and all(category == FocusCategory.FAT_CONTAINING for category in found))
+
+
+def set_meaning(pattern: str | None, categories: Iterable[str]) -> str:
+    """A set's pattern in words for the reader (the summary page and the console say the
+    same): PATTERN_MEANINGS, except that fat-containing foci alone are not called worrying."""
+    found = list(categories)
+    if only_fat_containing(pattern, found):
+        foci = "focus" if len(found) == 1 else "foci"
+        return (f"fat-containing {foci} (haemangioma, focal fat): fat explains the little "
+                "signal loss, not worrying")
+    try:
+        return PATTERN_MEANINGS.get(Pattern(pattern or ""), "")
+    except ValueError:  # no pattern (a failed set), or one this version does not know
+        return ""

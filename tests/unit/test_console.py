@@ -440,3 +440,25 @@ def test_thumbnails_show_the_focus_and_slices_with_marrow() -> None:
     older = [{"kind": "overlay", "sop_instance_uid": f"1.{k}"} for k in range(20)]
     chosen = overlay_outputs({"dixon_sets": [{"key": "s", "outputs": older}]})["s"]
     assert all(5 <= int(o["sop_instance_uid"].split(".")[1]) < 15 for o in chosen)
+
+
+def test_a_sets_words_know_its_foci_as_the_summary_page_does(console) -> None:
+    """A focal set whose only focus contains fat (a haemangioma) is not called worrying on the
+    study page, as on its summary page; a focal set with a low-loss focus still is."""
+    app, index = console
+    sets = {"1.2.3.3": "fat_containing", "1.2.3.5": "low_signal_loss"}
+    for study_uid, category in sets.items():
+        index.studies.set_state(study_uid, "analysed", "1 set(s) analysed", report={
+            "study_instance_uid": study_uid, "dixon_sets": [{
+                "key": "sagittal-1", "orientation": "sagittal", "field_strength_t": 1.5,
+                "pattern": "focal", "signal_loss_threshold_percent": 20.0, "flags": [],
+                "marrow": {"localised": True, "method": "image", "reason": ""},
+                "vertebrae": [], "outputs": [], "foci": [{"vertebra": "V2", "level": "L2",
+                                           "category": category}]}]})
+    client = app.test_client()
+    _login(client, "admin", ADMIN_PASSWORD)
+    fatty = client.get("/studies/1.2.3.3").get_data(as_text=True)
+    assert "fat-containing focus (haemangioma, focal fat)" in fatty
+    assert "worrying for a marrow lesion" not in fatty
+    lesion = client.get("/studies/1.2.3.5").get_data(as_text=True)
+    assert "worrying for a marrow lesion" in lesion
