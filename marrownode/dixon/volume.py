@@ -55,7 +55,7 @@ def stored_values(dataset: Dataset) -> np.ndarray:
     else (compressed, big-endian, colour, float, short data) goes through pydicom."""
     meta = getattr(dataset, "file_meta", None)
     allocated = dataset.get("BitsAllocated")
-    data = dataset.get("PixelData") if "PixelData" in dataset else None
+    data = dataset.get("PixelData")
     if (meta is None or meta.get("TransferSyntaxUID") not in NATIVE_LITTLE_ENDIAN
             or not isinstance(data, bytes | bytearray) or allocated not in (8, 16, 32)
             or dataset.get("SamplesPerPixel", 1) != 1

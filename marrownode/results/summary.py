@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
 from marrownode.quant.analysis import QuantResult
-from marrownode.report import SetReport
+from marrownode.report import FocusReport, SetReport
 from marrownode.results.follow_up_text import (
     change_words,
     focus_labels,
@@ -86,14 +86,20 @@ def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int
     return image, labels
 
 
-def only_fat_containing_foci(report: SetReport) -> bool:
-    """Every focus of a focal or multifocal set contains fat (vocabulary.only_fat_containing)."""
-    return only_fat_containing(report.pattern, [f.category for f in report.foci])
+def _contains_fat(focus: FocusReport) -> bool:
+    """A fat-containing focus (haemangioma, focal fat): its little loss is its fat's own."""
+    return focus.category == FocusCategory.FAT_CONTAINING
 
 
 def pattern_meaning(report: SetReport) -> str:
     """The set's pattern in words, as the console says them (vocabulary.set_meaning)."""
     return set_meaning(report.pattern, [f.category for f in report.foci])
+
+
+def _pattern_is_worrying(report: SetReport) -> bool:
+    """Coloured as a finding: not normal, not unassessed, and not fat-containing foci alone."""
+    return (report.pattern not in (Pattern.NORMAL, Pattern.NOT_ASSESSED)
+            and not only_fat_containing(report.pattern, [f.category for f in report.foci]))
 
 
 def sharp_margin_finding(report: SetReport) -> str:
@@ -102,8 +108,8 @@ def sharp_margin_finding(report: SetReport) -> str:
     if not report.vertebrae:
         return "not assessed"
     sharp = [f for f in report.foci if f.margin == Margin.SHARP]
-    worrying = [f.site or "?" for f in sharp if f.category != FocusCategory.FAT_CONTAINING]
-    fatty = [f.site or "?" for f in sharp if f.category == FocusCategory.FAT_CONTAINING]
+    worrying = [f.site or "?" for f in sharp if not _contains_fat(f)]
+    fatty = [f.site or "?" for f in sharp if _contains_fat(f)]
     found = f"yes: {', '.join(worrying)}" if worrying else "no"
     if fatty:
         found += f" (fat-containing, not counted: {', '.join(fatty)})"
@@ -215,7 +221,7 @@ def _level_table(draw: ImageDraw.ImageDraw, report: SetReport, x: int, y: int) -
         draw.text((x + offset, y), heading, fill=WHITE, font=_font(18))
     y += 26
     # a level is focal for its foci: not worrying when each of them contains fat
-    worrying_sites = {f.site for f in report.foci if f.category != FocusCategory.FAT_CONTAINING}
+    worrying_sites = {f.site for f in report.foci if not _contains_fat(f)}
     for v in rows[:MAX_ROWS]:
         cells = (v.name, _value(v.signal_loss_percent_median),
                  _value(v.fat_fraction_percent_median), _value(v.in_phase_to_muscle_ratio, 2),
@@ -245,10 +251,8 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
             if threshold is not None else f"no threshold for {field}: not assessed")
     draw.text((x, y), rule, fill=GREY, font=small)
     y += 30
-    worrying = (report.pattern not in (Pattern.NORMAL, Pattern.NOT_ASSESSED)
-                and not only_fat_containing_foci(report))
     draw.text((x, y), f"Pattern: {report.pattern.replace('_', ' ').upper()}",
-              fill=ORANGE if worrying else WHITE, font=body)
+              fill=ORANGE if _pattern_is_worrying(report) else WHITE, font=body)
     y += 24
     draw.text((x, y), pattern_meaning(report), fill=GREY, font=small)
     y += 34

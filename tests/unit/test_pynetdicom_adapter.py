@@ -55,17 +55,24 @@ def test_disable_nagle_reaches_the_socket_or_says_it_cannot() -> None:
     assert not adapter.disable_nagle(object())
 
 
+@pytest.mark.parametrize("scu", ["send", "echo"])
 @pytest.mark.parametrize("level, bound", [(logging.WARNING, False), (logging.DEBUG, True)])
-def test_pdus_are_logged_only_when_debugging(tmp_path, monkeypatch, level: int,
-                                             bound: bool) -> None:
+def test_pdus_are_logged_only_when_debugging(tmp_path, monkeypatch, level: int, bound: bool,
+                                             scu: str) -> None:
     """pynetdicom formats a log line for every PDU and DIMSE message its 'standard' handlers
-    see; the node's logging drops them below DEBUG. Sending results binds them only when
-    pynetdicom's logger keeps DEBUG (a real association to a stand-in PACS)."""
+    see; the node's logging drops them below DEBUG. Sending results (and a C-ECHO) binds them
+    only when pynetdicom's logger keeps DEBUG (a real association to a stand-in PACS)."""
     import pynetdicom.association
     from pynetdicom import _config
 
     from marrownode.net.echo import echo
+    from marrownode.net.sender import OutgoingFile, send_batch
     from marrownode.net.standin import StandInPACS
+    from marrownode.synthetic.studies import StudyOptions, build_study
+
+    result = tmp_path / "result.dcm"
+    dataset = build_study(StudyOptions(style="siemens", study_key="pdu-log"))[0]
+    dataset.save_as(result, enforce_file_format=True)
 
     seen: list[str] = []
     standard = pynetdicom.association.standard_pdu_sent_handler
@@ -81,9 +88,15 @@ def test_pdus_are_logged_only_when_debugging(tmp_path, monkeypatch, level: int,
     pynetdicom_log.setLevel(level)  # (setLevel: the logger caches what it is enabled for)
     pacs = StandInPACS(tmp_path / "pacs").start()
     try:
-        assert echo("127.0.0.1", pacs.port, pacs.ae_title, "MARROWNODE") == 0
+        if scu == "echo":
+            assert echo("127.0.0.1", pacs.port, pacs.ae_title, "MARROWNODE") == 0
+        else:
+            (answer,) = send_batch([OutgoingFile(1, result, str(dataset.SOPClassUID),
+                                                 str(dataset.file_meta.TransferSyntaxUID))],
+                                   "127.0.0.1", pacs.port, pacs.ae_title, "MARROWNODE")
+            assert answer.status == 0
     finally:
         pacs.stop()
         pynetdicom_log.setLevel(previous)
-    # the echo's own association (A-ASSOCIATE-RQ, its P-DATA, A-RELEASE-RQ) when bound
+    # the SCU's own association (A-ASSOCIATE-RQ, its P-DATA, A-RELEASE-RQ) when bound
     assert ("A_ASSOCIATE_RQ" in seen) is bound, seen
