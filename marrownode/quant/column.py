@@ -120,9 +120,10 @@ def find_column(candidates: list[Part], body_centre: np.ndarray,
 
 def _extended(run: list[Part], plausible: list[Part], parameters: SpineParameters,
               ) -> list[Part]:
-    """The straight run continued body to body at both ends (_follows): the lordosis, or a
-    patient lying tilted, carries the top and bottom bodies of a lumbar view off any
-    straight axis through the others."""
+    """The straight run continued body to body at both ends (_follows), and completed between
+    them: the lordosis, or a patient lying tilted, carries the top and bottom bodies of a
+    lumbar view off any straight axis through the others, and the apex of the lordosis (its
+    most anterior body) off the axis in the middle of the run."""
     if not run:
         return run
     chain = list(run)
@@ -130,11 +131,28 @@ def _extended(run: list[Part], plausible: list[Part], parameters: SpineParameter
         above = [p for p in plausible if p not in chain and _follows(p, chain[0], parameters)]
         below = [p for p in plausible if p not in chain and _follows(chain[-1], p, parameters)]
         if not above and not below:
-            return chain
+            return _completed(chain, plausible, parameters)
         if above:
             chain.insert(0, max(above, key=lambda p: p.volume_mm3))
         if below:
             chain.append(max(below, key=lambda p: p.volume_mm3))
+
+
+def _completed(chain: list[Part], plausible: list[Part], parameters: SpineParameters,
+               ) -> list[Part]:
+    """The chain with every body that lies in line between two of its neighbours put back:
+    a column skips no vertebra."""
+    completed = list(chain)
+    index = 0
+    while index < len(completed) - 1:
+        upper, lower = completed[index], completed[index + 1]
+        between = [p for p in plausible if p not in completed
+                   and _follows(upper, p, parameters) and _follows(p, lower, parameters)]
+        if between:
+            completed.insert(index + 1, max(between, key=lambda p: p.volume_mm3))
+        else:
+            index += 1
+    return completed
 
 
 def _straight_column(plausible: list[Part], parameters: SpineParameters) -> list[Part]:

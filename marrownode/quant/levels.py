@@ -94,6 +94,10 @@ def name_levels(bodies: np.ndarray, geometry: VolumeGeometry,
         return LevelNames(unnamed, True, "no mobile disc above the fused segments: which "
                                          "segment is S1 is not known")
     mobile = s1  # bodies above the sacrum
+    if any(gap > MISSING_BODY_GAP_SHARE * typical for gap in gaps[:s1]):
+        return LevelNames(unnamed, True, "a body is missing from the column above the sacrum "
+                                         "(a gap of more than one level): the levels cannot "
+                                         "be counted from it")
     if mobile > MAX_LUMBAR:
         return LevelNames(unnamed, True, f"{mobile} mobile bodies above the sacrum: T12 and "
                                          "five lumbar, or a transitional sixth lumbar "
@@ -194,3 +198,23 @@ def merge_same_level(bodies: np.ndarray, geometry: VolumeGeometry,
     for index, first in enumerate(group):
         merged[bodies == index + 1] = levels.index(first) + 1
     return merged
+
+
+def without_shared_discs(bodies: np.ndarray, signal_loss: np.ndarray,
+                         water_rich_below: float) -> np.ndarray:
+    """A disc belongs to no body. On a lateral sagittal slice the biconcave endplates come
+    close and the frame of cortex closes over the disc between them, so the disc is taken in
+    as bone and split between the bodies above and below it. A water-rich part of a slice
+    that holds voxels of two bodies is that disc (a tumour respects the disc: it never runs
+    from one body through the disc into the next), and is taken out of both."""
+    water = (bodies > 0) & (np.nan_to_num(signal_loss, nan=0.0) < water_rich_below)
+    cleaned = bodies.copy()
+    for k in np.flatnonzero(water.any(axis=(1, 2))):
+        parts, count = ndimage.label(water[k])
+        index = np.arange(1, count + 1)
+        lowest = ndimage.minimum(bodies[k], parts, index)
+        highest = ndimage.maximum(bodies[k], parts, index)
+        shared = np.zeros(count + 1, dtype=bool)
+        shared[1:] = np.asarray(lowest) != np.asarray(highest)
+        cleaned[k][shared[parts]] = 0
+    return cleaned

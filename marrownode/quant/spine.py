@@ -35,7 +35,12 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
-from marrownode.quant.levels import bridge_slices, merge_same_level, name_levels
+from marrownode.quant.levels import (
+    bridge_slices,
+    merge_same_level,
+    name_levels,
+    without_shared_discs,
+)
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import box_around, in_plane_box, nearest_within
@@ -89,8 +94,10 @@ def localise(
     framed = enclosed_by_void(in_phase, tissue, body, level, parameters.void_relative_signal,
                               parameters.frame_gap_mm, geometry.spacing_mm)
     along, _ = geometry.voxel_axis(SUPERIOR_INFERIOR)
-    found = replace(found, bodies=fill_frames(found.bodies, framed & (found.posterior == 0),
-                                              along, geometry.spacing_mm[along]))
+    found = replace(found, bodies=without_shared_discs(
+        fill_frames(found.bodies, framed & (found.posterior == 0), along,
+                    geometry.spacing_mm[along]),
+        signal_loss, parameters.water_rich_max_loss_percent))
     fatty_marrow = tissue & (np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent)
     # On the full grid: a fused segment's remnant is 1-3 mm, the dens 8-10 mm wide.
     named = name_levels(found.bodies, geometry, fatty_marrow)
@@ -215,7 +222,8 @@ def _localise(
     merged = merge_same_level(bodies, geometry, parameters.same_level_overlap)
     if merged.max() < bodies.max():  # a lesion had split a body: give it back its middle
         bodies = _complete(merged, tissue & ~void & ~fat)
-    bodies = bridge_slices(bodies, tissue & ~void & ~fat)
+    bodies = without_shared_discs(bridge_slices(bodies, tissue & ~void & ~fat), signal_loss,
+                                  parameters.water_rich_max_loss_percent)
     posterior = _posterior_elements(bone, bodies, geometry, parameters)
     count = int(bodies.max())
     labels = [f"V{n}" for n in range(1, count + 1)]
