@@ -5,7 +5,9 @@ by where it lies in its body (docs/marrow-localisation.md, "Not a focus").
   and runs a few millimetres forward: slow blood, no fat. A low-loss region that opens onto the
   posterior wall at mid-height, short cranio-caudally and shallow, is that vein.
 - The disc partial-volumed into a thick slice that cuts an endplate (axial stacks): a region in
-  the body's end slice, thinner than one slice along the column.
+  the body's end slice, thinner than one slice along the column; on sagittal and coronal
+  grids, a region against the endplate under 4 mm thick (lateral slices, where the endplates
+  curve, and a sacral remnant below the last segment localised).
 - An endplate band (Modic type 1: oedema along an endplate, beside a degenerate disc) lies
   against the cranial or caudal endplate across much of the body's depth and is thin. It is an
   endplate finding, reported per vertebra, not a focal lesion. (Modic type 2 is fatty: it loses
@@ -42,6 +44,11 @@ VEIN_MAX_DEPTH_SHARE = 0.45
 BAND_ENDPLATE_MM = 3.0
 BAND_MIN_SPAN_SHARE = 0.5
 BAND_MAX_HEIGHT_SHARE = 0.4
+#: A low-loss region against an endplate and thinner than this (mm) along the column is the
+#: disc's partial volume (a focal lesion is at least 5 mm across: at an endplate, taller).
+DISC_SLAB_MM = 4.0
+#: ... and flat: across the column at least this many times its thickness along it.
+DISC_SLAB_FLATNESS = 1.5
 
 
 class Structure(StrEnum):
@@ -111,42 +118,93 @@ def _extent(values: np.ndarray) -> float:
     return float(np.ptp(values)) if values.size else 0.0
 
 
-def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure | None:
-    """The normal structure a low-loss region inside body number is, or None (a lesion)."""
-    body = frames.bodies == number
-    if not body.any() or not region.any():
-        return None
-    body_u, body_v, body_w = frames.local(number, body)
+@dataclass(frozen=True)
+class _Region:
+    """A low-loss region measured in its body's frame (mm): u along the column, v across it
+    towards the posterior wall, w to the side; the body's ends, height, and its depth, width
+    and posterior wall where the region lies along the column."""
+
+    u: np.ndarray
+    v: np.ndarray
+    w: np.ndarray
+    low: float
+    high: float
+    depth: float
+    width: float
+    wall_back: float
+
+    @property
+    def height(self) -> float:
+        return self.high - self.low
+
+    @property
+    def tall(self) -> float:
+        return _extent(self.u)
+
+    @property
+    def deep(self) -> float:
+        return _extent(self.v)
+
+    def at_end(self, within_mm: float) -> bool:
+        """Whether the region reaches within within_mm of either endplate."""
+        return float(self.u.max()) >= self.high - within_mm or float(self.u.min()) <= (
+            self.low + within_mm)
+
+
+def _measured(region: np.ndarray, number: int, frames: BodyFrames) -> _Region:
+    body_u, body_v, body_w = frames.local(number, frames.bodies == number)
     u, v, w = frames.local(number, region)
     # The body's ends and back wall as percentiles: a few voxels of disc or soft tissue
     # that a small body's mask took in would move its extremes by millimetres.
     low, high = (float(q) for q in np.percentile(body_u, [1, 99]))
-    height = high - low
-    # depth, posterior wall and width where the region lies along the column
     level = (body_u >= u.min() - 1.0) & (body_u <= u.max() + 1.0)
     wall_back = float(np.percentile(body_v[level], 99)) if level.any() else float(body_v.max())
-    depth, width = _extent(body_v[level]), _extent(body_w[level])
-    tall, deep = _extent(u), _extent(v)
-    _, column, posterior = frames.axes(number)
+    return _Region(u, v, w, low, high, _extent(body_v[level]), _extent(body_w[level]),
+                   wall_back)
+
+
+def _is_vein(region: _Region, number: int, frames: BodyFrames) -> bool:
     # Seen en face (one coronal slice across the wall), the vein is a spot in the body's
     # last slice before the canal: the grid's step across the wall is then its uncertainty.
-    step = frames.step_along(posterior)
+    step = frames.step_along(frames.axes(number)[2])
+    deep = region.deep
     wall_reach = VEIN_WALL_MM + (step if deep <= step else 0.0)
-    if (abs(float(u.mean()) - (low + high) / 2) <= VEIN_MID_HEIGHT_SHARE * height
-            and float(v.max()) >= wall_back - wall_reach and tall <= VEIN_MAX_HEIGHT_MM
-            and deep <= VEIN_MAX_DEPTH_SHARE * depth):
+    return bool(abs(float(region.u.mean()) - (region.low + region.high) / 2)
+                <= VEIN_MID_HEIGHT_SHARE * region.height
+                and float(region.v.max()) >= region.wall_back - wall_reach
+                and region.tall <= VEIN_MAX_HEIGHT_MM and deep <= VEIN_MAX_DEPTH_SHARE
+                * region.depth)
+
+
+def _is_band(region: _Region) -> bool:
+    # across the body: in depth on a sagittal slice, in width on a coronal one
+    spans = max(region.deep / region.depth if region.depth else 0.0,
+                _extent(region.w) / region.width if region.width else 0.0)
+    return (region.at_end(BAND_ENDPLATE_MM) and spans >= BAND_MIN_SPAN_SHARE
+            and region.tall <= BAND_MAX_HEIGHT_SHARE * region.height)
+
+
+def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure | None:
+    """The normal structure a low-loss region inside body number is, or None (a lesion)."""
+    if not (frames.bodies == number).any() or not region.any():
+        return None
+    measured = _measured(region, number, frames)
+    if _is_vein(measured, number, frames):
         return Structure.BASIVERTEBRAL_VEIN
-    in_end_slice = float(u.max()) >= high - 1.0 or float(u.min()) <= low + 1.0
-    if in_end_slice and tall < frames.step_along(column):
+    in_end_slice, tall = measured.at_end(1.0), measured.tall
+    if in_end_slice and tall < frames.step_along(frames.axes(number)[1]):
         # in the body's end slice only, thinner than a slice: the disc, partial-volumed into
         # a thick slice that cuts the endplate (axial stacks)
         return Structure.DISC_PARTIAL_VOLUME
-    at_endplate = float(u.max()) >= high - BAND_ENDPLATE_MM or float(u.min()) <= (
-        low + BAND_ENDPLATE_MM)
-    # across the body: in depth on a sagittal slice, in width on a coronal one
-    spans = max(deep / depth if depth else 0.0, _extent(w) / width if width else 0.0)
-    if at_endplate and spans >= BAND_MIN_SPAN_SHARE and tall <= BAND_MAX_HEIGHT_SHARE * height:
+    if _is_band(measured):
         return Structure.ENDPLATE_BAND
+    if in_end_slice and tall < DISC_SLAB_MM and max(measured.deep, _extent(measured.w)) >= (
+            DISC_SLAB_FLATNESS * tall):
+        # a flat slab against the endplate, thinner than the endplate's own partial volume
+        # and across less of the body than a band: the disc, or a sacral remnant below the
+        # last segment localised, taken into the body's end on an in-plane grid (a round
+        # spot there is a micronodule)
+        return Structure.DISC_PARTIAL_VOLUME
     return None
 
 

@@ -15,6 +15,7 @@ from marrownode.pipeline import quant_parameters
 from marrownode.quant.analysis import QuantResult, analyse_set
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.levels import name_levels
+from marrownode.quant.normal_structures import BodyFrames, Structure, classify
 from marrownode.synthetic.anatomy import ANATOMY_CODES
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import LumbarPhantom, lumbar_phantom
@@ -103,3 +104,32 @@ def test_no_name_is_counted_across_a_missing_body() -> None:
     skipped = name_levels(gapped, geometry)
     assert skipped.uncertain and skipped.names == [None] * int(gapped.max())
     assert "missing" in skipped.reason
+
+
+def _two_bodies() -> tuple[np.ndarray, VolumeGeometry]:
+    """Two 30 x 30 mm bodies (rows run caudally, columns posteriorly) 11 mm apart, 3 mm
+    sagittal slices of 0.75 mm pixels."""
+    bodies = np.zeros((5, 120, 60), dtype=np.int16)
+    bodies[:, 10:50, 10:50] = 1
+    bodies[:, 65:105, 10:50] = 2
+    g = geometry_for("sagittal")
+    return bodies, VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
+                                  tuple(g.row_dir), (3.0, 0.75, 0.75))
+
+
+@pytest.mark.parametrize("rows, columns, expected", [
+    ((46, 50), (22, 36), Structure.DISC_PARTIAL_VOLUME),  # a 2 mm slab along the endplate
+    ((45, 50), (28, 33), None),  # a round 4 mm spot there: a micronodule, judged as such
+    ((38, 50), (22, 36), None),  # 9 mm tall against the endplate: a lesion
+])
+def test_a_flat_slab_against_an_endplate_is_the_disc(rows: tuple[int, int],
+                                                      columns: tuple[int, int],
+                                                      expected: Structure | None) -> None:
+    """The disc (or a sacral remnant below the last segment localised) taken into a body's end
+    on a sagittal slice is a flat slab under 4 mm thick, across less of the body than an
+    endplate band: not a focus. Before, on 4 mm slices of 1.1 mm, the S2-S3 remnant was
+    called a focus in S2; on 3 mm slices of 0.55 mm, three such slabs at L1 and L2."""
+    bodies, geometry = _two_bodies()
+    region = np.zeros(bodies.shape, dtype=bool)
+    region[2, rows[0]:rows[1], columns[0]:columns[1]] = True
+    assert classify(region, 1, BodyFrames(bodies, geometry)) == expected
