@@ -27,11 +27,14 @@ from marrownode.quant.geometry import (
     VolumeGeometry,
 )
 
-#: A gap between localised marrow (surface to surface: the disc, both endplates and the rim
-#: the localiser leaves) shorter than this share of the column's median gap is a fused
-#: segment's remnant, not a mobile disc. Measured on the lumbar phantom: mobile 14.7-17.2 mm,
-#: the S1-S2 remnant 8.6 mm.
+#: A gap between localised marrow (the disc, both endplates and the rim the localiser
+#: leaves; see GAP_PERCENTILE) shorter than this share of the column's median gap is a fused
+#: segment's remnant, not a mobile disc.
 FUSED_GAP_SHARE = 0.7
+#: The gap between two bodies is read at this percentile of the lower body's distances from
+#: the upper one: about its endplate's nearest half (clean lumbar phantom: mobile discs
+#: 14.8-17.2 mm, S1-S2 remnant 7.4 mm; at SNR 12, mobile 12.4-18.0, remnant 7.4-7.5).
+GAP_PERCENTILE = 5.0
 #: At most this many mobile bodies above the sacrum can be named from it in one field of view.
 MAX_LUMBAR = 5
 LUMBAR_NAMES = ("L1", "L2", "L3", "L4", "L5")
@@ -57,15 +60,18 @@ class LevelNames:
 
 def _gap_mm(bodies: np.ndarray, upper: int, boxes: list[tuple[slice, ...] | None],
             spacing: tuple[float, float, float]) -> float:
-    """Surface-to-surface distance between bodies upper and upper + 1, on their common
-    bounding box (boxes: ndimage.find_objects of the bodies)."""
+    """How far body upper + 1 lies from body upper: the distance its closest GAP_PERCENTILE %
+    of voxels keep (the endplate facing the disc), on their common bounding box (boxes:
+    ndimage.find_objects of the bodies). Not the single closest voxel: at low signal-to-noise
+    a few voxels of disc taken into either mask bridge a wedge-shaped L5-S1 disc (4 mm at SNR
+    12, where the S1-S2 remnant measured 5.7), and S1 was then called L5."""
     present = [box for box in boxes[upper - 1:upper + 1] if box is not None]
     if not present:
         raise ValueError(f"bodies {upper} and {upper + 1} are empty")
     box = tuple(slice(min(b[axis].start for b in present), max(b[axis].stop for b in present))
                 for axis in range(bodies.ndim))
     distance = ndimage.distance_transform_edt(bodies[box] != upper, sampling=spacing)
-    return float(distance[bodies[box] == upper + 1].min())
+    return float(np.percentile(distance[bodies[box] == upper + 1], GAP_PERCENTILE))
 
 
 def name_levels(bodies: np.ndarray, geometry: VolumeGeometry,
@@ -218,3 +224,23 @@ def without_shared_discs(bodies: np.ndarray, signal_loss: np.ndarray,
         shared[1:] = np.asarray(lowest) != np.asarray(highest)
         cleaned[k][shared[parts]] = 0
     return cleaned
+
+
+#: A body holds at least this much marrow (mm3): a 4 mm sagittal section through a lumbar
+#: body holds about 5,000, a cervical one 1,000. Less is a sliver that splitting a body two
+#: levels tall left behind at the disc between them, not a vertebra.
+MIN_BODY_MM3 = 500.0
+
+
+def without_slivers(bodies: np.ndarray, posterior: np.ndarray, voxel_mm3: float,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Bodies (and their posterior elements) under MIN_BODY_MM3 taken out, the rest numbered
+    again cranio-caudally in the same order."""
+    counts = np.bincount(bodies.ravel(), minlength=int(bodies.max()) + 1)
+    kept = counts * voxel_mm3 >= MIN_BODY_MM3
+    kept[0] = False
+    if kept[1:].all():
+        return bodies, posterior
+    number = np.zeros(counts.size, dtype=bodies.dtype)
+    number[kept] = np.arange(1, int(kept.sum()) + 1, dtype=bodies.dtype)
+    return number[bodies], number[posterior]

@@ -40,6 +40,7 @@ from marrownode.quant.levels import (
     merge_same_level,
     name_levels,
     without_shared_discs,
+    without_slivers,
 )
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.quant.maps import finite_or_zero
@@ -94,10 +95,17 @@ def localise(
     framed = enclosed_by_void(in_phase, tissue, body, level, parameters.void_relative_signal,
                               parameters.frame_gap_mm, geometry.spacing_mm)
     along, _ = geometry.voxel_axis(SUPERIOR_INFERIOR)
-    found = replace(found, bodies=without_shared_discs(
+    bodies, posterior = without_slivers(without_shared_discs(
         fill_frames(found.bodies, framed & (found.posterior == 0), along,
                     geometry.spacing_mm[along]),
-        signal_loss, parameters.water_rich_max_loss_percent))
+        signal_loss, parameters.water_rich_max_loss_percent), found.posterior,
+        float(np.prod(geometry.spacing_mm)))
+    count = int(bodies.max())
+    if count < parameters.min_vertebrae:
+        return not_localised(in_phase.shape, "fewer than two vertebral bodies of a vertebra's "
+                                             "size in a column: no spine localised")
+    found = replace(found, bodies=bodies, posterior=posterior, reason=f"{count} vertebral "
+                    "bodies in one column", labels=[f"V{n}" for n in range(1, count + 1)])
     fatty_marrow = tissue & (np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent)
     # On the full grid: a fused segment's remnant is 1-3 mm, the dens 8-10 mm wide.
     named = name_levels(found.bodies, geometry, fatty_marrow)
