@@ -39,6 +39,8 @@ MapsHook = Callable[[np.ndarray, np.ndarray, FatFractionMethod], None]
 
 #: Median disagreement (relative to median in-phase signal) above which W/F are not trusted.
 WATER_FAT_TOLERANCE = 0.10
+#: ... plus this many times the disagreement noise alone gives (maps.water_fat_consistency).
+WATER_FAT_NOISE_MARGIN = 1.5
 #: Fat-fraction methods, most trustworthy first.
 
 
@@ -118,15 +120,17 @@ def _median(values: np.ndarray) -> float:
 
 def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
                   fat: np.ndarray | None, scanner_pdff: np.ndarray | None,
-                  tissue: np.ndarray,
+                  tissue: np.ndarray, noise_sigma: float,
                   ) -> tuple[np.ndarray, FatFractionMethod, dict[str, float] | None, bool]:
-    """The best fat fraction available, its method, the W/F check and whether W/F is suspect."""
+    """The best fat fraction available, its method, the W/F check and whether W/F is suspect
+    (a disagreement over the tolerance beyond what the images' own noise explains)."""
     check = None
     suspect = False
     if water is not None and fat is not None:
-        check = water_fat_consistency(ip, op, water, fat, tissue)
-        suspect = not (check["sum_error"] <= WATER_FAT_TOLERANCE
-                       and check["difference_error"] <= WATER_FAT_TOLERANCE)
+        check = water_fat_consistency(ip, op, water, fat, tissue, noise_sigma)
+        tolerance = WATER_FAT_TOLERANCE + WATER_FAT_NOISE_MARGIN * check["noise_error"]
+        suspect = not (check["sum_error"] <= tolerance
+                       and check["difference_error"] <= tolerance)
     if scanner_pdff is not None:
         pdff = np.where(tissue, np.asarray(scanner_pdff, dtype=np.float32), np.nan)
         return pdff.astype(np.float32), FatFractionMethod.SCANNER_PDFF, check, suspect
@@ -249,7 +253,7 @@ def analyse_set(
     tissue = body.tissue
     loss = signal_loss_percent(ip, op, tissue)
     fat_fraction, method, check, suspect = _fat_fraction(ip, op, water, fat, scanner_pdff,
-                                                         tissue)
+                                                         tissue, body.noise_sigma)
     if on_maps is not None:
         on_maps(loss, fat_fraction, method)
     flags = [Flag.WATER_FAT_SWAP_SUSPECTED] if suspect else []

@@ -119,12 +119,18 @@ def test_body_and_noise_floor_on_noisy_and_zero_filled_backgrounds(zero_filled: 
     assert np.array_equal(body.body, result.body)
 
 
-def test_water_fat_disagreement_raises_the_swap_flag_only_then() -> None:
+@pytest.mark.parametrize("snr", [None, 12])
+def test_water_fat_disagreement_raises_the_swap_flag_only_then(snr: int | None) -> None:
+    """At SNR 12, where each image carries its own noise, W + F and IP disagree by 0.18 of
+    the signal from noise alone: that is no mismatch (the flag was raised on every such
+    study), and a mislabelled series is still one."""
     phantom = anatomical_phantom("normal")
-    echoes = phantom.echoes()
+    echoes = phantom.echoes() if snr is None else phantom.echoes(snr=snr, seed=1)
     good = analyse_set(echoes["in_phase"], echoes["opposed_phase"], SPACING, 1.5,
                        echoes["water"], echoes["fat"])
     assert "water_fat_swap_suspected" not in good.flags
+    assert good.water_fat_check["sum_error"] == pytest.approx(
+        good.water_fat_check["noise_error"], rel=0.2)
     # A fat image that is really the in-phase image (mislabelled series): W + F != IP.
     bad = analyse_set(echoes["in_phase"], echoes["opposed_phase"], SPACING, 1.5,
                       echoes["water"], echoes["in_phase"])
