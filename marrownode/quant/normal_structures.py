@@ -6,8 +6,9 @@ by where it lies in its body (docs/marrow-localisation.md, "Not a focus").
   posterior wall at mid-height, short cranio-caudally and shallow, is that vein.
 - The disc partial-volumed into a thick slice that cuts an endplate (axial stacks): a region in
   the body's end slice, thinner than one slice along the column; on sagittal and coronal
-  grids, a region against the endplate under 4 mm thick (lateral slices, where the endplates
-  curve, and a sacral remnant below the last segment localised).
+  grids, a flat region against the endplate under 5 mm thick (lateral slices, where the
+  endplates curve, and a sacral remnant below the last segment localised), and any region
+  running on more than 2 mm past the body's end (the disc the mask took in there).
 - An endplate band (Modic type 1: oedema along an endplate, beside a degenerate disc) lies
   against the cranial or caudal endplate across much of the body's depth and is thin. It is an
   endplate finding, reported per vertebra, not a focal lesion. (Modic type 2 is fatty: it loses
@@ -46,7 +47,9 @@ BAND_MIN_SPAN_SHARE = 0.5
 BAND_MAX_HEIGHT_SHARE = 0.4
 #: A low-loss region against an endplate and thinner than this (mm) along the column is the
 #: disc's partial volume (a focal lesion is at least 5 mm across: at an endplate, taller).
-DISC_SLAB_MM = 4.0
+DISC_SLAB_MM = 5.0
+#: A low-loss region reaching further than this (mm) past its body's end is the disc.
+DISC_BEYOND_END_MM = 2.0
 #: ... and flat: across the column at least this many times its thickness along it.
 DISC_SLAB_FLATNESS = 1.5
 
@@ -145,6 +148,10 @@ class _Region:
     def deep(self) -> float:
         return _extent(self.v)
 
+    def beyond_end(self) -> float:
+        """How far (mm) the region runs on past the body's nearer end."""
+        return max(self.low - float(self.u.min()), float(self.u.max()) - self.high)
+
     def at_end(self, within_mm: float) -> bool:
         """Whether the region reaches within within_mm of either endplate."""
         return float(self.u.max()) >= self.high - within_mm or float(self.u.min()) <= (
@@ -198,6 +205,10 @@ def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure |
         return Structure.DISC_PARTIAL_VOLUME
     if _is_band(measured):
         return Structure.ENDPLATE_BAND
+    if measured.beyond_end() > DISC_BEYOND_END_MM:
+        # running on past the body's endplate: the disc, which the body's mask took in there
+        # (a tumour respects the disc)
+        return Structure.DISC_PARTIAL_VOLUME
     if in_end_slice and tall < DISC_SLAB_MM and max(measured.deep, _extent(measured.w)) >= (
             DISC_SLAB_FLATNESS * tall):
         # a flat slab against the endplate, thinner than the endplate's own partial volume

@@ -126,7 +126,7 @@ def test_a_flat_slab_against_an_endplate_is_the_disc(rows: tuple[int, int],
                                                       columns: tuple[int, int],
                                                       expected: Structure | None) -> None:
     """The disc (or a sacral remnant below the last segment localised) taken into a body's end
-    on a sagittal slice is a flat slab under 4 mm thick, across less of the body than an
+    on a sagittal slice is a flat slab under 5 mm thick, across less of the body than an
     endplate band: not a focus. Before, on 4 mm slices of 1.1 mm, the S2-S3 remnant was
     called a focus in S2; on 3 mm slices of 0.55 mm, three such slabs at L1 and L2."""
     bodies, geometry = _two_bodies()
@@ -173,3 +173,19 @@ def test_levels_are_named_right_at_low_signal_to_noise(seed: int) -> None:
     truth = [_truth_levels(phantom, bodies == n) for n in range(1, int(bodies.max()) + 1)]
     assert [[name] for name in result.localisation.levels] == truth
     assert [_truth_levels(phantom, mask) for mask in result.focus_masks] == [["L1"]]
+
+
+def test_a_region_running_on_past_the_endplate_is_the_disc() -> None:
+    """At SNR 18 the mask of L4 took in part of the disc below it, and the low-loss region
+    there, 14 mm tall and running 3 mm past the body's end, was called a focus (and one at
+    L1 the same way): a tumour respects the disc. A lesion inside the body, against the
+    same endplate, stays a lesion."""
+    bodies, geometry = _two_bodies()
+    bodies[2, 50:54, 22:36] = 1  # the disc the mask took in below body 1
+    frames = BodyFrames(bodies, geometry)
+    region = np.zeros(bodies.shape, dtype=bool)
+    region[2, 38:54, 22:36] = True
+    assert classify(region, 1, frames) == Structure.DISC_PARTIAL_VOLUME
+    inside = np.zeros(bodies.shape, dtype=bool)
+    inside[2, 36:50, 22:36] = True
+    assert classify(inside, 1, frames) is None
