@@ -26,6 +26,7 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
+from marrownode.quant.masks import in_plane_box
 
 #: A gap between localised marrow (the disc, both endplates and the rim the localiser
 #: leaves; see GAP_PERCENTILE) shorter than this share of the column's median gap is a fused
@@ -213,16 +214,20 @@ def without_shared_discs(bodies: np.ndarray, signal_loss: np.ndarray,
     as bone and split between the bodies above and below it. A water-rich part of a slice
     that holds voxels of two bodies is that disc (a tumour respects the disc: it never runs
     from one body through the disc into the next), and is taken out of both."""
-    water = (bodies > 0) & (np.nan_to_num(signal_loss, nan=0.0) < water_rich_below)
     cleaned = bodies.copy()
+    box = in_plane_box(bodies > 0, 0)  # the parts lie in the bodies' box: work there only
+    if box is None:
+        return cleaned
+    labelled = bodies[box]
+    water = (labelled > 0) & (np.nan_to_num(signal_loss[box], nan=0.0) < water_rich_below)
     for k in np.flatnonzero(water.any(axis=(1, 2))):
         parts, count = ndimage.label(water[k])
         index = np.arange(1, count + 1)
-        lowest = ndimage.minimum(bodies[k], parts, index)
-        highest = ndimage.maximum(bodies[k], parts, index)
+        lowest = ndimage.minimum(labelled[k], parts, index)
+        highest = ndimage.maximum(labelled[k], parts, index)
         shared = np.zeros(count + 1, dtype=bool)
         shared[1:] = np.asarray(lowest) != np.asarray(highest)
-        cleaned[k][shared[parts]] = 0
+        cleaned[box][k][shared[parts]] = 0
     return cleaned
 
 
@@ -236,7 +241,9 @@ def without_slivers(bodies: np.ndarray, posterior: np.ndarray, voxel_mm3: float,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Bodies (and their posterior elements) under MIN_BODY_MM3 taken out, the rest numbered
     again cranio-caudally in the same order."""
-    counts = np.bincount(bodies.ravel(), minlength=int(bodies.max()) + 1)
+    boxes = ndimage.find_objects(bodies)  # each body counted in its own box
+    counts = np.array([0] + [int(np.count_nonzero(bodies[box] == n)) if box is not None else 0
+                             for n, box in enumerate(boxes, start=1)])
     kept = counts * voxel_mm3 >= MIN_BODY_MM3
     kept[0] = False
     if kept[1:].all():
