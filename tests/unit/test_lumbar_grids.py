@@ -30,8 +30,13 @@ IN_VIEW_MM3 = 4000.0
 
 @cache
 def analysed(variant: str, grid: str) -> tuple[LumbarPhantom, QuantResult, VolumeGeometry]:
-    phantom = lumbar_phantom(variant, grid=GRIDS[grid])
-    echoes = phantom.echoes(snr=20, seed=5)
+    return _analysed(lumbar_phantom(variant, grid=GRIDS[grid]), snr=20, seed=5)
+
+
+def _analysed(phantom: LumbarPhantom, snr: float, seed: int,
+              ) -> tuple[LumbarPhantom, QuantResult, VolumeGeometry]:
+    """The phantom's sagittal echoes at this SNR (1.5 T), analysed as the pipeline does."""
+    echoes = phantom.echoes(snr=snr, seed=seed)
     spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
     g = geometry_for("sagittal")
     geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
@@ -160,15 +165,7 @@ def test_levels_are_named_right_at_low_signal_to_noise(seed: int) -> None:
     disc: read at its closest voxel it measured like a fused remnant, and S1 was called L5
     (every name one level too high; with another noise draw, no names at all). Read at the
     endplate's nearest 5 %, every body gets its own name."""
-    phantom = lumbar_phantom("metastasis_centre")
-    echoes = phantom.echoes(snr=12, seed=seed)
-    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
-    g = geometry_for("sagittal")
-    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
-                              tuple(g.row_dir), spacing)
-    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
-                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
-                         geometry=geometry)
+    phantom, result, _ = _analysed(lumbar_phantom("metastasis_centre"), snr=12, seed=seed)
     bodies = result.localisation.bodies
     truth = [_truth_levels(phantom, bodies == n) for n in range(1, int(bodies.max()) + 1)]
     assert [[name] for name in result.localisation.levels] == truth
