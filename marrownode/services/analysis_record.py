@@ -77,6 +77,11 @@ class AnalysisRecording:
             reason += f", {len(failed)} failed"
         if answered:
             reason += f"; {answered} measurement request(s) answered"
+        # The trail first: whoever sees the study analysed finds why a set of it failed.
+        self.studies.add_event(study_uid, "analysed", f"{reason} in {seconds:.1f} s")
+        for dixon_set in failed:  # a set that failed alone is a permanent failure too
+            self.studies.add_event(study_uid, "failed", f"set {dixon_set.key}: "
+                                   f"{dixon_set.reason}")
         if not self.studies.set_state(study_uid, state, reason, report=report,
                                       if_last_received=last, input_digest=digest,
                                       analysed_from=last) and self._sources_unchanged(
@@ -86,10 +91,7 @@ class AnalysisRecording:
             # (and found unchanged) instead of analysing and sending everything again.
             self.studies.set_state(study_uid, state, reason, report=report, seen_events=0,
                                    input_digest=digest, analysed_from=last)
-        self.studies.add_event(study_uid, "analysed", f"{reason} in {seconds:.1f} s")
         for dixon_set in failed:  # a set that failed alone is a permanent failure too
-            self.studies.add_event(study_uid, "failed", f"set {dixon_set.key}: "
-                                   f"{dixon_set.reason}")
             self.notify("analysis_failed", study_instance_uid=study_uid,
                         set=dixon_set.key, reason=dixon_set.reason)
         self.observe_analysis_seconds(seconds)
