@@ -48,10 +48,11 @@ BAND_MAX_HEIGHT_SHARE = 0.4
 #: A low-loss region against an endplate and thinner than this (mm) along the column is the
 #: disc's partial volume (a focal lesion is at least 5 mm across: at an endplate, taller).
 DISC_SLAB_MM = 5.0
-#: A low-loss region reaching further than this (mm) past its body's end is the disc.
-DISC_BEYOND_END_MM = 2.0
 #: ... and flat: across the column at least this many times its thickness along it.
 DISC_SLAB_FLATNESS = 1.5
+#: A low-loss region reaching further than this (mm; at least one grid step along the
+#: column, a thick axial slice) past its body's end is the disc.
+DISC_BEYOND_END_MM = 2.0
 
 
 class Structure(StrEnum):
@@ -199,13 +200,14 @@ def classify(region: np.ndarray, number: int, frames: BodyFrames) -> Structure |
     if _is_vein(measured, number, frames):
         return Structure.BASIVERTEBRAL_VEIN
     in_end_slice, tall = measured.at_end(1.0), measured.tall
-    if in_end_slice and tall < frames.step_along(frames.axes(number)[1]):
+    step = frames.step_along(frames.axes(number)[1])  # the grid's step along the column
+    if in_end_slice and tall < step:
         # in the body's end slice only, thinner than a slice: the disc, partial-volumed into
         # a thick slice that cuts the endplate (axial stacks)
         return Structure.DISC_PARTIAL_VOLUME
     if _is_band(measured):
         return Structure.ENDPLATE_BAND
-    if measured.beyond_end() > DISC_BEYOND_END_MM:
+    if measured.beyond_end() > max(DISC_BEYOND_END_MM, step):
         # running on past the body's endplate: the disc, which the body's mask took in there
         # (a tumour respects the disc)
         return Structure.DISC_PARTIAL_VOLUME

@@ -103,8 +103,9 @@ def localise(
     posterior = _without_specks(posterior, geometry, parameters.min_element_volume_mm3)
     count = int(bodies.max())
     if count < parameters.min_vertebrae:
-        return not_localised(in_phase.shape, "fewer than two vertebral bodies of a vertebra's "
-                                             "size in a column: no spine localised")
+        return not_localised(in_phase.shape, f"fewer than {parameters.min_vertebrae} "
+                                             "vertebral bodies of a vertebra's size in a "
+                                             "column: no spine localised")
     found = replace(found, bodies=bodies, posterior=posterior, reason=f"{count} vertebral "
                     "bodies in one column", labels=[f"V{n}" for n in range(1, count + 1)])
     fatty_marrow = tissue & (np.nan_to_num(signal_loss) >= parameters.mixed_tissue_min_loss_percent)
