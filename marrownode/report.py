@@ -25,6 +25,7 @@ from marrownode.report_shape import (
     SeriesShape,
     SetShape,
     VertebraShape,
+    WaterFatCheckShape,
 )
 from marrownode.states import SetState
 from marrownode.uids import derived_uid
@@ -230,7 +231,7 @@ class SetReport:
     fat_fraction_method: FatFractionMethod | None = None
     noise_sigma: float | None = None
     noise_source: str = ""
-    water_fat_check: dict[str, float | None] | None = None
+    water_fat_check: WaterFatCheckShape | None = None
     marrow: MarrowStatus = MarrowStatus(False, LocalisationMethod.NONE, "not analysed")
     pattern: Pattern = Pattern.NOT_ASSESSED
     marrow_summary: dict[str, float | int | None] | None = None
@@ -265,8 +266,11 @@ class SetReport:
         self.fat_fraction_method = result.fat_fraction_method
         self.noise_sigma = json_number(result.noise_sigma)
         self.noise_source = result.noise_source
-        self.water_fat_check = ({k: json_number(v, 4) for k, v in result.water_fat_check.items()}
-                                if result.water_fat_check else None)
+        check = result.water_fat_check
+        self.water_fat_check = None if check is None else WaterFatCheckShape(
+            sum_error=json_number(check.sum_error, 4),
+            difference_error=json_number(check.difference_error, 4),
+            noise_error=json_number(check.noise_error, 4))
         localisation = result.localisation
         self.marrow = MarrowStatus(localisation.localised, localisation.method,
                                    localisation.reason, len(localisation.labels),

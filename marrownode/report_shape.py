@@ -54,6 +54,15 @@ class SeriesShape(TypedDict):
     echo_time_ms: NotRequired[float | None]
 
 
+class WaterFatCheckShape(TypedDict):
+    """How far the scanner's water and fat agree with in- and opposed-phase (relative medians),
+    and what the images' noise alone gives."""
+
+    sum_error: float | None
+    difference_error: float | None
+    noise_error: float | None
+
+
 class MarrowShape(TypedDict):
     """Whether the marrow was localised, how, and why."""
 
@@ -197,7 +206,7 @@ class SetShape(TypedDict):
     fat_fraction_label: NotRequired[str]
     noise_sigma: NotRequired[float | None]
     noise_source: NotRequired[str]
-    water_fat_check: NotRequired[dict[str, float | None] | None]
+    water_fat_check: NotRequired[WaterFatCheckShape | None]
     marrow: NotRequired[MarrowShape]
     pattern: NotRequired[Pattern]
     marrow_summary: NotRequired[dict[str, float | int | None] | None]

@@ -22,6 +22,7 @@ from marrownode.quant.geometry import (
 from marrownode.quant.internal_standards import t1_internal_standards
 from marrownode.quant.localisation import Localisation, SpineParameters
 from marrownode.quant.maps import (
+    WaterFatCheck,
     fat_fraction_two_point,
     fat_fraction_water_fat,
     signal_intensity_ratio,
@@ -102,7 +103,7 @@ class QuantResult:
     endplate_bands: list[EndplateBand] = field(default_factory=list)
     pattern: Pattern = Pattern.NOT_ASSESSED
     marrow_summary: dict[str, float | int | None] | None = None
-    water_fat_check: dict[str, float] | None = None
+    water_fat_check: WaterFatCheck | None = None
     muscle_in_phase: float | None = None
     disc_in_phase: float | None = None
     signal_level: float = 0.0  # the body's bright end (fat on T1)
@@ -121,16 +122,15 @@ def _median(values: np.ndarray) -> float:
 def _fat_fraction(ip: np.ndarray, op: np.ndarray, water: np.ndarray | None,
                   fat: np.ndarray | None, scanner_pdff: np.ndarray | None,
                   tissue: np.ndarray, noise_sigma: float,
-                  ) -> tuple[np.ndarray, FatFractionMethod, dict[str, float] | None, bool]:
+                  ) -> tuple[np.ndarray, FatFractionMethod, WaterFatCheck | None, bool]:
     """The best fat fraction available, its method, the W/F check and whether W/F is suspect
     (a disagreement over the tolerance beyond what the images' own noise explains)."""
     check = None
     suspect = False
     if water is not None and fat is not None:
         check = water_fat_consistency(ip, op, water, fat, tissue, noise_sigma)
-        tolerance = WATER_FAT_TOLERANCE + WATER_FAT_NOISE_MARGIN * check["noise_error"]
-        suspect = not (check["sum_error"] <= tolerance
-                       and check["difference_error"] <= tolerance)
+        tolerance = WATER_FAT_TOLERANCE + WATER_FAT_NOISE_MARGIN * check.noise_error
+        suspect = not (check.sum_error <= tolerance and check.difference_error <= tolerance)
     if scanner_pdff is not None:
         pdff = np.where(tissue, np.asarray(scanner_pdff, dtype=np.float32), np.nan)
         return pdff.astype(np.float32), FatFractionMethod.SCANNER_PDFF, check, suspect

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 #: Maps are float32: ample for percentages, half the memory of float64 on whole-body sets.
@@ -73,6 +75,17 @@ def fat_fraction_two_point(
 INDEPENDENT_NOISE_MEDIAN = 0.6745 * 3 ** 0.5
 
 
+@dataclass(frozen=True)
+class WaterFatCheck:
+    """How far the scanner's water and fat agree with the in- and opposed-phase images, each
+    a median relative to the median in-phase signal; noise_error: what the noise alone gives
+    (see water_fat_consistency)."""
+
+    sum_error: float
+    difference_error: float
+    noise_error: float
+
+
 def water_fat_consistency(
     in_phase: np.ndarray,
     opposed: np.ndarray,
@@ -80,7 +93,7 @@ def water_fat_consistency(
     fat: np.ndarray,
     mask: np.ndarray,
     noise_sigma: float = 0.0,
-) -> dict[str, float]:
+) -> WaterFatCheck:
     """Median relative disagreement of W + F with IP and of |W - F| with OP inside tissue,
     and noise_error: what noise of noise_sigma alone gives when the four images carry their
     own noise (the median |.| of the sum of three independent Gaussians: 0.674 x sqrt(3)
@@ -88,14 +101,13 @@ def water_fat_consistency(
     and OP, so their noise agrees and the disagreement is near 0; where it is not, the noise
     alone reaches 0.19 at SNR 12, over the tolerance a real mismatch is judged by."""
     if not mask.any():
-        return {"sum_error": float("nan"), "difference_error": float("nan"),
-                "noise_error": float("nan")}
+        return WaterFatCheck(float("nan"), float("nan"), float("nan"))
     # Mask and subsample first: converting whole volumes would cost ~170 MB per body station.
     ip, op, w, f = (subsample(np.asarray(volume)[mask]).astype(np.float64)
                     for volume in (in_phase, opposed, water, fat))
     scale = float(np.median(ip)) or 1.0
-    return {
-        "sum_error": float(np.median(np.abs(w + f - ip)) / scale),
-        "difference_error": float(np.median(np.abs(np.abs(w - f) - op)) / scale),
-        "noise_error": INDEPENDENT_NOISE_MEDIAN * noise_sigma / scale,
-    }
+    return WaterFatCheck(
+        sum_error=float(np.median(np.abs(w + f - ip)) / scale),
+        difference_error=float(np.median(np.abs(np.abs(w - f) - op)) / scale),
+        noise_error=INDEPENDENT_NOISE_MEDIAN * noise_sigma / scale,
+    )

@@ -129,13 +129,13 @@ def test_water_fat_disagreement_raises_the_swap_flag_only_then(snr: int | None) 
     good = analyse_set(echoes["in_phase"], echoes["opposed_phase"], SPACING, 1.5,
                        echoes["water"], echoes["fat"])
     assert "water_fat_swap_suspected" not in good.flags
-    assert good.water_fat_check["sum_error"] == pytest.approx(
-        good.water_fat_check["noise_error"], rel=0.2)
+    assert good.water_fat_check.sum_error == pytest.approx(
+        good.water_fat_check.noise_error, rel=0.2)
     # A fat image that is really the in-phase image (mislabelled series): W + F != IP.
     bad = analyse_set(echoes["in_phase"], echoes["opposed_phase"], SPACING, 1.5,
                       echoes["water"], echoes["in_phase"])
     assert "water_fat_swap_suspected" in bad.flags
-    assert bad.water_fat_check["sum_error"] > 0.1
+    assert bad.water_fat_check.sum_error > 0.1
 
 
 @pytest.mark.parametrize(
