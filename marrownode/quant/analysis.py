@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from marrownode import defaults
 from marrownode.quant.body import find_body
@@ -29,6 +28,7 @@ from marrownode.quant.maps import (
     signal_loss_percent,
     water_fat_consistency,
 )
+from marrownode.quant.masks import label_boxes, voxel_indices
 from marrownode.quant.normal_structures import EndplateBand, without_normal_structures
 from marrownode.quant.roi import roi_statistics
 from marrownode.quant.spine import localise
@@ -147,8 +147,8 @@ def _vertebrae(result: QuantResult, ip: np.ndarray,
     threshold = result.threshold_percent
     voxel_volume = float(np.prod(geometry.spacing_mm))
     findings = []
-    body_boxes = ndimage.find_objects(localisation.bodies)
-    posterior_boxes = ndimage.find_objects(localisation.posterior)
+    body_boxes = label_boxes(localisation.bodies)
+    posterior_boxes = label_boxes(localisation.posterior)
     for number, label in enumerate(localisation.labels, start=1):
         box = body_boxes[number - 1] if number <= len(body_boxes) else None
         box = box or (slice(0, 0),) * 3  # (a body with no voxel left: empty statistics)
@@ -299,7 +299,7 @@ def _find_in_marrow(result: QuantResult, ip: np.ndarray, op: np.ndarray,
     threshold = result.threshold_percent
     numbered = np.where(localisation.bodies > 0, localisation.bodies, localisation.posterior)
     if threshold is not None:
-        boxes = ndimage.find_objects(localisation.bodies)
+        boxes = label_boxes(localisation.bodies)
         diffuse = {n for n, box in enumerate(boxes, start=1) if box is not None
                    and n <= len(localisation.labels)
                    and _median(result.signal_loss[box][localisation.bodies[box] == n])
@@ -347,7 +347,7 @@ def focus_record(focus: Focus, geometry: VolumeGeometry, threshold_percent: floa
     spacing = geometry.spacing_mm
     per_slice = mask.sum(axis=(1, 2))
     slices = np.flatnonzero(per_slice)
-    centroid = geometry.to_patient(np.argwhere(mask).mean(axis=0))
+    centroid = geometry.to_patient(voxel_indices(mask).mean(axis=0))
     loss = float(stats["signal_loss_ratio_of_means_percent"])  # type: ignore[arg-type]
     maps: dict[str, dict[str, float]] = stats["maps"]  # type: ignore[assignment]
     sharpness = focus.margin_sharpness

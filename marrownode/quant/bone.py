@@ -17,6 +17,7 @@ from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import (
     closed_in_plane,
     in_plane_box,
+    label_boxes,
     median_reaches,
     square_dilated,
 )
@@ -183,7 +184,7 @@ def _extents(bodies: np.ndarray, along: int,
              step_mm: float) -> dict[int, tuple[float, float]]:
     """Per body, the voxel range along the column a framed part may span."""
     extents = {}
-    for number, box in enumerate(ndimage.find_objects(bodies), start=1):
+    for number, box in enumerate(label_boxes(bodies), start=1):
         if box is None:
             continue
         low, high = box[along].start, box[along].stop - 1

@@ -22,7 +22,7 @@ from marrownode.quant.geometry import (
     VolumeGeometry,
 )
 from marrownode.quant.localisation import SpineParameters
-from marrownode.quant.masks import near
+from marrownode.quant.masks import label_boxes, near
 
 #: Bodies the curved column must find beyond the straight one to be taken instead.
 CURVED_COLUMN_EXTRA = 3
@@ -48,7 +48,7 @@ def parts(labels: np.ndarray, geometry: VolumeGeometry,
                            geometry.column_direction])
     footprint = np.abs(directions).T @ np.array(geometry.spacing_mm)  # one voxel, in mm
     found = []
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
+    for label, box in enumerate(label_boxes(labels), start=1):
         if box is None:
             continue
         index = np.argwhere(labels[box] == label) + [b.start for b in box]

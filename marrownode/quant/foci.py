@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode import defaults
-from marrownode.quant.masks import in_plane_box, median_reaches
+from marrownode.quant.masks import in_plane_box, label_boxes, median_reaches
 from marrownode.quant.roi import roi_statistics
 from marrownode.vocabulary import FocusCategory
 
@@ -131,7 +131,7 @@ def find_foci(
                      voxel_volume_mm3, margin, in_phase_first, fat_fraction_unambiguous,
                      skip_vertebrae, parameters)
     foci: list[Focus] = []
-    for region_label, box in enumerate(ndimage.find_objects(labels), start=1):
+    for region_label, box in enumerate(label_boxes(labels), start=1):
         if box is None:
             continue
         # Each region is judged in its own box, padded past the widest ring read around it

@@ -12,7 +12,7 @@ from marrownode.quant.geometry import (
     VolumeGeometry,
 )
 from marrownode.quant.localisation import Localisation, SpineParameters
-from marrownode.quant.masks import box_around, square_dilated
+from marrownode.quant.masks import box_around, square_dilated, voxel_indices
 
 
 def t1_internal_standards(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
@@ -31,7 +31,7 @@ def t1_internal_standards(ip: np.ndarray, loss: np.ndarray, tissue: np.ndarray,
     water_rich = (tissue & ~marrow & np.isfinite(loss)
                   & (loss < parameters.water_rich_max_loss_percent)
                   & (ip < fat_level) & (ip > void_level))
-    column = geometry.to_patient(np.argwhere(bodies > 0))
+    column = geometry.to_patient(voxel_indices(bodies > 0))
     back = float(column[:, ANTERIOR_POSTERIOR].max())
     lr = float(np.median(column[:, LEFT_RIGHT]))
     top, bottom = (float(column[:, SUPERIOR_INFERIOR].max()),

@@ -14,6 +14,7 @@ ribs tells apart), the bodies keep their V-numbers and the reason is said.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,7 +27,7 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
-from marrownode.quant.masks import in_plane_box
+from marrownode.quant.masks import in_plane_box, label_boxes, voxel_indices
 
 #: A gap between localised marrow (the disc, both endplates and the rim the localiser
 #: leaves; see GAP_PERCENTILE) shorter than this share of the column's median gap is a fused
@@ -59,7 +60,7 @@ class LevelNames:
     reason: str
 
 
-def _gap_mm(bodies: np.ndarray, upper: int, boxes: list[tuple[slice, ...] | None],
+def _gap_mm(bodies: np.ndarray, upper: int, boxes: Sequence[tuple[slice, ...] | None],
             spacing: tuple[float, float, float]) -> float:
     """How far body upper + 1 lies from body upper: the distance its closest GAP_PERCENTILE %
     of voxels keep (the endplate facing the disc), on their common bounding box (boxes:
@@ -84,7 +85,7 @@ def name_levels(bodies: np.ndarray, geometry: VolumeGeometry,
     unnamed: list[str | None] = [None] * count
     if count < 2:
         return LevelNames(unnamed, True, "too few bodies to find the sacrum")
-    boxes = ndimage.find_objects(bodies)
+    boxes = label_boxes(bodies)
     gaps = [_gap_mm(bodies, number, boxes, geometry.spacing_mm)
             for number in range(1, count)]
     typical = float(np.median(gaps))
@@ -145,7 +146,7 @@ def has_dens(top: np.ndarray, bodies: np.ndarray, marrow_like: np.ndarray,
     depth and width; inside the stack (a body cut by the field's edge proves nothing)."""
     # the top body and the fatty marrow outside any body that is connected to it
     connected, _ = ndimage.label((marrow_like & (bodies == 0)) | top)
-    index = np.argwhere(np.isin(connected, np.unique(connected[top])))
+    index = voxel_indices(np.isin(connected, np.unique(connected[top])))
     if index.size == 0 or (index.min(axis=0) == 0).any() or (
             index.max(axis=0) == np.array(top.shape) - 1).any():
         return False
@@ -241,7 +242,7 @@ def without_slivers(bodies: np.ndarray, posterior: np.ndarray, voxel_mm3: float,
                     ) -> tuple[np.ndarray, np.ndarray]:
     """Bodies (and their posterior elements) under MIN_BODY_MM3 taken out, the rest numbered
     again cranio-caudally in the same order."""
-    boxes = ndimage.find_objects(bodies)  # each body counted in its own box
+    boxes = label_boxes(bodies)  # each body counted in its own box
     counts = np.array([0] + [int(np.count_nonzero(bodies[box] == n)) if box is not None else 0
                              for n, box in enumerate(boxes, start=1)])
     kept = counts * voxel_mm3 >= MIN_BODY_MM3

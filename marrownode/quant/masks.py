@@ -68,6 +68,38 @@ def box_around(mask: np.ndarray, margins: tuple[int, int, int],
     return box[0], box[1], box[2]
 
 
+Box = tuple[slice, slice, slice]
+
+
+def label_boxes(labels: np.ndarray) -> list[Box | None]:
+    """ndimage.find_objects(labels), exactly, worked in the box of the labelled voxels: the
+    bodies fill a small part of a stack, and find_objects reads every voxel (8 ms on
+    20 x 512 x 512; the analysis asks for the same bodies' boxes a dozen times)."""
+    box = box_around(labels > 0, (0, 0, 0))
+    if box is None:
+        return []
+    starts = _starts(box, labels.shape)
+    return [None if found is None else (
+        slice(found[0].start + starts[0], found[0].stop + starts[0]),
+        slice(found[1].start + starts[1], found[1].stop + starts[1]),
+        slice(found[2].start + starts[2], found[2].stop + starts[2]))
+        for found in ndimage.find_objects(labels[box])]
+
+
+def _starts(box: Box, shape: tuple[int, ...]) -> list[int]:
+    """Where a box begins along each axis (a slice's start may be None: from the first)."""
+    return [part.indices(size)[0] for part, size in zip(box, shape, strict=True)]
+
+
+def voxel_indices(mask: np.ndarray) -> np.ndarray:
+    """np.argwhere(mask), exactly (same rows, same order), read in mask's box only."""
+    box = box_around(mask, (0, 0, 0))
+    if box is None:
+        return np.empty((0, mask.ndim), dtype=np.intp)
+    found: np.ndarray = np.argwhere(mask[box]) + _starts(box, mask.shape)
+    return found
+
+
 def reach_in_voxels(distance_mm: float, spacing_mm: tuple[float, float, float],
                     ) -> tuple[int, int, int]:
     """Voxels along each axis that distance_mm can span, one more for safety."""

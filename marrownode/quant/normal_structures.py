@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-from scipy import ndimage
 
 from marrownode.quant.foci import Focus
 from marrownode.quant.geometry import ANTERIOR_POSTERIOR, VolumeGeometry
+from marrownode.quant.masks import label_boxes, voxel_indices
 from marrownode.vocabulary import Endplate
 
 #: The vein: its centre within this share of the body's height from mid-height ...
@@ -83,7 +83,7 @@ class BodyFrames:
         self.centres = [geometry.to_patient(np.argwhere(bodies[box] == n).mean(axis=0)
                                             + [s.start for s in box])
                         if box is not None else np.full(3, np.nan)
-                        for n, box in enumerate(ndimage.find_objects(bodies), start=1)]
+                        for n, box in enumerate(label_boxes(bodies), start=1)]
 
     def axes(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Centre, unit column axis (cranial) and unit posterior axis of body number."""
@@ -114,7 +114,7 @@ class BodyFrames:
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(u, v, w) in mm of mask's voxels in body number's frame (w: across, to the side)."""
         centre, column, posterior = self.axes(number)
-        points = self.geometry.to_patient(np.argwhere(mask)) - centre
+        points = self.geometry.to_patient(voxel_indices(mask)) - centre
         return points @ column, points @ posterior, points @ np.cross(column, posterior)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.morphology import convex_hull_image
 
+from marrownode.quant.blocks import block_fraction, block_mean
 from marrownode.quant.body import bright_end
 from marrownode.quant.bone import bone_candidates, enclosed_by_void, fill_frames
 from marrownode.quant.column import Part, find_column, find_cores, parts
@@ -44,7 +45,7 @@ from marrownode.quant.levels import (
 )
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.quant.maps import finite_or_zero
-from marrownode.quant.masks import box_around, in_plane_box, nearest_within
+from marrownode.quant.masks import box_around, in_plane_box, label_boxes, nearest_within
 from marrownode.vocabulary import LocalisationMethod
 
 #: In-plane pixels finer than this (mm) show a 1 mm cortex as a line.
@@ -85,7 +86,7 @@ def localise(
     else:  # the search on blocks, rule 2 where half a block's pixels are inside
         small = _reduce(in_phase, signal_loss, tissue, body, factor)
         reduced = _localise(*small, _reduced_geometry(geometry, factor), parameters, level,
-                            _block_fraction(cortex_frame, factor) >= 0.5)
+                            block_fraction(cortex_frame, factor) >= 0.5)
         if not reduced.localised:
             return not_localised(in_phase.shape, reduced.reason)
         found = _expand(reduced, factor, in_phase, signal_loss, tissue, geometry, parameters,
@@ -134,40 +135,15 @@ def _without_specks(posterior: np.ndarray, geometry: VolumeGeometry,
     return cleaned
 
 
-def _block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
-    """Mean over factor x factor in-plane blocks (edges padded by repetition)."""
-    k, rows, columns = volume.shape
-    pad = ((0, 0), (0, -rows % factor), (0, -columns % factor))
-    padded = np.pad(volume, pad, mode="edge")
-    shape = (k, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
-    mean: np.ndarray = padded.reshape(shape).mean(axis=(2, 4), dtype=np.float32)
-    return mean
-
-
-def _block_fraction(mask: np.ndarray, factor: int) -> np.ndarray:
-    """_block_mean of a mask, exactly (its block sums are small integers: one count per
-    block position instead of a float reduction, about ten times faster)."""
-    k, rows, columns = mask.shape
-    padded = np.pad(mask, ((0, 0), (0, -rows % factor), (0, -columns % factor)),
-                    mode="edge").view(np.uint8)
-    counts = np.zeros((k, padded.shape[1] // factor, padded.shape[2] // factor),
-                      dtype=np.uint16)
-    for row in range(factor):
-        for column in range(factor):
-            counts += padded[:, row::factor, column::factor]
-    fraction: np.ndarray = counts.astype(np.float32) / np.float32(factor * factor)
-    return fraction
-
-
 def _reduce(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,
             body: np.ndarray, factor: int,
             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     finite = np.isfinite(signal_loss)
-    weight = _block_fraction(finite, factor)
-    loss = _block_mean(np.where(finite, signal_loss, 0.0).astype(np.float32), factor)
+    weight = block_fraction(finite, factor)
+    loss = block_mean(np.where(finite, signal_loss, 0.0).astype(np.float32), factor)
     loss = np.where(weight > 0, loss / np.maximum(weight, 1e-6), np.nan).astype(np.float32)
-    return (_block_mean(finite_or_zero(in_phase).astype(np.float32), factor), loss,
-            _block_fraction(tissue, factor) >= 0.5, _block_fraction(body, factor) >= 0.5)
+    return (block_mean(finite_or_zero(in_phase).astype(np.float32), factor), loss,
+            block_fraction(tissue, factor) >= 0.5, block_fraction(body, factor) >= 0.5)
 
 
 def _reduced_geometry(geometry: VolumeGeometry, factor: int) -> VolumeGeometry:
@@ -285,7 +261,7 @@ def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat), and one
     voxel in from the hull's rim."""
     completed = bodies.copy()
-    for number, box in enumerate(ndimage.find_objects(bodies), start=1):
+    for number, box in enumerate(label_boxes(bodies), start=1):
         if box is None:
             continue
         # The hull lies within the body's box: work there, one background voxel around it.
@@ -358,9 +334,9 @@ def _posterior_elements(bone: np.ndarray, bodies: np.ndarray, geometry: VolumeGe
     posterior = np.zeros(bodies.shape, dtype=np.int16)
     if count == 0:
         return posterior
-    boxes = ndimage.find_objects(labels)
+    boxes = label_boxes(labels)
     centres = {n: geometry.to_patient(_points(bodies, n, box).mean(axis=0))
-               for n, box in enumerate(ndimage.find_objects(bodies), start=1)
+               for n, box in enumerate(label_boxes(bodies), start=1)
                if box is not None}
     for part in parts(labels, geometry):
         nearest = min(centres, key=lambda n: abs(centres[n][SUPERIOR_INFERIOR]

@@ -315,7 +315,9 @@ def overlay_frames(
 ) -> Iterator[np.ndarray]:
     """Rendered overlay frames, one at a time (a whole-body set would not fit otherwise)."""
     tissue_values = volumes.in_phase[result.tissue]
-    window = ((float(np.percentile(tissue_values, 1)), float(np.percentile(tissue_values, 99)))
+    # tissue_values is this function's own copy: the percentiles may reorder it in place.
+    window = ((float(np.percentile(tissue_values, 1, overwrite_input=True)),
+               float(np.percentile(tissue_values, 99, overwrite_input=True)))
               if tissue_values.size else (0.0, float(volumes.in_phase.max() or 1)))
     foci = np.zeros(volumes.in_phase.shape, dtype=bool)
     for mask in result.focus_masks:

@@ -15,6 +15,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
+from marrownode.quant.masks import label_boxes
 from marrownode.results.common import MANUFACTURER, SourceSeries, sibling_instance, stamp
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
@@ -201,7 +202,7 @@ def body_labels(bodies: np.ndarray, names: Sequence[str]) -> list[list[BodyLabel
     """Per slice, the names of the bodies (numbered 1... like `names`) with enough section on
     it, and where they sit: the section's mean row and its first column."""
     per_slice: list[list[BodyLabel]] = [[] for _ in range(bodies.shape[0])]
-    for number, found in enumerate(ndimage.find_objects(bodies), start=1):
+    for number, found in enumerate(label_boxes(bodies), start=1):
         if found is None or number > len(names):
             continue
         region = bodies[found] == number

@@ -24,6 +24,7 @@ import marrownode.quant.masks as masks_module
 import marrownode.quant.spine as spine_module
 from marrownode.config import Settings
 from marrownode.pipeline import quant_parameters
+from marrownode.quant import blocks
 from marrownode.quant.analysis import analyse_set
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.bone import relative_gradient
@@ -32,10 +33,12 @@ from marrownode.quant.levels import GAP_PERCENTILE, _gap_mm
 from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import (
     closed_in_plane,
+    label_boxes,
     near,
     nearest_within,
     square_dilated,
     square_eroded,
+    voxel_indices,
 )
 from marrownode.results.overlay import YELLOW, OverlayRenderer, _grey
 from marrownode.synthetic.geometry import geometry_for
@@ -193,8 +196,8 @@ def test_a_masks_block_fraction_is_its_block_mean() -> None:
     as floats: the same numbers, on any grid and block size (edges padded alike)."""
     for number, mask in enumerate(scattered(np.random.default_rng(9), 30)):
         for factor in (2, 3, 4, 7):
-            expected = spine_module._block_mean(mask.astype(np.float32), factor)
-            found = spine_module._block_fraction(mask, factor)
+            expected = blocks.block_mean(mask.astype(np.float32), factor)
+            found = blocks.block_fraction(mask, factor)
             assert found.dtype == expected.dtype and (found == expected).all(), (number, factor)
 
 
@@ -254,3 +257,35 @@ def test_a_finite_volume_is_read_as_it_is_and_others_as_nan_to_num_makes_them() 
     volume[0, 1, 2], volume[1, 2, 3], volume[2, 3, 4] = np.nan, np.inf, -np.inf
     found = finite_or_zero(volume)
     assert found is not volume and (found == np.nan_to_num(volume)).all()
+
+
+def test_the_block_mean_is_numpys_float32_mean_exactly() -> None:
+    """The localiser's blocks are the same numbers as numpy's float32 reduction over the
+    block axes (strided adds in its order), for every block width and any grid size."""
+    rng = np.random.default_rng(11)
+    for factor in range(1, 11):
+        volume = (rng.random((3, int(rng.integers(20, 60)), int(rng.integers(20, 60)))) * 150
+                  - 30).astype(np.float32)
+        k, rows, columns = volume.shape
+        padded = np.pad(volume, ((0, 0), (0, -rows % factor), (0, -columns % factor)),
+                        mode="edge")
+        expected = padded.reshape(k, padded.shape[1] // factor, factor,
+                                  padded.shape[2] // factor, factor).mean(axis=(2, 4),
+                                                                          dtype=np.float32)
+        found = blocks.block_mean(volume, factor)
+        assert found.dtype == expected.dtype and (found == expected).all(), factor
+
+
+def test_boxes_and_indices_read_in_the_labels_box_are_the_whole_grids() -> None:
+    """label_boxes is ndimage.find_objects and voxel_indices np.argwhere, exactly, wherever
+    the labels lie (at the grid's edges, inside it, none at all)."""
+    rng = np.random.default_rng(12)
+    for number, mask in enumerate(scattered(rng, 40)):
+        labels = np.where(mask, rng.integers(1, 5, mask.shape), 0).astype(np.int16)
+        assert label_boxes(labels) == ndimage.find_objects(labels), number
+        for value in (1, 3, 7):
+            found, expected = voxel_indices(labels == value), np.argwhere(labels == value)
+            assert found.dtype == expected.dtype and found.shape == expected.shape, number
+            assert (found == expected).all(), number
+    empty = np.zeros((3, 4, 5), dtype=np.int16)
+    assert label_boxes(empty) == [] and voxel_indices(empty > 0).shape == (0, 3)
