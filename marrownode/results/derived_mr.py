@@ -71,8 +71,7 @@ def build_derived_mr_series(
     if values.shape[0] != len(sources.planes) or len(sop_uids) != len(sources.planes):
         raise ValueError("one SOP Instance UID and one map slice per source plane are needed")
     low, high = value_range
-    stored = np.where(np.isfinite(values), np.rint(np.nan_to_num(values)).clip(low, high),
-                      PIXEL_PADDING_VALUE).astype(np.int16)
+    stored = stored_percent(values, low, high)
     # The slices of a series differ only in identity, geometry, references and pixels.
     template = _series_template(sources, stored.shape[1:], label, explanation, value_range,
                                 series_uid, series_number, series_description, sop_uids[0],
@@ -89,6 +88,19 @@ def build_derived_mr_series(
             SourceImageSequence=Sequence(
                 [_source_item(plane), _source_item(sources.opposed_planes[index])]),
         )
+
+
+def stored_percent(values: np.ndarray, low: int, high: int) -> np.ndarray:
+    """round(percent) within [low, high] as int16, PIXEL_PADDING_VALUE where undefined: in
+    place on one rounded copy (four passes over the stack, where np.where over nan_to_num's
+    copy took eleven)."""
+    finite = np.isfinite(values)
+    rounded = np.rint(values)
+    np.clip(rounded, low, high, out=rounded)
+    with np.errstate(invalid="ignore"):  # NaN has no int16; it is padding below
+        stored: np.ndarray = rounded.astype(np.int16)
+    stored[~finite] = PIXEL_PADDING_VALUE
+    return stored
 
 
 def _series_template(
