@@ -129,8 +129,99 @@ def closed_in_plane(mask: np.ndarray, disk: np.ndarray) -> np.ndarray:
     reach = (0, disk.shape[0], disk.shape[1])
     box = box_around(mask, (reach[0], reach[1], reach[2]))
     if box is not None:
-        result[box] |= ndimage.binary_closing(mask[box], structure=disk[None], border_value=0)
+        around = mask[box]
+        result[box] |= disk_eroded(disk_dilated(around, disk), disk, outside=False)
     return result
+
+
+def within_mm(distance_mm: float, pixel_mm: tuple[float, float]) -> np.ndarray:
+    """The in-plane offsets at most distance_mm away, as a centred disk; a distance computed
+    as ndimage.distance_transform_edt computes it (products, squares, their sum, its root),
+    so that eroding by it keeps exactly the voxels the transform puts farther."""
+    reach = [int(np.ceil(distance_mm / max(p, 1e-6))) for p in pixel_mm]
+    rows, columns = np.ogrid[-reach[0]:reach[0] + 1, -reach[1]:reach[1] + 1]
+    squared = ((0.0 + (rows.astype(np.float64) * pixel_mm[0]) ** 2)
+               + (columns.astype(np.float64) * pixel_mm[1]) ** 2)
+    disk: np.ndarray = np.sqrt(squared) <= distance_mm
+    return disk
+
+
+def _row_runs(disk: np.ndarray) -> list[tuple[int, int]] | None:
+    """(row offset, half-width) of each row of a centred disk whose rows are runs centred on
+    its middle column (any ellipse on the grid), or None for another shape."""
+    rows, columns = disk.shape
+    if rows % 2 == 0 or columns % 2 == 0:
+        return None
+    runs = []
+    for index, row in enumerate(disk):
+        width = int(row.sum())
+        if width == 0:
+            continue
+        half = (width - 1) // 2
+        centre = columns // 2
+        if width % 2 == 0 or not row[centre - half:centre + half + 1].all():
+            return None
+        runs.append((index - rows // 2, half))
+    return runs
+
+
+def _along_rows(step: int, rows: int) -> tuple[slice, slice]:
+    """(where, from where): result[where] combines source[from where], the row step away."""
+    if step >= 0:
+        return slice(0, max(rows - step, 0)), slice(step, rows)
+    return slice(-step, rows), slice(0, max(rows + step, 0))
+
+
+def disk_dilated(mask: np.ndarray, disk: np.ndarray) -> np.ndarray:
+    """ndimage.binary_dilation(mask, disk[None]) (outside the grid: background), exactly:
+    a disk is a stack of centred row runs, so ORs of shifted copies, a run widened one step
+    at a time (several times faster than a per-voxel structuring element of 30-120 pixels)."""
+    runs = _row_runs(disk)
+    if runs is None:
+        dilated: np.ndarray = ndimage.binary_dilation(mask, structure=disk[None])
+        return dilated
+    rows = mask.shape[1]
+    run = mask.copy()
+    result = np.zeros(mask.shape, dtype=bool)
+    for half in range(max(h for _, h in runs) + 1):
+        if half:
+            run[:, :, :-half] |= mask[:, :, half:]
+            run[:, :, half:] |= mask[:, :, :-half]
+        for step in (s for s, h in runs if h == half):
+            where, source = _along_rows(step, rows)
+            result[:, where] |= run[:, source]
+    return result
+
+
+def disk_eroded(mask: np.ndarray, disk: np.ndarray, outside: bool) -> np.ndarray:
+    """ndimage.binary_erosion(mask, disk[None], border_value=outside), exactly: ANDs of
+    shifted copies (see disk_dilated). outside: what the grid's outside counts as."""
+    runs = _row_runs(disk)
+    if runs is None:
+        eroded: np.ndarray = ndimage.binary_erosion(mask, structure=disk[None],
+                                                     border_value=int(outside))
+        return eroded
+    rows, columns = mask.shape[1:]
+    run = mask.copy()
+    result = np.ones(mask.shape, dtype=bool)
+    for half in range(max(h for _, h in runs) + 1):
+        if half:
+            run[:, :, :-half] &= mask[:, :, half:]
+            run[:, :, half:] &= mask[:, :, :-half]
+            if not outside:
+                run[:, :, max(columns - half, 0):] = False
+                run[:, :, :half] = False
+        for step in (s for s, h in runs if h == half):
+            where, source = _along_rows(step, rows)
+            result[:, where] &= run[:, source]
+            if not outside:
+                result[:, _beyond(step, rows)] = False
+    return result
+
+
+def _beyond(step: int, rows: int) -> slice:
+    """The rows whose partner the row step away lies outside the grid."""
+    return slice(max(rows - step, 0), rows) if step >= 0 else slice(0, min(-step, rows))
 
 
 def nearest_within(seeds: np.ndarray, reach_mm: np.ndarray,

@@ -45,7 +45,14 @@ from marrownode.quant.levels import (
 )
 from marrownode.quant.localisation import Localisation, SpineParameters, not_localised
 from marrownode.quant.maps import finite_or_zero
-from marrownode.quant.masks import box_around, in_plane_box, label_boxes, nearest_within
+from marrownode.quant.masks import (
+    box_around,
+    disk_eroded,
+    in_plane_box,
+    label_boxes,
+    nearest_within,
+    within_mm,
+)
 from marrownode.vocabulary import LocalisationMethod
 
 #: In-plane pixels finer than this (mm) show a 1 mm cortex as a line.
@@ -192,8 +199,7 @@ def _inside_beyond(mask: np.ndarray, width_mm: float,
     box = in_plane_box(mask, 1)
     if box is None:
         return inside
-    distance = ndimage.distance_transform_edt(mask[box], sampling=(1e6, *pixel_mm))
-    inside[box] = distance > width_mm
+    inside[box] = disk_eroded(mask[box], within_mm(width_mm, pixel_mm), outside=True)
     return inside
 
 

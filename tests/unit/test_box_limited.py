@@ -33,12 +33,15 @@ from marrownode.quant.levels import GAP_PERCENTILE, _gap_mm
 from marrownode.quant.maps import finite_or_zero
 from marrownode.quant.masks import (
     closed_in_plane,
+    disk_dilated,
+    disk_eroded,
     label_boxes,
     near,
     nearest_within,
     square_dilated,
     square_eroded,
     voxel_indices,
+    within_mm,
 )
 from marrownode.results.overlay import YELLOW, OverlayRenderer, _grey
 from marrownode.synthetic.geometry import geometry_for
@@ -307,3 +310,43 @@ def test_derived_map_values_are_the_rounded_clipped_percent_with_padding() -> No
         found = stored_percent(values, low, high)
         assert found.dtype == np.int16 and (found == expected).all()
     assert stored_percent(values, -100, 100)[0, 0, 0] == PIXEL_PADDING_VALUE
+
+
+def _ellipse(rows: int, columns: int) -> np.ndarray:
+    grid_rows, grid_columns = np.ogrid[-rows:rows + 1, -columns:columns + 1]
+    disk: np.ndarray = (grid_rows / rows) ** 2 + (grid_columns / columns) ** 2 <= 1.0
+    return disk
+
+
+def test_disk_dilation_erosion_and_closing_are_scipys() -> None:
+    """The in-plane disk operations by shifted row runs are scipy's, voxel for voxel, for
+    ellipses of every radius the localiser uses, on grids smaller than the disk too, with
+    the grid's outside as background or not."""
+    rng = np.random.default_rng(14)
+    for trial in range(200):
+        shape = (int(rng.integers(1, 4)), int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        mask = rng.random(shape) < rng.uniform(0.05, 0.9)
+        disk = _ellipse(int(rng.integers(1, 7)), int(rng.integers(1, 7)))
+        assert (disk_dilated(mask, disk)
+                == ndimage.binary_dilation(mask, structure=disk[None])).all(), trial
+        for outside in (False, True):
+            assert (disk_eroded(mask, disk, outside) == ndimage.binary_erosion(
+                mask, structure=disk[None], border_value=int(outside))).all(), trial
+        closed = ndimage.binary_closing(mask, structure=disk[None], border_value=0)
+        assert (closed_in_plane(mask, disk) == (mask | closed)).all(), trial
+
+
+def test_eroding_by_the_offsets_within_a_distance_is_the_distance_transform() -> None:
+    """A voxel farther than d (in-plane, in mm) from the mask's outside, as the Euclidean
+    distance transform measures it, is exactly what survives erosion by the offsets within
+    d (the same floating-point distance: ties at exactly d agree)."""
+    rng = np.random.default_rng(15)
+    pixels = (0.55, 0.6, 0.75, 0.9375, 1.1, 1.25)
+    for trial in range(200):
+        shape = (int(rng.integers(1, 4)), int(rng.integers(2, 40)), int(rng.integers(2, 40)))
+        mask = rng.random(shape) < rng.uniform(0.3, 0.98)
+        pixel = (float(rng.choice(pixels)), float(rng.choice(pixels)))
+        width = int(rng.integers(1, 6)) * max(pixel)
+        expected = ndimage.distance_transform_edt(mask, sampling=(1e6, *pixel)) > width
+        found = disk_eroded(mask, within_mm(width, pixel), outside=True)
+        assert (found == expected).all(), (trial, pixel, width)
