@@ -9,7 +9,12 @@ on the standard's tables shipped with highdicom, so it is kept once asked.
 highdicom's SR constructor deep-copies the content tree it is given, then converts the copy
 in place: about 0.25 s of CPU for a whole-body station's report, a third of building it. A
 tree built for one report and never used again (results/sr.py) is given as it is, inside
-sr_content_taken_as_built."""
+sr_content_taken_as_built.
+
+The same constructor looks for the images the content references (collect_evidence) with
+highdicom's find_content_items, which builds a ContentItem and a CodedConcept for every node
+of the tree to compare its value type: twice per report, about a third of the constructor.
+Asked by value type alone, the node's ValueType is compared as it is."""
 
 from __future__ import annotations
 
@@ -22,7 +27,9 @@ from typing import Any
 
 import highdicom
 import highdicom.sr.sop as _sr_sop
+import highdicom.sr.utils as _sr_utils
 from highdicom import _standard_utils
+from highdicom.sr.enum import ValueTypeValues
 from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -109,11 +116,55 @@ def take_sr_content_as_built() -> bool:
     return True
 
 
+def _finding_by_value_type(original: Callable[..., list[Dataset]]
+                           ) -> Callable[..., list[Dataset]]:
+    @functools.wraps(original)
+    def find_content_items(dataset: Dataset, name: Any = None, value_type: Any = None,
+                           relationship_type: Any = None, recursive: bool = False,
+                           ) -> list[Dataset]:
+        if name is not None or relationship_type is not None or value_type is None:
+            return original(dataset, name, value_type, relationship_type, recursive)
+        if not hasattr(dataset, "ContentSequence"):
+            raise AttributeError("Data set does not contain a Content Sequence attribute.")
+        return _of_value_type(dataset, ValueTypeValues(value_type).value, recursive)
+
+    find_content_items.by_value_type = True  # type: ignore[attr-defined]
+    return find_content_items
+
+
+def _of_value_type(node: Dataset, wanted: str, recursive: bool) -> list[Dataset]:
+    """highdicom's search_tree for a value type: the same items, in the same order."""
+    found = []
+    for item in node.ContentSequence:
+        if item.ValueType == wanted:
+            found.append(item)
+        if recursive and "ContentSequence" in item:
+            found += _of_value_type(item, wanted, recursive)
+    return found
+
+
+def find_by_value_type_as_given() -> bool:
+    """Make highdicom.sr.utils.find_content_items compare value types as given when asked by
+    value type alone (collect_evidence's question). Returns False, changing nothing, when the
+    module lacks the function."""
+    current = getattr(_sr_utils, "find_content_items", None)
+    if current is None or not callable(current):
+        log.warning("event=highdicom_unverified version=%s detail=find_content_items_missing",
+                    highdicom.__version__)
+        return False
+    if getattr(current, "by_value_type", False):
+        return True  # already done
+    setattr(_sr_utils, "find_content_items",  # noqa: B010 (collect_evidence's own name)
+            _finding_by_value_type(current))
+    return True
+
+
 # Only on a verified highdicom: another may have changed what the functions take or mean,
 # and an unknown highdicom is better slower than wrong.
 if verified_version():
     remember_iod_attributes()
     take_sr_content_as_built()
+    find_by_value_type_as_given()
 else:  # pragma: no cover - depends on the installed version
     log.warning("event=highdicom_unverified version=%s detail=iod_answers_not_kept,"
                 "sr_content_copied", highdicom.__version__)

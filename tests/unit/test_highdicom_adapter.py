@@ -15,7 +15,7 @@ from typing import Any
 import highdicom as hd
 import highdicom.sr.sop as sr_sop
 from highdicom import _standard_utils
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 from pydicom.filebase import DicomBytesIO
 from pydicom.sr.codedict import codes
 from pydicom.uid import MRImageStorage
@@ -147,3 +147,36 @@ def test_the_node_builds_its_sr_without_copying_its_content(tmp_path: Path,
              for entry in dixon_set["outputs"]]
     assert "sr" in kinds
     assert taken and all(taken)
+
+
+def test_content_found_by_value_type_is_highdicoms_and_the_report_the_same(
+        tmp_path: Path) -> None:
+    """Asked by value type alone (collect_evidence's question), find_content_items compares
+    each node's ValueType as given: the same items in the same order as highdicom's walk on
+    the node's own reports, and the same report built either way."""
+    import highdicom.sr.utils as sr_utils
+
+    fast = sr_utils.find_content_items
+    walk = inspect.unwrap(fast)
+    assert walk is not fast and getattr(fast, "by_value_type", False)
+    write_datasets(build_study(StudyOptions(style="siemens", study_key="hd-adapter-find")),
+                   tmp_path / "in")
+    process_paths([tmp_path / "in"], tmp_path / "out", Settings())
+    (report,) = [dcmread(path) for path in (tmp_path / "out").rglob("*.dcm")
+                 if dcmread(path, stop_before_pixels=True).Modality == "SR"]
+    asked = 0
+    for value_type in ("IMAGE", "COMPOSITE", "NUM", "CODE", "CONTAINER", "TEXT", "UIDREF"):
+        for recursive in (True, False):
+            mine = fast(report, value_type=value_type, recursive=recursive)
+            theirs = walk(report, value_type=value_type, recursive=recursive)
+            assert [id(item) for item in mine] == [id(item) for item in theirs], value_type
+            asked += len(mine)
+    assert asked > 50  # the report holds images, numbers, codes to be found
+    named = fast(report, name=codes.DCM.ImagingMeasurements, recursive=True)
+    assert named == walk(report, name=codes.DCM.ImagingMeasurements, recursive=True) != []
+    sr_utils.find_content_items = walk  # highdicom's own walk: the same report
+    try:
+        walked = _sr(_report_content())
+    finally:
+        sr_utils.find_content_items = fast
+    assert _encoded(_sr(_report_content())) == _encoded(walked)
