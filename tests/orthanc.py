@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import subprocess
@@ -56,8 +57,21 @@ class Orthanc:
         path.write_text(json.dumps(config))
         return path
 
+    #: Starts on fresh ports when Orthanc ends at once: a free port can be taken by the other
+    #: test worker between free_port() and Orthanc's bind ("already in use", seen in a run).
+    start_attempts = 5
+
     def start(self) -> Orthanc:
         require_binary(ORTHANC)
+        for attempt in range(self.start_attempts):
+            if attempt:
+                self.http_port, self.dicom_port = free_port(), free_port()
+            if self._started():
+                return self
+        raise TimeoutError(f"Orthanc did not start in {self.start_attempts} attempts "
+                           f"(see {self.folder / 'orthanc.log'})")
+
+    def _started(self) -> bool:
         config = self.config()
         log = (self.folder / "orthanc.log").open("ab")
         env = {**os.environ, "TCP_NODELAY": "1"}
@@ -65,12 +79,17 @@ class Orthanc:
                                         stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            try:
-                self.get("/system")
-                return self
-            except (urllib.error.URLError, ConnectionError):
+            if self.process.poll() is not None:  # it ended (a port taken): try again
+                return False
+            try:  # (whatever holds the port when Orthanc could not bind is not asked long)
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/system",
+                                            timeout=2) as answer:
+                    if b"marrownode-test-pacs" in answer.read():  # this Orthanc, no other
+                        return True
+            except (OSError, http.client.HTTPException):
                 time.sleep(0.2)
-        raise TimeoutError("Orthanc did not start")
+        terminate(self.process)
+        return False
 
     def stop(self) -> None:
         terminate(self.process)
