@@ -14,20 +14,22 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
     """Mean over factor x factor in-plane blocks (edges padded by repetition) of a float32
     volume: numpy's float32 mean over the block axes, exactly, by strided adds in its order
     (each block row, then the rows), about four times faster than the reduction."""
-    k, rows, columns = volume.shape
-    pad = ((0, 0), (0, -rows % factor), (0, -columns % factor))
-    padded = np.pad(volume, pad, mode="edge")
+    padded = _padded(volume, factor)
     if factor > _SEQUENTIAL_SUM_MAX or padded.dtype != np.float32:
-        shape = (k, padded.shape[1] // factor, factor, padded.shape[2] // factor, factor)
+        k, rows, columns = padded.shape
+        shape = (k, rows // factor, factor, columns // factor, factor)
         mean: np.ndarray = padded.reshape(shape).mean(axis=(2, 4), dtype=np.float32)
         return mean
-    total: np.ndarray | None = None
-    for row in range(factor):
+
+    def block_row(row: int) -> np.ndarray:
         line = padded[:, row::factor, 0::factor].copy()
         for column in range(1, factor):
             line += padded[:, row::factor, column::factor]
-        total = line if total is None else total + line
-    assert total is not None  # factor >= 1
+        return line
+
+    total = block_row(0)
+    for row in range(1, factor):
+        total = total + block_row(row)
     mean = total / np.float32(factor * factor)
     return mean
 
@@ -35,13 +37,19 @@ def block_mean(volume: np.ndarray, factor: int) -> np.ndarray:
 def block_fraction(mask: np.ndarray, factor: int) -> np.ndarray:
     """block_mean of a mask, exactly (its block sums are small integers: one count per
     block position instead of a float reduction, about ten times faster)."""
-    k, rows, columns = mask.shape
-    padded = np.pad(mask, ((0, 0), (0, -rows % factor), (0, -columns % factor)),
-                    mode="edge").view(np.uint8)
-    counts = np.zeros((k, padded.shape[1] // factor, padded.shape[2] // factor),
-                      dtype=np.uint16)
+    padded = _padded(mask, factor).view(np.uint8)
+    k, rows, columns = padded.shape
+    counts = np.zeros((k, rows // factor, columns // factor), dtype=np.uint16)
     for row in range(factor):
         for column in range(factor):
             counts += padded[:, row::factor, column::factor]
     fraction: np.ndarray = counts.astype(np.float32) / np.float32(factor * factor)
     return fraction
+
+
+def _padded(volume: np.ndarray, factor: int) -> np.ndarray:
+    """The stack with its rows and columns made whole blocks, edges repeated."""
+    rows, columns = volume.shape[1:]
+    padded: np.ndarray = np.pad(volume, ((0, 0), (0, -rows % factor), (0, -columns % factor)),
+                                mode="edge")
+    return padded

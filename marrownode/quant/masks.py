@@ -78,7 +78,7 @@ def label_boxes(labels: np.ndarray) -> list[Box | None]:
     box = box_around(labels > 0, (0, 0, 0))
     if box is None:
         return []
-    starts = _starts(box, labels.shape)
+    starts = [part.start for part in box]
     return [None if found is None else (
         slice(found[0].start + starts[0], found[0].stop + starts[0]),
         slice(found[1].start + starts[1], found[1].stop + starts[1]),
@@ -86,17 +86,12 @@ def label_boxes(labels: np.ndarray) -> list[Box | None]:
         for found in ndimage.find_objects(labels[box])]
 
 
-def _starts(box: Box, shape: tuple[int, ...]) -> list[int]:
-    """Where a box begins along each axis (a slice's start may be None: from the first)."""
-    return [part.indices(size)[0] for part, size in zip(box, shape, strict=True)]
-
-
 def voxel_indices(mask: np.ndarray) -> np.ndarray:
     """np.argwhere(mask), exactly (same rows, same order), read in mask's box only."""
     box = box_around(mask, (0, 0, 0))
     if box is None:
         return np.empty((0, mask.ndim), dtype=np.intp)
-    found: np.ndarray = np.argwhere(mask[box]) + _starts(box, mask.shape)
+    found: np.ndarray = np.argwhere(mask[box]) + [part.start for part in box]
     return found
 
 
@@ -180,17 +175,7 @@ def disk_dilated(mask: np.ndarray, disk: np.ndarray) -> np.ndarray:
     if runs is None:
         dilated: np.ndarray = ndimage.binary_dilation(mask, structure=disk[None])
         return dilated
-    rows = mask.shape[1]
-    run = mask.copy()
-    result = np.zeros(mask.shape, dtype=bool)
-    for half in range(max(h for _, h in runs) + 1):
-        if half:
-            run[:, :, :-half] |= mask[:, :, half:]
-            run[:, :, half:] |= mask[:, :, :-half]
-        for step in (s for s, h in runs if h == half):
-            where, source = _along_rows(step, rows)
-            result[:, where] |= run[:, source]
-    return result
+    return _by_row_runs(mask, runs, np.logical_or, clear_outside=False)
 
 
 def disk_eroded(mask: np.ndarray, disk: np.ndarray, outside: bool) -> np.ndarray:
@@ -201,20 +186,28 @@ def disk_eroded(mask: np.ndarray, disk: np.ndarray, outside: bool) -> np.ndarray
         eroded: np.ndarray = ndimage.binary_erosion(mask, structure=disk[None],
                                                      border_value=int(outside))
         return eroded
+    return _by_row_runs(mask, runs, np.logical_and, clear_outside=not outside)
+
+
+def _by_row_runs(mask: np.ndarray, runs: list[tuple[int, int]], combine: np.ufunc,
+                 clear_outside: bool) -> np.ndarray:
+    """Each voxel combined (OR: dilation, AND: erosion) with its partners at every offset of
+    the runs. A partner outside the grid adds nothing to the combination, or, with
+    clear_outside, clears the voxel (an erosion whose outside is background)."""
     rows, columns = mask.shape[1:]
     run = mask.copy()
-    result = np.ones(mask.shape, dtype=bool)
+    result = np.full(mask.shape, combine is np.logical_and, dtype=bool)
     for half in range(max(h for _, h in runs) + 1):
         if half:
-            run[:, :, :-half] &= mask[:, :, half:]
-            run[:, :, half:] &= mask[:, :, :-half]
-            if not outside:
+            combine(run[:, :, :-half], mask[:, :, half:], out=run[:, :, :-half])
+            combine(run[:, :, half:], mask[:, :, :-half], out=run[:, :, half:])
+            if clear_outside:
                 run[:, :, max(columns - half, 0):] = False
                 run[:, :, :half] = False
         for step in (s for s, h in runs if h == half):
             where, source = _along_rows(step, rows)
-            result[:, where] &= run[:, source]
-            if not outside:
+            combine(result[:, where], run[:, source], out=result[:, where])
+            if clear_outside:
                 result[:, _beyond(step, rows)] = False
     return result
 

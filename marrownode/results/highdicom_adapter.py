@@ -122,10 +122,9 @@ def _finding_by_value_type(original: Callable[..., list[Dataset]]
     def find_content_items(dataset: Dataset, name: Any = None, value_type: Any = None,
                            relationship_type: Any = None, recursive: bool = False,
                            ) -> list[Dataset]:
-        if name is not None or relationship_type is not None or value_type is None:
+        if (name is not None or relationship_type is not None or value_type is None
+                or "ContentSequence" not in dataset):  # (highdicom says what is missing)
             return original(dataset, name, value_type, relationship_type, recursive)
-        if not hasattr(dataset, "ContentSequence"):
-            raise AttributeError("Data set does not contain a Content Sequence attribute.")
         return _of_value_type(dataset, ValueTypeValues(value_type).value, recursive)
 
     find_content_items.by_value_type = True  # type: ignore[attr-defined]

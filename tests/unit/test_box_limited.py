@@ -114,7 +114,8 @@ def test_the_gradient_is_the_whole_grids_where_it_is_read() -> None:
 
 
 def _whole_grid(mask: np.ndarray, *_: Any) -> tuple[slice, slice, slice] | None:
-    return (slice(None), slice(None), slice(None)) if mask.any() else None
+    along_slices, rows, columns = (slice(0, size) for size in mask.shape)
+    return (along_slices, rows, columns) if mask.any() else None
 
 
 def test_the_lumbar_analysis_is_the_whole_grids(monkeypatch) -> None:
@@ -292,24 +293,6 @@ def test_boxes_and_indices_read_in_the_labels_box_are_the_whole_grids() -> None:
             assert (found == expected).all(), number
     empty = np.zeros((3, 4, 5), dtype=np.int16)
     assert label_boxes(empty) == [] and voxel_indices(empty > 0).shape == (0, 3)
-
-
-def test_derived_map_values_are_the_rounded_clipped_percent_with_padding() -> None:
-    """The derived MR's stored values: round(percent) clipped to the range, the padding value
-    where the map is undefined (NaN, infinite), as np.where over nan_to_num gave them."""
-    from marrownode.results.derived_mr import PIXEL_PADDING_VALUE, stored_percent
-
-    rng = np.random.default_rng(13)
-    values = rng.normal(20, 80, (4, 30, 30)).astype(np.float32)
-    values[rng.random(values.shape) < 0.3] = np.nan
-    values[0, 0, :7] = [np.inf, -np.inf, 0.5, 1.5, -0.5, 100.5, -100.5]
-    for low, high in ((-100, 100), (0, 100)):
-        expected = np.where(np.isfinite(values),
-                            np.rint(np.nan_to_num(values)).clip(low, high),
-                            PIXEL_PADDING_VALUE).astype(np.int16)
-        found = stored_percent(values, low, high)
-        assert found.dtype == np.int16 and (found == expected).all()
-    assert stored_percent(values, -100, 100)[0, 0, 0] == PIXEL_PADDING_VALUE
 
 
 def _ellipse(rows: int, columns: int) -> np.ndarray:

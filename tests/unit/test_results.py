@@ -489,3 +489,21 @@ def test_result_folders_are_synced_once_a_series_is_written(tmp_path: Path,
                for dixon_set in study["dixon_sets"] for entry in dixon_set["outputs"]}
     assert len(folders) >= len(EXPECTED_COUNTS)  # (each map has its own series)
     assert folders <= set(synced)
+
+
+def test_derived_map_values_are_the_rounded_clipped_percent_with_padding() -> None:
+    """The derived MR's stored values: round(percent) clipped to the range, the padding value
+    where the map is undefined (NaN, infinite), as np.where over nan_to_num gave them."""
+    from marrownode.results.derived_mr import PIXEL_PADDING_VALUE, stored_percent
+
+    rng = np.random.default_rng(13)
+    values = rng.normal(20, 80, (4, 30, 30)).astype(np.float32)
+    values[rng.random(values.shape) < 0.3] = np.nan
+    values[0, 0, :7] = [np.inf, -np.inf, 0.5, 1.5, -0.5, 100.5, -100.5]
+    for low, high in ((-100, 100), (0, 100)):
+        expected = np.where(np.isfinite(values),
+                            np.rint(np.nan_to_num(values)).clip(low, high),
+                            PIXEL_PADDING_VALUE).astype(np.int16)
+        found = stored_percent(values, low, high)
+        assert found.dtype == np.int16 and (found == expected).all()
+    assert stored_percent(values, -100, 100)[0, 0, 0] == PIXEL_PADDING_VALUE
