@@ -100,6 +100,13 @@ class NodeCollector(Collector):
                                 "Incoming associations open now, in every receiving process "
                                 "(node.max_associations is the limit)",
                                 value=stats.open_associations)
+        connections = GaugeMetricFamily(
+            "marrownode_receiver_connections",
+            "Connections each receiving process holds now (0: the node's own); new ones go "
+            "to the process holding the fewest", labels=["process"])
+        for number, held in enumerate(stats.connections()):
+            connections.add_metric([str(number)], held)
+        yield connections
         failures = CounterMetricFamily("marrownode_cstore_failures",
                                        "C-STORE requests answered with a failure status",
                                        labels=["status"])

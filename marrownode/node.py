@@ -56,7 +56,7 @@ class Node:
         extra = settings.node.receiver_processes - 1
         counters = shared_counters()  # one set for all receiving processes: exact metrics
         self.receiver = Receiver(settings.node, IngestSink(self.ingestor, self._association_ended),
-                                 stats=ReceiverStats(counters), shared_port=extra > 0)
+                                 stats=ReceiverStats(counters, 0, extra + 1))
         self.receiver_processes = (
             ReceiverProcesses(settings, extra, counters, self._association_ended,
                               close_associations_of=self.index.studies.close_associations_of,
@@ -124,7 +124,7 @@ class Node:
         self.webhooks.start()
         self.receiver.start()
         if self.receiver_processes is not None:
-            self.receiver_processes.start(self.receiver.port)
+            self.receiver_processes.start(self.receiver.listening_socket)
         for service in self.services:
             service.start()
         self._started = True

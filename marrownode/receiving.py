@@ -9,6 +9,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -183,10 +184,11 @@ class AssociationEnded:
     association_id: str
 
 
-def _receiver_process(settings: Settings, port: int, number: int, counters: Any,
+def _receiver_process(settings: Settings, listening: socket.socket, number: int, counters: Any,
                       notices: Any, stop: Any, grace_seconds: Any, node_pid: int) -> None:
-    """Entry point of an extra receiving process: a listener on the node's port, writing into
-    the same spool and index, until the node (or its death, or a signal) says stop."""
+    """Entry point of an extra receiving process: accepting from the node's listening socket,
+    writing into the same spool and index, until the node (or its death, or a signal) says
+    stop."""
     from marrownode.logs import configure_logging
 
     configure_logging(settings.logging)
@@ -194,12 +196,13 @@ def _receiver_process(settings: Settings, port: int, number: int, counters: Any,
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: interrupted.set())
     on_parent_death(interrupted.set, node_pid)
-    node_settings = settings.node.model_copy(update={"port": port})
+    node_settings = settings.node.model_copy(update={"port": listening.getsockname()[1]})
     ingestor = open_ingestor(open_spool(settings), index_path(settings.storage.root),
                              settings.storage.max_instance_mb)
     sink = IngestSink(ingestor, lambda ended: notices.put(AssociationEnded(ended)))
-    receiver = Receiver(node_settings, sink, stats=ReceiverStats(counters, number),
-                        shared_port=True)
+    receiver = Receiver(node_settings, sink,
+                        stats=ReceiverStats(counters, number, settings.node.receiver_processes),
+                        listening_socket=listening)
     receiver.start()
     notices.put(Listening(os.getpid()))
     while not (stop.value or interrupted.wait(0.2)):
@@ -233,7 +236,9 @@ class ReceiverProcesses:
         self._grace_seconds = context.Value("d", 10.0)
         self._context = context
         self._processes: list[Any] = []
-        self._port = 0
+        #: The node's listening socket, held apart from the node's own receiver (a
+        #: replacement inherits it even when that one has stopped listening).
+        self._socket: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._supervisor: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -243,12 +248,14 @@ class ReceiverProcesses:
     def _process(self, number: int) -> Any:
         return self._context.Process(
             target=_receiver_process, name=f"marrownode-receiver-{number}", daemon=False,
-            args=(self.settings, self._port, number, self.counters, self._notices, self._stop,
+            args=(self.settings, self._socket, number, self.counters, self._notices, self._stop,
                   self._grace_seconds, os.getpid()))
 
-    def start(self, port: int) -> None:
-        """Start them all on port; OSError if one does not listen within the timeout."""
-        self._port = port
+    def start(self, node_socket: socket.socket) -> None:
+        """Start them all, accepting from the node's listening socket; OSError if one does not
+        listen within the timeout."""
+        self._socket = node_socket.dup()
+        port = node_socket.getsockname()[1]
         self._processes = [self._process(i + 1) for i in range(self.count)]
         for process in self._processes:
             process.start()
@@ -291,7 +298,7 @@ class ReceiverProcesses:
     def _replace(self, number: int, dead: Any) -> None:
         self.deaths += 1
         self.on_death()
-        ReceiverStats(self.counters, number).start_counting_associations()  # its slots free
+        ReceiverStats(self.counters, number, self.count + 1).start_counting_associations()
         try:
             closed = self.close_associations_of(dead.pid)
         except Exception:  # the index is the node's problem to report; replace the process
@@ -333,3 +340,6 @@ class ReceiverProcesses:
             self._notices.put(None)
             self._reader.join(5.0)
             self._reader = None
+        if self._socket is not None:
+            self._socket.close()
+            self._socket = None

@@ -118,9 +118,10 @@ class NodeSettings(_Section):
     max_pending_per_address: Annotated[int, Field(ge=1, le=1000)] = 16
     #: Largest P-DATA-TF PDU the node accepts, announced in the A-ASSOCIATE-AC.
     maximum_pdu_size: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] = 65536
-    #: Processes listening on the port (SO_REUSEPORT); the kernel spreads associations over
-    #: them, so parallel senders are not limited by one Python interpreter (default: the
-    #: cores this process may use, at most 4). max_associations holds for all together.
+    #: Processes accepting from the node's listening socket; each new association goes to the
+    #: one holding the fewest, so parallel senders are not limited by one Python interpreter
+    #: (default: the cores this process may use, at most 4). max_associations holds for all
+    #: together.
     receiver_processes: int = Field(  # each has a slot in net/stats.py's shared counters
         default_factory=lambda: min(4, len(os.sched_getaffinity(0))), ge=1,
         le=MAX_RECEIVING_PROCESSES)

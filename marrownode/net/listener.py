@@ -1,5 +1,5 @@
 """The receiver's listening socket and TLS: a threading TCP server whose accepted sockets
-have Nagle off, that may share its port with the node's other receiving processes, the
+have Nagle off, that may share its socket with the node's other receiving processes, the
 server TLS context of [node.tls], and the rate-limited log of refused connections."""
 
 from __future__ import annotations
@@ -15,12 +15,16 @@ from typing import Any
 
 from marrownode.config import NodeSettings
 from marrownode.logs import peer_text
+from marrownode.net.stats import ReceiverStats
 
 log = logging.getLogger(__name__)
 
 
 class ListeningServer(socketserver.ThreadingTCPServer):
-    """Accepts connections and runs each association in its own thread."""
+    """Accepts connections and runs each association in its own thread. With a balance, it is
+    one of the node's receiving processes, which all accept from one listening socket (the
+    node's, inherited by the others): each takes a new connection only when it holds the
+    fewest, or when the less busy ones have let it wait (ReceiverStats.accept_delay)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -29,19 +33,45 @@ class ListeningServer(socketserver.ThreadingTCPServer):
 
     def __init__(self, address: tuple[str, int],
                  serve_connection: Callable[[socket.socket, tuple[str, int]], None],
-                 shared_port: bool) -> None:
+                 balance: ReceiverStats | None = None,
+                 listening_socket: socket.socket | None = None) -> None:
+        """listening_socket: the node's, to accept from instead of binding address."""
         self.serve_connection = serve_connection
-        self.shared_port = shared_port
-        super().__init__(address, socketserver.BaseRequestHandler)
+        self.balance = balance
+        super().__init__(address, socketserver.BaseRequestHandler,
+                         bind_and_activate=listening_socket is None)
+        if listening_socket is not None:
+            self.socket.close()
+            self.socket = listening_socket
+            self.server_address = listening_socket.getsockname()
+        if balance is not None:
+            # Every process wakes for each connection: the ones that lose the race must get
+            # EAGAIN from accept (socketserver then goes back to waiting), not block in it.
+            self.socket.setblocking(False)
 
     def server_bind(self) -> None:
         # Accepted sockets inherit TCP_NODELAY: without it every small C-STORE response waits
-        # for Nagle's algorithm. SO_REUSEPORT: the node's other receiving processes listen on
-        # the same port and the kernel spreads incoming associations over them.
+        # for Nagle's algorithm.
         self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.shared_port:
-            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         super().server_bind()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        if self.balance is not None:
+            delay = self.balance.accept_delay()
+            if delay:
+                time.sleep(delay)  # a less busy process takes the connection meanwhile
+        request = self.socket.accept()  # BlockingIOError when another process took it
+        if self.balance is not None:
+            self.balance.connection_accepted()
+        return request
+
+    def shutdown_request(self, request: Any) -> None:
+        """socketserver's one call for every accepted connection, however it ended."""
+        try:
+            super().shutdown_request(request)
+        finally:
+            if self.balance is not None:
+                self.balance.connection_closed()
 
     def finish_request(self, request: Any, client_address: Any) -> None:
         self.serve_connection(request, client_address)

@@ -36,13 +36,14 @@ class Receiver:
         settings: NodeSettings,
         sink: InstanceSink,
         stats: ReceiverStats | None = None,
-        shared_port: bool = False,
+        listening_socket: socket.socket | None = None,
     ) -> None:
-        """shared_port: the node receives in several processes on the same port."""
+        """stats: shared with the node's other receiving processes, if any (they share out
+        connections by it); listening_socket: the node's, for those (else bind)."""
         self.settings = settings
         self.sink = sink
         self.stats = stats if stats is not None else ReceiverStats()
-        self.shared_port = shared_port
+        self._listening_socket = listening_socket
         self._ssl_context = build_ssl_context(settings)
         self._server: ListeningServer | None = None
         self._associations: set[Association] = set()
@@ -52,16 +53,15 @@ class Receiver:
 
     @property
     def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("receiver is not started")
-        return int(self._server.server_address[1])
+        return int(self.listening_socket.getsockname()[1])
 
     def start(self) -> None:
         if not self.settings.allowed_calling_aets:
             log.warning("event=allow_list_empty detail=any calling AE title is accepted")
         self.stats.start_counting_associations()
         server = ListeningServer((self.settings.host, self.settings.port), self._serve_connection,
-                         self.shared_port)
+                                 self.stats if self.stats.processes > 1 else None,
+                                 self._listening_socket)
         threading.Thread(target=server.serve_forever, args=(0.2,), name="listener",
                          daemon=True).start()
         self._server = server
@@ -70,6 +70,13 @@ class Receiver:
             self.settings.ae_title, self.settings.host, self.port,
             self.settings.tls is not None,
         )
+
+    @property
+    def listening_socket(self) -> socket.socket:
+        """What this receiver accepts from (the node's other receiving processes inherit it)."""
+        if self._server is None:
+            raise RuntimeError("receiver is not started")
+        return self._server.socket
 
     @property
     def listening(self) -> bool:
