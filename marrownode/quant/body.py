@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode.quant.maps import finite_or_zero, subsample
-from marrownode.quant.masks import in_plane_box, square_dilated, square_eroded
+from marrownode.quant.masks import in_plane_box, labelled, square_dilated, square_eroded
 
 #: A voxel is tissue when its in-phase signal exceeds this many noise sigmas.
 NOISE_MULTIPLE = 4.0
@@ -76,7 +76,7 @@ def fill_holes_per_slice(mask: np.ndarray) -> np.ndarray:
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    labels, count = ndimage.label(mask)
+    labels, count = labelled(mask)
     if count <= 1:
         return mask
     sizes = np.bincount(labels.ravel())

@@ -17,7 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from marrownode import defaults
-from marrownode.quant.masks import in_plane_box, label_boxes, median_reaches
+from marrownode.quant.masks import in_plane_box, label_boxes, labelled, median_reaches
 from marrownode.quant.roi import roi_statistics
 from marrownode.vocabulary import FocusCategory
 
@@ -126,7 +126,7 @@ def find_foci(
             np.where(marrow[box], np.nan_to_num(loss[box], nan=100.0), 100.0),
             threshold_percent + margin, 3)
     low = marrow & np.isfinite(loss) & low_median
-    labels, _ = ndimage.label(low)
+    labels, _ = labelled(low, box)  # low is marrow: inside its box
     search = _Search(loss, maps, in_phase, opposed, vertebrae, low, threshold_percent,
                      voxel_volume_mm3, margin, in_phase_first, fat_fraction_unambiguous,
                      skip_vertebrae, parameters)

@@ -27,7 +27,7 @@ from marrownode.quant.geometry import (
     SUPERIOR_INFERIOR,
     VolumeGeometry,
 )
-from marrownode.quant.masks import in_plane_box, label_boxes, voxel_indices
+from marrownode.quant.masks import in_plane_box, label_boxes, labelled, voxel_indices
 
 #: A gap between localised marrow (the disc, both endplates and the rim the localiser
 #: leaves; see GAP_PERCENTILE) shorter than this share of the column's median gap is a fused
@@ -145,7 +145,7 @@ def has_dens(top: np.ndarray, bodies: np.ndarray, marrow_like: np.ndarray,
     DENS_MIN_HEIGHT_MM above the body's full width and under DENS_MAX_WIDTH_SHARE of its
     depth and width; inside the stack (a body cut by the field's edge proves nothing)."""
     # the top body and the fatty marrow outside any body that is connected to it
-    connected, _ = ndimage.label((marrow_like & (bodies == 0)) | top)
+    connected, _ = labelled((marrow_like & (bodies == 0)) | top)
     index = voxel_indices(np.isin(connected, np.unique(connected[top])))
     if index.size == 0 or (index.min(axis=0) == 0).any() or (
             index.max(axis=0) == np.array(top.shape) - 1).any():

@@ -86,6 +86,20 @@ def label_boxes(labels: np.ndarray) -> list[Box | None]:
         for found in ndimage.find_objects(labels[box])]
 
 
+def labelled(mask: np.ndarray, box: Box | None = None) -> tuple[np.ndarray, int]:
+    """ndimage.label(mask), exactly, labelled in box (which holds every voxel of mask; mask's
+    bounding box when None): the numbering follows the voxels' raster order, the same in any
+    box that holds them all, and the rest of a 20 x 512 x 512 stack (20-37 ms to label) is
+    background."""
+    if box is None:
+        box = box_around(mask, (0, 0, 0))
+    labels = np.zeros(mask.shape, dtype=np.int32)
+    if box is None:
+        return labels, 0
+    labels[box], count = ndimage.label(mask[box])
+    return labels, int(count)
+
+
 def voxel_indices(mask: np.ndarray) -> np.ndarray:
     """np.argwhere(mask), exactly (same rows, same order), read in mask's box only."""
     box = box_around(mask, (0, 0, 0))

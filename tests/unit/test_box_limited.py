@@ -35,7 +35,9 @@ from marrownode.quant.masks import (
     closed_in_plane,
     disk_dilated,
     disk_eroded,
+    in_plane_box,
     label_boxes,
+    labelled,
     near,
     nearest_within,
     square_dilated,
@@ -293,6 +295,21 @@ def test_boxes_and_indices_read_in_the_labels_box_are_the_whole_grids() -> None:
             assert (found == expected).all(), number
     empty = np.zeros((3, 4, 5), dtype=np.int16)
     assert label_boxes(empty) == [] and voxel_indices(empty > 0).shape == (0, 3)
+
+
+def test_labelling_in_a_box_is_the_whole_grids() -> None:
+    """labelled is ndimage.label, exactly (numbering, count, dtype), in the mask's own box or
+    a wider one (the foci label in the marrow's in-plane box), and for an empty mask."""
+    rng = np.random.default_rng(13)
+    for number, mask in enumerate(scattered(rng, 60)):
+        expected, count = ndimage.label(mask)
+        for box in (None, in_plane_box(mask, 1)):
+            found, found_count = labelled(mask, box)
+            assert found_count == count and found.dtype == expected.dtype, number
+            assert (found == expected).all(), number
+    empty = np.zeros((3, 4, 5), dtype=bool)
+    found, found_count = labelled(empty)
+    assert found_count == 0 and not found.any() and found.dtype == ndimage.label(empty)[0].dtype
 
 
 def _ellipse(rows: int, columns: int) -> np.ndarray:
