@@ -85,10 +85,11 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return largest
 
 
-def body_mask(in_phase: np.ndarray) -> np.ndarray:
-    """The patient: bright enough, holes filled slice by slice, the largest connected part."""
+def body_mask(in_phase: np.ndarray, bright: float | None = None) -> np.ndarray:
+    """The patient: bright enough, holes filled slice by slice, the largest connected part.
+    bright: bright_end of the volume, when the caller has it already."""
     volume = finite_or_zero(np.asarray(in_phase, dtype=np.float32))
-    level = BODY_RELATIVE_SIGNAL * bright_end(volume)
+    level = BODY_RELATIVE_SIGNAL * (bright_end(volume) if bright is None else bright)
     if level <= 0:
         return np.zeros(volume.shape, dtype=bool)
     rough = square_dilated(square_eroded(volume > level, 1), 1)  # an in-plane 3 x 3 opening
@@ -127,7 +128,8 @@ def _residual_sigma(volume: np.ndarray, interior: np.ndarray) -> float:
 def find_body(in_phase: np.ndarray) -> BodyMasks:
     """Body, tissue and the noise level of an in-phase volume (slice, row, column)."""
     volume = finite_or_zero(np.asarray(in_phase, dtype=np.float32))
-    body = body_mask(volume)
+    bright = bright_end(volume)
+    body = body_mask(volume, bright)
     ring = square_dilated(body, 2)  # in-plane 5 x 5
     background = volume[~ring]
     zero_fraction = float(np.mean(background == 0)) if background.size else 1.0
@@ -136,9 +138,10 @@ def find_body(in_phase: np.ndarray) -> BodyMasks:
     else:
         interior = square_eroded(body, 2)
         sigma, source = _residual_sigma(volume, interior), "tissue_residual"
-    floor = max(NOISE_MULTIPLE * sigma, MIN_RELATIVE_SIGNAL * bright_end(volume),
+    floor = max(NOISE_MULTIPLE * sigma, MIN_RELATIVE_SIGNAL * bright,
                 float(np.finfo(np.float32).tiny))
     tissue = body & (volume > floor)
-    level = bright_end(np.where(body, volume, np.nan)) if body.any() else 0.0
+    # The body's values in raster order: what np.where(body, volume, nan) keeps finite.
+    level = bright_end(volume[body]) if body.any() else 0.0
     return BodyMasks(body=body, tissue=tissue, noise_sigma=sigma,
                      noise_source=source if body.any() else "none", signal_level=level)
