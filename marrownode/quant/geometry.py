@@ -38,16 +38,20 @@ class VolumeGeometry:
         return result
 
     def patient_coordinate(self, patient_axis: int, shape: tuple[int, ...]) -> np.ndarray:
-        """One patient coordinate (mm) of every voxel, as a float32 volume of shape."""
+        """One patient coordinate (mm) of every voxel of a volume of shape, as float32 that
+        broadcasts to shape: an axis along which the coordinate does not change has length 1
+        (on a sagittal stack each coordinate is a line, not a volume of 5 million values)."""
         directions = (self.slice_direction, self.row_direction, self.column_direction)
-        total = np.full(shape, self.origin[patient_axis], dtype=np.float32)
+        total = np.full((1, 1, 1), self.origin[patient_axis], dtype=np.float32)
         for axis, (direction, spacing) in enumerate(zip(directions, self.spacing_mm,
                                                         strict=True)):
             step = direction[patient_axis] * spacing
             if step:
                 line = (np.arange(shape[axis], dtype=np.float32) * step).reshape(
                     [-1 if a == axis else 1 for a in range(3)])
-                total += line
+                # what total += line did on the whole volume: the sum in the wider type,
+                # kept as float32, axis after axis
+                total = (total + line).astype(np.float32, copy=False)
         return total
 
     def voxel_axis(self, patient_axis: int) -> tuple[int, float]:

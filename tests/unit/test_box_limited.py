@@ -312,6 +312,44 @@ def test_labelling_in_a_box_is_the_whole_grids() -> None:
     assert found_count == 0 and not found.any() and found.dtype == ndimage.label(empty)[0].dtype
 
 
+def _coordinate_volume(geometry: VolumeGeometry, patient_axis: int,
+                       shape: tuple[int, int, int]) -> np.ndarray:
+    """A patient coordinate as it was computed before: a float32 volume of shape, each axis's
+    line added in place."""
+    directions = (geometry.slice_direction, geometry.row_direction, geometry.column_direction)
+    total = np.full(shape, geometry.origin[patient_axis], dtype=np.float32)
+    for axis, (direction, spacing) in enumerate(zip(directions, geometry.spacing_mm,
+                                                    strict=True)):
+        step = direction[patient_axis] * spacing
+        if step:
+            total += (np.arange(shape[axis], dtype=np.float32) * step).reshape(
+                [-1 if a == axis else 1 for a in range(3)])
+    return total
+
+
+def test_a_patient_coordinate_is_the_whole_volumes_as_broadcast_lines() -> None:
+    """patient_coordinate broadcasts to exactly the float32 volume it used to fill, for
+    sagittal, axial and oblique stacks, with python or numpy floats in the geometry; on a
+    stack along the patient's axes it is a line."""
+    rng = np.random.default_rng(14)
+    for trial in range(200):
+        rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+        if trial % 2 == 0:  # along the patient's axes, any order and sense
+            rotation = np.eye(3)[rng.permutation(3)] * rng.choice([-1, 1], 3)[:, None]
+        numbers: Any = tuple if trial % 4 < 2 else (lambda v: tuple(float(x) for x in v))
+        geometry = VolumeGeometry(numbers(rng.normal(size=3) * 100), numbers(rotation[0]),
+                                  numbers(rotation[1]), numbers(rotation[2]),
+                                  numbers(rng.uniform(0.3, 5.0, 3)))
+        shape = (int(rng.integers(1, 25)), int(rng.integers(1, 25)), int(rng.integers(1, 25)))
+        for axis in range(3):
+            found = geometry.patient_coordinate(axis, shape)
+            expected = _coordinate_volume(geometry, axis, shape)
+            assert found.dtype == np.float32, trial
+            assert (np.broadcast_to(found, shape) == expected).all(), (trial, axis)
+            if trial % 2 == 0:
+                assert sorted(found.shape)[:2] == [1, 1], (trial, found.shape)
+
+
 def _ellipse(rows: int, columns: int) -> np.ndarray:
     grid_rows, grid_columns = np.ogrid[-rows:rows + 1, -columns:columns + 1]
     disk: np.ndarray = (grid_rows / rows) ** 2 + (grid_columns / columns) ** 2 <= 1.0
