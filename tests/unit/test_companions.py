@@ -355,15 +355,20 @@ def test_an_axial_series_lands_on_a_sagittal_grid_by_patient_coordinates() -> No
     sagittal = VolumeGeometry((-8.0, -40.0, 25.0), (1.0, 0.0, 0.0), (0.0, 0.0, -1.0),
                               (0.0, 1.0, 0.0), (4.0, 0.75, 0.75))
     axial_shape, sagittal_shape = (13, 100, 100), (5, 120, 100)
+
+    def coordinate(geometry: VolumeGeometry, axis: int, shape: tuple[int, int, int],
+                   ) -> np.ndarray:  # a whole volume of it (patient_coordinate broadcasts)
+        return np.broadcast_to(geometry.patient_coordinate(axis, shape), shape)
+
     for axis in range(3):
-        field = axial.patient_coordinate(axis, axial_shape)
+        field = coordinate(axial, axis, axial_shape)
         on_sagittal = resample_onto(field, axial, sagittal, sagittal_shape)
-        truth = sagittal.patient_coordinate(axis, sagittal_shape)
+        truth = coordinate(sagittal, axis, sagittal_shape)
         inside = np.isfinite(on_sagittal)
         assert 0.3 < inside.mean() < 1.0  # the axial slab covers part of the sagittal one
         assert np.abs(on_sagittal[inside] - truth[inside]).max() < 1e-3
-    z = sagittal.patient_coordinate(SUPERIOR_INFERIOR, sagittal_shape)
-    assert not np.isfinite(resample_onto(axial.patient_coordinate(0, axial_shape), axial,
+    z = coordinate(sagittal, SUPERIOR_INFERIOR, sagittal_shape)
+    assert not np.isfinite(resample_onto(coordinate(axial, 0, axial_shape), axial,
                                          sagittal, sagittal_shape)[z > 30.0 + 1e-3]).any()
 
 
