@@ -196,11 +196,10 @@ def _receiver_process(settings: Settings, listening: socket.socket, number: int,
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: interrupted.set())
     on_parent_death(interrupted.set, node_pid)
-    node_settings = settings.node.model_copy(update={"port": listening.getsockname()[1]})
     ingestor = open_ingestor(open_spool(settings), index_path(settings.storage.root),
                              settings.storage.max_instance_mb)
     sink = IngestSink(ingestor, lambda ended: notices.put(AssociationEnded(ended)))
-    receiver = Receiver(node_settings, sink,
+    receiver = Receiver(settings.node, sink,  # accepts from listening: binds nothing
                         stats=ReceiverStats(counters, number, settings.node.receiver_processes),
                         listening_socket=listening)
     receiver.start()

@@ -85,11 +85,10 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return largest
 
 
-def body_mask(in_phase: np.ndarray, bright: float | None = None) -> np.ndarray:
+def body_mask(volume: np.ndarray, bright: float) -> np.ndarray:
     """The patient: bright enough, holes filled slice by slice, the largest connected part.
-    bright: bright_end of the volume, when the caller has it already."""
-    volume = finite_or_zero(np.asarray(in_phase, dtype=np.float32))
-    level = BODY_RELATIVE_SIGNAL * (bright_end(volume) if bright is None else bright)
+    volume: find_body's finite float32 volume; bright: its bright_end."""
+    level = BODY_RELATIVE_SIGNAL * bright
     if level <= 0:
         return np.zeros(volume.shape, dtype=bool)
     rough = square_dilated(square_eroded(volume > level, 1), 1)  # an in-plane 3 x 3 opening

@@ -135,11 +135,9 @@ def closed_in_plane(mask: np.ndarray, disk: np.ndarray) -> np.ndarray:
     """mask | its closing by the in-plane disk (outside the grid counts as background), in
     mask's box widened by the disk's diameter: a closing reaches no farther."""
     result = mask.copy()
-    reach = (0, disk.shape[0], disk.shape[1])
-    box = box_around(mask, (reach[0], reach[1], reach[2]))
+    box = box_around(mask, (0, disk.shape[0], disk.shape[1]))
     if box is not None:
-        around = mask[box]
-        result[box] |= disk_eroded(disk_dilated(around, disk), disk, outside=False)
+        result[box] |= disk_eroded(disk_dilated(mask[box], disk), disk, outside=False)
     return result
 
 
