@@ -106,6 +106,34 @@ def examine(encoded: Encoded) -> Examination:
         meta.get("media_sop_class_uid", "")), None)
 
 
+@dataclass(frozen=True)
+class FileMeta:
+    """What sending a Part 10 file as stored needs from its meta: the UIDs its C-STORE-RQ
+    names, the syntax it is encoded in, and where the data set begins."""
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax: str
+    data_set_start: int
+
+
+def read_file_meta(head: Encoded, size: int) -> FileMeta | None:
+    """The meta of a Part 10 file of `size` bytes from its first bytes; None when they do not
+    hold the whole meta (or it lacks one of the three UIDs, or no data set follows)."""
+    if len(head) < 144 or head[128:132] != b"DICM":
+        return None
+    meta: dict[str, str] = {}
+    try:
+        start = _walk_strict(head, 132, True, len(head), wanted=_META_WANTED, found=meta,
+                             last=0x0002FFFF)
+    except (_NotWalkable, struct.error, UnicodeDecodeError):
+        return None
+    if start >= min(len(head), size) or len(meta) < len(_META_WANTED):
+        return None  # the meta may go on past the head, or nothing follows it
+    return FileMeta(meta["media_sop_class_uid"], meta["media_sop_instance_uid"],
+                    meta["transfer_syntax"], start)
+
+
 def read_identity(encoded: Encoded) -> Identity | None:
     """The identity of a Part 10 file, or None when pydicom has to read it."""
     return examine(encoded).identity

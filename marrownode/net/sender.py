@@ -18,10 +18,12 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import evt
 
 from marrownode.net.pynetdicom_adapter import (
+    can_store_directly,
     disable_nagle,
     park_reactor,
     scu_ae,
     send_files_as_stored,
+    store_directly,
 )
 from marrownode.net.ul import pdu
 
@@ -133,8 +135,10 @@ def send_batch(
                 for cx in association.accepted_contexts}
     results: list[SendResult] = []
     try:
-        for file in files:
-            results.append(_send_one(association, file, accepted))
+        direct = can_store_directly(association)
+        for number, file in enumerate(files):
+            results.append(_send_one(association, file, accepted,
+                                     (number % 0xFFFF) + 1 if direct else None, timeout))
     except Exception as exc:
         # Whatever broke the batch (pynetdicom's RuntimeError when the peer went away between
         # two C-STOREs, a reactor error...), the files not yet answered were not delivered.
@@ -153,26 +157,31 @@ def _what(exc: BaseException) -> str:
     return " ".join(f"{type(exc).__name__}: {exc}".split())[:200]
 
 
-def _send_one(association: Any, file: OutgoingFile,
-              accepted: set[tuple[str, str]]) -> SendResult:
-    """One file over the established association: its status, or why it got none."""
+def _send_one(association: Any, file: OutgoingFile, accepted: set[tuple[str, str]],
+              message_id: int | None, timeout: float) -> SendResult:
+    """One file over the established association: its status, or why it got none. With a
+    message_id, written to the socket here (store_directly); without, by pynetdicom."""
     if (file.sop_class_uid, file.transfer_syntax) not in accepted:
         return SendResult(file.key, None, SendError.CONTEXT_REFUSED)
     if not association.is_established:
         return SendResult(file.key, None, SendError.CONNECTION_LOST)
     if not file.path.is_file():
         return SendResult(file.key, None, SendError.UNREADABLE)
-    park_reactor(association)
     try:
-        status = association.send_c_store(file.path)
+        if message_id is not None:
+            status = store_directly(association, file.path, message_id, timeout)
+        else:
+            park_reactor(association)
+            answer = association.send_c_store(file.path)
+            status = int(answer.Status) if answer and "Status" in answer else None
     except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
         log.warning("event=send_error path=%s error=%s", file.path.name, type(exc).__name__)
         return SendResult(file.key, None, SendError.UNREADABLE, _what(exc))
-    except RuntimeError as exc:  # the association ended between the check and the send
-        return SendResult(file.key, None, SendError.CONNECTION_LOST, _what(exc))
-    if status and "Status" in status:
-        return SendResult(file.key, int(status.Status))
-    return SendResult(file.key, None, SendError.CONNECTION_LOST)
+    except RuntimeError as exc:  # the association ended between the check and the send,
+        return SendResult(file.key, None, SendError.CONNECTION_LOST, _what(exc))  # or broke
+    if status is None:
+        return SendResult(file.key, None, SendError.CONNECTION_LOST)
+    return SendResult(file.key, status)
 
 
 def _abort(association: Any) -> None:

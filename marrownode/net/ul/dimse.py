@@ -1,5 +1,5 @@
-"""DIMSE command sets (PS3.7 section 9.3, 9.1.5) for the receiving side, and the joining of
-PDV fragments into messages.
+"""DIMSE command sets (PS3.7 section 9.3, 9.1.5) for the receiving side and the C-STORE-RQ the
+sender writes, and the joining of PDV fragments into messages.
 
 Command sets are always Implicit VR Little Endian; the few a storage SCP reads and writes are
 parsed and encoded here directly.
@@ -124,6 +124,19 @@ def response(request: Command, status: int, comment: str = "") -> bytes:
     if AFFECTED_SOP_INSTANCE in request.elements:
         elements.append(_element(AFFECTED_SOP_INSTANCE,
                                  encode_uid(request.uid(AFFECTED_SOP_INSTANCE))))
+    body = b"".join(elements)
+    return _element(_COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
+
+
+def store_request(sop_class_uid: str, sop_instance_uid: str, message_id: int,
+                  priority: int = 0) -> bytes:
+    """The encoded C-STORE-RQ command set (PS3.7 9.3.1.1) for a data set that follows."""
+    elements = [_element(AFFECTED_SOP_CLASS, encode_uid(sop_class_uid)),
+                _element(COMMAND_FIELD, _us(C_STORE_RQ)),
+                _element(MESSAGE_ID, _us(message_id & 0xFFFF)),
+                _element(PRIORITY, _us(priority)),
+                _element(DATA_SET_TYPE, _us(0x0000)),
+                _element(AFFECTED_SOP_INSTANCE, encode_uid(sop_instance_uid))]
     body = b"".join(elements)
     return _element(_COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
 
