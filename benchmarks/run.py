@@ -538,7 +538,7 @@ def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str)
                      "result encoding and sending, and the destination's receiving). By "
                      "process, in CPU-seconds: the analysis worker (with the helpers it forks "
                      "for the map series and the SR), the node's other processes (receiving, "
-                     "header summaries, delivery with pynetdicom), the destination (DCMTK "
+                     "header summaries, delivery), the destination (DCMTK "
                      "storescp); the rest of the machine's is the kernel's own threads and "
                      "everything else running.")
     if stages:

@@ -125,6 +125,31 @@ def test_an_sr_takes_its_content_as_built_and_is_the_same_report() -> None:
     assert _sr(after).content[0] is not after
 
 
+def test_an_sr_content_given_as_built_is_not_converted_again(monkeypatch) -> None:
+    """Built of highdicom's own content items, the tree is taken as it is: highdicom's
+    conversion of every node into its content item class (0.1 s of the spine's report) does
+    not run, and the report is the same."""
+    from highdicom.sr.value_types import ContainerContentItem
+
+    conversions: list[int] = []
+    real = ContainerContentItem.from_dataset.__func__  # type: ignore[attr-defined]
+
+    def counting(cls: type, dataset: Dataset, copy: bool = True) -> Any:
+        conversions.append(1)
+        return real(cls, dataset, copy)
+
+    monkeypatch.setattr(ContainerContentItem, "from_dataset", classmethod(counting))
+    copied = _sr(_report_content())
+    assert conversions, "highdicom's own way converts the copy"
+    conversions.clear()
+    content = _report_content()
+    with sr_content_taken_as_built(content):
+        taken = _sr(content)
+    assert conversions == []
+    assert taken.content[0] is content
+    assert _encoded(taken) == _encoded(copied)
+
+
 def test_the_node_builds_its_sr_without_copying_its_content(tmp_path: Path,
                                                            monkeypatch) -> None:
     """results/sr.py gives highdicom its content as built: every report the pipeline makes
