@@ -149,19 +149,20 @@ def store_directly(association: Any, path: Path, message_id: int,
                            int(association.dimse.maximum_pdu_size or 0))
             _, response = association.dimse.get_msg(block=True)
         except OSError as exc:
-            _abort_quietly(association)
+            abort_quietly(association)
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
         finally:
             association._reactor_checkpoint.set()
     status = getattr(response, "Status", None)
     if (not isinstance(status, int)
             or getattr(response, "MessageIDBeingRespondedTo", None) != message_id):
-        _abort_quietly(association)
+        abort_quietly(association)
         return None
     return status
 
 
-def _abort_quietly(association: Any) -> None:
+def abort_quietly(association: Any) -> None:
+    """Abort the association if it is still up; one already gone is not an error."""
     try:
         if association.is_established:
             association.abort()

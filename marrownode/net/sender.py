@@ -18,6 +18,7 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom import evt
 
 from marrownode.net.pynetdicom_adapter import (
+    abort_quietly,
     can_store_directly,
     disable_nagle,
     park_reactor,
@@ -146,7 +147,7 @@ def send_batch(
                     len(files), type(exc).__name__)
         results.extend(SendResult(f.key, None, SendError.CONNECTION_LOST, _what(exc))
                        for f in files[len(results):])
-        _abort(association)
+        abort_quietly(association)
     finally:
         _release(association)
     return results
@@ -182,14 +183,6 @@ def _send_one(association: Any, file: OutgoingFile, accepted: set[tuple[str, str
     if status is None:
         return SendResult(file.key, None, SendError.CONNECTION_LOST)
     return SendResult(file.key, status)
-
-
-def _abort(association: Any) -> None:
-    try:
-        if association.is_established:
-            association.abort()
-    except Exception:  # already gone
-        log.debug("event=abort_failed")
 
 
 def _release(association: Any) -> None:
