@@ -31,7 +31,7 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from marrownode.net import sender  # noqa: E402
+from marrownode.net import pynetdicom_adapter, sender  # noqa: E402
 
 
 class _Stolen(logging.Handler):
@@ -49,8 +49,9 @@ def main() -> int:
     parser.add_argument("count", type=int, nargs="?", default=8000)
     parser.add_argument("--no-guard", action="store_true")
     args = parser.parse_args()
-    if args.no_guard:
+    if args.no_guard:  # both paths: pynetdicom's send_c_store and the node's direct store
         sender.park_reactor = lambda association, timeout=0.0: None
+        pynetdicom_adapter.park_reactor = sender.park_reactor
     with tempfile.TemporaryDirectory(prefix="marrownode-stalls-") as tmp:
         files = []
         for i in range(args.count):
