@@ -148,7 +148,7 @@ def store_directly(association: Any, path: Path, message_id: int,
                                                message_id),
                            int(association.dimse.maximum_pdu_size or 0))
             _, response = association.dimse.get_msg(block=True)
-        except OSError as exc:
+        except Exception as exc:  # part of the message may be out: the association is spent
             abort_quietly(association)
             raise ConnectionLost(f"{type(exc).__name__}: {exc}") from exc
         finally:

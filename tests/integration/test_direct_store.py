@@ -214,3 +214,25 @@ def test_the_store_request_is_a_command_the_receiver_parses() -> None:
     assert command.field == dimse.C_STORE_RQ and command.missing() == []
     assert command.message_id == 70000 & 0xFFFF and command.has_data_set
     assert command.uid(dimse.AFFECTED_SOP_INSTANCE) == "1.2.3.45"
+
+
+def test_a_message_broken_off_part_way_spends_its_association(
+        tmp_path: Path, direct_calls: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever stops a message after its first bytes went out (here a ValueError), the
+    association is aborted: the next file never follows half a message on it."""
+
+    def broken_off(sock: socket.socket, handle: Any, context_id: int, length: int,
+                   command: bytes, max_pdu_length: int) -> None:
+        sock.sendall(pdu.p_data(context_id, command, True, max_pdu_length))
+        raise ValueError("stopped after the command")
+
+    monkeypatch.setattr(adapter, "_write_message", broken_off)
+    files = _outgoing(_result_files(tmp_path / "results", 2, rows=64))
+    peer = StrictPeer(16384)
+    try:
+        results = send_batch(files, "127.0.0.1", peer.port, "STRICT", "MARROWNODE", timeout=5)
+    finally:
+        peer.stop()
+    assert [r.error for r in results] == [SendError.CONNECTION_LOST] * 2
+    assert "ValueError" in results[0].detail
+    assert direct_calls == [1] and peer.data_sets == []
