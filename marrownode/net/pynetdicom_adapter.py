@@ -7,17 +7,16 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import struct
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pynetdicom
 from pydicom.errors import InvalidDicomError
 from pynetdicom import _config
 
 from marrownode.net.ul import dimse, pdu
-from marrownode.part10 import read_file_meta
+from marrownode.part10 import FileMeta, read_file_meta
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +169,7 @@ def abort_quietly(association: Any) -> None:
         log.debug("event=abort_failed")
 
 
-def _open_for_store(association: Any, path: Path) -> tuple[int, Any, Any]:
+def _open_for_store(association: Any, path: Path) -> tuple[int, FileMeta, BinaryIO]:
     """The accepted context for the file's class and syntax, its meta, the open file."""
     handle = open(path, "rb")  # noqa: SIM115 - the caller's with block closes it
     try:
@@ -188,25 +187,20 @@ def _open_for_store(association: Any, path: Path) -> tuple[int, Any, Any]:
         raise
 
 
-def _write_message(sock: socket.socket, handle: Any, context_id: int, length: int,
+def _write_message(sock: socket.socket, handle: BinaryIO, context_id: int, length: int,
                    command: bytes, max_pdu_length: int) -> None:
     """The command set, then length (> 0: read_file_meta saw a data set) bytes of data set
     from handle, as P-DATA-TF PDUs within the peer's maximum length (0: no limit), a block
-    of PDUs per system call."""
+    of PDUs per system call (the first carries the command ahead)."""
     room = max_pdu_length - 6 if max_pdu_length else SEND_BLOCK_BYTES  # PDV item header: 6
     block = room * max(1, SEND_BLOCK_BYTES // room)
-    parts: list[bytes | memoryview] = [pdu.p_data(context_id, command, True, max_pdu_length)]
+    ahead = pdu.p_data(context_id, command, True, max_pdu_length)
     left = length
     while left:
         data = handle.read(min(left, block))
         if not data:
             raise OSError(f"the file ended {left} bytes early while being sent")
-        view = memoryview(data)
-        for start in range(0, len(data), room):
-            chunk = view[start:start + room]
-            left -= len(chunk)
-            parts.append(struct.pack(">BBIIBB", pdu.P_DATA_TF, 0, len(chunk) + 6,
-                                     len(chunk) + 2, context_id, 0x02 if not left else 0x00))
-            parts.append(chunk)
-        sock.sendall(b"".join(parts))  # the first block carries the command ahead
-        parts = []
+        left -= len(data)
+        pdus = pdu.p_data(context_id, data, False, max_pdu_length, last=not left)
+        sock.sendall(ahead + pdus if ahead else pdus)
+        ahead = b""

@@ -124,8 +124,7 @@ def response(request: Command, status: int, comment: str = "") -> bytes:
     if AFFECTED_SOP_INSTANCE in request.elements:
         elements.append(_element(AFFECTED_SOP_INSTANCE,
                                  encode_uid(request.uid(AFFECTED_SOP_INSTANCE))))
-    body = b"".join(elements)
-    return _element(_COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
+    return _command_set(elements)
 
 
 def store_request(sop_class_uid: str, sop_instance_uid: str, message_id: int,
@@ -137,6 +136,11 @@ def store_request(sop_class_uid: str, sop_instance_uid: str, message_id: int,
                 _element(PRIORITY, _us(priority)),
                 _element(DATA_SET_TYPE, _us(0x0000)),
                 _element(AFFECTED_SOP_INSTANCE, encode_uid(sop_instance_uid))]
+    return _command_set(elements)
+
+
+def _command_set(elements: list[bytes]) -> bytes:
+    """Encoded elements (in tag order) behind their Command Group Length."""
     body = b"".join(elements)
     return _element(_COMMAND_GROUP_LENGTH, struct.pack("<I", len(body))) + body
 

@@ -291,13 +291,17 @@ def pdvs(body: bytes | bytearray) -> Iterator[tuple[int, int, memoryview]]:
         position = end
 
 
-def p_data(context_id: int, payload: bytes, command: bool, max_pdu_length: int) -> bytes:
-    """payload as P-DATA-TF PDUs within the peer's max_pdu_length (0: one PDU)."""
-    room = max(1, len(payload) if not max_pdu_length else max_pdu_length - 6)
-    chunks = [payload[i:i + room] for i in range(0, len(payload), room)] or [b""]
-    pdus = []
-    for number, chunk in enumerate(chunks):
-        control = (0x01 if command else 0x00) | (0x02 if number == len(chunks) - 1 else 0x00)
-        pdv = struct.pack(">IBB", len(chunk) + 2, context_id, control) + chunk
-        pdus.append(struct.pack(">BBI", P_DATA_TF, 0, len(pdv)) + pdv)
-    return b"".join(pdus)
+def p_data(context_id: int, payload: bytes | bytearray | memoryview, command: bool,
+           max_pdu_length: int, last: bool = True) -> bytes:
+    """payload as P-DATA-TF PDUs within the peer's max_pdu_length (0: one PDU); last: the
+    payload ends its message (its last PDV says so), else more of it follows."""
+    room = max(1, len(payload) if not max_pdu_length else max_pdu_length - 6)  # PDV header
+    view = memoryview(payload)
+    parts: list[bytes | memoryview] = []
+    for start in range(0, len(payload), room) or [0]:  # no payload: one empty PDV
+        chunk = view[start:start + room]
+        final = last and start + room >= len(payload)
+        control = (0x01 if command else 0x00) | (0x02 if final else 0x00)
+        parts += [struct.pack(">BBIIBB", P_DATA_TF, 0, len(chunk) + 6, len(chunk) + 2,
+                              context_id, control), chunk]
+    return b"".join(parts)
