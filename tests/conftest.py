@@ -60,13 +60,15 @@ def results_delivered(node: Node, study_uid: str) -> bool:
         deliveries[0].pending == 0)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 60.0) -> None:
-    """Poll a condition of a running node; fail the test when it never holds."""
+def wait_until(predicate: Callable[[], bool], timeout: float = 60.0,
+               interval: float = 0.1) -> None:
+    """Poll a condition of a running node; fail the test when it never holds. A condition
+    that holds only for a moment (a job between two of its stages) wants a short interval."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError("condition not reached")
 
 

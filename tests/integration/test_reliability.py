@@ -420,7 +420,8 @@ def test_partial_results_of_a_failed_analysis_are_named_in_the_study(node_factor
         since = 0.0
         for deaths in (1, 2):  # kill it once its first results are queued, twice
             wait_until(lambda since=since: queued_since(since) > 0
-                       and node.worker.job_silence() is not None, timeout=60)
+                       and node.worker.job_silence() is not None, timeout=60,
+                       interval=0.005)  # the window: first results queued, job not ended
             since = time.time()
             os.kill(node.worker.pid(), signal.SIGKILL)
             wait_until(lambda deaths=deaths: node.worker.deaths == deaths, timeout=30)
