@@ -146,23 +146,28 @@ _VRS = frozenset(v.encode() for v in (
     "UR", "US", "UT", "UV"))
 
 
+#: Element headers, unpacked in one call: (group, element, VR, 16-bit length) explicit,
+#: (group, element, 32-bit length) implicit and for items; a long VR's length follows its VR.
+_EXPLICIT = {False: struct.Struct("<HH2sH"), True: struct.Struct(">HH2sH")}
+_IMPLICIT = {False: struct.Struct("<HHI"), True: struct.Struct(">HHI")}
+_LONG_LENGTH = {False: struct.Struct("<I"), True: struct.Struct(">I")}
+_GROUP_ELEMENT = {False: struct.Struct("<HH"), True: struct.Struct(">HH")}
+
+
 def _header(data: Encoded, position: int, explicit: bool,
             big: bool = False) -> tuple[int, bytes, int, int]:
     """(tag, VR, value length, value start) of the element at position."""
-    order = ">" if big else "<"
-    group, element = struct.unpack_from(order + "HH", data, position)
-    tag = (group << 16) | element
-    vr = bytes(data[position + 4:position + 6])
-    if not explicit or group == 0xFFFE:
-        (length,) = struct.unpack_from(order + "I", data, position + 4)
-        return tag, b"", length, position + 8
-    if vr not in _VRS:
-        raise _NotWalkable(f"element ({group:04X},{element:04X}) has no valid VR")
-    if vr in _LONG_VRS:
-        (length,) = struct.unpack_from(order + "I", data, position + 8)
-        return tag, vr, length, position + 12
-    (length,) = struct.unpack_from(order + "H", data, position + 6)
-    return tag, vr, length, position + 8
+    if explicit:
+        group, element, vr, length = _EXPLICIT[big].unpack_from(data, position)
+        if group != 0xFFFE:
+            if vr not in _VRS:
+                raise _NotWalkable(f"element ({group:04X},{element:04X}) has no valid VR")
+            if vr in _LONG_VRS:
+                return ((group << 16) | element, vr,
+                        _LONG_LENGTH[big].unpack_from(data, position + 8)[0], position + 12)
+            return (group << 16) | element, vr, length, position + 8
+    group, element, length = _IMPLICIT[big].unpack_from(data, position)
+    return (group << 16) | element, b"", length, position + 8
 
 
 def _walk_strict(data: Encoded, position: int, explicit: bool, end: int,
@@ -171,12 +176,13 @@ def _walk_strict(data: Encoded, position: int, explicit: bool, end: int,
                  big: bool = False, depth: int = 0) -> int:
     """Walk elements to end (or to the item's delimiter, or to the first tag beyond last);
     return where the walk stopped. Values of wanted tags go into found."""
-    order = ">HH" if big else "<HH"
+    group_element = _GROUP_ELEMENT[big]
     previous = -1
     while position < end:
-        group, element = struct.unpack_from(order, data, position)
-        if last is not None and (group << 16 | element) > last:
-            return position  # the next group is in another encoding: the caller goes on
+        if last is not None:
+            group, element = group_element.unpack_from(data, position)
+            if (group << 16 | element) > last:
+                return position  # the next group is in another encoding: the caller goes on
         tag, vr, length, start = _header(data, position, explicit, big)
         if in_item and tag == _ITEM_END:
             return start

@@ -98,3 +98,23 @@ def test_what_it_does_not_walk_is_left_to_pydicom() -> None:
     broken = part10(with_sequences(first, undefined=True))
     cut = broken.index(b"\xfe\xff\x0d\xe0")  # the first item delimiter
     assert read_identity(broken[:cut] + b"\x01\x02" * 40) is None
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                                    ExplicitVRBigEndian])
+def test_a_data_set_cut_at_any_byte_is_refused_or_left_to_pydicom(syntax: str) -> None:
+    """Cut anywhere after the meta, the walk never gives an identity nor raises: it names what
+    is wrong, or (cut between two elements, before the UIDs) leaves the file to pydicom. Cut
+    inside an element header, it says so, whatever VR bytes it can still see (each header is
+    unpacked in one call)."""
+    encoded = part10(build_study(StudyOptions(study_key="id-cut"), SMALL)[0], syntax)
+    start = encoded.index(b"\x08\x00" if syntax != ExplicitVRBigEndian else b"\x00\x08", 144)
+    named = 0
+    for cut in range(start + 1, start + 600):
+        examination = examine(encoded[:cut])
+        assert examination.identity is None, cut
+        named += examination.problem is not None
+    assert named > 550  # all but the few cuts that fall between two elements
+    for within in range(1, 8):  # 1-7 bytes of the first data set element's 8-byte header
+        problem = examine(encoded[:start + within]).problem
+        assert problem == "data set ends inside an element header", (within, problem)
