@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS associations (
     peer             TEXT NOT NULL,
     opened_at        REAL NOT NULL,
     closed_at        REAL,
-    instances        INTEGER NOT NULL DEFAULT 0,
+    instances        INTEGER NOT NULL DEFAULT 0,  -- counted when it closes
     pid              INTEGER                    -- the receiving process that serves it
 );
 CREATE TABLE IF NOT EXISTS outbox (

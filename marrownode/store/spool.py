@@ -164,13 +164,18 @@ class Spool:
     #: How free space is measured; replaceable so tests can cross the watermark.
     free_space_probe: Callable[[Path], int] = _disk_free
 
+    def __post_init__(self) -> None:
+        # Made once: every C-STORE names its temp file and its place from them.
+        self._data_dir = self.root / "spool"
+        self._temp_dir = self.root / "tmp"
+
     @property
     def data_dir(self) -> Path:
-        return self.root / "spool"
+        return self._data_dir
 
     @property
     def temp_dir(self) -> Path:
-        return self.root / "tmp"
+        return self._temp_dir
 
     def results_dir(self, study_uid: str) -> Path:
         """Where the result objects of a study are written (and read by the sender)."""

@@ -113,11 +113,6 @@ class StudyIndex(AssociationRows, PatientRows):
             )
             if summarised:
                 _describe(db, [header])
-            if association_id is not None:
-                db.execute(
-                    "UPDATE associations SET instances = instances + 1 WHERE association_id = ?",
-                    (association_id,),
-                )
         return previous["path"] if previous else None
 
     def unsummarised(self, study_uid: str) -> list[tuple[str, str, dict[str, Any]]]:

@@ -58,6 +58,25 @@ def test_pynetdicom_study_is_stored_bit_exact_and_indexed(node_factory) -> None:
     assert not any(node.spool.temp_dir.iterdir())
 
 
+def test_an_association_closes_with_the_count_of_what_it_stored(node_factory) -> None:
+    """The association's row gets its instance count when it closes (the instances it
+    delivered, counted then: nothing is counted on each C-STORE's commit). An instance re-sent
+    in the same association counts once; sent again in a later one, it counts in both."""
+    from tests.conftest import wait_until
+
+    node = node_factory(completion={"idle_seconds": 600})
+    datasets = build_study(StudyOptions(study_key="counted"))[:6]
+    assert send(node.receiver.port, datasets + datasets[:2]) == [0] * 8
+    assert send(node.receiver.port, datasets[5:]) == [0]
+
+    def closed() -> list[tuple[int, float | None]]:
+        return node.index.db.connection().execute(
+            "SELECT instances, closed_at FROM associations ORDER BY opened_at").fetchall()
+
+    wait_until(lambda: len(closed()) == 2 and all(row[1] for row in closed()), timeout=20)
+    assert [row[0] for row in closed()] == [6, 1]
+
+
 def test_dcmtk_storescu_and_echoscu(node_factory, tmp_path: Path) -> None:
     storescu = require_binary(str(DCMTK / "storescu"))
     echoscu = require_binary(str(DCMTK / "echoscu"))
