@@ -5,15 +5,20 @@ index row. The same 500 x 132 KB instances as the ingest benchmark. The rates of
 benchmark swing with this VM's disk (fdatasync p50 0.4-0.6 ms, p99 1-7 ms, hour by hour);
 the CPU an instance costs here swings less, so a change to the path shows in it first.
 
-Run: python benchmarks/store_path.py [--instances 500] [--repetitions 3] [--no-flush]
+Run: python benchmarks/store_path.py [--instances 500] [--repetitions 3] [--no-flush] [--keep]
 Compare two checkouts: PYTHONPATH=/path/to/other/checkout python benchmarks/store_path.py
-(--no-flush leaves out both flushes: the path's own CPU beside the disk's.)"""
+(--no-flush leaves out both flushes: the path's own CPU beside the disk's.)
+
+Runs one after another want --keep: on this VM's ext4 (no journal) creating a file skips every
+inode freed in the last 5-35 s, so a run that follows the removal of the last one's files
+costs two to three times the CPU (performance.md, "a fair ingest benchmark")."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import resource
+import shutil
 import statistics
 import sys
 import tempfile
@@ -65,19 +70,25 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--no-flush", action="store_true",
                         help="leave out the fdatasync and the folder's fsync")
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the files (for runs one after another; see above)")
     args = parser.parse_args()
     if args.no_flush:
         os.fdatasync = lambda fd: None  # type: ignore[assignment]
         spool_module.fsync_directory = lambda path: None  # type: ignore[assignment]
-    with tempfile.TemporaryDirectory(prefix="marrownode-store-path-") as temp:
-        work = Path(temp)
+    work = Path(tempfile.mkdtemp(prefix="marrownode-store-path-"))
+    try:
         phantom = spine_phantom(slices=args.instances, rows=256, cols=256)
         folder = work / "files"
         write_datasets(extra_series(StudyOptions(study_key="bench-store"), "t2", phantom),
                        folder)
         blobs = [path.read_bytes() for path in sorted(folder.iterdir())]
         runs = [one_run(blobs, work / f"run{n}") for n in range(args.repetitions)]
-    print(f"marrownode from {Path(marrownode.__file__).parent}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"marrownode from {Path(marrownode.__file__).parent}"
+          + (f"; files kept in {work}" if args.keep else ""))
     print(f"{len(blobs)} instances of {len(blobs[0]) / 1000:.0f} KB, "
           f"{'no flushes' if args.no_flush else 'flushed'}; per instance, each run:")
     for run in runs:
