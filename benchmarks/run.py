@@ -51,6 +51,7 @@ from marrownode.synthetic.studies import (  # noqa: E402
 STORESCU, STORESCP, ORTHANC = "/usr/bin/storescu", "/usr/bin/storescp", "/usr/sbin/Orthanc"
 ENV = {**os.environ, "TCP_NODELAY": "1"}
 WARM_UP_SECONDS = 4.0
+IDLE_WAIT_SECONDS = 60.0
 
 
 class MachineCPU:
@@ -235,8 +236,18 @@ class MarrowNode(Receiver):
     def start(self) -> None:
         super().start()
         # A node in service has been up for a while: let the analysis worker finish its warm-up
-        # rehearsal (about 1 s of CPU) so the figures are a running node's, not a cold start's.
+        # rehearsal (about 1 s of CPU, several on a slow day) so the figures are a running
+        # node's, not a cold start's: at least WARM_UP_SECONDS, then until the node is idle.
+        # (A fixed wait let the spine's job queue behind the rehearsal: 8.4 s at 18:28.)
         time.sleep(WARM_UP_SECONDS)
+        assert self.process is not None
+        deadline = time.monotonic() + IDLE_WAIT_SECONDS
+        while time.monotonic() < deadline:
+            cpu = TreeCPU(self.process.pid)
+            time.sleep(0.5)
+            if sum(cpu.since().values()) < 0.05:  # CPU-seconds in half a second
+                return
+        raise RuntimeError(f"{self.name} still busy {IDLE_WAIT_SECONDS:.0f} s after starting")
 
 
 class PynetdicomCeiling(Receiver):
