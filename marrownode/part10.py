@@ -77,13 +77,12 @@ def examine(encoded: Encoded) -> Examination:
     must fit, sequences and items of undefined length must be closed, and the last element
     must end where the bytes end: a data set cut short, one with bytes missing inside Pixel
     Data, implicit-VR bytes on an explicit-VR context or trailing garbage all fail."""
-    if len(encoded) < 144 or encoded[128:132] != b"DICM":
+    if not _has_preamble(encoded):
         return Examination(None, "no Part 10 preamble")
     meta: dict[str, str] = {}
     found: dict[str, str] = {}
     try:
-        position = _walk_strict(encoded, 132, True, len(encoded), wanted=_META_WANTED,
-                                found=meta, last=0x0002FFFF)
+        position = _walk_meta(encoded, meta)
         syntax = meta.get("transfer_syntax", "")
         if not syntax:
             return Examination(None, None)
@@ -120,18 +119,29 @@ class FileMeta:
 def read_file_meta(head: Encoded, size: int) -> FileMeta | None:
     """The meta of a Part 10 file of `size` bytes from its first bytes; None when they do not
     hold the whole meta (or it lacks one of the three UIDs, or no data set follows)."""
-    if len(head) < 144 or head[128:132] != b"DICM":
+    if not _has_preamble(head):
         return None
     meta: dict[str, str] = {}
     try:
-        start = _walk_strict(head, 132, True, len(head), wanted=_META_WANTED, found=meta,
-                             last=0x0002FFFF)
+        start = _walk_meta(head, meta)
     except (_NotWalkable, struct.error, UnicodeDecodeError):
         return None
     if start >= min(len(head), size) or len(meta) < len(_META_WANTED):
         return None  # the meta may go on past the head, or nothing follows it
     return FileMeta(meta["media_sop_class_uid"], meta["media_sop_instance_uid"],
                     meta["transfer_syntax"], start)
+
+
+def _has_preamble(encoded: Encoded) -> bool:
+    """A 128-byte preamble, 'DICM', and room for at least one meta element."""
+    return len(encoded) >= 144 and encoded[128:132] == b"DICM"
+
+
+def _walk_meta(encoded: Encoded, meta: dict[str, str]) -> int:
+    """Walk the File Meta Information group (explicit VR little endian, after the preamble),
+    its wanted UIDs into meta; where the data set begins."""
+    return _walk_strict(encoded, 132, True, len(encoded), wanted=_META_WANTED, found=meta,
+                        last=0x0002FFFF)
 
 
 def read_identity(encoded: Encoded) -> Identity | None:

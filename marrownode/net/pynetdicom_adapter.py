@@ -133,9 +133,8 @@ def store_directly(association: Any, path: Path, message_id: int,
     InvalidDicomError (not Part 10) or ValueError (no context for its class and syntax) when
     the file cannot be sent and nothing was, and
     ConnectionLost when the peer does not take the message (the association is aborted)."""
-    context_id, meta, handle = _open_for_store(association, path)
+    context_id, meta, handle, length = _open_for_store(association, path)
     with handle:
-        length = os.fstat(handle.fileno()).st_size - meta.data_set_start
         handle.seek(meta.data_set_start)
         sock: socket.socket = association.dul.socket.socket
         if sock.gettimeout() != timeout:
@@ -169,17 +168,20 @@ def abort_quietly(association: Any) -> None:
         log.debug("event=abort_failed")
 
 
-def _open_for_store(association: Any, path: Path) -> tuple[int, FileMeta, BinaryIO]:
-    """The accepted context for the file's class and syntax, its meta, the open file."""
+def _open_for_store(association: Any, path: Path
+                    ) -> tuple[int, FileMeta, BinaryIO, int]:
+    """The accepted context for the file's class and syntax, its meta, the open file and the
+    length of its data set."""
     handle = open(path, "rb")  # noqa: SIM115 - the caller's with block closes it
     try:
-        meta = read_file_meta(handle.read(_META_HEAD_BYTES), os.fstat(handle.fileno()).st_size)
+        size = os.fstat(handle.fileno()).st_size
+        meta = read_file_meta(handle.read(_META_HEAD_BYTES), size)
         if meta is None:
             raise InvalidDicomError(f"{path.name}: no readable Part 10 file meta")
         for context in association.accepted_contexts:
             if (str(context.abstract_syntax) == meta.sop_class_uid
                     and str(context.transfer_syntax[0]) == meta.transfer_syntax):
-                return int(context.context_id), meta, handle
+                return int(context.context_id), meta, handle, size - meta.data_set_start
         raise ValueError(f"{path.name}: no accepted context for {meta.sop_class_uid} in "
                          f"{meta.transfer_syntax}")
     except BaseException:

@@ -178,8 +178,8 @@ def _send_one(association: Any, file: OutgoingFile, accepted: set[tuple[str, str
     except (OSError, ValueError, AttributeError, InvalidDicomError) as exc:
         log.warning("event=send_error path=%s error=%s", file.path.name, type(exc).__name__)
         return SendResult(file.key, None, SendError.UNREADABLE, _what(exc))
-    except RuntimeError as exc:  # the association ended between the check and the send,
-        return SendResult(file.key, None, SendError.CONNECTION_LOST, _what(exc))  # or broke
+    except RuntimeError as exc:  # it ended between the check and the send, or broke mid-way
+        return SendResult(file.key, None, SendError.CONNECTION_LOST, _what(exc))
     if status is None:
         return SendResult(file.key, None, SendError.CONNECTION_LOST)
     return SendResult(file.key, status)
