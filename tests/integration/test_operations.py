@@ -107,7 +107,7 @@ def test_retention_removes_exactly_what_is_due(node_factory, tmp_path) -> None:
     try:
         node = node_factory(
             storage={"retention_hours": 1.0},
-            completion={"idle_seconds": 4.0},
+            completion={"idle_seconds": 6.0},
             destinations=[{"name": "pacs", "ae_title": "STANDIN", "host": "127.0.0.1",
                            "port": pacs.port}],
         )
@@ -123,12 +123,16 @@ def test_retention_removes_exactly_what_is_due(node_factory, tmp_path) -> None:
         # A fourth study whose results cannot be delivered stays pending.
         pacs.stop()
         pending = build_study(StudyOptions(style="ge_lava", study_key="pending"))
-        for datasets in (pending, incomplete):  # the incomplete one is still waiting
-            assert send(node.receiver.port, datasets) == [0] * len(datasets)
+        assert send(node.receiver.port, pending) == [0] * len(pending)
         studies = node.index.studies
         wait_until(lambda: bool(node.index.outbox.summaries(pending[0].StudyInstanceUID))
-                   and studies.study(pending[0].StudyInstanceUID)["state"] == "analysed"
-                   and studies.study(incomplete[0].StudyInstanceUID)["state"] == "waiting")
+                   and studies.study(pending[0].StudyInstanceUID)["state"] == "analysed")
+        # The incomplete one comes last: it waits only until its idle timer runs out, and an
+        # analysis slower than that timer (a busy machine) must not end its wait before the
+        # sweeps below.
+        assert send(node.receiver.port, incomplete) == [0] * len(incomplete)
+        wait_until(lambda: studies.study(incomplete[0].StudyInstanceUID)["state"] == "waiting",
+                   interval=0.02)
         sweeper = node.retention
         now = time.time()
         assert sweeper.sweep(now) == []
