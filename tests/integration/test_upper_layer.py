@@ -134,6 +134,10 @@ def test_garbage_early_data_and_silence_are_aborted_and_the_node_keeps_serving(
         node_factory) -> None:
     node = node_factory(node={"network_timeout_seconds": 1.0, "artim_timeout_seconds": 1.0})
     port = node.receiver.port
+    # Built before any connection: the ARTIM deadline runs from the connection, and building
+    # a study on a busy machine can outlast it (the node then rightly aborts for silence).
+    dataset = build_study(StudyOptions(study_key="early"))[0]
+    first_pdu = RawRequestor.c_store_pdus(dataset)[0]
     # Not a PDU at all: A-ABORT, unrecognised PDU (reason 1).
     garbage = RawRequestor(port)
     garbage.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -141,8 +145,7 @@ def test_garbage_early_data_and_silence_are_aborted_and_the_node_keeps_serving(
     garbage.close()
     # Data before any association: A-ABORT, unexpected PDU (reason 2).
     early = RawRequestor(port)
-    dataset = build_study(StudyOptions(study_key="early"))[0]
-    early.send(RawRequestor.c_store_pdus(dataset)[0])
+    early.send(first_pdu)
     assert early.read_pdu() == (A_ABORT, bytes([0, 0, 2, 2]))
     early.close()
     # Silence: the ARTIM deadline closes the connection.
