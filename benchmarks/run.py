@@ -341,6 +341,7 @@ def ingest(work: Path, instances: int, repetitions: int) -> list[dict]:
         seconds = statistics.median(values)
         used = machine[(name, parallel)]
         rows.append({"receiver": name, "associations": parallel, "img_s": len(files) / seconds,
+                     "each_img_s": [len(files) / v for v in values],
                      "mb_s": megabytes / seconds, "instances": len(files),
                      "mb_per_instance": megabytes / len(files),
                      "cpu_ms": statistics.median(u["busy_s"] for u in used) * 1000 / len(files),
@@ -409,6 +410,17 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
     finally:
         node.stop()
         destination.stop()
+
+
+def median_run(work: Path, name: str, datasets: list, runs: int) -> dict:
+    """time_to_result run `runs` times, each with a node and destination of its own: the run
+    with the median time, and every run's time (one run on this machine can be a slow
+    minute's)."""
+    results = [time_to_result(work / f"run{number}", name, datasets) for number in range(runs)]
+    ordered = sorted(results, key=lambda result: result["seconds"])
+    median = dict(ordered[len(ordered) // 2])
+    median["each_seconds"] = [result["seconds"] for result in results]
+    return median
 
 
 STAGE_SCRIPT = r"""
@@ -511,40 +523,81 @@ def analysis_stages(work: Path, datasets: list) -> dict:
 # --- report ------------------------------------------------------------------------------------
 
 
-def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str) -> str:
+def _each_ratio(row: dict, reference: dict) -> str:
+    """The lowest and highest of the repetitions' ratios (receivers run back to back)."""
+    ratios = [a / b for a, b in zip(row["each_img_s"], reference["each_img_s"], strict=True)]
+    return f"{min(ratios):.2f}-{max(ratios):.2f}x"
+
+
+def flush_latency(work: Path, files: int = 200) -> dict[str, float]:
+    """fdatasync of fresh 132 KB files on the benchmark's disk, in ms: what every receiver that
+    flushes (marrownode; not storescp or Orthanc) waits for, and on this VM what moves most
+    from one hour to the next."""
+    folder = work / f"flush-probe-{time.monotonic_ns()}"
+    folder.mkdir()
+    data, waits = os.urandom(132 * 1024), []
+    for number in range(files):
+        fd = os.open(folder / f"{number}.bin", os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, data)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            waits.append((time.perf_counter() - started) * 1000)
+        finally:
+            os.close(fd)
+    waits.sort()
+    return {"p50": waits[files // 2], "p90": waits[files * 9 // 10],
+            "p99": waits[files * 99 // 100]}
+
+
+def render(ingest_rows: list[dict], ttr: list[dict], stages: dict, command: str,
+           flushes: list[dict[str, float]] | None = None) -> str:
     lines = [f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {platform.node()}: "
              f"{os.cpu_count()} cores, Python {platform.python_version()}, "
-             f"`{command}`", "", "### Ingest (DCMTK storescu as the sender, TCP_NODELAY=1)", "",
+             f"`{command}`"]
+    if flushes:
+        probes = "; ".join(f"p50 {f['p50']:.2f}, p90 {f['p90']:.2f}, p99 {f['p99']:.2f} ms"
+                           for f in flushes)
+        lines += ["", f"The disk: fdatasync of a fresh 132 KB file (200 files, at the start and "
+                      f"at the end of the run): {probes}."]
+    lines += ["", "### Ingest (DCMTK storescu as the sender, TCP_NODELAY=1)", "",
              "| receiver | associations | img/s | MB/s | vs Orthanc | vs storescp "
+             "| vs Orthanc, each repetition | vs storescp, each repetition "
              "| machine CPU ms per instance | receiver's own | steal |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     by = {(r["receiver"], r["associations"]): r for r in ingest_rows}
     for row in ingest_rows:
-        orthanc = by.get(("Orthanc", row["associations"]))
-        scp = by.get(("DCMTK storescp", row["associations"]))
+        orthanc = by[("Orthanc", row["associations"])]
+        scp = by[("DCMTK storescp", row["associations"])]
         lines.append(f"| {row['receiver']} | {row['associations']} | {row['img_s']:.1f} | "
                      f"{row['mb_s']:.1f} | {row['img_s'] / orthanc['img_s']:.2f}x | "
-                     f"{row['img_s'] / scp['img_s']:.2f}x | {row['cpu_ms']:.2f} | "
+                     f"{row['img_s'] / scp['img_s']:.2f}x | {_each_ratio(row, orthanc)} | "
+                     f"{_each_ratio(row, scp)} | {row['cpu_ms']:.2f} | "
                      f"{row['receiver_ms']:.2f} | {row['steal']:.0%} |")
     if ingest_rows:
         lines.append(f"\n{ingest_rows[0]['instances']} instances of "
                      f"{ingest_rows[0]['mb_per_instance'] * 1000:.0f} KB; medians of the "
-                     "repetitions. Machine CPU: every process on the machine (the storescu "
+                     "repetitions; each repetition's ratio is taken between receivers run "
+                     "one after another in that repetition. Machine CPU: every process on the "
+                     "machine (the storescu "
                      "senders included) and the kernel's work for them, per instance; the "
                      "receiver's own: its processes' user and system time (fsync's included), "
                      "per instance; steal: the share of the time the hypervisor gave to "
                      "others.")
     lines += ["", "### Time to result (last C-STORE response to last result accepted)", "",
-              "| study | instances | result files | seconds | machine CPU-seconds meanwhile "
-              "| analysis worker | node's other processes | destination | steal |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "| study | instances | result files | seconds | each run | machine CPU-seconds "
+              "meanwhile | analysis worker | node's other processes | destination | steal |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in ttr:
+        each = ", ".join(f"{seconds:.2f}" for seconds in row["each_seconds"])
         lines.append(f"| {row['study']} | {row['instances']} | {row['results']} | "
-                     f"{row['seconds']:.2f} | {row['cpu_s']:.2f} | {row['analysis_s']:.2f} | "
+                     f"{row['seconds']:.2f} | {each} | {row['cpu_s']:.2f} | "
+                     f"{row['analysis_s']:.2f} | "
                      f"{row['node_main_s']:.2f} | {row['destination_s']:.2f} | "
                      f"{row['steal']:.0%} |")
     if ttr:
-        lines.append(f"\nOn {os.cpu_count()} cores a time to result can be no shorter than "
+        lines.append(f"\nThe median run of each study (its CPU columns are that run's). "
+                     f"On {os.cpu_count()} cores a time to result can be no shorter than "
                      "the CPU-seconds it needs divided by the cores (the node's analysis, "
                      "result encoding and sending, and the destination's receiving). By "
                      "process, in CPU-seconds: the analysis worker (with the helpers it forks "
@@ -590,20 +643,23 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="marrownode-bench-") as tmp:
         work = Path(tmp)
         ingest_rows, ttr, stages = [], [], {}
+        flushes = [flush_latency(work)]
         if "ingest" in sections:
             print("ingest ...", flush=True)
-            ingest_rows = ingest(work, 100 if args.quick else 500, 1 if args.quick else 3)
+            ingest_rows = ingest(work, 100 if args.quick else 500, 1 if args.quick else 5)
         if "ttr" in sections:
             print("time to result ...", flush=True)
-            ttr.append(time_to_result(work, "sagittal lumbar 2x2x11 320x320", _lumbar_study()))
-            ttr.append(time_to_result(work, "spine 2x20 512x512", _spine_study()))
+            runs = 1 if args.quick else 3
+            ttr.append(median_run(work, "sagittal lumbar 2x2x11 320x320", _lumbar_study(), runs))
+            ttr.append(median_run(work, "spine 2x20 512x512", _spine_study(), runs))
             if not args.quick:
-                ttr.append(time_to_result(work, "whole body 4x64 320x260 +W/F",
-                                          _whole_body_study()))
+                ttr.append(median_run(work, "whole body 4x64 320x260 +W/F",
+                                      _whole_body_study(), 1))
         if "stages" in sections:
             print("analysis stages ...", flush=True)
             stages = analysis_stages(work, _spine_study() if args.quick else _whole_body_study())
-    table = render(ingest_rows, ttr, stages, command)
+        flushes.append(flush_latency(work))
+    table = render(ingest_rows, ttr, stages, command, flushes)
     print("\n" + table)
     if args.write:
         args.write.write_text(table)
