@@ -376,10 +376,9 @@ def _whole_body_study() -> list:
     return out
 
 
-def time_to_result(work: Path, name: str, datasets: list) -> dict:
-    """From storescu's last C-STORE response to the last result accepted by the destination."""
-    folder = work / f"ttr-{name}"
-    write_datasets(datasets, folder)
+def time_to_result(work: Path, name: str, folder: Path, instances: int) -> dict:
+    """From storescu's last C-STORE response to the last result accepted by the destination
+    (the study's `instances` files in folder)."""
     destination = StoreSCP(work / f"ttr-{name}-pacs")
     destination.start()
     node = MarrowNode(work / f"ttr-{name}-node", ("127.0.0.1", destination.port))
@@ -400,7 +399,7 @@ def time_to_result(work: Path, name: str, datasets: list) -> dict:
             if state and state[0] == "analysed" and rows[0] and rows[0] == rows[1]:
                 used = cpu.since()  # (up to 50 ms of polling after the last result)
                 by_part = node_cpu.since()
-                return {"study": name, "instances": len(datasets), "results": rows[0],
+                return {"study": name, "instances": instances, "results": rows[0],
                         "seconds": rows[2] - sent, "cpu_s": used["busy_s"],
                         "steal": used["steal_share"], "node_main_s": by_part["main"],
                         "analysis_s": by_part["analysis"],
@@ -416,7 +415,10 @@ def median_run(work: Path, name: str, datasets: list, runs: int) -> dict:
     """time_to_result run `runs` times, each with a node and destination of its own: the run
     with the median time, and every run's time (one run on this machine can be a slow
     minute's)."""
-    results = [time_to_result(work / f"run{number}", name, datasets) for number in range(runs)]
+    folder = work / f"ttr-{name}"
+    write_datasets(datasets, folder)  # once, for every run
+    results = [time_to_result(work / f"run{number}", name, folder, len(datasets))
+               for number in range(runs)]
     ordered = sorted(results, key=lambda result: result["seconds"])
     median = dict(ordered[len(ordered) // 2])
     median["each_seconds"] = [result["seconds"] for result in results]

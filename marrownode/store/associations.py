@@ -32,27 +32,27 @@ class AssociationRows:
         a line in each study's trail (how many instances, from whom)."""
         now = time.time() if now is None else now
         with self.db.transaction() as db:
-            # The count is taken here, not kept per instance: one row fewer to write on every
-            # C-STORE's commit (instances_by_association makes it an index count).
+            # What the association stored, read once (an index read, instances_by_association):
+            # its count, each study's trail line and event. Counted here, not on every
+            # C-STORE's commit: one row fewer to write per instance.
+            per_study = db.execute(
+                "SELECT study_uid, COUNT(*) FROM instances WHERE association_id = ? "
+                "GROUP BY study_uid", (association_id,)).fetchall()
             db.execute(
-                "UPDATE associations SET closed_at = ?, instances = (SELECT COUNT(*) FROM "
-                "instances WHERE association_id = ?) WHERE association_id = ? "
-                "AND closed_at IS NULL", (now, association_id, association_id),
+                "UPDATE associations SET closed_at = ?, instances = ? WHERE association_id = ? "
+                "AND closed_at IS NULL",
+                (now, sum(count for _, count in per_study), association_id),
             )
             sender = db.execute("SELECT calling_aet, peer FROM associations "
                                 "WHERE association_id = ?", (association_id,)).fetchone()
             db.executemany(
                 "INSERT INTO events (study_uid, at, kind, detail) VALUES (?, ?, 'received', ?)",
-                [(row[0], now, f"{row[1]} instance(s) from "
+                [(study_uid, now, f"{count} instance(s) from "
                   f"{sender[0] if sender else '?'} ({sender[1] if sender else '?'})")
-                 for row in db.execute(
-                     "SELECT study_uid, COUNT(*) FROM instances WHERE association_id = ? "
-                     "GROUP BY study_uid", (association_id,)).fetchall()])
-            db.execute(
-                """UPDATE studies SET pending_events = pending_events + 1 WHERE study_uid IN
-                   (SELECT DISTINCT study_uid FROM instances WHERE association_id = ?)""",
-                (association_id,),
-            )
+                 for study_uid, count in per_study])
+            db.executemany(
+                "UPDATE studies SET pending_events = pending_events + 1 WHERE study_uid = ?",
+                [(study_uid,) for study_uid, _ in per_study])
 
     def close_associations_of(self, pid: int, now: float | None = None) -> int:
         """A receiving process died: none of its associations is still open."""
