@@ -1,6 +1,10 @@
-"""The spool's temp files (store/spool.py): named by process, token and counter instead of
-tempfile's random names, so they must stay unique where random names were by chance: across
-threads, after a fork, and over a leftover of an earlier process that had the same pid."""
+"""The spool's temp files (store/spool.py).
+
+Unnamed (O_TMPFILE) where the filesystem allows: an instance under way has no name anywhere,
+is put in place by a link, and a resent instance replaces the earlier copy. Else named by
+process, token and counter instead of tempfile's random names, so they must stay unique where
+random names were by chance: across threads, after a fork, and over a leftover of an earlier
+process that had the same pid."""
 
 from __future__ import annotations
 
@@ -12,10 +16,63 @@ from marrownode.store import spool
 from marrownode.store.spool import Spool
 
 
-def _spool(tmp_path: Path) -> Spool:
-    store = Spool(tmp_path)
+def _spool(tmp_path: Path, unnamed: bool | None = False) -> Spool:
+    store = Spool(tmp_path, unnamed_temp_files=unnamed)
     store.prepare()
     return store
+
+
+def test_where_the_filesystem_allows_an_instance_under_way_has_no_name(tmp_path: Path) -> None:
+    """Linux and the filesystems a spool lives on (ext4 here) make unnamed files: nothing is
+    in the temp folder while instances are written, read back or dropped, and a committed one
+    has exactly one name, its place, holding exactly what was written."""
+    store = _spool(tmp_path, unnamed=None)
+    assert spool.unnamed_files_work(store.temp_dir) and not list(store.temp_dir.iterdir())
+    kept, dropped = store.incoming(), store.incoming()
+    assert store.unnamed_temp_files is True
+    kept.write(memoryview(b"x" * 70_000))
+    dropped.write(b"y" * 10)
+    assert list(store.temp_dir.iterdir()) == []
+    kept.finish()
+    assert kept.path.read_bytes() == b"x" * 70_000  # the walk reads it before it is placed
+    dropped.discard()
+    place = store.path_for("1.2", "1.2.3", "1.2.3.4")
+    store.commit(kept, place)
+    assert place.read_bytes() == b"x" * 70_000 and place.stat().st_nlink == 1
+    assert list(store.temp_dir.iterdir()) == []
+    assert [p for p in store.data_dir.rglob("*") if p.is_file()] == [place]
+
+
+def test_a_resent_instance_replaces_its_earlier_copy(tmp_path: Path) -> None:
+    """A link cannot overwrite: the same instance sent again is linked beside and renamed
+    over the first copy (atomically), in both kinds of temp file."""
+    for unnamed in (True, False):
+        store = _spool(tmp_path / str(unnamed), unnamed=unnamed)
+        place = store.path_for("1.2", "1.2.3", "1.2.3.4")
+        for content in (b"first copy", b"second copy"):
+            incoming = store.incoming()
+            incoming.write(content)
+            store.commit(incoming, place)
+        assert place.read_bytes() == b"second copy" and place.stat().st_nlink == 1
+        assert list(store.temp_dir.iterdir()) == []
+
+
+def test_a_file_that_cannot_be_placed_leaves_nothing(tmp_path: Path) -> None:
+    """The place is taken by a folder (nothing a peer can arrange, but a disk can go wrong):
+    the commit fails and neither a name nor a half-placed file is left."""
+    store = _spool(tmp_path, unnamed=True)
+    place = store.path_for("1.2", "1.2.3", "1.2.3.4")
+    place.mkdir(parents=True)
+    incoming = store.incoming()
+    incoming.write(b"data")
+    try:
+        store.commit(incoming, place)
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a folder in the way was overwritten")
+    assert list(store.temp_dir.iterdir()) == [] and place.is_dir()
+    assert list(place.iterdir()) == []
 
 
 def test_temp_files_are_distinct_across_threads_and_written_whole(tmp_path: Path) -> None:
