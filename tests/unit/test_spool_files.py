@@ -130,3 +130,18 @@ def test_a_forked_child_names_its_files_apart_from_its_parent(tmp_path: Path) ->
     assert child_prefix and child_prefix != parent_prefix
     assert child_prefix.startswith(f"{pid}-")
     assert store.incoming().path.name.startswith(parent_prefix)
+
+
+def test_without_unnamed_files_the_spool_names_its_temp_files(tmp_path: Path,
+                                                              monkeypatch) -> None:
+    """A kernel or filesystem without O_TMPFILE (or a /proc to link through): the probe says
+    so instead of failing, and the spool writes, commits and resends with named temp files."""
+    monkeypatch.delattr(os, "O_TMPFILE")
+    store = _spool(tmp_path, unnamed=None)
+    incoming = store.incoming()
+    assert store.unnamed_temp_files is False
+    assert [p.name for p in store.temp_dir.iterdir()] == [incoming.path.name]
+    incoming.write(b"named")
+    place = store.path_for("1.2", "1.2.3", "1.2.3.4")
+    store.commit(incoming, place)
+    assert place.read_bytes() == b"named" and list(store.temp_dir.iterdir()) == []
