@@ -7,7 +7,8 @@ derived from UIDs but can never escape the spool, whatever a peer puts in them.
 Where the filesystem has them (Linux O_TMPFILE: ext4, xfs, btrfs, tmpfs), an instance under way
 is an unnamed file: it has no entry in any folder until it is whole and synced, so a crash leaves
 nothing behind, and creating it and putting it in place each touch one folder instead of two
-(measured 1.3-1.5x the files committed per second with four writers; docs/performance.md).
+(about 1.4x the files committed per second with four writers, 5-10 % more instances a second
+for the node with four associations; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def _open_unnamed(temp_dir: Path) -> int:
 
 
 def _link_into(fd: int, name: str | Path, folder: int) -> None:
-    """Give the open file fd the name name (relative to the open folder, or absolute).
+    """Link the open file fd as name (relative to the open folder, or absolute).
     dst_dir_fd makes os.link call linkat with AT_SYMLINK_FOLLOW, which the /proc link needs:
     plain link() would try to link the symbolic link itself (EXDEV)."""
     os.link(_fd_link(fd), name, dst_dir_fd=folder)
