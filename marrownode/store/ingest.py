@@ -205,8 +205,7 @@ class Ingestor:
         incoming.finish()
         if incoming.size == 0:
             return incoming, IngestOutcome(IngestResult.UNREADABLE, "empty data set")
-        with open(incoming.path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
-                                                           access=mmap.ACCESS_READ) as view:
+        with incoming.view() as view:
             examination = examine(view)
             if not examination.deflated:
                 return incoming, self._judge(examination, view, incoming.path)
@@ -231,8 +230,7 @@ class Ingestor:
             return inflated, IngestOutcome(
                 IngestResult.TOO_LARGE if too_large else IngestResult.UNREADABLE,
                 f"deflated data set: {problem}"[:64])
-        with open(inflated.path, "rb") as handle, mmap.mmap(handle.fileno(), 0,
-                                                           access=mmap.ACCESS_READ) as view:
+        with inflated.view() as view:
             return inflated, self._identify(view, inflated.path)
 
     def recover(self) -> tuple[int, int]:

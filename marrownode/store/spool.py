@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import mmap
 import os
 import secrets
 import shutil
@@ -146,11 +147,12 @@ def unnamed_files_work(temp_dir: Path) -> bool:
 
 
 def _create_temp(temp_dir: Path) -> tuple[Path, int]:
-    """A new, empty file of this process's own in temp_dir, open for writing."""
+    """A new, empty file of this process's own in temp_dir, open for writing (and reading: the
+    soundness walk maps it)."""
     while True:
         path = _temp_name(temp_dir)
         try:
-            return path, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+            return path, os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                  0o600)
         except FileExistsError:
             continue
@@ -207,6 +209,11 @@ class IncomingFile:
         if self.refused is None and self._fd >= 0 and not self._synced:
             os.fdatasync(self._fd)
             self._synced = True
+
+    def view(self) -> mmap.mmap:
+        """The bytes written so far, mapped read-only through the open file (no second open,
+        named or not); close it before the file is placed or discarded."""
+        return mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
 
     def place(self, path: Path) -> None:
         """Put the finished file at path, durably, replacing an earlier copy there atomically:
