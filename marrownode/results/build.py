@@ -21,6 +21,7 @@ from marrownode.report import SetReport
 from marrownode.report_shape import OutputEntry
 from marrownode.results.beside import overlapped
 from marrownode.results.common import SourcePlane, SourceSeries, with_shared_groups
+from marrownode.results.display import DisplayView
 from marrownode.results.follow_up_text import focus_labels
 from marrownode.results.overlay import OverlayRenderer, body_labels, build_overlay_series
 from marrownode.results.segmentation import build_vertebra_segmentation
@@ -210,7 +211,7 @@ def _summary_page(emit: Callable[[OutputSeries, Iterable[Dataset]], list[OutputE
         series_uid, number, description = identity(SUMMARY)
         page = render_summary(volumes.in_phase, result, set_report,
                               (volumes.spacing_mm[1], volumes.spacing_mm[2]),
-                              outputs_cfg.disclaimer)
+                              outputs_cfg.disclaimer, DisplayView.of(volumes.geometry))
         emit(SUMMARY, build_overlay_series(
             sources, [page], series_uid=series_uid,
             sop_uids=[derived_uid(outputs_cfg.uid_root, series_uid, "instance")],

@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from marrownode.quant.analysis import QuantResult
 from marrownode.report import FocusReport, SetReport
+from marrownode.results.display import DisplayView
 from marrownode.results.follow_up_text import (
     change_words,
     focus_labels,
@@ -56,24 +57,29 @@ def representative_slice(result: QuantResult) -> int:
 
 
 def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int,
-             aspect: float) -> tuple[Image.Image, list[tuple[str, tuple[float, float]]]]:
-    """The slice in grey, bodies tinted, foci outlined, scaled into the panel; and where to
-    write each body's name (panel coordinates)."""
-    plane = np.nan_to_num(in_phase[k])
-    tissue = plane[result.tissue[k]] if result.tissue[k].any() else plane.ravel()
+             view: DisplayView, pixel_spacing_mm: tuple[float, float],
+             ) -> tuple[Image.Image, list[tuple[str, tuple[float, float]]], float]:
+    """The slice in grey, bodies tinted, foci outlined, turned as viewers hang it and scaled
+    into the panel; where to write each body's name (panel coordinates); the panel's pixels
+    per displayed column."""
+    plane = view.plane(np.nan_to_num(in_phase[k]))
+    tissue_mask = view.plane(result.tissue[k])
+    tissue = plane[tissue_mask] if tissue_mask.any() else plane.ravel()
     low, high = np.percentile(tissue, 1), np.percentile(tissue, 99)
     grey = np.clip((plane - low) / max(high - low, 1e-6), 0, 1) * 255
     rgb = np.repeat(grey[..., None], 3, axis=2)
-    bodies = result.localisation.bodies[k]
+    bodies = view.plane(result.localisation.bodies[k])
     for number in range(1, int(result.localisation.bodies.max()) + 1):
         tint = np.array(TINTS[(number - 1) % 2], dtype=float)
         body = bodies == number
         rgb[body] = 0.6 * rgb[body] + 0.4 * tint
     foci = np.zeros(plane.shape, dtype=bool)
     for mask in result.focus_masks:
-        foci |= mask[k]
+        foci |= view.plane(mask[k])
     rgb[foci & ~ndimage.binary_erosion(foci)] = FOCUS
     rows, columns = plane.shape
+    row_mm, column_mm = view.spacing(pixel_spacing_mm)
+    aspect = row_mm / column_mm
     scale = min(PANEL / (rows * aspect), PANEL / columns)
     size = (max(1, round(columns * scale)), max(1, round(rows * aspect * scale)))
     image = Image.fromarray(rgb.astype(np.uint8)).resize(size, Image.Resampling.LANCZOS)
@@ -83,7 +89,20 @@ def _anatomy(in_phase: np.ndarray, result: QuantResult, names: list[str], k: int
         if where.size:
             row, column = where.mean(axis=0)
             labels.append((name, (column * scale, row * aspect * scale)))
-    return image, labels
+    return image, labels, scale
+
+
+def _edges(draw: ImageDraw.ImageDraw, view: DisplayView, box: tuple[int, int, int, int]) -> None:
+    """The patient directions at the picture's edges (S, I, A, P, R, L), as viewers mark
+    them: the summary page is a picture without the viewer's own markers."""
+    left, top, width, height = box
+    font = _font(18)
+    up, down, west, east = view.edges
+    for letter, where in ((up, (left + width // 2 - 5, top + 4)),
+                          (down, (left + width // 2 - 5, top + height - 24)),
+                          (west, (left + 6, top + height // 2 - 10)),
+                          (east, (left + width - 18, top + height // 2 - 10))):
+        draw.text(where, letter, fill=GREY, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
 
 
 def _contains_fat(focus: FocusReport) -> bool:
@@ -299,14 +318,16 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
 
 
 def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
-                   pixel_spacing_mm: tuple[float, float], disclaimer: str) -> np.ndarray:
-    """The page as RGB pixels (HEIGHT x WIDTH)."""
+                   pixel_spacing_mm: tuple[float, float], disclaimer: str,
+                   view: DisplayView | None = None) -> np.ndarray:
+    """The page as RGB pixels (HEIGHT x WIDTH). view: how the slices are turned to be read
+    (DisplayView.of the set's geometry); None shows them as stored, without edge letters."""
     page = Image.new("RGB", (WIDTH, HEIGHT), (0, 0, 0))
     draw = ImageDraw.Draw(page)
     names = [v.name for v in report.vertebrae]
     k = representative_slice(result)
-    anatomy, labels = _anatomy(in_phase, result, names, k,
-                               pixel_spacing_mm[0] / pixel_spacing_mm[1])
+    shown = view or DisplayView(False, False, False, ("", "", "", ""))
+    anatomy, labels, scale = _anatomy(in_phase, result, names, k, shown, pixel_spacing_mm)
     top = (HEIGHT - anatomy.height) // 2
     page.paste(anatomy, (10, top))
     size = 20 if len(labels) <= ROOMY_ROWS + 3 else 12  # a whole spine: 26 names, close
@@ -314,12 +335,14 @@ def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
     for name, (column, row) in labels:
         draw.text((10 + column - 3 * size, top + row - size // 2), name, fill=WHITE,
                   font=label_font, stroke_width=2 if size > 12 else 1, stroke_fill=(0, 0, 0))
-    scale = anatomy.width / in_phase.shape[2]
+    row_mm, column_mm = shown.spacing(pixel_spacing_mm)
     for words, (row, column) in (focus_labels(result.focus_masks, report)[k]
                                  if result.focus_masks else []):
-        draw.text((10 + column * scale, top + row * scale * pixel_spacing_mm[0]
-                   / pixel_spacing_mm[1] - 8), words, fill=FOCUS, font=_font(16),
-                  stroke_width=2, stroke_fill=(0, 0, 0))
+        row, column = shown.point(row, column, in_phase.shape[1:])
+        draw.text((10 + column * scale, top + row * scale * row_mm / column_mm - 8), words,
+                  fill=FOCUS, font=_font(16), stroke_width=2, stroke_fill=(0, 0, 0))
+    if view is not None:
+        _edges(draw, view, (10, top, anatomy.width, anatomy.height))
     legend = "; yellow outline: focus" if result.focus_masks else ""  # none drawn: no key
     draw.text((10, 8), f"slice {k + 1}{legend}", fill=GREY, font=_font(16))
     _text(draw, report, disclaimer)

@@ -19,7 +19,7 @@ from functools import cache
 
 import numpy as np
 
-from marrownode.synthetic.geometry import geometry_for
+from marrownode.synthetic.geometry import Geometry, geometry_for
 from marrownode.synthetic.phantom import Phantom
 
 #: (water, fat) T1-weighted amplitudes per tissue.
@@ -71,6 +71,9 @@ class AnatomicalPhantom(Phantom):
     lesion_masks: dict[str, np.ndarray] = field(default_factory=dict)
     orientation: str = "sagittal"
     zero_filled: bool = False
+    #: Where the grid lies when not as geometry_for(orientation) puts it (a stack stored
+    #: upside down, facing the other way, oblique): studies are written on it.
+    geometry: Geometry | None = None
 
     def water_fat(self, scale: float = 1000.0) -> tuple[np.ndarray, np.ndarray]:
         """Water and fat amplitudes, partial volume included."""

@@ -231,26 +231,27 @@ def sample_grid(sample: Callable[[np.ndarray, np.ndarray, np.ndarray], SampledT]
 
 def lumbar_phantom(variant: str = "normal", orientation: str = "sagittal",
                    grid: tuple[tuple[int, int, int], float, float] | None = None,
-                   supersample: int = 3) -> LumbarPhantom:
+                   supersample: int = 3, geometry: Geometry | None = None) -> LumbarPhantom:
     """The variant's lumbar spine on an acquisition grid (default: LUMBAR_GRIDS; sagittal
     11 x 4 mm slices of 320 x 320 at 0.75 mm, as lumbar protocols acquire it). Water and fat
     are averaged over `supersample` points across each slice; labels and truth at its centre.
-    The coronal slab runs through the vertebral bodies."""
+    The coronal slab runs through the vertebral bodies. geometry: the grid's orientation when
+    not the plane's usual one (a stack stored upside down, facing the other way, oblique)."""
     if variant not in LUMBAR_VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(LUMBAR_VARIANTS)}, "
                          f"got {variant!r}")
     shape, pixel, thickness = grid or LUMBAR_GRIDS[orientation]
-    geometry = geometry_for(orientation)
+    placed = geometry or geometry_for(orientation)
     segments = column(variant)
     centre = FIELD_CENTRE_MM.copy()
     if orientation == "coronal":
         centre[1] = 8.0
     water, fat, (labels, vertebra, posterior, masks, levels) = sample_grid(
-        lambda x, y, z: _sample(x, y, z, variant, segments), geometry, (shape, pixel, thickness),
+        lambda x, y, z: _sample(x, y, z, variant, segments), placed, (shape, pixel, thickness),
         centre, supersample)
     return LumbarPhantom(
         labels=labels, pixel_spacing_mm=(pixel, pixel), slice_thickness_mm=thickness,
         water=water, fat=fat, vertebra=vertebra, posterior=posterior, lesion_masks=masks,
         orientation=orientation,
         level_names={n: s.name for n, s in enumerate(segments, start=1)},
-        lesion_levels=levels, variant=variant)
+        lesion_levels=levels, variant=variant, geometry=geometry)

@@ -31,7 +31,7 @@ from marrownode.synthetic.dataset import (
     synthetic_uid,
 )
 from marrownode.synthetic.enhanced import enhanced_ffe, enhanced_mr
-from marrownode.synthetic.geometry import geometry_for
+from marrownode.synthetic.geometry import Geometry, geometry_for
 from marrownode.synthetic.phantom import Phantom
 from marrownode.synthetic.styles import STYLES, echo_number, series_plans
 
@@ -49,7 +49,7 @@ def build_study(options: StudyOptions | None = None,
     if options.style == "philips_enhanced_ffe":
         return [enhanced_ffe(options, phantom)]
     images = phantom.echoes(snr=options.snr, seed=options.seed)
-    geometry = geometry_for(options.orientation)
+    geometry = _grid_geometry(phantom, options.orientation)
     slices = phantom.labels.shape[0]
     geometry.origin = geometry.origin + (
         options.station * slices * phantom.slice_thickness_mm * geometry.normal)
@@ -100,6 +100,14 @@ def build_study(options: StudyOptions | None = None,
                 pixel_module(ds, data[k])
                 datasets.append(finish(ds, MRImageStorage))
     return datasets
+
+
+def _grid_geometry(phantom: Phantom, orientation: str) -> Geometry:
+    """Where the phantom's grid lies: its own geometry when it has one, else the plane's."""
+    own = getattr(phantom, "geometry", None)
+    if own is None:
+        return geometry_for(orientation)
+    return Geometry(own.row_dir.copy(), own.col_dir.copy(), own.origin.copy())
 
 
 def _label_series(ds: Dataset, description: str, options: StudyOptions) -> None:
