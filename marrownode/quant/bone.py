@@ -86,19 +86,78 @@ def relative_gradient(in_phase: np.ndarray, where: np.ndarray) -> np.ndarray:
 
 def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
                      level: float, darker_than: float, gap_mm: float,
-                     spacing_mm: tuple[float, float, float]) -> np.ndarray:
+                     spacing_mm: tuple[float, float, float],
+                     lines: np.ndarray | None = None) -> np.ndarray:
     """Tissue framed in its slice by voxels darker than darker_than x level: the inside of
     bone, whatever its signal loss. Found on the acquisition grid, where a 1 mm cortex is
     still a line (averaged into blocks it opens); the frame is first closed over gaps up to
     gap_mm (partial volume along a thin cortex; the basivertebral vein's notch in the
-    posterior wall)."""
+    posterior wall). lines: thin dark lines (dark_lines), which frame too: a cortex
+    partial-volumed into its pixels, darker than its surroundings but not void."""
     void = body & (finite_or_zero(in_phase) < darker_than * level)
+    if lines is not None:
+        void |= body & lines
     radius = [max(1, round(gap_mm / 2 / s)) for s in spacing_mm[1:]]
     rows, columns = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1]
     disk = (rows / radius[0]) ** 2 + (columns / radius[1]) ** 2 <= 1.0
     frame = closed_in_plane(void, disk)
     enclosed: np.ndarray = fill_holes_per_slice(frame) & ~frame & tissue
     return enclosed
+
+
+#: A thin dark line (cortex partial-volumed into its pixels): along one of four directions its
+#: mean over LINE_LENGTH pixels lies below the means LINE_GAP pixels to both sides of it.
+LINE_LENGTH, LINE_GAP = 5, 2
+_DIRECTIONS = ((0, 1), (1, 0), (1, 1), (1, -1))
+
+
+def dark_lines(volume: np.ndarray, level: float, depth: float, darker_than: float,
+               ) -> np.ndarray:
+    """Pixels on thin dark lines in their slice: a line mean over LINE_LENGTH pixels (in one
+    of four directions) darker than depth x level below the line means LINE_GAP pixels to
+    either side, and itself darker than darker_than x level. A 1 mm cortex or endplate on
+    pixels of about its size is averaged with the marrow it bounds (half of it on each of two
+    pixels, never void); the mean along it is what the eye reads, with a fifth of the noise
+    variance, and a wide dark region (an annulus, CSF) is no line."""
+    half = LINE_LENGTH // 2
+    pad = half + LINE_GAP
+    rows, columns = volume.shape[1:]
+    padded = np.pad(np.asarray(volume, dtype=np.float32), ((0, 0), (pad, pad), (pad, pad)),
+                    mode="edge")
+    found = np.zeros(volume.shape, dtype=bool)
+    deeper, ceiling = depth * level, darker_than * level
+    for down, across in _DIRECTIONS:
+        mean = _line_means(padded, down, across, rows, columns)
+        normal = (across * LINE_GAP, -down * LINE_GAP)  # perpendicular to the line
+        centre = _moved(mean, 0, 0, rows, columns)
+        sides = np.minimum(_moved(mean, *normal, rows, columns),
+                           _moved(mean, -normal[0], -normal[1], rows, columns))
+        sides -= centre
+        found |= (sides > deeper) & (centre < ceiling)
+    return found
+
+
+def _line_means(padded: np.ndarray, down: int, across: int, rows: int,
+                columns: int) -> np.ndarray:
+    """Means over LINE_LENGTH pixels along (down, across), on the grid widened by LINE_GAP
+    on every side (padded: by LINE_LENGTH // 2 more)."""
+    half = LINE_LENGTH // 2
+    if down == 0 or across == 0:  # along rows or columns: one filter pass
+        mean: np.ndarray = ndimage.uniform_filter1d(padded, LINE_LENGTH, axis=2 if down == 0
+                                                    else 1)
+        return mean[:, half:half + rows + 2 * LINE_GAP, half:half + columns + 2 * LINE_GAP]
+    widened = (rows + 2 * LINE_GAP, columns + 2 * LINE_GAP)
+    total = np.zeros((padded.shape[0], *widened), dtype=np.float32)
+    for step in range(-half, half + 1):
+        r, c = half + step * down, half + step * across
+        total += padded[:, r:r + widened[0], c:c + widened[1]]
+    total /= LINE_LENGTH
+    return total
+
+
+def _moved(widened: np.ndarray, dr: int, dc: int, rows: int, columns: int) -> np.ndarray:
+    """The grid's view of a volume widened by LINE_GAP on every side, moved by (dr, dc)."""
+    return widened[:, LINE_GAP + dr:LINE_GAP + dr + rows, LINE_GAP + dc:LINE_GAP + dc + columns]
 
 
 def bone_candidates(in_phase: np.ndarray, signal_loss: np.ndarray, tissue: np.ndarray,

@@ -28,6 +28,12 @@ class SpineParameters:
     cortex_relative_signal: float = 0.15
     #: ... and a line of it may be broken by partial volume over this many mm.
     cortex_gap_mm: float = 3.0
+    #: A cortex partial-volumed into its pixels (a 1 mm line on 0.7-1 mm pixels, with noise):
+    #: a thin line whose mean along it lies this fraction of the bright end below the means
+    #: beside it, and under cortex_line_ceiling of it (quant/bone.py dark_lines). Sagittal
+    #: stacks only. 0.12-0.16 framed a lateral slice's disc, 0.22 missed replaced bodies.
+    cortex_line_depth: float = 0.18
+    cortex_line_ceiling: float = 0.3
     #: Gaps in the bone's frame up to this wide (mm) are closed: the basivertebral vein's
     #: notch in the posterior wall (4-6 mm), partial volume along a thin cortex.
     frame_gap_mm: float = 7.0

@@ -28,7 +28,7 @@ from skimage.morphology import convex_hull_image
 
 from marrownode.quant.blocks import block_fraction, block_mean
 from marrownode.quant.body import bright_end
-from marrownode.quant.bone import bone_candidates, enclosed_by_void, fill_frames
+from marrownode.quant.bone import bone_candidates, dark_lines, enclosed_by_void, fill_frames
 from marrownode.quant.column import Part, find_column, find_cores, parts
 from marrownode.quant.geometry import (
     ANTERIOR_POSTERIOR,
@@ -80,12 +80,14 @@ def localise(
     factor = max(1, int(parameters.localisation_pixel_mm / max(min(geometry.spacing_mm[1:]),
                                                                1e-6)))
     # Rule 2 on fine grids (searched on blocks, or pixels under FINE_PIXEL_MM) is read on
-    # the acquisition grid, where a 1 mm cortex is still a line, from a frame of cortex only:
+    # the acquisition grid, where a 1 mm cortex is still a line (void, or a thin dark line
+    # where partial volume and noise lift it), from a frame of cortex only:
     # CSF, a disc's annulus and their noise would frame discs, thin thoracic ones most. On
     # coarser grids the cortex is no line and the void frames bone.
+    lines = _cortex_lines(in_phase, body, level, geometry, parameters)
     cortex_frame = (enclosed_by_void(in_phase, tissue, body, level,
                                      parameters.cortex_relative_signal, parameters.cortex_gap_mm,
-                                     geometry.spacing_mm)
+                                     geometry.spacing_mm, lines)
                     if factor > 1 or min(geometry.spacing_mm[1:]) < FINE_PIXEL_MM else None)
     if factor == 1 or cortex_frame is None:  # (None only when factor is 1)
         found = _localise(in_phase, signal_loss, tissue, body, geometry, parameters, level,
@@ -101,7 +103,7 @@ def localise(
     if not found.localised:
         return found
     framed = enclosed_by_void(in_phase, tissue, body, level, parameters.void_relative_signal,
-                              parameters.frame_gap_mm, geometry.spacing_mm)
+                              parameters.frame_gap_mm, geometry.spacing_mm, lines)
     along, _ = geometry.voxel_axis(SUPERIOR_INFERIOR)
     bodies, posterior = without_slivers(without_shared_discs(
         fill_frames(found.bodies, framed & (found.posterior == 0), along,
@@ -120,6 +122,22 @@ def localise(
     # On the full grid: a fused segment's remnant is 1-3 mm, the dens 8-10 mm wide.
     named = name_levels(found.bodies, geometry, fatty_marrow)
     return replace(found, levels=named.names, levels_reason=named.reason)
+
+
+def _cortex_lines(in_phase: np.ndarray, body: np.ndarray, level: float,
+                  geometry: VolumeGeometry, parameters: SpineParameters) -> np.ndarray | None:
+    """A partial-volumed cortex's thin dark lines in the body's box (quant/bone.py
+    dark_lines), which frame bone with the void: on sagittal stacks, where the endplates and
+    walls are lines and a disc's annulus is a wide band. On axial slices the fasciae between
+    the back muscles and the subcutaneous fat are such lines too and would frame fat as bone;
+    there (and on coronal slabs, not measured) the void alone frames it."""
+    box = in_plane_box(body, 0)
+    if geometry.plane() != "sagittal" or box is None:
+        return None
+    lines = np.zeros(body.shape, dtype=bool)
+    lines[box] = dark_lines(finite_or_zero(in_phase[box]), level, parameters.cortex_line_depth,
+                            parameters.cortex_line_ceiling)
+    return lines
 
 
 def _without_specks(posterior: np.ndarray, geometry: VolumeGeometry,
