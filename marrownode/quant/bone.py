@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage
+from skimage.morphology import convex_hull_image
 
 from marrownode.quant.body import fill_holes_per_slice
 from marrownode.quant.localisation import SpineParameters
@@ -197,8 +198,9 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = No
     cortex and endplates enclose) that touches one body only, and is at least
     FRAME_HELD_SHARE that body already, is all of it. A lesion reaching the cortex, which the
     blocks and the convex hull leave outside, is then inside its body; a disc reached through
-    a broken endplate touches two bodies and is left out. (enclosed holds no posterior
-    element: a pedicle stays its level's, apart from the body.)
+    a broken endplate touches two bodies and is left out. A part that touches several bodies
+    is divided by their outlines (_by_outline). (enclosed holds no posterior element: a
+    pedicle stays its level's, apart from the body.)
 
     along: the in-slice voxel axis (1 or 2) that runs along the column, step_mm its spacing.
     A part is taken only within the body's own extent along the column (plus a quarter of it,
@@ -227,7 +229,52 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = No
                                                         extents[number]):
                     continue
                 filled[k][(parts == part) & (filled[k] == 0)] = number
+        for part in np.flatnonzero(touching[1:] > 1) + 1:
+            _by_outline(filled, bodies, int(k), parts == part,
+                        [n for n, share in held.items() if share[part]])
     return filled
+
+
+def _by_outline(filled: np.ndarray, bodies: np.ndarray, k: int, part: np.ndarray,
+                numbers: list[int]) -> None:
+    """A part shared by several bodies (on a midline slice the frame closed over the
+    basivertebral vein's notch and a disc's annulus can hold a body, its discs and its
+    neighbours at once): each body takes the part's voxels inside its own outline, where
+    no other body's outline reaches (_outline). A lesion inside a body is inside its outline;
+    a disc lies between two outlines and stays out."""
+    box = ndimage.find_objects(part.astype(np.int8))[0]
+    outlines = {}
+    for number in numbers:
+        outline = _outline(bodies, number, k, box)
+        if outline is not None:
+            outlines[number] = outline
+    if not outlines:
+        return
+    reach = np.sum(list(outlines.values()), axis=0)
+    here = filled[k][box]
+    inside = part[box]
+    for number, outline in outlines.items():
+        here[outline & (reach == 1) & inside & (here == 0)] = number
+
+
+def _outline(bodies: np.ndarray, number: int, k: int,
+             box: tuple[slice, ...]) -> np.ndarray | None:
+    """A body's outline on slice k within box: what lies inside the convex hulls of its
+    sections on both slices beside it (a lesion this slice's section lost lies inside them;
+    on a lateral slice the disc lies outside the next slice's smaller hull); None where a
+    slice beside it holds no section."""
+    def hull(j: int) -> np.ndarray | None:
+        if not 0 <= j < bodies.shape[0]:
+            return None
+        section = bodies[j][box] == number
+        return convex_hull_image(section) if section.sum() >= 3 else None  # type: ignore[no-untyped-call]
+
+    before, after = hull(k - 1), hull(k + 1)
+    if before is None or after is None:
+        return None
+    # two voxels in: a hull bridges the endplates' concavity, where the disc bulges in
+    eroded: np.ndarray = ndimage.binary_erosion(before & after, iterations=2)
+    return eroded if eroded.any() else None
 
 
 #: The least margin (mm) a framed part may run beyond its body's extent along the column.

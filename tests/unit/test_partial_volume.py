@@ -106,3 +106,28 @@ def test_dark_lines_are_thin_lines_not_dark_regions() -> None:
     assert found[1, [25 + i for i in along], [15 + i for i in along]].mean() > 0.9
     assert found[0, 51:55, 14:66].mean() < 0.05  # inside the band: no line
     assert found[0, 60:78, 2:78].mean() < 0.01
+
+
+def test_a_metastasis_on_thick_slices_is_given_back_to_its_body() -> None:
+    """9 x 5 mm slices of 288 x 288 at 1 mm with partial volume, SNR 40: on the midline slice
+    the frame closed over the vein's notch and the discs' annuli holds L1, its discs and its
+    neighbours at once, and the metastasis in L1 was left out of its body (no focus at all:
+    the spine read as normal). Each body now takes the shared part inside its own outline:
+    one focus, at the level of the lesion."""
+    phantom = lumbar_phantom("metastasis_centre", grid=((9, 288, 288), 1.0, 5.0),
+                             in_plane=IN_PLANE)
+    echoes = phantom.echoes(snr=40, seed=5)
+    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
+    g = geometry_for("sagittal")
+    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
+                              tuple(g.row_dir), spacing)
+    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
+                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
+                         geometry=geometry)
+    assert len(result.foci) == 1
+    focus = result.foci[0]
+    lesion = phantom.lesion_masks["metastasis"]
+    assert (focus.mask & lesion).sum() > 0.5 * focus.mask.sum()
+    levels = _truth_levels(phantom, result)
+    assert levels[focus.vertebra - 1] == [phantom.lesion_levels["metastasis"]] == ["L1"]
+    assert result.pattern == "focal"
