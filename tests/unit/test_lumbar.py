@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 from marrownode.config import Settings
-from marrownode.pipeline import process_paths, quant_parameters
-from marrownode.quant.analysis import QuantResult, analyse_set
-from marrownode.quant.geometry import VolumeGeometry
-from marrownode.synthetic.geometry import geometry_for
+from marrownode.pipeline import process_paths
+from marrownode.quant.analysis import QuantResult
 from marrownode.synthetic.lumbar import LumbarPhantom, column, lumbar_phantom
 from marrownode.synthetic.studies import StudyOptions, build_study, write_datasets
+from tests.lumbar import analyse_phantom
 
 #: A level is in view when at least this much of its marrow is (S3 is mostly outside).
 IN_VIEW_VOXELS = 2000
@@ -26,14 +25,7 @@ IN_VIEW_VOXELS = 2000
 @cache
 def analysed(variant: str, orientation: str = "sagittal") -> tuple[LumbarPhantom, QuantResult]:
     phantom = lumbar_phantom(variant, orientation)
-    echoes = phantom.echoes(snr=60, seed=3)
-    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
-    g = geometry_for(orientation)
-    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
-                              tuple(g.row_dir), spacing)
-    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
-                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
-                         geometry=geometry)
+    result, _ = analyse_phantom(phantom, 60, 3, orientation)
     return phantom, result
 
 

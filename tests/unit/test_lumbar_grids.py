@@ -10,9 +10,7 @@ from functools import cache
 import numpy as np
 import pytest
 
-from marrownode.config import Settings
-from marrownode.pipeline import quant_parameters
-from marrownode.quant.analysis import QuantResult, analyse_set
+from marrownode.quant.analysis import QuantResult
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.levels import name_levels, without_slivers
 from marrownode.quant.normal_structures import BodyFrames, Structure, classify
@@ -20,6 +18,7 @@ from marrownode.quant.spine import _without_specks
 from marrownode.synthetic.anatomy import ANATOMY_CODES
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import LumbarPhantom, lumbar_phantom
+from tests.lumbar import analyse_phantom
 
 #: (slices, rows, columns), pixel mm, slice mm: 3 mm slices of 384 x 384, the lateral ones
 #: cutting the discs between biconcave endplates; and 4 mm slices of 256 x 256 at 1.1 mm, a
@@ -37,14 +36,7 @@ def analysed(variant: str, grid: str) -> tuple[LumbarPhantom, QuantResult, Volum
 def _analysed(phantom: LumbarPhantom, snr: float, seed: int,
               ) -> tuple[LumbarPhantom, QuantResult, VolumeGeometry]:
     """The phantom's sagittal echoes at this SNR (1.5 T), analysed as the pipeline does."""
-    echoes = phantom.echoes(snr=snr, seed=seed)
-    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
-    g = geometry_for("sagittal")
-    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
-                              tuple(g.row_dir), spacing)
-    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
-                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
-                         geometry=geometry)
+    result, geometry = analyse_phantom(phantom, snr, seed)
     return phantom, result, geometry
 
 

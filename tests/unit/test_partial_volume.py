@@ -11,15 +11,12 @@ from functools import cache
 import numpy as np
 import pytest
 
-from marrownode.config import Settings
-from marrownode.pipeline import quant_parameters
-from marrownode.quant.analysis import QuantResult, analyse_set
+from marrownode.quant.analysis import QuantResult
 from marrownode.quant.bone import dark_lines
-from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.localisation import SpineParameters
 from marrownode.synthetic.anatomy import ANATOMY_CODES
-from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import LumbarPhantom, lumbar_phantom
+from tests.lumbar import analyse_phantom
 
 #: Points per pixel along each in-plane axis: 3 x 3 (and 3 across the slice).
 IN_PLANE = 3
@@ -33,15 +30,7 @@ def pixel_phantom(variant: str) -> LumbarPhantom:
 @cache
 def analysed(variant: str, snr: float) -> tuple[LumbarPhantom, QuantResult]:
     phantom = pixel_phantom(variant)
-    echoes = phantom.echoes(snr=snr, seed=5)
-    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
-    g = geometry_for("sagittal")
-    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
-                              tuple(g.row_dir), spacing)
-    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
-                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
-                         geometry=geometry)
-    return phantom, result
+    return phantom, analyse_phantom(phantom, snr, 5)[0]
 
 
 def _truth_levels(phantom: LumbarPhantom, result: QuantResult) -> list[list[str]]:
@@ -116,14 +105,7 @@ def test_a_metastasis_on_thick_slices_is_given_back_to_its_body() -> None:
     one focus, at the level of the lesion."""
     phantom = lumbar_phantom("metastasis_centre", grid=((9, 288, 288), 1.0, 5.0),
                              in_plane=IN_PLANE)
-    echoes = phantom.echoes(snr=40, seed=5)
-    spacing = (phantom.slice_thickness_mm, *phantom.pixel_spacing_mm)
-    g = geometry_for("sagittal")
-    geometry = VolumeGeometry(tuple(g.origin), tuple(g.normal), tuple(g.col_dir),
-                              tuple(g.row_dir), spacing)
-    result = analyse_set(echoes["in_phase"], echoes["opposed_phase"], spacing, 1.5,
-                         echoes["water"], echoes["fat"], quant_parameters(Settings()),
-                         geometry=geometry)
+    result, _ = analyse_phantom(phantom, 40, 5)
     assert len(result.foci) == 1
     focus = result.foci[0]
     lesion = phantom.lesion_masks["metastasis"]
