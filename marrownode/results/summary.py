@@ -319,15 +319,14 @@ def _text(draw: ImageDraw.ImageDraw, report: SetReport, disclaimer: str) -> None
 
 def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
                    pixel_spacing_mm: tuple[float, float], disclaimer: str,
-                   view: DisplayView | None = None) -> np.ndarray:
-    """The page as RGB pixels (HEIGHT x WIDTH). view: how the slices are turned to be read
-    (DisplayView.of the set's geometry); None shows them as stored, without edge letters."""
+                   view: DisplayView) -> np.ndarray:
+    """The page as RGB pixels (HEIGHT x WIDTH). view: how the slice is turned to be read
+    (DisplayView.of the set's geometry)."""
     page = Image.new("RGB", (WIDTH, HEIGHT), (0, 0, 0))
     draw = ImageDraw.Draw(page)
     names = [v.name for v in report.vertebrae]
     k = representative_slice(result)
-    shown = view or DisplayView(False, False, False, ("", "", "", ""))
-    anatomy, labels, scale = _anatomy(in_phase, result, names, k, shown, pixel_spacing_mm)
+    anatomy, labels, scale = _anatomy(in_phase, result, names, k, view, pixel_spacing_mm)
     top = (HEIGHT - anatomy.height) // 2
     page.paste(anatomy, (10, top))
     size = 20 if len(labels) <= ROOMY_ROWS + 3 else 12  # a whole spine: 26 names, close
@@ -335,14 +334,13 @@ def render_summary(in_phase: np.ndarray, result: QuantResult, report: SetReport,
     for name, (column, row) in labels:
         draw.text((10 + column - 3 * size, top + row - size // 2), name, fill=WHITE,
                   font=label_font, stroke_width=2 if size > 12 else 1, stroke_fill=(0, 0, 0))
-    row_mm, column_mm = shown.spacing(pixel_spacing_mm)
+    row_mm, column_mm = view.spacing(pixel_spacing_mm)
     for words, (row, column) in (focus_labels(result.focus_masks, report)[k]
                                  if result.focus_masks else []):
-        row, column = shown.point(row, column, in_phase.shape[1:])
+        row, column = view.point(row, column, in_phase.shape[1:])
         draw.text((10 + column * scale, top + row * scale * row_mm / column_mm - 8), words,
                   fill=FOCUS, font=_font(16), stroke_width=2, stroke_fill=(0, 0, 0))
-    if view is not None:
-        _edges(draw, view, (10, top, anatomy.width, anatomy.height))
+    _edges(draw, view, (10, top, anatomy.width, anatomy.height))
     legend = "; yellow outline: focus" if result.focus_masks else ""  # none drawn: no key
     draw.text((10, 8), f"slice {k + 1}{legend}", fill=GREY, font=_font(16))
     _text(draw, report, disclaimer)
