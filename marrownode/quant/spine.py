@@ -278,12 +278,20 @@ def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[Part],
     return bodies
 
 
+_SQUARE = np.ones((3, 3), dtype=np.uint8)
+#: Of a voxel's 3 x 3 in-plane neighbourhood, at least this many must be tissue the body may
+#: take (neither void nor fat) for the convex hull to give the voxel to its body.
+COMPLETION_MIN_ROOM = 5
+
+
 def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
     """Give each body back what the water-rich barrier carved out of it: a focal lesion is
     water-rich too, and one near an endplate or the cortex leaves a bite. A vertebral body's
     section is about convex, so each slice of a body is its convex hull, limited to tissue that
-    is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat), and one
-    voxel in from the hull's rim."""
+    is neither void (cortex, canal) nor bright fat (epidural and paravertebral fat), one
+    voxel in from the hull's rim, and among such tissue (COMPLETION_MIN_ROOM): where a
+    section curves (the sacrum) its hull reaches over the disc below, whose annulus is void
+    but for the voxels the noise lifts."""
     completed = bodies.copy()
     for number, box in enumerate(label_boxes(bodies), start=1):
         if box is None:
@@ -298,7 +306,12 @@ def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
             hull = convex_hull_image(mask)  # type: ignore[no-untyped-call]
             # Only the hull's interior: its rim is where cortex and canal partial volume lie.
             here = completed[k, rows, columns]
-            add = ndimage.binary_erosion(hull) & allowed[k, rows, columns] & (here == 0)
+            room = allowed[k, rows, columns]
+            add = ndimage.binary_erosion(hull) & room & (here == 0)
+            # A lesion's bite is tissue; single voxels among void (a disc's annulus, where the
+            # noise lifted a few above the void) are not: most of a voxel's 3 x 3 must be room.
+            add &= ndimage.correlate(room.astype(np.uint8), _SQUARE, mode="constant") >= (
+                COMPLETION_MIN_ROOM)
             here[add] = number
     return completed
 
