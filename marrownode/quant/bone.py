@@ -85,6 +85,14 @@ def relative_gradient(in_phase: np.ndarray, where: np.ndarray) -> np.ndarray:
     return gradient
 
 
+#: The cortex and endplates are about this thick (mm): on pixels of at most 1 / CORTEX_PIXELS
+#: of it their void is unbroken, and only void pixels that continue a line count (_on_lines).
+CORTEX_MM = 1.0
+CORTEX_PIXELS = 1.5
+#: ... a pixel under this share of the void's bound is void whatever its neighbours.
+CLEARLY_VOID_SHARE = 0.5
+
+
 def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
                      level: float, darker_than: float, gap_mm: float,
                      spacing_mm: tuple[float, float, float],
@@ -95,7 +103,11 @@ def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
     gap_mm (partial volume along a thin cortex; the basivertebral vein's notch in the
     posterior wall). lines: thin dark lines (dark_lines), which frame too: a cortex
     partial-volumed into its pixels, darker than its surroundings but not void."""
-    void = body & (finite_or_zero(in_phase) < darker_than * level)
+    signal = finite_or_zero(in_phase)
+    void = body & (signal < darker_than * level)
+    if min(spacing_mm[1:]) * CORTEX_PIXELS <= CORTEX_MM:
+        # the cortex is a band of pixels: what is not clearly void must continue a line
+        void = _on_lines(void) | (void & (signal < CLEARLY_VOID_SHARE * darker_than * level))
     if lines is not None:
         void |= body & lines
     radius = [max(1, round(gap_mm / 2 / s)) for s in spacing_mm[1:]]
@@ -104,6 +116,25 @@ def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
     frame = closed_in_plane(void, disk)
     enclosed: np.ndarray = fill_holes_per_slice(frame) & ~frame & tissue
     return enclosed
+
+
+def _on_lines(void: np.ndarray) -> np.ndarray:
+    """Void pixels with void on both sides along a row, a column or a diagonal: every pixel of
+    a cortex line or band (one pixel wide included) but its two ends. Where pixels are much
+    finer than the cortex, a void pixel without such neighbours is noise: in a disc's annulus,
+    whose signal lies not far above the void's, the noise puts a sixth of the pixels under it
+    at SNR 20, and a frame's closing (3 mm: 3 pixels of 0.55 mm) joins them into rings that
+    enclose the disc."""
+    padded = np.pad(void, ((0, 0), (1, 1), (1, 1)))
+    rows, columns = void.shape[1:]
+
+    def moved(down: int, across: int) -> np.ndarray:
+        return padded[:, 1 + down:1 + down + rows, 1 + across:1 + across + columns]
+
+    through = np.zeros(void.shape, dtype=bool)
+    for down, across in _DIRECTIONS:
+        through |= moved(down, across) & moved(-down, -across)
+    return void & through
 
 
 #: A thin dark line (cortex partial-volumed into its pixels): along one of four directions its

@@ -22,8 +22,9 @@ from tests.lumbar import analyse_phantom
 
 #: (slices, rows, columns), pixel mm, slice mm: 3 mm slices of 384 x 384, the lateral ones
 #: cutting the discs between biconcave endplates; and 4 mm slices of 256 x 256 at 1.1 mm, a
-#: field of view that holds T12 to the sacrum.
-GRIDS = {"thin": ((19, 384, 384), 0.75, 3.0), "coarse": ((13, 256, 256), 1.1, 4.0)}
+#: field of view that holds T12 to the sacrum; and 3 mm slices of 512 x 512 at 0.55 mm.
+GRIDS = {"thin": ((19, 384, 384), 0.75, 3.0), "coarse": ((13, 256, 256), 1.1, 4.0),
+         "fine": ((15, 512, 512), 0.55, 3.0)}
 #: A level is in view when at least this much (mm3) of its marrow is.
 IN_VIEW_MM3 = 4000.0
 
@@ -209,3 +210,18 @@ def test_no_disc_noise_joins_a_body_where_its_hull_reaches_over_the_disc() -> No
     # was 100; 40 stay, where the noise lifted several neighbours (no focus among them)
     assert int((result.localisation.bodies[annulus] > 0).sum()) <= 50
 
+
+def test_every_level_on_a_fine_grid_at_low_signal_to_noise() -> None:
+    """On 0.55 mm pixels at SNR 20 the annulus's noise put a sixth of its pixels under the
+    cortex frame's void, and the frame's 3 mm closing (3 pixels there) joined them into rings
+    that enclosed the discs: L1 to L3 became one core 106 mm tall, no body of the column, and
+    only L4 to S2 were found (the L1 metastasis with them missed). There the cortex is a band
+    of pixels: a void pixel needs void neighbours to frame."""
+    phantom, result, _ = _analysed(lumbar_phantom("metastasis_centre", grid=GRIDS["fine"]),
+                                   snr=20, seed=5)
+    bodies = result.localisation.bodies
+    found = [_truth_levels(phantom, bodies == n) for n in range(1, int(bodies.max()) + 1)]
+    assert all(len(levels) == 1 for levels in found), found
+    in_view = _in_view(phantom)
+    assert [levels[0] for levels in found if levels[0] in in_view] == in_view
+    assert [_truth_levels(phantom, mask) for mask in result.focus_masks] == [["L1"]]
