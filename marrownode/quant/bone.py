@@ -230,8 +230,10 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = No
     FRAME_HELD_SHARE that body already, is all of it. A lesion reaching the cortex, which the
     blocks and the convex hull leave outside, is then inside its body; a disc reached through
     a broken endplate touches two bodies and is left out. A part that touches several bodies
-    is divided by their outlines (_by_outline). (enclosed holds no posterior element: a
-    pedicle stays its level's, apart from the body.)
+    is divided by their outlines (_by_outline), and so is one that touches one body holding
+    less of it: on a midline slice a central lesion and the vein's notch can leave the body
+    a sliver of the part its cortex frames, which its outline on the slices beside it holds.
+    (enclosed holds no posterior element: a pedicle stays its level's, apart from the body.)
 
     along: the in-slice voxel axis (1 or 2) that runs along the column, step_mm its spacing.
     A part is taken only within the body's own extent along the column (plus a quarter of it,
@@ -253,14 +255,17 @@ def fill_frames(bodies: np.ndarray, enclosed: np.ndarray, along: int | None = No
             held[number] = np.bincount(parts[bodies[k] == number], minlength=count + 1)
             touching += held[number] > 0
         spans = ndimage.find_objects(parts) if in_plane is not None else []
+        outlined = touching > 1
         for number, share in held.items():
-            chosen = (share >= FRAME_HELD_SHARE * sizes) & (touching == 1)
+            alone = (touching == 1) & (share > 0)
+            chosen = alone & (share >= FRAME_HELD_SHARE * sizes)
+            outlined |= alone & ~chosen
             for part in np.flatnonzero(chosen[1:]) + 1:
                 if in_plane is not None and not _within(spans[part - 1][in_plane],
                                                         extents[number]):
                     continue
                 filled[k][(parts == part) & (filled[k] == 0)] = number
-        for part in np.flatnonzero(touching[1:] > 1) + 1:
+        for part in np.flatnonzero(outlined[1:]) + 1:
             _by_outline(filled, bodies, int(k), parts == part,
                         [n for n, share in held.items() if share[part]])
     return filled

@@ -22,9 +22,10 @@ from tests.lumbar import analyse_phantom
 
 #: (slices, rows, columns), pixel mm, slice mm: 3 mm slices of 384 x 384, the lateral ones
 #: cutting the discs between biconcave endplates; and 4 mm slices of 256 x 256 at 1.1 mm, a
-#: field of view that holds T12 to the sacrum; and 3 mm slices of 512 x 512 at 0.55 mm.
+#: field of view that holds T12 to the sacrum; 3 mm slices of 512 x 512 at 0.55 mm; and 4 mm
+#: slices of 288 x 288 at 1 mm.
 GRIDS = {"thin": ((19, 384, 384), 0.75, 3.0), "coarse": ((13, 256, 256), 1.1, 4.0),
-         "fine": ((15, 512, 512), 0.55, 3.0)}
+         "fine": ((15, 512, 512), 0.55, 3.0), "wide": ((11, 288, 288), 1.0, 4.0)}
 #: A level is in view when at least this much (mm3) of its marrow is.
 IN_VIEW_MM3 = 4000.0
 
@@ -225,3 +226,19 @@ def test_every_level_on_a_fine_grid_at_low_signal_to_noise() -> None:
     in_view = _in_view(phantom)
     assert [levels[0] for levels in found if levels[0] in in_view] == in_view
     assert [_truth_levels(phantom, mask) for mask in result.focus_masks] == [["L1"]]
+
+
+def test_a_central_metastasis_is_one_focus_when_the_midline_slice_keeps_a_sliver() -> None:
+    """On 4 mm slices of 1 mm at SNR 20 the midline slice of L1 kept only an anterior sliver
+    of the body (the metastasis in its middle and the vein's notch behind it cut the rest
+    away), 13 % of what its cortex frames: under the quarter a body must hold to take the
+    framed part, so the lesion's middle slice was no marrow and its two outer slices were two
+    foci (pattern multifocal for one metastasis). The body now takes what its outline on the
+    slices beside it holds."""
+    phantom, result, _ = _analysed(lumbar_phantom("metastasis_centre", grid=GRIDS["wide"]),
+                                   snr=20, seed=5)
+    assert [_truth_levels(phantom, mask) for mask in result.focus_masks] == [["L1"]]
+    (focus,) = result.focus_masks
+    assert focus[phantom.lesion_masks["metastasis"]].sum() * 2 > phantom.lesion_masks[
+        "metastasis"].sum()  # most of it, its middle slice included (was 53 of 295 voxels)
+    assert result.pattern.value == "focal"
