@@ -11,13 +11,20 @@ import numpy as np
 import pytest
 
 from marrownode.quant.analysis import QuantResult
+from marrownode.quant.foci import Focus
 from marrownode.quant.geometry import VolumeGeometry
 from marrownode.quant.levels import name_levels, without_slivers
-from marrownode.quant.normal_structures import BodyFrames, Structure, classify
+from marrownode.quant.normal_structures import (
+    BodyFrames,
+    Structure,
+    classify,
+    without_normal_structures,
+)
 from marrownode.quant.spine import _without_specks
 from marrownode.synthetic.anatomy import ANATOMY_CODES
 from marrownode.synthetic.geometry import geometry_for
 from marrownode.synthetic.lumbar import LumbarPhantom, lumbar_phantom
+from marrownode.vocabulary import Endplate, FocusCategory
 from tests.lumbar import analyse_phantom
 
 #: (slices, rows, columns), pixel mm, slice mm: 3 mm slices of 384 x 384, the lateral ones
@@ -242,3 +249,29 @@ def test_a_central_metastasis_is_one_focus_when_the_midline_slice_keeps_a_sliver
     assert focus[phantom.lesion_masks["metastasis"]].sum() * 2 > phantom.lesion_masks[
         "metastasis"].sum()  # most of it, its middle slice included (was 53 of 295 voxels)
     assert result.pattern.value == "focal"
+
+
+def _focus(bodies: np.ndarray, rows: tuple[int, int], columns: tuple[int, int],
+           slices: tuple[int, ...]) -> Focus:
+    mask = np.zeros(bodies.shape, dtype=bool)
+    for k in slices:
+        mask[k, rows[0]:rows[1], columns[0]:columns[1]] = True
+    return Focus(mask, 1, {"signal_loss_ratio_of_means_percent": 10.0},
+                 FocusCategory.LOW_SIGNAL_LOSS, None, None)
+
+
+def test_a_piece_of_an_endplate_band_is_no_focus() -> None:
+    """A Modic band cut off from itself on a lateral slice is too short across the body to be
+    a band on its own: on 4 mm slices of 1 mm at SNR 20, 13 voxels of L5's band were a 12 %
+    'focus'. A low-loss piece against the endplate a band of its vertebra lies along, no
+    thicker than a band, is that band's; against the other endplate, or taller, a lesion."""
+    bodies, geometry = _two_bodies()  # rows run caudally: row 49 is body 1's inferior end
+    band = _focus(bodies, (45, 50), (10, 50), (1, 2, 3))  # 3.75 mm thick, across the body
+    piece = _focus(bodies, (45, 50), (41, 46), (0,))  # its lateral end, alone on slice 0
+    other_end = _focus(bodies, (10, 15), (41, 46), (0,))  # against the superior endplate
+    tall = _focus(bodies, (30, 50), (40, 48), (0,))  # 14 mm up from the endplate
+    behind = _focus(bodies, (45, 50), (48, 58), (0,))  # mostly in the arch, at its height
+    lesions, bands = without_normal_structures([band, piece, other_end, tall, behind],
+                                               bodies, geometry)
+    assert [(b.vertebra, b.endplate) for b in bands] == [(1, Endplate.INFERIOR)]
+    assert [id(f) for f in lesions] == [id(other_end), id(tall), id(behind)]
