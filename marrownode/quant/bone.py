@@ -89,8 +89,6 @@ def relative_gradient(in_phase: np.ndarray, where: np.ndarray) -> np.ndarray:
 #: of it their void is unbroken, and only void pixels that continue a line count (_on_lines).
 CORTEX_MM = 1.0
 CORTEX_PIXELS = 1.5
-#: ... a pixel under this share of the void's bound is void whatever its neighbours.
-CLEARLY_VOID_SHARE = 0.5
 
 
 def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
@@ -103,11 +101,9 @@ def enclosed_by_void(in_phase: np.ndarray, tissue: np.ndarray, body: np.ndarray,
     gap_mm (partial volume along a thin cortex; the basivertebral vein's notch in the
     posterior wall). lines: thin dark lines (dark_lines), which frame too: a cortex
     partial-volumed into its pixels, darker than its surroundings but not void."""
-    signal = finite_or_zero(in_phase)
-    void = body & (signal < darker_than * level)
+    void = body & (finite_or_zero(in_phase) < darker_than * level)
     if min(spacing_mm[1:]) * CORTEX_PIXELS <= CORTEX_MM:
-        # the cortex is a band of pixels: what is not clearly void must continue a line
-        void = _on_lines(void) | (void & (signal < CLEARLY_VOID_SHARE * darker_than * level))
+        void = _on_lines(void)  # the cortex is a band of pixels: a void pixel continues a line
     if lines is not None:
         void |= body & lines
     radius = [max(1, round(gap_mm / 2 / s)) for s in spacing_mm[1:]]
