@@ -121,15 +121,12 @@ def _on_lines(void: np.ndarray) -> np.ndarray:
     whose signal lies not far above the void's, the noise puts a sixth of the pixels under it
     at SNR 20, and a frame's closing (3 mm: 3 pixels of 0.55 mm) joins them into rings that
     enclose the disc."""
-    padded = np.pad(void, ((0, 0), (1, 1), (1, 1)))
+    widened = np.pad(void, ((0, 0), (LINE_GAP, LINE_GAP), (LINE_GAP, LINE_GAP)))
     rows, columns = void.shape[1:]
-
-    def moved(down: int, across: int) -> np.ndarray:
-        return padded[:, 1 + down:1 + down + rows, 1 + across:1 + across + columns]
-
     through = np.zeros(void.shape, dtype=bool)
     for down, across in _DIRECTIONS:
-        through |= moved(down, across) & moved(-down, -across)
+        through |= (_moved(widened, down, across, rows, columns)
+                    & _moved(widened, -down, -across, rows, columns))
     return void & through
 
 

@@ -241,7 +241,7 @@ def without_normal_structures(foci: list[Focus], bodies: np.ndarray, geometry: V
     frames = BodyFrames(bodies, geometry)
     lesions, bands = [], []
     for focus in foci:
-        in_body = int((bodies[focus.mask] == focus.vertebra).sum()) * 2 > int(focus.mask.sum())
+        in_body = _mostly_in_body(focus, bodies)
         if focus.micronodular and not in_body:
             continue
         structure = classify(focus.mask, focus.vertebra, frames) if in_body else None
@@ -259,7 +259,7 @@ def _of_a_band(focus: Focus, bands: list[EndplateBand], frames: BodyFrames) -> b
     1 mm at SNR 20, a 13-voxel piece of L5's Modic band was a 12 % 'focus')."""
     if focus.micronodular or not any(band.vertebra == focus.vertebra for band in bands):
         return False
-    if int((frames.bodies[focus.mask] == focus.vertebra).sum()) * 2 <= int(focus.mask.sum()):
+    if not _mostly_in_body(focus, frames.bodies):
         return False  # mostly in the posterior elements: no body frame to read it in
     measured = _measured(focus.mask, focus.vertebra, frames)
     if measured.tall > BAND_MAX_HEIGHT_SHARE * measured.height:
@@ -268,3 +268,9 @@ def _of_a_band(focus: Focus, bands: list[EndplateBand], frames: BodyFrames) -> b
     at_inferior = float(measured.u.min()) <= measured.low + BAND_ENDPLATE_MM
     return any(band.vertebra == focus.vertebra and (
         at_superior if band.endplate == Endplate.SUPERIOR else at_inferior) for band in bands)
+
+
+def _mostly_in_body(focus: Focus, bodies: np.ndarray) -> bool:
+    """Whether most of the focus lies in its vertebra's body (the rest: its posterior
+    elements), where the body's frame reads it."""
+    return int((bodies[focus.mask] == focus.vertebra).sum()) * 2 > int(focus.mask.sum())

@@ -278,10 +278,10 @@ def _grow_bodies(bone: np.ndarray, core_labels: np.ndarray, column: list[Part],
     return bodies
 
 
-_SQUARE = np.ones((3, 3), dtype=np.uint8)
 #: Of a voxel's 3 x 3 in-plane neighbourhood, at least this many must be tissue the body may
 #: take (neither void nor fat) for the convex hull to give the voxel to its body.
 COMPLETION_MIN_ROOM = 5
+_SQUARE = np.ones((3, 3), dtype=np.uint8)
 
 
 def _complete(bodies: np.ndarray, allowed: np.ndarray) -> np.ndarray:
